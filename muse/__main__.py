@@ -1,0 +1,5 @@
+import sys
+
+from muse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""The precision policy in one place: fp16 storage, fp32 arithmetic, one final rounding.
+
+Every op in :mod:`muse.complex` upcasts its fp16 (or fp32) inputs to the *compute
+dtype*, does all arithmetic there, and rounds the result to the storage dtype once.
+GEMMs are the one exception to "upcast first": on CUDA an fp16 GEMM already
+accumulates in fp32 and rounds once, so we feed it fp16 operands and only make sure
+that no reduced-precision reduction (fp16 split-K) or TF32 is allowed while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(storage: torch.dtype) -> torch.dtype:
+    """float64 storage computes in float64; float16 and float32 storage compute in float32."""
+    return torch.float64 if storage == torch.float64 else torch.float32
+
+
+def tiny(storage: torch.dtype) -> float:
+    """Smallest positive subnormal of ``storage`` (2**-24 for float16)."""
+    info = torch.finfo(storage)
+    return info.smallest_normal * info.eps
+
+
+@contextlib.contextmanager
+def fp32_accumulation(device: torch.device) -> Iterator[None]:
+    """Run GEMMs with full fp32 accumulation: no fp16 split-K reductions, no TF32, no autocast."""
+    if device.type != "cuda":
+        with torch.autocast(device.type, enabled=False):
+            yield
+        return
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32)
+    matmul.allow_fp16_reduced_precision_reduction = False
+    matmul.allow_tf32 = False
+    try:
+        with torch.autocast("cuda", enabled=False):
+            yield
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32 = saved
+
+
+def gemm_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
+    """Operand dtype for a GEMM: fp16 on CUDA (fp32 accumulate in cuBLAS), else the compute dtype."""
+    if storage == torch.float16 and device.type == "cuda":
+        return torch.float16
+    return compute_dtype(storage)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with fp32 accumulation and one rounding to ``x.dtype``."""
+    gd = gemm_dtype(x.dtype, x.device)
+    with fp32_accumulation(x.device):
+        y = F.linear(x.to(gd), weight.to(gd), None if bias is None else bias.to(gd))
+    return y.to(x.dtype)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """``a @ b`` with fp32 accumulation and one rounding to ``storage``."""
+    gd = gemm_dtype(storage, a.device)
+    with fp32_accumulation(a.device):
+        y = torch.matmul(a.to(gd), b.to(gd))
+    return y.to(storage)

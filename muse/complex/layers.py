@@ -1,0 +1,203 @@
+"""Functional forms of the complex layers: layer_norm, modrelu, dropout, embedding.
+
+``layer_norm`` and ``modrelu`` are custom autograd functions: the forward computes in
+fp32 and rounds once; only the fp16 input is saved, and the backward recomputes the
+statistics from it (less memory, and the backward is itself differentiable, so
+double backward works).  The gradient convention is PyTorch's: for real L,
+grad = dL/dRe + i dL/dIm.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from muse._checks import (
+    check_float,
+    check_float_tensor,
+    check_probability,
+    check_same_device,
+    check_tensor,
+    check_type,
+)
+from muse.complex._policy import compute_dtype
+from muse.complex.tensor import ComplexTensor
+
+
+def _sum_rows(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every dim but the last: (..., d) -> (d,)."""
+    return t.reshape(-1, t.shape[-1]).sum(dim=0)
+
+
+# ------------------------------------------------------------------ layer norm
+def _ln_stats(x: torch.Tensor, eps: float):
+    """Complex mean and 1/sqrt(E|z - mu|^2 + eps) over the last dim of planes (2, ..., d)."""
+    mu = x.mean(dim=-1, keepdim=True)  # (2, ..., 1) complex mean
+    c = x - mu
+    var = (c * c).sum(dim=0).mean(dim=-1, keepdim=True)  # (..., 1) E|z - mu|^2
+    return c, torch.rsqrt(var + eps)
+
+
+class _LayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, planes, weight, bias, eps):
+        cd = compute_dtype(planes.dtype)
+        c, rstd = _ln_stats(planes.to(cd), eps)
+        n = c * rstd
+        out = n if weight is None else n * weight.to(cd)
+        if bias is not None:
+            out = torch.stack((out[0] + bias.to(cd), out[1]))
+        ctx.save_for_backward(planes, weight, bias)
+        ctx.eps = eps
+        return out.to(planes.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        planes, weight, bias = ctx.saved_tensors
+        cd = compute_dtype(planes.dtype)
+        c, rstd = _ln_stats(planes.to(cd), ctx.eps)
+        n = c * rstd
+        g = grad.to(cd)
+        h = g if weight is None else g * weight.to(cd)
+        grad_w = None if weight is None else _sum_rows(g * n).to(weight.dtype)
+        grad_b = None if bias is None else _sum_rows(g[0]).to(bias.dtype)
+        m2 = (h * n).sum(dim=0).mean(dim=-1, keepdim=True)  # (..., 1): mean_k <h_k, n_k>
+        grad_x = rstd * (h - h.mean(dim=-1, keepdim=True) - n * m2)
+        return grad_x.to(planes.dtype), grad_w, grad_b, None
+
+
+def layer_norm(
+    z: ComplexTensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> ComplexTensor:
+    """Complex LayerNorm over the last dim, per sample: (z - mu) / sqrt(E|z - mu|^2 + eps) * w + b.
+
+    ``mu`` is the complex mean; ``weight`` (real, d) scales both parts; ``bias`` (real, d)
+    shifts the real part, as in the seed model.  No statistic crosses samples.
+    """
+    check_type("z", z, ComplexTensor, "a ComplexTensor")
+    if z.dim() == 0:
+        raise ValueError("z must have at least one dim to normalise over")
+    d = z.shape[-1]
+    named = [("z", z.device)]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        check_float_tensor(name, t)
+        if tuple(t.shape) != (d,):
+            raise ValueError(f"{name} must have shape ({d},) to match z's last dim, got {tuple(t.shape)}")
+        named.append((name, t.device))
+    check_same_device(named)
+    eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    return ComplexTensor(_LayerNormFn.apply(z.planes, weight, bias, eps))
+
+
+# ---------------------------------------------------------------------- modReLU
+def _modrelu_parts(x: torch.Tensor, bias: torch.Tensor, storage: torch.dtype):
+    re, im = x[0], x[1]
+    r = torch.sqrt(re * re + im * im) if storage == torch.float16 else torch.hypot(re, im)
+    nonzero = r > 0
+    r_safe = torch.where(nonzero, r, torch.ones_like(r))  # zero guard: 1 is exact in every format
+    b = bias.to(x.dtype)
+    active = nonzero & (r + b > 0)
+    return r, r_safe, b, active
+
+
+class _ModReLUFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, planes, bias):
+        cd = compute_dtype(planes.dtype)
+        x = planes.to(cd)
+        r, r_safe, b, active = _modrelu_parts(x, bias, planes.dtype)
+        scale = torch.where(active, (r + b) / r_safe, torch.zeros_like(r))
+        ctx.save_for_backward(planes, bias)
+        return (x * scale).to(planes.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        planes, bias = ctx.saved_tensors
+        cd = compute_dtype(planes.dtype)
+        x = planes.to(cd)
+        _, r_safe, b, active = _modrelu_parts(x, bias, planes.dtype)
+        g = grad.to(cd)
+        u = x / r_safe  # unit phase e^{i theta}
+        ug = (u * g).sum(dim=0)  # Re(conj(u) g)
+        # f(z) = z + b u on the active set: J^T g = g + (b/r)(g - u Re(conj(u) g))
+        gx = torch.where(active, g + (b / r_safe) * (g - u * ug), torch.zeros_like(g))
+        gb = torch.where(active, ug, torch.zeros_like(ug))
+        gb = gb.sum() if bias.dim() == 0 else _sum_rows(gb)
+        return gx.to(planes.dtype), gb.to(bias.dtype)
+
+
+def modrelu(z: ComplexTensor, bias: torch.Tensor) -> ComplexTensor:
+    """modReLU (Arjovsky et al. 2016): ReLU(|z| + b) * z / |z|, and 0 at z = 0.
+
+    The phase is kept; ``bias`` is real, broadcast over the last dim.  At z = 0 the
+    output and both gradients are 0 (the function is not differentiable there).
+    """
+    check_type("z", z, ComplexTensor, "a ComplexTensor")
+    check_float_tensor("bias", bias)
+    if bias.dim() > 1 or (bias.dim() == 1 and (z.dim() == 0 or bias.shape[0] != z.shape[-1])):
+        raise ValueError(
+            f"bias must be 0-d or have shape ({z.shape[-1] if z.dim() else 1},), got {tuple(bias.shape)}"
+        )
+    check_same_device([("z", z.device), ("bias", bias.device)])
+    return ComplexTensor(_ModReLUFn.apply(z.planes, bias))
+
+
+# ---------------------------------------------------------------------- dropout
+def dropout(
+    z: ComplexTensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None
+) -> ComplexTensor:
+    """Complex dropout: zero whole complex entries (one mask for both parts) with prob ``p``,
+    scale survivors by 1/(1-p) in fp32, round once."""
+    check_type("z", z, ComplexTensor, "a ComplexTensor")
+    p = check_probability("p", p)
+    if not training or p == 0.0:
+        return z
+    cd = compute_dtype(z.dtype)
+    keep = torch.empty(z.shape, dtype=cd, device=z.device).bernoulli_(1.0 - p, generator=generator)
+    return ComplexTensor((z.planes.to(cd) * (keep / (1.0 - p))).to(z.dtype))
+
+
+# -------------------------------------------------------------------- embedding
+def embedding(
+    ids: torch.Tensor,
+    weight: ComplexTensor,
+    position: torch.Tensor | None = None,
+    phase: float | None = None,
+) -> ComplexTensor:
+    """Look up complex rows: ``(weight[ids] + position) * e^{i phase}``, rounded once.
+
+    ``weight`` is (vocab, d); ``position`` (optional, real, (seq, d) or broadcastable to
+    ids.shape + (d,)) is added to the real part; ``phase`` (optional) rotates every entry.
+    Range checks of ``ids`` are the caller's (see ``muse._checks.check_token_ids``).
+    """
+    check_tensor("ids", ids)
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
+    check_type("weight", weight, ComplexTensor, "a ComplexTensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (vocab, d), got shape {tuple(weight.shape)}")
+    named = [("ids", ids.device), ("weight", weight.device)]
+    if position is not None:
+        check_float_tensor("position", position)
+        named.append(("position", position.device))
+    check_same_device(named)
+    rows = weight.planes[:, ids]  # (2, *ids.shape, d)
+    if position is None and phase is None:
+        return ComplexTensor(rows)
+    cd = compute_dtype(weight.dtype)
+    re, im = rows[0].to(cd), rows[1].to(cd)
+    if position is not None:
+        re = re + position.to(cd)
+    if phase is not None:
+        if isinstance(phase, bool) or not isinstance(phase, numbers.Real):
+            raise TypeError(f"phase must be a real number or None, got {type(phase).__name__}")
+        c, s = math.cos(phase), math.sin(phase)
+        re, im = re * c - im * s, re * s + im * c
+    return ComplexTensor(torch.stack((re, im)).to(weight.dtype))

@@ -1,0 +1,90 @@
+"""Complex matrix products as ONE real GEMM on the block form.
+
+For a = ar + i ai and b = br + i bi,
+
+    [ar, ai] @ [[br, bi], [-bi, br]] = [ar br - ai bi, ar bi + ai br]
+
+so a complex product of sizes M x K x N is one real M x 2K x 2N GEMM, accumulated in
+fp32 and rounded once (measured on an H100 as faster and more accurate than four real
+GEMMs, Gauss's 3M or complex64; see docs/numerics.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from muse._checks import check_float_tensor, check_same_device, check_type
+from muse.complex import _policy
+from muse.complex.tensor import ComplexTensor
+
+
+def _block(br: torch.Tensor, bi: torch.Tensor) -> torch.Tensor:
+    """[[br, bi], [-bi, br]] along the last two dims: (..., K, N) -> (..., 2K, 2N)."""
+    top = torch.cat((br, bi), dim=-1)
+    bottom = torch.cat((-bi, br), dim=-1)
+    return torch.cat((top, bottom), dim=-2)
+
+
+def matmul(a, b) -> ComplexTensor:
+    """Complex ``a @ b`` with torch.matmul's shape rules; either side may be a real tensor."""
+    for name, v in (("a", a), ("b", b)):
+        if not isinstance(v, (ComplexTensor, torch.Tensor)):
+            raise TypeError(f"{name} must be a ComplexTensor or a real tensor, got {type(v).__name__}")
+        if isinstance(v, torch.Tensor):
+            check_float_tensor(name, v)
+        if v.dim() == 0:
+            raise ValueError(f"{name} must be at least 1-D for matmul, got a 0-d tensor")
+    if not isinstance(a, ComplexTensor) and not isinstance(b, ComplexTensor):
+        raise TypeError("at least one of a, b must be a ComplexTensor")
+    check_same_device([("a", a.device), ("b", b.device)])
+    storage = torch.promote_types(a.dtype, b.dtype)
+    if not isinstance(b, ComplexTensor):
+        return _stack(_policy.matmul(a.real, b, storage), _policy.matmul(a.imag, b, storage))
+    if not isinstance(a, ComplexTensor):
+        return _stack(_policy.matmul(a, b.real, storage), _policy.matmul(a, b.imag, storage))
+    if a.shape[-1] != b.shape[0 if b.dim() == 1 else -2]:
+        raise ValueError(f"matmul shape mismatch: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    squeeze_a, squeeze_b = a.dim() == 1, b.dim() == 1
+    ar, ai = (a.real.unsqueeze(0), a.imag.unsqueeze(0)) if squeeze_a else (a.real, a.imag)
+    br, bi = (b.real.unsqueeze(-1), b.imag.unsqueeze(-1)) if squeeze_b else (b.real, b.imag)
+    n = br.shape[-1]
+    y = _policy.matmul(torch.cat((ar, ai), dim=-1), _block(br, bi), storage)  # (..., M, 2N)
+    re, im = y[..., :n], y[..., n:]
+    if squeeze_b:
+        re, im = re.squeeze(-1), im.squeeze(-1)
+    if squeeze_a:
+        re, im = re.squeeze(-2), im.squeeze(-2)
+    return _stack(re, im)
+
+
+def _stack(re: torch.Tensor, im: torch.Tensor) -> ComplexTensor:
+    return ComplexTensor(torch.stack((re, im)))
+
+
+def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None = None) -> ComplexTensor:
+    """y = x W^T + b for complex x (..., in), W (out, in), b (out,): one GEMM, one rounding.
+
+    The bias is added inside the GEMM's fp32 epilogue, so it costs no extra rounding.
+    """
+    check_type("x", x, ComplexTensor, "a ComplexTensor")
+    check_type("weight", weight, ComplexTensor, "a ComplexTensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    out_f, in_f = weight.shape
+    if x.dim() == 0 or x.shape[-1] != in_f:
+        raise ValueError(f"x must have {in_f} features in its last dim, got shape {tuple(x.shape)}")
+    named = [("x", x.device), ("weight", weight.device)]
+    if bias is not None:
+        check_type("bias", bias, ComplexTensor, "a ComplexTensor or None")
+        if tuple(bias.shape) != (out_f,):
+            raise ValueError(f"bias must have shape ({out_f},), got {tuple(bias.shape)}")
+        named.append(("bias", bias.device))
+    check_same_device(named)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; convert one explicitly")
+    wr, wi = weight.real, weight.imag
+    w_block = torch.cat((torch.cat((wr, -wi), dim=1), torch.cat((wi, wr), dim=1)), dim=0)  # (2out, 2in)
+    b_cat = None if bias is None else bias.planes.reshape(2 * out_f)
+    y = _policy.linear(torch.cat((x.real, x.imag), dim=-1), w_block, b_cat)  # (..., 2out)
+    return ComplexTensor(y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous())
