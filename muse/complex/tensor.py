@@ -124,7 +124,7 @@ class ComplexTensor:
             return False
         if p.numel() == 0:
             return True
-        plane_span = 1 + sum((s - 1) * abs(st) for s, st in zip(p.shape[1:], p.stride()[1:]))
+        plane_span = 1 + sum((s - 1) * abs(st) for s, st in zip(p.shape[1:], p.stride()[1:], strict=True))
         return p.stride(0) >= plane_span
 
     # ----------------------------------------------------------------- autograd
