@@ -1,0 +1,219 @@
+"""Phase 3 Stage 1: the seed's complex model, exactly.
+
+    ids (B, S) -> ComplexEmbedding -> [Phase3Stage1Block] x L -> ComplexLayerNorm
+        -> real part -> Linear head -> logits (B, S, vocab)
+
+    Phase3Stage1Block: z -> LN1 -> ComplexLinear -> ModReLU -> dropout -> + z -> LN2
+
+No operation mixes positions, so the model is causal by construction (each logit
+depends on its own token and position only).  With vocab 50257, d_model 512,
+6 layers and max_seq_len 1024 it has 80,937,553 parameters, the position table
+included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import muse.complex as C
+from muse._checks import check_float, check_int, check_probability, check_type
+from muse.nn import (
+    ComplexDropout,
+    ComplexEmbedding,
+    ComplexLayerNorm,
+    ComplexLinear,
+    ModReLU,
+    RealLinear,
+)
+
+
+@dataclass
+class Phase3Stage1Config:
+    """The seed's fields (its ``n_seq`` is our ``max_seq_len``) plus two explicit extras."""
+
+    vocab_size: int = 50257  # GPT-2 BPE
+    d_model: int = 512
+    n_layers: int = 6
+    max_seq_len: int = 1024  # seed default was 2048; 1024 gives the 80,937,553 count
+    use_complex32: bool = True  # fp16 planes; False = fp32 planar baseline
+    dropout: float = 0.1
+    zeta_scale: float = 1.0  # amplitude of the zeta position table
+    initial_phase: float | None = None  # optional constant rotation of the embedding
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        check_int("vocab_size", self.vocab_size, min_value=1)
+        check_int("d_model", self.d_model, min_value=1)
+        check_int("n_layers", self.n_layers, min_value=0)
+        check_int("max_seq_len", self.max_seq_len, min_value=1)
+        check_type("use_complex32", self.use_complex32, bool, "a bool")
+        check_probability("dropout", self.dropout)
+        check_float("zeta_scale", self.zeta_scale)
+        if self.initial_phase is not None:
+            check_float("initial_phase", self.initial_phase)
+        check_float("layer_norm_eps", self.layer_norm_eps, min_value=0.0, min_inclusive=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.use_complex32 else torch.float32
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, n_layers=2, max_seq_len=128),  # CPU / CI
+    "small": dict(d_model=256, n_layers=4, max_seq_len=512),
+    "seed": dict(d_model=512, n_layers=6, max_seq_len=1024),  # the seed report's model
+}
+
+
+def _stats(z: C.ComplexTensor) -> dict[str, float]:
+    with torch.no_grad():
+        mag, ph = C.abs(z).float(), C.angle(z).float()
+        return {
+            "magnitude_mean": mag.mean().item(),
+            "magnitude_std": mag.std().item() if mag.numel() > 1 else 0.0,
+            "phase_mean": ph.mean().item(),
+            "phase_std": ph.std().item() if ph.numel() > 1 else 0.0,
+            "nonfinite": int((~z.isfinite()).sum().item()),
+            "planar": z.is_planar(),
+        }
+
+
+class Phase3Stage1Block(nn.Module):
+    """LN -> ComplexLinear -> ModReLU -> dropout -> residual -> LN."""
+
+    def __init__(self, d_model: int, dropout: float = 0.1, eps: float = 1e-5,
+                 dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.norm1 = ComplexLayerNorm(d_model, eps, dtype=dtype, device=device)
+        self.linear = ComplexLinear(d_model, d_model, dtype=dtype, device=device)
+        self.activation = ModReLU(d_model, dtype=dtype, device=device)
+        self.dropout = ComplexDropout(dropout)
+        self.norm2 = ComplexLayerNorm(d_model, eps, dtype=dtype, device=device)
+
+    def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
+        h = self.dropout(self.activation(self.linear(self.norm1(z))))
+        return self.norm2(C.add(h, z))
+
+
+class Phase3Stage1Model(nn.Module):
+    """The Stage 1 language model; ``forward`` returns logits (B, S, vocab) in the storage dtype."""
+
+    def __init__(self, config: Phase3Stage1Config | None = None, device=None, **overrides):
+        super().__init__()
+        if config is None:
+            config = Phase3Stage1Config(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        check_type("config", config, Phase3Stage1Config, "a Phase3Stage1Config")
+        self.config = config
+        dt = config.dtype
+        self.embedding = ComplexEmbedding(config.vocab_size, config.d_model, config.max_seq_len,
+                                          config.dropout, config.zeta_scale, config.initial_phase,
+                                          dtype=dt, device=device)
+        self.blocks = nn.ModuleList(
+            Phase3Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dt, device)
+            for _ in range(config.n_layers)
+        )
+        self.final_norm = ComplexLayerNorm(config.d_model, config.layer_norm_eps, dtype=dt, device=device)
+        self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device)
+        with torch.no_grad():  # GPT-2 style head init: N(0, 0.02), bias 0
+            self.lm_head.weight.normal_(0.0, 0.02)
+            self.lm_head.bias.zero_()
+        # Counters live on the device and are updated without host syncs.
+        self.register_buffer("_forward_count", torch.zeros((), dtype=torch.long, device=device), persistent=False)
+        self.register_buffer(
+            "_nonfinite_count", torch.zeros(config.n_layers + 2, dtype=torch.long, device=device), persistent=False
+        )
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _count_nonfinite(self, slot: int, z: C.ComplexTensor) -> None:
+        self._nonfinite_count[slot] += (~torch.isfinite(z.planes)).any()
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                return_diagnostics: bool = False):
+        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
+        diag: dict[str, dict] = {}
+        with torch.no_grad():
+            self._forward_count += 1
+        z = self.embedding(input_ids, positions)
+        with torch.no_grad():
+            self._count_nonfinite(0, z)
+        if return_diagnostics:
+            diag["embedding"] = _stats(z)
+        for i, block in enumerate(self.blocks):
+            z = block(z)
+            with torch.no_grad():
+                self._count_nonfinite(i + 1, z)
+            if return_diagnostics:
+                diag[f"layer_{i}"] = _stats(z)
+        z = self.final_norm(z)
+        logits = self.lm_head(z.real)
+        with torch.no_grad():
+            self._nonfinite_count[-1] += (~torch.isfinite(logits)).any()
+        if not return_diagnostics:
+            return logits
+        diag["final_norm"] = _stats(z)
+        with torch.no_grad():
+            lf = logits.float()
+            diag["output"] = {
+                "logits_mean": lf.mean().item(),
+                "logits_std": lf.std().item() if lf.numel() > 1 else 0.0,
+                "logits_min": lf.min().item(),
+                "logits_max": lf.max().item(),
+                "nonfinite": int((~torch.isfinite(lf)).sum().item()),
+            }
+        return logits, diag
+
+    def get_statistics(self) -> dict:
+        """Forward count and, per stage (embedding, each layer, logits), forwards that produced non-finite values."""
+        n = int(self._forward_count.item())
+        per = [int(v) for v in self._nonfinite_count.tolist()]
+        names = ["embedding"] + [f"layer_{i}" for i in range(self.config.n_layers)] + ["logits"]
+        bad = int(per[-1])
+        return {
+            "forward_count": n,
+            "nonfinite_count": bad,
+            "nonfinite_rate": bad / max(n, 1),
+            "nonfinite_by_stage": dict(zip(names, per, strict=True)),
+        }
+
+    def reset_statistics(self) -> None:
+        self._forward_count.zero_()
+        self._nonfinite_count.zero_()
+
+
+def create_phase3_stage1_model(vocab_size: int = 50257, d_model: int = 512, n_layers: int = 6,
+                               max_seq_len: int = 1024, use_complex32: bool = True, dropout: float = 0.1,
+                               zeta_scale: float = 1.0, device=None, **extra) -> Phase3Stage1Model:
+    """Factory with the seed's signature (``max_seq_len`` defaults to 1024 here, see the config)."""
+    config = Phase3Stage1Config(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                                max_seq_len=max_seq_len, use_complex32=use_complex32, dropout=dropout,
+                                zeta_scale=zeta_scale, **extra)
+    return Phase3Stage1Model(config, device=device)
+
+
+def expected_parameter_count(config: Phase3Stage1Config) -> int:
+    """Closed form of the parameter count (checks the module tree in tests)."""
+    v, d, n, s = config.vocab_size, config.d_model, config.n_layers, config.max_seq_len
+    embedding = 2 * v * d + s * d
+    block = 2 * (2 * d) + (2 * d * d + 2 * d) + d  # two LNs, complex linear + bias, modReLU bias
+    return embedding + n * block + 2 * d + (d * v + v)
+
+
+__all__ = [
+    "PRESETS", "Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model",
+    "create_phase3_stage1_model", "expected_parameter_count",
+]

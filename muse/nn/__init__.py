@@ -1,0 +1,9 @@
+"""Complex modules: thin wrappers whose forward is one call into ``muse.complex``."""
+
+from muse.nn.activation import ModReLU
+from muse.nn.dropout import ComplexDropout
+from muse.nn.embedding import ComplexEmbedding
+from muse.nn.linear import ComplexLinear, RealLinear
+from muse.nn.norm import ComplexLayerNorm
+
+__all__ = ["ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ModReLU", "RealLinear"]

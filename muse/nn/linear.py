@@ -1,0 +1,76 @@
+"""Linear layers under the precision policy: complex (block GEMM) and real (for LM heads)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import muse.complex as C
+from muse._checks import FLOAT_DTYPES, check_int, check_type
+from muse.complex import _policy
+
+
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
+    return dtype
+
+
+class ComplexLinear(nn.Module):
+    """y = x W^T + b with planar complex ``weight`` (2, out, in) and ``bias`` (2, out).
+
+    Forward is one real GEMM on the block form [x_r, x_i] [[W_r, W_i], [-W_i, W_r]]
+    with fp32 accumulation (see :func:`muse.complex.linear`).  Init: complex Glorot
+    (Trabelsi et al. 2018): each part ~ N(0, 1/(fan_in + fan_out)), so
+    E|w|^2 = 2/(fan_in + fan_out); bias 0.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.in_features = check_int("in_features", in_features, min_value=1)
+        self.out_features = check_int("out_features", out_features, min_value=1)
+        check_type("bias", bias, bool, "a bool")
+        dtype = _check_dtype(dtype)
+        self.weight = nn.Parameter(torch.empty(2, out_features, in_features, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(2, out_features, dtype=dtype, device=device)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = math.sqrt(1.0 / (self.in_features + self.out_features))
+        w = torch.randn(self.weight.shape, dtype=torch.float32, device=self.weight.device) * std
+        self.weight.copy_(w)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    @property
+    def weight_real(self) -> torch.Tensor:
+        return self.weight[0]
+
+    @property
+    def weight_imag(self) -> torch.Tensor:
+        return self.weight[1]
+
+    def forward(self, x: C.ComplexTensor) -> C.ComplexTensor:
+        bias = None if self.bias is None else C.ComplexTensor(self.bias)
+        return C.linear(x, C.ComplexTensor(self.weight), bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, dtype={self.weight.dtype}")
+
+
+class RealLinear(nn.Linear):
+    """``nn.Linear`` whose GEMM follows the policy: fp32 accumulation, one rounding to x.dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have {self.in_features} features in its last dim, got shape {tuple(x.shape)}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer holds {self.weight.dtype}")
+        return _policy.linear(x, self.weight, self.bias)

@@ -1,0 +1,32 @@
+"""Complex layer normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import muse.complex as C
+from muse._checks import check_float, check_int
+from muse.nn.linear import _check_dtype
+
+
+class ComplexLayerNorm(nn.Module):
+    """Per-sample complex LayerNorm over the last dim with real ``weight`` (1) and ``bias`` (0).
+
+    See :func:`muse.complex.layer_norm`: complex mean, variance E|z - mu|^2, the bias
+    shifts the real part.
+    """
+
+    def __init__(self, features: int, eps: float = 1e-5, dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.features = check_int("features", features, min_value=1)
+        self.eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+        dtype = _check_dtype(dtype)
+        self.weight = nn.Parameter(torch.ones(features, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(features, dtype=dtype, device=device))
+
+    def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
+        return C.layer_norm(z, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, eps={self.eps}"
