@@ -8,3 +8,6 @@ from muse.models.stage1 import (
 )
 
 __all__ = ["Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model", "create_phase3_stage1_model"]
+from muse.models.registry import MODELS, build_model, make_config, model_names  # noqa: E402
+
+__all__ += ["MODELS", "build_model", "make_config", "model_names"]

@@ -1,0 +1,47 @@
+"""Model registry: name -> (config class, model class, presets); one way to build any model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+from torch import nn
+
+from muse._checks import check_type
+from muse.models import stage1
+
+
+class ModelSpec(NamedTuple):
+    config_cls: type
+    model_cls: type
+    presets: dict[str, dict]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "stage1": ModelSpec(stage1.Phase3Stage1Config, stage1.Phase3Stage1Model, stage1.PRESETS),
+}
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def make_config(name: str, preset: str = "tiny", **overrides):
+    """The config of model ``name`` at ``preset``, with keyword ``overrides`` applied."""
+    check_type("name", name, str, "a model name")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {model_names()}")
+    spec = MODELS[name]
+    if preset not in spec.presets:
+        raise ValueError(f"unknown preset {preset!r} for {name}; choose one of {sorted(spec.presets)}")
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown} for {name}; valid: {sorted(fields)}")
+    return spec.config_cls(**{**spec.presets[preset], **overrides})
+
+
+def build_model(name: str, preset: str = "tiny", device=None, **overrides) -> nn.Module:
+    """Instantiate model ``name`` at ``preset`` on ``device``."""
+    config = make_config(name, preset, **overrides)
+    return MODELS[name].model_cls(config, device=device)
