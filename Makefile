@@ -1,0 +1,29 @@
+# Quick start targets: each one sets itself up on a fresh machine (venv + install).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch (on the dev/CI machines this wheel comes from local disk).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup run test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/muse smoke --preset tiny --device cpu
+
+lint: setup
+	$(BIN)/ruff check muse verification benchmarks tests scripts
+
+test: lint
+	$(BIN)/python -m pytest -q -n auto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
