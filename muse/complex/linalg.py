@@ -31,6 +31,11 @@ def matmul(a, b) -> ComplexTensor:
         if not isinstance(v, (ComplexTensor, torch.Tensor)):
             raise TypeError(f"{name} must be a ComplexTensor or a real tensor, got {type(v).__name__}")
         if isinstance(v, torch.Tensor):
+            if v.is_complex():
+                raise TypeError(
+                    f"{name} is a native complex tensor ({v.dtype}); "
+                    "convert it with muse.complex.from_complex() first"
+                )
             check_float_tensor(name, v)
         if v.dim() == 0:
             raise ValueError(f"{name} must be at least 1-D for matmul, got a 0-d tensor")
@@ -50,10 +55,10 @@ def matmul(a, b) -> ComplexTensor:
     n = br.shape[-1]
     y = _policy.matmul(torch.cat((ar, ai), dim=-1), _block(br, bi), storage)  # (..., M, 2N)
     re, im = y[..., :n], y[..., n:]
+    if squeeze_a:  # drop a's M = 1 dim first: it is -2 only while b's N dim is still there
+        re, im = re.squeeze(-2), im.squeeze(-2)
     if squeeze_b:
         re, im = re.squeeze(-1), im.squeeze(-1)
-    if squeeze_a:
-        re, im = re.squeeze(-2), im.squeeze(-2)
     return _stack(re, im)
 
 

@@ -231,7 +231,7 @@ def sum(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:  # 
     dims = _logical_dims(z, dim)
     p = z.planes.to(compute_dtype(z.dtype))
     if dims is None:
-        dims, keepdim = tuple(range(1, p.dim())), False
+        dims = tuple(range(1, p.dim()))
     if not dims:
         return ComplexTensor(p.to(z.dtype))
     return ComplexTensor(p.sum(dim=dims, keepdim=keepdim).to(z.dtype))
@@ -243,7 +243,7 @@ def mean(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:
     dims = _logical_dims(z, dim)
     p = z.planes.to(compute_dtype(z.dtype))
     if dims is None:
-        dims, keepdim = tuple(range(1, p.dim())), False
+        dims = tuple(range(1, p.dim()))
     if not dims:
         return ComplexTensor(p.to(z.dtype))
     return ComplexTensor(p.mean(dim=dims, keepdim=keepdim).to(z.dtype))

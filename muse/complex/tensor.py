@@ -224,7 +224,11 @@ class ComplexTensor:
         return ComplexTensor(self._planes.squeeze(self._dim(dim) + 1))
 
     def expand(self, *sizes) -> ComplexTensor:
-        return ComplexTensor(self._planes.expand(2, *_shape_args(sizes)))
+        sizes = _shape_args(sizes)
+        p = self._planes
+        if len(sizes) > self.ndim:  # new leading dims go after the plane axis, not before it
+            p = p[(slice(None),) + (None,) * (len(sizes) - self.ndim)]
+        return ComplexTensor(p.expand(2, *sizes))
 
     def __getitem__(self, index) -> ComplexTensor:
         if not isinstance(index, tuple):

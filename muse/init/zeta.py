@@ -8,8 +8,9 @@ P(s) = (32/pi^2) s^2 exp(-4 s^2 / pi) (mean 1), unfolded with the local mean spa
 2 pi / log(gamma / 2 pi).  The same ``seed`` always gives the same zeros (the seed
 model drew fresh random zeros on every call).
 
-Zeros collide in float16 from n = 607 (946.766 and 947.079 both round to 947), so
-gamma is never stored in fp16 here: frequencies and tables are computed in float64.
+Zeros collide in float16 from n = 606 (gamma_606 = 946.766 and gamma_607 = 947.079 both
+round to 947), so gamma is never stored in fp16 here: frequencies and tables are computed
+in float64.
 """
 
 from __future__ import annotations

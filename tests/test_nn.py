@@ -1,0 +1,240 @@
+"""muse.nn modules: parameters, initialisation, forward == functional, train/eval behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import assert_bitwise_equal, assert_ct_bitwise, native
+from torch import nn
+
+import muse.complex as C
+from muse.complex import ComplexTensor
+from muse.init import ZetaEmbedding, zeta_position_table
+from muse.nn import (
+    ComplexDropout,
+    ComplexEmbedding,
+    ComplexLayerNorm,
+    ComplexLinear,
+    ModReLU,
+    RealLinear,
+)
+
+
+def _z(*shape, dtype=torch.float16, seed=0) -> ComplexTensor:
+    return C.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------ ComplexLinear
+def test_complex_linear_parameters():
+    m = ComplexLinear(5, 3)
+    params = dict(m.named_parameters())
+    assert set(params) == {"weight", "bias"}
+    assert m.weight.shape == (2, 3, 5) and m.bias.shape == (2, 3)
+    assert m.weight.dtype == torch.float16 and m.bias.dtype == torch.float16
+    assert sum(p.numel() for p in m.parameters()) == 2 * 3 * 5 + 2 * 3
+    assert not m.bias.any(), "bias must start at 0"
+    assert "in_features=5" in repr(m) and "out_features=3" in repr(m)
+
+
+def test_complex_linear_without_bias_and_fp32():
+    m = ComplexLinear(4, 2, bias=False, dtype=torch.float32)
+    assert m.bias is None and m.weight.dtype == torch.float32
+    y = m(_z(3, 4, dtype=torch.float32))
+    assert y.shape == (3, 2) and y.dtype == torch.float32
+
+
+def test_complex_linear_weight_views():
+    m = ComplexLinear(4, 2)
+    assert m.weight_real.shape == (2, 4) and m.weight_imag.shape == (2, 4)
+    assert m.weight_real._base is m.weight or m.weight_real.data_ptr() == m.weight.data_ptr()
+    with torch.no_grad():
+        m.weight_real[0, 0] = 1.5
+        m.weight_imag[1, 3] = -2.5
+    assert m.weight[0, 0, 0].item() == 1.5 and m.weight[1, 1, 3].item() == -2.5
+
+
+def test_complex_linear_init_statistics():
+    torch.manual_seed(0)
+    m = ComplexLinear(300, 200)
+    w = m.weight.float()
+    power = (w[0] ** 2 + w[1] ** 2).mean().item()
+    want = 2.0 / (300 + 200)
+    assert abs(power / want - 1) < 0.03, f"E|w|^2 = {power}, want {want}"
+    assert abs(w[0].var().item() / (want / 2) - 1) < 0.05 and abs(w[1].var().item() / (want / 2) - 1) < 0.05
+    assert abs(w.mean().item()) < 1e-3
+
+
+def test_complex_linear_forward_equals_functional():
+    m = ComplexLinear(6, 4)
+    with torch.no_grad():
+        m.bias.normal_()
+    x = _z(2, 3, 6)
+    assert_ct_bitwise(m(x), C.linear(x, ComplexTensor(m.weight), ComplexTensor(m.bias)))
+
+
+def test_complex_linear_gradients_reach_parameters():
+    m = ComplexLinear(4, 3, dtype=torch.float64)
+    x = _z(5, 4, dtype=torch.float64)
+    C.abs2(m(x)).sum().backward()
+    assert m.weight.grad is not None and m.weight.grad.shape == (2, 3, 4) and m.weight.grad.abs().sum() > 0
+    assert m.bias.grad is not None and m.bias.grad.shape == (2, 3)
+    # dL/db for L = sum |y|^2 is 2 * sum_rows(y), as planes
+    y = m(x).detach()
+    torch.testing.assert_close(m.bias.grad, 2 * y.planes.sum(1))
+
+
+def test_complex_linear_reset_parameters_redraws():
+    torch.manual_seed(0)
+    m = ComplexLinear(8, 8)
+    before = m.weight.detach().clone()
+    with torch.no_grad():
+        m.bias.fill_(1.0)
+    m.reset_parameters()
+    assert not torch.equal(before, m.weight) and not m.bias.any()
+
+
+# ------------------------------------------------------------------ ModReLU
+def test_modrelu_module():
+    m = ModReLU(6)
+    assert m.bias.shape == (6,) and not m.bias.any() and isinstance(m.bias, nn.Parameter)
+    x = _z(3, 6)
+    assert_ct_bitwise(m(x), x, "ModReLU at init (b = 0) is the identity")
+    with torch.no_grad():
+        m.bias.fill_(-0.5)
+    assert_ct_bitwise(m(x), C.modrelu(x, m.bias))
+    assert "features=6" in repr(m)
+
+
+# ------------------------------------------------------------------ ComplexLayerNorm
+def test_complex_layer_norm_module():
+    m = ComplexLayerNorm(8)
+    assert m.weight.shape == (8,) and m.bias.shape == (8,)
+    assert torch.equal(m.weight, torch.ones(8, dtype=torch.float16)) and not m.bias.any()
+    x = _z(2, 8)
+    assert_ct_bitwise(m(x), C.layer_norm(x, m.weight, m.bias, 1e-5))
+    m2 = ComplexLayerNorm(8, eps=1e-3, dtype=torch.float32)
+    assert m2.eps == 1e-3 and m2.weight.dtype == torch.float32
+    assert_ct_bitwise(m2(x.float()), C.layer_norm(x.float(), m2.weight, m2.bias, 1e-3))
+
+
+# ------------------------------------------------------------------ ComplexDropout
+def test_complex_dropout_module_train_and_eval():
+    m = ComplexDropout(0.5)
+    assert m.p == 0.5 and "p=0.5" in repr(m)
+    x = C.add(_z(64, 64), 4.0)
+    torch.manual_seed(0)
+    y = m(x)
+    dropped = (y.real == 0)
+    assert torch.equal(dropped, y.imag == 0)
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    m.eval()
+    assert m(x) is x
+    assert ComplexDropout(0.0)(x) is x
+
+
+# ------------------------------------------------------------------ ComplexEmbedding
+def _emb(**kw) -> ComplexEmbedding:
+    torch.manual_seed(0)
+    args = dict(vocab_size=50, d_model=8, max_seq_len=16, dropout=0.0)
+    args.update(kw)
+    return ComplexEmbedding(**args)
+
+
+def test_complex_embedding_parameters():
+    e = _emb()
+    params = dict(e.named_parameters())
+    assert set(params) == {"weight", "position.weight"}
+    assert e.weight.shape == (2, 50, 8) and e.weight.dtype == torch.float16
+    assert isinstance(e.position, ZetaEmbedding)
+    assert isinstance(e.position.weight, nn.Parameter) and e.position.weight.requires_grad
+    assert e.position.weight.shape == (16, 8)
+    torch.testing.assert_close(e.position.weight, zeta_position_table(16, 8).half())
+    assert e.weight_real.shape == (50, 8) and torch.equal(e.weight_imag, e.weight[1])
+
+
+def test_complex_embedding_init_unit_power():
+    e = _emb(vocab_size=2000, d_model=64)
+    power = (e.weight.float() ** 2).sum(0).mean().item()
+    assert abs(power - 1) < 0.03, f"E|E_ij|^2 = {power}, want 1"
+
+
+def test_complex_embedding_forward_default_positions():
+    e = _emb().eval()
+    ids = torch.tensor([[3, 1, 4, 1], [5, 9, 2, 6]])
+    z = e(ids)
+    assert z.shape == (2, 4, 8) and z.dtype == torch.float16 and z.is_planar()
+    want = C.embedding(ids, ComplexTensor(e.weight), e.position.weight[:4])
+    assert_ct_bitwise(z, want)
+    torch.testing.assert_close(z.real.float(), (e.weight[0][ids].float() + e.position.weight[:4].float()),
+                               rtol=1e-3, atol=1e-3)
+    assert torch.equal(z.imag, e.weight[1][ids])
+
+
+def test_complex_embedding_explicit_positions():
+    e = _emb().eval()
+    ids = torch.tensor([[3, 1, 4]])
+    pos = torch.tensor([7, 0, 15])
+    z = e(ids, pos)
+    assert_ct_bitwise(z, C.embedding(ids, ComplexTensor(e.weight), e.position.weight[pos]))
+    z2 = e(ids, pos.unsqueeze(0))
+    assert_ct_bitwise(z2, z, "(B, S) positions equal (S,) positions")
+    assert_ct_bitwise(e(ids, torch.arange(3)), e(ids), "positions 0..S-1 equal the default")
+
+
+def test_complex_embedding_initial_phase():
+    e0 = _emb(dtype=torch.float64).eval()
+    e1 = _emb(dtype=torch.float64, initial_phase=math.pi / 4).eval()
+    ids = torch.tensor([[0, 1, 2]])
+    torch.testing.assert_close(native(e1(ids)), native(e0(ids)) * complex(math.cos(math.pi / 4), math.sin(math.pi / 4)))
+    assert e1.initial_phase == math.pi / 4 and "initial_phase=0.785" in repr(e1)
+
+
+def test_complex_embedding_dropout_only_in_training():
+    e = _emb(dropout=0.5)
+    ids = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    zt = e(ids)
+    frac = (zt.real == 0).float().mean().item()
+    assert 0.35 < frac < 0.65
+    e.eval()
+    assert_ct_bitwise(e(ids), C.embedding(ids, ComplexTensor(e.weight), e.position.weight[:16]))
+
+
+def test_complex_embedding_gradients_reach_tables():
+    e = _emb(dtype=torch.float64)
+    ids = torch.tensor([[1, 2, 1]])
+    C.abs2(e(ids)).sum().backward()
+    assert e.weight.grad is not None and e.weight.grad[:, 1].abs().sum() > 0
+    assert not e.weight.grad[:, 3].any(), "rows not looked up get no gradient"
+    g = e.position.weight.grad
+    assert g is not None and g[:3].abs().sum() > 0 and not g[3:].any()
+
+
+# ------------------------------------------------------------------ RealLinear
+def test_real_linear_fp16_is_fp32_computation_rounded_once():
+    torch.manual_seed(0)
+    m = RealLinear(64, 32, dtype=torch.float16)
+    with torch.no_grad():
+        m.bias.normal_()
+    x = torch.randn(8, 64).half()
+    y = m(x)
+    assert y.dtype == torch.float16 and y.shape == (8, 32)
+    want = F.linear(x.float(), m.weight.float(), m.bias.float()).half()
+    assert_bitwise_equal(y, want, "RealLinear fp16 output")
+
+
+def test_real_linear_is_an_nn_linear_and_backprops():
+    m = RealLinear(4, 3, dtype=torch.float64)
+    assert isinstance(m, nn.Linear)
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    m(x).sum().backward()
+    torch.testing.assert_close(m.bias.grad, torch.full((3,), 2.0, dtype=torch.float64))
+    torch.testing.assert_close(x.grad, m.weight.sum(0).expand(2, 4).detach())
+
+
+@pytest.mark.parametrize("module", [ComplexLinear(3, 3), ModReLU(3), ComplexLayerNorm(3)])
+def test_modules_produce_planar_outputs(module):
+    assert module(_z(2, 3)).is_planar()
