@@ -1,5 +1,7 @@
-"""Language models: Stage 1 (planar complex32) and the Phase 2 baseline."""
+"""Language models: Stage 1 (planar complex32) and the Phase 2 baseline, with a registry."""
 
+from muse.models.phase2 import Phase2Block, Phase2Config, Phase2Model
+from muse.models.registry import MODELS, build_model, make_config, model_names
 from muse.models.stage1 import (
     Phase3Stage1Block,
     Phase3Stage1Config,
@@ -7,7 +9,7 @@ from muse.models.stage1 import (
     create_phase3_stage1_model,
 )
 
-__all__ = ["Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model", "create_phase3_stage1_model"]
-from muse.models.registry import MODELS, build_model, make_config, model_names  # noqa: E402
-
-__all__ += ["MODELS", "build_model", "make_config", "model_names"]
+__all__ = [
+    "MODELS", "Phase2Block", "Phase2Config", "Phase2Model", "Phase3Stage1Block", "Phase3Stage1Config",
+    "Phase3Stage1Model", "build_model", "create_phase3_stage1_model", "make_config", "model_names",
+]

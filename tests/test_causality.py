@@ -1,0 +1,85 @@
+"""Causality of every registered language model: logits at positions <= t never see tokens after t.
+
+Parametrised over ``muse.models.MODELS``, so each model added to the registry is
+checked without touching this file.  Each model is built at its "tiny" preset in
+eval mode (no dropout), in float64 where ``.double()`` is supported.
+
+The check is exact (``torch.equal``): on CPU the same shapes run the same kernels
+with the same reduction order, and a causal model combines later positions only
+through exact zeros (masked weights), which add nothing; any leak, however small,
+fails.  The second half makes sure the test can fail: changing the token AT t must
+change the logits at t.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muse.models import MODELS, build_model
+
+SEQ = 40
+CUTS = [0, 1, SEQ // 2, SEQ - 2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread per test process: with pytest-xdist on 2 cores, more only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(name: str):
+    """The tiny preset in eval mode, float64 if the model supports ``.double()``, else its own dtype."""
+    torch.manual_seed(0)
+    model = build_model(name, "tiny").eval()
+    probe = torch.zeros(1, 2, dtype=torch.long)
+    try:
+        model.double()
+        with torch.no_grad():
+            model(probe)
+    except (RuntimeError, TypeError, NotImplementedError):
+        torch.manual_seed(0)
+        model = build_model(name, "tiny").eval()
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return _model(request.param)
+
+
+def _fresh_tokens(ids: torch.Tensor, vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Random ids that differ from ``ids`` at every position."""
+    shift = torch.randint(1, vocab, ids.shape, generator=gen)
+    return (ids + shift) % vocab
+
+
+@pytest.mark.parametrize("t", CUTS)
+def test_future_tokens_do_not_change_past_logits(model, t):
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(100 + t)
+    ids = torch.randint(0, vocab, (2, SEQ), generator=gen)
+    with torch.no_grad():
+        base = model(ids)
+        future = ids.clone()
+        future[:, t + 1 :] = _fresh_tokens(ids[:, t + 1 :], vocab, gen)
+        after = model(future)
+        assert torch.equal(base[:, : t + 1], after[:, : t + 1]), (
+            f"logits at positions <= {t} changed when only tokens after {t} changed; "
+            f"max |diff| = {(base[:, : t + 1] - after[:, : t + 1]).abs().max().item():.3e}"
+        )
+        assert not torch.equal(base[:, t + 1 :], after[:, t + 1 :]), "later logits ignored their own tokens"
+
+        present = future.clone()
+        present[:, t] = _fresh_tokens(future[:, t], vocab, gen)
+        changed = model(present)
+        assert torch.equal(after[:, :t], changed[:, :t]), f"logits before {t} saw the token at {t}"
+        for b in range(ids.shape[0]):
+            assert not torch.equal(after[b, t], changed[b, t]), f"sample {b}: logits at {t} ignore the token at {t}"
+
+
+def test_every_registered_model_is_covered():
+    assert {"stage1", "phase2"} <= set(MODELS)
