@@ -1,0 +1,67 @@
+"""``muse eval``: loss and perplexity of a training checkpoint on a WikiText-2 split or a .npy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """examples:
+  muse eval runs/stage1-tiny-20260101-120000/last.safetensors                 # whole test split
+  muse eval last.safetensors --tokens-npy test.npy --stride 512 --json eval.json
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a training checkpoint (loss, perplexity)",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by muse train")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--tokens-npy", help="pre-tokenised uint16 .npy instead of --split")
+    p.add_argument("--seq-len", type=int, help="window length (default: the run's seq_len)")
+    p.add_argument("--stride", type=int, help="sliding-window stride (default: seq-len, no overlap)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, help="score only the first N tokens")
+    p.add_argument("--data-dir")
+    p.add_argument("--tokenizer-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--offline", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from muse.data import DataNotFoundError, load_token_file, load_tokens
+    from muse.train.checkpoint import model_from_checkpoint
+    from muse.train.distributed import resolve_device
+    from muse.train.evaluate import evaluate
+
+    try:
+        device = resolve_device(args.device)
+        model, ck = model_from_checkpoint(args.checkpoint, device)
+        if args.tokens_npy:
+            tokens, source = load_token_file(args.tokens_npy), args.tokens_npy
+        else:
+            split = load_tokens(args.split, data_dir=args.data_dir, tokenizer_dir=args.tokenizer_dir,
+                                cache_dir=args.cache_dir, allow_hub=not args.offline)
+            tokens, source = split.tokens, split.source
+        seq_len = args.seq_len or ck.train_config.get("seq_len") or model.config.max_seq_len
+        t0 = time.perf_counter()
+        res = evaluate(model, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
+    except (ValueError, TypeError, FileNotFoundError, DataNotFoundError) as exc:
+        print(f"muse eval: error: {exc}", file=sys.stderr)
+        return 2
+    out = {"checkpoint": str(args.checkpoint), "model": ck.model_name, "step": ck.counters["step"],
+           "train_split": ck.train_config.get("train_split_used"), "eval_source": str(source),
+           "seq_len": seq_len, "stride": args.stride or seq_len, **res, "seconds": time.perf_counter() - t0}
+    for key, value in out.items():
+        print(f"{key:<14}{value}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
+            fh.write("\n")
+    return 0

@@ -1,0 +1,164 @@
+"""The seed report's "simple test" as a function: create, forward, backward, memory.
+
+Each check is measured and compared against a stated threshold; nothing passes
+that was not measured.  Memory: on CUDA, ``torch.cuda.memory_allocated`` /
+``max_memory_allocated`` around the forward+backward; on CPU, the process's peak
+resident set size (``getrusage``), which includes Python and library overhead —
+the report says which one it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from muse._checks import check_float, check_int
+
+SEED_PARAMETER_COUNT = 80_937_553  # vocab 50257, d 512, 6 layers, max_seq_len 1024
+GRAD_NORM_RANGE = (1e-6, 1e3)  # Stage 1 criterion: every gradient norm inside
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class SmokeResult:
+    device: str
+    preset: str
+    model: str
+    parameters: int
+    checks: list[Check] = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def _rss_peak_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but torch.cuda.is_available() is False")
+    return dev
+
+
+def run_smoke(model_name: str = "stage1", preset: str = "seed", device: str = "auto", batch_size: int = 2,
+              seq_len: int = 128, seed: int = 0, max_memory_gb: float = 8.0) -> SmokeResult:
+    """Run the four checks of the seed's simple test and return measured results."""
+    from muse.models import build_model
+    from muse.train.loss import lm_loss
+
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    seq_len = check_int("seq_len", seq_len, min_value=1)
+    max_memory_gb = check_float("max_memory_gb", max_memory_gb, min_value=0.0, min_inclusive=False)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    t0 = time.perf_counter()
+    model = build_model(model_name, preset, device=dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    res = SmokeResult(device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+                      preset=preset, model=model_name, parameters=n_params)
+    res.measurements["create_seconds"] = time.perf_counter() - t0
+    res.measurements["config"] = model.config.to_dict()
+    if model_name == "stage1" and preset == "seed":
+        res.checks.append(Check("parameter count", n_params == SEED_PARAMETER_COUNT,
+                                f"{n_params:,} (seed report: {SEED_PARAMETER_COUNT:,})"))
+    if seq_len > model.max_seq_len:
+        raise ValueError(f"seq_len={seq_len} exceeds the preset's max_seq_len={model.max_seq_len}")
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch_size, seq_len + 1), generator=gen).to(dev)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    # forward
+    model.train()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        mem_before = torch.cuda.memory_allocated(dev)
+    t0 = time.perf_counter()
+    logits = model(inputs)
+    expected = (batch_size, seq_len, vocab)
+    n_nan = int(torch.isnan(logits).sum())
+    n_inf = int(torch.isinf(logits).sum())
+    res.measurements.update(forward_seconds=time.perf_counter() - t0, nan=n_nan, inf=n_inf,
+                            logits_shape=list(logits.shape), logits_dtype=str(logits.dtype))
+    res.checks.append(Check("forward shape", tuple(logits.shape) == expected,
+                            f"{tuple(logits.shape)} (expected {expected})"))
+    res.checks.append(Check("forward finite", n_nan == 0 and n_inf == 0, f"NaN: {n_nan}, Inf: {n_inf}"))
+
+    # backward
+    loss = lm_loss(logits, targets)
+    t0 = time.perf_counter()
+    loss.backward()
+    loss_value = float(loss.detach())
+    res.measurements["backward_seconds"] = time.perf_counter() - t0
+    norms = {name: float(p.grad.float().norm()) if p.grad is not None else float("nan")
+             for name, p in model.named_parameters() if p.requires_grad}
+    lo, hi = GRAD_NORM_RANGE
+    outside = {k: v for k, v in norms.items() if not (math.isfinite(v) and lo <= v <= hi)}
+    gmin = min(norms.values(), default=float("nan"))
+    gmax = max(norms.values(), default=float("nan"))
+    res.measurements.update(loss=loss_value, grad_norm_min=gmin, grad_norm_max=gmax,
+                            grad_norms_outside=outside, ln_vocab=math.log(vocab))
+    res.checks.append(Check("loss finite", math.isfinite(loss_value), f"loss {loss_value:.4f} (ln V = {math.log(vocab):.4f})"))
+    res.checks.append(Check(f"gradient norms in [{lo:g}, {hi:g}]", not outside and bool(norms),
+                            f"min {gmin:.3e}, max {gmax:.3e}, {len(outside)} of {len(norms)} outside"))
+
+    # memory
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        current = torch.cuda.memory_allocated(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        kind = "torch.cuda.max_memory_allocated (tensors on the GPU, whole run incl. model creation)"
+        res.measurements.update(memory_kind=kind, memory_current_bytes=current, memory_peak_bytes=peak,
+                                memory_forward_backward_bytes=peak - mem_before)
+    else:
+        peak = _rss_peak_bytes()
+        kind = "process peak RSS from getrusage (includes Python/torch overhead, not just tensors)"
+        res.measurements.update(memory_kind=kind, memory_peak_bytes=peak)
+    res.checks.append(Check(f"peak memory < {max_memory_gb:g} GB", peak < max_memory_gb * 1e9,
+                            f"{peak / 1e9:.3f} GB ({kind})"))
+    return res
+
+
+def format_report(res: SmokeResult) -> str:
+    m = res.measurements
+    lines = [
+        "=" * 64, f"MUSE smoke test: {res.model} / preset {res.preset} on {res.device}", "=" * 64,
+        f"parameters: {res.parameters:,}",
+        f"timings: create {m['create_seconds']:.2f}s, forward {m['forward_seconds']:.3f}s, "
+        f"backward {m['backward_seconds']:.3f}s",
+        "",
+    ]
+    for c in res.checks:
+        lines.append(f"[{'PASS' if c.passed else 'FAIL'}] {c.name}: {c.detail}")
+    if m.get("grad_norms_outside"):
+        lines.append("gradient norms outside the range:")
+        lines += [f"    {k}: {v:.3e}" for k, v in m["grad_norms_outside"].items()]
+    lines += ["", f"Overall: {'PASS' if res.passed else 'FAIL'}"]
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The training configuration: one dataclass, printed at start, saved in checkpoints and results."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from muse._checks import check_float, check_int, check_type
+
+SPLITS = ("train", "valid", "test")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = (None, "bf16", "fp16")
+# Fields that decide the loss curve: a resumed run must use the same values.
+TRAJECTORY_FIELDS = (
+    "model", "preset", "model_overrides", "seq_len", "batch_size", "grad_accum", "lr", "min_lr",
+    "warmup", "weight_decay", "betas", "eps", "clip", "tokens", "max_steps", "seed", "amp",
+    "train_split", "init_scale", "growth_interval",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data arrays."""
+
+    model: str = "stage1"
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)  # config fields, e.g. {"dropout": 0.0}
+    seq_len: int | None = None  # None: the model's max_seq_len
+    batch_size: int = 8  # sequences per rank per micro-batch
+    grad_accum: int = 1  # micro-batches per step; global batch = batch_size*grad_accum*world_size
+    lr: float = 6e-4
+    min_lr: float = 6e-5  # cosine floor
+    warmup: int = 100  # steps of linear warmup
+    weight_decay: float = 0.1  # linear-layer weights only (see muse.train.optim)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    clip: float = 1.0  # global grad-norm clip on fp32 grads; 0 disables
+    tokens: int | None = None  # token budget (-> steps); None with max_steps None: one epoch
+    max_steps: int | None = None
+    stop_after: int | None = None  # stop early (checkpoint saved) without changing the schedule
+    eval_every: int = 200  # steps; 0 disables periodic evaluation
+    eval_tokens: int | None = 65536  # bound of periodic evals (None: whole eval split)
+    final_eval_tokens: int | None = None  # None: the whole eval split
+    eval_batch_size: int | None = None  # None: batch_size
+    eval_stride: int | None = None  # sliding-window stride of the final eval (None: seq_len)
+    log_every: int = 10
+    ckpt_every: int | None = None  # None: at every periodic eval; 0: only at the end
+    save_best: bool = False  # also keep best.safetensors (lowest periodic eval loss)
+    train_split: str = "train"
+    eval_split: str = "test"
+    data_dir: str | None = None
+    tokenizer_dir: str | None = None
+    cache_dir: str | None = None
+    tokens_npy: str | None = None  # pre-tokenised uint16 .npy of the training text
+    eval_tokens_npy: str | None = None
+    offline: bool = False  # never contact the Hugging Face hub
+    out: str | None = None  # None: runs/<model>-<preset>-<timestamp>
+    resume: str | None = None
+    seed: int = 1337
+    device: str = "auto"
+    amp: str | None = None  # Phase 2 on CUDA: bf16 or fp16 autocast
+    progress: bool = True
+    init_scale: float = 2.0**16  # Stage 1 dynamic loss scale
+    growth_interval: int = 1000  # clean steps before the loss scale doubles
+    max_skip_fraction: float = 0.05  # fail when skipped > skip_grace + fraction * steps
+    skip_grace: int = 10  # overflows tolerated while the scale calibrates at the start
+
+    def __post_init__(self):
+        check_type("model", self.model, str, "a model name")
+        check_type("preset", self.preset, str, "a preset name")
+        check_type("model_overrides", self.model_overrides, dict, "a dict")
+        _opt_int("seq_len", self.seq_len, 1)
+        check_int("batch_size", self.batch_size, min_value=1)
+        check_int("grad_accum", self.grad_accum, min_value=1)
+        check_float("lr", self.lr, min_value=0.0, min_inclusive=False)
+        check_float("min_lr", self.min_lr, min_value=0.0)
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        check_int("warmup", self.warmup, min_value=0)
+        check_float("weight_decay", self.weight_decay, min_value=0.0)
+        check_type("betas", self.betas, (tuple, list), "a pair of floats")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must have two entries, got {len(self.betas)}")
+        self.betas = tuple(check_float(f"betas[{i}]", b, min_value=0.0, max_value=1.0, max_inclusive=False)
+                           for i, b in enumerate(self.betas))
+        check_float("eps", self.eps, min_value=0.0, min_inclusive=False)
+        check_float("clip", self.clip, min_value=0.0)
+        _opt_int("tokens", self.tokens, 1)
+        _opt_int("max_steps", self.max_steps, 1)
+        if self.tokens is not None and self.max_steps is not None:
+            raise ValueError("give tokens or max_steps, not both")
+        _opt_int("stop_after", self.stop_after, 1)
+        check_int("eval_every", self.eval_every, min_value=0)
+        _opt_int("eval_tokens", self.eval_tokens, 1)
+        _opt_int("final_eval_tokens", self.final_eval_tokens, 1)
+        _opt_int("eval_batch_size", self.eval_batch_size, 1)
+        _opt_int("eval_stride", self.eval_stride, 1)
+        check_int("log_every", self.log_every, min_value=1)
+        _opt_int("ckpt_every", self.ckpt_every, 0)
+        check_type("save_best", self.save_best, bool, "a bool")
+        for name in ("train_split", "eval_split"):
+            if getattr(self, name) not in SPLITS:
+                raise ValueError(f"{name} must be one of {SPLITS}, got {getattr(self, name)!r}")
+        for name in ("data_dir", "tokenizer_dir", "cache_dir", "tokens_npy", "eval_tokens_npy", "out", "resume"):
+            if getattr(self, name) is not None:
+                check_type(name, getattr(self, name), str, "a path string or None")
+        check_type("offline", self.offline, bool, "a bool")
+        check_int("seed", self.seed, min_value=0)
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        check_type("progress", self.progress, bool, "a bool")
+        check_float("init_scale", self.init_scale, min_value=2.0**-24, max_value=2.0**24)
+        check_int("growth_interval", self.growth_interval, min_value=1)
+        check_float("max_skip_fraction", self.max_skip_fraction, min_value=0.0, max_value=1.0)
+        check_int("skip_grace", self.skip_grace, min_value=0)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown train config field(s) {unknown}")
+        return cls(**data)
+
+
+def _opt_int(name: str, value: object, min_value: int) -> None:
+    if value is not None:
+        check_int(name, value, min_value=min_value)

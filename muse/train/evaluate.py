@@ -1,0 +1,58 @@
+"""Held-out loss and perplexity over a token array, with the trainer's loss function."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from muse._checks import check_int, check_type
+from muse.data import batched, eval_windows
+from muse.data.batches import as_token_array
+from muse.train.loss import lm_loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokens, seq_len: int, batch_size: int, stride: int | None = None,
+             max_tokens: int | None = None, *, rank: int = 0, world_size: int = 1) -> dict:
+    """``{loss, ppl, tokens_scored}`` of ``model`` on ``tokens`` (1-D ids), in eval mode.
+
+    Every token but the first is scored once through :func:`muse.data.eval_windows`
+    (non-overlapping windows of ``seq_len``, or sliding ones with ``stride``); ``max_tokens``
+    keeps only the first ``max_tokens`` targets, so periodic evals see the same subset each
+    time. Loss is the fp32 cross-entropy summed in float64 and divided by the count. With
+    ``world_size > 1`` (torch.distributed initialised) each rank scores every
+    ``world_size``-th batch and the sums are all-reduced. The model's training mode is restored.
+    """
+    check_type("model", model, nn.Module, "an nn.Module")
+    check_int("seq_len", seq_len, min_value=1)
+    check_int("batch_size", batch_size, min_value=1)
+    check_int("world_size", world_size, min_value=1)
+    check_int("rank", rank, min_value=0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
+    array = as_token_array("tokens", tokens, 2)
+    if max_tokens is not None:
+        check_int("max_tokens", max_tokens, min_value=1)
+        array = array[: max_tokens + 1]
+    device = next(model.parameters()).device
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, tokens scored)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, (inputs, targets, n_scored) in enumerate(batched(eval_windows(array, seq_len, stride), batch_size)):
+            if i % world_size != rank:
+                continue
+            logits = model(inputs.to(device, non_blocking=True))
+            total[0] += lm_loss(logits, targets.to(device, non_blocking=True), reduction="sum").double()
+            total[1] += n_scored
+    finally:
+        model.train(was_training)
+    if world_size > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    loss_sum, count = total.tolist()
+    loss = loss_sum / count
+    ppl = math.inf if loss > 700 else math.exp(loss)  # NaN stays NaN
+    return {"loss": loss, "ppl": ppl, "tokens_scored": int(count)}

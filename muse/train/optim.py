@@ -1,0 +1,292 @@
+"""AdamW behind one interface for both precision schemes.
+
+* :class:`MixedPrecisionOptimizer` (Stage 1): the model keeps fp16 parameters for compute;
+  AdamW updates fp32 *master* copies; the loss is scaled by a :class:`DynamicLossScaler`,
+  gradients are unscaled into fp32 master grads, checked for inf/NaN (the flag is
+  all-reduced so every rank takes the same decision), clipped on the fp32 global norm, and
+  after the update each fp16 parameter is rewritten from its master (one rounding).
+* :class:`FullPrecisionOptimizer` (Phase 2, fp32 Stage 1): AdamW on the parameters
+  themselves, optionally with ``torch.amp.GradScaler`` when autocasting to fp16.
+
+Both skip (and count) any step whose gradients are not finite, so a NaN batch never
+changes the weights and never goes unnoticed. Weight decay applies to the weight
+matrices of linear layers only; norms, biases, embeddings and the position table are
+not decayed (decaying an embedding shrinks rare tokens' rows, and decaying a norm gain
+pulls it towards 0 rather than towards its identity value 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from muse._checks import check_float, check_type
+from muse.train.scaler import DynamicLossScaler
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay: ``weight`` of every linear layer.
+
+    A linear layer is any module with ``in_features`` and ``out_features`` (``nn.Linear``,
+    ``ComplexLinear``, ``RealLinear``), so planar complex weights (2, out, in) are covered
+    while planar complex biases (2, out), which are 2-D too, are not.
+    """
+    names = set()
+    for mod_name, module in model.named_modules():
+        if hasattr(module, "in_features") and hasattr(module, "out_features"):
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter) and weight.requires_grad:
+                names.add(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did: ``grad_norm`` is the fp32 norm before clipping."""
+
+    skipped: bool
+    grad_norm: float
+    loss_scale: float
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _agree_found_inf(norm: torch.Tensor) -> bool:
+    """True when any rank saw a non-finite gradient norm (MAX all-reduce of the flag)."""
+    flag = (~torch.isfinite(norm)).to(torch.float32).reshape(1)
+    if _distributed():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+class _AdamWBase:
+    """Shared parts: parameter groups, LR setting, named (flattened) optimizer state."""
+
+    def __init__(self, named_parameters, *, lr: float, betas: tuple[float, float], eps: float,
+                 weight_decay: float, no_decay: set[str] | frozenset[str]):
+        named = [(n, p) for n, p in named_parameters if p.requires_grad]
+        if not named:
+            raise ValueError("named_parameters is empty: nothing to optimize")
+        check_float("lr", lr, min_value=0.0, min_inclusive=False)
+        check_float("weight_decay", weight_decay, min_value=0.0)
+        check_float("eps", eps, min_value=0.0, min_inclusive=False)
+        check_type("betas", betas, (tuple, list), "a pair of floats")
+        if len(betas) != 2:
+            raise ValueError(f"betas must have two entries, got {len(betas)}")
+        for i, b in enumerate(betas):
+            check_float(f"betas[{i}]", b, min_value=0.0, max_value=1.0, max_inclusive=False)
+        decay = [(n, p) for n, p in named if n not in no_decay]
+        rest = [(n, p) for n, p in named if n in no_decay]
+        self.params = [p for _, p in decay + rest]  # the model's own parameters
+        self.names = [n for n, _ in decay + rest]
+        self.opt_params = self._optimizer_params()
+        groups, k = [], len(decay)
+        if decay:
+            groups.append({"params": self.opt_params[:k], "weight_decay": weight_decay})
+        if rest:
+            groups.append({"params": self.opt_params[k:], "weight_decay": 0.0})
+        fused = self.opt_params[0].device.type == "cuda"
+        self.inner = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+
+    def _optimizer_params(self) -> list[torch.Tensor]:
+        return self.params
+
+    @property
+    def skipped_steps(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def loss_scale(self) -> float:
+        return 1.0
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.inner.param_groups:
+            group["lr"] = lr
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    # ---------------------------------------------------------------- state
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """AdamW moments and step counts as ``optim.<key>.<param name>`` tensors."""
+        out = {}
+        for idx, st in self.inner.state_dict()["state"].items():
+            for key, value in st.items():
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"optimizer state {key!r} is not a tensor")
+                out[f"optim.{key}.{self.names[idx]}"] = value.detach().clone()
+        return out
+
+    def state_meta(self) -> dict:
+        """JSON-able: parameter order, AdamW hyper-parameters per group, scaler state."""
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+                  for g in self.inner.state_dict()["param_groups"]]
+        return {"kind": type(self).__name__, "names": self.names, "param_groups": groups}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Inverse of :meth:`state_tensors` / :meth:`state_meta`."""
+        if meta.get("kind") != type(self).__name__:
+            raise ValueError(f"checkpoint optimizer is {meta.get('kind')!r}, this run uses {type(self).__name__!r}")
+        if meta.get("names") != self.names:
+            raise ValueError("checkpoint optimizer parameters differ from this model's parameters")
+        state: dict[int, dict] = {}
+        for idx, name in enumerate(self.names):
+            entry = {key.split(".", 2)[1]: t for key, t in tensors.items()
+                     if key.startswith("optim.") and key.split(".", 2)[2] == name}
+            if entry:
+                state[idx] = entry
+        groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]
+        self.inner.load_state_dict({"state": state, "param_groups": groups})
+
+
+class FullPrecisionOptimizer(_AdamWBase):
+    """AdamW on fp32 parameters; ``amp_fp16=True`` adds ``torch.amp.GradScaler`` (CUDA)."""
+
+    def __init__(self, named_parameters, *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.1, no_decay=frozenset(), amp_fp16: bool = False):
+        super().__init__(named_parameters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         no_decay=no_decay)
+        bad = [n for n, p in zip(self.names, self.params, strict=True) if p.dtype != torch.float32]
+        if bad:
+            raise TypeError(f"FullPrecisionOptimizer needs fp32 parameters; {bad[:3]} are not")
+        self.grad_scaler = torch.amp.GradScaler(self.params[0].device.type) if amp_fp16 else None
+        self._skipped = 0
+
+    @property
+    def skipped_steps(self) -> int:
+        return self._skipped
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def step(self, max_norm: float | None = None) -> StepResult:
+        scale = self.loss_scale
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.inner)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+        found_inf = _agree_found_inf(norm)
+        if not found_inf:
+            if max_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, norm)
+            if self.grad_scaler is not None:
+                self.grad_scaler.step(self.inner)
+            else:
+                self.inner.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.update()
+        self._skipped += int(found_inf)
+        return StepResult(found_inf, float(norm.item()) if not found_inf else math.nan, scale)
+
+    def state_meta(self) -> dict:
+        meta = super().state_meta()
+        meta["skipped_steps"] = self._skipped
+        meta["grad_scaler"] = self.grad_scaler.state_dict() if self.grad_scaler is not None else None
+        return meta
+
+    def load_state(self, tensors, meta) -> None:
+        super().load_state(tensors, meta)
+        self._skipped = int(meta["skipped_steps"])
+        if (meta["grad_scaler"] is None) != (self.grad_scaler is None):
+            raise ValueError("checkpoint and run disagree on fp16 autocast (GradScaler)")
+        if self.grad_scaler is not None:
+            self.grad_scaler.load_state_dict(meta["grad_scaler"])
+
+
+class MixedPrecisionOptimizer(_AdamWBase):
+    """fp16 parameters, fp32 master weights in AdamW, dynamic loss scaling.
+
+    Use: ``zero_grad()``; for each micro-batch ``backward(loss)`` (scales the loss); then
+    ``step(max_norm)``, which unscales the fp16 grads into fp32 master grads, skips the
+    update on inf/NaN (halving the scale, counting the step), otherwise clips, updates the
+    masters and copies them to the fp16 parameters.
+    """
+
+    def __init__(self, named_parameters, *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.1, no_decay=frozenset(),
+                 loss_scaler: DynamicLossScaler | None = None):
+        self.scaler = loss_scaler if loss_scaler is not None else DynamicLossScaler()
+        check_type("loss_scaler", self.scaler, DynamicLossScaler, "a DynamicLossScaler")
+        super().__init__(named_parameters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         no_decay=no_decay)
+
+    def _optimizer_params(self) -> list[torch.Tensor]:
+        bad = [n for n, p in zip(self.names, self.params, strict=True) if p.dtype != torch.float16]
+        if bad:
+            raise TypeError(f"MixedPrecisionOptimizer needs fp16 parameters; {bad[:3]} are not")
+        masters = [p.detach().float().clone() for p in self.params]
+        for m in masters:
+            m.grad = torch.zeros_like(m)
+        return masters
+
+    @property
+    def masters(self) -> list[torch.Tensor]:
+        return self.opt_params
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.scaler.skipped_steps
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.scale
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss.float() * self.scaler.scale).backward()
+
+    def step(self, max_norm: float | None = None) -> StepResult:
+        scale = self.scaler.scale
+        with torch.no_grad():
+            grads = []
+            for p, m in zip(self.params, self.masters, strict=True):
+                if p.grad is None:
+                    m.grad = None  # unused this step: AdamW leaves it alone
+                    continue
+                if m.grad is None:
+                    m.grad = torch.empty_like(m)
+                grads.append(m.grad.copy_(p.grad).mul_(1.0 / scale))  # scale is a power of 2: exact
+            norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+        found_inf = _agree_found_inf(norm)
+        self.scaler.update(found_inf)
+        if found_inf:
+            return StepResult(True, math.nan, scale)
+        with torch.no_grad():
+            if max_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.masters, max_norm, norm)
+            self.inner.step()
+            for p, m in zip(self.params, self.masters, strict=True):
+                p.copy_(m)  # the one rounding fp32 -> fp16
+        return StepResult(False, float(norm.item()), scale)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = super().state_tensors()
+        for name, m in zip(self.names, self.masters, strict=True):
+            out[f"master.{name}"] = m.detach().clone()
+        return out
+
+    def state_meta(self) -> dict:
+        meta = super().state_meta()
+        meta["loss_scaler"] = self.scaler.state_dict()
+        return meta
+
+    def load_state(self, tensors, meta) -> None:
+        super().load_state(tensors, meta)
+        with torch.no_grad():
+            for name, p, m in zip(self.names, self.params, self.masters, strict=True):
+                key = f"master.{name}"
+                if key not in tensors:
+                    raise ValueError(f"checkpoint has no master weight {key!r}")
+                m.copy_(tensors[key])
+                p.copy_(m)
+        self.scaler.load_state_dict(meta["loss_scaler"])

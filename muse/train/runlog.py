@@ -1,0 +1,159 @@
+"""Run records: the JSONL log, the loss-curve PNG, results.json and the results table."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class JsonlLog:
+    """Append-only JSONL records (one ``type: train`` per logged step, ``type: eval`` per eval).
+
+    ``truncate_after(step)`` drops records beyond ``step``: a resumed run continues from its
+    checkpoint, so lines an interrupted run wrote after that checkpoint are stale.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)  # nothing is created until the first write (rank 0 only writes)
+
+    def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        _atomic_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def plot_loss_curve(records: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Train and eval loss against tokens seen, as a PNG (matplotlib Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["tokens"], r["loss"]) for r in records if r["type"] == "train" and math.isfinite(r["loss"])]
+    evals = [(r["tokens"], r["loss"]) for r in records if r["type"] == "eval" and math.isfinite(r["loss"])]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.0)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", markersize=4)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if train or evals:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def git_commit(repo: Path | None = None) -> dict:
+    """HEAD commit and whether the working tree has changes (read-only git calls)."""
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return {"commit": head, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def environment(device: torch.device) -> dict:
+    """Timestamp, versions and the device name for results.json."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"
+    return {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+    }
+
+
+def peak_memory(device: torch.device) -> dict:
+    """CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS (labelled as such)."""
+    if device.type == "cuda":
+        return {"kind": "cuda max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"kind": "CPU process peak RSS (ru_maxrss; whole process, not tensors only)",
+            "bytes": int(rss_kib) * 1024}
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Indented JSON written atomically; NaN/inf are refused rather than written as invalid JSON."""
+    return _atomic_text(Path(path), json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def results_table(results: dict) -> str:
+    """A Markdown table of the headline numbers."""
+    final = results.get("final_eval") or {}
+    rows = [
+        ("status", results["status"]),
+        ("model", f"{results['model']['name']} / {results['model']['preset']}"),
+        ("parameters", f"{results['model']['parameters']:,}"),
+        ("device", results["environment"]["device_name"]),
+        ("world size", results["world_size"]),
+        ("train split", results["train_split"]),
+        ("eval split", results["eval_split"]),
+        ("steps", f"{results['steps']:,} ({results['skipped_steps']} skipped)"),
+        ("tokens seen", f"{results['tokens_seen']:,}"),
+        ("final eval loss", _fmt(final.get("loss"))),
+        ("final eval PPL", _fmt(final.get("ppl"))),
+        ("eval tokens scored", f"{final['tokens_scored']:,}" if final else "-"),
+        ("train tok/s", _fmt(results.get("train_tokens_per_s"), ".0f")),
+        ("wall time (s)", _fmt(results["wall_time_s"], ".1f")),
+        ("peak memory", f"{results['peak_memory']['bytes'] / 2**20:,.0f} MiB ({results['peak_memory']['kind']})"),
+    ]
+    lines = ["| field | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+    warning = results.get("train_split_warning")
+    if warning:
+        lines.append(f"\n{warning}")
+    return "\n".join(lines)
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
