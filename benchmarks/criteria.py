@@ -1,0 +1,103 @@
+"""The Stage 1 completion criteria as data, and the one rule that combines them.
+
+A criterion is ``pass``, ``fail`` or ``not_measured``. ``all_pass`` is true only when
+every criterion was measured and passed — a missing Phase 2 run, an untrained model,
+or a device that cannot measure memory makes it false (the seed script printed
+``"all_pass": true`` with no Phase 2 run and an untrained model at PPL 54,431).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+PASS, FAIL, NOT_MEASURED = "pass", "fail", "not_measured"
+
+PPL_MAX_RATIO = 1.03  # Stage 1 test PPL <= Phase 2 test PPL + 3 %
+VRAM_MAX_RATIO = 0.52  # Stage 1 peak VRAM <= 52 % of Phase 2's
+NAN_MAX_RATE = 0.0  # over the random-input trials
+GRAD_RANGE = (1e-6, 1e3)
+
+
+@dataclass
+class Criterion:
+    name: str
+    status: str
+    value: str
+    threshold: str
+    note: str = ""
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def trained(name: str, run: dict | None, unigram_ppl: float | None) -> Criterion:
+    """A model counts as trained when it saw tokens and beats the unigram baseline on the eval split."""
+    threshold = "trained on > 0 tokens and eval PPL < unigram PPL of the training text"
+    if not run or not _finite(run.get("eval_ppl")) or unigram_ppl is None:
+        return Criterion(f"{name} trained", NOT_MEASURED, "no evaluated run", threshold)
+    tokens = run.get("tokens_trained", 0) or 0
+    ok = tokens > 0 and run["eval_ppl"] < unigram_ppl
+    return Criterion(f"{name} trained", PASS if ok else FAIL,
+                     f"{tokens:,} tokens, PPL {run['eval_ppl']:.2f} vs unigram {unigram_ppl:.2f}", threshold)
+
+
+def perplexity(stage1_ppl: float | None, phase2_ppl: float | None) -> Criterion:
+    threshold = f"Stage 1 PPL <= {PPL_MAX_RATIO:.2f} x Phase 2 PPL"
+    if not _finite(stage1_ppl, phase2_ppl):
+        return Criterion("perplexity vs Phase 2", NOT_MEASURED,
+                         f"stage1={stage1_ppl}, phase2={phase2_ppl}", threshold)
+    ratio = stage1_ppl / phase2_ppl
+    return Criterion("perplexity vs Phase 2", PASS if ratio <= PPL_MAX_RATIO else FAIL,
+                     f"{stage1_ppl:.2f} / {phase2_ppl:.2f} = {ratio:.3f}", threshold)
+
+
+def vram(stage1_peak: int | None, phase2_peak: int | None, note: str = "") -> Criterion:
+    threshold = f"Stage 1 peak <= {VRAM_MAX_RATIO:.2f} x Phase 2 peak (forward+backward)"
+    if not _finite(stage1_peak, phase2_peak) or not phase2_peak:
+        return Criterion("VRAM vs Phase 2", NOT_MEASURED, "peak memory not measured (CUDA only)",
+                         threshold, note)
+    ratio = stage1_peak / phase2_peak
+    return Criterion("VRAM vs Phase 2", PASS if ratio <= VRAM_MAX_RATIO else FAIL,
+                     f"{stage1_peak / 2**20:.1f} MiB / {phase2_peak / 2**20:.1f} MiB = {ratio:.3f}",
+                     threshold, note)
+
+
+def nan_rate(trials: dict | None) -> Criterion:
+    threshold = "non-finite rate == 0 over the random-input trials"
+    if not trials:
+        return Criterion("NaN/Inf rate", NOT_MEASURED, "no trials", threshold)
+    rate = trials["nonfinite_rate"]
+    return Criterion("NaN/Inf rate", PASS if rate <= NAN_MAX_RATE else FAIL,
+                     f"{trials['nonfinite_trials']}/{trials['trials']} = {rate:.1%}", threshold)
+
+
+def gradient_norms(trials: dict | None) -> Criterion:
+    lo, hi = GRAD_RANGE
+    threshold = f"every parameter's gradient norm in [{lo:g}, {hi:g}] in every trial"
+    if not trials:
+        return Criterion("gradient norms", NOT_MEASURED, "no trials", threshold)
+    ok = not trials["grad_offenders"]
+    return Criterion("gradient norms", PASS if ok else FAIL,
+                     f"min {trials['grad_norm_min']:.3e}, max {trials['grad_norm_max']:.3e}, "
+                     f"{len(trials['grad_offenders'])} parameter(s) outside", threshold)
+
+
+def planar(layout: dict | None) -> Criterion:
+    threshold = "every complex activation of a forward pass is planar ([RRR...III...])"
+    if not layout or layout["complex_activations"] == 0:
+        return Criterion("planar layout", NOT_MEASURED, "no complex activations seen", threshold)
+    ok = not layout["non_planar"]
+    return Criterion("planar layout", PASS if ok else FAIL,
+                     f"{layout['complex_activations'] - len(layout['non_planar'])}/"
+                     f"{layout['complex_activations']} planar", threshold)
+
+
+def summarize(criteria: list[Criterion]) -> dict:
+    return {
+        "criteria": [asdict(c) for c in criteria],
+        "all_pass": bool(criteria) and all(c.status == PASS for c in criteria),
+        "not_measured": [c.name for c in criteria if c.status == NOT_MEASURED],
+        "failed": [c.name for c in criteria if c.status == FAIL],
+    }
