@@ -41,7 +41,7 @@ class Stage1BenchConfig:
     preset: str = "tiny"
     device: str = "auto"
     tokens: int | None = 262_144  # training tokens per model
-    max_steps: int | None = None  # overrides tokens when set
+    max_steps: int | None = None  # replaces the token budget when set
     batch_size: int = 8
     seq_len: int | None = None  # None: the preset's max_seq_len
     lr: float = 1e-3
@@ -81,7 +81,8 @@ def _train_config(cfg: Stage1BenchConfig, model: str, out: Path):
 
     return TrainConfig(
         model=model, preset=cfg.preset, model_overrides=dict(cfg.model_overrides), seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, tokens=cfg.tokens,
+        batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
+        tokens=None if cfg.max_steps is not None else cfg.tokens,
         max_steps=cfg.max_steps, eval_every=cfg.eval_every, final_eval_tokens=cfg.final_eval_tokens,
         train_split=cfg.train_split, eval_split=cfg.eval_split, data_dir=cfg.data_dir,
         tokenizer_dir=cfg.tokenizer_dir, cache_dir=cfg.cache_dir, tokens_npy=cfg.tokens_npy,

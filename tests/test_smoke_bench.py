@@ -1,0 +1,122 @@
+"""``muse smoke`` and the Stage 1 criteria logic: what passes must have been measured."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import criteria as crit
+from benchmarks.measure import planar_layout, stability_trials, unigram_perplexity
+from muse.cli import main
+from muse.models import build_model
+from muse.smoke import run_smoke
+
+
+def test_smoke_tiny_cpu_passes_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "smoke.json"
+    rc = main(["smoke", "--preset", "tiny", "--device", "cpu", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    data = json.loads(out.read_text())
+    assert data["passed"] is True
+    names = [c["name"] for c in data["checks"]]
+    assert "forward finite" in names and any(n.startswith("gradient norms") for n in names)
+    assert "getrusage" in data["measurements"]["memory_kind"]  # says what was measured on CPU
+    assert "Overall: PASS" in text
+
+
+def test_smoke_fails_when_a_threshold_is_not_met():
+    res = run_smoke("stage1", "tiny", "cpu", batch_size=1, seq_len=8, max_memory_gb=1e-6)
+    assert not res.passed  # the memory threshold cannot hold, so the run must FAIL
+    assert [c.name for c in res.checks if not c.passed] == ["peak memory < 1e-06 GB"]
+
+
+def test_smoke_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="seq_len"):
+        run_smoke("stage1", "tiny", "cpu", seq_len=10_000)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_smoke("stage1", "tiny", "cpu", batch_size=0)
+
+
+def _trials(offenders=None, rate=0.0):
+    return {"trials": 100, "nonfinite_trials": int(rate * 100), "nonfinite_rate": rate,
+            "grad_norm_min": 1e-3, "grad_norm_max": 1.0, "grad_offenders": offenders or {}}
+
+
+def test_all_pass_requires_every_criterion_measured():
+    good = [crit.perplexity(30.0, 30.5), crit.vram(1, 4), crit.nan_rate(_trials()),
+            crit.gradient_norms(_trials()), crit.planar({"complex_activations": 5, "non_planar": []})]
+    assert crit.summarize(good)["all_pass"] is True
+    summary = crit.summarize(good + [crit.vram(None, 4)])
+    assert summary["all_pass"] is False and summary["not_measured"] == ["VRAM vs Phase 2"]
+    assert crit.summarize([])["all_pass"] is False
+
+
+def test_seed_report_situation_cannot_pass():
+    """No Phase 2 run and an untrained model at PPL 54,431: the seed printed all_pass: true."""
+    unigram = 1979.4
+    untrained = {"eval_ppl": 54430.93, "tokens_trained": 0}
+    cs = [crit.trained("Stage 1", untrained, unigram), crit.trained("Phase 2", None, unigram),
+          crit.perplexity(54430.93, None), crit.vram(1_370_000_000, None)]
+    summary = crit.summarize(cs)
+    assert summary["all_pass"] is False
+    assert summary["failed"] == ["Stage 1 trained"]
+    assert set(summary["not_measured"]) == {"Phase 2 trained", "perplexity vs Phase 2", "VRAM vs Phase 2"}
+
+
+@pytest.mark.parametrize(("s1", "p2", "status"), [(30.9, 30.0, crit.PASS), (31.0, 30.0, crit.FAIL),
+                                                   (float("nan"), 30.0, crit.NOT_MEASURED)])
+def test_perplexity_threshold(s1, p2, status):
+    assert crit.perplexity(s1, p2).status == status
+
+
+def test_vram_threshold():
+    assert crit.vram(52, 100).status == crit.PASS
+    assert crit.vram(53, 100).status == crit.FAIL
+
+
+def test_nan_and_gradient_criteria_fail_on_offenders():
+    assert crit.nan_rate(_trials(rate=0.01)).status == crit.FAIL
+    assert crit.gradient_norms(_trials(offenders={"w": [(0, 2e3)]})).status == crit.FAIL
+    assert crit.planar({"complex_activations": 3, "non_planar": ["X"]}).status == crit.FAIL
+    assert crit.planar({"complex_activations": 0, "non_planar": []}).status == crit.NOT_MEASURED
+
+
+def test_unigram_perplexity_matches_hand_computation():
+    train = np.array([0, 0, 1])
+    ev = np.array([2, 0, 1])  # scored: 0 and 1
+    p0, p1 = (2 + 1) / (3 + 3), (1 + 1) / (3 + 3)
+    assert unigram_perplexity(train, ev, 3) == pytest.approx(np.exp(-(np.log(p0) + np.log(p1)) / 2))
+
+
+def test_measurements_on_tiny_stage1():
+    import torch
+
+    model = build_model("stage1", "tiny")
+    t = stability_trials(model, 3, 1, 16, torch.device("cpu"))
+    assert t["nonfinite_trials"] == 0 and not t["grad_offenders"]
+    layout = planar_layout(model, 1, 16, torch.device("cpu"))
+    assert layout["complex_activations"] > 0 and layout["non_planar"] == []
+    phase2 = build_model("phase2", "tiny")
+    assert planar_layout(phase2, 1, 16, torch.device("cpu"))["complex_activations"] == 0
+
+
+def test_bench_end_to_end_on_cpu(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    train, test = tmp_path / "train.npy", tmp_path / "test.npy"
+    np.save(train, rng.integers(0, 50257, 20_000, dtype=np.uint16))
+    np.save(test, rng.integers(0, 50257, 4_000, dtype=np.uint16))
+    out = tmp_path / "bench"
+    rc = main(["bench", "stage1", "--preset", "tiny", "--device", "cpu", "--max-steps", "2", "--batch-size", "2",
+               "--seq-len", "32", "--warmup", "1", "--tokens-npy", str(train), "--eval-tokens-npy", str(test),
+               "--final-eval-tokens", "256", "--trials", "2", "--throughput-steps", "1", "--memory-seq", "32",
+               "--out", str(out), "--require-pass"])
+    assert rc == 1  # on CPU memory is not measured and 2 steps cannot beat the unigram model
+    report = json.loads((out / "report.json").read_text())
+    assert report["all_pass"] is False
+    assert "VRAM vs Phase 2" in report["not_measured"]
+    assert report["runs"]["phase2"]["tokens_trained"] == report["runs"]["stage1"]["tokens_trained"] == 128
+    assert (out / "report.md").read_text().startswith("# Stage 1 criteria report")
+    assert (out / "stage1" / "results.json").exists() and (out / "phase2" / "loss.png").exists()
