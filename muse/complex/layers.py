@@ -103,7 +103,7 @@ def _modrelu_parts(x: torch.Tensor, bias: torch.Tensor, storage: torch.dtype):
     nonzero = r > 0
     r_safe = torch.where(nonzero, r, torch.ones_like(r))  # zero guard: 1 is exact in every format
     b = bias.to(x.dtype)
-    active = nonzero & (r + b > 0)
+    active = nonzero & ~(r + b <= 0)  # a NaN bias counts as active, so it propagates
     return r, r_safe, b, active
 
 

@@ -1,0 +1,241 @@
+"""The error bounds of docs/numerics.md as code (derivations live there; nothing here is fitted).
+
+Notation: u = 2**-24 (fp32 unit roundoff), gamma_n = n u / (1 - n u).  ``y`` is the
+fp32 value an op computes before its final rounding, ``x`` the exact result.
+
+Lemma (one final rounding): fl16(y) is the fp16 number nearest to y, so
+|fl16(y) - y| <= |fl16(x) - y|, and
+
+    |fl16(y) - x| <= |fl16(x) - x| + 2 |y - x| <= 0.5 ulp(x) + 2 |y - x|.
+
+Since |x| / ulp(x) < 2**11, a relative fp32 error |y - x| <= r |x| costs at most
+2 r 2**11 ULP on top of the 0.5: ``one_rounding(r)``.  Where no relative bound
+exists (cancellation in a sum), the mixed form |y - x| <= E gives
+
+    |fl16(y) - x| <= 0.5 ulp(|x| + E) + E     (``mixed``)
+
+because |fl16(y) - y| <= 0.5 ulp(y) and |y| <= |x| + E.
+
+Device dependence enters only through the fp32 elementary functions (documented
+maximum errors, in ulps of fp32, taken against the exact value: CUDA's table is
+stated against the correctly rounded result, so 0.5 is added) and through the GEMM
+accumulation model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from verification.ulp import F16, ulp
+
+U = 2.0**-24  # fp32 unit roundoff
+RATIO = 2.0**11  # sup |x| / ulp16(x)
+
+
+def gamma(n: float, u: float = U) -> float:
+    """gamma_n = n u / (1 - n u) (Higham), for n u < 1."""
+    if n * u >= 1:
+        raise ValueError(f"gamma_{n} is undefined for u = {u}")
+    return n * u / (1 - n * u)
+
+
+def one_rounding(rel: float) -> float:
+    """Bound in ULPs for fl16(y) when |y - x| <= rel |x|: 0.5 + 2 rel 2**11."""
+    return 0.5 + 2.0 * rel * RATIO
+
+
+def mixed(x_abs: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Absolute bound 0.5 ulp16(|x| + E) + E for fl16(y) when |y - x| <= E."""
+    x_abs = np.abs(np.asarray(x_abs, dtype=np.float64))
+    err = np.asarray(err, dtype=np.float64)
+    return 0.5 * ulp(x_abs + err, F16) + err
+
+
+def in_ulps(abs_bound: np.ndarray, exact_hi: np.ndarray) -> np.ndarray:
+    """An absolute bound expressed in ULPs of the exact value."""
+    return np.asarray(abs_bound) / ulp(np.abs(exact_hi), F16)
+
+
+# Documented fp32 elementary-function errors, in fp32 ulps of the exact result.
+#   cpu: SLEEF u10 kernels (sin, cos, exp, atan2: 1.0 ulp; torch's AVX2/AVX512 path) and
+#        glibc for the scalar tail elements (x86_64 libm-test-ulps: sinf, cosf, expf 1;
+#        atan2f 2); sqrt and division are IEEE (correctly rounded).
+#   cuda: CUDA C++ Programming Guide, "Mathematical Functions", maximum ulp error vs the
+#        correctly rounded result: expf 2, sinf 2, cosf 2, atan2f 3, rsqrtf 2; sqrtf and
+#        x/y 0 (PyTorch builds without -use_fast_math); +0.5 to compare with the exact value.
+LIBM_ULPS = {
+    "cpu": {"exp": 1.0, "sin": 1.0, "cos": 1.0, "atan2": 2.0},
+    "cuda": {"exp": 2.5, "sin": 2.5, "cos": 2.5, "atan2": 3.5},
+}
+# Relative error of rsqrt: cpu computes 1 / sqrt(v) (two IEEE roundings); cuda rsqrtf 2.5 ulp.
+RSQRT_REL = {"cpu": 2 * U / (1 - U), "cuda": 2.5 * 2 * U}
+# CUDA tensor-core GEMM model: blocks of NB exact products added to the fp32 accumulator
+# with alignment to the largest addend and truncation (Fasi et al. 2021; Khattak & Mikaitis
+# 2025 for H100), partial sums combined by IEEE fp32 additions.
+CUDA_GEMM_BLOCK = 16
+
+
+def device_kind(device) -> str:
+    """'cpu' or 'cuda' from a device string/torch.device; ValueError otherwise."""
+    kind = str(device).split(":")[0]
+    if kind not in LIBM_ULPS:
+        raise ValueError(f"no error model for device {device!r}; expected cpu or cuda")
+    return kind
+
+
+def libm_rel(fn: str, device) -> float:
+    """Relative error of an fp32 libm result: k ulp32 <= 2 k u |f|."""
+    return 2.0 * LIBM_ULPS[device_kind(device)][fn] * U
+
+
+# ------------------------------------------------------------ constant bounds
+def _abs_rel() -> float:
+    """sqrt(fl(re^2 + im^2)) with exact squares, one add, one sqrt: sqrt(1+u)(1+u) - 1."""
+    return math.sqrt(1 + U) * (1 + U) - 1
+
+
+def _div_rel() -> float:
+    """(fl(num) / fl(den)) rounded, exact 2**k scaling: (1+u)^2/(1-u) - 1."""
+    return (1 + U) ** 2 / (1 - U) - 1
+
+
+def ulp_bound(op: str, device="cpu") -> float:
+    """Bound in ULPs of the exact result for the elementwise ops (see docs/numerics.md)."""
+    kind = device_kind(device)
+    if op in ("add", "sub", "mul_real"):
+        return 0.5  # correctly rounded: exact or innocuous double rounding (p32 = 24 >= 2*11 + 2)
+    if op in ("mul", "abs2"):
+        return one_rounding(U)  # exact products, one fp32 addition
+    if op == "abs":
+        return one_rounding(_abs_rel())
+    if op == "div":
+        return one_rounding(_div_rel())
+    if op == "angle":
+        return 0.5 + 2.0 * LIBM_ULPS[kind]["atan2"] * 2.0**-13  # k ulp32(x) = k 2**-13 ulp16(x)
+    if op == "exp":
+        rel = (1 + libm_rel("exp", kind)) * (1 + libm_rel("cos", kind)) * (1 + U) - 1
+        rel = max(rel, (1 + libm_rel("exp", kind)) * (1 + libm_rel("sin", kind)) * (1 + U) - 1)
+        return one_rounding(rel)
+    if op == "polar":
+        rel = max(libm_rel("cos", kind), libm_rel("sin", kind))
+        return one_rounding((1 + rel) * (1 + U) - 1)
+    if op == "dropout":
+        return one_rounding((1 + U) ** 3 * (1 + 2.0**-53) - 1)  # 1/(1-p) in fp64 -> fp32, /, *
+    raise ValueError(f"no constant ULP bound for {op!r}")
+
+
+# --------------------------------------------------------------- mixed bounds
+def gemm_terms(n_terms: int, device="cpu") -> float:
+    """m such that the fp32 dot product of n exact products has error <= gamma_m sum |p_i|.
+
+    cpu (IEEE fp32, any summation order, FMA or not): m = n (n - 1 additions, plus one
+    for a separate rounding of the block sum or the beta * C epilogue).
+    cuda: each of ceil(n / NB) tensor-core steps errs by < 2 (NB + 1) u sum|addends|
+    (alignment truncation of NB addends and a truncating normalisation), plus
+    ceil(log2 n) + 1 IEEE roundings for split-K partial sums and the epilogue.
+    """
+    kind = device_kind(device)
+    if kind == "cpu":
+        return float(n_terms)
+    nb = CUDA_GEMM_BLOCK
+    return float(2 * (nb + 1) * math.ceil(n_terms / nb) + math.ceil(math.log2(max(n_terms, 2))) + 1)
+
+
+def gemm_abs(abs_sums: np.ndarray, n_terms: int, device="cpu") -> np.ndarray:
+    """E = gamma_m sum |p_i| for a dot product of ``n_terms`` exact products (see gemm_terms)."""
+    return gamma(gemm_terms(n_terms, device)) * np.asarray(abs_sums)
+
+
+def sum_abs(abs_sums: np.ndarray, n: int, mean: bool = False) -> np.ndarray:
+    """fp32 sum of n exact terms: gamma_(n-1) sum|z|; a mean adds <= 2 roundings (/n or *(1/n))."""
+    m = max(n - 1, 0) + (2 if mean else 0)
+    return gamma(m) * np.asarray(abs_sums) if m else np.zeros_like(np.asarray(abs_sums))
+
+
+def modrelu_abs(z_comp: np.ndarray, r: np.ndarray, shifted: np.ndarray) -> np.ndarray:
+    """|y - x| for one output component of modReLU, y = fl(z fl(fl(r^ + b) / r^)).
+
+    r^ = r (1 + t) with |t| <= t_max = sqrt(1+u)(1+u) - 1, then three roundings:
+    E = (|z_c| / r) [ |r + b| ((1+u)^3 / (1 - t_max) - 1) + r t_max (1+u)^3 / (1 - t_max) ].
+    Near |z| = -b the second term dominates: the error is ~1.5 u |b|, not relative to x.
+    """
+    t = _abs_rel()
+    g = (1 + U) ** 3 / (1 - t)
+    r = np.asarray(r, dtype=np.float64)
+    safe = np.where(r > 0, r, 1.0)
+    e = (np.abs(z_comp) / safe) * (np.abs(shifted) * (g - 1) + safe * t * g)
+    return np.where(r > 0, e, 0.0)
+
+
+def embedding_abs(stats: dict, x_re: np.ndarray, x_im: np.ndarray, with_position: bool,
+                  with_phase: bool) -> tuple[np.ndarray, np.ndarray]:
+    """|y - x| per component of (W[ids] + P) e^{i phase} computed in fp32.
+
+    t^ = fl(Wr + P) (one rounding if P is given); cos/sin come from Python's float64 libm
+    (<= 1 ulp64) and are rounded to fp32: rel_c = (1 + 2**-52)(1 + u) - 1.  Then
+    re = fl(fl(t^ c^) - fl(Wi s^)) and im = fl(fl(t^ s^) + fl(Wi c^)):
+    E_re = |t c| a + |Wi s| b + u (|x_re| + |t c| a + |Wi s| b), with
+    a = (1+u)^(1+[P])(1+rel_c) - 1 and b = (1+u)(1+rel_c) - 1 (likewise for im).
+    Without a phase, re = fl(t^): E_re = u |t| [P given], 0 otherwise; im is exact.
+    """
+    u = U
+    t, wi = stats["t"], stats["wi"]
+    if not with_phase:
+        e_re = u * t if with_position else np.zeros_like(t)
+        return e_re, np.zeros_like(t)
+    rel_c = (1 + 2.0**-52) * (1 + u) - 1
+    a = (1 + u) ** (2 if with_position else 1) * (1 + rel_c) - 1
+    b = (1 + u) * (1 + rel_c) - 1
+    c, s = abs(stats["cos"]), abs(stats["sin"])
+    p_re = t * c * a + wi * s * b
+    p_im = t * s * a + wi * c * b
+    return p_re + u * (np.abs(x_re) + p_re), p_im + u * (np.abs(x_im) + p_im)
+
+
+def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndarray,
+                   weight: np.ndarray | None, bias: np.ndarray | None, eps: float,
+                   device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """|y - x| per component for the fp32 LayerNorm (docs/numerics.md, "LayerNorm").
+
+    e_mu = gamma_(d+1) sum|z|/d (mean per plane), Delta_k = e_mu + u (|c_k| + e_mu) for
+    c^ = fl(z - mu^); Xi = sum_k 2|c_k||D_k| + |D_k|^2 bounds sum |c^|^2 - sum |c|^2;
+    V^ = (v^ + eps32)(1 + d) gives rho_V, and V^ >= eps (1 - u)^2 always; rsqrt adds tau, so
+    |r^/r - 1| <= rho_r; then n = c^ r^ (1 rounding), times w (1), plus b on the real part (1).
+    """
+    u = U
+    d = stats["c_re"].shape[-1]
+    c_re, c_im = stats["c_re"], stats["c_im"]
+    v = stats["var"]
+    e_mu_re = gamma(d + 1) * stats["s1_re"] / d
+    e_mu_im = gamma(d + 1) * stats["s1_im"] / d
+    dl_re = e_mu_re + u * (np.abs(c_re) + e_mu_re)
+    dl_im = e_mu_im + u * (np.abs(c_im) + e_mu_im)
+    c_abs = np.hypot(c_re, c_im)
+    d_abs = np.hypot(dl_re, dl_im)
+    xi = np.sum(2 * c_abs * d_abs + d_abs**2, axis=-1, keepdims=True)
+    g = gamma(d + 3)
+    big_v = v + eps
+    a = g * (v + xi / d) + xi / d
+    rho_v = (a * (1 + u) + u * eps * (1 + u) + u * big_v) / big_v
+    # V^ lies in [V_lo, V (1 + rho_V)]; v^ >= 0 gives the floor V^ >= eps (1 - u)^2 even when the
+    # mean's error makes rho_V >= 1 (a row of equal values with a tiny eps).
+    v_lo = np.maximum(big_v * (1 - rho_v), eps * (1 - u) ** 2)
+    tau = RSQRT_REL[device_kind(device)]
+    rho_r = np.maximum((1 + tau) * np.sqrt(big_v / v_lo) - 1, 1 - (1 - tau) / np.sqrt(1 + rho_v))
+    r = 1 / np.sqrt(big_v)
+    w = np.ones(d) if weight is None else np.abs(np.asarray(weight, dtype=np.float64))
+    m = 1 if weight is None else 2
+    grow = (1 + rho_r) * (1 + u) ** m
+    e_re = w * r * (dl_re * grow + np.abs(c_re) * (grow - 1))
+    e_im = w * r * (dl_im * grow + np.abs(c_im) * (grow - 1))
+    if bias is not None:
+        e_re = e_re + u * (np.abs(x_re) + e_re)
+    return e_re, e_im
+
+
+__all__ = [
+    "LIBM_ULPS", "RSQRT_REL", "U", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
+    "layer_norm_abs", "libm_rel", "mixed", "modrelu_abs", "one_rounding", "sum_abs", "ulp_bound",
+]

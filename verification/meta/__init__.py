@@ -1,0 +1,1 @@
+"""Tests of the verification helpers themselves (ULPs, rounding, checker, plugin, report)."""

@@ -1,0 +1,239 @@
+"""LayerNorm, modReLU, dropout and embedding: mixed error bounds and structural properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import muse.complex as C
+from muse.nn import ComplexLayerNorm, ModReLU
+from verification import bounds as B
+from verification import reference as R
+from verification import strategies as vs
+from verification.checks import check_ulps, cplx, real
+from verification.harness import ct, planes, tensor
+
+D_SIZES = st.one_of(st.integers(1, 20), st.sampled_from([33, 64]))
+ROWS = st.sampled_from([(), (1,), (3,), (2, 2)])
+
+
+# ------------------------------------------------------------------ LayerNorm
+@st.composite
+def layer_norm_case(draw):
+    rows, d = draw(ROWS), draw(D_SIZES)
+    z = draw(vs.complex_arrays((*rows, d)))
+    weight = draw(st.one_of(st.none(), vs.real_arrays((d,), band=draw(st.sampled_from(["unit", "mixed"])))))
+    bias = draw(st.one_of(st.none(), vs.real_arrays((d,), band="unit")))
+    eps = draw(st.sampled_from([1e-5, 1e-8, 1e-3, 0.5]))
+    return z, weight, bias, eps
+
+
+def _layer_norm_check(device: str, z, weight, bias, eps: float) -> None:
+    w_t = None if weight is None else tensor(weight, device)
+    b_t = None if bias is None else tensor(bias, device)
+    out = planes(C.layer_norm(ct(z, device), w_t, b_t, eps))
+    re, im, stats = R.layer_norm(z, weight, bias, eps)
+    e_re, e_im = B.layer_norm_abs(stats, re.hi, im.hi, weight, bias, eps, device)
+    bound = [B.in_ulps(B.mixed(re.hi, e_re), re.hi), B.in_ulps(B.mixed(im.hi, e_im), im.hi)]
+
+    def locate(c, ix):
+        found = {"z": z[(slice(None), *ix[:-1], slice(None))], "eps": np.array(eps)}
+        if weight is not None:
+            found["weight"] = weight
+        if bias is not None:
+            found["bias"] = bias
+        return found
+
+    check_ulps("layer_norm", device, [out[0], out[1]], [re, im], bound, locate=locate,
+               call="C.layer_norm(C.ComplexTensor(torch.from_numpy(z)), torch.from_numpy(weight), "
+                    "torch.from_numpy(bias), float(eps))")
+
+
+@given(case=layer_norm_case())
+@example(case=(np.array([[[65504.0, -65504.0, 1.0]], [[0.0, 2.0**-24, -1.0]]], dtype=np.float16), None, None, 1e-5))
+@example(case=(np.full((2, 1, 4), 3.0, dtype=np.float16), None, None, 1e-5))
+def test_layer_norm_accuracy(device, case):
+    """Mixed bound: e_mu, the variance and rsqrt errors propagate into |y - x| <= E (docs/numerics.md)."""
+    _layer_norm_check(device, *case)
+
+
+@given(z=vs.complex_arrays(st.tuples(st.integers(1, 4), D_SIZES), band="unit"))
+def test_layer_norm_output_is_normalised(device, z):
+    """Per sample: complex mean of the output ~ 0 and E|out|^2 ~ v / (v + eps) (-> 1 for v >> eps).
+
+    Tolerances are derived from the per-element bounds B_k: |mean(out)| <= mean(B_k) per
+    plane and |E|out|^2 - v/(v + eps)| <= mean(2 |x_k| B_k + B_k^2), summed over the planes.
+    """
+    eps = 1e-5
+    out = planes(C.layer_norm(ct(z, device), eps=eps)).astype(np.float64)
+    re, im, stats = R.layer_norm(z, None, None, eps)
+    e_re, e_im = B.layer_norm_abs(stats, re.hi, im.hi, None, None, eps, device)
+    b_re, b_im = B.mixed(re.hi, e_re), B.mixed(im.hi, e_im)
+    slack = 1e-12
+    mean_re, mean_im = out[0].mean(axis=-1), out[1].mean(axis=-1)
+    assert np.all(np.abs(mean_re) <= b_re.mean(axis=-1) + slack), (mean_re, b_re.mean(axis=-1))
+    assert np.all(np.abs(mean_im) <= b_im.mean(axis=-1) + slack), (mean_im, b_im.mean(axis=-1))
+    power = (out[0] ** 2 + out[1] ** 2).mean(axis=-1)
+    v = stats["var"][..., 0]
+    target = v / (v + eps)
+    tol = (2 * np.abs(re.hi) * b_re + b_re**2 + 2 * np.abs(im.hi) * b_im + b_im**2).mean(axis=-1)
+    assert np.all(np.abs(power - target) <= tol + slack), (power, target, tol)
+    big = v >= 1.0
+    assert np.all(np.abs(power[big] - 1.0) <= tol[big] + 1e-5 + slack)
+
+
+@given(z=vs.complex_arrays(st.tuples(st.integers(2, 5), D_SIZES)), data=st.data())
+def test_layer_norm_has_no_cross_sample_coupling(device, z, data):
+    """Changing one sample (row) leaves every other row's output bit-for-bit unchanged."""
+    row = data.draw(st.integers(0, z.shape[1] - 1))
+    other = data.draw(vs.complex_arrays((z.shape[2],)))
+    z2 = z.copy()
+    z2[:, row, :] = other
+    a = planes(C.layer_norm(ct(z, device)))
+    b = planes(C.layer_norm(ct(z2, device)))
+    keep = np.arange(z.shape[1]) != row
+    assert np.array_equal(a[:, keep].view(np.uint16), b[:, keep].view(np.uint16))
+
+
+def test_layer_norm_module_is_the_functional_op(device):
+    norm = ComplexLayerNorm(17, device=device)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    z = C.randn(3, 17, device=device)
+    assert torch.equal(norm(z).planes, C.layer_norm(z, norm.weight, norm.bias, norm.eps).planes)
+
+
+# ---------------------------------------------------------------------- modReLU
+@st.composite
+def modrelu_case(draw):
+    """z (..., d) and a bias (d,) or 0-d; some biases sit at -|z| (rounded to fp16): the kink."""
+    rows, d = draw(ROWS), draw(D_SIZES)
+    z = draw(vs.complex_arrays((*rows, d)))
+    if draw(st.booleans()):
+        bias = draw(vs.real_arrays((), band="small"))
+        return z, bias
+    bias = draw(vs.real_arrays((d,), band=draw(st.sampled_from(["unit", "small", "mixed"]))))
+    if draw(st.booleans()) and z[0].size:
+        first = z.reshape(2, -1, d)[:, 0, :].astype(np.float64)
+        kink = -np.hypot(first[0], first[1]).astype(np.float16)
+        pick = np.array(draw(st.lists(st.booleans(), min_size=d, max_size=d)))
+        bias = np.where(pick & np.isfinite(kink), kink, bias).astype(np.float16)
+    return z, bias
+
+
+@given(case=modrelu_case())
+@example(case=(np.array([[3.0, 0.0, 300.0], [4.0, 0.0, 400.0]], dtype=np.float16),
+               np.array([-5.0, 1.0, -500.0], dtype=np.float16)))
+def test_modrelu_accuracy(device, case):
+    """Mixed bound: E = (|z_c|/r)[|r + b|((1+u)^3/(1-t) - 1) + r t (1+u)^3/(1-t)], t ~ 1.5u."""
+    z, bias = case
+    out = planes(C.modrelu(ct(z, device), tensor(bias, device)))
+    re, im, stats = R.modrelu(z, bias)
+    zr, zi = np.broadcast_arrays(z[0], z[1], bias)[:2]
+    bound = []
+    for comp, e in ((zr, re), (zi, im)):
+        err = B.modrelu_abs(comp.astype(np.float64), stats["r"], stats["shifted"])
+        bound.append(B.in_ulps(B.mixed(e.hi, err), e.hi))
+    b_full = np.broadcast_to(bias, z.shape[1:])
+    check_ulps("modrelu", device, [out[0], out[1]], [re, im], bound,
+               args=[cplx("z", z), real("b", b_full)],
+               call="C.modrelu(C.ComplexTensor(torch.from_numpy(z)), torch.from_numpy(b)[0])")
+
+
+@given(case=modrelu_case())
+def test_modrelu_keeps_the_phase(device, case):
+    """out = lambda z with lambda >= 0: each part keeps the sign of z's part (or is 0), and the
+    cross product |out_re z_im - out_im z_re| <= |z_im| B_re + |z_re| B_im with B the bounds."""
+    z, bias = case
+    out = planes(C.modrelu(ct(z, device), tensor(bias, device))).astype(np.float64)
+    zf = np.broadcast_to(z, out.shape).astype(np.float64)
+    assert np.all(out[0] * zf[0] >= 0) and np.all(out[1] * zf[1] >= 0)
+    re, im, stats = R.modrelu(z, bias)
+    b_re = B.mixed(re.hi, B.modrelu_abs(zf[0], stats["r"], stats["shifted"]))
+    b_im = B.mixed(im.hi, B.modrelu_abs(zf[1], stats["r"], stats["shifted"]))
+    cross = np.abs(out[0] * zf[1] - out[1] * zf[0])
+    slack = 2.0**-50 * (np.abs(out[0] * zf[1]) + np.abs(out[1] * zf[0]))  # float64 evaluation
+    finite = np.isfinite(cross)
+    assert np.all((cross <= np.abs(zf[1]) * b_re + np.abs(zf[0]) * b_im + slack)[finite])
+
+
+def test_modrelu_module_is_the_functional_op(device):
+    act = ModReLU(9, device=device)
+    with torch.no_grad():
+        act.bias.uniform_(-1.0, 0.5)
+    z = C.randn(5, 9, device=device)
+    assert torch.equal(act(z).planes, C.modrelu(z, act.bias).planes)
+
+
+# ---------------------------------------------------------------------- dropout
+@given(z=vs.complex_arrays(vs.shapes(min_dims=1)), p=st.sampled_from([0.1, 0.5, 0.9, 1 / 3]),
+       seed=st.integers(0, 2**31 - 1))
+def test_dropout_masks_both_parts_and_rounds_once(device, z, p, seed):
+    """Dropped entries are 0 in both parts; survivors are z / (1 - p) within 0.5 + 3 * 2**-12 ULP."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = planes(C.dropout(ct(z, device), p, training=True, generator=g))
+    dropped = (out[0] == 0) & (out[1] == 0) & ((z[0] != 0) | (z[1] != 0))
+    kept = ~dropped
+    if not kept.any():
+        return
+    ref_re, ref_im = _scaled_reference(z, p)
+    check_ulps("dropout", device, [out[0], out[1]], [ref_re, ref_im], B.ulp_bound("dropout", device),
+               args=[cplx("z", z)], where=[kept, kept],
+               call=f"C.dropout(C.ComplexTensor(torch.from_numpy(z)), {p!r})")
+
+
+def _scaled_reference(z: np.ndarray, p: float):
+    """Exact z / (1 - p) with p taken as the given float."""
+    import mpmath
+
+    with mpmath.workdps(R.DPS):
+        k = 1 / (1 - mpmath.mpf(p))
+        re = [R.mpf16(v) * k for v in z[0].ravel()]
+        im = [R.mpf16(v) * k for v in z[1].ravel()]
+    return R.Exact.from_mpf(re, z.shape[1:]), R.Exact.from_mpf(im, z.shape[1:])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_rate(device, p):
+    """The dropped fraction of 20,000 entries is within 5 binomial standard deviations of p."""
+    n = 20_000
+    z = C.ComplexTensor(torch.ones(2, n, dtype=torch.float16, device=device))
+    g = torch.Generator(device=device).manual_seed(1234)
+    out = C.dropout(z, p, generator=g).planes
+    frac = float(((out[0] == 0) & (out[1] == 0)).float().mean())
+    assert abs(frac - p) <= 5 * math.sqrt(p * (1 - p) / n)
+
+
+# -------------------------------------------------------------------- embedding
+@st.composite
+def embedding_case(draw):
+    vocab, d = draw(st.integers(1, 12)), draw(D_SIZES)
+    w = draw(vs.complex_arrays((vocab, d), band="mixed"))
+    ids = np.array(draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=10)))
+    pos = draw(st.one_of(st.none(), vs.real_arrays((len(ids), d), band="unit")))
+    phase = draw(st.one_of(st.none(), st.floats(-7.0, 7.0, allow_nan=False)))
+    return w, ids, pos, phase
+
+
+@given(case=embedding_case())
+def test_embedding_accuracy(device, case):
+    """Lookup without position/phase is exact; with them one fp32 evaluation rounded once (mixed bound)."""
+    w, ids, pos, phase = case
+    out = planes(C.embedding(torch.from_numpy(ids).to(device), ct(w, device),
+                             None if pos is None else tensor(pos, device), phase))
+    re, im, stats = R.embedding(w, ids, pos, phase)
+    e_re, e_im = B.embedding_abs(stats, re.hi, im.hi, pos is not None, phase is not None)
+    bound = [B.in_ulps(B.mixed(re.hi, e_re), re.hi), B.in_ulps(B.mixed(im.hi, e_im), im.hi)]
+    rows = w[:, ids]
+    args = [cplx("w_row", rows)] + ([] if pos is None else [real("pos", pos)])
+    check_ulps("embedding", device, [out[0], out[1]], [re, im], bound, args=args,
+               call=f"C.embedding(torch.zeros(1, dtype=torch.long), C.ComplexTensor(torch.from_numpy(w_row)), "
+                    f"{'None' if pos is None else 'torch.from_numpy(pos)'}, {phase!r})")
+    if pos is None and phase is None:
+        assert np.array_equal(out.view(np.uint16), rows.view(np.uint16))
