@@ -81,6 +81,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, data: RunData | None = None):
         self.cfg, self.ctx, self.start_time = cfg, ctx, time.perf_counter()
+        if ctx.device.type == "cuda":  # results report this run's peak, not the process's
+            torch.cuda.reset_peak_memory_stats(ctx.device)
         if cfg.model not in MODELS:
             raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
         self.model_config = make_config(cfg.model, cfg.preset, **cfg.model_overrides)
