@@ -17,13 +17,14 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/muse smoke --preset tiny --device cpu
+	$(BIN)/muse bench stage1 --device cpu
 
 lint: setup
 	$(BIN)/ruff check muse verification benchmarks tests scripts
 
 test: lint
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto tests
+	$(BIN)/muse verify --profile ci --device cpu --out runs/verify-ci
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

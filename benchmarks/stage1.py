@@ -40,9 +40,9 @@ class Stage1BenchConfig:
 
     preset: str = "tiny"
     device: str = "auto"
-    tokens: int | None = 262_144  # training tokens per model
+    tokens: int | None = 131_072  # training tokens per model (the CPU quick-start default)
     max_steps: int | None = None  # replaces the token budget when set
-    batch_size: int = 8
+    batch_size: int = 4
     seq_len: int | None = None  # None: the preset's max_seq_len
     lr: float = 1e-3
     min_lr: float = 1e-4

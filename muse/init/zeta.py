@@ -173,6 +173,19 @@ class ZetaEmbedding(nn.Module):
                 raise ValueError(f"positions must be in [0, {self.max_len}), got values in [{lo}, {hi}]")
         return self.weight[positions]
 
+    def lookup(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Position rows for (B, S) ``input_ids``: rows 0..S-1 as (S, d) (they broadcast over B),
+        or the rows of explicit ``positions`` of shape (B, S) or (S,)."""
+        if positions is None:
+            return self.weight[: input_ids.shape[1]]
+        check_tensor("positions", positions)
+        if positions.shape not in (input_ids.shape, input_ids.shape[1:]):
+            raise ValueError(
+                f"positions must have shape {tuple(input_ids.shape)} or ({input_ids.shape[1]},), "
+                f"got {tuple(positions.shape)}"
+            )
+        return self(positions)
+
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, d_model={self.d_model}, trainable={self.trainable}"
 

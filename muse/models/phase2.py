@@ -41,11 +41,10 @@ from muse._checks import (
     check_float,
     check_int,
     check_probability,
-    check_tensor,
     check_token_ids,
-    check_type,
 )
 from muse.init import ZetaEmbedding
+from muse.models.base import LanguageModel, logits_statistics
 from muse.models.scans import bk_diagonal, bk_green_scan, hebbian_parallel
 
 
@@ -270,17 +269,14 @@ class Phase2Block(nn.Module):
         return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, S, d)
 
 
-class Phase2Model(nn.Module):
+class Phase2Model(LanguageModel):
     """The Phase 2 language model; ``forward`` returns float32 logits (B, S, vocab)."""
 
+    config_cls = Phase2Config
+
     def __init__(self, config: Phase2Config | None = None, device=None, **overrides):
-        super().__init__()
-        if config is None:
-            config = Phase2Config(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        check_type("config", config, Phase2Config, "a Phase2Config")
-        self.config = config
+        super().__init__(config, device, **overrides)
+        config = self.config
         d = config.d_model
         self.token_embedding = nn.Embedding(config.vocab_size, d, device=device)
         self.position = ZetaEmbedding(config.max_seq_len, d, trainable=False, scale=config.zeta_scale,
@@ -290,11 +286,6 @@ class Phase2Model(nn.Module):
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, device=device)
         self.lm_head = nn.Linear(d, config.vocab_size, device=device)
         self.reset_parameters()
-        # Counters live on the device and are updated without host syncs.
-        self.register_buffer("_forward_count", torch.zeros((), dtype=torch.long, device=device), persistent=False)
-        self.register_buffer(
-            "_nonfinite_count", torch.zeros(config.n_layers + 2, dtype=torch.long, device=device), persistent=False
-        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -320,25 +311,9 @@ class Phase2Model(nn.Module):
             block.ffn.out.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
         self.token_embedding.weight.normal_(0.0, 1.0)
 
-    @property
-    def max_seq_len(self) -> int:
-        return self.config.max_seq_len
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def _embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
-        if positions is None:
-            pos = self.position.weight[: input_ids.shape[1]]  # (S, d) broadcasts over B
-        else:
-            check_tensor("positions", positions)
-            if positions.shape not in (input_ids.shape, input_ids.shape[1:]):
-                raise ValueError(
-                    f"positions must have shape {tuple(input_ids.shape)} or ({input_ids.shape[1]},), "
-                    f"got {tuple(positions.shape)}"
-                )
-            pos = self.position(positions)  # (B, S, d) or (S, d)
+        pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
         x = self.token_embedding(input_ids) + pos  # (B, S, d)
         return self.embedding_dropout(x)
 
@@ -346,53 +321,25 @@ class Phase2Model(nn.Module):
                 return_diagnostics: bool = False):
         """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
         diag: dict[str, dict] = {}
+        self._count_forward()
         x = self._embed(input_ids, positions)
-        with torch.no_grad():
-            self._forward_count += 1
-            self._nonfinite_count[0] += (~torch.isfinite(x)).any()
+        self._count_nonfinite(0, x)
         if return_diagnostics:
             diag["embedding"] = _stats(x)
         for i, block in enumerate(self.blocks):
             stats: dict | None = {} if return_diagnostics else None
             x = block(x, stats)
-            with torch.no_grad():
-                self._nonfinite_count[i + 1] += (~torch.isfinite(x)).any()
+            self._count_nonfinite(i + 1, x)
             if return_diagnostics:
                 diag[f"layer_{i}"] = {**_stats(x), **stats}
         x = self.final_norm(x)
         logits = self.lm_head(x)  # (B, S, vocab)
-        with torch.no_grad():
-            self._nonfinite_count[-1] += (~torch.isfinite(logits)).any()
+        self._count_nonfinite(-1, logits)
         if not return_diagnostics:
             return logits
         diag["final_norm"] = _stats(x)
-        with torch.no_grad():
-            lf = logits.float()
-            diag["output"] = {
-                "logits_mean": lf.mean().item(),
-                "logits_std": lf.std().item() if lf.numel() > 1 else 0.0,
-                "logits_min": lf.min().item() if lf.numel() else 0.0,
-                "logits_max": lf.max().item() if lf.numel() else 0.0,
-                "nonfinite": int((~torch.isfinite(lf)).sum().item()),
-            }
+        diag["output"] = logits_statistics(logits)
         return logits, diag
-
-    def get_statistics(self) -> dict:
-        """Forward count and, per stage (embedding, each layer, logits), forwards that produced non-finite values."""
-        n = int(self._forward_count.item())
-        per = [int(v) for v in self._nonfinite_count.tolist()]
-        names = ["embedding"] + [f"layer_{i}" for i in range(self.config.n_layers)] + ["logits"]
-        bad = per[-1]
-        return {
-            "forward_count": n,
-            "nonfinite_count": bad,
-            "nonfinite_rate": bad / max(n, 1),
-            "nonfinite_by_stage": dict(zip(names, per, strict=True)),
-        }
-
-    def reset_statistics(self) -> None:
-        self._forward_count.zero_()
-        self._nonfinite_count.zero_()
 
 
 def expected_parameter_count(config: Phase2Config) -> int:

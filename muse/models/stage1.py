@@ -21,6 +21,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_float, check_int, check_probability, check_type
+from muse.models.base import LanguageModel, logits_statistics
 from muse.nn import (
     ComplexDropout,
     ComplexEmbedding,
@@ -102,17 +103,14 @@ class Phase3Stage1Block(nn.Module):
         return self.norm2(C.add(h, z))
 
 
-class Phase3Stage1Model(nn.Module):
+class Phase3Stage1Model(LanguageModel):
     """The Stage 1 language model; ``forward`` returns logits (B, S, vocab) in the storage dtype."""
 
+    config_cls = Phase3Stage1Config
+
     def __init__(self, config: Phase3Stage1Config | None = None, device=None, **overrides):
-        super().__init__()
-        if config is None:
-            config = Phase3Stage1Config(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        check_type("config", config, Phase3Stage1Config, "a Phase3Stage1Config")
-        self.config = config
+        super().__init__(config, device, **overrides)
+        config = self.config
         dt = config.dtype
         self.embedding = ComplexEmbedding(config.vocab_size, config.d_model, config.max_seq_len,
                                           config.dropout, config.zeta_scale, config.initial_phase,
@@ -126,73 +124,29 @@ class Phase3Stage1Model(nn.Module):
         with torch.no_grad():  # GPT-2 style head init: N(0, 0.02), bias 0
             self.lm_head.weight.normal_(0.0, 0.02)
             self.lm_head.bias.zero_()
-        # Counters live on the device and are updated without host syncs.
-        self.register_buffer("_forward_count", torch.zeros((), dtype=torch.long, device=device), persistent=False)
-        self.register_buffer(
-            "_nonfinite_count", torch.zeros(config.n_layers + 2, dtype=torch.long, device=device), persistent=False
-        )
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.config.max_seq_len
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def _count_nonfinite(self, slot: int, z: C.ComplexTensor) -> None:
-        self._nonfinite_count[slot] += (~torch.isfinite(z.planes)).any()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 return_diagnostics: bool = False):
         """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
         diag: dict[str, dict] = {}
-        with torch.no_grad():
-            self._forward_count += 1
+        self._count_forward()
         z = self.embedding(input_ids, positions)
-        with torch.no_grad():
-            self._count_nonfinite(0, z)
+        self._count_nonfinite(0, z.planes)
         if return_diagnostics:
             diag["embedding"] = _stats(z)
         for i, block in enumerate(self.blocks):
             z = block(z)
-            with torch.no_grad():
-                self._count_nonfinite(i + 1, z)
+            self._count_nonfinite(i + 1, z.planes)
             if return_diagnostics:
                 diag[f"layer_{i}"] = _stats(z)
         z = self.final_norm(z)
         logits = self.lm_head(z.real)
-        with torch.no_grad():
-            self._nonfinite_count[-1] += (~torch.isfinite(logits)).any()
+        self._count_nonfinite(-1, logits)
         if not return_diagnostics:
             return logits
         diag["final_norm"] = _stats(z)
-        with torch.no_grad():
-            lf = logits.float()
-            diag["output"] = {
-                "logits_mean": lf.mean().item(),
-                "logits_std": lf.std().item() if lf.numel() > 1 else 0.0,
-                "logits_min": lf.min().item(),
-                "logits_max": lf.max().item(),
-                "nonfinite": int((~torch.isfinite(lf)).sum().item()),
-            }
+        diag["output"] = logits_statistics(logits)
         return logits, diag
-
-    def get_statistics(self) -> dict:
-        """Forward count and, per stage (embedding, each layer, logits), forwards that produced non-finite values."""
-        n = int(self._forward_count.item())
-        per = [int(v) for v in self._nonfinite_count.tolist()]
-        names = ["embedding"] + [f"layer_{i}" for i in range(self.config.n_layers)] + ["logits"]
-        bad = int(per[-1])
-        return {
-            "forward_count": n,
-            "nonfinite_count": bad,
-            "nonfinite_rate": bad / max(n, 1),
-            "nonfinite_by_stage": dict(zip(names, per, strict=True)),
-        }
-
-    def reset_statistics(self) -> None:
-        self._forward_count.zero_()
-        self._nonfinite_count.zero_()
 
 
 def create_phase3_stage1_model(vocab_size: int = 50257, d_model: int = 512, n_layers: int = 6,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float, check_int, check_probability, check_tensor, check_token_ids
+from muse._checks import check_float, check_int, check_probability, check_token_ids
 from muse.init import ZetaEmbedding
 from muse.nn.linear import _check_dtype
 
@@ -60,16 +60,7 @@ class ComplexEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> C.ComplexTensor:
         """(B, S) ids (and optional (B, S) or (S,) positions) -> ComplexTensor (B, S, d)."""
         check_token_ids("input_ids", input_ids, self.vocab_size, self.max_seq_len)
-        if positions is None:
-            pos = self.position.weight[: input_ids.shape[1]]  # (S, d) broadcasts over B
-        else:
-            check_tensor("positions", positions)
-            if positions.shape not in (input_ids.shape, input_ids.shape[1:]):
-                raise ValueError(
-                    f"positions must have shape {tuple(input_ids.shape)} or ({input_ids.shape[1]},), "
-                    f"got {tuple(positions.shape)}"
-                )
-            pos = self.position(positions)
+        pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
         z = C.embedding(input_ids, C.ComplexTensor(self.weight), pos, self.initial_phase)
         return C.dropout(z, self.p, self.training)
 
