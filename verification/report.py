@@ -166,6 +166,12 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"### {f['outcome'].upper()} {f['nodeid']}", "", "```", f["message"][-2000:], "```"]
     for x in t["xfailed"]:
         lines.append(f"- xfailed {x['nodeid']}: {x['message']}")
+    workers = [e for e in report.get("environments", []) if e.get("worker", "main") != "main"]
+    if workers:
+        lines += ["", "## Workers (xdist GPU pinning)", "", "| worker | CUDA_VISIBLE_DEVICES | CUDA device |",
+                  "|---|---|---|"]
+        for e in sorted(workers, key=lambda e: int(e["worker"].lstrip("gw") or 0)):
+            lines.append(f"| {e['worker']} | {e.get('CUDA_VISIBLE_DEVICES')} | {e.get('cuda_device', 'none')} |")
     return "\n".join(lines) + "\n"
 
 
