@@ -44,6 +44,20 @@ def decay_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of ``grads`` in fp32 (inf/NaN when any gradient is); works on torch 2.4+."""
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+
+
+def clip_(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale ``grads`` in place so their global norm is at most ``max_norm`` (no host sync)."""
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one optimizer step did: ``grad_norm`` is the fp32 norm before clipping."""
@@ -175,11 +189,11 @@ class FullPrecisionOptimizer(_AdamWBase):
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.inner)
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+        norm = total_norm(grads)
         found_inf = _agree_found_inf(norm)
         if not found_inf:
             if max_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, norm)
+                clip_(grads, max_norm, norm)
             if self.grad_scaler is not None:
                 self.grad_scaler.step(self.inner)
             else:
@@ -256,14 +270,14 @@ class MixedPrecisionOptimizer(_AdamWBase):
                 if m.grad is None:
                     m.grad = torch.empty_like(m)
                 grads.append(m.grad.copy_(p.grad).mul_(1.0 / scale))  # scale is a power of 2: exact
-            norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+            norm = total_norm(grads)
         found_inf = _agree_found_inf(norm)
         self.scaler.update(found_inf)
         if found_inf:
             return StepResult(True, math.nan, scale)
         with torch.no_grad():
             if max_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(self.masters, max_norm, norm)
+                clip_([m.grad for m in self.masters if m.grad is not None], max_norm, norm)
             self.inner.step()
             for p, m in zip(self.params, self.masters, strict=True):
                 p.copy_(m)  # the one rounding fp32 -> fp16
