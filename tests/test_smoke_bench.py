@@ -120,3 +120,13 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     assert report["runs"]["phase2"]["tokens_trained"] == report["runs"]["stage1"]["tokens_trained"] == 128
     assert (out / "report.md").read_text().startswith("# Stage 1 criteria report")
     assert (out / "stage1" / "results.json").exists() and (out / "phase2" / "loss.png").exists()
+
+
+def test_cli_reports_bad_input_in_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("MUSE_DEBUG", raising=False)
+    assert main(["smoke", "--preset", "tiny", "--device", "cpu", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse smoke: error: batch_size must be >= 1") and "Traceback" not in err
+    monkeypatch.setenv("MUSE_DEBUG", "1")
+    with pytest.raises(ValueError, match="batch_size"):
+        main(["smoke", "--preset", "tiny", "--device", "cpu", "--batch-size", "0"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """examples:
   muse eval runs/stage1-tiny-20260101-120000/last.safetensors                 # whole test split
@@ -35,26 +34,22 @@ def run(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from muse.data import DataNotFoundError, load_token_file, load_tokens
+    from muse.data import load_token_file, load_tokens
     from muse.train.checkpoint import model_from_checkpoint
     from muse.train.distributed import resolve_device
     from muse.train.evaluate import evaluate
 
-    try:
-        device = resolve_device(args.device)
-        model, ck = model_from_checkpoint(args.checkpoint, device)
-        if args.tokens_npy:
-            tokens, source = load_token_file(args.tokens_npy), args.tokens_npy
-        else:
-            split = load_tokens(args.split, data_dir=args.data_dir, tokenizer_dir=args.tokenizer_dir,
-                                cache_dir=args.cache_dir, allow_hub=not args.offline)
-            tokens, source = split.tokens, split.source
-        seq_len = args.seq_len or ck.train_config.get("seq_len") or model.config.max_seq_len
-        t0 = time.perf_counter()
-        res = evaluate(model, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
-    except (ValueError, TypeError, FileNotFoundError, DataNotFoundError) as exc:
-        print(f"muse eval: error: {exc}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    model, ck = model_from_checkpoint(args.checkpoint, device)
+    if args.tokens_npy:
+        tokens, source = load_token_file(args.tokens_npy), args.tokens_npy
+    else:
+        split = load_tokens(args.split, data_dir=args.data_dir, tokenizer_dir=args.tokenizer_dir,
+                            cache_dir=args.cache_dir, allow_hub=not args.offline)
+        tokens, source = split.tokens, split.source
+    seq_len = args.seq_len or ck.train_config.get("seq_len") or model.config.max_seq_len
+    t0 = time.perf_counter()
+    res = evaluate(model, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
     out = {"checkpoint": str(args.checkpoint), "model": ck.model_name, "step": ck.counters["step"],
            "train_split": ck.train_config.get("train_split_used"), "eval_source": str(source),
            "seq_len": seq_len, "stride": args.stride or seq_len, **res, "seconds": time.perf_counter() - t0}

@@ -112,7 +112,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse.data import DataNotFoundError
     from muse.train import TrainingError, train
 
     try:
@@ -126,7 +125,4 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"muse train: FAILED: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, DataNotFoundError) as exc:
-        print(f"muse train: error: {exc}", file=sys.stderr)
-        return 2
     return 0 if results.get("status", "completed") in ("completed", "stopped") else 1

@@ -128,12 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from verification.record import RECORD_DIR_ENV
     from verification.report import build_report, render_markdown, write_report
 
-    try:
-        devices = resolve_devices(args.device, torch.cuda.is_available())
-        cmd = pytest_command(args.profile, args.device, args.workers, args.keyword)
-    except (TypeError, ValueError) as exc:
-        print(f"muse verify: {exc}", file=sys.stderr)
-        return 2
+    devices = resolve_devices(args.device, torch.cuda.is_available())
+    cmd = pytest_command(args.profile, args.device, args.workers, args.keyword)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("runs") / f"verify-{stamp}"
     records = out / "records"
