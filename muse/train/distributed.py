@@ -90,8 +90,13 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, synchronize: bool = True) -> None:
+    """Tear the group down. After a clean run all ranks meet at a barrier first, so no rank
+    leaves while rank 0 still writes results (gloo once aborted a rank that left early); after
+    an error there is no barrier, since the other ranks may never reach it."""
     if ctx.owns_group and dist.is_initialized():
+        if synchronize:
+            barrier(ctx)
         dist.destroy_process_group()
 
 

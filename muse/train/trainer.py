@@ -70,10 +70,13 @@ def train(cfg: TrainConfig, data: RunData | None = None) -> dict:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     ctx = init_distributed(cfg.device)
+    clean = False
     try:
-        return Trainer(cfg, ctx, data).run()
+        results = Trainer(cfg, ctx, data).run()
+        clean = True
+        return results
     finally:
-        shutdown(ctx)
+        shutdown(ctx, synchronize=clean)
 
 
 class Trainer:
