@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import gc
 import json
 import math
 import random
@@ -70,13 +71,16 @@ def train(cfg: TrainConfig, data: RunData | None = None) -> dict:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     ctx = init_distributed(cfg.device)
-    clean = False
+    clean, trainer = False, None
     try:
-        results = Trainer(cfg, ctx, data).run()
+        trainer = Trainer(cfg, ctx, data)
+        results = trainer.run()
         clean = True
-        return results
     finally:
+        trainer = None  # drop the DDP wrapper (its reducer uses the group) before the group goes
+        gc.collect()
         shutdown(ctx, synchronize=clean)
+    return results
 
 
 class Trainer:
