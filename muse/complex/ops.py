@@ -225,8 +225,7 @@ def _logical_dims(z: ComplexTensor, dim) -> tuple[int, ...] | None:
     return tuple(z._dim(d) + 1 for d in dims)
 
 
-def sum(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:  # noqa: A001
-    """Sum over ``dim`` (all dims if None), accumulated in fp32, rounded once."""
+def _reduce(z: ComplexTensor, dim, keepdim: bool, reduction: str) -> ComplexTensor:
     check_type("z", z, ComplexTensor, "a ComplexTensor")
     dims = _logical_dims(z, dim)
     p = z.planes.to(compute_dtype(z.dtype))
@@ -234,19 +233,17 @@ def sum(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:  # 
         dims = tuple(range(1, p.dim()))
     if not dims:
         return ComplexTensor(p.to(z.dtype))
-    return ComplexTensor(p.sum(dim=dims, keepdim=keepdim).to(z.dtype))
+    return ComplexTensor(getattr(p, reduction)(dim=dims, keepdim=keepdim).to(z.dtype))
+
+
+def sum(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:  # noqa: A001
+    """Sum over ``dim`` (all dims if None), accumulated in fp32, rounded once."""
+    return _reduce(z, dim, keepdim, "sum")
 
 
 def mean(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:
     """Mean over ``dim`` (all dims if None): fp32 sum / count, rounded once."""
-    check_type("z", z, ComplexTensor, "a ComplexTensor")
-    dims = _logical_dims(z, dim)
-    p = z.planes.to(compute_dtype(z.dtype))
-    if dims is None:
-        dims = tuple(range(1, p.dim()))
-    if not dims:
-        return ComplexTensor(p.to(z.dtype))
-    return ComplexTensor(p.mean(dim=dims, keepdim=keepdim).to(z.dtype))
+    return _reduce(z, dim, keepdim, "mean")
 
 
 def cat(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:

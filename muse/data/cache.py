@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from muse._checks import check_type
+from muse._io import atomic_path, atomic_write_text
 from muse.data.sources import PathLike, resolve_cache_dir
 from muse.data.tokenizer import GPT2Tokenizer, load_tokenizer
 from muse.data.wikitext import load_split_text
@@ -60,19 +59,9 @@ def save_token_file(tokens: np.ndarray, path: PathLike) -> Path:
         raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} with shape {tokens.shape}")
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > np.iinfo(np.uint16).max):
         raise ValueError("tokens must lie in [0, 65535] to be stored as uint16")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, tokens.astype(np.uint16, copy=False))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, tokens.astype(np.uint16, copy=False))
+    return Path(path)
 
 
 def load_token_file(path: PathLike) -> np.ndarray:
@@ -88,10 +77,7 @@ def load_token_file(path: PathLike) -> np.ndarray:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def load_tokens(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from muse._io import atomic_path
 
 FORMAT = "muse-checkpoint/v1"
 JSON_KEYS = ("model_config", "train_config", "optimizer", "data_state", "counters")
@@ -57,25 +58,9 @@ def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
     ``path`` with ``os.replace`` (atomic on POSIX); the directory is fsynced afterwards.
     A failure at any point removes the temporary file and leaves ``path`` untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def build_metadata(*, model_name: str, model_config: dict, train_config: dict, optimizer: dict,

@@ -9,10 +9,11 @@ import os
 import platform
 import resource
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from muse._io import atomic_write_text
 
 
 class JsonlLog:
@@ -38,7 +39,7 @@ class JsonlLog:
 
     def truncate_after(self, step: int) -> None:
         kept = [r for r in self.records() if r.get("step", 0) <= step]
-        _atomic_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 def plot_loss_curve(records: list[dict], path: str | os.PathLike, title: str = "") -> Path:
@@ -109,23 +110,7 @@ def peak_memory(device: torch.device) -> dict:
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Indented JSON written atomically; NaN/inf are refused rather than written as invalid JSON."""
-    return _atomic_text(Path(path), json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def results_table(results: dict) -> str:
