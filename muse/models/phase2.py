@@ -10,7 +10,7 @@
 BK-Core: per token and channel a complex potential V_i = v(x_i) - i Gamma(x_i),
 Gamma = softplus(.) >= 0; features Re/Im of the causal resolvent diagonal
 G_i = [(H_[1..i] - z)^{-1}]_{ii} of the tridiagonal H = -Laplacian + V (diagonal
-V_i + 2, off-diagonals -1), |G_i| <= 1 / Im z (proof in :mod:`muse.models.scans`).
+V_i + 2, off-diagonals -1), |G_i| <= 1 / Im z (proof in :mod:`muse.scan.bk`).
 The original used diag((H - z)^{-1}) of the whole sequence, which reads future
 tokens; this one does not.
 
@@ -45,7 +45,7 @@ from muse._checks import (
 )
 from muse.init import ZetaEmbedding
 from muse.models.base import LanguageModel, logits_statistics
-from muse.models.scans import bk_diagonal, bk_green_scan, hebbian_parallel
+from muse.scan import bk_diagonal, bk_green_scan, hebbian_parallel
 
 
 def _parse_shift(value: object) -> complex:

@@ -15,13 +15,7 @@ from muse.models.phase2 import MIXERS, PRESETS, expected_parameter_count
 from muse.models.stage1 import PRESETS as STAGE1_PRESETS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread per test process: with pytest-xdist on 2 cores, more only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def _tiny(**overrides) -> Phase2Model:

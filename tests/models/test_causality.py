@@ -22,13 +22,7 @@ SEQ = 40
 CUTS = [0, 1, SEQ // 2, SEQ - 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread per test process: with pytest-xdist on 2 cores, more only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def _model(name: str):

@@ -1,4 +1,4 @@
-"""Phase 2 recurrences (muse.models.scans): fast parallel forms against the sequential references.
+"""Phase 2 recurrences (muse.scan): fast parallel forms against the sequential references.
 
 Tolerances (errors measured on CPU, 2026-11-26, in brackets):
 * float64, fast vs reference: 1e-12, relative to the bound 1 / Im z for G and to
@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from muse.models.scans import (
+from muse.scan import (
     bk_diagonal,
     bk_green_scan,
     bk_green_sequential,
@@ -32,13 +32,7 @@ F32_G_TOL = 1e-4  # times 1 / Im z
 F32_TOL = 2e-5  # times max |reference|
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread per test process: with pytest-xdist on 2 cores, more only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -1,0 +1,127 @@
+"""The causal BK-Core resolvent: :func:`bk_green_sequential` (the definition) and :func:`bk_green_scan`.
+
+For a tridiagonal H with diagonal a_i and off-diagonals -1 (so b*c = 1), and a shift z
+with Im z > 0, G_i is the last diagonal entry of (H_[1..i] - z)^{-1}, the inverse of
+the leading i x i block:
+
+    G_i = theta_{i-1} / theta_i = 1 / r_i,
+    r_1 = a_1 - z,   r_i = (a_i - z) - 1 / r_{i-1}.
+
+G_i depends on a_1..a_i only, so the mixer is causal.  If Im a_i <= 0 for every i
+(a dissipative potential), then |G_i| <= 1 / Im z:
+
+    Im r_1 = Im a_1 - Im z <= -Im z.  If Im r_{i-1} <= -Im z < 0 then
+    Im(1 / r_{i-1}) = -Im r_{i-1} / |r_{i-1}|^2 >= 0, so
+    Im r_i = Im a_i - Im z - Im(1 / r_{i-1}) <= -Im z.
+    Hence |r_i| >= |Im r_i| >= Im z (no r_i is 0) and |G_i| <= 1 / Im z.
+
+The scan writes r_i as a Moebius map of r_{i-1}: with M_i = [[a_i - z, -1], [1, 0]],
+P_i = M_i M_{i-1} ... M_1 and [theta_i, theta_{i-1}]^T = P_i [1, 0]^T, so
+G_i = P_i[1, 0] / P_i[0, 0].  The prefix products come from a Hillis-Steele scan
+(log2 S steps, each one batched 2x2 complex product).  Only the ratio matters
+(the products are projective), so every partial product is divided by its largest
+entry after each step: theta_i grows like |a - z|^i and would overflow otherwise.
+
+Pure torch (autograd, CPU and GPU): real float32/float64 inputs give a complex64/complex128 scan.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from muse._checks import check_float_tensor, check_tensor
+
+_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def _check_shift(z: object) -> complex:
+    """The spectral shift: a Python number with Im z > 0."""
+    if isinstance(z, bool) or not isinstance(z, numbers.Complex):
+        raise TypeError(f"z must be a complex number, got {type(z).__name__}")
+    z = complex(z)
+    if not (math.isfinite(z.real) and math.isfinite(z.imag)):
+        raise ValueError(f"z must be finite, got {z}")
+    if z.imag <= 0.0:
+        raise ValueError(f"z must have Im z > 0 (it keeps |G_i| <= 1 / Im z), got {z}")
+    return z
+
+
+def _check_diagonal(a: object) -> torch.Tensor:
+    check_tensor("a", a)
+    if a.dtype not in _COMPLEX_DTYPES:
+        raise TypeError(f"a must have dtype complex64 or complex128, got {a.dtype}")
+    if a.dim() < 1:
+        raise ValueError(f"a must have a last (sequence) dimension, got shape {tuple(a.shape)}")
+    return a
+
+
+def bk_diagonal(potential: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """a = V + 2 with V = potential - i * gamma: the diagonal of H = -Laplacian + V (complex)."""
+    check_float_tensor("potential", potential)
+    check_float_tensor("gamma", gamma)
+    if potential.shape != gamma.shape:
+        raise ValueError(f"potential and gamma must have the same shape, got "
+                         f"{tuple(potential.shape)} and {tuple(gamma.shape)}")
+    return torch.complex(potential + 2.0, -gamma)  # (..., S)
+
+
+def bk_green_sequential(a: torch.Tensor, z: complex) -> torch.Tensor:
+    """Reference: G_i = 1 / r_i with r_1 = a_1 - z, r_i = (a_i - z) - 1 / r_{i-1}; a (..., S) -> (..., S)."""
+    a = _check_diagonal(a)
+    z = _check_shift(z)
+    out = [a[..., :0]]  # keeps an empty sequence valid
+    r = None
+    for i in range(a.shape[-1]):
+        r = a[..., i] - z if r is None else (a[..., i] - z) - 1.0 / r  # (...)
+        out.append((1.0 / r)[..., None])
+    return torch.cat(out, dim=-1)  # (..., S)
+
+
+def _renormalise(m: torch.Tensor) -> torch.Tensor:
+    """Divide each 2x2 matrix of ``m`` (..., S, 2, 2) by its largest |entry|.
+
+    The scale is detached: the result is only used through the scale-invariant ratio
+    P[1, 0] / P[0, 0], whose gradient through the scale is exactly zero.
+    """
+    with torch.no_grad():
+        s = m.abs().amax(dim=(-2, -1), keepdim=True)  # (..., S, 1, 1)
+        s = torch.where(s > 0, s, torch.ones_like(s))  # det P = 1 in exact arithmetic; guard anyway
+    return m / s
+
+
+def moebius_prefix_products(m: torch.Tensor) -> torch.Tensor:
+    """Inclusive scan P_i = M_i M_{i-1} ... M_1 of complex 2x2 matrices, up to a positive scale per i.
+
+    ``m`` is (..., S, 2, 2).  Hillis-Steele: after the step with offset o, P_i holds the
+    product of M_{max(1, i-2o+1)}..M_i, so ceil(log2 S) steps suffice, each one batched
+    matmul; every step renormalises (see :func:`_renormalise`).
+    """
+    m = _renormalise(m)
+    n = m.shape[-3]
+    offset = 1
+    while offset < n:
+        prod = m[..., offset:, :, :] @ m[..., :-offset, :, :]  # (..., S - o, 2, 2): P_i times P_{i-o}
+        m = _renormalise(torch.cat([m[..., :offset, :, :], prod], dim=-3))  # (..., S, 2, 2)
+        offset *= 2
+    return m
+
+
+def bk_green_scan(a: torch.Tensor, z: complex) -> torch.Tensor:
+    """Causal resolvent diagonal G_i = theta_{i-1} / theta_i by a log-depth scan; a (..., S) -> (..., S).
+
+    Same values as :func:`bk_green_sequential` (see the module docstring for the bound
+    |G_i| <= 1 / Im z when Im a <= 0).
+    """
+    a = _check_diagonal(a)
+    z = _check_shift(z)
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+    top = torch.stack([a - z, -one], dim=-1)  # (..., S, 2): row [a_i - z, -1]
+    bottom = torch.stack([one, zero], dim=-1)  # (..., S, 2): row [1, 0]
+    p = moebius_prefix_products(torch.stack([top, bottom], dim=-2))  # (..., S, 2, 2)
+    return p[..., 1, 0] / p[..., 0, 0]  # (..., S)
+
+
+__all__ = ["bk_diagonal", "bk_green_scan", "bk_green_sequential", "moebius_prefix_products"]

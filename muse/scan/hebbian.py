@@ -1,0 +1,129 @@
+"""Decayed causal linear attention (dissipative Hebbian fast weights): sequential and parallel forms.
+
+:func:`hebbian_sequential` is the plain loop that states the definition; :func:`hebbian_parallel`
+the vectorised (optionally chunked) form the model uses.  The recurrence
+
+    W_t = exp(l_t) W_{t-1} + eta k_t v_t^T,   y_t = q_t^T W_t,   W_0 = 0,
+
+with l_t = log-decay <= 0 (the model uses l_t = -dt * Gamma_t), unrolls to
+
+    y_t = eta * sum_{s <= t} exp(L_t - L_s) (q_t . k_s) v_s,   L_t = sum_{r <= t} l_r.
+
+L_t - L_s is formed as a segment sum sum_{s < r <= t} l_r (no difference of two
+large cumulative sums, which loses precision for long sequences) and set to -inf
+for s > t BEFORE the exp, so masked weights are exact zeros and no inf * 0 arises.
+With ``chunk_size`` the sequence is cut into chunks: the quadratic form inside each
+chunk, the fast-weight state W passed between chunks (again by segment sums over
+chunk totals), so memory is O(S * chunk) instead of O(S^2).
+
+Pure torch (autograd, CPU and GPU), float32 or float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from muse._checks import check_float, check_float_tensor, check_int
+
+
+def _check_hebbian(q, k, v, log_decay, eta) -> float:
+    for name, t in (("q", q), ("k", k), ("v", v), ("log_decay", log_decay)):
+        check_float_tensor(name, t)
+    if q.dim() < 2 or q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (..., S, d_k), got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+    if v.dim() != q.dim() or v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(f"v must have shape {tuple(q.shape[:-1])} + (d_v,), got {tuple(v.shape)}")
+    if log_decay.shape != q.shape[:-1]:
+        raise ValueError(f"log_decay must have shape {tuple(q.shape[:-1])}, got {tuple(log_decay.shape)}")
+    if len({q.dtype, k.dtype, v.dtype, log_decay.dtype}) != 1:
+        raise TypeError("q, k, v and log_decay must share one dtype, got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}, {log_decay.dtype}")
+    return check_float("eta", eta)
+
+
+def hebbian_sequential(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                       eta: float = 1.0) -> torch.Tensor:
+    """Reference loop: W_t = exp(l_t) W_{t-1} + eta k_t v_t^T, y_t = q_t^T W_t.
+
+    q, k (..., S, d_k); v (..., S, d_v); log_decay l (..., S), <= 0.  Returns (..., S, d_v).
+    """
+    eta = _check_hebbian(q, k, v, log_decay, eta)
+    w = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])  # (..., d_k, d_v)
+    out = [v[..., :0, :]]  # keeps an empty sequence valid
+    for t in range(q.shape[-2]):
+        w = torch.exp(log_decay[..., t, None, None]) * w + eta * k[..., t, :, None] * v[..., t, None, :]
+        out.append((q[..., t, :, None] * w).sum(dim=-2)[..., None, :])  # (..., 1, d_v)
+    return torch.cat(out, dim=-2)  # (..., S, d_v)
+
+
+def segment_sum(x: torch.Tensor) -> torch.Tensor:
+    """out[..., t, s] = sum_{s < r <= t} x[..., r] for s <= t, -inf for s > t; x (..., n) -> (..., n, n).
+
+    Each entry sums only its own terms (a masked cumsum), so it is as accurate as a
+    short sum even where the full cumulative sum is large.
+    """
+    n = x.shape[-1]
+    strict = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(-1)  # r > s
+    xx = x[..., :, None].expand(*x.shape, n)  # (..., n_r, n_s): xx[..., r, s] = x_r
+    seg = torch.cumsum(xx.masked_fill(~strict, 0.0), dim=-2)  # (..., n_t, n_s)
+    causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(0)  # s <= t
+    return seg.masked_fill(~causal, -math.inf)
+
+
+def hebbian_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                     eta: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+    """y_t = eta * sum_{s <= t} exp(L_t - L_s) (q_t . k_s) v_s, in parallel (optionally chunked).
+
+    Shapes as :func:`hebbian_sequential`.  ``chunk_size`` None: one chunk (O(S^2)
+    memory per head); an int c: chunks of c positions (O(S c) plus one d_k x d_v state
+    per chunk).
+    """
+    eta = _check_hebbian(q, k, v, log_decay, eta)
+    n = q.shape[-2]
+    if chunk_size is None:
+        chunk_size = max(n, 1)
+    chunk_size = check_int("chunk_size", chunk_size, min_value=1)
+    if n == 0:
+        return v.new_zeros(v.shape)
+    c = min(chunk_size, n)
+    n_chunks = -(-n // c)
+    pad = n_chunks * c - n
+    if pad:  # padding sits after every real position, so it cannot reach them
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        log_decay = torch.nn.functional.pad(log_decay, (0, pad))
+    lead = q.shape[:-2]
+    qc = q.reshape(*lead, n_chunks, c, q.shape[-1])  # (..., N, c, d_k)
+    kc = k.reshape(*lead, n_chunks, c, k.shape[-1])  # (..., N, c, d_k)
+    vc = v.reshape(*lead, n_chunks, c, v.shape[-1])  # (..., N, c, d_v)
+    lc = log_decay.reshape(*lead, n_chunks, c)  # (..., N, c)
+
+    # Inside each chunk: masked decay matrix, exact zeros above the diagonal.
+    decay = torch.exp(segment_sum(lc))  # (..., N, c_t, c_s)
+    scores = qc @ kc.transpose(-1, -2)  # (..., N, c_t, c_s)
+    y = eta * ((scores * decay) @ vc)  # (..., N, c, d_v)
+
+    if n_chunks > 1:
+        # State carried in from earlier chunks.  Within chunk n:
+        #   to_end_s = sum_{s < r < end} l_r (decay from s to the chunk end),
+        #   from_start_t = sum_{start <= r <= t} l_r (decay of the incoming state up to t).
+        to_end = torch.flip(torch.cumsum(torch.flip(lc[..., 1:], (-1,)), dim=-1), (-1,))  # (..., N, c-1)
+        to_end = torch.cat([to_end, torch.zeros_like(lc[..., :1])], dim=-1)  # (..., N, c)
+        from_start = torch.cumsum(lc, dim=-1)  # (..., N, c)
+        # U_n = eta * sum_s exp(to_end_s) k_s v_s^T: what chunk n adds to the state.
+        u = eta * ((kc * torch.exp(to_end)[..., None]).transpose(-1, -2) @ vc)  # (..., N, d_k, d_v)
+        # State entering chunk n: S_n = sum_{m < n} exp(sum_{m < j < n} total_j) U_m.
+        # segment_sum over chunk totals gives sum_{m < j <= n'} total_j; shifting by one
+        # chunk (n' = n - 1) gives the decays between the end of chunk m and the start of n.
+        totals = lc.sum(dim=-1)  # (..., N)
+        chunk_decay = torch.exp(segment_sum(totals))  # (..., N_to, N_from), chunk_decay[n', m]
+        states = torch.einsum("...nm,...mkv->...nkv", chunk_decay[..., :-1, :-1], u[..., :-1, :, :])
+        states = torch.cat([torch.zeros_like(u[..., :1, :, :]), states], dim=-3)  # (..., N, d_k, d_v)
+        y = y + (qc * torch.exp(from_start)[..., None]) @ states  # (..., N, c, d_v)
+
+    return y.reshape(*lead, n_chunks * c, v.shape[-1])[..., :n, :]  # (..., S, d_v)
+
+
+__all__ = ["hebbian_parallel", "hebbian_sequential", "segment_sum"]
