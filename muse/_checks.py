@@ -64,6 +64,29 @@ def check_probability(name: str, value: object) -> float:
     return check_float(name, value, min_value=0.0, max_value=1.0, max_inclusive=False)
 
 
+def check_shift(name: str, value: object) -> complex:
+    """A spectral shift z with Im z > 0: a complex number or a (re, im) pair (the form configs write)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{name} as a sequence must be (re, im), got {len(value)} items")
+        value = complex(check_float(f"{name}[0]", value[0]), check_float(f"{name}[1]", value[1]))
+    if isinstance(value, bool) or not isinstance(value, numbers.Complex):
+        raise TypeError(f"{name} must be a complex number or a (re, im) pair, got {_type_name(value)}")
+    value = complex(value)
+    if not (math.isfinite(value.real) and math.isfinite(value.imag)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value.imag <= 0.0:
+        raise ValueError(f"{name} must have Im {name} > 0 (it bounds |G| <= 1 / Im {name}), got {value}")
+    return value
+
+
+def check_float_dtype(name: str, dtype: object) -> torch.dtype:
+    """float16, float32 or float64 (the dtypes of real tensors and of complex planes)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, float32 or float64, got {dtype}")
+    return dtype
+
+
 def check_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(value)}")
@@ -76,6 +99,17 @@ def check_float_tensor(name: str, value: object) -> torch.Tensor:
     if value.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float16, float32 or float64, got {value.dtype}")
     return value
+
+
+def check_real_tensor(name: str, value: object) -> torch.Tensor:
+    """A real floating tensor; a native complex tensor is refused with the way to convert it."""
+    check_tensor(name, value)
+    if value.is_complex():
+        raise TypeError(
+            f"{name} is a native complex tensor ({value.dtype}); "
+            "convert it with muse.complex.from_complex() first"
+        )
+    return check_float_tensor(name, value)
 
 
 def check_same_device(named: Iterable[tuple[str, torch.device]]) -> torch.device:

@@ -7,7 +7,8 @@
   initialises CUDA) to entry N mod len of the caller's CUDA_VISIBLE_DEVICES list, or
   of all GPUs when it is unset, so ``pytest -n 4`` on a 4-GPU host uses all four.
 - ``--muse-device cpu|cuda|all`` (or MUSE_VERIFY_DEVICE) picks the devices of the
-  ``device`` parameter in verification/; tests marked ``cuda`` skip without a GPU.
+  ``device`` parameter of every test (tests/ and verification/); tests marked ``cuda``
+  skip without a GPU.
 - With MUSE_VERIFY_RECORD_DIR set (``muse verify`` sets it), every process writes its
   measurements there at session end and the controller writes the test outcomes.
 """
@@ -151,6 +152,16 @@ def selected_devices(config: pytest.Config) -> list[str]:
     if choice == "cuda":
         return ["cuda"] if has_cuda else []
     return ["cpu", "cuda"] if has_cuda else ["cpu"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise every test that takes ``device`` (in tests/ and verification/) over the selected
+    devices; cuda cases are marked ``cuda``."""
+    if "device" not in metafunc.fixturenames:
+        return
+    params = [pytest.param(d, id=d, marks=[pytest.mark.cuda] if d == "cuda" else [])
+              for d in selected_devices(metafunc.config)]
+    metafunc.parametrize("device", params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

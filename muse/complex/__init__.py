@@ -1,8 +1,12 @@
 """Planar complex32: the ``ComplexTensor`` data type and its functional ops.
 
-``muse.complex`` never imports ``muse.nn``; modules are thin wrappers over these functions.
+Imports run one way: ``tensor`` (the type, shape ops) <- ``ops``/``linalg``/``layers``
+(functions of ComplexTensors) <- this file, which attaches the functions to the type
+once as its operators and methods.  ``muse.complex`` never imports ``muse.nn``;
+modules are thin wrappers over these functions.
 """
 
+from muse.complex._policy import gemm_linear, gemm_matmul
 from muse.complex.layers import dropout, embedding, layer_norm, modrelu
 from muse.complex.linalg import linear, matmul
 from muse.complex.ops import (
@@ -29,8 +33,29 @@ from muse.complex.ops import (
 )
 from muse.complex.tensor import ComplexTensor, plane_dtype
 
+
+def _reflected(op):
+    """``other <op> self`` for the reflected operators (``__radd__`` and friends)."""
+
+    def method(self, other):
+        return op(other, self)
+
+    method.__name__ = f"__r{op.__name__}__"
+    method.__doc__ = f"other {op.__name__} self, as :func:`muse.complex.{op.__name__}` (other, self)."
+    return method
+
+
+for _name, _op in (("add", add), ("sub", sub), ("mul", mul), ("truediv", div), ("matmul", matmul)):
+    setattr(ComplexTensor, f"__{_name}__", _op)
+    setattr(ComplexTensor, f"__r{_name}__", _reflected(_op))
+ComplexTensor.__neg__ = neg
+for _op in (conj, abs, abs2, angle, exp, sum, mean, to_complex):
+    setattr(ComplexTensor, _op.__name__, _op)
+del _name, _op
+
 __all__ = [
     "ComplexTensor", "abs", "abs2", "add", "angle", "cat", "conj", "div", "dropout", "embedding",
-    "exp", "from_complex", "from_real", "layer_norm", "linear", "matmul", "mean", "modrelu", "mul",
-    "neg", "plane_dtype", "polar", "randn", "stack", "sub", "sum", "to_complex", "zeros",
+    "exp", "from_complex", "from_real", "gemm_linear", "gemm_matmul", "layer_norm", "linear", "matmul",
+    "mean", "modrelu", "mul", "neg", "plane_dtype", "polar", "randn", "stack", "sub", "sum", "to_complex",
+    "zeros",
 ]

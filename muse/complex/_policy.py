@@ -45,6 +45,14 @@ def fp32_accumulation(device: torch.device) -> Iterator[None]:
         matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32 = saved
 
 
+def magnitude(re: torch.Tensor, im: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """|re + i im| in the compute dtype: sqrt(re^2 + im^2) for float16 storage (the squares are exact in
+    fp32 and cannot overflow there), ``hypot`` otherwise."""
+    if storage == torch.float16:
+        return torch.sqrt(re * re + im * im)
+    return torch.hypot(re, im)
+
+
 def gemm_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
     """Operand dtype for a GEMM: fp16 on CUDA (fp32 accumulate in cuBLAS), else the compute dtype."""
     if storage == torch.float16 and device.type == "cuda":
@@ -52,7 +60,7 @@ def gemm_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
     return compute_dtype(storage)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def gemm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` with fp32 accumulation and one rounding to ``x.dtype``."""
     gd = gemm_dtype(x.dtype, x.device)
     with fp32_accumulation(x.device):
@@ -60,7 +68,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return y.to(x.dtype)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+def gemm_matmul(a: torch.Tensor, b: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
     """``a @ b`` with fp32 accumulation and one rounding to ``storage``."""
     gd = gemm_dtype(storage, a.device)
     with fp32_accumulation(a.device):

@@ -22,7 +22,7 @@ from muse._checks import (
     check_tensor,
     check_type,
 )
-from muse.complex._policy import compute_dtype
+from muse.complex._policy import compute_dtype, magnitude
 from muse.complex.tensor import ComplexTensor
 
 
@@ -99,7 +99,7 @@ def layer_norm(
 # ---------------------------------------------------------------------- modReLU
 def _modrelu_parts(x: torch.Tensor, bias: torch.Tensor, storage: torch.dtype):
     re, im = x[0], x[1]
-    r = torch.sqrt(re * re + im * im) if storage == torch.float16 else torch.hypot(re, im)
+    r = magnitude(re, im, storage)
     nonzero = r > 0
     r_safe = torch.where(nonzero, r, torch.ones_like(r))  # zero guard: 1 is exact in every format
     b = bias.to(x.dtype)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from muse._checks import check_float_tensor, check_same_device, check_type
-from muse.complex import _policy
+from muse._checks import check_real_tensor, check_same_device, check_type
+from muse.complex._policy import gemm_linear, gemm_matmul
 from muse.complex.tensor import ComplexTensor
 
 
@@ -31,12 +31,7 @@ def matmul(a, b) -> ComplexTensor:
         if not isinstance(v, (ComplexTensor, torch.Tensor)):
             raise TypeError(f"{name} must be a ComplexTensor or a real tensor, got {type(v).__name__}")
         if isinstance(v, torch.Tensor):
-            if v.is_complex():
-                raise TypeError(
-                    f"{name} is a native complex tensor ({v.dtype}); "
-                    "convert it with muse.complex.from_complex() first"
-                )
-            check_float_tensor(name, v)
+            check_real_tensor(name, v)
         if v.dim() == 0:
             raise ValueError(f"{name} must be at least 1-D for matmul, got a 0-d tensor")
     if not isinstance(a, ComplexTensor) and not isinstance(b, ComplexTensor):
@@ -44,16 +39,16 @@ def matmul(a, b) -> ComplexTensor:
     check_same_device([("a", a.device), ("b", b.device)])
     storage = torch.promote_types(a.dtype, b.dtype)
     if not isinstance(b, ComplexTensor):
-        return _stack(_policy.matmul(a.real, b, storage), _policy.matmul(a.imag, b, storage))
+        return _stack(gemm_matmul(a.real, b, storage), gemm_matmul(a.imag, b, storage))
     if not isinstance(a, ComplexTensor):
-        return _stack(_policy.matmul(a, b.real, storage), _policy.matmul(a, b.imag, storage))
+        return _stack(gemm_matmul(a, b.real, storage), gemm_matmul(a, b.imag, storage))
     if a.shape[-1] != b.shape[0 if b.dim() == 1 else -2]:
         raise ValueError(f"matmul shape mismatch: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
     squeeze_a, squeeze_b = a.dim() == 1, b.dim() == 1
     ar, ai = (a.real.unsqueeze(0), a.imag.unsqueeze(0)) if squeeze_a else (a.real, a.imag)
     br, bi = (b.real.unsqueeze(-1), b.imag.unsqueeze(-1)) if squeeze_b else (b.real, b.imag)
     n = br.shape[-1]
-    y = _policy.matmul(torch.cat((ar, ai), dim=-1), _block(br, bi), storage)  # (..., M, 2N)
+    y = gemm_matmul(torch.cat((ar, ai), dim=-1), _block(br, bi), storage)  # (..., M, 2N)
     re, im = y[..., :n], y[..., n:]
     if squeeze_a:  # drop a's M = 1 dim first: it is -2 only while b's N dim is still there
         re, im = re.squeeze(-2), im.squeeze(-2)
@@ -91,5 +86,5 @@ def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None =
     wr, wi = weight.real, weight.imag
     w_block = torch.cat((torch.cat((wr, -wi), dim=1), torch.cat((wi, wr), dim=1)), dim=0)  # (2out, 2in)
     b_cat = None if bias is None else bias.planes.reshape(2 * out_f)
-    y = _policy.linear(torch.cat((x.real, x.imag), dim=-1), w_block, b_cat)  # (..., 2out)
+    y = gemm_linear(torch.cat((x.real, x.imag), dim=-1), w_block, b_cat)  # (..., 2out)
     return ComplexTensor(y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous())

@@ -18,8 +18,15 @@ from collections.abc import Sequence
 
 import torch
 
-from muse._checks import FLOAT_DTYPES, check_float_tensor, check_same_device, check_type
-from muse.complex._policy import compute_dtype
+from muse._checks import (
+    FLOAT_DTYPES,
+    check_float_tensor,
+    check_real_tensor,
+    check_same_device,
+    check_type,
+)
+from muse.complex._policy import compute_dtype, magnitude
+from muse.complex._shape import plane_dim, shape_args
 from muse.complex.tensor import ComplexTensor, plane_dtype
 
 Operand = ComplexTensor | torch.Tensor | numbers.Number
@@ -36,12 +43,7 @@ class _Operand:
             self.re, self.im = value.real, value.imag
             self.dtype, self.device, self.shape = value.dtype, value.device, value.shape
         elif isinstance(value, torch.Tensor):
-            if value.is_complex():
-                raise TypeError(
-                    f"{name} is a native complex tensor ({value.dtype}); "
-                    "convert it with muse.complex.from_complex() first"
-                )
-            check_float_tensor(name, value)
+            check_real_tensor(name, value)
             self.re, self.im = value, None
             self.dtype, self.device, self.shape = value.dtype, value.device, value.shape
         elif isinstance(value, numbers.Number) and not isinstance(value, bool):
@@ -168,18 +170,11 @@ def conj(z: ComplexTensor) -> ComplexTensor:
     return ComplexTensor(torch.stack((z.real, -z.imag)))
 
 
-def _magnitude(re: torch.Tensor, im: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
-    """|z| in the compute dtype; fp16 squares are exact and cannot overflow in fp32."""
-    if storage == torch.float16:
-        return torch.sqrt(re * re + im * im)
-    return torch.hypot(re, im)
-
-
 def abs(z: ComplexTensor) -> torch.Tensor:  # noqa: A001 - the op's natural name
     """|z| as a real tensor; no overflow for any finite fp16 input (|z| <= 65504*sqrt(2) rounds to inf only when the exact value does)."""
     check_type("z", z, ComplexTensor, "a ComplexTensor")
     cd = compute_dtype(z.dtype)
-    return _magnitude(z.real.to(cd), z.imag.to(cd), z.dtype).to(z.dtype)
+    return magnitude(z.real.to(cd), z.imag.to(cd), z.dtype).to(z.dtype)
 
 
 def abs2(z: ComplexTensor) -> torch.Tensor:
@@ -222,7 +217,7 @@ def _logical_dims(z: ComplexTensor, dim) -> tuple[int, ...] | None:
     if dim is None:
         return None
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    return tuple(z._dim(d) + 1 for d in dims)
+    return tuple(plane_dim(z.ndim, d) for d in dims)
 
 
 def _reduce(z: ComplexTensor, dim, keepdim: bool, reduction: str) -> ComplexTensor:
@@ -249,13 +244,13 @@ def mean(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:
 def cat(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     """Concatenate along logical ``dim`` (exact)."""
     zs = _sequence("tensors", tensors)
-    return ComplexTensor(torch.cat([z.planes for z in zs], dim=zs[0]._dim(dim) + 1))
+    return ComplexTensor(torch.cat([z.planes for z in zs], dim=plane_dim(zs[0].ndim, dim)))
 
 
 def stack(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     """Stack along a new logical ``dim`` (exact)."""
     zs = _sequence("tensors", tensors)
-    return ComplexTensor(torch.stack([z.planes for z in zs], dim=zs[0]._dim(dim, extra=1) + 1))
+    return ComplexTensor(torch.stack([z.planes for z in zs], dim=plane_dim(zs[0].ndim, dim, extra=1)))
 
 
 def _sequence(name: str, tensors) -> list[ComplexTensor]:
@@ -302,18 +297,14 @@ def from_real(x: torch.Tensor, dtype: torch.dtype | None = None) -> ComplexTenso
 
 def zeros(*shape, dtype: torch.dtype = torch.float16, device=None) -> ComplexTensor:
     """A zero ComplexTensor of logical ``shape``."""
-    from muse.complex.tensor import _shape_args
-
     dtype = plane_dtype(dtype)
-    return ComplexTensor(torch.zeros(2, *_shape_args(shape), dtype=dtype, device=device))
+    return ComplexTensor(torch.zeros(2, *shape_args(shape), dtype=dtype, device=device))
 
 
 def randn(*shape, dtype: torch.dtype = torch.float16, device=None, generator=None) -> ComplexTensor:
     """Standard complex normal: re, im ~ N(0, 1/2) so E|z|^2 = 1, rounded once to ``dtype``."""
-    from muse.complex.tensor import _shape_args
-
     dtype = plane_dtype(dtype)
-    p = torch.randn(2, *_shape_args(shape), dtype=compute_dtype(dtype), device=device, generator=generator)
+    p = torch.randn(2, *shape_args(shape), dtype=compute_dtype(dtype), device=device, generator=generator)
     return ComplexTensor((p * 0.5**0.5).to(dtype))
 
 

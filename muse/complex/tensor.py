@@ -3,18 +3,19 @@
 The backing tensor ``planes`` has shape ``(2, *shape)``: plane 0 holds every real
 part, plane 1 every imaginary part (``[RRR...III...]``).  With float16 planes this
 is "planar complex32": half the bytes of complex64.  Shape ops return views of the
-planes; arithmetic lives in :mod:`muse.complex.ops` and follows the precision
-policy in :mod:`muse.complex._policy`.  Autograd flows through ``planes`` with
+planes.  Arithmetic lives in :mod:`muse.complex.ops` and :mod:`muse.complex.linalg`
+(precision policy: :mod:`muse.complex._policy`); ``muse/complex/__init__.py`` attaches
+them once as the operators (+ - * / @, unary -) and methods (``conj``, ``abs``, ``sum``, ...),
+so this module imports no op module.  Autograd flows through ``planes`` with
 PyTorch's convention: ``z.grad`` = dL/dRe z + i dL/dIm z.
 """
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from muse._checks import FLOAT_DTYPES, check_float_tensor, check_int
+from muse._checks import FLOAT_DTYPES, check_float_tensor
+from muse.complex._shape import logical_dim, plane_dim, shape_args
 
 _COMPLEX_OF = {torch.float16: torch.complex32, torch.float32: torch.complex64, torch.float64: torch.complex128}
 _PLANE_OF = {v: k for k, v in _COMPLEX_OF.items()}
@@ -78,7 +79,7 @@ class ComplexTensor:
         return self._planes.shape[1:]
 
     def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[self._dim(dim)]
+        return self.shape if dim is None else self.shape[logical_dim(self.ndim, dim)]
 
     @property
     def ndim(self) -> int:
@@ -182,49 +183,41 @@ class ComplexTensor:
         return self.to(torch.float64)
 
     # ---------------------------------------------------------------- shape ops
-    def _dim(self, dim: int, extra: int = 0) -> int:
-        """Logical dim -> non-negative logical dim (``extra`` = 1 for unsqueeze)."""
-        check_int("dim", dim)
-        n = self.ndim + extra
-        if not -n <= dim < n or n == 0:
-            raise IndexError(f"dim {dim} is out of range for a {self.ndim}-d ComplexTensor")
-        return dim % n
-
     def view(self, *shape) -> ComplexTensor:
-        return ComplexTensor(self._planes.view(2, *_shape_args(shape)))
+        return ComplexTensor(self._planes.view(2, *shape_args(shape)))
 
     def reshape(self, *shape) -> ComplexTensor:
-        return ComplexTensor(self._planes.reshape(2, *_shape_args(shape)))
+        return ComplexTensor(self._planes.reshape(2, *shape_args(shape)))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> ComplexTensor:
         if self.ndim == 0:
             return self.reshape(1)
-        return ComplexTensor(self._planes.flatten(self._dim(start_dim) + 1, self._dim(end_dim) + 1))
+        return ComplexTensor(self._planes.flatten(plane_dim(self.ndim, start_dim), plane_dim(self.ndim, end_dim)))
 
     def permute(self, *dims) -> ComplexTensor:
-        dims = _shape_args(dims)
+        dims = shape_args(dims)
         if len(dims) != self.ndim:
             raise ValueError(f"permute needs {self.ndim} dims, got {len(dims)}")
-        return ComplexTensor(self._planes.permute(0, *(self._dim(d) + 1 for d in dims)))
+        return ComplexTensor(self._planes.permute(0, *(plane_dim(self.ndim, d) for d in dims)))
 
     def transpose(self, dim0: int, dim1: int) -> ComplexTensor:
-        return ComplexTensor(self._planes.transpose(self._dim(dim0) + 1, self._dim(dim1) + 1))
+        return ComplexTensor(self._planes.transpose(plane_dim(self.ndim, dim0), plane_dim(self.ndim, dim1)))
 
     @property
     def T(self) -> ComplexTensor:  # noqa: N802 - mirrors torch.Tensor.T
         return self.permute(*reversed(range(self.ndim)))
 
     def unsqueeze(self, dim: int) -> ComplexTensor:
-        return ComplexTensor(self._planes.unsqueeze(self._dim(dim, extra=1) + 1))
+        return ComplexTensor(self._planes.unsqueeze(plane_dim(self.ndim, dim, extra=1)))
 
     def squeeze(self, dim: int | None = None) -> ComplexTensor:
         if dim is None:
             keep = [s for s in self.shape if s != 1]
             return ComplexTensor(self._planes.reshape(2, *keep))
-        return ComplexTensor(self._planes.squeeze(self._dim(dim) + 1))
+        return ComplexTensor(self._planes.squeeze(plane_dim(self.ndim, dim)))
 
     def expand(self, *sizes) -> ComplexTensor:
-        sizes = _shape_args(sizes)
+        sizes = shape_args(sizes)
         p = self._planes
         if len(sizes) > self.ndim:  # new leading dims go after the plane axis, not before it
             p = p[(slice(None),) + (None,) * (len(sizes) - self.ndim)]
@@ -235,70 +228,8 @@ class ComplexTensor:
             index = (index,)
         return ComplexTensor(self._planes[(slice(None), *index)])
 
-    # -------------------------------------------------------------- arithmetic
-    def __add__(self, other):
-        return _ops().add(self, other)
-
-    def __radd__(self, other):
-        return _ops().add(other, self)
-
-    def __sub__(self, other):
-        return _ops().sub(self, other)
-
-    def __rsub__(self, other):
-        return _ops().sub(other, self)
-
-    def __mul__(self, other):
-        return _ops().mul(self, other)
-
-    def __rmul__(self, other):
-        return _ops().mul(other, self)
-
-    def __truediv__(self, other):
-        return _ops().div(self, other)
-
-    def __rtruediv__(self, other):
-        return _ops().div(other, self)
-
-    def __neg__(self):
-        return _ops().neg(self)
-
-    def __pos__(self):
+    def __pos__(self) -> ComplexTensor:
         return self
-
-    def __matmul__(self, other):
-        from muse.complex import linalg
-
-        return linalg.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        from muse.complex import linalg
-
-        return linalg.matmul(other, self)
-
-    def conj(self) -> ComplexTensor:
-        return _ops().conj(self)
-
-    def abs(self) -> torch.Tensor:
-        return _ops().abs(self)
-
-    def abs2(self) -> torch.Tensor:
-        return _ops().abs2(self)
-
-    def angle(self) -> torch.Tensor:
-        return _ops().angle(self)
-
-    def exp(self) -> ComplexTensor:
-        return _ops().exp(self)
-
-    def sum(self, dim=None, keepdim: bool = False) -> ComplexTensor:
-        return _ops().sum(self, dim, keepdim)
-
-    def mean(self, dim=None, keepdim: bool = False) -> ComplexTensor:
-        return _ops().mean(self, dim, keepdim)
-
-    def to_complex(self) -> torch.Tensor:
-        return _ops().to_complex(self)
 
     def isfinite(self) -> torch.Tensor:
         """Elementwise: both parts finite."""
@@ -312,19 +243,3 @@ class ComplexTensor:
         )
 
     __hash__ = object.__hash__
-
-
-def _shape_args(args) -> tuple[int, ...]:
-    """Accept ``f(2, 3)``, ``f((2, 3))`` and ``f(torch.Size(...))``."""
-    if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
-        args = tuple(args[0])
-    for a in args:
-        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
-            raise TypeError(f"shape entries must be ints, got {type(a).__name__}")
-    return tuple(int(a) for a in args)
-
-
-def _ops():
-    from muse.complex import ops
-
-    return ops

@@ -30,38 +30,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muse._checks import (
-    check_float,
-    check_int,
-    check_probability,
-    check_token_ids,
-)
+from muse._checks import check_float, check_int, check_probability, check_shift, check_token_ids
 from muse.init import ZetaEmbedding
 from muse.models.base import LanguageModel, logits_statistics
-from muse.scan import bk_diagonal, bk_green_scan, hebbian_parallel
-
-
-def _parse_shift(value: object) -> complex:
-    """bk_z as a complex number: a number, or a (re, im) pair (the form ``to_dict`` writes)."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"bk_z as a sequence must be (re, im), got {len(value)} items")
-        value = complex(check_float("bk_z[0]", value[0]), check_float("bk_z[1]", value[1]))
-    if isinstance(value, bool) or not isinstance(value, numbers.Complex):
-        raise TypeError(f"bk_z must be a complex number or a (re, im) pair, got {type(value).__name__}")
-    value = complex(value)
-    if not (math.isfinite(value.real) and math.isfinite(value.imag)):
-        raise ValueError(f"bk_z must be finite, got {value}")
-    if value.imag <= 0.0:
-        raise ValueError(f"bk_z must have Im bk_z > 0 (it bounds |G| <= 1 / Im bk_z), got {value}")
-    return value
+from muse.nn.mixers import BKCore, DissipativeHebbian
 
 
 @dataclass
@@ -94,7 +72,7 @@ class Phase2Config:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         check_int("ffn_mult", self.ffn_mult, min_value=1)
         check_int("bk_channels", self.bk_channels, min_value=1)
-        self.bk_z = _parse_shift(self.bk_z)
+        self.bk_z = check_shift("bk_z", self.bk_z)
         check_float("hebbian_eta", self.hebbian_eta, min_value=0.0, min_inclusive=False)
         check_float("hebbian_dt", self.hebbian_dt, min_value=0.0, min_inclusive=False)
         if self.hebbian_chunk_size is not None:
@@ -116,6 +94,15 @@ class Phase2Config:
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    def mixer_kwargs(self, name: str) -> dict:
+        """Constructor arguments of mixer ``name`` (a key of :data:`MIXERS`) from these fields."""
+        if name == "bk":
+            return dict(d_model=self.d_model, channels=self.bk_channels, z=self.bk_z)
+        if name == "hebbian":
+            return dict(d_model=self.d_model, n_heads=self.n_heads, eta=self.hebbian_eta, dt=self.hebbian_dt,
+                        chunk_size=self.hebbian_chunk_size)
+        raise ValueError(f"mixers: unknown mixer {name!r}; choose from {sorted(MIXERS)}")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready fields: bk_z as [re, im], mixers as a list (both accepted back)."""
@@ -143,97 +130,6 @@ def _stats(x: torch.Tensor) -> dict[str, float]:
         }
 
 
-def _recurrence_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32, or float64 for a float64 model: the recurrences never run in half precision."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _no_autocast(x: torch.Tensor):
-    """Switch autocast off around a recurrence, so a bf16/fp16 AMP run keeps it in fp32."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
-
-
-def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    """x with softplus(x) = y > 0: log(expm1(y))."""
-    return torch.log(torch.expm1(y))
-
-
-class BKCore(nn.Module):
-    """Causal non-Hermitian resolvent features: x (B, S, d) -> Linear(Re G, Im G) (B, S, d).
-
-    V_i = potential(x_i) - i softplus(gamma(x_i)) per channel; a_i = V_i + 2;
-    G_i = theta_{i-1} / theta_i by :func:`bk_green_scan`.
-    """
-
-    def __init__(self, config: Phase2Config, device=None):
-        super().__init__()
-        d, c = config.d_model, config.bk_channels
-        self.z = config.bk_z
-        self.potential = nn.Linear(d, c, device=device)
-        self.gamma = nn.Linear(d, c, device=device)
-        self.out = nn.Linear(2 * c, d, device=device)
-
-    def forward(self, x: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
-        rdt = _recurrence_dtype(x)
-        v = self.potential(x).to(rdt).transpose(1, 2)  # (B, C, S)
-        gamma = F.softplus(self.gamma(x).to(rdt)).transpose(1, 2)  # (B, C, S), >= 0: dissipation
-        with _no_autocast(x):
-            g = bk_green_scan(bk_diagonal(v, gamma), self.z)  # (B, C, S) complex, |g| <= 1 / Im z
-        feats = torch.cat([g.real, g.imag], dim=1).transpose(1, 2)  # (B, S, 2C)
-        if stats is not None:
-            with torch.no_grad():
-                stats["bk_green_abs_max"] = g.abs().max().item() if g.numel() else 0.0
-                stats["bk_gamma_mean"] = gamma.mean().item() if gamma.numel() else 0.0
-        return self.out(feats.to(x.dtype))  # (B, S, d)
-
-
-class DissipativeHebbian(nn.Module):
-    """Decayed causal linear attention: y_t = eta sum_{s<=t} exp(L_t - L_s) (q_t . k_s) v_s, per head.
-
-    L_t = -dt sum_{r<=t} Gamma_r with Gamma = softplus(linear(x)) >= 0 per head and token.
-    q is scaled by 1 / sqrt(d_head) so q . k has unit scale at init, as in attention.
-    Gamma's bias starts at RetNet's per-head retentions exp(-Gamma dt) = 1 - 2^(-5-h),
-    so heads begin with memory lengths from 32 to 2^(4+H) tokens.
-    """
-
-    def __init__(self, config: Phase2Config, device=None):
-        super().__init__()
-        d, h = config.d_model, config.n_heads
-        self.n_heads, self.d_head = h, config.d_head
-        self.eta, self.dt = config.hebbian_eta, config.hebbian_dt
-        self.chunk_size = config.hebbian_chunk_size
-        self.q = nn.Linear(d, d, device=device)
-        self.k = nn.Linear(d, d, device=device)
-        self.v = nn.Linear(d, d, device=device)
-        self.gamma = nn.Linear(d, h, device=device)
-        self.out = nn.Linear(d, d, device=device)
-
-    @torch.no_grad()
-    def reset_gamma_bias(self) -> None:
-        """Bias b_h with exp(-softplus(b_h) dt) = 1 - 2^(-5-h)."""
-        h = torch.arange(self.n_heads, dtype=torch.float64)
-        gamma = -torch.log1p(-torch.exp2(-5.0 - h)) / self.dt  # (H,)
-        self.gamma.bias.copy_(_inverse_softplus(gamma).to(self.gamma.bias.dtype))
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, s, _ = t.shape
-        return t.view(b, s, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, S, dh)
-
-    def forward(self, x: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
-        b, s, d = x.shape
-        rdt = _recurrence_dtype(x)
-        q = self._heads(self.q(x).to(rdt)) / math.sqrt(self.d_head)  # (B, H, S, dh)
-        k = self._heads(self.k(x).to(rdt))  # (B, H, S, dh)
-        v = self._heads(self.v(x).to(rdt))  # (B, H, S, dh)
-        log_decay = -self.dt * F.softplus(self.gamma(x).to(rdt)).transpose(1, 2)  # (B, H, S), <= 0
-        with _no_autocast(x):
-            y = hebbian_parallel(q, k, v, log_decay, self.eta, self.chunk_size)  # (B, H, S, dh)
-        if stats is not None:
-            with torch.no_grad():
-                stats["hebbian_retention_mean"] = log_decay.exp().mean().item() if log_decay.numel() else 0.0
-        return self.out(y.transpose(1, 2).reshape(b, s, d).to(x.dtype))  # (B, S, d)
-
-
 MIXERS: dict[str, type[nn.Module]] = {"bk": BKCore, "hebbian": DissipativeHebbian}
 
 
@@ -258,7 +154,8 @@ class Phase2Block(nn.Module):
         d, eps = config.d_model, config.layer_norm_eps
         self.mixer_names = config.mixers
         self.mixer_norms = nn.ModuleList(nn.LayerNorm(d, eps, device=device) for _ in config.mixers)
-        self.mixers = nn.ModuleList(MIXERS[name](config, device=device) for name in config.mixers)
+        self.mixers = nn.ModuleList(MIXERS[name](**config.mixer_kwargs(name), device=device)
+                                    for name in config.mixers)
         self.ffn_norm = nn.LayerNorm(d, eps, device=device)
         self.ffn = FeedForward(config, device=device)
         self.dropout = nn.Dropout(config.dropout)

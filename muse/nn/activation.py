@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_int
-from muse.nn.linear import _check_dtype
+from muse._checks import check_float_dtype, check_int
 
 
 class ModReLU(nn.Module):
@@ -16,7 +15,7 @@ class ModReLU(nn.Module):
     def __init__(self, features: int, dtype: torch.dtype = torch.float16, device=None):
         super().__init__()
         self.features = check_int("features", features, min_value=1)
-        self.bias = nn.Parameter(torch.zeros(features, dtype=_check_dtype(dtype), device=device))
+        self.bias = nn.Parameter(torch.zeros(features, dtype=check_float_dtype("dtype", dtype), device=device))
 
     def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
         return C.modrelu(z, self.bias)

@@ -9,9 +9,14 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float, check_int, check_probability, check_token_ids
+from muse._checks import (
+    check_float,
+    check_float_dtype,
+    check_int,
+    check_probability,
+    check_token_ids,
+)
 from muse.init import ZetaEmbedding
-from muse.nn.linear import _check_dtype
 
 
 class ComplexEmbedding(nn.Module):
@@ -37,7 +42,7 @@ class ComplexEmbedding(nn.Module):
                 raise TypeError(f"initial_phase must be a real number or None, got {type(initial_phase).__name__}")
             initial_phase = check_float("initial_phase", initial_phase)
         self.initial_phase = initial_phase
-        dtype = _check_dtype(dtype)
+        dtype = check_float_dtype("dtype", dtype)
         self.weight = nn.Parameter(torch.empty(2, vocab_size, d_model, dtype=dtype, device=device))
         self.position = ZetaEmbedding(max_seq_len, d_model, trainable=True, scale=zeta_scale,
                                       dtype=dtype, device=device)

@@ -8,14 +8,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import FLOAT_DTYPES, check_int, check_type
-from muse.complex import _policy
-
-
-def _check_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
-    return dtype
+from muse._checks import check_float_dtype, check_int, check_type
 
 
 class ComplexLinear(nn.Module):
@@ -33,7 +26,7 @@ class ComplexLinear(nn.Module):
         self.in_features = check_int("in_features", in_features, min_value=1)
         self.out_features = check_int("out_features", out_features, min_value=1)
         check_type("bias", bias, bool, "a bool")
-        dtype = _check_dtype(dtype)
+        dtype = check_float_dtype("dtype", dtype)
         self.weight = nn.Parameter(torch.empty(2, out_features, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(2, out_features, dtype=dtype, device=device)) if bias else None
         self.reset_parameters()
@@ -73,4 +66,4 @@ class RealLinear(nn.Linear):
             raise ValueError(f"x must have {self.in_features} features in its last dim, got shape {tuple(x.shape)}")
         if x.dtype != self.weight.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the layer holds {self.weight.dtype}")
-        return _policy.linear(x, self.weight, self.bias)
+        return C.gemm_linear(x, self.weight, self.bias)

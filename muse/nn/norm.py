@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float, check_int
-from muse.nn.linear import _check_dtype
+from muse._checks import check_float, check_float_dtype, check_int
 
 
 class ComplexLayerNorm(nn.Module):
@@ -21,7 +20,7 @@ class ComplexLayerNorm(nn.Module):
         super().__init__()
         self.features = check_int("features", features, min_value=1)
         self.eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
-        dtype = _check_dtype(dtype)
+        dtype = check_float_dtype("dtype", dtype)
         self.weight = nn.Parameter(torch.ones(features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(features, dtype=dtype, device=device))
 

@@ -27,26 +27,11 @@ Pure torch (autograd, CPU and GPU): real float32/float64 inputs give a complex64
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from muse._checks import check_float_tensor, check_tensor
+from muse._checks import check_float_tensor, check_shift, check_tensor
 
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
-
-
-def _check_shift(z: object) -> complex:
-    """The spectral shift: a Python number with Im z > 0."""
-    if isinstance(z, bool) or not isinstance(z, numbers.Complex):
-        raise TypeError(f"z must be a complex number, got {type(z).__name__}")
-    z = complex(z)
-    if not (math.isfinite(z.real) and math.isfinite(z.imag)):
-        raise ValueError(f"z must be finite, got {z}")
-    if z.imag <= 0.0:
-        raise ValueError(f"z must have Im z > 0 (it keeps |G_i| <= 1 / Im z), got {z}")
-    return z
 
 
 def _check_diagonal(a: object) -> torch.Tensor:
@@ -71,7 +56,7 @@ def bk_diagonal(potential: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 def bk_green_sequential(a: torch.Tensor, z: complex) -> torch.Tensor:
     """Reference: G_i = 1 / r_i with r_1 = a_1 - z, r_i = (a_i - z) - 1 / r_{i-1}; a (..., S) -> (..., S)."""
     a = _check_diagonal(a)
-    z = _check_shift(z)
+    z = check_shift("z", z)
     out = [a[..., :0]]  # keeps an empty sequence valid
     r = None
     for i in range(a.shape[-1]):
@@ -116,7 +101,7 @@ def bk_green_scan(a: torch.Tensor, z: complex) -> torch.Tensor:
     |G_i| <= 1 / Im z when Im a <= 0).
     """
     a = _check_diagonal(a)
-    z = _check_shift(z)
+    z = check_shift("z", z)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     top = torch.stack([a - z, -one], dim=-1)  # (..., S, 2): row [a_i - z, -1]
     bottom = torch.stack([one, zero], dim=-1)  # (..., S, 2): row [1, 0]

@@ -150,7 +150,7 @@ def test_policy_linear_and_matmul_round_once_under_autocast():
     x, w, b = (torch.randn(*s, generator=g).half() for s in ((4, 32), (8, 32), (8,)))
     want = torch.nn.functional.linear(x.float(), w.float(), b.float()).half()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the policy switches autocast off for its GEMM
-        got = _policy.linear(x, w, b)
-        got_mm = _policy.matmul(x, w.T, torch.float16)
+        got = _policy.gemm_linear(x, w, b)
+        got_mm = _policy.gemm_matmul(x, w.T, torch.float16)
     assert got.dtype == torch.float16 and torch.equal(got, want)
     assert torch.equal(got_mm, (x.float() @ w.float().T).half())

@@ -14,7 +14,6 @@ from muse.models import MODELS, Phase2Config, Phase2Model, build_model, make_con
 from muse.models.phase2 import MIXERS, PRESETS, expected_parameter_count
 from muse.models.stage1 import PRESETS as STAGE1_PRESETS
 
-
 pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
