@@ -1,8 +1,14 @@
-"""What every MUSE language model shares: config handling, non-finite counters, statistics.
+"""What every MUSE language model shares: the forward loop, config handling, non-finite counters, statistics.
+
+A model defines ``embed`` (ids -> activations), ``blocks`` (called as ``block(x, stats)``,
+``stats`` a dict to fill with the block's diagnostics or None), ``final_norm``,
+``head_input`` (activations -> the real (B, S, d) tensor the head reads; identity by
+default) and ``lm_head`` (a module with ``.weight`` (V, d) and ``.bias`` (V,) or None).
 
 The counters live on the model's device and are updated without host syncs: slot 0
 counts forwards whose embedding held a NaN/Inf, slot i+1 layer i, the last slot the
-logits. ``get_statistics()`` is the one place that reads them.
+logits (the head input under ``return_hidden=True``). ``get_statistics()`` is the one
+place that reads them.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ import dataclasses
 import torch
 from torch import nn
 
+import muse.complex as C
 from muse._checks import check_type
 
 
 class LanguageModel(nn.Module):
-    """Base class: ``forward(input_ids, positions=None, return_diagnostics=False)`` -> logits (B, S, V)."""
+    """Base class: ``forward(input_ids, positions=None, return_diagnostics=False, return_hidden=False)``."""
 
     config_cls: type = type(None)
 
@@ -33,6 +40,42 @@ class LanguageModel(nn.Module):
         self.register_buffer("_nonfinite_count", torch.zeros(config.n_layers + 2, dtype=torch.long, device=device),
                              persistent=False)
 
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None):
+        """Validated ids (B, S) (and optional positions) -> the first activations (B, S, d)."""
+        raise NotImplementedError
+
+    def head_input(self, x) -> torch.Tensor:
+        """The final-normed activations -> the real (B, S, d) tensor ``lm_head`` consumes."""
+        return x
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                return_diagnostics: bool = False, return_hidden: bool = False):
+        """Logits (B, S, V), or with ``return_hidden`` the (B, S, d) head input; with
+        ``return_diagnostics`` also a dict of per-stage statistics."""
+        diag: dict[str, dict] = {}
+        self._count_forward()
+        x = self.embed(input_ids, positions)
+        self._count_nonfinite(0, x)
+        if return_diagnostics:
+            diag["embedding"] = activation_statistics(x)
+        for i, block in enumerate(self.blocks):
+            stats: dict | None = {} if return_diagnostics else None
+            x = block(x, stats)
+            self._count_nonfinite(i + 1, x)
+            if return_diagnostics:
+                diag[f"layer_{i}"] = {**activation_statistics(x), **stats}
+        x = self.final_norm(x)
+        out = self.head_input(x)  # (B, S, d)
+        if not return_hidden:
+            out = self.lm_head(out)  # (B, S, V)
+        self._count_nonfinite(-1, out)
+        if not return_diagnostics:
+            return out
+        diag["final_norm"] = activation_statistics(x)
+        if not return_hidden:
+            diag["output"] = logits_statistics(out)
+        return out, diag
+
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
@@ -45,8 +88,10 @@ class LanguageModel(nn.Module):
         self._forward_count += 1
 
     @torch.no_grad()
-    def _count_nonfinite(self, slot: int, values: torch.Tensor) -> None:
-        """Slot 0: embedding, i+1: layer i, -1: logits."""
+    def _count_nonfinite(self, slot: int, values) -> None:
+        """Slot 0: embedding, i+1: layer i, -1: logits; ``values`` a tensor or a ComplexTensor."""
+        if isinstance(values, C.ComplexTensor):
+            values = values.planes
         self._nonfinite_count[slot] += (~torch.isfinite(values)).any()
 
     def get_statistics(self) -> dict:
@@ -76,4 +121,27 @@ def logits_statistics(logits: torch.Tensor) -> dict:
             "logits_min": lf.min().item() if lf.numel() else 0.0,
             "logits_max": lf.max().item() if lf.numel() else 0.0,
             "nonfinite": int((~torch.isfinite(lf)).sum().item()),
+        }
+
+
+def activation_statistics(x) -> dict:
+    """Diagnostics of one stage's activations: magnitude/phase and the planar flag for a
+    ComplexTensor, mean/std/max |x| for a real tensor (computed in fp32)."""
+    with torch.no_grad():
+        if isinstance(x, C.ComplexTensor):
+            mag, ph = C.abs(x).float(), C.angle(x).float()
+            return {
+                "magnitude_mean": mag.mean().item(),
+                "magnitude_std": mag.std().item() if mag.numel() > 1 else 0.0,
+                "phase_mean": ph.mean().item(),
+                "phase_std": ph.std().item() if ph.numel() > 1 else 0.0,
+                "nonfinite": int((~x.isfinite()).sum().item()),
+                "planar": x.is_planar(),
+            }
+        xf = x.float()
+        return {
+            "mean": xf.mean().item(),
+            "std": xf.std().item() if xf.numel() > 1 else 0.0,
+            "abs_max": xf.abs().max().item() if xf.numel() else 0.0,
+            "nonfinite": int((~torch.isfinite(xf)).sum().item()),
         }

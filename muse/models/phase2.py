@@ -38,7 +38,7 @@ from torch import nn
 
 from muse._checks import check_float, check_int, check_probability, check_shift, check_token_ids
 from muse.init import ZetaEmbedding
-from muse.models.base import LanguageModel, logits_statistics
+from muse.models.base import LanguageModel
 from muse.nn.mixers import BKCore, DissipativeHebbian
 
 
@@ -119,17 +119,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _stats(x: torch.Tensor) -> dict[str, float]:
-    with torch.no_grad():
-        xf = x.float()
-        return {
-            "mean": xf.mean().item(),
-            "std": xf.std().item() if xf.numel() > 1 else 0.0,
-            "abs_max": xf.abs().max().item() if xf.numel() else 0.0,
-            "nonfinite": int((~torch.isfinite(xf)).sum().item()),
-        }
-
-
 MIXERS: dict[str, type[nn.Module]] = {"bk": BKCore, "hebbian": DissipativeHebbian}
 
 
@@ -208,35 +197,11 @@ class Phase2Model(LanguageModel):
             block.ffn.out.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
         self.token_embedding.weight.normal_(0.0, 1.0)
 
-    def _embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
         pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
         x = self.token_embedding(input_ids) + pos  # (B, S, d)
         return self.embedding_dropout(x)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                return_diagnostics: bool = False):
-        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
-        diag: dict[str, dict] = {}
-        self._count_forward()
-        x = self._embed(input_ids, positions)
-        self._count_nonfinite(0, x)
-        if return_diagnostics:
-            diag["embedding"] = _stats(x)
-        for i, block in enumerate(self.blocks):
-            stats: dict | None = {} if return_diagnostics else None
-            x = block(x, stats)
-            self._count_nonfinite(i + 1, x)
-            if return_diagnostics:
-                diag[f"layer_{i}"] = {**_stats(x), **stats}
-        x = self.final_norm(x)
-        logits = self.lm_head(x)  # (B, S, vocab)
-        self._count_nonfinite(-1, logits)
-        if not return_diagnostics:
-            return logits
-        diag["final_norm"] = _stats(x)
-        diag["output"] = logits_statistics(logits)
-        return logits, diag
 
 
 def expected_parameter_count(config: Phase2Config) -> int:

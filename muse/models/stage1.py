@@ -21,7 +21,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_float, check_int, check_probability, check_type
-from muse.models.base import LanguageModel, logits_statistics
+from muse.models.base import LanguageModel
 from muse.nn import (
     ComplexDropout,
     ComplexEmbedding,
@@ -73,19 +73,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _stats(z: C.ComplexTensor) -> dict[str, float]:
-    with torch.no_grad():
-        mag, ph = C.abs(z).float(), C.angle(z).float()
-        return {
-            "magnitude_mean": mag.mean().item(),
-            "magnitude_std": mag.std().item() if mag.numel() > 1 else 0.0,
-            "phase_mean": ph.mean().item(),
-            "phase_std": ph.std().item() if ph.numel() > 1 else 0.0,
-            "nonfinite": int((~z.isfinite()).sum().item()),
-            "planar": z.is_planar(),
-        }
-
-
 class Phase3Stage1Block(nn.Module):
     """LN -> ComplexLinear -> ModReLU -> dropout -> residual -> LN."""
 
@@ -98,7 +85,8 @@ class Phase3Stage1Block(nn.Module):
         self.dropout = ComplexDropout(dropout)
         self.norm2 = ComplexLayerNorm(d_model, eps, dtype=dtype, device=device)
 
-    def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
+    def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
+        """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
         h = self.dropout(self.activation(self.linear(self.norm1(z))))
         return self.norm2(C.add(h, z))
 
@@ -125,28 +113,11 @@ class Phase3Stage1Model(LanguageModel):
             self.lm_head.weight.normal_(0.0, 0.02)
             self.lm_head.bias.zero_()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                return_diagnostics: bool = False):
-        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
-        diag: dict[str, dict] = {}
-        self._count_forward()
-        z = self.embedding(input_ids, positions)
-        self._count_nonfinite(0, z.planes)
-        if return_diagnostics:
-            diag["embedding"] = _stats(z)
-        for i, block in enumerate(self.blocks):
-            z = block(z)
-            self._count_nonfinite(i + 1, z.planes)
-            if return_diagnostics:
-                diag[f"layer_{i}"] = _stats(z)
-        z = self.final_norm(z)
-        logits = self.lm_head(z.real)
-        self._count_nonfinite(-1, logits)
-        if not return_diagnostics:
-            return logits
-        diag["final_norm"] = _stats(z)
-        diag["output"] = logits_statistics(logits)
-        return logits, diag
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> C.ComplexTensor:
+        return self.embedding(input_ids, positions)  # (B, S, d) complex
+
+    def head_input(self, z: C.ComplexTensor) -> torch.Tensor:
+        return z.real  # (B, S, d), the storage dtype
 
 
 def create_phase3_stage1_model(vocab_size: int = 50257, d_model: int = 512, n_layers: int = 6,

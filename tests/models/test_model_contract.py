@@ -1,0 +1,62 @@
+"""The model contract every registered model keeps (the loss relies on it):
+
+``model(ids)`` -> logits (B, S, V); ``model(ids, return_hidden=True)`` -> the real (B, S, d)
+tensor the head consumes; ``model.lm_head`` has ``.weight`` (V, d) and ``.bias`` (V,) or None.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muse.models import MODELS, build_model
+
+pytestmark = pytest.mark.usefixtures("_one_thread")
+
+VOCAB = 97
+
+
+def _model(name: str):
+    torch.manual_seed(0)
+    return build_model(name, "tiny", vocab_size=VOCAB, dropout=0.0).eval()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_hidden_is_what_the_head_consumes(name):
+    model = _model(name)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    logits = model(ids)
+    hidden = model(ids, return_hidden=True)
+    d = model.config.d_model
+    assert isinstance(hidden, torch.Tensor) and hidden.dtype.is_floating_point and not hidden.is_complex()
+    assert hidden.shape == (2, 9, d) and logits.shape == (2, 9, VOCAB)
+    head = model.lm_head
+    assert head.weight.shape == (VOCAB, d)
+    assert head.bias is None or head.bias.shape == (VOCAB,)
+    assert torch.equal(head(hidden), logits), "lm_head(hidden) must be exactly the logits"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_hidden_diagnostics_and_counters(name):
+    model = _model(name)
+    ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(2))
+    hidden, diag = model(ids, return_hidden=True, return_diagnostics=True)
+    assert hidden.shape == (1, 5, model.config.d_model)
+    assert list(diag) == ["embedding", *(f"layer_{i}" for i in range(model.config.n_layers)), "final_norm"]
+    _, diag = model(ids, return_diagnostics=True)
+    assert list(diag)[-1] == "output" and diag["output"]["nonfinite"] == 0
+    stats = model.get_statistics()
+    assert stats["forward_count"] == 2 and stats["nonfinite_count"] == 0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_nonfinite_head_input_is_counted_under_return_hidden(name):
+    model = _model(name)
+    with torch.no_grad():
+        model.final_norm.bias.fill_(float("nan"))
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    hidden = model(ids, return_hidden=True)
+    assert torch.isnan(hidden).all()
+    stats = model.get_statistics()
+    assert stats["nonfinite_by_stage"]["logits"] == 1 and stats["nonfinite_count"] == 1
+    assert stats["nonfinite_by_stage"]["embedding"] == 0
