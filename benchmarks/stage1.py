@@ -12,6 +12,9 @@ Steps, all in one process so that ratios are measured side by side:
    of every complex activation.
 5. ``benchmarks.criteria`` turns the numbers into pass / fail / not_measured; the report
    (JSON + Markdown) carries every number with the device, date and command.
+
+``run_stage1_benchmark`` is the library entry point; ``muse bench stage1`` (``muse/cli/bench.py``)
+is its command-line wrapper.
 """
 
 from __future__ import annotations
@@ -19,9 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
-import json
-import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,8 @@ import torch
 from benchmarks import criteria as crit
 from benchmarks import measure
 from muse._checks import check_int, check_type
+from muse._io import atomic_write_text, write_report_json
+from muse.train.runlog import environment
 
 MODELS = ("phase2", "stage1")
 
@@ -102,7 +104,6 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     """Run every step and return the report dict (also written to ``out/report.{json,md}``)."""
     from muse.train.data import load_run_data
     from muse.train.distributed import init_distributed
-    from muse.train.runlog import environment
     from muse.train.trainer import Trainer
 
     check_type("cfg", cfg, Stage1BenchConfig, "a Stage1BenchConfig")
@@ -157,9 +158,19 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
         models[name] = model.to("cpu")
         _free(dev)
 
+    env = environment(dev)
+    data_summary = {"train_split": data.train_split, "eval_split": data.eval_split,
+                    "train_tokens": int(len(data.train)), "eval_tokens": int(len(data.eval)),
+                    "warnings": list(data.warnings)}
+    report = build_report(cfg, stamp, command, env, data_summary, unigram, runs, per_model, dev.type)
+    return write_report(report, out)
+
+
+def judge(runs: dict, per_model: dict, unigram: float | None, device_type: str) -> list[crit.Criterion]:
+    """The Stage 1 criteria from the measured numbers (a NaN counts as not measured or failed)."""
     s1, p2 = per_model["stage1"], per_model["phase2"]
-    mem_note = "" if dev.type == "cuda" else f"device is {dev}: peak memory is measured on CUDA only"
-    criteria = [
+    mem_note = "" if device_type == "cuda" else f"device is {device_type}: peak memory is measured on CUDA only"
+    return [
         crit.trained("Phase 2", runs["phase2"], unigram),
         crit.trained("Stage 1", runs["stage1"], unigram),
         crit.perplexity(runs["stage1"]["eval_ppl"], runs["phase2"]["eval_ppl"]),
@@ -168,29 +179,32 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
         crit.gradient_norms(s1["trials"]),
         crit.planar(s1["layout"]),
     ]
-    report = {
+
+
+def build_report(cfg: Stage1BenchConfig, stamp: datetime.datetime, command: str, env: dict, data: dict,
+                 unigram: float | None, runs: dict, per_model: dict, device_type: str) -> dict:
+    """The report dict: provenance, every measurement and the judged criteria."""
+    return {
         "benchmark": "stage1-criteria",
         "date": stamp.isoformat(timespec="seconds"),
         "command": command,
-        "environment": environment(dev),
+        "environment": env,
         "config": dataclasses.asdict(cfg),
-        "data": {"train_split": data.train_split, "eval_split": data.eval_split,
-                 "train_tokens": int(len(data.train)), "eval_tokens": int(len(data.eval)),
-                 "warnings": list(data.warnings)},
+        "data": data,
         "unigram_ppl": unigram,
         "runs": runs,
         "measurements": per_model,
-        **crit.summarize(criteria),
+        **crit.summarize(judge(runs, per_model, unigram, device_type)),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    (out / "report.md").write_text(format_markdown(report))
-    return report
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
+def write_report(report: dict, out: str | Path) -> dict:
+    """Write ``out/report.json`` (valid JSON: a NaN/inf measurement becomes null and is listed under
+    ``nonfinite_values``) and ``out/report.md``; returns the report as written."""
+    out = Path(out)
+    written = write_report_json(out / "report.json", report, default=str)
+    atomic_write_text(out / "report.md", format_markdown(written))
+    return written
 
 
 def _mib(m: dict | None) -> str:
@@ -224,25 +238,17 @@ def format_markdown(report: dict) -> str:
         ("eval tokens scored", lambda n: _fmt(runs[n]["eval_tokens_scored"], ",")),
         ("skipped steps", lambda n: str(runs[n]["skipped_steps"])),
         ("peak memory fwd+bwd", lambda n: _mib(meas[n]["memory"])),
-        ("train tok/s", lambda n: f"{meas[n]['train_throughput']['tokens_per_second']:,.0f}"),
-        ("inference tok/s", lambda n: f"{meas[n]['inference_throughput']['tokens_per_second']:,.0f}"),
+        ("train tok/s", lambda n: _fmt(meas[n]["train_throughput"]["tokens_per_second"], ",.0f")),
+        ("inference tok/s", lambda n: _fmt(meas[n]["inference_throughput"]["tokens_per_second"], ",.0f")),
     ]
     for label, fn in rows:
         lines.append(f"| {label} | {fn('phase2')} | {fn('stage1')} |")
-    lines += ["", f"Unigram PPL of the training text on the eval split: {report['unigram_ppl']:.2f}", ""]
+    lines += ["", f"Unigram PPL of the training text on the eval split: {_fmt(report['unigram_ppl'], '.2f')}"]
+    if report.get("nonfinite_values"):
+        lines.append(f"Non-finite measurements (written as null): {', '.join(report['nonfinite_values'])}")
+    lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.stage1`` is ``muse bench stage1``."""
-    from muse.cli import main as muse_main
-
-    return muse_main(["bench", "stage1", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

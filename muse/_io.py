@@ -1,8 +1,11 @@
-"""Atomic file writes: a reader sees either the old file or the complete new one, never a torn one."""
+"""Atomic file writes (a reader sees either the old file or the complete new one, never a torn one)
+and the one JSON writer, which refuses NaN/inf instead of writing invalid JSON."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -41,3 +44,49 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def nonfinite_to_none(data, where: str = "") -> tuple[object, list[str]]:
+    """A copy of ``data`` (nested dicts/lists/tuples) with every NaN/inf float replaced by None,
+    and the dotted paths of the replaced entries (e.g. ``runs.stage1.eval_ppl``)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where or "<root>"]
+    if isinstance(data, dict):
+        out, paths = {}, []
+        for key, value in data.items():
+            out[key], sub = nonfinite_to_none(value, f"{where}.{key}" if where else str(key))
+            paths += sub
+        return out, paths
+    if isinstance(data, (list, tuple)):
+        out, paths = [], []
+        for i, value in enumerate(data):
+            item, sub = nonfinite_to_none(value, f"{where}[{i}]")
+            out.append(item)
+            paths += sub
+        return out, paths
+    return data, []
+
+
+def write_json(path: str | os.PathLike, data, *, indent: int | None = 2, sort_keys: bool = False,
+               default=None) -> Path:
+    """``data`` as JSON, written atomically. NaN/inf are refused with a ValueError that names where
+    they are: a report turns them into null with :func:`nonfinite_to_none` and says why."""
+    try:
+        text = json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=False, default=default)
+    except ValueError:
+        _, paths = nonfinite_to_none(data)
+        if not paths:
+            raise
+        raise ValueError(f"refusing to write non-finite values to {path} (at {', '.join(paths[:5])}); "
+                         "valid JSON has no NaN/inf: replace them with null and record why") from None
+    return atomic_write_text(path, text + "\n")
+
+
+def write_report_json(path: str | os.PathLike, report: dict, **kwargs) -> dict:
+    """Write a measurement report with :func:`write_json`: a NaN/inf measurement becomes null and its
+    path is listed under ``"nonfinite_values"`` (the report's own status fields say what failed).
+    Returns the report as written."""
+    clean, paths = nonfinite_to_none(report)
+    clean["nonfinite_values"] = paths
+    write_json(path, clean, **kwargs)
+    return clean

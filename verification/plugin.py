@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -218,7 +217,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     STORE.flush(directory)
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         path = Path(directory) / "outcomes.json"
-        path.write_text(json.dumps({"exitstatus": int(exitstatus), "tests": _OUTCOMES}, indent=1))
+        from muse._io import write_json  # lazily: torch loads only after GPU pinning
+
+        write_json(path, {"exitstatus": int(exitstatus), "tests": _OUTCOMES}, indent=1)
 
 
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "PROFILE_ENV", "count_gpus", "examples", "gpu_for_worker",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from muse._io import atomic_write_text, write_report_json
 from verification.record import RATIO_EDGES, ULP_EDGES
 
 BOUND_TEXT = {
@@ -218,8 +219,8 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "png": out / "errors.png"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=str))
-    paths["markdown"].write_text(render_markdown(report))
+    write_report_json(paths["json"], report, default=str)
+    atomic_write_text(paths["markdown"], render_markdown(report))
     plot_errors(report, paths["png"])
     return paths
 

@@ -31,9 +31,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import time
 
+    from muse._io import write_report_json
     from muse.data import load_token_file, load_tokens
     from muse.train.checkpoint import model_from_checkpoint
     from muse.train.distributed import resolve_device
@@ -56,7 +56,5 @@ def run(args: argparse.Namespace) -> int:
     for key, value in out.items():
         print(f"{key:<14}{value}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=2)
-            fh.write("\n")
+        write_report_json(args.json, out)
     return 0

@@ -27,14 +27,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
+    from muse._io import write_report_json
     from muse.smoke import format_report, run_smoke
 
     res = run_smoke(args.model, args.preset, args.device, args.batch_size, args.seq_len, args.seed,
                     args.max_memory_gb)
     print(format_report(res))
     if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+        write_report_json(args.json, res.to_dict(), default=str)
     return 0 if res.passed else 1

@@ -8,14 +8,13 @@ the tokenizer fingerprint and ``CONVENTION``; any change to one of them gives a 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from muse._checks import check_type
-from muse._io import atomic_path, atomic_write_text
+from muse._io import atomic_path, write_json
 from muse.data.sources import PathLike, resolve_cache_dir
 from muse.data.tokenizer import GPT2Tokenizer, load_tokenizer
 from muse.data.wikitext import load_split_text
@@ -76,10 +75,6 @@ def load_token_file(path: PathLike) -> np.ndarray:
     return tokens
 
 
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
-
-
 def load_tokens(
     split: str,
     *,
@@ -118,6 +113,6 @@ def load_tokens(
     if not hit:
         skip = ("tokens", "cache_hit")
         meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in skip}
-        _write_json(path.with_suffix(".json"), {**meta, "cache_path": str(path), "key": key,
-                                                "convention": CONVENTION, "n_tokens": result.n_tokens})
+        write_json(path.with_suffix(".json"), {**meta, "cache_path": str(path), "key": key,
+                                                "convention": CONVENTION, "n_tokens": result.n_tokens}, sort_keys=True)
     return result

@@ -108,11 +108,6 @@ def peak_memory(device: torch.device) -> dict:
             "bytes": int(rss_kib) * 1024}
 
 
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Indented JSON written atomically; NaN/inf are refused rather than written as invalid JSON."""
-    return atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
 def results_table(results: dict) -> str:
     """A Markdown table of the headline numbers."""
     final = results.get("final_eval") or {}

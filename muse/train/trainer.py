@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from muse._io import write_json
 from muse.data import TrainBlocks
 from muse.models.registry import MODELS, make_config
 from muse.train import checkpoint as ckpt_io
@@ -38,7 +39,6 @@ from muse.train.runlog import (
     peak_memory,
     plot_loss_curve,
     results_table,
-    write_json,
 )
 from muse.train.scaler import DynamicLossScaler
 from muse.train.schedule import check_schedule, lr_at
@@ -119,9 +119,7 @@ class Trainer:
         self.best_eval, self.last_train_loss, self.final_eval = math.inf, None, None
         self.log = JsonlLog(self.out / "log.jsonl")
         self.resumed_from, self.pbar = None, None
-        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))  # the training stream, after init
-        np.random.seed(rank_seed(cfg.seed, ctx.rank) % 2**32)
-        random.seed(rank_seed(cfg.seed, ctx.rank))
+        seed_everything(rank_seed(cfg.seed, ctx.rank))  # the training stream, after init
         if cfg.resume is not None:
             self._resume(cfg.resume)
         else:

@@ -1,0 +1,53 @@
+"""The Stage 1 benchmark report stays valid JSON when a measurement is NaN: null plus a status."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+
+from benchmarks.stage1 import Stage1BenchConfig, build_report, write_report
+
+
+def _run(ppl: float) -> dict:
+    return {"eval_ppl": ppl, "eval_loss": math.log(ppl) if math.isfinite(ppl) else ppl,
+            "eval_tokens_scored": 100, "tokens_trained": 1000, "steps": 4, "skipped_steps": 0,
+            "train_tokens_per_s": 123.0, "parameters": 10, "train_split": "valid",
+            "train_split_warning": None, "results_file": "x"}
+
+
+def _measurements(tokens_per_s: float) -> dict:
+    tp = {"tokens_per_second": tokens_per_s}
+    return {"memory": None, "train_throughput": tp, "inference_throughput": tp}
+
+
+def test_nan_measurement_gives_null_and_a_status(tmp_path):
+    per_model = {"phase2": _measurements(1000.0), "stage1": _measurements(math.nan)}
+    per_model["stage1"]["trials"] = {"trials": 2, "nonfinite_trials": 0, "nonfinite_rate": 0.0,
+                                     "grad_norm_min": math.nan, "grad_norm_max": math.nan,
+                                     "grad_offenders": ["lm_head.weight"]}
+    per_model["stage1"]["layout"] = {"complex_activations": 3, "non_planar": []}
+    runs = {"phase2": _run(40.0), "stage1": _run(math.nan)}
+    stamp = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    data = {"train_split": "valid", "eval_split": "test", "train_tokens": 1000, "eval_tokens": 100,
+            "warnings": []}
+    report = build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, runs,
+                          per_model, "cpu")
+    written = write_report(report, tmp_path)
+
+    def reject(token):
+        raise AssertionError(f"report.json holds the invalid JSON token {token}")
+
+    loaded = json.loads((tmp_path / "report.json").read_text(), parse_constant=reject)
+    assert loaded == written
+    assert loaded["runs"]["stage1"]["eval_ppl"] is None
+    assert loaded["measurements"]["stage1"]["train_throughput"]["tokens_per_second"] is None
+    assert "runs.stage1.eval_ppl" in loaded["nonfinite_values"]
+    assert "measurements.stage1.trials.grad_norm_min" in loaded["nonfinite_values"]
+    status = {c["name"]: c["status"] for c in loaded["criteria"]}
+    assert status["Stage 1 trained"] == "not_measured"
+    assert status["perplexity vs Phase 2"] == "not_measured"
+    assert status["gradient norms"] == "fail"
+    assert loaded["all_pass"] is False
+    md = (tmp_path / "report.md").read_text()
+    assert "Non-finite measurements (written as null): runs.stage1.eval_ppl" in md
