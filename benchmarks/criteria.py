@@ -2,8 +2,8 @@
 
 A criterion is ``pass``, ``fail`` or ``not_measured``. ``all_pass`` is true only when
 every criterion was measured and passed — a missing Phase 2 run, an untrained model,
-or a device that cannot measure memory makes it false (the seed script printed
-``"all_pass": true`` with no Phase 2 run and an untrained model at PPL 54,431).
+or a device that cannot measure memory makes it false (see "Departures from the seed
+code" in docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ class ZetaEmbedding(nn.Module):
 def apply_zeta_initialization(model: nn.Module, scale: float = 10.0, seed: int = 0) -> dict[str, int]:
     """Zeta-initialise every real and complex linear layer and reset every ZetaEmbedding.
 
-    Token embeddings are left alone (the seed overwrote them with position patterns).
+    Token embeddings are left alone: positions live in the position table.
     Returns counts per kind.
     """
     check_type("model", model, nn.Module, "an nn.Module")

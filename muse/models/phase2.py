@@ -11,19 +11,15 @@ BK-Core: per token and channel a complex potential V_i = v(x_i) - i Gamma(x_i),
 Gamma = softplus(.) >= 0; features Re/Im of the causal resolvent diagonal
 G_i = [(H_[1..i] - z)^{-1}]_{ii} of the tridiagonal H = -Laplacian + V (diagonal
 V_i + 2, off-diagonals -1), |G_i| <= 1 / Im z (proof in :mod:`muse.scan.bk`).
-The original used diag((H - z)^{-1}) of the whole sequence, which reads future
-tokens; this one does not.
+G_i reads tokens 1..i only, so the mixer is causal.
 
 Hebbian: per head fast weights W_t = exp(-Gamma_t dt) W_{t-1} + eta k_t v_t^T and
 y_t = q_t^T W_t, q scaled by 1 / sqrt(d_head) as in dot-product attention.
 
-Both recurrences run in float32 (float64 after ``.double()``) with autocast off, so
-a bf16/fp16 autocast run keeps them out of half precision; the linears around them
-follow autocast.
-
-The original's SNR-based memory selection and memory-resonance layer are left out;
-a new mixer is added by registering a class in :data:`MIXERS` and naming it in
-``config.mixers``.  See ``docs/phase2.md``.
+The mixers live in :mod:`muse.nn.mixers` (their recurrences in :mod:`muse.scan`); this
+module assembles them.  A new mixer is added by registering its class in :data:`MIXERS`,
+its arguments in :meth:`Phase2Config.mixer_kwargs`, and naming it in ``config.mixers``.
+Departures from the seed's Phase 2: ``docs/architecture.md``; design: ``docs/phase2.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +48,7 @@ class Phase2Config:
     max_seq_len: int = 1024
     n_heads: int = 8  # Hebbian heads; d_model must be divisible by it
     ffn_mult: int = 4  # FFN hidden width = ffn_mult * d_model
-    bk_channels: int = 1  # potentials per token (the original used one)
+    bk_channels: int = 1  # potentials per token
     bk_z: complex = 1j  # spectral shift; Im z = 1 gives |G| <= 1 and a contractive recursion
     hebbian_eta: float = 1.0  # Hebbian write strength
     hebbian_dt: float = 1.0  # time step of the decay exp(-Gamma dt)
