@@ -117,6 +117,11 @@ class Phase2Config:
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def mixes_tokens(self) -> bool:
+        """False for ``mixers=()``: embedding + FFN blocks see one position at a time."""
+        return bool(self.mixers)
+
     def to_dict(self) -> dict:
         """Plain JSON-ready fields: bk_z as [re, im], mixers as a list (both accepted back)."""
         out = dataclasses.asdict(self)
