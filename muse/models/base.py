@@ -77,6 +77,11 @@ class LanguageModel(nn.Module):
         return out, diag
 
     @property
+    def mixes_tokens(self) -> bool:
+        """Whether a logit at t may depend on tokens before t; a config without a token mixer says False."""
+        return getattr(self.config, "mixes_tokens", True)
+
+    @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 

@@ -100,6 +100,11 @@ class Phase2Config:
                         chunk_size=self.hebbian_chunk_size)
         raise ValueError(f"mixers: unknown mixer {name!r}; choose from {sorted(MIXERS)}")
 
+    @property
+    def mixes_tokens(self) -> bool:
+        """False for ``mixers=()``: embedding + FFN blocks see one position at a time."""
+        return bool(self.mixers)
+
     def to_dict(self) -> dict:
         """Plain JSON-ready fields: bk_z as [re, im], mixers as a list (both accepted back)."""
         out = dataclasses.asdict(self)

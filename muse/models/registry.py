@@ -8,7 +8,7 @@ from typing import NamedTuple
 from torch import nn
 
 from muse._checks import check_type
-from muse.models import phase2, stage1
+from muse.models import gpt, phase2, stage1
 
 
 class ModelSpec(NamedTuple):
@@ -20,6 +20,7 @@ class ModelSpec(NamedTuple):
 MODELS: dict[str, ModelSpec] = {
     "stage1": ModelSpec(stage1.Phase3Stage1Config, stage1.Phase3Stage1Model, stage1.PRESETS),
     "phase2": ModelSpec(phase2.Phase2Config, phase2.Phase2Model, phase2.PRESETS),
+    "gpt": ModelSpec(gpt.GPTConfig, gpt.GPTModel, gpt.PRESETS),
 }
 
 

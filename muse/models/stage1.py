@@ -62,6 +62,11 @@ class Phase3Stage1Config:
     def dtype(self) -> torch.dtype:
         return torch.float16 if self.use_complex32 else torch.float32
 
+    @property
+    def mixes_tokens(self) -> bool:
+        """False: no operation combines positions (each logit sees its own token and position)."""
+        return False
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -76,4 +76,4 @@ def test_future_tokens_do_not_change_past_logits(model, t):
 
 
 def test_every_registered_model_is_covered():
-    assert {"stage1", "phase2"} <= set(MODELS)
+    assert {"stage1", "phase2", "gpt"} <= set(MODELS)

@@ -345,7 +345,7 @@ def test_build_model_applies_preset_and_overrides():
 
 @pytest.mark.parametrize("call, exc, pattern", [
     (lambda: make_config("stage9"), ValueError, "stage9"),
-    (lambda: build_model("gpt"), ValueError, "gpt"),
+    (lambda: build_model("gpt2"), ValueError, "gpt2"),
     (lambda: make_config("stage1", "huge"), ValueError, "huge"),
     (lambda: build_model("stage1", "huge"), ValueError, "preset"),
     (lambda: make_config("stage1", n_heads=4), ValueError, "n_heads"),
