@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from muse.models.scans import bk_diagonal, bk_green_sequential
 
 from muse.models import build_model
-from muse.models import phase2 as p2
+from muse.nn import mixers as p2
+from muse.scan.bk import bk_diagonal, bk_green_sequential
 
 POSITIONS = (0, 63, 255, 511, 1023)
 
