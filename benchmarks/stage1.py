@@ -30,6 +30,7 @@ import torch
 from benchmarks import criteria as crit
 from benchmarks import measure
 from muse._checks import check_int, check_type
+from muse._io import atomic_write_text, check_output_dir, json_safe
 
 MODELS = ("phase2", "stage1")
 
@@ -107,8 +108,9 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
 
     check_type("cfg", cfg, Stage1BenchConfig, "a Stage1BenchConfig")
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    out = Path(cfg.out or f"runs/bench-stage1-{cfg.preset}-{stamp.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir("out (--out)", cfg.out or f"runs/bench-stage1-{cfg.preset}-{stamp.strftime('%Y%m%d-%H%M%S')}")
+    for name in MODELS:  # every setting is validated before anything is created or trained
+        _train_config(cfg, name, out)
     ctx = init_distributed(cfg.device)
     if ctx.distributed:
         raise ValueError("the Stage 1 benchmark runs in one process; do not launch it with torchrun")
@@ -182,8 +184,10 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
         "measurements": per_model,
         **crit.summarize(criteria),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    (out / "report.md").write_text(format_markdown(report))
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(json_safe(report), indent=2, default=_json_default, allow_nan=False)
+    atomic_write_text(out / "report.json", text + "\n")
+    atomic_write_text(out / "report.md", format_markdown(report))
     return report
 
 

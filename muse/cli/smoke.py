@@ -28,13 +28,16 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
+    from muse._io import atomic_write_text, check_output_file, json_safe
     from muse.smoke import format_report, run_smoke
 
+    if args.json:
+        check_output_file("--json", args.json)
     res = run_smoke(args.model, args.preset, args.device, args.batch_size, args.seq_len, args.seed,
                     args.max_memory_gb)
     print(format_report(res))
     if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+        atomic_write_text(args.json, json.dumps(json_safe(res.to_dict()), indent=2, default=str,
+                                                allow_nan=False) + "\n")
     return 0 if res.passed else 1

@@ -76,6 +76,11 @@ def _prepare(*named: tuple[str, object]):
     if not tensors:
         raise TypeError("at least one operand must be a ComplexTensor or a tensor")
     device = check_same_device((o.name, o.device) for o in tensors)
+    try:
+        torch.broadcast_shapes(*(o.shape for o in tensors))
+    except RuntimeError:
+        shapes = ", ".join(f"{o.name} has shape {tuple(o.shape)}" for o in tensors)
+        raise ValueError(f"operand shapes do not broadcast: {shapes}") from None
     dtype = tensors[0].dtype
     for o in tensors[1:]:
         dtype = torch.promote_types(dtype, o.dtype)
@@ -249,12 +254,23 @@ def mean(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:
 def cat(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     """Concatenate along logical ``dim`` (exact)."""
     zs = _sequence("tensors", tensors)
-    return ComplexTensor(torch.cat([z.planes for z in zs], dim=zs[0]._dim(dim) + 1))
+    d = zs[0]._dim(dim)
+    first = tuple(zs[0].shape)
+    for i, z in enumerate(zs[1:], 1):
+        shape = tuple(z.shape)
+        if len(shape) != len(first) or any(a != b for k, (a, b) in enumerate(zip(shape, first)) if k != d):
+            raise ValueError(f"cat along dim {dim}: tensors[{i}] has shape {shape} but tensors[0] has "
+                             f"{first}; all dims but {dim} must match")
+    return ComplexTensor(torch.cat([z.planes for z in zs], dim=d + 1))
 
 
 def stack(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     """Stack along a new logical ``dim`` (exact)."""
     zs = _sequence("tensors", tensors)
+    for i, z in enumerate(zs[1:], 1):
+        if z.shape != zs[0].shape:
+            raise ValueError(f"stack: tensors[{i}] has shape {tuple(z.shape)} but tensors[0] has "
+                             f"{tuple(zs[0].shape)}; all must match")
     return ComplexTensor(torch.stack([z.planes for z in zs], dim=zs[0]._dim(dim, extra=1) + 1))
 
 

@@ -304,6 +304,32 @@ class ComplexTensor:
         """Elementwise: both parts finite."""
         return torch.isfinite(self._planes).all(dim=0)
 
+    # ------------------------------------------------------------- comparison
+    __array_ufunc__ = None  # numpy defers: np.float64(2) * z calls z.__rmul__, never an object array
+
+    def __eq__(self, other):
+        """Elementwise equality as a bool tensor (both parts equal), like torch's complex ``==``."""
+        if not isinstance(other, (ComplexTensor, torch.Tensor, numbers.Number)) or isinstance(other, bool):
+            return NotImplemented
+        (a, b), _, cd, dev = _ops()._prepare(("self", self), ("other", other))
+        ar, ai = a.parts(cd, dev)
+        br, bi = b.parts(cd, dev)
+        zero = torch.zeros((), dtype=cd, device=dev)
+        return (ar == br) & ((zero if ai is None else ai) == (zero if bi is None else bi))
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else ~eq
+
+    def __bool__(self) -> bool:
+        """True iff the one element is nonzero; more than one element is ambiguous (ValueError)."""
+        if self.numel() != 1:
+            raise ValueError(
+                f"the truth value of a ComplexTensor with {self.numel()} elements is ambiguous; "
+                "use (z == w).all() or .any()"
+            )
+        return bool((self._planes != 0).any())
+
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         return (
