@@ -258,7 +258,7 @@ def cat(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     first = tuple(zs[0].shape)
     for i, z in enumerate(zs[1:], 1):
         shape = tuple(z.shape)
-        if len(shape) != len(first) or any(a != b for k, (a, b) in enumerate(zip(shape, first)) if k != d):
+        if len(shape) != len(first) or any(a != b for k, (a, b) in enumerate(zip(shape, first, strict=True)) if k != d):
             raise ValueError(f"cat along dim {dim}: tensors[{i}] has shape {shape} but tensors[0] has "
                              f"{first}; all dims but {dim} must match")
     return ComplexTensor(torch.cat([z.planes for z in zs], dim=d + 1))
