@@ -196,6 +196,10 @@ def _operands(draw):
 @settings(max_examples=examples(1.0, minimum=50), deadline=None)
 @given(op=st.sampled_from(["add", "sub", "mul", "div", "matmul", "eq"]), a=_operands(), b=_operands())
 def test_binary_ops_fail_only_with_type_or_value_errors(op, a, b):
+    if op == "eq" and not isinstance(a, C.ComplexTensor):
+        a, b = b, a  # ComplexTensor.__eq__ is under test, not torch's or numpy's ==
+    if op == "eq" and not isinstance(a, C.ComplexTensor):
+        return
     fn = (lambda x, y: x == y) if op == "eq" else getattr(C, op)
     try:
         fn(a, b)
