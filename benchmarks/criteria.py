@@ -85,13 +85,17 @@ def gradient_norms(trials: dict | None) -> Criterion:
 
 
 def planar(layout: dict | None) -> Criterion:
-    threshold = "every complex activation of a forward pass is planar ([RRR...III...])"
+    threshold = ("every complex activation of a forward pass is planar ([RRR...III...]) and no tensor "
+                 "saved for backward is a native (interleaved) complex tensor")
     if not layout or layout["complex_activations"] == 0:
         return Criterion("planar layout", NOT_MEASURED, "no complex activations seen", threshold)
-    ok = not layout["non_planar"]
-    return Criterion("planar layout", PASS if ok else FAIL,
-                     f"{layout['complex_activations'] - len(layout['non_planar'])}/"
-                     f"{layout['complex_activations']} planar", threshold)
+    interleaved = layout.get("saved_interleaved", [])
+    ok = not layout["non_planar"] and not interleaved
+    value = (f"{layout['complex_activations'] - len(layout['non_planar'])}/"
+             f"{layout['complex_activations']} planar")
+    if "saved_tensors" in layout:
+        value += f"; {len(interleaved)} of {layout['saved_tensors']} saved-for-backward tensors interleaved"
+    return Criterion("planar layout", PASS if ok else FAIL, value, threshold)
 
 
 def summarize(criteria: list[Criterion]) -> dict:

@@ -112,8 +112,11 @@ def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device
 
 
 def planar_layout(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0) -> dict:
-    """Check ``is_planar()`` on every ComplexTensor a forward pass produces, via forward hooks."""
+    """Check the planar layout where the memory is: ``is_planar()`` on every ComplexTensor a
+    forward pass produces (forward hooks), and every tensor autograd saves for backward
+    (saved-tensor hooks), none of which may be a native complex tensor (interleaved re/im)."""
     seen, bad = 0, []
+    saved = {"count": 0, "bytes": 0, "interleaved": []}
 
     def hook(module, _inputs, output):
         nonlocal seen
@@ -122,16 +125,24 @@ def planar_layout(model: nn.Module, batch: int, seq: int, device: torch.device, 
             if not output.is_planar():
                 bad.append(type(module).__name__)
 
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved["count"] += 1
+        saved["bytes"] += t.numel() * t.element_size()
+        if t.is_complex():
+            saved["interleaved"].append(f"{t.dtype} {tuple(t.shape)}")
+        return t
+
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         gen = torch.Generator().manual_seed(seed)
         inputs, _ = _random_batch(model.config.vocab_size, batch, seq, device, gen)
-        with torch.no_grad():
-            model(inputs)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(inputs)  # the graph (and the saved tensors) is freed on return
     finally:
         for h in handles:
             h.remove()
-    return {"complex_activations": seen, "non_planar": bad}
+    return {"complex_activations": seen, "non_planar": bad, "saved_tensors": saved["count"],
+            "saved_bytes": saved["bytes"], "saved_interleaved": saved["interleaved"]}
 
 
 def unigram_perplexity(train_tokens, eval_tokens, vocab_size: int) -> float:

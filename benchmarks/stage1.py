@@ -30,7 +30,7 @@ import torch
 from benchmarks import criteria as crit
 from benchmarks import measure
 from muse._checks import check_int, check_type
-from muse._io import atomic_write_text, write_report_json
+from muse._io import atomic_write_text, check_output_dir, write_report_json
 from muse.train.runlog import environment
 
 MODELS = ("phase2", "stage1")
@@ -108,8 +108,9 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
 
     check_type("cfg", cfg, Stage1BenchConfig, "a Stage1BenchConfig")
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    out = Path(cfg.out or f"runs/bench-stage1-{cfg.preset}-{stamp.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir("out (--out)", cfg.out or f"runs/bench-stage1-{cfg.preset}-{stamp.strftime('%Y%m%d-%H%M%S')}")
+    for name in MODELS:  # every setting is validated before anything is created or trained
+        _train_config(cfg, name, out)
     ctx = init_distributed(cfg.device)
     if ctx.distributed:
         raise ValueError("the Stage 1 benchmark runs in one process; do not launch it with torchrun")

@@ -126,20 +126,37 @@ def check_same_device(named: Iterable[tuple[str, torch.device]]) -> torch.device
 
 
 def check_token_ids(name: str, ids: object, vocab_size: int, max_seq_len: int | None = None) -> torch.Tensor:
-    """Token ids: an integer tensor of shape (batch, seq) with 0 <= id < vocab_size."""
+    """Token ids of shape (batch, seq) with 0 <= id < vocab_size, returned as int64.
+
+    Every integer dtype is accepted (uint16 is the project's token storage, see
+    ``muse.data``) and converted once to int64, the dtype torch's indexing wants; bool,
+    floating and complex tensors are refused. Dtype and shape checks need no host sync;
+    the value-range check is :func:`check_token_range`.
+    """
     check_tensor(name, ids)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (e.g. torch.long), got {ids.dtype}")
+        raise TypeError(f"{name} must be an integer tensor (any of int8..int64, uint8..uint64), got {ids.dtype}")
     if ids.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, seq), got shape {tuple(ids.shape)}")
     if max_seq_len is not None and ids.shape[1] > max_seq_len:
         raise ValueError(
             f"{name} has sequence length {ids.shape[1]}, longer than max_seq_len={max_seq_len}"
         )
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
+    ids = ids.long()  # no copy when already int64
+    check_token_range(name, ids, vocab_size)
+    return ids
+
+
+def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    """ValueError unless every id of the int64 tensor ``ids`` lies in [0, vocab_size).
+
+    The one check that reads values (a host sync); code that compiles a forward calls it
+    before the compiled region.
+    """
+    if ids.numel() and ids.device.type != "meta":
+        lo, hi = torch.aminmax(ids.long())
+        lo, hi = int(lo), int(hi)
         if lo < 0:
             raise ValueError(f"{name} contains a negative token id ({lo}); ids must be in [0, {vocab_size})")
         if hi >= vocab_size:
             raise ValueError(f"{name} contains token id {hi}, out of range for vocab_size={vocab_size}")
-    return ids

@@ -90,3 +90,45 @@ def write_report_json(path: str | os.PathLike, report: dict, **kwargs) -> dict:
     clean["nonfinite_values"] = paths
     write_json(path, clean, **kwargs)
     return clean
+def check_output_dir(name: str, path: str | os.PathLike) -> Path:
+    """ValueError unless ``path`` is (or can be created as) a writable directory; creates nothing.
+
+    Called before any work, so a bad ``--out`` fails at once instead of after training.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} exists and is not a directory")
+    _check_creatable(name, path)
+    return path
+
+
+def check_output_file(name: str, path: str | os.PathLike) -> Path:
+    """ValueError unless ``path`` can be written as a file (not a directory, parent creatable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a directory; give a file path")
+    _check_creatable(name, path.parent)
+    return path
+
+
+def _check_creatable(name: str, directory: Path) -> None:
+    """The nearest existing ancestor of ``directory`` must be a writable directory."""
+    probe = directory.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{name} {directory}: {probe} is a file, so the directory cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {directory}: {probe} is not writable")
+
+
+def remove_stale_temps(directory: str | os.PathLike, name: str) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files that :func:`atomic_path` left when its process was killed
+    (``kill -9`` skips its cleanup); returns what was removed. Call only while no writer runs."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted(directory.glob(f".{name}.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -415,3 +415,72 @@ def test_module_and_init_arguments(make, exc, name):
 def test_invalid_config_values(field, value, exc):
     with pytest.raises(exc, match=rf"^{field} must"):
         Phase3Stage1Config(**{field: value})
+
+
+# ------------------------------------------------------------------ issue 13 (API items)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32,
+                                   torch.uint32, torch.int64])
+def test_item5_every_integer_id_dtype_gives_the_int64_result(model, dtype):
+    ids = torch.tensor([[1, 2, 99, 0]])
+    assert torch.equal(model(ids.to(dtype)), model(ids))
+
+
+def test_item5_range_is_checked_for_unsigned_ids(model):
+    with pytest.raises(ValueError, match="input_ids contains token id 100"):
+        model(torch.tensor([[1, 100]], dtype=torch.uint16))
+
+
+def test_item6_numpy_scalars_defer_to_complex_tensor():
+    np = pytest.importorskip("numpy")
+    z = C.randn(3, generator=torch.Generator().manual_seed(0))
+    for left in (np.float64(0.125) * z, np.float32(0.125) * z, z * np.float64(0.125)):
+        assert isinstance(left, ComplexTensor)
+        assert torch.equal(left.planes, (0.125 * z).planes)
+    with pytest.raises(TypeError, match="got ndarray"):
+        np.ones(3) * z
+
+
+def test_item8_equality_is_elementwise_and_bool_needs_one_element():
+    z = C.from_complex(torch.tensor([1 + 2j, 0j, 3 - 1j]))
+    assert torch.equal(z == z.clone(), torch.tensor([True, True, True]))
+    assert torch.equal(z != C.from_complex(torch.tensor([1 + 2j, 1j, 3 - 1j])), torch.tensor([False, True, False]))
+    assert torch.equal(z == 0, torch.tensor([False, True, False]))
+    assert torch.equal(z[:1] == (1 + 2j), torch.tensor([True]))
+    assert bool(C.zeros(1)) is False and bool(C.zeros(()) + 1j) is True
+    with pytest.raises(ValueError, match="truth value of a ComplexTensor with 3 elements is ambiguous"):
+        bool(z)
+    with pytest.raises(ValueError, match="shapes do not broadcast"):
+        z == C.zeros(2)  # noqa: B015
+
+
+def test_item18_shape_mismatches_name_the_operands():
+    a, real = _z(2, 3), torch.zeros(4, 5, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"matmul shape mismatch: a has shape \(2, 3\), b has shape \(4, 5\)"):
+        C.matmul(a, real)
+    with pytest.raises(ValueError, match=r"a has shape \(4, 5\), b has shape \(2, 3\)"):
+        C.matmul(real, a)
+    with pytest.raises(ValueError, match=r"b has shape \(4, 3, 2\)"):
+        C.matmul(_z(5, 2, 3), _z(4, 3, 2))
+    with pytest.raises(ValueError, match=r"a has shape \(3,\), b has shape \(4,\)"):
+        C.add(_z(3), _z(4))
+    with pytest.raises(ValueError, match=r"b has shape \(4,\)"):
+        C.mul(_z(3), torch.zeros(4, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"tensors\[1\] has shape \(2, 4\) but tensors\[0\] has \(2, 3\)"):
+        C.cat([_z(2, 3), _z(2, 4)])
+    with pytest.raises(ValueError, match=r"tensors\[1\] has shape \(3,\)"):
+        C.stack([_z(2), _z(3)])
+
+
+def test_item22_functional_embedding_refuses_out_of_range_ids():
+    w = _z(5, 4)
+    with pytest.raises(ValueError, match=r"ids contains a negative token id \(-1\)"):
+        C.embedding(torch.tensor([[0, -1]]), w)
+    with pytest.raises(ValueError, match="ids contains token id 5, out of range for vocab_size=5"):
+        C.embedding(torch.tensor([5]), w)
+
+
+@pytest.mark.parametrize("name", ["stage1", "phase2"])
+def test_item22_zeta_scale_that_overflows_the_storage_is_refused(name):
+    with pytest.raises(ValueError, match="zeta_scale.*overflow"):
+        build_model(name, "tiny", vocab_size=10, zeta_scale=1e5 if name == "stage1" else 3e38)
+    build_model(name, "tiny", vocab_size=10, zeta_scale=1e4)  # finite and fits: accepted

@@ -71,9 +71,9 @@ def fmt_of(dtype) -> Format:
     """The :class:`Format` of a numpy/torch dtype name or object; ValueError for anything else."""
     if isinstance(dtype, Format):
         return dtype
-    name = str(dtype).replace("torch.", "")
+    key = str(dtype).replace("torch.", "") if type(dtype).__module__.startswith("torch") else dtype
     try:
-        return FORMATS[np.dtype(name)]
+        return FORMATS[np.dtype(key)]
     except (TypeError, KeyError):
         raise ValueError(f"no ULP format for dtype {dtype!r}; use float16, float32 or float64") from None
 

@@ -21,8 +21,16 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the error contract of :func:`main`: a usage error is ONE line,
+    ``muse <cmd>: error: <what>``, and exit status 2 (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="muse",
         description="MUSE: planar complex32 language models with verified numerics.",
         epilog=EPILOG,
@@ -38,16 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. Bad input (TypeError/ValueError/missing file) prints one line and exits 2;
-    set MUSE_DEBUG=1 to see the traceback instead."""
+    """Run one subcommand; the error contract (docs/errors.md) in one place.
+
+    Exit 0: success. 2: what the command was given is invalid (an argument, or a file, directory
+    or data it names: TypeError, ValueError, OSError), reported as one line
+    ``muse <cmd>: error: ...``. 1: the work ran and failed (a diverged run, a non-finite eval, a
+    failed check); the subcommand reports it. 130: interrupted (Ctrl-C). Set MUSE_DEBUG=1 to see
+    the traceback instead of the one line.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (TypeError, ValueError, FileNotFoundError) as exc:
+    except (TypeError, ValueError, OSError) as exc:
         if os.environ.get("MUSE_DEBUG"):
             raise
-        print(f"muse {args.command}: error: {exc}", file=sys.stderr)
+        print(f"muse {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("MUSE_DEBUG"):
+            raise
+        print(f"muse {args.command}: error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

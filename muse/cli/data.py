@@ -67,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(_summary(ts))
     except (DataNotFoundError, ValueError, TypeError, OSError) as exc:
-        print(f"muse data {args.data_command}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"muse data {args.data_command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     return 0

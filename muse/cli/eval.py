@@ -31,30 +31,43 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
+    import sys
     import time
 
-    from muse._io import write_report_json
+    from muse._io import check_output_file, write_report_json
     from muse.data import load_token_file, load_tokens
     from muse.train.checkpoint import model_from_checkpoint
     from muse.train.distributed import resolve_device
     from muse.train.evaluate import evaluate
 
+    if args.json:
+        check_output_file("--json", args.json)
     device = resolve_device(args.device)
     model, ck = model_from_checkpoint(args.checkpoint, device)
+    max_len = model.config.max_seq_len
+    if args.seq_len is not None and not 1 <= args.seq_len <= max_len:
+        raise ValueError(f"--seq-len {args.seq_len} must be in [1, {max_len}] (the model's max_seq_len)")
     if args.tokens_npy:
         tokens, source = load_token_file(args.tokens_npy), args.tokens_npy
     else:
         split = load_tokens(args.split, data_dir=args.data_dir, tokenizer_dir=args.tokenizer_dir,
                             cache_dir=args.cache_dir, allow_hub=not args.offline)
         tokens, source = split.tokens, split.source
-    seq_len = args.seq_len or ck.train_config.get("seq_len") or model.config.max_seq_len
+    seq_len = args.seq_len or ck.train_config.get("seq_len") or max_len
     t0 = time.perf_counter()
     res = evaluate(model, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
-    out = {"checkpoint": str(args.checkpoint), "model": ck.model_name, "step": ck.counters["step"],
+    finite = math.isfinite(res["loss"])
+    out = {"status": "ok" if finite else "non_finite_loss", "checkpoint": str(args.checkpoint),
+           "model": ck.model_name, "step": ck.counters.get("step"),
            "train_split": ck.train_config.get("train_split_used"), "eval_source": str(source),
            "seq_len": seq_len, "stride": args.stride or seq_len, **res, "seconds": time.perf_counter() - t0}
     for key, value in out.items():
         print(f"{key:<14}{value}")
     if args.json:
         write_report_json(args.json, out)
+    if not finite:
+        print(f"muse eval: error: the eval loss is {res['loss']} (non-finite): the checkpoint's model "
+              "diverged or overflows on this data", file=sys.stderr)
+        return 1
     return 0

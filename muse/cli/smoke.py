@@ -27,9 +27,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse._io import write_report_json
+    from muse._io import check_output_file, write_report_json
     from muse.smoke import format_report, run_smoke
 
+    if args.json:
+        check_output_file("--json", args.json)
     res = run_smoke(args.model, args.preset, args.device, args.batch_size, args.seq_len, args.seed,
                     args.max_memory_gb)
     print(format_report(res))

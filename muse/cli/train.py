@@ -123,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint file")
         results = train(cfg)
     except TrainingError as exc:
-        print(f"muse train: FAILED: {exc}", file=sys.stderr)
+        print(f"muse train: error: training failed: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     return 0 if results.get("status", "completed") in ("completed", "stopped") else 1

@@ -17,11 +17,13 @@ from muse.complex.ops import (
     cat,
     conj,
     div,
+    eq,
     exp,
     from_complex,
     from_real,
     mean,
     mul,
+    ne,
     neg,
     polar,
     randn,
@@ -49,13 +51,15 @@ for _name, _op in (("add", add), ("sub", sub), ("mul", mul), ("truediv", div), (
     setattr(ComplexTensor, f"__{_name}__", _op)
     setattr(ComplexTensor, f"__r{_name}__", _reflected(_op))
 ComplexTensor.__neg__ = neg
+ComplexTensor.__eq__ = eq
+ComplexTensor.__ne__ = ne
 for _op in (conj, abs, abs2, angle, exp, sum, mean, to_complex):
     setattr(ComplexTensor, _op.__name__, _op)
 del _name, _op
 
 __all__ = [
     "ComplexTensor", "abs", "abs2", "add", "angle", "cat", "conj", "div", "dropout", "embedding",
-    "exp", "from_complex", "from_real", "gemm_linear", "gemm_matmul", "layer_norm", "linear", "matmul",
-    "mean", "modrelu", "mul", "neg", "plane_dtype", "polar", "randn", "stack", "sub", "sum", "to_complex",
+    "eq", "exp", "from_complex", "from_real", "gemm_linear", "gemm_matmul", "layer_norm", "linear", "matmul",
+    "mean", "modrelu", "mul", "ne", "neg", "plane_dtype", "polar", "randn", "stack", "sub", "sum", "to_complex",
     "zeros",
 ]

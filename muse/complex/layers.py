@@ -20,6 +20,7 @@ from muse._checks import (
     check_probability,
     check_same_device,
     check_tensor,
+    check_token_range,
     check_type,
 )
 from muse.complex._policy import compute_dtype, magnitude
@@ -175,7 +176,8 @@ def embedding(
 
     ``weight`` is (vocab, d); ``position`` (optional, real, (seq, d) or broadcastable to
     ids.shape + (d,)) is added to the real part; ``phase`` (optional) rotates every entry.
-    Range checks of ``ids`` are the caller's (see ``muse._checks.check_token_ids``).
+    ``ids`` may have any integer dtype and shape; an id outside [0, vocab) is a ValueError
+    (torch indexing would read row ``vocab + id`` for a negative id).
     """
     check_tensor("ids", ids)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
@@ -188,6 +190,8 @@ def embedding(
         check_float_tensor("position", position)
         named.append(("position", position.device))
     check_same_device(named)
+    ids = ids.long()
+    check_token_range("ids", ids, weight.shape[0])
     rows = weight.planes[:, ids]  # (2, *ids.shape, d)
     if position is None and phase is None:
         return ComplexTensor(rows)

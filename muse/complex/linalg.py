@@ -37,13 +37,12 @@ def matmul(a, b) -> ComplexTensor:
     if not isinstance(a, ComplexTensor) and not isinstance(b, ComplexTensor):
         raise TypeError("at least one of a, b must be a ComplexTensor")
     check_same_device([("a", a.device), ("b", b.device)])
+    _check_matmul_shapes(tuple(a.shape), tuple(b.shape))
     storage = torch.promote_types(a.dtype, b.dtype)
     if not isinstance(b, ComplexTensor):
         return _stack(gemm_matmul(a.real, b, storage), gemm_matmul(a.imag, b, storage))
     if not isinstance(a, ComplexTensor):
         return _stack(gemm_matmul(a, b.real, storage), gemm_matmul(a, b.imag, storage))
-    if a.shape[-1] != b.shape[0 if b.dim() == 1 else -2]:
-        raise ValueError(f"matmul shape mismatch: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
     squeeze_a, squeeze_b = a.dim() == 1, b.dim() == 1
     ar, ai = (a.real.unsqueeze(0), a.imag.unsqueeze(0)) if squeeze_a else (a.real, a.imag)
     br, bi = (b.real.unsqueeze(-1), b.imag.unsqueeze(-1)) if squeeze_b else (b.real, b.imag)
@@ -55,6 +54,19 @@ def matmul(a, b) -> ComplexTensor:
     if squeeze_b:
         re, im = re.squeeze(-1), im.squeeze(-1)
     return _stack(re, im)
+
+
+def _check_matmul_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    """ValueError naming both shapes unless torch.matmul's rules accept them."""
+    ok = a[-1] == (b[0] if len(b) == 1 else b[-2])
+    try:
+        torch.broadcast_shapes(a[:-2], b[:-2])
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"matmul shape mismatch: a has shape {a}, b has shape {b} "
+                         f"(a's last dim must equal b's {'only' if len(b) == 1 else 'second-to-last'} dim "
+                         "and batch dims must broadcast)")
 
 
 def _stack(re: torch.Tensor, im: torch.Tensor) -> ComplexTensor:

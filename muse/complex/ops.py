@@ -78,6 +78,11 @@ def _prepare(*named: tuple[str, object]):
     if not tensors:
         raise TypeError("at least one operand must be a ComplexTensor or a tensor")
     device = check_same_device((o.name, o.device) for o in tensors)
+    try:
+        torch.broadcast_shapes(*(o.shape for o in tensors))
+    except RuntimeError:
+        shapes = ", ".join(f"{o.name} has shape {tuple(o.shape)}" for o in tensors)
+        raise ValueError(f"operand shapes do not broadcast: {shapes}") from None
     dtype = tensors[0].dtype
     for o in tensors[1:]:
         dtype = torch.promote_types(dtype, o.dtype)
@@ -241,15 +246,43 @@ def mean(z: ComplexTensor, dim=None, keepdim: bool = False) -> ComplexTensor:
     return _reduce(z, dim, keepdim, "mean")
 
 
+def eq(a, b) -> torch.Tensor:
+    """Elementwise equality as a bool tensor (both parts equal), like torch's complex ``==``."""
+    if not isinstance(b, (ComplexTensor, torch.Tensor, numbers.Number)) or isinstance(b, bool):
+        return NotImplemented
+    (x, y), _, cd, dev = _prepare(("a", a), ("b", b))
+    xr, xi = x.parts(cd, dev)
+    yr, yi = y.parts(cd, dev)
+    zero = torch.zeros((), dtype=cd, device=dev)
+    return (xr == yr) & ((zero if xi is None else xi) == (zero if yi is None else yi))
+
+
+def ne(a, b) -> torch.Tensor:
+    """Elementwise inequality: ``~eq(a, b)``."""
+    same = eq(a, b)
+    return same if same is NotImplemented else ~same
+
+
 def cat(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     """Concatenate along logical ``dim`` (exact)."""
     zs = _sequence("tensors", tensors)
-    return ComplexTensor(torch.cat([z.planes for z in zs], dim=plane_dim(zs[0].ndim, dim)))
+    d = plane_dim(zs[0].ndim, dim) - 1
+    first = tuple(zs[0].shape)
+    for i, z in enumerate(zs[1:], 1):
+        shape = tuple(z.shape)
+        if len(shape) != len(first) or any(a != b for k, (a, b) in enumerate(zip(shape, first, strict=True)) if k != d):
+            raise ValueError(f"cat along dim {dim}: tensors[{i}] has shape {shape} but tensors[0] has "
+                             f"{first}; all dims but {dim} must match")
+    return ComplexTensor(torch.cat([z.planes for z in zs], dim=d + 1))
 
 
 def stack(tensors: Sequence[ComplexTensor], dim: int = 0) -> ComplexTensor:
     """Stack along a new logical ``dim`` (exact)."""
     zs = _sequence("tensors", tensors)
+    for i, z in enumerate(zs[1:], 1):
+        if z.shape != zs[0].shape:
+            raise ValueError(f"stack: tensors[{i}] has shape {tuple(z.shape)} but tensors[0] has "
+                             f"{tuple(zs[0].shape)}; all must match")
     return ComplexTensor(torch.stack([z.planes for z in zs], dim=plane_dim(zs[0].ndim, dim, extra=1)))
 
 

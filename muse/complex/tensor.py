@@ -235,6 +235,19 @@ class ComplexTensor:
         """Elementwise: both parts finite."""
         return torch.isfinite(self._planes).all(dim=0)
 
+    # ------------------------------------------------------------- comparison
+    __array_ufunc__ = None  # numpy defers: np.float64(2) * z calls z.__rmul__, never an object array
+    # ==/!= are muse.complex.eq/ne, attached in muse/complex/__init__.py
+
+    def __bool__(self) -> bool:
+        """True iff the one element is nonzero; more than one element is ambiguous (ValueError)."""
+        if self.numel() != 1:
+            raise ValueError(
+                f"the truth value of a ComplexTensor with {self.numel()} elements is ambiguous; "
+                "use (z == w).all() or .any()"
+            )
+        return bool((self._planes != 0).any())
+
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         return (

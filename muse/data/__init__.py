@@ -11,6 +11,7 @@ from muse.data.cache import (
     load_token_file,
     load_tokens,
     save_token_file,
+    tokens_sha256,
 )
 from muse.data.sources import (
     DataNotFoundError,
@@ -65,5 +66,6 @@ __all__ = [
     "rows_from_raw",
     "save_token_file",
     "shared_data_dir",
+    "tokens_sha256",
     "verify_sha256",
 ]

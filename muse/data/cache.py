@@ -8,6 +8,7 @@ the tokenizer fingerprint and ``CONVENTION``; any change to one of them gives a 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from muse._checks import check_type
 from muse._io import atomic_path, write_json
-from muse.data.sources import PathLike, resolve_cache_dir
+from muse.data.sources import PathLike, file_sha256, resolve_cache_dir
 from muse.data.tokenizer import GPT2Tokenizer, load_tokenizer
 from muse.data.wikitext import load_split_text
 
@@ -63,13 +64,30 @@ def save_token_file(tokens: np.ndarray, path: PathLike) -> Path:
     return Path(path)
 
 
+def tokens_sha256(tokens: np.ndarray) -> str:
+    """Hex sha256 of a 1-D integer array's ids as little-endian int64: the same ids give the same
+    hash whatever their storage dtype (uint16 file, int64 array)."""
+    check_type("tokens", tokens, np.ndarray, "a numpy array")
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"tokens must be an integer array, got {tokens.dtype}")
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i8").tobytes()).hexdigest()
+
+
 def load_token_file(path: PathLike) -> np.ndarray:
     """A uint16 ``.npy`` of token ids as a read-only memmap; ValueError if it is anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a .npy file")
+    with open(path, "rb") as fh:  # a missing file raises FileNotFoundError naming it
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"{path} is not a .npy file (no NUMPY header); token files are written by "
+                         "numpy.save or `muse data export`")
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable .npy file: {exc}") from exc
+        reason = "it holds Python objects" if "allow_pickle" in str(exc) else str(exc)
+        raise ValueError(f"{path} is not a readable uint16 token .npy file: {reason}") from None
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
         raise ValueError(f"{path} must hold a 1-D uint16 array, got {tokens.dtype} with shape {tokens.shape}")
     return tokens
@@ -99,8 +117,11 @@ def load_tokens(
     if hit:
         try:
             tokens = load_token_file(path)
+            hit = _cache_intact(path)
         except ValueError:
             hit = False
+        if not hit:
+            tokens = None
     if tokens is None:
         save_token_file(tokenizer.encode(text.text), path)
         tokens = load_token_file(path)
@@ -114,5 +135,16 @@ def load_tokens(
         skip = ("tokens", "cache_hit")
         meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in skip}
         write_json(path.with_suffix(".json"), {**meta, "cache_path": str(path), "key": key,
-                                                "convention": CONVENTION, "n_tokens": result.n_tokens}, sort_keys=True)
+                                                "convention": CONVENTION, "n_tokens": result.n_tokens,
+                                                "npy_sha256": file_sha256(path)})
     return result
+
+
+def _cache_intact(path: Path) -> bool:
+    """True iff the cache file's sha256 equals the one recorded beside it when it was written
+    (an edited, truncated or foreign ``.npy`` is rebuilt, never reused)."""
+    try:
+        recorded = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("npy_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded is not None and recorded == file_sha256(path)

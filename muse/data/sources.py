@@ -56,6 +56,8 @@ def resolve_dir(explicit: PathLike | None, env_var: str, default: Path) -> tuple
         return default, "default"
     else:
         return None, "hub"
+    if path.exists() and not path.is_dir():
+        raise DataNotFoundError(f"{path} (from {origin}) is a file, not a directory")
     if not path.is_dir():
         raise DataNotFoundError(f"directory {path} (from {origin}) does not exist")
     return path, origin
@@ -104,8 +106,10 @@ def verify_sha256(path: PathLike, known: dict[str, str] | None = None) -> tuple[
     """Hash ``path`` and check it against a SHA256SUMS in its directory or the parent directory.
 
     Returns ``(sha256, status)`` where status says what it was checked against. ``known`` maps
-    file names to upstream hashes, reported (not enforced) when no SHA256SUMS entry exists.
-    Raises ValueError naming the file, the expected and the actual hash on a mismatch.
+    file names to upstream hashes: a file with such a name and no SHA256SUMS entry must match
+    its upstream hash (a truncated ``wiki.test.raw`` is refused; a deliberately different file is
+    used by listing it in a SHA256SUMS). Raises ValueError naming the file, the expected and the
+    actual hash on a mismatch.
     """
     path = Path(path)
     actual = file_sha256(path)
@@ -123,8 +127,15 @@ def verify_sha256(path: PathLike, known: dict[str, str] | None = None) -> tuple[
                 "the file is corrupt or not the one the checksum list describes"
             )
         return actual, f"verified ({sums})"
-    if known and known.get(path.name) == actual:
+    upstream = (known or {}).get(path.name)
+    if upstream == actual:
         return actual, f"no SHA256SUMS entry; matches the upstream {path.name}"
+    if upstream is not None:
+        raise ValueError(
+            f"sha256 mismatch for {path}: expected the upstream {path.name} ({upstream}), got {actual} "
+            f"({path.stat().st_size:,} bytes); the file is truncated or modified. To use a different "
+            f"file on purpose, list it in a {SUMS_NAME} beside it (sha256sum {path.name} > {SUMS_NAME})"
+        )
     return actual, "not checked (no SHA256SUMS entry)"
 
 

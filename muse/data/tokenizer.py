@@ -102,15 +102,25 @@ def _check_gpt2(backend: tokenizers.Tokenizer, source: str) -> None:
         )
 
 
+def _parse(load, source: str):
+    """Run a ``tokenizers`` loader; its errors (plain ``Exception``) become a ValueError naming the file."""
+    try:
+        return load()
+    except Exception as exc:  # the Rust bindings raise bare Exception for malformed files
+        raise ValueError(f"{source} is not a readable tokenizer file (truncated or corrupt?): {exc}") from None
+
+
 def _from_files(directory: Path) -> GPT2Tokenizer:
     json_path = directory / "tokenizer.json"
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if json_path.is_file():
         fingerprint, status = verify_sha256(json_path)
-        return GPT2Tokenizer(tokenizers.Tokenizer.from_file(str(json_path)), str(json_path), fingerprint, status)
+        backend = _parse(lambda: tokenizers.Tokenizer.from_file(str(json_path)), str(json_path))
+        return GPT2Tokenizer(backend, str(json_path), fingerprint, status)
     if vocab.is_file() and merges.is_file():
         (hv, sv), (hm, sm) = verify_sha256(vocab), verify_sha256(merges)
-        backend = tokenizers.Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        bpe = _parse(lambda: models.BPE.from_file(str(vocab), str(merges)), f"{vocab} + {merges.name}")
+        backend = tokenizers.Tokenizer(bpe)
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         backend.add_special_tokens([EOT_TOKEN])

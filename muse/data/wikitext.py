@@ -127,6 +127,9 @@ def local_split_path(split: str, data_dir: PathLike | None = None) -> Path | Non
     """The ``wiki.<split>.raw`` that would be read for ``split``, or None if there is none."""
     directory = resolve_data_dir(data_dir)
     path = directory / f"wiki.{check_split(split)}.raw" if directory else None
+    if path is not None and path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists but is not a regular file (a directory?); it must be the "
+                         f"WikiText-2 {split} text")
     return path if path is not None and path.is_file() else None
 
 

@@ -152,7 +152,16 @@ class ZetaEmbedding(nn.Module):
         check_type("trainable", trainable, bool, "a bool")
         self.trainable = trainable
         self.scale = check_float("scale", scale)
-        table = zeta_position_table(max_len, d_model, scale).to(dtype=dtype, device=device)
+        table = zeta_position_table(max_len, d_model, scale)
+        if dtype in (torch.float16, torch.bfloat16, torch.float32):
+            limit = torch.finfo(dtype).max / 2  # headroom for the token embedding added to it
+            peak = float(table.abs().max())
+            if peak > limit:
+                raise ValueError(
+                    f"scale (zeta_scale) = {scale:g} gives position entries up to {peak:g}, beyond "
+                    f"{limit:g} (half the largest {dtype} value): the embeddings would overflow; "
+                    f"use |zeta_scale| <= {limit / (peak / abs(scale)):g}")
+        table = table.to(dtype=dtype, device=device)
         if trainable:
             self.weight = nn.Parameter(table)
         else:

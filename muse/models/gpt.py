@@ -223,7 +223,7 @@ class GPTModel(LanguageModel):
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Token + position embeddings, then dropout: (B, S) ids -> (B, S, d)."""
-        check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
+        input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (S,)
         else:
@@ -247,7 +247,7 @@ class GPTModel(LanguageModel):
             if len(cache.keys) != len(self.blocks) or len(cache.values) != len(self.blocks):
                 raise ValueError(f"cache has {len(cache.keys)} layers, the model {len(self.blocks)}")
             past_len = cache.length
-        check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size)
         b, t = input_ids.shape
         if t == 0:
             raise ValueError("input_ids must hold at least one token per row, got shape (B, 0)")

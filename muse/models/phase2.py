@@ -199,7 +199,7 @@ class Phase2Model(LanguageModel):
         self.token_embedding.weight.normal_(0.0, 1.0)
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
+        input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
         pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
         x = self.token_embedding(input_ids) + pos  # (B, S, d)
         return self.embedding_dropout(x)

@@ -64,7 +64,7 @@ class ComplexEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> C.ComplexTensor:
         """(B, S) ids (and optional (B, S) or (S,) positions) -> ComplexTensor (B, S, d)."""
-        check_token_ids("input_ids", input_ids, self.vocab_size, self.max_seq_len)
+        input_ids = check_token_ids("input_ids", input_ids, self.vocab_size, self.max_seq_len)
         pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
         z = C.embedding(input_ids, C.ComplexTensor(self.weight), pos, self.initial_phase)
         return C.dropout(z, self.p, self.training)

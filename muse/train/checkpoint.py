@@ -86,9 +86,48 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a MUSE training checkpoint (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
-    decoded = {k: json.loads(meta[k]) for k in JSON_KEYS}
+    decoded = {}
+    for key in JSON_KEYS:
+        if key not in meta:
+            raise ValueError(f"{path}: checkpoint metadata has no {key!r} field")
+        try:
+            decoded[key] = json.loads(meta[key])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: checkpoint metadata field {key!r} is not valid JSON ({exc})") from None
+        if not isinstance(decoded[key], dict):
+            raise ValueError(f"{path}: checkpoint metadata field {key!r} must be a JSON object, "
+                             f"got {type(decoded[key]).__name__}")
+    try:
+        world_size = int(meta.get("world_size", ""))
+    except ValueError:
+        raise ValueError(f"{path}: checkpoint metadata field 'world_size' must be an integer, "
+                         f"got {meta.get('world_size')!r}") from None
+    if "model_name" not in meta:
+        raise ValueError(f"{path}: checkpoint metadata has no 'model_name' field")
     return Checkpoint(tensors=load_file(str(path), device="cpu"), model_name=meta["model_name"],
-                      world_size=int(meta["world_size"]), **decoded)
+                      world_size=world_size, **decoded)
+
+
+def load_model_state(model: torch.nn.Module, ck: Checkpoint, path: str | os.PathLike) -> None:
+    """Copy the checkpoint's ``model.*`` tensors into ``model``; ValueError naming the file and the
+    missing, unexpected or mis-shaped tensors (instead of load_state_dict's RuntimeError)."""
+    saved, own = ck.prefixed("model."), model.state_dict()
+    problems = [f"missing model.{k}" for k in sorted(set(own) - set(saved))]
+    problems += [f"unexpected model.{k}" for k in sorted(set(saved) - set(own))]
+    problems += [f"model.{k} has shape {tuple(saved[k].shape)}, the model needs {tuple(own[k].shape)}"
+                 for k in sorted(set(own) & set(saved)) if saved[k].shape != own[k].shape]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{path}: the weights do not fit the {ck.model_name!r} model its config describes: "
+                         + "; ".join(problems[:5]) + more)
+    with torch.no_grad():
+        model.load_state_dict(saved, strict=True)
+
+
+def nonfinite_tensors(ck: Checkpoint, prefixes: tuple[str, ...] = ("model.", "master.", "optim.")) -> list[str]:
+    """Names of floating tensors under ``prefixes`` that hold a NaN or an infinity."""
+    return [name for name, t in sorted(ck.tensors.items())
+            if name.startswith(prefixes) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def check_compatible(ckpt: Checkpoint, model_name: str, model_config: dict, trajectory: dict) -> None:
@@ -163,9 +202,14 @@ def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = 
 
     ck = load_checkpoint(path)
     if ck.model_name not in MODELS:
-        raise ValueError(f"checkpoint model {ck.model_name!r} is not registered; known: {sorted(MODELS)}")
+        raise ValueError(f"{path}: checkpoint model_name {ck.model_name!r} is not registered; "
+                         f"known: {sorted(MODELS)}")
     spec = MODELS[ck.model_name]
-    model = spec.model_cls(spec.config_cls(**ck.model_config), device=device)
-    with torch.no_grad():
-        model.load_state_dict(ck.prefixed("model."), strict=True)
+    try:
+        config = spec.config_cls(**ck.model_config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: checkpoint field model_config is not a valid {spec.config_cls.__name__}: "
+                         f"{exc}") from None
+    model = spec.model_cls(config, device=device)
+    load_model_state(model, ck, path)
     return model, ck

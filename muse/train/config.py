@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from muse._checks import check_float, check_int, check_type
+from muse.train.scaler import check_power_of_two
 
 SPLITS = ("train", "valid", "test")
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,6 +99,9 @@ class TrainConfig:
         check_int("log_every", self.log_every, min_value=1)
         _opt_int("ckpt_every", self.ckpt_every, 0)
         check_type("save_best", self.save_best, bool, "a bool")
+        if self.save_best and self.eval_every == 0:
+            raise ValueError("save_best keeps the checkpoint with the best periodic eval, but eval_every=0 "
+                             "turns periodic evals off; set eval_every > 0 or drop save_best")
         for name in ("train_split", "eval_split"):
             if getattr(self, name) not in SPLITS:
                 raise ValueError(f"{name} must be one of {SPLITS}, got {getattr(self, name)!r}")
@@ -111,7 +115,8 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         check_type("progress", self.progress, bool, "a bool")
-        check_float("init_scale", self.init_scale, min_value=2.0**-24, max_value=2.0**24)
+        check_power_of_two("init_scale", check_float("init_scale", self.init_scale, min_value=2.0**-24,
+                                                      max_value=2.0**24))
         check_int("growth_interval", self.growth_interval, min_value=1)
         check_float("max_skip_fraction", self.max_skip_fraction, min_value=0.0, max_value=1.0)
         check_int("skip_grace", self.skip_grace, min_value=0)

@@ -33,6 +33,9 @@ def evaluate(model: nn.Module, tokens, seq_len: int, batch_size: int, stride: in
     check_int("rank", rank, min_value=0)
     if rank >= world_size:
         raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if isinstance(max_len, int) and seq_len > max_len:
+        raise ValueError(f"seq_len ({seq_len}) exceeds the model's max_seq_len ({max_len})")
     array = as_token_array("tokens", tokens, 2)
     if max_tokens is not None:
         check_int("max_tokens", max_tokens, min_value=1)

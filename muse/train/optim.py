@@ -239,10 +239,8 @@ class MixedPrecisionOptimizer(_AdamWBase):
         bad = [n for n, p in zip(self.names, self.params, strict=True) if p.dtype != torch.float16]
         if bad:
             raise TypeError(f"MixedPrecisionOptimizer needs fp16 parameters; {bad[:3]} are not")
-        masters = [p.detach().float().clone() for p in self.params]
-        for m in masters:
-            m.grad = torch.zeros_like(m)
-        return masters
+        self._folded = 0  # backward passes accumulated into the master grads since zero_grad
+        return [p.detach().float().clone() for p in self.params]
 
     @property
     def masters(self) -> list[torch.Tensor]:
@@ -256,20 +254,47 @@ class MixedPrecisionOptimizer(_AdamWBase):
     def loss_scale(self) -> float:
         return self.scaler.scale
 
+    def zero_grad(self) -> None:
+        super().zero_grad()
+        for m in self.masters:
+            m.grad = None  # a master without a gradient at step time is unused: AdamW leaves it alone
+        self._folded = 0
+
     def backward(self, loss: torch.Tensor) -> None:
+        """Backward of the scaled loss into fresh fp16 gradients. The previous micro-batch's fp16
+        gradients are first added into the fp32 master gradients (``step`` adds the last), so
+        gradient accumulation sums in fp32, never in fp16 ``.grad``."""
+        self._fold_grads()
         (loss.float() * self.scaler.scale).backward()
+
+    @torch.no_grad()
+    def _fold_grads(self) -> None:
+        folded = False
+        for p, m in zip(self.params, self.masters, strict=True):
+            if p.grad is None:
+                continue
+            if m.grad is None:
+                m.grad = p.grad.float()
+            else:
+                m.grad.add_(p.grad)
+            p.grad = None
+            folded = True
+        self._folded += int(folded)
 
     def step(self, max_norm: float | None = None) -> StepResult:
         scale = self.scaler.scale
+        self._fold_grads()  # gradients of a plain loss.backward() the caller made
         with torch.no_grad():
-            grads = []
-            for p, m in zip(self.params, self.masters, strict=True):
-                if p.grad is None:
-                    m.grad = None  # unused this step: AdamW leaves it alone
-                    continue
-                if m.grad is None:
-                    m.grad = torch.empty_like(m)
-                grads.append(m.grad.copy_(p.grad).mul_(1.0 / scale))  # scale is a power of 2: exact
+            grads = [m.grad for m in self.masters if m.grad is not None]
+            if self._folded > 1 and _distributed():
+                # Under DDP's no_sync only the last micro-batch was averaged across ranks; the
+                # mean over ranks of (local earlier sum + that shared average) is the global mean.
+                world = dist.get_world_size()
+                for g in grads:
+                    dist.all_reduce(g, op=dist.ReduceOp.SUM)
+                    g.div_(world)
+            for g in grads:
+                g.mul_(1.0 / scale)  # scale is a power of 2: exact
             norm = total_norm(grads)
         found_inf = _agree_found_inf(norm)
         self.scaler.update(found_inf)

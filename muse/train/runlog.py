@@ -49,8 +49,11 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["tokens"], r["loss"]) for r in records if r["type"] == "train" and math.isfinite(r["loss"])]
-    evals = [(r["tokens"], r["loss"]) for r in records if r["type"] == "eval" and math.isfinite(r["loss"])]
+    def points(kind: str) -> list[tuple]:  # non-finite losses are logged as null: not plotted
+        return [(r["tokens"], r["loss"]) for r in records if r.get("type") == kind
+                and isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+
+    train, evals = points("train"), points("eval")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.0)

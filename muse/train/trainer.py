@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from muse._io import write_json
-from muse.data import TrainBlocks
+from muse._io import check_output_dir, remove_stale_temps, write_json
+from muse.data import TrainBlocks, tokens_sha256
 from muse.models.registry import MODELS, make_config
 from muse.train import checkpoint as ckpt_io
 from muse.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -94,7 +94,10 @@ class Trainer:
             raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
         self.model_config = make_config(cfg.model, cfg.preset, **cfg.model_overrides)
         self.model_config_dict = config_dict(self.model_config)
-        self.out = self._out_dir()
+        self.out = check_output_dir("out (--out)", self._out_dir())
+        if ctx.is_main:
+            for name in ("last.safetensors", "best.safetensors", "results.json", "log.jsonl"):
+                remove_stale_temps(self.out, name)  # left by a killed writer
         seed_everything(cfg.seed)
         self.model = MODELS[cfg.model].model_cls(self.model_config, device=ctx.device)
         self.fp16 = any(p.dtype == torch.float16 for p in self.model.parameters())
@@ -105,6 +108,7 @@ class Trainer:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_seq_len ({max_len})")
         self.data = data if data is not None else self._load_data()
         self._check_vocab()
+        self.train_sha256 = tokens_sha256(np.asarray(self.data.train))
         self.blocks = TrainBlocks(self.data.train, self.seq_len, cfg.batch_size, cfg.seed,
                                   rank=ctx.rank, world_size=ctx.world_size)
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * ctx.world_size * self.seq_len
@@ -191,8 +195,16 @@ class Trainer:
         ckpt_io.check_compatible(ck, self.cfg.model, self.model_config_dict, self.trajectory())
         if ck.world_size != self.ctx.world_size:
             raise ValueError(f"checkpoint was written by {ck.world_size} rank(s), this run has {self.ctx.world_size}")
-        with torch.no_grad():
-            self.model.load_state_dict(ck.prefixed("model."), strict=True)
+        saved_sha = ck.train_config.get("train_data_sha256")
+        if saved_sha is not None and saved_sha != self.train_sha256:
+            raise ValueError(f"{path}: the training tokens differ from the ones the checkpoint was trained on "
+                             f"(sha256 {saved_sha[:16]}... vs {self.train_sha256[:16]}...); resume needs the same data")
+        bad = ckpt_io.nonfinite_tensors(ck)
+        if bad:
+            raise ValueError(f"{path}: checkpoint holds NaN/inf values in {bad[:3]}"
+                             + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+                             + "; resuming would continue a diverged run")
+        ckpt_io.load_model_state(self.model, ck, path)
         self.optimizer.load_state(ck.tensors, ck.optimizer)
         self.blocks.load_state_dict(ck.data_state)
         c = ck.counters
@@ -217,7 +229,8 @@ class Trainer:
                         "last_train_loss": self.last_train_loss, "skipped_steps": self.optimizer.skipped_steps}
             meta = ckpt_io.build_metadata(
                 model_name=self.cfg.model, model_config=self.model_config_dict,
-                train_config=self.cfg.to_dict() | self.trajectory() | {"train_split_used": self.data.train_split}, optimizer=self.optimizer.state_meta(),
+                train_config=self.cfg.to_dict() | self.trajectory() | {"train_split_used": self.data.train_split,
+                                                                        "train_data_sha256": self.train_sha256}, optimizer=self.optimizer.state_meta(),
                 data_state=self.blocks.state_dict(), counters=counters, world_size=self.ctx.world_size)
             ckpt_io.atomic_save(tensors, meta, path)
         barrier(self.ctx)
@@ -316,17 +329,35 @@ class Trainer:
             status = "completed" if done else "stopped"
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, KeyboardInterrupt):
+                status = "interrupted"
+                if ctx.is_main:
+                    print(f"interrupted at step {self.step}; the last checkpoint written (if any) is kept: "
+                          f"{self.out / 'last.safetensors'}", file=sys.stderr, flush=True)
             raise
         finally:
             self.pbar.close()
             if ctx.is_main:
                 results = self.results(status, error)
-                write_json(self.out / "results.json", results)
-                plot_loss_curve(self.log.records(), self.out / "loss.png",
-                                f"{cfg.model}/{cfg.preset} on {self.data.train_split}")
+                self._write_records(results, failing=error is not None)
                 if error is None:
                     print(results_table(results), flush=True)
         return results if ctx.is_main else {}
+
+    def _write_records(self, results: dict, failing: bool) -> None:
+        """results.json and loss.png. The plot is a convenience: its failure only warns. While an
+        error is propagating nothing here may replace it, so a failed write only warns too."""
+        try:
+            write_json(self.out / "results.json", results)
+        except Exception as exc:
+            if not failing:
+                raise
+            print(f"warning: could not write results.json: {exc}", file=sys.stderr)
+        try:
+            plot_loss_curve(self.log.records(), self.out / "loss.png",
+                            f"{self.cfg.model}/{self.cfg.preset} on {self.data.train_split}")
+        except Exception as exc:
+            print(f"warning: could not draw loss.png: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _loop(self, end: int) -> None:
         cfg = self.cfg

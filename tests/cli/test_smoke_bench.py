@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+import muse.complex as C
 from benchmarks import criteria as crit
 from benchmarks.measure import planar_layout, stability_trials, unigram_perplexity
 from muse.cli import main
@@ -130,3 +132,25 @@ def test_cli_reports_bad_input_in_one_line(capsys, monkeypatch):
     monkeypatch.setenv("MUSE_DEBUG", "1")
     with pytest.raises(ValueError, match="batch_size"):
         main(["smoke", "--preset", "tiny", "--device", "cpu", "--batch-size", "0"])
+
+
+def test_item28_planar_check_sees_tensors_saved_for_backward():
+    """Issue 13 item 28: a module whose outputs are planar but which keeps a native (interleaved)
+    complex tensor for backward fails the planar criterion; the real models pass."""
+
+    class Interleaving(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones((), dtype=torch.complex64))
+
+        def forward(self, z):
+            return C.from_complex(C.to_complex(z) * self.w, dtype=z.dtype)
+
+    model = build_model("stage1", "tiny", vocab_size=50, max_seq_len=16)
+    model.blocks[0].activation = torch.nn.Sequential(model.blocks[0].activation, Interleaving())
+    layout = planar_layout(model, 1, 16, torch.device("cpu"))
+    assert layout["non_planar"] == [] and layout["saved_interleaved"], layout
+    assert crit.planar(layout).status == crit.FAIL
+    clean = planar_layout(build_model("stage1", "tiny", vocab_size=50, max_seq_len=16), 1, 16, torch.device("cpu"))
+    assert clean["saved_tensors"] > 0 and clean["saved_interleaved"] == [] and crit.planar(clean).status == crit.PASS
+

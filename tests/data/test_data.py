@@ -36,6 +36,7 @@ from muse.data import (
     rows_from_raw,
     save_token_file,
     shared_data_dir,
+    verify_sha256,
 )
 
 TEST_TOKENS, VALID_TOKENS = 287_644, 251_048
@@ -83,6 +84,16 @@ def test_split(shared: Path, tokenizer, cache_dir: Path):
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _write_listed(path: Path, text: str) -> Path:
+    """Write a stand-in ``wiki.*.raw`` and list it in a SHA256SUMS beside it: a file with an
+    upstream name that differs from upstream is used only when listed."""
+    _write(path, text)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    with open(path.parent / "SHA256SUMS", "a", encoding="utf-8") as fh:
+        fh.write(f"{digest}  {path.name}\n")
     return path
 
 
@@ -211,10 +222,15 @@ def test_sha256_mismatch_names_file_and_hashes(tmp_path: Path) -> None:
 
 
 def test_sha256_without_entry_or_list(tmp_path: Path) -> None:
+    """A known upstream name without a SHA256SUMS entry must match upstream (issue 13 item 2)."""
     _write(tmp_path / "wiki.test.raw", "x\n")
-    assert load_split_text("test", tmp_path, allow_hub=False).sha256_status.startswith("not checked")
+    with pytest.raises(ValueError, match="expected the upstream wiki.test.raw .*truncated or modified"):
+        load_split_text("test", tmp_path, allow_hub=False)
     _write(tmp_path / "SHA256SUMS", f"{'1' * 64}  other.raw\n")
-    assert load_split_text("test", tmp_path, allow_hub=False).sha256_status.startswith("not checked")
+    with pytest.raises(ValueError, match="expected the upstream wiki.test.raw"):
+        load_split_text("test", tmp_path, allow_hub=False)
+    _write(tmp_path / "notes.raw", "x\n")
+    assert verify_sha256(tmp_path / "notes.raw", {"wiki.test.raw": "0" * 64})[1].startswith("not checked")
 
 
 def test_hash_is_cached_per_path_size_mtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -267,8 +283,8 @@ def test_hub_reason_checks_type() -> None:
 
 def test_data_dir_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    _write(a / "wiki.test.raw", "from a\n")
-    _write(b / "wiki.test.raw", "from b\n")
+    _write_listed(a / "wiki.test.raw", "from a\n")
+    _write_listed(b / "wiki.test.raw", "from b\n")
     assert resolve_data_dir() == shared / "wikitext-2-raw"
     assert resolve_data_dir(shared) == shared / "wikitext-2-raw"
     monkeypatch.setenv("MUSE_DATA_DIR", str(b))
@@ -346,7 +362,7 @@ def test_cache_key_and_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_corrupt_cache_is_rebuilt(shared, tokenizer, tmp_path) -> None:
     source = (shared / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
-    raw = _write(tmp_path / "d" / "wiki.test.raw", source[:5000])
+    raw = _write_listed(tmp_path / "d" / "wiki.test.raw", source[:5000])
     first = load_tokens("test", data_dir=raw.parent, cache_dir=tmp_path / "c", tokenizer=tokenizer, allow_hub=False)
     first.cache_path.write_bytes(b"garbage")
     again = load_tokens("test", data_dir=raw.parent, cache_dir=tmp_path / "c", tokenizer=tokenizer, allow_hub=False)
@@ -387,10 +403,10 @@ def test_cli_prepare_and_export(shared, cache_dir, test_split, tmp_path, capsys)
 
 
 def test_cli_errors(shared, tmp_path, capsys) -> None:
-    assert _cli(["data", "prepare", "--split", "test", "--data-dir", str(tmp_path / "nope"), "--offline"]) == 1
+    assert _cli(["data", "prepare", "--split", "test", "--data-dir", str(tmp_path / "nope"), "--offline"]) == 2
     assert "nope" in capsys.readouterr().err
     assert _cli(["data", "prepare", "--split", "train", "--data-dir", str(shared), "--offline",
-                 "--cache-dir", str(tmp_path)]) == 1
+                 "--cache-dir", str(tmp_path)]) == 2
     assert "--train-split valid" in capsys.readouterr().err
 
 
