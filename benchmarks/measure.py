@@ -100,6 +100,8 @@ def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device
         if not (torch.isfinite(logits).all() and torch.isfinite(loss)):
             nonfinite += 1
         for name, p in model.named_parameters():
+            if not p.requires_grad:  # a frozen table (the Stage 1 position table) has no gradient
+                continue
             g = math.inf if p.grad is None else float(p.grad.float().norm())
             if not math.isfinite(g) or not lo <= g <= hi:
                 offenders.setdefault(name, []).append((t, g))

@@ -87,6 +87,15 @@ def check_float_dtype(name: str, dtype: object) -> torch.dtype:
     return dtype
 
 
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """One of the strings in ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {choices}, got {_type_name(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def check_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(value)}")

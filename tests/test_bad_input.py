@@ -8,7 +8,7 @@ import torch
 import muse.complex as C
 from muse.complex import ComplexTensor
 from muse.init import ZetaEmbedding, zeta_position_table, zeta_zeros
-from muse.models import Phase3Stage1Block, Phase3Stage1Config, build_model
+from muse.models import Stage1Block, Stage1Config, build_model
 from muse.nn import (
     ComplexDropout,
     ComplexEmbedding,
@@ -250,7 +250,7 @@ def test_modrelu_wrong_feature_size():
 
 def test_block_wrong_feature_size():
     with pytest.raises(ValueError, match=r"must have shape \(6,\) to match z's last dim"):
-        Phase3Stage1Block(8)(_z(2, 3, 6))
+        Stage1Block(8)(_z(2, 3, 6))
 
 
 # ------------------------------------------------------------------ dtypes
@@ -414,7 +414,7 @@ def test_module_and_init_arguments(make, exc, name):
 ])
 def test_invalid_config_values(field, value, exc):
     with pytest.raises(exc, match=rf"^{field} must"):
-        Phase3Stage1Config(**{field: value})
+        Stage1Config(**{field: value})
 
 
 # ------------------------------------------------------------------ issue 13 (API items)

@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 import muse.complex as C
 from muse.init import ZetaEmbedding
-from muse.models.stage1 import Phase3Stage1Block
+from muse.models.stage1 import Stage1Block
 from muse.nn import (
     ComplexDropout,
     ComplexEmbedding,
@@ -235,7 +235,7 @@ def _modules(device: str):
     """name -> (module in float64, example input builder) for every layer."""
     f64 = torch.float64
     torch.manual_seed(0)
-    block = Phase3Stage1Block(6, dropout=0.0, dtype=f64, device=device)
+    block = Stage1Block(6, dropout=0.0, dtype=f64, device=device)
     with torch.no_grad():
         for m in block.modules():
             if isinstance(m, ModReLU):
@@ -247,11 +247,12 @@ def _modules(device: str):
         "ComplexLayerNorm": (ComplexLayerNorm(5, dtype=f64, device=device), lambda: zin(3, 5)),
         "ModReLU": (ModReLU(4, dtype=f64, device=device), lambda: zin(3, 4)),
         "ComplexDropout": (ComplexDropout(0.3), lambda: zin(6)),
+        "ComplexDropout(independent)": (ComplexDropout(0.3, mode="independent"), lambda: zin(6)),
         "RealLinear": (RealLinear(4, 3, dtype=f64, device=device), lambda: torch.randn(2, 4, dtype=f64, device=device)),
         "ComplexEmbedding": (emb, lambda: torch.tensor([[1, 3, 5]], device=device)),
         "ZetaEmbedding": (ZetaEmbedding(8, 4, trainable=True, dtype=f64, device=device),
                           lambda: torch.tensor([0, 3, 7], device=device)),
-        "Phase3Stage1Block": (block, lambda: zin(2, 6)),
+        "Stage1Block": (block, lambda: zin(2, 6)),
     }
 
 

@@ -199,6 +199,33 @@ def _scaled_reference(z: np.ndarray, p: float):
     return R.Exact.from_mpf(re, z.shape[1:]), R.Exact.from_mpf(im, z.shape[1:])
 
 
+@given(z=vs.complex_arrays(vs.shapes(min_dims=1)), p=st.sampled_from([0.1, 0.5, 1 / 3]),
+       seed=st.integers(0, 2**31 - 1))
+def test_dropout_independent_masks_round_once(device, z, p, seed):
+    """mode="independent": each part is 0 or its own z_part / (1 - p) within 0.5 + 3 * 2**-12 ULP."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = planes(C.dropout(ct(z, device), p, training=True, generator=g, mode="independent"))
+    kept = [(out[k] != 0) | (z[k] == 0) for k in range(2)]
+    if not (kept[0].any() or kept[1].any()):
+        return
+    ref_re, ref_im = _scaled_reference(z, p)
+    check_ulps("dropout", device, [out[0], out[1]], [ref_re, ref_im], B.ulp_bound("dropout", device),
+               args=[cplx("z", z)], where=kept,
+               call=f"C.dropout(C.ComplexTensor(torch.from_numpy(z)), {p!r}, mode='independent')")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_independent_rate(device, p):
+    """Each part drops a fraction p and both parts p**2 of 20,000 entries (within 5 binomial sd)."""
+    n = 20_000
+    z = C.ComplexTensor(torch.ones(2, n, dtype=torch.float16, device=device))
+    g = torch.Generator(device=device).manual_seed(1234)
+    out = C.dropout(z, p, generator=g, mode="independent").planes
+    for frac, want in ((out[0] == 0, p), (out[1] == 0, p), ((out[0] == 0) & (out[1] == 0), p * p)):
+        got = float(frac.float().mean())
+        assert abs(got - want) <= 5 * math.sqrt(want * (1 - want) / n), (got, want)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_rate(device, p):
     """The dropped fraction of 20,000 entries is within 5 binomial standard deviations of p."""

@@ -15,6 +15,7 @@ import numbers
 import torch
 
 from muse._checks import (
+    check_choice,
     check_float,
     check_float_tensor,
     check_probability,
@@ -151,17 +152,31 @@ def modrelu(z: ComplexTensor, bias: torch.Tensor) -> ComplexTensor:
 
 
 # ---------------------------------------------------------------------- dropout
+#: ``"shared"``: one mask per complex entry (both parts dropped together);
+#: ``"independent"``: one mask per part (the real and imaginary planes drop separately).
+DROPOUT_MODES = ("shared", "independent")
+
+
 def dropout(
-    z: ComplexTensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None
+    z: ComplexTensor,
+    p: float = 0.5,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+    mode: str = "shared",
 ) -> ComplexTensor:
-    """Complex dropout: zero whole complex entries (one mask for both parts) with prob ``p``,
-    scale survivors by 1/(1-p) in fp32, round once."""
+    """Complex dropout with probability ``p``: survivors scaled by 1/(1-p) in fp32, rounded once.
+
+    ``mode`` (see :data:`DROPOUT_MODES`) says whether a whole complex entry is dropped
+    (``"shared"``) or each part on its own (``"independent"``).
+    """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
     p = check_probability("p", p)
+    check_choice("mode", mode, DROPOUT_MODES)
     if not training or p == 0.0:
         return z
     cd = compute_dtype(z.dtype)
-    keep = torch.empty(z.shape, dtype=cd, device=z.device).bernoulli_(1.0 - p, generator=generator)
+    shape = z.planes.shape if mode == "independent" else z.shape
+    keep = torch.empty(shape, dtype=cd, device=z.device).bernoulli_(1.0 - p, generator=generator)
     return ComplexTensor((z.planes.to(cd) * (keep / (1.0 - p))).to(z.dtype))
 
 

@@ -72,13 +72,17 @@ def zeta_zeros(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([table, ext]))
 
 
-def zeta_position_table(max_len: int, d_model: int, scale: float = 1.0) -> torch.Tensor:
-    """PE[p, 2i] = sin(p gamma_i / 2pi), PE[p, 2i+1] = cos(p gamma_i / 2pi), times ``scale``; float64."""
+def zeta_position_table(max_len: int, d_model: int, scale: float = 1.0, start: int = 0) -> torch.Tensor:
+    """PE[p, 2i] = sin(p gamma_i / 2pi), PE[p, 2i+1] = cos(p gamma_i / 2pi), times ``scale``; float64.
+
+    Rows p = start .. start + max_len - 1 (``start`` lets a large table be built in pieces).
+    """
     max_len = check_int("max_len", max_len, min_value=1)
     d_model = check_int("d_model", d_model, min_value=1)
     scale = check_float("scale", scale)
+    start = check_int("start", start, min_value=0)
     freqs = zeta_zeros((d_model + 1) // 2) / (2.0 * math.pi)  # (ceil(d/2),)
-    angles = torch.arange(max_len, dtype=torch.float64)[:, None] * freqs[None, :]
+    angles = torch.arange(start, start + max_len, dtype=torch.float64)[:, None] * freqs[None, :]
     pe = torch.empty(max_len, d_model, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(angles)[:, : (d_model + 1) // 2]
     pe[:, 1::2] = torch.cos(angles)[:, : d_model // 2]
@@ -135,7 +139,12 @@ class ZetaInitializer:
 
 
 class ZetaEmbedding(nn.Module):
-    """Position embedding with zeta-zero frequencies; fixed (buffer) or trainable (parameter)."""
+    """Position embedding with zeta-zero frequencies: trainable, frozen, or a fixed buffer.
+
+    ``trainable=True``: the table is a parameter that learns.  ``trainable=False``: by
+    default a buffer (not in ``parameters()``); with ``as_parameter=True`` a frozen
+    parameter (``requires_grad=False``), counted by ``parameters()`` but never updated.
+    """
 
     def __init__(
         self,
@@ -145,11 +154,17 @@ class ZetaEmbedding(nn.Module):
         scale: float = 1.0,
         dtype: torch.dtype = torch.float32,
         device=None,
+        as_parameter: bool | None = None,
     ):
         super().__init__()
         self.max_len = check_int("max_len", max_len, min_value=1)
         self.d_model = check_int("d_model", d_model, min_value=1)
         check_type("trainable", trainable, bool, "a bool")
+        if as_parameter is None:
+            as_parameter = trainable
+        check_type("as_parameter", as_parameter, bool, "a bool or None")
+        if trainable and not as_parameter:
+            raise ValueError("as_parameter must be True (or None) when trainable=True: a buffer cannot learn")
         self.trainable = trainable
         self.scale = check_float("scale", scale)
         table = zeta_position_table(max_len, d_model, scale)
@@ -162,8 +177,8 @@ class ZetaEmbedding(nn.Module):
                     f"{limit:g} (half the largest {dtype} value): the embeddings would overflow; "
                     f"use |zeta_scale| <= {limit / (peak / abs(scale)):g}")
         table = table.to(dtype=dtype, device=device)
-        if trainable:
-            self.weight = nn.Parameter(table)
+        if as_parameter:
+            self.weight = nn.Parameter(table, requires_grad=trainable)
         else:
             self.register_buffer("weight", table)
 
@@ -196,7 +211,8 @@ class ZetaEmbedding(nn.Module):
         return self(positions)
 
     def extra_repr(self) -> str:
-        return f"max_len={self.max_len}, d_model={self.d_model}, trainable={self.trainable}"
+        kind = "parameter" if isinstance(self.weight, nn.Parameter) else "buffer"
+        return f"max_len={self.max_len}, d_model={self.d_model}, trainable={self.trainable}, {kind}"
 
 
 def apply_zeta_initialization(model: nn.Module, scale: float = 10.0, seed: int = 0) -> dict[str, int]:

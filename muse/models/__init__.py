@@ -7,10 +7,14 @@ from muse.models.stage1 import (
     Phase3Stage1Block,
     Phase3Stage1Config,
     Phase3Stage1Model,
+    Stage1Block,
+    Stage1Config,
+    Stage1Model,
     create_phase3_stage1_model,
 )
 
 __all__ = [
-    "GPTConfig", "GPTModel", "KVCache", "MODELS", "Phase2Block", "Phase2Config", "Phase2Model", "Phase3Stage1Block", "Phase3Stage1Config",
-    "Phase3Stage1Model", "build_model", "create_phase3_stage1_model", "make_config", "model_names",
+    "GPTConfig", "GPTModel", "KVCache", "MODELS", "Phase2Block", "Phase2Config", "Phase2Model",
+    "Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block", "Stage1Config",
+    "Stage1Model", "build_model", "create_phase3_stage1_model", "make_config", "model_names",
 ]

@@ -18,7 +18,7 @@ class ModelSpec(NamedTuple):
 
 
 MODELS: dict[str, ModelSpec] = {
-    "stage1": ModelSpec(stage1.Phase3Stage1Config, stage1.Phase3Stage1Model, stage1.PRESETS),
+    "stage1": ModelSpec(stage1.Stage1Config, stage1.Stage1Model, stage1.PRESETS),
     "phase2": ModelSpec(phase2.Phase2Config, phase2.Phase2Model, phase2.PRESETS),
     "gpt": ModelSpec(gpt.GPTConfig, gpt.GPTModel, gpt.PRESETS),
 }

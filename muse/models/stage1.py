@@ -1,14 +1,18 @@
-"""Phase 3 Stage 1: the seed's complex model, exactly.
+"""Stage 1 (the seed's "Phase 3 Stage 1"): the seed's complex model.
 
-    ids (B, S) -> ComplexEmbedding -> [Phase3Stage1Block] x L -> ComplexLayerNorm
+    ids (B, S) -> ComplexEmbedding -> [Stage1Block] x L -> ComplexLayerNorm
         -> real part -> Linear head -> logits (B, S, vocab)
 
-    Phase3Stage1Block: z -> LN1 -> ComplexLinear -> ModReLU -> dropout -> + z -> LN2
+    Stage1Block: z -> LN1 -> ComplexLinear -> ModReLU -> dropout -> + z -> LN2
 
 No operation mixes positions, so the model is causal by construction (each logit
 depends on its own token and position only).  With vocab 50257, d_model 512,
-6 layers and max_seq_len 1024 it has 80,937,553 parameters, the position table
-included.
+6 layers and max_seq_len 1024 it has 80,937,553 parameters, the frozen position
+table included (80,413,265 trainable).  The config's defaults initialise, freeze
+and drop out as the seed's code does; ``docs/architecture.md`` lists where MUSE
+departs from that code and why.  The seed's names (``Phase3Stage1Config``,
+``Phase3Stage1Block``, ``Phase3Stage1Model``, ``create_phase3_stage1_model``) are
+kept for seed scripts.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float, check_int, check_probability, check_type
+from muse._checks import check_choice, check_float, check_int, check_probability, check_type
 from muse.models.base import LanguageModel
 from muse.nn import (
     ComplexDropout,
@@ -30,21 +34,38 @@ from muse.nn import (
     ModReLU,
     RealLinear,
 )
+from muse.nn.embedding import EMBEDDING_INITS
+from muse.nn.linear import HEAD_INITS, LINEAR_INITS
 
 
 @dataclass
-class Phase3Stage1Config:
-    """The seed's fields (its ``n_seq`` is our ``max_seq_len``) plus two explicit extras."""
+class Stage1Config:
+    """The seed's fields (its ``n_seq`` is ``max_seq_len``), two explicit extras and the init choices.
+
+    The defaults are the seed report's model as the seed's code builds it; the
+    alternatives ("normal", "shared", trainable positions) are MUSE's earlier choices.
+    """
 
     vocab_size: int = 50257  # GPT-2 BPE
     d_model: int = 512
     n_layers: int = 6
-    max_seq_len: int = 1024  # seed default was 2048; 1024 gives the 80,937,553 count
+    max_seq_len: int = 1024  # the seed report's 80,937,553-parameter model
     use_complex32: bool = True  # fp16 planes; False = fp32 planar baseline
     dropout: float = 0.1
-    zeta_scale: float = 1.0  # amplitude of the zeta position table
+    zeta_scale: float = 1.0  # amplitude of the zeta position table (and of the "zeta" token tables)
     initial_phase: float | None = None  # optional constant rotation of the embedding
     layer_norm_eps: float = 1e-5
+    # False: the position table is a frozen parameter (counted, never updated); True: it learns
+    trainable_positions: bool = False
+    # token tables: "zeta" = zeta position pattern by token id (imaginary table at half scale);
+    # "normal" = each part ~ N(0, 1/2)
+    embedding_init: str = "zeta"
+    # ComplexLinear weights: "uniform" = U(-s, s) per part, s = sqrt(2/(in+out)); "normal" = N(0, 1/(in+out))
+    linear_init: str = "uniform"
+    # LM head: "default" = nn.Linear's U(-1/sqrt(d), 1/sqrt(d)) for weight and bias; "normal" = N(0, 0.02), bias 0
+    head_init: str = "default"
+    # dropout masks: "independent" = separate masks for the real and imaginary parts; "shared" = one per entry
+    dropout_mode: str = "independent"
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -57,6 +78,11 @@ class Phase3Stage1Config:
         if self.initial_phase is not None:
             check_float("initial_phase", self.initial_phase)
         check_float("layer_norm_eps", self.layer_norm_eps, min_value=0.0, min_inclusive=False)
+        check_type("trainable_positions", self.trainable_positions, bool, "a bool")
+        check_choice("embedding_init", self.embedding_init, EMBEDDING_INITS)
+        check_choice("linear_init", self.linear_init, LINEAR_INITS)
+        check_choice("head_init", self.head_init, HEAD_INITS)
+        check_choice("dropout_mode", self.dropout_mode, C.DROPOUT_MODES)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,6 +97,8 @@ class Phase3Stage1Config:
         return dataclasses.asdict(self)
 
 
+# Presets set sizes only: every preset initialises, freezes and drops out as the config's
+# defaults say (the seed's code), so what the tiny model shows on CPU holds for the seed model.
 PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=64, n_layers=2, max_seq_len=128),  # CPU / CI
     "small": dict(d_model=256, n_layers=4, max_seq_len=512),
@@ -78,16 +106,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class Phase3Stage1Block(nn.Module):
-    """LN -> ComplexLinear -> ModReLU -> dropout -> residual -> LN."""
+class Stage1Block(nn.Module):
+    """LN -> ComplexLinear -> ModReLU -> dropout -> residual -> LN (init and dropout as the config's)."""
 
     def __init__(self, d_model: int, dropout: float = 0.1, eps: float = 1e-5,
-                 dtype: torch.dtype = torch.float16, device=None):
+                 dtype: torch.dtype = torch.float16, device=None, *, linear_init: str = "uniform",
+                 dropout_mode: str = "independent"):
         super().__init__()
         self.norm1 = ComplexLayerNorm(d_model, eps, dtype=dtype, device=device)
-        self.linear = ComplexLinear(d_model, d_model, dtype=dtype, device=device)
+        self.linear = ComplexLinear(d_model, d_model, dtype=dtype, device=device, init=linear_init)
         self.activation = ModReLU(d_model, dtype=dtype, device=device)
-        self.dropout = ComplexDropout(dropout)
+        self.dropout = ComplexDropout(dropout, mode=dropout_mode)
         self.norm2 = ComplexLayerNorm(d_model, eps, dtype=dtype, device=device)
 
     def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
@@ -96,27 +125,47 @@ class Phase3Stage1Block(nn.Module):
         return self.norm2(C.add(h, z))
 
 
-class Phase3Stage1Model(LanguageModel):
-    """The Stage 1 language model; ``forward`` returns logits (B, S, vocab) in the storage dtype."""
+class Stage1Model(LanguageModel):
+    """The Stage 1 language model; ``forward`` returns logits (B, S, vocab) in the storage dtype.
 
-    config_cls = Phase3Stage1Config
+    ``vocab_size``, ``d_model``, ``n_layers``, ``use_complex32`` (and ``max_seq_len``) read the
+    config, as the seed's model attributes of those names do.
+    """
 
-    def __init__(self, config: Phase3Stage1Config | None = None, device=None, **overrides):
+    config_cls = Stage1Config
+
+    def __init__(self, config: Stage1Config | None = None, device=None, **overrides):
         super().__init__(config, device, **overrides)
         config = self.config
         dt = config.dtype
         self.embedding = ComplexEmbedding(config.vocab_size, config.d_model, config.max_seq_len,
                                           config.dropout, config.zeta_scale, config.initial_phase,
-                                          dtype=dt, device=device)
+                                          dtype=dt, device=device, trainable_positions=config.trainable_positions,
+                                          init=config.embedding_init, dropout_mode=config.dropout_mode)
         self.blocks = nn.ModuleList(
-            Phase3Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dt, device)
+            Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dt, device,
+                        linear_init=config.linear_init, dropout_mode=config.dropout_mode)
             for _ in range(config.n_layers)
         )
         self.final_norm = ComplexLayerNorm(config.d_model, config.layer_norm_eps, dtype=dt, device=device)
-        self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device)
-        with torch.no_grad():  # GPT-2 style head init: N(0, 0.02), bias 0
-            self.lm_head.weight.normal_(0.0, 0.02)
-            self.lm_head.bias.zero_()
+        self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device,
+                                  init=config.head_init)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def use_complex32(self) -> bool:
+        return self.config.use_complex32
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> C.ComplexTensor:
         return self.embedding(input_ids, positions)  # (B, S, d) complex
@@ -125,17 +174,38 @@ class Phase3Stage1Model(LanguageModel):
         return z.real  # (B, S, d), the storage dtype
 
 
+def Phase3Stage1Config(vocab_size: int, d_model: int = 512, n_layers: int = 6, n_seq: int = 2048,  # noqa: N802
+                       use_complex32: bool = True, dropout: float = 0.1, zeta_scale: float = 1.0,
+                       **fields) -> Stage1Config:
+    """The seed's config constructor: the same arguments, positional or keyword, and defaults.
+
+    ``n_seq`` is the seed's name for ``max_seq_len``; ``fields`` are further
+    :class:`Stage1Config` fields.  Returns a :class:`Stage1Config`, so the result works
+    everywhere one does (registry, trainer, checkpoints, equality).
+    """
+    if "max_seq_len" in fields:
+        raise TypeError("Phase3Stage1Config takes the seed's n_seq, not max_seq_len "
+                        "(Stage1Config takes max_seq_len)")
+    check_int("n_seq", n_seq, min_value=1)
+    return Stage1Config(vocab_size, d_model, n_layers, n_seq, use_complex32, dropout, zeta_scale, **fields)
+
+
 def create_phase3_stage1_model(vocab_size: int = 50257, d_model: int = 512, n_layers: int = 6,
-                               max_seq_len: int = 1024, use_complex32: bool = True, dropout: float = 0.1,
-                               zeta_scale: float = 1.0, device=None, **extra) -> Phase3Stage1Model:
-    """Factory with the seed's signature (``max_seq_len`` defaults to 1024 here, see the config)."""
-    config = Phase3Stage1Config(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
-                                max_seq_len=max_seq_len, use_complex32=use_complex32, dropout=dropout,
-                                zeta_scale=zeta_scale, **extra)
-    return Phase3Stage1Model(config, device=device)
+                               max_seq_len: int = 2048, use_complex32: bool = True, dropout: float = 0.1,
+                               zeta_scale: float = 1.0, device=None, **extra) -> Stage1Model:
+    """The seed's factory: its arguments and defaults (max_seq_len 2048), plus ``device`` and
+    further :class:`Stage1Config` fields.  The seed report's model used max_seq_len=1024."""
+    config = Stage1Config(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                          max_seq_len=max_seq_len, use_complex32=use_complex32, dropout=dropout,
+                          zeta_scale=zeta_scale, **extra)
+    return Stage1Model(config, device=device)
 
 
-def expected_parameter_count(config: Phase3Stage1Config) -> int:
+Phase3Stage1Block = Stage1Block
+Phase3Stage1Model = Stage1Model
+
+
+def expected_parameter_count(config: Stage1Config) -> int:
     """Closed form of the parameter count (checks the module tree in tests)."""
     v, d, n, s = config.vocab_size, config.d_model, config.n_layers, config.max_seq_len
     embedding = 2 * v * d + s * d
@@ -143,7 +213,14 @@ def expected_parameter_count(config: Phase3Stage1Config) -> int:
     return embedding + n * block + 2 * d + (d * v + v)
 
 
+def expected_trainable_count(config: Stage1Config) -> int:
+    """The parameters that train: all but a frozen position table."""
+    frozen = 0 if config.trainable_positions else config.max_seq_len * config.d_model
+    return expected_parameter_count(config) - frozen
+
+
 __all__ = [
-    "PRESETS", "Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model",
-    "create_phase3_stage1_model", "expected_parameter_count",
+    "PRESETS", "Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
+    "Stage1Config", "Stage1Model", "create_phase3_stage1_model", "expected_parameter_count",
+    "expected_trainable_count",
 ]

@@ -8,24 +8,34 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float_dtype, check_int, check_type
+from muse._checks import check_choice, check_float_dtype, check_int, check_type
+
+#: ComplexLinear weight init: "normal" = complex Glorot, each part ~ N(0, 1/(fan_in + fan_out));
+#: "uniform" = each part ~ U(-s, s) with s = sqrt(2/(fan_in + fan_out)) (the seed's code).
+LINEAR_INITS = ("normal", "uniform")
+#: RealLinear init: "default" = nn.Linear's (weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)));
+#: "normal" = weight ~ N(0, 0.02), bias 0 (GPT-2's head init).
+HEAD_INITS = ("default", "normal")
 
 
 class ComplexLinear(nn.Module):
     """y = x W^T + b with planar complex ``weight`` (2, out, in) and ``bias`` (2, out).
 
     Forward is one real GEMM on the block form [x_r, x_i] [[W_r, W_i], [-W_i, W_r]]
-    with fp32 accumulation (see :func:`muse.complex.linear`).  Init: complex Glorot
-    (Trabelsi et al. 2018): each part ~ N(0, 1/(fan_in + fan_out)), so
-    E|w|^2 = 2/(fan_in + fan_out); bias 0.
+    with fp32 accumulation (see :func:`muse.complex.linear`).  ``init`` (see
+    :data:`LINEAR_INITS`): "normal" is complex Glorot (Trabelsi et al. 2018), each part
+    ~ N(0, 1/(fan_in + fan_out)), so E|w|^2 = 2/(fan_in + fan_out); "uniform" draws each
+    part from U(-s, s), s = sqrt(2/(fan_in + fan_out)), so E|w|^2 = (4/3)/(fan_in + fan_out).
+    The bias starts at 0.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 dtype: torch.dtype = torch.float16, device=None):
+                 dtype: torch.dtype = torch.float16, device=None, init: str = "normal"):
         super().__init__()
         self.in_features = check_int("in_features", in_features, min_value=1)
         self.out_features = check_int("out_features", out_features, min_value=1)
         check_type("bias", bias, bool, "a bool")
+        self.init = check_choice("init", init, LINEAR_INITS)
         dtype = check_float_dtype("dtype", dtype)
         self.weight = nn.Parameter(torch.empty(2, out_features, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(2, out_features, dtype=dtype, device=device)) if bias else None
@@ -33,8 +43,12 @@ class ComplexLinear(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        std = math.sqrt(1.0 / (self.in_features + self.out_features))
-        w = torch.randn(self.weight.shape, dtype=torch.float32, device=self.weight.device) * std
+        fan = self.in_features + self.out_features
+        w = torch.empty(self.weight.shape, dtype=torch.float32, device=self.weight.device)
+        if self.init == "uniform":
+            w.uniform_(-math.sqrt(2.0 / fan), math.sqrt(2.0 / fan))
+        else:
+            w.normal_(0.0, math.sqrt(1.0 / fan))
         self.weight.copy_(w)
         if self.bias is not None:
             self.bias.zero_()
@@ -53,11 +67,29 @@ class ComplexLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, dtype={self.weight.dtype}")
+                f"bias={self.bias is not None}, dtype={self.weight.dtype}, init={self.init}")
 
 
 class RealLinear(nn.Linear):
-    """``nn.Linear`` whose GEMM follows the policy: fp32 accumulation, one rounding to x.dtype."""
+    """``nn.Linear`` whose GEMM follows the policy: fp32 accumulation, one rounding to x.dtype.
+
+    ``init`` (see :data:`HEAD_INITS`): "default" keeps nn.Linear's init, "normal" draws the
+    weight from N(0, 0.02) and zeroes the bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype=None, init: str = "default"):
+        self.init = check_choice("init", init, HEAD_INITS)  # read by reset_parameters below
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.init == "default":
+            super().reset_parameters()
+            return
+        self.weight.copy_(torch.randn(self.weight.shape, device=self.weight.device) * 0.02)
+        if self.bias is not None:
+            self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):

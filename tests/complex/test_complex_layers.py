@@ -222,3 +222,25 @@ def test_embedding_rotation_without_position():
     ids = torch.tensor([[4]])
     e = C.embedding(ids, w, None, math.pi / 2)
     torch.testing.assert_close(native(e), 1j * native(w)[ids])
+
+
+def test_dropout_independent_mode_masks_parts_separately():
+    z = C.add(_z(400, 100, dtype=torch.float64), 3.0 + 3.0j)  # no zero parts
+    p = 0.5
+    y = C.dropout(z, p, training=True, generator=torch.Generator().manual_seed(0), mode="independent")
+    dr, di = y.real == 0, y.imag == 0
+    n = dr.numel()
+    sd = (0.25 / n) ** 0.5
+    assert abs(dr.double().mean().item() - p) < 5 * sd and abs(di.double().mean().item() - p) < 5 * sd
+    both = (dr & di).double().mean().item()  # independent masks: p**2; one shared mask: p
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / n) ** 0.5, both
+    torch.testing.assert_close(y.real[~dr], z.real[~dr] / (1 - p))
+    torch.testing.assert_close(y.imag[~di], z.imag[~di] / (1 - p))
+
+
+def test_dropout_mode_is_checked():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        C.dropout(_z(3), 0.5, mode="per-part")
+    with pytest.raises(TypeError, match="mode"):
+        C.dropout(_z(3), 0.5, mode=None)
+    assert C.DROPOUT_MODES == ("shared", "independent")

@@ -1,5 +1,7 @@
 """Stage 1 model: exact parameter count, forward/diagnostics/statistics, planar activations,
-backward, config validation, factory signature and the model registry."""
+backward, config validation, factory signature and the model registry.  What the seed's code
+does at initialisation (init, frozen table, dropout masks) is pinned in
+``tests/models/test_stage1_seed_fidelity.py``."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import muse.complex as C
 from muse.complex import ComplexTensor
 from muse.models import (
     MODELS,
-    Phase3Stage1Block,
-    Phase3Stage1Config,
-    Phase3Stage1Model,
+    Stage1Block,
+    Stage1Config,
+    Stage1Model,
     build_model,
     create_phase3_stage1_model,
     make_config,
@@ -28,20 +30,20 @@ from muse.models.stage1 import PRESETS, expected_parameter_count
 SEED_COUNT = 80_937_553
 
 
-def _tiny(seed: int = 0, **overrides) -> Phase3Stage1Model:
+def _tiny(seed: int = 0, **overrides) -> Stage1Model:
     torch.manual_seed(seed)
     return build_model("stage1", "tiny", **overrides)
 
 
-def _ids(model: Phase3Stage1Model, batch: int = 2, seq: int = 16, seed: int = 0) -> torch.Tensor:
+def _ids(model: Stage1Model, batch: int = 2, seq: int = 16, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
 
 
 # ------------------------------------------------------------------ parameter count
 def test_seed_model_has_exactly_80937553_parameters():
-    config = Phase3Stage1Config(vocab_size=50257, d_model=512, n_layers=6, max_seq_len=1024)
-    model = Phase3Stage1Model(config, device="meta")
+    config = Stage1Config(vocab_size=50257, d_model=512, n_layers=6, max_seq_len=1024)
+    model = Stage1Model(config, device="meta")
     assert model.num_parameters() == SEED_COUNT
     assert sum(p.numel() for p in model.parameters()) == SEED_COUNT
     assert expected_parameter_count(config) == SEED_COUNT
@@ -49,10 +51,12 @@ def test_seed_model_has_exactly_80937553_parameters():
     assert model.embedding.position.weight.numel() == 1024 * 512
 
 
-def test_factory_defaults_give_the_seed_count():
-    model = create_phase3_stage1_model(device="meta")
+def test_factory_gives_the_seed_count_at_the_reports_max_seq_len():
+    model = create_phase3_stage1_model(max_seq_len=1024, device="meta")
     assert model.num_parameters() == SEED_COUNT
     assert model.embedding.weight.device.type == "meta"
+    # the seed factory's own default is 2048 positions: 1024 x 512 more (frozen) parameters
+    assert create_phase3_stage1_model(device="meta").num_parameters() == SEED_COUNT + 1024 * 512
 
 
 @pytest.mark.parametrize("overrides", [
@@ -60,14 +64,14 @@ def test_factory_defaults_give_the_seed_count():
 ])
 def test_expected_parameter_count_matches_module_tree(overrides):
     config = make_config("stage1", "tiny", **overrides)
-    model = Phase3Stage1Model(config, device="meta")
+    model = Stage1Model(config, device="meta")
     assert model.num_parameters() == expected_parameter_count(config)
 
 
 def test_parameter_dtypes_follow_use_complex32():
-    assert {p.dtype for p in Phase3Stage1Model(make_config("stage1"), device="meta").parameters()} == {torch.float16}
+    assert {p.dtype for p in Stage1Model(make_config("stage1"), device="meta").parameters()} == {torch.float16}
     cfg = make_config("stage1", use_complex32=False)
-    assert {p.dtype for p in Phase3Stage1Model(cfg, device="meta").parameters()} == {torch.float32}
+    assert {p.dtype for p in Stage1Model(cfg, device="meta").parameters()} == {torch.float32}
 
 
 # ------------------------------------------------------------------ forward
@@ -230,7 +234,10 @@ def test_backward_gives_finite_bounded_gradients_for_every_parameter():
     loss.backward()
     names = [n for n, _ in model.named_parameters()]
     assert "embedding.position.weight" in names
+    assert not model.embedding.position.weight.requires_grad and model.embedding.position.weight.grad is None
     for name, p in model.named_parameters():
+        if name == "embedding.position.weight":
+            continue
         assert p.grad is not None, f"{name}: no gradient"
         assert p.grad.dtype == p.dtype and p.grad.shape == p.shape
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient"
@@ -239,7 +246,7 @@ def test_backward_gives_finite_bounded_gradients_for_every_parameter():
 
 
 def test_fp64_block_gradients_equal_complex128_reference():
-    block = Phase3Stage1Block(6, dropout=0.0, dtype=torch.float64)
+    block = Stage1Block(6, dropout=0.0, dtype=torch.float64)
     with torch.no_grad():
         block.activation.bias.fill_(-0.1)
         block.norm1.weight.uniform_(0.5, 1.5)
@@ -271,7 +278,7 @@ def test_fp64_block_gradients_equal_complex128_reference():
 
 # ------------------------------------------------------------------ block
 def test_block_forward():
-    block = Phase3Stage1Block(8).eval()
+    block = Stage1Block(8).eval()
     z = C.randn(2, 5, 8)
     y = block(z)
     assert isinstance(y, ComplexTensor) and y.shape == (2, 5, 8) and y.dtype == torch.float16 and y.is_planar()
@@ -280,13 +287,15 @@ def test_block_forward():
 
 # ------------------------------------------------------------------ config
 def test_config_defaults_are_the_seed():
-    c = Phase3Stage1Config()
+    c = Stage1Config()
     assert (c.vocab_size, c.d_model, c.n_layers, c.max_seq_len) == (50257, 512, 6, 1024)
     assert c.use_complex32 is True and c.dropout == 0.1 and c.dtype == torch.float16
-    assert Phase3Stage1Config(use_complex32=False).dtype == torch.float32
+    assert (c.trainable_positions, c.embedding_init, c.linear_init, c.head_init, c.dropout_mode) == (
+        False, "zeta", "uniform", "default", "independent")
+    assert Stage1Config(use_complex32=False).dtype == torch.float32
     d = c.to_dict()
-    assert d["d_model"] == 512 and set(d) == {f.name for f in dataclasses.fields(Phase3Stage1Config)}
-    assert Phase3Stage1Config(**d) == c
+    assert d["d_model"] == 512 and set(d) == {f.name for f in dataclasses.fields(Stage1Config)}
+    assert Stage1Config(**d) == c
 
 
 @pytest.mark.parametrize("field, value, exc", [
@@ -295,26 +304,29 @@ def test_config_defaults_are_the_seed():
     ("dropout", -0.1, ValueError), ("layer_norm_eps", 0.0, ValueError), ("zeta_scale", float("nan"), ValueError),
     ("d_model", True, TypeError), ("n_layers", 2.0, TypeError), ("vocab_size", "100", TypeError),
     ("use_complex32", 1, TypeError), ("dropout", "0.1", TypeError), ("initial_phase", True, TypeError),
+    ("trainable_positions", 1, TypeError), ("embedding_init", "xavier", ValueError),
+    ("embedding_init", None, TypeError), ("linear_init", "glorot", ValueError), ("head_init", "zero", ValueError),
+    ("head_init", 0.02, TypeError), ("dropout_mode", "per-part", ValueError), ("dropout_mode", True, TypeError),
 ])
 def test_config_validation(field, value, exc):
     with pytest.raises(exc, match=field):
-        Phase3Stage1Config(**{field: value})
+        Stage1Config(**{field: value})
 
 
 def test_model_config_overrides():
-    m = Phase3Stage1Model(make_config("stage1", vocab_size=10), device="meta", d_model=16)
+    m = Stage1Model(make_config("stage1", vocab_size=10), device="meta", d_model=16)
     assert m.config.d_model == 16 and m.config.vocab_size == 10 and m.max_seq_len == 128
-    m2 = Phase3Stage1Model(None, device="meta", vocab_size=11, d_model=8, n_layers=1, max_seq_len=4)
+    m2 = Stage1Model(None, device="meta", vocab_size=11, d_model=8, n_layers=1, max_seq_len=4)
     assert m2.config.vocab_size == 11 and len(m2.blocks) == 1
     with pytest.raises(ValueError, match="d_model"):
-        Phase3Stage1Model(make_config("stage1"), device="meta", d_model=-1)
+        Stage1Model(make_config("stage1"), device="meta", d_model=-1)
     with pytest.raises(TypeError, match="config"):
-        Phase3Stage1Model({"d_model": 8})
+        Stage1Model({"d_model": 8})
 
 
 def test_create_phase3_stage1_model_signature():
     sig = inspect.signature(create_phase3_stage1_model)
-    want = dict(vocab_size=50257, d_model=512, n_layers=6, max_seq_len=1024, use_complex32=True,
+    want = dict(vocab_size=50257, d_model=512, n_layers=6, max_seq_len=2048, use_complex32=True,
                 dropout=0.1, zeta_scale=1.0, device=None)
     params = sig.parameters
     assert list(params)[: len(want)] == list(want)
@@ -323,7 +335,7 @@ def test_create_phase3_stage1_model_signature():
     assert params["extra"].kind is inspect.Parameter.VAR_KEYWORD
     m = create_phase3_stage1_model(vocab_size=20, d_model=8, n_layers=1, max_seq_len=4, dropout=0.0,
                                    initial_phase=0.5, device="meta")
-    assert isinstance(m, Phase3Stage1Model) and m.config.initial_phase == 0.5 and m.config.dropout == 0.0
+    assert isinstance(m, Stage1Model) and m.config.initial_phase == 0.5 and m.config.dropout == 0.0
 
 
 # ------------------------------------------------------------------ registry
@@ -331,7 +343,7 @@ def test_registry_names_and_presets():
     names = model_names()
     assert "stage1" in names and names == sorted(MODELS) and names == sorted(names)
     assert set(PRESETS) >= {"tiny", "small", "seed"}
-    assert make_config("stage1", "seed") == Phase3Stage1Config()
+    assert make_config("stage1", "seed") == Stage1Config()
     tiny = make_config("stage1")
     assert (tiny.d_model, tiny.n_layers, tiny.max_seq_len) == (64, 2, 128)
     assert make_config("stage1", "small", dropout=0.0).dropout == 0.0
@@ -339,7 +351,7 @@ def test_registry_names_and_presets():
 
 def test_build_model_applies_preset_and_overrides():
     m = build_model("stage1", "tiny", device="meta", vocab_size=33)
-    assert isinstance(m, Phase3Stage1Model)
+    assert isinstance(m, Stage1Model)
     assert m.config.vocab_size == 33 and m.config.d_model == 64 and m.lm_head.weight.device.type == "meta"
 
 

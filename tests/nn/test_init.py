@@ -288,3 +288,22 @@ def test_complex_linear_after_zeta_init_still_works():
     x = C.randn(2, 4, dtype=torch.float64)
     y = m(x)
     assert isinstance(y, ComplexTensor) and y.shape == (2, 4)
+
+
+def test_zeta_embedding_frozen_parameter():
+    e = ZetaEmbedding(16, 8, as_parameter=True)
+    params = dict(e.named_parameters())
+    assert set(params) == {"weight"} and not params["weight"].requires_grad
+    assert "weight" in e.state_dict() and "trainable=False, parameter" in repr(e)
+    torch.testing.assert_close(e.weight.detach(), zeta_position_table(16, 8).float())
+    with pytest.raises(ValueError, match="as_parameter"):
+        ZetaEmbedding(4, 4, trainable=True, as_parameter=False)
+    with pytest.raises(TypeError, match="as_parameter"):
+        ZetaEmbedding(4, 4, as_parameter=1)
+
+
+def test_zeta_position_table_start_offset():
+    full = zeta_position_table(40, 6, 0.5)
+    torch.testing.assert_close(zeta_position_table(15, 6, 0.5, start=25), full[25:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="start"):
+        zeta_position_table(4, 4, start=-1)

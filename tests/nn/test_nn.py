@@ -238,3 +238,77 @@ def test_real_linear_is_an_nn_linear_and_backprops():
 @pytest.mark.parametrize("module", [ComplexLinear(3, 3), ModReLU(3), ComplexLayerNorm(3)])
 def test_modules_produce_planar_outputs(module):
     assert module(_z(2, 3)).is_planar()
+
+
+# ------------------------------------------------------------------ init choices and dropout modes
+def test_complex_linear_uniform_init_statistics():
+    torch.manual_seed(0)
+    m = ComplexLinear(256, 256, init="uniform", dtype=torch.float32)
+    s = math.sqrt(2.0 / 512)
+    w = m.weight.detach()
+    assert w.abs().max().item() <= s and w.abs().max().item() > 0.99 * s
+    for part in (w[0], w[1]):  # U(-s, s): mean 0, variance s^2 / 3
+        assert abs(part.mean().item()) < 0.01 * s
+        assert abs(part.var().item() / (s * s / 3) - 1) < 0.02
+    assert not m.bias.any() and "init=uniform" in repr(m)
+
+
+def test_complex_linear_normal_init_statistics():
+    torch.manual_seed(0)
+    w = ComplexLinear(256, 256, dtype=torch.float32).weight.detach()
+    assert abs(w.std().item() / math.sqrt(1.0 / 512) - 1) < 0.02
+    assert w.abs().max().item() > math.sqrt(2.0 / 512)  # Gaussian tails pass the uniform bound
+
+
+def test_real_linear_init_choices():
+    torch.manual_seed(0)
+    d = RealLinear(512, 2000)
+    bound = 1 / math.sqrt(512)
+    for t in (d.weight, d.bias):  # nn.Linear's default: U(-1/sqrt(in), 1/sqrt(in))
+        assert t.abs().max().item() <= bound and abs(t.var().item() / (bound**2 / 3) - 1) < 0.05
+    n = RealLinear(512, 2000, init="normal")
+    assert abs(n.weight.std().item() / 0.02 - 1) < 0.01 and not n.bias.any()
+    n.reset_parameters()
+    assert not n.bias.any()
+    with pytest.raises(ValueError, match="init must be one of"):
+        RealLinear(2, 2, init="zeros")
+
+
+def test_complex_dropout_independent_module():
+    m = ComplexDropout(0.5, mode="independent")
+    assert "mode=independent" in repr(m)
+    x = C.add(_z(128, 128), 4.0 + 4.0j)
+    torch.manual_seed(0)
+    y = m(x)
+    both = ((y.real == 0) & (y.imag == 0)).float().mean().item()
+    assert 0.23 < both < 0.27 and not torch.equal(y.real == 0, y.imag == 0)
+    with pytest.raises(ValueError, match="mode"):
+        ComplexDropout(0.1, mode="one")
+
+
+def test_complex_embedding_zeta_init_and_frozen_positions():
+    e = _emb(vocab_size=300, d_model=12, zeta_scale=2.0, init="zeta", trainable_positions=False,
+             dropout_mode="independent", dtype=torch.float64)
+    pattern = zeta_position_table(300, 12)
+    torch.testing.assert_close(e.weight[0].detach(), 2.0 * pattern, rtol=0, atol=0)
+    torch.testing.assert_close(e.weight[1].detach(), 1.0 * pattern, rtol=0, atol=0)
+    assert isinstance(e.position.weight, nn.Parameter) and not e.position.weight.requires_grad
+    assert set(dict(e.named_parameters())) == {"weight", "position.weight"}
+    C.abs2(e(torch.tensor([[1, 2]]))).sum().backward()
+    assert e.weight.grad is not None and e.position.weight.grad is None
+    assert "init=zeta" in repr(e) and "dropout_mode=independent" in repr(e)
+
+
+def test_complex_embedding_zeta_init_is_chunk_independent():
+    """The table is built in row blocks; a vocab spanning several blocks equals the one-piece formula."""
+    e = ComplexEmbedding(9000, 4, 8, dropout=0.0, init="zeta", dtype=torch.float64)
+    torch.testing.assert_close(e.weight[0].detach(), zeta_position_table(9000, 4), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kw, exc", [
+    (dict(init="uniform"), ValueError), (dict(dropout_mode="whole"), ValueError),
+    (dict(trainable_positions="no"), TypeError),
+])
+def test_complex_embedding_choice_errors(kw, exc):
+    with pytest.raises(exc, match=next(iter(kw))):
+        _emb(**kw)
