@@ -318,8 +318,12 @@ class Phase2Model(LanguageModel):
         return self.embedding_dropout(x)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                return_diagnostics: bool = False):
-        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
+                return_diagnostics: bool = False, return_hidden: bool = False):
+        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics.
+
+        ``return_hidden=True`` returns the (B, S, d) input of ``lm_head`` instead (for
+        :func:`muse.train.loss.model_loss`, which never forms the full logits).
+        """
         diag: dict[str, dict] = {}
         self._count_forward()
         x = self._embed(input_ids, positions)
@@ -333,6 +337,8 @@ class Phase2Model(LanguageModel):
             if return_diagnostics:
                 diag[f"layer_{i}"] = {**_stats(x), **stats}
         x = self.final_norm(x)
+        if return_hidden:
+            return x
         logits = self.lm_head(x)  # (B, S, vocab)
         self._count_nonfinite(-1, logits)
         if not return_diagnostics:

@@ -126,8 +126,12 @@ class Phase3Stage1Model(LanguageModel):
             self.lm_head.bias.zero_()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                return_diagnostics: bool = False):
-        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics."""
+                return_diagnostics: bool = False, return_hidden: bool = False):
+        """Logits (B, S, vocab); with ``return_diagnostics`` also a dict of per-layer statistics.
+
+        ``return_hidden=True`` returns the (B, S, d) input of ``lm_head`` instead (for
+        :func:`muse.train.loss.model_loss`, which never forms the full logits).
+        """
         diag: dict[str, dict] = {}
         self._count_forward()
         z = self.embedding(input_ids, positions)
@@ -140,6 +144,8 @@ class Phase3Stage1Model(LanguageModel):
             if return_diagnostics:
                 diag[f"layer_{i}"] = _stats(z)
         z = self.final_norm(z)
+        if return_hidden:
+            return z.real
         logits = self.lm_head(z.real)
         self._count_nonfinite(-1, logits)
         if not return_diagnostics:
