@@ -8,7 +8,10 @@ Tensors that existed before (parameters, buffers, inputs) are added with :meth:`
 
 It counts what ``torch.cuda.max_memory_allocated`` counts except the allocator's
 rounding (512-byte blocks), library workspaces (cuBLAS) and temporaries allocated inside
-one kernel; on CUDA the runner reports both and their ratio.
+one op: a dispatch mode sees an op's outputs, not what runs inside it, so an opaque op
+(e.g. torch's ``linear_cross_entropy`` custom op, whose chunk logits are internal) is
+undercounted. The benchmark therefore measures the fused loss on the chunked path, whose
+every tensor is an op output. On CUDA the runner reports both measures and their ratio.
 """
 
 from __future__ import annotations

@@ -80,13 +80,13 @@ def loss_path(dtype: torch.dtype, impl: str = "auto") -> str:
     return "torch-native" if has_native() and dtype in (torch.float32, torch.float64) else "chunked"
 
 
-def auto_chunk_size(vocab_size: int, n_tokens: int, gemm_dtype: torch.dtype = torch.float32,
+def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.float32,
                     budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
-    """Tokens per chunk so that one chunk's fp32 logits (+ a GEMM-dtype copy) fit ``budget_bytes``.
+    """Tokens per chunk so that one chunk's fp32 logits (+ their fp16 copy for 16-bit ``dtype``) fit the budget.
 
     A multiple of 8 (tensor-core friendly) when at least 8, and never more than ``n_tokens``.
     """
-    per_token = vocab_size * (4 + (torch.finfo(gemm_dtype).bits // 8 if gemm_dtype != torch.float32 else 0))
+    per_token = vocab_size * (4 + (2 if torch.finfo(dtype).bits == 16 else 0))
     chunk = max(1, budget_bytes // per_token)
     if chunk >= 8:
         chunk -= chunk % 8
@@ -208,15 +208,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     path = loss_path(hidden.dtype, impl)
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
-    if path == "torch-native":
-        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size,
-                                                     chunking_method=None if chunk_size else "auto")
-        loss = F.linear_cross_entropy(h, weight, t, linear_bias=bias, reduction=reduction,
-                                      ignore_index=ignore_index, options=options)
-        return loss if loss.dtype == torch.float64 else loss.float()
     if chunk_size is None:
-        chunk_size = auto_chunk_size(weight.shape[0], max(h.shape[0], 1),
-                                     _policy.gemm_dtype(hidden.dtype, hidden.device))
+        chunk_size = auto_chunk_size(weight.shape[0], max(h.shape[0], 1), hidden.dtype)
+    if path == "torch-native":  # our chunk size: its own CPU heuristic picked 1-row chunks (docs/training.md)
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size, chunking_method=None)
+        with torch.autocast(hidden.device.type, enabled=False):
+            loss = F.linear_cross_entropy(h, weight, t, linear_bias=bias, reduction=reduction,
+                                          ignore_index=ignore_index, options=options)
+        return loss if loss.dtype == torch.float64 else loss.float()
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)

@@ -171,6 +171,7 @@ def test_peak_is_one_chunk_of_logits_not_all_of_them():
 
 def test_auto_chunk_size_fits_the_budget():
     assert auto_chunk_size(50257, 8192, torch.float16, 64 * 2**20) == 216  # 64 MiB / (6 B x 50257) = 222
+    assert auto_chunk_size(50257, 8192, torch.float32, 64 * 2**20) == 328  # 64 MiB / (4 B x 50257) = 333
     assert auto_chunk_size(50257, 100, torch.float32) == 100
     assert auto_chunk_size(10**9, 10) == 1
 
