@@ -1,8 +1,8 @@
 """Measurements shared by the runners: peak memory, throughput, stability trials, layout.
 
-Every function measures; none returns a default when it cannot. Memory is measured on
-CUDA only (``torch.cuda.max_memory_allocated``); on other devices the result says
-``None`` and the caller must report "not measured".
+Every function measures; none returns a default when it cannot. Memory is the peak of
+live tensor bytes (:mod:`benchmarks.memory`) on every device and, on CUDA, also
+``torch.cuda.max_memory_allocated``; each result names the measure it reports.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 import muse.complex as C
+from benchmarks.memory import LiveTensorBytes
 from muse._checks import check_int
-from muse.train.loss import lm_loss
+from muse.train.loss import linear_cross_entropy, lm_loss, loss_path, model_loss
 
 
 def _random_batch(vocab: int, batch: int, seq: int, device: torch.device, gen: torch.Generator):
@@ -29,34 +30,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0) -> dict | None:
-    """Peak allocated bytes over one forward + fp32 cross-entropy + backward (CUDA only).
+LOSSES = ("fused", "full")
 
-    ``peak_bytes`` counts everything allocated at the peak (parameters, gradients,
-    activations, logits); ``peak_minus_params_bytes`` subtracts what was allocated before
-    the forward (parameters and buffers).
+
+def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str, impl: str) -> torch.Tensor:
+    """The LM loss: ``"fused"`` never forms the full logits, ``"full"`` is cross-entropy on ``model(ids)``."""
+    if loss == "fused":
+        return model_loss(model, inputs, targets, impl=impl)
+    return lm_loss(model(inputs), targets)
+
+
+def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0,
+                loss: str = "fused", impl: str = "auto") -> dict:
+    """Peak bytes over one forward + LM loss + backward, with the measure that exists here.
+
+    Always: ``tracked_peak_bytes``, the peak of live tensor bytes (:class:`LiveTensorBytes`,
+    any device). On CUDA also ``cuda_peak_bytes`` (``torch.cuda.max_memory_allocated`` over
+    the same run) and ``agreement`` = tracked / cuda. ``peak_bytes`` is the CUDA figure where
+    it exists, else the tracked one; ``measure`` names it. Everything alive before the forward
+    (parameters, buffers, inputs) is included; ``before_bytes`` is that part.
     """
-    if device.type != "cuda":
-        return None
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     gen = torch.Generator().manual_seed(seed)
     inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
     model.zero_grad(set_to_none=True)
     model.train()
-    _sync(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    lm_loss(model(inputs), targets).backward()
-    _sync(device)
-    peak = torch.cuda.max_memory_allocated(device)
+    path = loss_path(model.lm_head.weight.dtype, impl) if loss == "fused" else "full logits + fp32 cross-entropy"
+    cuda = device.type == "cuda"
+    if cuda:
+        _sync(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_before = torch.cuda.memory_allocated(device)
+    with LiveTensorBytes() as tracker:
+        tracker.track([*model.parameters(), *model.buffers(), inputs, targets])
+        tracked_before = tracker.current
+        _loss(model, inputs, targets, loss, impl).backward()
+        _sync(device)
+    result = {"loss": loss, "loss_path": path, "batch": batch, "seq": seq,
+              "tracked_peak_bytes": tracker.peak, "tracked_before_bytes": tracked_before,
+              "cuda_peak_bytes": None, "cuda_before_bytes": None, "agreement": None}
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        result.update(cuda_peak_bytes=peak, cuda_before_bytes=cuda_before, agreement=tracker.peak / peak,
+                      peak_bytes=peak, before_bytes=cuda_before, measure="torch.cuda.max_memory_allocated")
+    else:
+        result.update(peak_bytes=tracker.peak, before_bytes=tracked_before, measure="live tensor bytes")
+    result["peak_minus_before_bytes"] = result["peak_bytes"] - result["before_bytes"]
     model.zero_grad(set_to_none=True)
-    return {"peak_bytes": peak, "before_bytes": before, "peak_minus_params_bytes": peak - before,
-            "batch": batch, "seq": seq}
+    return result
 
 
 def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, steps: int = 10,
-               warmup: int = 3, train: bool = True, seed: int = 0) -> dict:
-    """Tokens per second of forward(+backward when ``train``), median over ``steps`` timed runs."""
+               warmup: int = 3, train: bool = True, seed: int = 0, loss: str = "fused",
+               impl: str = "auto") -> dict:
+    """Tokens per second of forward(+loss+backward when ``train``), median over ``steps`` timed runs."""
     steps = check_int("steps", steps, min_value=1)
     gen = torch.Generator().manual_seed(seed)
     inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
@@ -66,7 +95,7 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
         _sync(device)
         t0 = time.perf_counter()
         if train:
-            lm_loss(model(inputs), targets).backward()
+            _loss(model, inputs, targets, loss, impl).backward()
             model.zero_grad(set_to_none=True)
         else:
             with torch.no_grad():
@@ -76,15 +105,17 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {"tokens_per_second": batch * seq / med, "median_seconds": med, "steps": steps,
-            "batch": batch, "seq": seq, "mode": "train (fwd+bwd)" if train else "inference"}
+            "batch": batch, "seq": seq, "mode": "train (fwd+bwd)" if train else "inference",
+            "loss": loss if train else None}
 
 
 def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device: torch.device,
                      grad_range: tuple[float, float] = (1e-6, 1e3), seed: int = 0) -> dict:
     """Forward + backward on ``trials`` random inputs: non-finite rate and gradient-norm range.
 
-    A trial is non-finite when the logits or the loss hold NaN/Inf. Every parameter's
-    gradient norm is checked in every trial; the extremes and offenders are returned.
+    The loss is :func:`muse.train.loss.model_loss` (the training loss). A trial is
+    non-finite when the head's input, the loss or any gradient holds NaN/Inf. Every
+    parameter's gradient norm is checked in every trial; the extremes and offenders are returned.
     """
     trials = check_int("trials", trials, min_value=1)
     gen = torch.Generator().manual_seed(seed)
@@ -94,19 +125,20 @@ def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device
     for t in range(trials):
         inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
         model.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = lm_loss(logits, targets)
+        hidden = model(inputs, return_hidden=True)
+        loss = linear_cross_entropy(hidden, model.lm_head.weight, targets, model.lm_head.bias)
         loss.backward()
-        if not (torch.isfinite(logits).all() and torch.isfinite(loss)):
-            nonfinite += 1
+        finite = bool(torch.isfinite(hidden).all()) and bool(torch.isfinite(loss))
         for name, p in model.named_parameters():
             if not p.requires_grad:  # a frozen table (the Stage 1 position table) has no gradient
                 continue
             g = math.inf if p.grad is None else float(p.grad.float().norm())
+            finite &= math.isfinite(g)
             if not math.isfinite(g) or not lo <= g <= hi:
                 offenders.setdefault(name, []).append((t, g))
             if math.isfinite(g):
                 gmin, gmax = min(gmin, g), max(gmax, g)
+        nonfinite += int(not finite)
     model.zero_grad(set_to_none=True)
     return {"trials": trials, "nonfinite_trials": nonfinite, "nonfinite_rate": nonfinite / trials,
             "grad_norm_min": gmin, "grad_norm_max": gmax, "grad_range": list(grad_range),

@@ -6,8 +6,11 @@ Steps, all in one process so that ratios are measured side by side:
    schedule and seed (``muse.train.Trainer``), each evaluated on the whole eval split.
 2. The unigram perplexity of the training text on the eval split: a model that does not
    beat it is reported as not trained.
-3. With one model at a time on the device: peak memory of forward + fp32 cross-entropy +
-   backward (CUDA only), training and inference throughput.
+3. With one model at a time on the device: peak memory of forward + LM loss + backward
+   with the fused loss (``muse.train.loss``, the criterion) and with full logits
+   (informational), measured as live tensor bytes everywhere and also by
+   ``torch.cuda.max_memory_allocated`` on CUDA; training throughput with both losses and
+   inference throughput.
 4. Stage 1: non-finite rate and gradient norms over random-input trials; the planar check
    of every complex activation.
 5. ``benchmarks.criteria`` turns the numbers into pass / fail / not_measured; the report
@@ -31,6 +34,7 @@ from benchmarks import criteria as crit
 from benchmarks import measure
 from muse._checks import check_int, check_type
 from muse._io import atomic_write_text, check_output_dir, write_report_json
+from muse.train.loss import loss_path
 from muse.train.runlog import environment
 
 MODELS = ("phase2", "stage1")
@@ -66,6 +70,7 @@ class Stage1BenchConfig:
     trials: int = 100
     trial_batch: int = 2
     trial_seq: int = 128
+    loss_impl: str = "chunked"  # the fused loss for memory/throughput: the same, tracker-visible path for both models
     seed: int = 1337
     out: str | None = None
     progress: bool = False
@@ -76,6 +81,7 @@ class Stage1BenchConfig:
         for name in ("batch_size", "memory_batch", "throughput_batch", "throughput_steps", "trials",
                      "trial_batch", "trial_seq"):
             check_int(name, getattr(self, name), min_value=1)
+        loss_path(torch.float32, self.loss_impl)  # ValueError for an unknown or unavailable impl
 
 
 def _train_config(cfg: Stage1BenchConfig, model: str, out: Path):
@@ -145,9 +151,15 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     for name in MODELS:
         model = models[name].to(dev)
         per_model[name] = {
-            "memory": measure.peak_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed),
+            "memory": measure.peak_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed, "fused",
+                                          cfg.loss_impl),
+            "memory_full_logits": measure.peak_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed, "full"),
             "train_throughput": measure.throughput(model, cfg.throughput_batch, seq, dev, cfg.throughput_steps,
-                                                   train=True, seed=cfg.seed),
+                                                   train=True, seed=cfg.seed, loss="fused",
+                                                   impl=cfg.loss_impl),
+            "train_throughput_full_logits": measure.throughput(model, cfg.throughput_batch, seq, dev,
+                                                               cfg.throughput_steps, train=True, seed=cfg.seed,
+                                                               loss="full"),
             "inference_throughput": measure.throughput(model, cfg.throughput_batch, seq, dev,
                                                        cfg.throughput_steps, train=False, seed=cfg.seed),
         }
@@ -170,12 +182,13 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
 def judge(runs: dict, per_model: dict, unigram: float | None, device_type: str) -> list[crit.Criterion]:
     """The Stage 1 criteria from the measured numbers (a NaN counts as not measured or failed)."""
     s1, p2 = per_model["stage1"], per_model["phase2"]
-    mem_note = "" if device_type == "cuda" else f"device is {device_type}: peak memory is measured on CUDA only"
+    mem_note = (f"fused loss ({s1['memory']['loss_path']} / {p2['memory']['loss_path']}); "
+                f"measure: {s1['memory']['measure']}")
     return [
         crit.trained("Phase 2", runs["phase2"], unigram),
         crit.trained("Stage 1", runs["stage1"], unigram),
         crit.perplexity(runs["stage1"]["eval_ppl"], runs["phase2"]["eval_ppl"]),
-        crit.vram(*(None if m["memory"] is None else m["memory"]["peak_bytes"] for m in (s1, p2)), note=mem_note),
+        crit.vram(s1["memory"]["peak_bytes"], p2["memory"]["peak_bytes"], s1["memory"]["measure"], mem_note),
         crit.nan_rate(s1["trials"]),
         crit.gradient_norms(s1["trials"]),
         crit.planar(s1["layout"]),
@@ -208,8 +221,18 @@ def write_report(report: dict, out: str | Path) -> dict:
     return written
 
 
-def _mib(m: dict | None) -> str:
-    return "not measured" if m is None else f"{m['peak_bytes'] / 2**20:,.1f} MiB"
+def _mib(m: dict) -> str:
+    return f"{m['peak_bytes'] / 2**20:,.1f} MiB"
+
+
+def _measure(meas: dict) -> str:
+    return meas["stage1"]["memory"]["measure"]
+
+
+def _agreement(m: dict) -> str:
+    if m["memory"]["agreement"] is None:
+        return "n/a (no CUDA)"
+    return f"{m['memory']['agreement']:.3f}, {m['memory_full_logits']['agreement']:.3f}"
 
 
 def format_markdown(report: dict) -> str:
@@ -238,9 +261,13 @@ def format_markdown(report: dict) -> str:
         ("eval PPL", lambda n: _fmt(runs[n]["eval_ppl"], ".2f")),
         ("eval tokens scored", lambda n: _fmt(runs[n]["eval_tokens_scored"], ",")),
         ("skipped steps", lambda n: str(runs[n]["skipped_steps"])),
-        ("peak memory fwd+bwd", lambda n: _mib(meas[n]["memory"])),
-        ("train tok/s", lambda n: _fmt(meas[n]["train_throughput"]["tokens_per_second"], ",.0f")),
-        ("inference tok/s", lambda n: _fmt(meas[n]["inference_throughput"]["tokens_per_second"], ",.0f")),
+        (f"peak memory fwd+loss+bwd, fused loss ({_measure(meas)})", lambda n: _mib(meas[n]["memory"])),
+        ("fused loss path", lambda n: meas[n]["memory"]["loss_path"]),
+        ("peak memory, full logits (informational)", lambda n: _mib(meas[n]["memory_full_logits"])),
+        ("live tensor bytes / cuda.max_memory_allocated (fused, full)", lambda n: _agreement(meas[n])),
+        ("train tok/s, fused loss", lambda n: f"{meas[n]['train_throughput']['tokens_per_second']:,.0f}"),
+        ("train tok/s, full logits", lambda n: f"{meas[n]['train_throughput_full_logits']['tokens_per_second']:,.0f}"),
+        ("inference tok/s", lambda n: f"{meas[n]['inference_throughput']['tokens_per_second']:,.0f}"),
     ]
     for label, fn in rows:
         lines.append(f"| {label} | {fn('phase2')} | {fn('stage1')} |")

@@ -65,9 +65,10 @@ def in_ulps(abs_bound: np.ndarray, exact_hi: np.ndarray) -> np.ndarray:
 #   cuda: CUDA C++ Programming Guide, "Mathematical Functions", maximum ulp error vs the
 #        correctly rounded result: expf 2, sinf 2, cosf 2, atan2f 3, rsqrtf 2; sqrtf and
 #        x/y 0 (PyTorch builds without -use_fast_math); +0.5 to compare with the exact value.
+#   log (linear cross-entropy): SLEEF u10 / glibc logf 1 ulp on cpu; CUDA logf 1 ulp (+0.5).
 LIBM_ULPS = {
-    "cpu": {"exp": 1.0, "sin": 1.0, "cos": 1.0, "atan2": 2.0},
-    "cuda": {"exp": 2.5, "sin": 2.5, "cos": 2.5, "atan2": 3.5},
+    "cpu": {"exp": 1.0, "sin": 1.0, "cos": 1.0, "atan2": 2.0, "log": 1.0},
+    "cuda": {"exp": 2.5, "sin": 2.5, "cos": 2.5, "atan2": 3.5, "log": 1.5},
 }
 # Relative error of rsqrt: cpu computes 1 / sqrt(v) (two IEEE roundings); cuda rsqrtf 2.5 ulp.
 RSQRT_REL = {"cpu": 2 * U / (1 - U), "cuda": 2.5 * 2 * U}
@@ -235,7 +236,91 @@ def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndar
     return e_re, e_im
 
 
+def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, targets: np.ndarray,
+                             scored: np.ndarray, x: np.ndarray, p: np.ndarray, loss_tok: np.ndarray,
+                             storage, scale: float, fp16_gemm: bool, chunk: int,
+                             device="cpu") -> dict[str, np.ndarray]:
+    """|computed - exact| bounds for linear_cross_entropy's loss and its three gradients.
+
+    Inputs are the (exactly representable) h (n, d), w (V, d), b (V,) in float64, the
+    targets and scored mask (n,), and the exact logits x, softmax p and per-token losses.
+    ``scale`` is what multiplies the sum-gradients (grad_out, divided by the scored count
+    for a mean). Steps (docs/numerics.md, "Linear cross-entropy"):
+
+    1. logits: GEMM error gamma_m A (A = sum|h w| + |b|), then one rounding to the storage
+       dtype: E = u_s (|x| + gamma_m A) + gamma_m A + eta_s; e_t = max_v E_tv.
+    2. lse in fp32 from max-shifted exps: the shift errs by <= u R (R = logit range), exp
+       by lambda, the sum by gamma_(V-1), log by lambda_log |log S| with log S <= log V:
+       c_t = -log(1 - psi) + lambda_log (log V + psi) + u (|lse| + 2 e_t), psi from the above.
+    3. per token |l^ - l| <= 2 e_t + c_t + u (|l| + 2 e_t + c_t); the fp32 sum of n terms adds
+       gamma_(n-1) sum(|l| + err).
+    4. softmax: |p^ - p| <= rho_t p with rho_t = e^(2 e_t) (1+phi)(1+u)/(1-psi) - 1; the
+       dlogit g = p - onehot adds u |g| (and u16 |g| + eta16 when the GEMMs run in fp16).
+    5. each gradient is a dot product of dlogits with h or w (n or V terms), summed in fp32
+       (gamma_m over the terms, + per-chunk fp16 rounding when the GEMMs run in fp16), then
+       scaled (one rounding) and rounded to the storage dtype (u_s |y| + eta_s).
+    """
+    u = U
+    u_s = 2.0**-11 if storage == np.float16 else 0.0  # fp32 storage: the logits are not re-rounded
+    eta_s = 2.0**-25 if storage == np.float16 else 0.0
+    n, d = h.shape
+    v = w.shape[0]
+    ah, aw = np.abs(h), np.abs(w)
+    bias_abs = np.zeros(v) if b is None else np.abs(b)
+    a = ah @ aw.T + bias_abs  # (n, V)
+    g_m = gamma(gemm_terms(d + 1, device))
+    e_x = u_s * (np.abs(x) + g_m * a) + g_m * a + eta_s  # (n, V)
+    e_t = e_x.max(axis=1)  # (n,)
+    lam, lam_log = libm_rel("exp", device), libm_rel("log", device)
+    big_r = x.max(axis=1) - x.min(axis=1) + 2 * e_t
+    phi = (1 + lam) * np.exp(u * big_r) - 1
+    psi = (1 + phi) * (1 + gamma(max(v - 1, 1))) - 1
+    lse = loss_tok + x[np.arange(n), np.where(scored, targets, 0)]
+    c_t = -np.log1p(-psi) + lam_log * (math.log(v) + psi) + u * (np.abs(lse) + 2 * e_t)
+    e_tok = 2 * e_t + c_t
+    e_tok = e_tok + u * (np.abs(loss_tok) + e_tok)
+    e_tok, l_abs = np.where(scored, e_tok, 0.0), np.where(scored, np.abs(loss_tok), 0.0)
+    e_loss = e_tok.sum() + gamma(max(n - 1, 1)) * (l_abs + e_tok).sum()
+
+    rho = np.exp(2 * e_t) * (1 + phi) * (1 + u) / (1 - psi) - 1  # (n,)
+    g = p.copy()
+    g[np.arange(n), np.where(scored, targets, 0)] -= 1.0
+    g[~scored] = 0.0
+    e_g = rho[:, None] * p + u * (np.abs(g) + rho[:, None] * p)
+    if fp16_gemm:
+        e_g = e_g + 2.0**-11 * (np.abs(g) + e_g) + 2.0**-25
+    e_g[~scored] = 0.0
+    ag = np.abs(g) + e_g
+
+    def dot_err(exact_err, abs_terms, n_terms, n_chunks):
+        err = exact_err + gamma(gemm_terms(n_terms, device) + n_chunks) * abs_terms
+        if fp16_gemm:  # each chunk's product is rounded to fp16 before the fp32 sum
+            err = err + 2.0**-11 * abs_terms * (1 + gamma(gemm_terms(n_terms, device))) + n_chunks * 2.0**-25
+        return err
+
+    n_chunks = math.ceil(n / chunk)
+    raw = {
+        "hidden": (e_g @ aw, ag @ aw, v, 1),
+        "weight": (e_g.T @ ah, ag.T @ ah, n, n_chunks),
+        "bias": (e_g.sum(axis=0), ag.sum(axis=0), n, 0),
+    }
+    grads = {"hidden": g @ w, "weight": g.T @ h, "bias": g.sum(axis=0)}
+    out = {"loss": np.array(e_loss)}
+    for name, (exact_err, abs_terms, n_terms, chunks) in raw.items():
+        if name == "hidden" and fp16_gemm:
+            err = exact_err + gamma(gemm_terms(n_terms, device)) * abs_terms
+            err = err + 2.0**-11 * (np.abs(grads[name]) + err) + 2.0**-25  # fp16 GEMM output
+        elif name == "bias":
+            err = exact_err + gamma(max(n_terms - 1, 1)) * abs_terms
+        else:
+            err = dot_err(exact_err, abs_terms, n_terms, chunks)
+        scaled = abs(scale) * (err * (1 + u) ** 2 + np.abs(grads[name]) * ((1 + u) ** 2 - 1))
+        out[name] = scaled + u_s * (abs(scale) * np.abs(grads[name]) + scaled) + eta_s
+    out["grads"] = grads
+    return out
+
+
 __all__ = [
     "LIBM_ULPS", "RSQRT_REL", "U", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
-    "layer_norm_abs", "libm_rel", "mixed", "modrelu_abs", "one_rounding", "sum_abs", "ulp_bound",
+    "layer_norm_abs", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs", "one_rounding", "sum_abs", "ulp_bound",
 ]

@@ -14,7 +14,7 @@ def register(sub) -> None:
         "and reports each criterion as pass / fail / not_measured. Options left out take the defaults of "
         "benchmarks.stage1.Stage1BenchConfig (CPU quick start: tiny preset, 131,072 tokens per model).",
         epilog="examples:\n"
-        "  muse bench stage1 --preset tiny --train-split valid          # CPU: memory is not measured\n"
+        "  muse bench stage1 --preset tiny --train-split valid          # CPU: memory as live tensor bytes\n"
         "  muse bench stage1 --preset seed --device cuda --tokens 5000000 "
         "--tokens-npy train.npy --eval-tokens-npy test.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,6 +50,9 @@ def register(sub) -> None:
     m.add_argument("--trials", type=int)
     m.add_argument("--trial-batch", type=int)
     m.add_argument("--trial-seq", type=int)
+    m.add_argument("--loss-impl", choices=["auto", "torch-native", "chunked"],
+                   help="fused linear cross-entropy for the memory and throughput rows (default chunked: "
+                   "the same path for both models, fully visible to the live-tensor-bytes measure)")
     p.add_argument("--out", help="output directory (default runs/bench-stage1-<preset>-<time>)")
     p.add_argument("--progress", action="store_true", default=None, help="show tqdm progress bars")
     p.add_argument("--require-pass", action="store_true", help="exit 1 unless every criterion passed")

@@ -6,7 +6,13 @@ once as its operators and methods.  ``muse.complex`` never imports ``muse.nn``;
 modules are thin wrappers over these functions.
 """
 
-from muse.complex._policy import gemm_linear, gemm_matmul
+from muse.complex._policy import (
+    compute_dtype,
+    fp32_accumulation,
+    gemm_dtype,
+    gemm_linear,
+    gemm_matmul,
+)
 from muse.complex.layers import DROPOUT_MODES, dropout, embedding, layer_norm, modrelu
 from muse.complex.linalg import linear, matmul
 from muse.complex.ops import (
@@ -58,8 +64,8 @@ for _op in (conj, abs, abs2, angle, exp, sum, mean, to_complex):
 del _name, _op
 
 __all__ = [
-    "DROPOUT_MODES", "ComplexTensor", "abs", "abs2", "add", "angle", "cat", "conj", "div", "dropout",
-    "embedding", "eq", "exp", "from_complex", "from_real", "gemm_linear", "gemm_matmul", "layer_norm",
+    "DROPOUT_MODES", "ComplexTensor", "abs", "abs2", "add", "angle", "cat", "compute_dtype", "conj", "div",
+    "dropout", "embedding", "eq", "exp", "fp32_accumulation", "from_complex", "from_real", "gemm_dtype", "gemm_linear", "gemm_matmul", "layer_norm",
     "linear", "matmul", "mean", "modrelu", "mul", "ne", "neg", "plane_dtype", "polar", "randn", "stack",
     "sub", "sum", "to_complex", "zeros",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 from muse._checks import check_int, check_type
 from muse.data import batched, eval_windows
 from muse.data.batches import as_token_array
-from muse.train.loss import lm_loss
+from muse.train.loss import model_loss
 
 
 @torch.no_grad()
@@ -22,7 +22,8 @@ def evaluate(model: nn.Module, tokens, seq_len: int, batch_size: int, stride: in
     Every token but the first is scored once through :func:`muse.data.eval_windows`
     (non-overlapping windows of ``seq_len``, or sliding ones with ``stride``); ``max_tokens``
     keeps only the first ``max_tokens`` targets, so periodic evals see the same subset each
-    time. Loss is the fp32 cross-entropy summed in float64 and divided by the count. With
+    time. Loss is the fp32 cross-entropy of :func:`muse.train.loss.model_loss` (no full-logits
+    tensor), summed in float64 and divided by the count. With
     ``world_size > 1`` (torch.distributed initialised) each rank scores every
     ``world_size``-th batch and the sums are all-reduced. The model's training mode is restored.
     """
@@ -48,8 +49,8 @@ def evaluate(model: nn.Module, tokens, seq_len: int, batch_size: int, stride: in
         for i, (inputs, targets, n_scored) in enumerate(batched(eval_windows(array, seq_len, stride), batch_size)):
             if i % world_size != rank:
                 continue
-            logits = model(inputs.to(device, non_blocking=True))
-            total[0] += lm_loss(logits, targets.to(device, non_blocking=True), reduction="sum").double()
+            total[0] += model_loss(model, inputs.to(device, non_blocking=True),
+                                   targets.to(device, non_blocking=True), reduction="sum").double()
             total[1] += n_scored
     finally:
         model.train(was_training)

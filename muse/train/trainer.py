@@ -31,7 +31,7 @@ from muse.train.config import TRAJECTORY_FIELDS, TrainConfig
 from muse.train.data import RunData, load_run_data
 from muse.train.distributed import DistContext, barrier, init_distributed, shutdown, wrap_ddp
 from muse.train.evaluate import evaluate
-from muse.train.loss import lm_loss
+from muse.train.loss import loss_path, model_loss
 from muse.train.optim import FullPrecisionOptimizer, MixedPrecisionOptimizer, decay_parameter_names
 from muse.train.runlog import (
     JsonlLog,
@@ -101,6 +101,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = MODELS[cfg.model].model_cls(self.model_config, device=ctx.device)
         self.fp16 = any(p.dtype == torch.float16 for p in self.model.parameters())
+        self.loss_path = loss_path(self.model.lm_head.weight.dtype)
         self._check_amp()
         max_len = self.model_config.max_seq_len
         self.seq_len = cfg.seq_len if cfg.seq_len is not None else max_len
@@ -249,9 +250,8 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             sync = net.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
-                with self._autocast():
-                    logits = net(inputs)
-                loss = lm_loss(logits, targets) / cfg.grad_accum  # equal-sized micro-batches
+                with self._autocast():  # the head and loss inside run without autocast
+                    loss = model_loss(net, inputs, targets) / cfg.grad_accum  # equal-sized micro-batches
                 self.optimizer.backward(loss)
             loss_sum += loss.detach()
         result = self.optimizer.step(cfg.clip if cfg.clip > 0 else None)
@@ -405,6 +405,7 @@ class Trainer:
             f"device = {self.ctx.device}, world_size = {self.ctx.world_size}",
             f"precision = {'fp16 params + fp32 masters + dynamic loss scaling' if self.fp16 else 'fp32'}"
             + (f" (autocast {self.cfg.amp})" if self.cfg.amp else ""),
+            f"loss = {self.loss_path} linear cross-entropy (no full logits)",
             f"seq_len = {self.seq_len}, tokens/step = {self.tokens_per_step:,}, total steps = {self.total_steps:,}",
             f"train split = {self.data.train_split} ({len(self.data.train):,} tokens, {self.data.train_source}); "
             f"eval split = {self.data.eval_split} ({len(self.data.eval):,} tokens)",
@@ -440,6 +441,7 @@ class Trainer:
             "skipped_steps": self.optimizer.skipped_steps,
             "skipped_fraction": self.optimizer.skipped_steps / max(self.step, 1),
             "loss_scale": self.optimizer.loss_scale,
+            "loss_path": self.loss_path,
             "final_train_loss": _finite(self.last_train_loss),
             "final_eval": self.final_eval,
             "best_periodic_eval_loss": self.best_eval if math.isfinite(self.best_eval) else None,

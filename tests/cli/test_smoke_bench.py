@@ -48,10 +48,10 @@ def _trials(offenders=None, rate=0.0):
 
 
 def test_all_pass_requires_every_criterion_measured():
-    good = [crit.perplexity(30.0, 30.5), crit.vram(1, 4), crit.nan_rate(_trials()),
+    good = [crit.perplexity(30.0, 30.5), crit.vram(1, 4, "live tensor bytes"), crit.nan_rate(_trials()),
             crit.gradient_norms(_trials()), crit.planar({"complex_activations": 5, "non_planar": []})]
     assert crit.summarize(good)["all_pass"] is True
-    summary = crit.summarize(good + [crit.vram(None, 4)])
+    summary = crit.summarize(good + [crit.vram(None, 4, "live tensor bytes")])
     assert summary["all_pass"] is False and summary["not_measured"] == ["VRAM vs Phase 2"]
     assert crit.summarize([])["all_pass"] is False
 
@@ -61,7 +61,7 @@ def test_seed_report_situation_cannot_pass():
     unigram = 1979.4
     untrained = {"eval_ppl": 54430.93, "tokens_trained": 0}
     cs = [crit.trained("Stage 1", untrained, unigram), crit.trained("Phase 2", None, unigram),
-          crit.perplexity(54430.93, None), crit.vram(1_370_000_000, None)]
+          crit.perplexity(54430.93, None), crit.vram(1_370_000_000, None, "live tensor bytes")]
     summary = crit.summarize(cs)
     assert summary["all_pass"] is False
     assert summary["failed"] == ["Stage 1 trained"]
@@ -75,8 +75,10 @@ def test_perplexity_threshold(s1, p2, status):
 
 
 def test_vram_threshold():
-    assert crit.vram(52, 100).status == crit.PASS
-    assert crit.vram(53, 100).status == crit.FAIL
+    assert crit.vram(52, 100, "live tensor bytes").status == crit.PASS
+    assert crit.vram(53, 100, "torch.cuda.max_memory_allocated").status == crit.FAIL
+    assert "(live tensor bytes)" in crit.vram(52, 100, "live tensor bytes").value
+    assert crit.vram(52, 100, None).status == crit.NOT_MEASURED
 
 
 def test_nan_and_gradient_criteria_fail_on_offenders():
@@ -115,10 +117,16 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
                "--seq-len", "32", "--warmup", "1", "--tokens-npy", str(train), "--eval-tokens-npy", str(test),
                "--final-eval-tokens", "256", "--trials", "2", "--throughput-steps", "1", "--memory-seq", "32",
                "--out", str(out), "--require-pass"])
-    assert rc == 1  # on CPU memory is not measured and 2 steps cannot beat the unigram model
+    assert rc == 1  # 2 steps cannot beat the unigram model
     report = json.loads((out / "report.json").read_text())
     assert report["all_pass"] is False
-    assert "VRAM vs Phase 2" in report["not_measured"]
+    assert "VRAM vs Phase 2" not in report["not_measured"]  # live tensor bytes on CPU
+    vram = next(c for c in report["criteria"] if c["name"] == "VRAM vs Phase 2")
+    assert "(live tensor bytes)" in vram["value"] and "chunked" in vram["note"]
+    for name in ("stage1", "phase2"):
+        mem, full = report["measurements"][name]["memory"], report["measurements"][name]["memory_full_logits"]
+        assert mem["measure"] == "live tensor bytes" and mem["cuda_peak_bytes"] is None
+        assert mem["before_bytes"] < mem["peak_bytes"] < full["peak_bytes"]
     assert report["runs"]["phase2"]["tokens_trained"] == report["runs"]["stage1"]["tokens_trained"] == 128
     assert (out / "report.md").read_text().startswith("# Stage 1 criteria report")
     assert (out / "stage1" / "results.json").exists() and (out / "phase2" / "loss.png").exists()

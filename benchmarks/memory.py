@@ -1,0 +1,76 @@
+"""Peak memory measured on any device: the largest sum of live tensor storage bytes.
+
+:class:`LiveTensorBytes` is a ``TorchDispatchMode`` that sees every tensor an op returns
+(forward, backward and custom autograd functions alike), adds the bytes of each storage
+the first time it appears and subtracts them when the storage is freed (a weak reference
+to the storage's Python object, which torch keeps alive exactly as long as the storage).
+Tensors that existed before (parameters, buffers, inputs) are added with :meth:`track`.
+
+It counts what ``torch.cuda.max_memory_allocated`` counts except the allocator's
+rounding (512-byte blocks), library workspaces (cuBLAS) and temporaries allocated inside
+one op: a dispatch mode sees an op's outputs, not what runs inside it, so an opaque op
+(e.g. torch's ``linear_cross_entropy`` custom op, whose chunk logits are internal) is
+undercounted. The benchmark therefore measures the fused loss on the chunked path, whose
+every tensor is an op output. On CUDA the runner reports both measures and their ratio.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Tracks ``current`` and ``peak`` live storage bytes while active (``with LiveTensorBytes() as m``)."""
+
+    def __init__(self):
+        super().__init__()
+        self._live: dict[int, tuple[weakref.ref, int]] = {}  # id(storage) -> (weakref, nbytes)
+        self.current = 0
+        self.peak = 0
+
+    def track(self, tensors: Iterable[torch.Tensor | None]) -> None:
+        """Count storages that already exist (parameters, buffers, gradients, inputs)."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+    def _add(self, t: torch.Tensor) -> None:
+        if t.is_meta or t.layout != torch.strided:
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        entry = self._live.get(key)
+        if entry is not None and entry[0]() is storage:
+            if storage.nbytes() != entry[1]:  # resized in place (``out=`` ops)
+                self.current += storage.nbytes() - entry[1]
+                self._live[key] = (entry[0], storage.nbytes())
+                self.peak = max(self.peak, self.current)
+            return
+        ref = weakref.ref(storage, lambda _ref, key=key: self._free(key, _ref))
+        self._live[key] = (ref, storage.nbytes())
+        self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+
+    def _free(self, key: int, ref: weakref.ref) -> None:
+        entry = self._live.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._live[key]
+            self.current -= entry[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        return out
+
+
+__all__ = ["LiveTensorBytes"]

@@ -1,0 +1,230 @@
+"""linear_cross_entropy / model_loss: both implementations against float64, dtypes, memory, bad input.
+
+The error bounds themselves are checked in verification/test_loss.py; here the tolerances
+are loose and the tests pin down behaviour: which path runs, what dtypes come back, that
+loss scaling reaches the gradients, that no full-logits tensor is alive, clear errors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.memory import LiveTensorBytes
+from muse.models import build_model
+from muse.nn import RealLinear
+from muse.train.loss import (
+    IGNORE_INDEX,
+    auto_chunk_size,
+    has_native,
+    linear_cross_entropy,
+    lm_loss,
+    loss_path,
+    model_loss,
+)
+
+IMPLS = ["chunked", pytest.param("torch-native", marks=pytest.mark.skipif(
+    not has_native(), reason=f"torch {torch.__version__} has no F.linear_cross_entropy (needs >= 2.13)"))]
+
+
+def _case(n=37, d=16, v=101, dtype=torch.float32, bias=True, seed=0, ignore_every=4, w_scale=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=gen).to(dtype).requires_grad_()
+    w = (w_scale * torch.randn(v, d, generator=gen)).to(dtype).requires_grad_()
+    b = (0.1 * torch.randn(v, generator=gen)).to(dtype).requires_grad_() if bias else None
+    t = torch.randint(0, v, (n,), generator=gen)
+    if ignore_every:
+        t[::ignore_every] = IGNORE_INDEX
+    return h, w, b, t
+
+
+def _reference(h, w, b, t, reduction, scale=1.0):
+    """float64 loss and gradients of the same (rounded) inputs."""
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = None if b is None else b.detach().double().requires_grad_()
+    loss = F.cross_entropy(F.linear(h64, w64, b64), t, reduction=reduction)
+    (loss * scale).backward()
+    return loss.detach(), h64.grad, w64.grad, None if b is None else b64.grad
+
+
+def _rel(got, want) -> float:
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk_size", [None, 1, 5, 37, 64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_float64_cross_entropy_fp32(impl, reduction, chunk_size, bias):
+    h, w, b, t = _case(bias=bias)
+    loss = linear_cross_entropy(h, w, t, b, reduction, chunk_size=chunk_size, impl=impl)
+    loss.backward()
+    ref = _reference(h, w, b, t, reduction)
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - ref[0].item()) <= 1e-5 * abs(ref[0].item())
+    for got, want in zip((h.grad, w.grad, None if b is None else b.grad), ref[1:], strict=True):
+        if want is not None:
+            assert got.dtype == torch.float32 and _rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3, 16])
+def test_fp16_gradients_come_back_fp16_and_the_loss_is_fp32(chunk_size):
+    h, w, b, t = _case(dtype=torch.float16)
+    loss = linear_cross_entropy(h, w, t, b, chunk_size=chunk_size)
+    assert loss_path(torch.float16) == "chunked" and loss.dtype == torch.float32
+    loss.backward()
+    assert h.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float16
+    ref = _reference(h, w, b, t, "mean")
+    assert abs(loss.item() - ref[0].item()) < 2e-3 * ref[0].item()  # logits rounded to fp16, as lm_head does
+    for got, want in zip((h.grad, w.grad, b.grad), ref[1:], strict=True):
+        assert _rel(got, want) < 4e-3
+
+
+def test_fp16_logits_are_those_of_the_head_so_the_loss_equals_lm_loss():
+    """The chunked path rounds each logit to fp16 once, like RealLinear: same loss as full logits."""
+    head = RealLinear(16, 101, dtype=torch.float16)
+    h, _, _, t = _case(dtype=torch.float16)
+    full = lm_loss(head(h)[None], t[None])
+    fused = linear_cross_entropy(h, head.weight, t, head.bias, chunk_size=7)
+    assert fused.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_loss_scaling_reaches_the_fp16_gradients():
+    """Gradients below fp16's range unscaled survive a 2**15 loss scale (computed in fp32, scaled, rounded)."""
+    h, w, b, t = _case(n=512, d=8, v=2000, dtype=torch.float16, ignore_every=0, w_scale=2.0)
+    scale = 2.0**15
+    (linear_cross_entropy(h, w, t, b, chunk_size=100) * scale).backward()
+    _, gh, gw, gb = _reference(h, w, b, t, "mean", scale)
+    for got, want in ((h.grad, gh), (w.grad, gw), (b.grad, gb)):
+        assert torch.isfinite(got).all()
+        assert int(((got == 0) & (want.abs() > 2.0**-24)).sum()) == 0  # nothing representable flushed
+        assert _rel(got, want) < 4e-3
+    unscaled_small = (gw / scale).abs()
+    assert bool(((unscaled_small < 2.0**-25) & (unscaled_small > 0)).any())  # the case needs the scale
+
+
+def test_all_targets_ignored_gives_nan_mean_and_zero_gradients_like_cross_entropy():
+    h, w, b, _ = _case()
+    t = torch.full((h.shape[0],), IGNORE_INDEX)
+    loss = linear_cross_entropy(h, w, t, b, impl="chunked")
+    loss.backward()
+    assert torch.isnan(loss) and not h.grad.any() and not w.grad.any() and not b.grad.any()
+    assert linear_cross_entropy(h, w, t, b, "sum", impl="chunked").item() == 0.0
+
+
+def test_custom_ignore_index_and_leading_shape():
+    h, w, b, t = _case(n=24)
+    t2 = t.clone()
+    t2[t2 == IGNORE_INDEX] = 7_000
+    a = linear_cross_entropy(h.reshape(2, 3, 4, 16), w, t2.reshape(2, 3, 4), b, ignore_index=7_000,
+                             impl="chunked")
+    assert a.item() == pytest.approx(linear_cross_entropy(h, w, t, b, impl="chunked").item(), rel=1e-6)
+
+
+@pytest.mark.skipif(not has_native(), reason="torch-native needs torch >= 2.13")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_native_and_chunked_agree(reduction):
+    h, w, b, t = _case(n=50)
+    grads = []
+    for impl in ("chunked", "torch-native"):
+        for x in (h, w, b):
+            x.grad = None
+        loss = linear_cross_entropy(h, w, t, b, reduction, chunk_size=8, impl=impl)
+        loss.backward()
+        grads.append((loss.detach(), h.grad.clone(), w.grad.clone(), b.grad.clone()))
+    for a, c in zip(*grads, strict=True):
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-7)
+
+
+def test_loss_path_names_the_implementation():
+    assert loss_path(torch.float16) == "chunked"
+    assert loss_path(torch.float32) == ("torch-native" if has_native() else "chunked")
+    assert loss_path(torch.float32, "chunked") == "chunked"
+    if not has_native():
+        with pytest.raises(ValueError, match="torch >= 2.13"):
+            loss_path(torch.float32, "torch-native")
+
+
+def test_no_gradient_no_buffers_and_eval_under_no_grad():
+    h, w, b, t = _case(n=64, d=8, v=4000)
+    with torch.no_grad(), LiveTensorBytes() as mem:
+        mem.track([h, w, b, t])
+        before = mem.current
+        linear_cross_entropy(h, w, t, b, chunk_size=16, impl="chunked")
+    chunk_logits = 16 * 4000 * 4
+    assert mem.peak - before <= chunk_logits + 4096  # one chunk's logits: no gradient buffers, no full logits
+
+
+def test_peak_is_one_chunk_of_logits_not_all_of_them():
+    n, d, v, chunk = 512, 8, 4000, 32
+    h, w, b, t = _case(n=n, d=d, v=v, ignore_every=0)
+    with LiveTensorBytes() as mem:
+        mem.track([h, w, b, t])
+        before = mem.current
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked").backward()
+    grads = 2 * (n * d + v * d + v) * 4  # fp32 accumulators and the returned gradients
+    extra = mem.peak - before
+    assert extra <= grads + chunk * v * 4 + 64 * 1024, extra
+    assert extra < n * v * 4 / 4  # far below one full (N, V) fp32 logits tensor
+
+
+def test_auto_chunk_size_fits_the_budget():
+    assert auto_chunk_size(50257, 8192, torch.float16, 64 * 2**20) == 216  # 64 MiB / (6 B x 50257) = 222
+    assert auto_chunk_size(50257, 8192, torch.float32, 64 * 2**20) == 328  # 64 MiB / (4 B x 50257) = 333
+    assert auto_chunk_size(50257, 100, torch.float32) == 100
+    assert auto_chunk_size(10**9, 10) == 1
+
+
+def test_second_backward_is_a_clear_error():
+    h, w, b, t = _case()
+    loss = linear_cross_entropy(h, w, t, b, impl="chunked")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already run"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", ["stage1", "phase2"])
+def test_model_loss_equals_the_full_logits_loss(name):
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", vocab_size=300, dropout=0.0)
+    ids = torch.randint(0, 300, (2, 17))
+    targets = torch.randint(0, 300, (2, 17))
+    fused = model_loss(model, ids, targets)
+    fused.backward()
+    g_fused = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    full = lm_loss(model(ids), targets)
+    full.backward()
+    assert fused.item() == pytest.approx(full.item(), rel=1e-5)
+    for k, p in model.named_parameters():
+        tol = 2e-3 if p.dtype == torch.float16 else 1e-4
+        assert torch.allclose(g_fused[k].float(), p.grad.float(), rtol=tol, atol=tol * p.grad.float().abs().max()), k
+    assert model_loss(model, ids, targets, "sum").item() == pytest.approx(full.item() * 34, rel=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), [
+    (dict(hidden=torch.zeros(3, 4, dtype=torch.long)), TypeError, "hidden must have dtype"),
+    (dict(weight=torch.zeros(5, 4, dtype=torch.float16)), TypeError, "weight has dtype"),
+    (dict(bias=torch.zeros(5, dtype=torch.float64)), TypeError, "bias has dtype"),
+    (dict(targets=torch.zeros(3)), TypeError, "targets must be a torch.long"),
+    (dict(targets=torch.zeros(4, dtype=torch.long)), ValueError, "targets must have shape"),
+    (dict(weight=torch.zeros(5, 3)), ValueError, "hidden must be"),
+    (dict(bias=torch.zeros(4)), ValueError, "bias must have shape"),
+    (dict(reduction="none"), ValueError, "reduction must be"),
+    (dict(impl="liger"), ValueError, "impl must be one of"),
+    (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
+    (dict(hidden=[[0.0]]), TypeError, "hidden must be a torch.Tensor"),
+])
+def test_bad_input(kwargs, exc, match):
+    args = dict(hidden=torch.zeros(3, 4), weight=torch.zeros(5, 4), targets=torch.zeros(3, dtype=torch.long),
+                bias=torch.zeros(5))
+    args.update(kwargs)
+    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size") if k in args}
+    with pytest.raises(exc, match=match):
+        linear_cross_entropy(args["hidden"], args["weight"], args["targets"], args["bias"], **extra)
+
+
+def test_model_without_a_head_is_a_clear_error():
+    with pytest.raises(TypeError, match="lm_head"):
+        model_loss(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
