@@ -33,8 +33,13 @@ def _finite(*xs) -> bool:
 
 
 def trained(name: str, run: dict | None, unigram_ppl: float | None) -> Criterion:
-    """A model counts as trained when it saw tokens and beats the unigram baseline on the eval split."""
+    """A model counts as trained when it saw tokens and beats the unigram baseline on the eval split;
+    a run that raised or whose eval PPL is not finite fails, with the reason."""
     threshold = "trained on > 0 tokens and eval PPL < unigram PPL of the training text"
+    if run and run.get("error"):
+        return Criterion(f"{name} trained", FAIL, f"the run failed: {run['error']}", threshold)
+    if run and run.get("eval_ppl") is not None and not _finite(run["eval_ppl"]):
+        return Criterion(f"{name} trained", FAIL, f"eval PPL is {run['eval_ppl']} (non-finite)", threshold)
     if not run or not _finite(run.get("eval_ppl")) or unigram_ppl is None:
         return Criterion(f"{name} trained", NOT_MEASURED, "no evaluated run", threshold)
     tokens = run.get("tokens_trained", 0) or 0
@@ -51,6 +56,44 @@ def perplexity(stage1_ppl: float | None, phase2_ppl: float | None) -> Criterion:
     ratio = stage1_ppl / phase2_ppl
     return Criterion("perplexity vs Phase 2", PASS if ratio <= PPL_MAX_RATIO else FAIL,
                      f"{stage1_ppl:.2f} / {phase2_ppl:.2f} = {ratio:.3f}", threshold)
+
+
+def perplexity_fair(stage1: dict | None, phase2: dict | None, phase2_nomix: dict | None,
+                    train_split: str | None, eval_split: str | None, eval_targets: int | None) -> Criterion:
+    """:func:`perplexity`, counted only when the comparison means something.
+
+    ``not_measured`` unless Phase 2 beats its own mixer-free variant trained the same way in the
+    same run (a baseline whose mixers hurt proves nothing), the training text is not the eval
+    split, and both models scored every one of the ``eval_targets`` eval tokens; ``fail`` when a
+    model's run failed or its PPL is not finite."""
+    threshold = (f"Stage 1 PPL <= {PPL_MAX_RATIO:.2f} x Phase 2 PPL; Phase 2 beats its mixer-free variant; "
+                 "train split != eval split; every eval token scored by both")
+    name = "perplexity vs Phase 2"
+    for label, run in (("Stage 1", stage1), ("Phase 2", phase2)):
+        if run and run.get("error"):
+            return Criterion(name, FAIL, f"{label} run failed: {run['error']}", threshold)
+        if run and run.get("eval_ppl") is not None and not _finite(run["eval_ppl"]):
+            return Criterion(name, FAIL, f"{label} PPL is {run['eval_ppl']} (non-finite)", threshold)
+    if not stage1 or not phase2 or not _finite(stage1.get("eval_ppl"), phase2.get("eval_ppl")):
+        return Criterion(name, NOT_MEASURED, "a model has no evaluated run", threshold)
+    if not train_split or train_split == eval_split:
+        return Criterion(name, NOT_MEASURED, f"trained on the eval split ({eval_split!r})", threshold)
+    scored = (stage1.get("eval_tokens_scored"), phase2.get("eval_tokens_scored"))
+    if eval_targets is None or scored != (eval_targets, eval_targets):
+        return Criterion(name, NOT_MEASURED,
+                         f"eval tokens scored: Stage 1 {scored[0]}, Phase 2 {scored[1]}, expected {eval_targets}",
+                         threshold)
+    base = perplexity(stage1["eval_ppl"], phase2["eval_ppl"])
+    nomix = (phase2_nomix or {}).get("eval_ppl")
+    if not _finite(nomix):
+        why = f"failed: {phase2_nomix['error']}" if (phase2_nomix or {}).get("error") else "no evaluated run"
+        return Criterion(name, NOT_MEASURED, f"{base.value}; Phase 2 without mixers {why}", threshold)
+    if not phase2["eval_ppl"] < nomix:
+        return Criterion(name, NOT_MEASURED,
+                         f"{base.value}; but Phase 2 ({phase2['eval_ppl']:.2f}) does not beat its mixer-free "
+                         f"variant ({nomix:.2f}): the baseline's mixers hurt, so the ratio proves nothing", threshold)
+    return Criterion(name, base.status, f"{base.value}; Phase 2 beats its mixer-free variant ({nomix:.2f}); "
+                     f"{eval_targets:,} tokens scored by each", threshold)
 
 
 def vram(stage1_peak: int | None, phase2_peak: int | None, measure: str | None, note: str = "") -> Criterion:

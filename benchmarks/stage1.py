@@ -2,8 +2,10 @@
 
 Steps, all in one process so that ratios are measured side by side:
 
-1. Train Phase 2 and then Stage 1 with the same data, tokens, batch, sequence length,
-   schedule and seed (``muse.train.Trainer``), each evaluated on the whole eval split.
+1. Train Phase 2, Stage 1 and the reference runs (Phase 2 without mixers, the GPT) with the
+   same data, tokens, batch, sequence length, schedule and seed (``muse.train.Trainer``), each
+   evaluated on the whole eval split with the same sliding-window stride and every N steps on
+   a fixed subset (the eval curve). A run that raises is reported as failed, not a crash.
 2. The unigram perplexity of the training text on the eval split: a model that does not
    beat it is reported as not trained.
 3. With one model at a time on the device: peak memory of forward + LM loss + backward
@@ -38,6 +40,14 @@ from muse.train.loss import loss_path
 from muse.train.runlog import environment
 
 MODELS = ("phase2", "stage1")
+#: run name -> (registry model, config overrides). ``phase2_nomix`` is Phase 2's own per-token
+#: variant: the PPL criterion counts only if Phase 2 beats it; ``gpt`` is informational.
+REFERENCES: dict[str, tuple[str, dict]] = {
+    "phase2_nomix": ("phase2", {"mixers": ()}),
+    "gpt": ("gpt", {}),
+}
+#: the shape at which the seed report measured memory
+SEED_MEMORY_SHAPE = (2, 1024)
 
 
 @dataclass
@@ -53,7 +63,11 @@ class Stage1BenchConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup: int = 20
-    eval_every: int = 0
+    eval_every: int | None = None  # periodic eval (the eval curve) every N steps; None: 8 per run; 0: off
+    eval_curve_tokens: int = 16_384  # targets scored by each periodic eval
+    eval_stride: int | None = None  # final-eval window stride, the same for every run; None: half a window
+    stage1_preset: str | None = None  # Stage 1's preset when it differs (e.g. "mix"); None: ``preset``
+    references: tuple[str, ...] = ("phase2_nomix", "gpt")  # runs trained the same way (see REFERENCES)
     train_split: str = "train"
     eval_split: str = "test"
     data_dir: str | None = None
@@ -82,21 +96,96 @@ class Stage1BenchConfig:
                      "trial_batch", "trial_seq"):
             check_int(name, getattr(self, name), min_value=1)
         loss_path(torch.float32, self.loss_impl)  # ValueError for an unknown or unavailable impl
+        if isinstance(self.references, str) or not isinstance(self.references, (list, tuple)):
+            raise TypeError(f"references must be a list of run names, got {type(self.references).__name__}")
+        self.references = tuple(self.references)
+        unknown = sorted(set(self.references) - set(REFERENCES))
+        if unknown:
+            raise ValueError(f"references: unknown run(s) {unknown}; choose from {sorted(REFERENCES)}")
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, min_value=0)
+        check_int("eval_curve_tokens", self.eval_curve_tokens, min_value=1)
+        if self.eval_stride is not None:
+            check_int("eval_stride", self.eval_stride, min_value=1)
+        if self.stage1_preset is not None:
+            check_type("stage1_preset", self.stage1_preset, str, "a Stage 1 preset name or None")
+
+    def run_names(self) -> tuple[str, ...]:
+        """Every run, in training order: the two judged models, then the references."""
+        return (*MODELS, *self.references)
 
 
-def _train_config(cfg: Stage1BenchConfig, model: str, out: Path):
+def _run_spec(cfg: Stage1BenchConfig, run: str) -> tuple[str, str, dict]:
+    """(registry model, preset, config overrides) of benchmark run ``run``."""
+    model, extra = REFERENCES.get(run, (run, {}))
+    preset = cfg.stage1_preset if run == "stage1" and cfg.stage1_preset else cfg.preset
+    return model, preset, {**cfg.model_overrides, **extra}
+
+
+def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
+    from muse.models.registry import make_config
     from muse.train import TrainConfig
 
+    model, preset, overrides = _run_spec(cfg, run)
+    seq = cfg.seq_len or make_config(model, preset, **overrides).max_seq_len
+    steps = cfg.max_steps or max(1, (cfg.tokens or 0) // (cfg.batch_size * seq))
+    eval_every = max(1, steps // 8) if cfg.eval_every is None else cfg.eval_every
     return TrainConfig(
-        model=model, preset=cfg.preset, model_overrides=dict(cfg.model_overrides), seq_len=cfg.seq_len,
+        model=model, preset=preset, model_overrides=overrides, seq_len=cfg.seq_len,
         batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
         tokens=None if cfg.max_steps is not None else cfg.tokens,
-        max_steps=cfg.max_steps, eval_every=cfg.eval_every, final_eval_tokens=cfg.final_eval_tokens,
+        max_steps=cfg.max_steps, eval_every=eval_every, eval_tokens=cfg.eval_curve_tokens,
+        final_eval_tokens=cfg.final_eval_tokens, eval_stride=cfg.eval_stride or max(1, seq // 2),
         train_split=cfg.train_split, eval_split=cfg.eval_split, data_dir=cfg.data_dir,
         tokenizer_dir=cfg.tokenizer_dir, cache_dir=cfg.cache_dir, tokens_npy=cfg.tokens_npy,
-        eval_tokens_npy=cfg.eval_tokens_npy, offline=cfg.offline, out=str(out / model), seed=cfg.seed,
+        eval_tokens_npy=cfg.eval_tokens_npy, offline=cfg.offline, out=str(out / run), seed=cfg.seed,
         device=cfg.device, progress=cfg.progress, ckpt_every=0,
     )
+
+
+def _eval_curve(log: Path) -> list[dict]:
+    """(step, tokens, loss) of every periodic eval in a run's log.jsonl."""
+    import json
+
+    curve = []
+    if log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec.get("type") == "eval" and not rec.get("final"):
+                curve.append({k: rec.get(k) for k in ("step", "tokens", "loss", "ppl")})
+    return curve
+
+
+def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
+    """Train and evaluate one run: (its record, the trained model on the CPU or None).
+
+    An exception is caught and recorded, so one broken model still yields a report."""
+    from muse.train.trainer import Trainer
+
+    try:
+        trainer = Trainer(_train_config(cfg, run, out), ctx, data)
+        results = trainer.run()
+    except Exception as exc:  # noqa: BLE001 -- reported as this run's failure
+        return {"error": f"{type(exc).__name__}: {exc}"}, None
+    final = results.get("final_eval") or {}
+    record = {
+        "model": results["model"]["name"], "preset": results["model"]["preset"],
+        "eval_ppl": final.get("ppl"), "eval_loss": final.get("loss"),
+        "eval_tokens_scored": final.get("tokens_scored"),
+        "eval_stride": results["train_config"]["eval_stride"],
+        "eval_curve": _eval_curve(out / run / "log.jsonl"),
+        "tokens_trained": results["tokens_seen"],
+        "steps": results["steps"],
+        "skipped_steps": results["skipped_steps"],
+        "train_tokens_per_s": results["train_tokens_per_s"],
+        "parameters": results["model"]["parameters"],
+        "train_split": results["train_split"],
+        "train_split_warning": results["train_split_warning"],
+        "results_file": str(out / run / "results.json"),
+    }
+    model = trainer.model.to("cpu")
+    del trainer
+    return record, model
 
 
 def _free(device: torch.device) -> None:
@@ -110,46 +199,34 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     """Run every step and return the report dict (also written to ``out/report.{json,md}``)."""
     from muse.train.data import load_run_data
     from muse.train.distributed import init_distributed
-    from muse.train.trainer import Trainer
 
     check_type("cfg", cfg, Stage1BenchConfig, "a Stage1BenchConfig")
+    names = cfg.run_names()
     stamp = datetime.datetime.now(datetime.timezone.utc)
     out = check_output_dir("out (--out)", cfg.out or f"runs/bench-stage1-{cfg.preset}-{stamp.strftime('%Y%m%d-%H%M%S')}")
-    for name in MODELS:  # every setting is validated before anything is created or trained
+    for name in names:  # every setting is validated before anything is created or trained
         _train_config(cfg, name, out)
     ctx = init_distributed(cfg.device)
     if ctx.distributed:
         raise ValueError("the Stage 1 benchmark runs in one process; do not launch it with torchrun")
     dev = ctx.device
     data = load_run_data(_train_config(cfg, "stage1", out))
+    vocab = _train_vocab(cfg)
 
     runs, models = {}, {}
-    for name in MODELS:
-        trainer = Trainer(_train_config(cfg, name, out), ctx, data)
-        results = trainer.run()
-        runs[name] = {
-            "eval_ppl": (results.get("final_eval") or {}).get("ppl"),
-            "eval_loss": (results.get("final_eval") or {}).get("loss"),
-            "eval_tokens_scored": (results.get("final_eval") or {}).get("tokens_scored"),
-            "tokens_trained": results["tokens_seen"],
-            "steps": results["steps"],
-            "skipped_steps": results["skipped_steps"],
-            "train_tokens_per_s": results["train_tokens_per_s"],
-            "parameters": results["model"]["parameters"],
-            "train_split": results["train_split"],
-            "train_split_warning": results["train_split_warning"],
-            "results_file": str(out / name / "results.json"),
-        }
-        models[name] = trainer.model.to("cpu")
-        del trainer
+    for name in cfg.run_names():
+        runs[name], models[name] = _train_run(cfg, name, out, ctx, data)
         _free(dev)
 
-    unigram = measure.unigram_perplexity(data.train, data.eval, models["stage1"].config.vocab_size)
-    seq = cfg.seq_len or models["stage1"].config.max_seq_len
-    mem_seq = cfg.memory_seq or models["stage1"].config.max_seq_len
+    unigram = measure.unigram_perplexity(data.train, data.eval, vocab)
     per_model = {}
-    for name in MODELS:
+    for name in names:
+        if models[name] is None:
+            per_model[name] = None
+            continue
         model = models[name].to(dev)
+        seq = cfg.seq_len or model.config.max_seq_len
+        mem_seq = cfg.memory_seq or model.config.max_seq_len
         per_model[name] = {
             "memory": measure.peak_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed, "fused",
                                           cfg.loss_impl),
@@ -163,6 +240,7 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
             "inference_throughput": measure.throughput(model, cfg.throughput_batch, seq, dev,
                                                        cfg.throughput_steps, train=False, seed=cfg.seed),
         }
+        per_model[name]["memory_shape"] = [cfg.memory_batch, mem_seq]
         if name == "stage1":
             trial_seq = min(cfg.trial_seq, model.config.max_seq_len)
             per_model[name]["trials"] = measure.stability_trials(model, cfg.trials, cfg.trial_batch, trial_seq,
@@ -175,23 +253,47 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     data_summary = {"train_split": data.train_split, "eval_split": data.eval_split,
                     "train_tokens": int(len(data.train)), "eval_tokens": int(len(data.eval)),
                     "warnings": list(data.warnings)}
+    data_summary["eval_targets"] = _eval_targets(len(data.eval), cfg.final_eval_tokens)
     report = build_report(cfg, stamp, command, env, data_summary, unigram, runs, per_model, dev.type)
     return write_report(report, out)
 
 
-def judge(runs: dict, per_model: dict, unigram: float | None, device_type: str) -> list[crit.Criterion]:
+def _train_vocab(cfg: Stage1BenchConfig) -> int:
+    from muse.models.registry import make_config
+
+    model, preset, overrides = _run_spec(cfg, "stage1")
+    return make_config(model, preset, **overrides).vocab_size
+
+
+def _eval_targets(n_eval_tokens: int, limit: int | None) -> int:
+    """How many eval targets a whole-split evaluation scores (every token but the first)."""
+    n = max(n_eval_tokens - 1, 0)
+    return n if limit is None else min(n, limit)
+
+
+def judge(runs: dict, per_model: dict, unigram: float | None, device_type: str, *, data: dict | None = None,
+          preset: str | None = None) -> list[crit.Criterion]:
     """The Stage 1 criteria from the measured numbers (a NaN counts as not measured or failed)."""
-    s1, p2 = per_model["stage1"], per_model["phase2"]
-    mem_note = (f"fused loss ({s1['memory']['loss_path']} / {p2['memory']['loss_path']}); "
-                f"measure: {s1['memory']['measure']}")
+    s1, p2 = per_model.get("stage1") or {}, per_model.get("phase2") or {}
+    m1, m2 = s1.get("memory") or {}, p2.get("memory") or {}
+    mem_note = (f"fused loss ({m1.get('loss_path')} / {m2.get('loss_path')}); measure: {m1.get('measure')}")
+    shape = tuple(s1.get("memory_shape") or ())
+    if preset == "seed" and shape and shape != SEED_MEMORY_SHAPE:
+        mem = crit.Criterion("VRAM vs Phase 2", crit.NOT_MEASURED,
+                             f"measured at B={shape[0]}, S={shape[1]}",
+                             f"the seed preset is judged at B={SEED_MEMORY_SHAPE[0]}, S={SEED_MEMORY_SHAPE[1]}")
+    else:
+        mem = crit.vram(m1.get("peak_bytes"), m2.get("peak_bytes"), m1.get("measure"), mem_note)
+    data = data or {}
     return [
-        crit.trained("Phase 2", runs["phase2"], unigram),
-        crit.trained("Stage 1", runs["stage1"], unigram),
-        crit.perplexity(runs["stage1"]["eval_ppl"], runs["phase2"]["eval_ppl"]),
-        crit.vram(s1["memory"]["peak_bytes"], p2["memory"]["peak_bytes"], s1["memory"]["measure"], mem_note),
-        crit.nan_rate(s1["trials"]),
-        crit.gradient_norms(s1["trials"]),
-        crit.planar(s1["layout"]),
+        crit.trained("Phase 2", runs.get("phase2"), unigram),
+        crit.trained("Stage 1", runs.get("stage1"), unigram),
+        crit.perplexity_fair(runs.get("stage1"), runs.get("phase2"), runs.get("phase2_nomix"),
+                             data.get("train_split"), data.get("eval_split"), data.get("eval_targets")),
+        mem,
+        crit.nan_rate(s1.get("trials")),
+        crit.gradient_norms(s1.get("trials")),
+        crit.planar(s1.get("layout")),
     ]
 
 
@@ -208,7 +310,7 @@ def build_report(cfg: Stage1BenchConfig, stamp: datetime.datetime, command: str,
         "unigram_ppl": unigram,
         "runs": runs,
         "measurements": per_model,
-        **crit.summarize(judge(runs, per_model, unigram, device_type)),
+        **crit.summarize(judge(runs, per_model, unigram, device_type, data=data, preset=cfg.preset)),
     }
 
 
@@ -221,15 +323,24 @@ def write_report(report: dict, out: str | Path) -> dict:
     return written
 
 
-def _mib(m: dict) -> str:
-    return f"{m['peak_bytes'] / 2**20:,.1f} MiB"
+_LABELS = {"phase2": "Phase 2", "stage1": "Stage 1", "phase2_nomix": "Phase 2, no mixers", "gpt": "GPT"}
+
+
+def _mib(m: dict | None) -> str:
+    return "not measured" if not m or m.get("peak_bytes") is None else f"{m['peak_bytes'] / 2**20:,.1f} MiB"
+
+
+def _tok_s(m: dict, key: str) -> str:
+    return _fmt((m.get(key) or {}).get("tokens_per_second"), ",.0f")
 
 
 def _measure(meas: dict) -> str:
-    return meas["stage1"]["memory"]["measure"]
+    return next((m["memory"]["measure"] for m in meas.values() if m and m.get("memory")), "not measured")
 
 
 def _agreement(m: dict) -> str:
+    if not m.get("memory") or not m.get("memory_full_logits"):
+        return "n/a"
     if m["memory"]["agreement"] is None:
         return "n/a (no CUDA)"
     return f"{m['memory']['agreement']:.3f}, {m['memory_full_logits']['agreement']:.3f}"
@@ -254,23 +365,39 @@ def format_markdown(report: dict) -> str:
               "| criterion | status | value | threshold |", "|---|---|---|---|"]
     for c in report["criteria"]:
         lines.append(f"| {c['name']} | {c['status']} | {c['value']} | {c['threshold']} |")
-    lines += ["", "| | Phase 2 | Stage 1 |", "|---|---|---|"]
+    names = [n for n in (*MODELS, *REFERENCES) if n in runs]
+    lines += ["", "Judged: Phase 2 and Stage 1; the other columns are reference runs trained the same way.", "",
+              "| | " + " | ".join(_LABELS.get(n, n) for n in names) + " |",
+              "|---|" + "---|" * len(names)]
     rows = [
-        ("parameters", lambda n: f"{runs[n]['parameters']:,}"),
-        ("tokens trained", lambda n: f"{runs[n]['tokens_trained']:,}"),
-        ("eval PPL", lambda n: _fmt(runs[n]["eval_ppl"], ".2f")),
-        ("eval tokens scored", lambda n: _fmt(runs[n]["eval_tokens_scored"], ",")),
-        ("skipped steps", lambda n: str(runs[n]["skipped_steps"])),
-        (f"peak memory fwd+loss+bwd, fused loss ({_measure(meas)})", lambda n: _mib(meas[n]["memory"])),
-        ("fused loss path", lambda n: meas[n]["memory"]["loss_path"]),
-        ("peak memory, full logits (informational)", lambda n: _mib(meas[n]["memory_full_logits"])),
-        ("live tensor bytes / cuda.max_memory_allocated (fused, full)", lambda n: _agreement(meas[n])),
-        ("train tok/s, fused loss", lambda n: f"{meas[n]['train_throughput']['tokens_per_second']:,.0f}"),
-        ("train tok/s, full logits", lambda n: f"{meas[n]['train_throughput_full_logits']['tokens_per_second']:,.0f}"),
-        ("inference tok/s", lambda n: f"{meas[n]['inference_throughput']['tokens_per_second']:,.0f}"),
+        ("model (preset)", lambda n, r, m: f"{r.get('model', n)} ({r.get('preset', 'n/a')})"),
+        ("parameters", lambda n, r, m: f"{r['parameters']:,}"),
+        ("tokens trained", lambda n, r, m: f"{r['tokens_trained']:,}"),
+        ("eval PPL", lambda n, r, m: _fmt(r["eval_ppl"], ".2f")),
+        ("eval tokens scored (stride)",
+         lambda n, r, m: f"{_fmt(r['eval_tokens_scored'], ',')} ({r.get('eval_stride', 'n/a')})"),
+        ("skipped steps", lambda n, r, m: str(r["skipped_steps"])),
+        ("train tok/s during training", lambda n, r, m: _fmt(r["train_tokens_per_s"], ",.0f")),
+        (f"peak memory fwd+loss+bwd, fused loss ({_measure(meas)})", lambda n, r, m: _mib(m.get("memory"))),
+        ("fused loss path", lambda n, r, m: (m.get("memory") or {}).get("loss_path", "n/a")),
+        ("peak memory, full logits (informational)", lambda n, r, m: _mib(m.get("memory_full_logits"))),
+        ("live tensor bytes / cuda.max_memory_allocated (fused, full)", lambda n, r, m: _agreement(m)),
+        ("train tok/s, fused loss", lambda n, r, m: _tok_s(m, "train_throughput")),
+        ("train tok/s, full logits", lambda n, r, m: _tok_s(m, "train_throughput_full_logits")),
+        ("inference tok/s", lambda n, r, m: _tok_s(m, "inference_throughput")),
     ]
     for label, fn in rows:
-        lines.append(f"| {label} | {fn('phase2')} | {fn('stage1')} |")
+        cells = []
+        for n in names:
+            r, m = runs[n], meas.get(n)
+            cells.append(f"failed: {r['error']}" if r.get("error") else fn(n, r, m or {}))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    curves = {n: runs[n].get("eval_curve") for n in names if runs[n].get("eval_curve")}
+    if curves:
+        lines += ["", "Eval loss during training (a fixed subset of the eval split; is a model still improving?):", ""]
+        for n, curve in curves.items():
+            pts = ", ".join(f"{c['step']}: {_fmt(c['loss'], '.3f')}" for c in curve)
+            lines.append(f"- {_LABELS.get(n, n)}: {pts}")
     lines += ["", f"Unigram PPL of the training text on the eval split: {_fmt(report['unigram_ppl'], '.2f')}"]
     if report.get("nonfinite_values"):
         lines.append(f"Non-finite measurements (written as null): {', '.join(report['nonfinite_values'])}")

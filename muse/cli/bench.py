@@ -20,7 +20,7 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("which", choices=["stage1"], help="which benchmark")
-    g = p.add_argument_group("models and training (identical for both models)")
+    g = p.add_argument_group("models and training (identical for every run)")
     g.add_argument("--preset")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--tokens", type=int, help="training tokens per model")
@@ -32,6 +32,9 @@ def register(sub) -> None:
     g.add_argument("--warmup", type=int)
     g.add_argument("--dropout", type=float, help="override both models' dropout")
     g.add_argument("--seed", type=int)
+    g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
+    g.add_argument("--references", help="comma-separated reference runs trained the same way "
+                   "(default phase2_nomix,gpt; 'none' for none). phase2_nomix is needed for the PPL criterion")
     d = p.add_argument_group("data")
     d.add_argument("--train-split", choices=["train", "valid"])
     d.add_argument("--eval-split", choices=["valid", "test"])
@@ -42,6 +45,10 @@ def register(sub) -> None:
     d.add_argument("--eval-tokens-npy", help="pre-tokenised uint16 eval tokens (.npy)")
     d.add_argument("--offline", action="store_true", default=None, help="never contact the Hugging Face hub")
     d.add_argument("--final-eval-tokens", type=int, help="bound the final eval (default: whole split)")
+    d.add_argument("--eval-stride", type=int, help="final-eval window stride, the same for every run "
+                   "(default: half a window, so context-using models are not penalised at window starts)")
+    d.add_argument("--eval-every", type=int, help="periodic eval every N steps (default: 8 per run; 0: off)")
+    d.add_argument("--eval-curve-tokens", type=int, help="eval targets per periodic eval (default 16384)")
     m = p.add_argument_group("measurements")
     m.add_argument("--memory-batch", type=int)
     m.add_argument("--memory-seq", type=int)
@@ -71,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k in fields}
     if args.dropout is not None:
         given["model_overrides"] = {"dropout": args.dropout}
+    if args.references is not None:
+        given["references"] = tuple(r for r in args.references.split(",") if r and r != "none")
     cfg = Stage1BenchConfig(**given)
     report = run_stage1_benchmark(cfg, command=shlex.join(["muse", *sys.argv[1:]]))
     print(format_markdown(report))

@@ -45,8 +45,8 @@ def test_nan_measurement_gives_null_and_a_status(tmp_path):
     assert "runs.stage1.eval_ppl" in loaded["nonfinite_values"]
     assert "measurements.stage1.trials.grad_norm_min" in loaded["nonfinite_values"]
     status = {c["name"]: c["status"] for c in loaded["criteria"]}
-    assert status["Stage 1 trained"] == "not_measured"
-    assert status["perplexity vs Phase 2"] == "not_measured"
+    assert status["Stage 1 trained"] == "fail"  # a non-finite PPL is a failure with its reason
+    assert status["perplexity vs Phase 2"] == "fail"
     assert status["gradient norms"] == "fail"
     assert loaded["all_pass"] is False
     md = (tmp_path / "report.md").read_text()

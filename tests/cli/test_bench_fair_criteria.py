@@ -1,0 +1,80 @@
+"""Issue 10 item 4: the PPL criterion cannot pass on a broken baseline or a broken measurement."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import criteria as crit
+from benchmarks.stage1 import Stage1BenchConfig, _eval_targets, judge
+
+TARGETS = 1000
+
+
+def _run(ppl: float, scored: int = TARGETS, **extra) -> dict:
+    return {"eval_ppl": ppl, "eval_tokens_scored": scored, "tokens_trained": 4096, **extra}
+
+
+_DEFAULT = object()
+
+
+def _fair(s1=_DEFAULT, p2=_DEFAULT, nomix=_DEFAULT, train="valid", ev="test", targets=TARGETS):
+    s1 = _run(300.0) if s1 is _DEFAULT else s1
+    p2 = _run(310.0) if p2 is _DEFAULT else p2
+    nomix = _run(320.0) if nomix is _DEFAULT else nomix
+    return crit.perplexity_fair(s1, p2, nomix, train, ev, targets)
+
+
+def test_fair_perplexity_passes_and_fails_on_the_ratio_when_everything_holds():
+    ok = _fair()
+    assert ok.status == crit.PASS and "beats its mixer-free variant (320.00)" in ok.value
+    assert _fair(s1=_run(330.0)).status == crit.FAIL  # 330 / 310 = 1.065 > 1.03
+
+
+def test_fair_perplexity_not_measured_when_phase2_mixers_hurt():
+    c = _fair(p2=_run(310.0), nomix=_run(305.0))
+    assert c.status == crit.NOT_MEASURED and "does not beat its mixer-free variant" in c.value
+    assert _fair(nomix=None).status == crit.NOT_MEASURED
+    assert "failed" in _fair(nomix={"error": "RuntimeError: boom"}).value
+
+
+def test_fair_perplexity_not_measured_on_the_eval_split_or_partial_scoring():
+    assert _fair(train="test", ev="test").status == crit.NOT_MEASURED
+    assert _fair(s1=_run(300.0, scored=TARGETS - 1)).status == crit.NOT_MEASURED
+    assert _fair(targets=None).status == crit.NOT_MEASURED
+
+
+def test_fair_perplexity_fails_on_a_failed_run_or_non_finite_ppl():
+    c = _fair(s1={"error": "ValueError: diverged"})
+    assert c.status == crit.FAIL and "Stage 1 run failed: ValueError: diverged" in c.value
+    assert _fair(p2=_run(float("nan"))).status == crit.FAIL
+
+
+def test_trained_fails_with_the_reason():
+    assert crit.trained("Stage 1", {"error": "RuntimeError: x"}, 500.0).status == crit.FAIL
+    assert crit.trained("Stage 1", _run(float("inf")), 500.0).status == crit.FAIL
+    assert crit.trained("Stage 1", _run(400.0), 500.0).status == crit.PASS
+
+
+def _memory(peak: int, shape=(2, 1024)) -> dict:
+    return {"memory": {"peak_bytes": peak, "measure": "live tensor bytes", "loss_path": "chunked"},
+            "memory_shape": list(shape), "trials": None, "layout": None}
+
+
+@pytest.mark.parametrize(("shape", "status"), [((2, 1024), crit.PASS), ((2, 128), crit.NOT_MEASURED)])
+def test_seed_preset_memory_is_judged_at_the_seed_shape_only(shape, status):
+    per_model = {"stage1": _memory(40, shape), "phase2": _memory(100, shape)}
+    cs = {c.name: c for c in judge({}, per_model, None, "cpu", data={}, preset="seed")}
+    assert cs["VRAM vs Phase 2"].status == status
+    tiny = {c.name: c for c in judge({}, per_model, None, "cpu", data={}, preset="tiny")}
+    assert tiny["VRAM vs Phase 2"].status == crit.PASS  # other presets: any shape
+
+
+def test_eval_targets_and_config_validation():
+    assert _eval_targets(1001, None) == 1000 and _eval_targets(1001, 256) == 256
+    assert Stage1BenchConfig(references=["gpt"]).run_names() == ("phase2", "stage1", "gpt")
+    with pytest.raises(ValueError, match="references: unknown run"):
+        Stage1BenchConfig(references=("bert",))
+    with pytest.raises(TypeError, match="references must be a list"):
+        Stage1BenchConfig(references="gpt")
+    with pytest.raises(ValueError, match="eval_stride"):
+        Stage1BenchConfig(eval_stride=0)
