@@ -92,7 +92,11 @@ def check_same_device(named: Iterable[tuple[str, torch.device]]) -> torch.device
 
 
 def check_token_ids(name: str, ids: object, vocab_size: int, max_seq_len: int | None = None) -> torch.Tensor:
-    """Token ids: an integer tensor of shape (batch, seq) with 0 <= id < vocab_size."""
+    """Token ids: an integer tensor of shape (batch, seq) with 0 <= id < vocab_size.
+
+    Eager: a ValueError names the offending id.  Inside ``torch.compile`` the range check is a
+    device-side assert (``torch._assert_async``), so the graph has no host sync and no break.
+    """
     check_tensor(name, ids)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (e.g. torch.long), got {ids.dtype}")
@@ -102,7 +106,11 @@ def check_token_ids(name: str, ids: object, vocab_size: int, max_seq_len: int | 
         raise ValueError(
             f"{name} has sequence length {ids.shape[1]}, longer than max_seq_len={max_seq_len}"
         )
-    if ids.numel():
+    if ids.numel() and torch.compiler.is_compiling():
+        # No host sync inside a compiled graph: an out-of-range id fails a device-side assert.
+        torch._assert_async(((ids >= 0) & (ids < vocab_size)).all(),
+                            f"{name} contains a token id outside [0, {vocab_size})")
+    elif ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0:
             raise ValueError(f"{name} contains a negative token id ({lo}); ids must be in [0, {vocab_size})")
