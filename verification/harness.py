@@ -60,9 +60,9 @@ _COMPILED: dict = {}
 
 
 def _compiled(op):
-    """``op`` under torch.compile (inductor, fullgraph, dynamic shapes), one compiled wrapper per op."""
+    """``op`` under torch.compile (inductor, fullgraph; shapes turn dynamic after the first recompile)."""
     if op not in _COMPILED:
-        _COMPILED[op] = torch.compile(op, fullgraph=True, dynamic=True)
+        _COMPILED[op] = torch.compile(op, fullgraph=True)
     return _COMPILED[op]
 
 
