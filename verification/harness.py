@@ -59,11 +59,20 @@ def impl_unavailable(device: str, impl: str) -> str | None:
 _COMPILED: dict = {}
 
 
-def _compiled(op):
-    """``op`` under torch.compile (inductor, fullgraph; shapes turn dynamic after the first recompile)."""
-    if op not in _COMPILED:
-        _COMPILED[op] = torch.compile(op, fullgraph=True)
-    return _COMPILED[op]
+def _compiled(op, args: tuple):
+    """``op`` under torch.compile (inductor, fullgraph), with its non-tensor arguments (eps, None)
+    as constants of the compiled function: one compiled function per op and constant pattern."""
+    slots = tuple(i for i, a in enumerate(args) if isinstance(a, (torch.Tensor, C.ComplexTensor)))
+    consts = tuple((i, a) for i, a in enumerate(args) if i not in slots)
+    key = (op, slots, consts)
+    if key not in _COMPILED:
+        def call(*tensors):
+            full = dict(consts)
+            full.update(zip(slots, tensors, strict=True))
+            return op(*(full[i] for i in range(len(args))))
+
+        _COMPILED[key] = torch.compile(call, fullgraph=True)
+    return _COMPILED[key], tuple(args[i] for i in slots)
 
 
 def run(impl: str, op, *args):
@@ -77,6 +86,7 @@ def run(impl: str, op, *args):
         if impl != "compiled":
             return op(*args)
         # Hypothesis draws many ranks and argument kinds: each is one more graph, never a failure.
+        fn, tensors = _compiled(op, args)
         with torch._dynamo.config.patch(recompile_limit=1024, accumulated_recompile_limit=4096):
-            return _compiled(op)(*args)
+            return fn(*tensors)
 __all__ = ["IMPLS", "IMPL_ENV", "ct", "host", "impl_label", "impl_unavailable", "planes", "run", "tensor"]
