@@ -85,8 +85,11 @@ def run(impl: str, op, *args):
     with kernels.environment(MUSE_KERNELS="1" if impl == "triton" else "0"):
         if impl != "compiled":
             return op(*args)
-        # Hypothesis draws many ranks and argument kinds: each is one more graph, never a failure.
         fn, tensors = _compiled(op, args)
-        with torch._dynamo.config.patch(recompile_limit=1024, accumulated_recompile_limit=4096):
+        # Hypothesis draws many ranks and argument kinds: each is one more graph, never a failure;
+        # eps stays a constant (argument checks run on Python floats).
+        patch = {k: v for k, v in (("recompile_limit", 1024), ("accumulated_recompile_limit", 4096),
+                                   ("specialize_float", True)) if hasattr(torch._dynamo.config, k)}
+        with torch._dynamo.config.patch(**patch):
             return fn(*tensors)
 __all__ = ["IMPLS", "IMPL_ENV", "ct", "host", "impl_label", "impl_unavailable", "planes", "run", "tensor"]
