@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch (on the dev/CI machines this wheel comes from local disk).
 TORCH_SPEC ?= torch==2.13.0
+# Triton of the GPU machine (3.6); on CPU the kernel tests run it as an interpreter (TRITON_INTERPRET=1).
+TRITON_SPEC ?= triton==3.6.0
 
 .PHONY: setup run test lint clean
 
@@ -11,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TRITON_SPEC)"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -88,6 +88,7 @@ class Stage1BenchConfig:
     seed: int = 1337
     out: str | None = None
     progress: bool = False
+    compile: bool | None = None  # training under torch.compile; None: on for CUDA, off for CPU
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
 
     def __post_init__(self):
@@ -139,7 +140,7 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
         train_split=cfg.train_split, eval_split=cfg.eval_split, data_dir=cfg.data_dir,
         tokenizer_dir=cfg.tokenizer_dir, cache_dir=cfg.cache_dir, tokens_npy=cfg.tokens_npy,
         eval_tokens_npy=cfg.eval_tokens_npy, offline=cfg.offline, out=str(out / run), seed=cfg.seed,
-        device=cfg.device, progress=cfg.progress, ckpt_every=0,
+        device=cfg.device, progress=cfg.progress, ckpt_every=0, compile=cfg.compile,
     )
 
 

@@ -159,10 +159,14 @@ def check_token_ids(name: str, ids: object, vocab_size: int, max_seq_len: int | 
 def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
     """ValueError unless every id of the int64 tensor ``ids`` lies in [0, vocab_size).
 
-    The one check that reads values (a host sync); code that compiles a forward calls it
-    before the compiled region.
+    The one check that reads values. Eager: a host sync, and the error names the offending id.
+    Inside ``torch.compile`` it is a device-side assert (``torch._assert_async``), so the graph has
+    no host sync and no break.
     """
-    if ids.numel() and ids.device.type != "meta":
+    if ids.numel() and torch.compiler.is_compiling():
+        torch._assert_async(((ids >= 0) & (ids < vocab_size)).all(),
+                            f"{name} contains a token id outside [0, {vocab_size})")
+    elif ids.numel() and ids.device.type != "meta":
         lo, hi = torch.aminmax(ids.long())
         lo, hi = int(lo), int(hi)
         if lo < 0:

@@ -112,9 +112,16 @@ def resolve_device(device: str) -> torch.device:
 
 
 def run_smoke(model_name: str = "stage1", preset: str = "seed", device: str = "auto", batch_size: int = 2,
-              seq_len: int = 128, seed: int = 0, max_memory_gb: float = 8.0) -> SmokeResult:
-    """Run the four checks of the seed's simple test and return measured results."""
+              seq_len: int = 128, seed: int = 0, max_memory_gb: float = 8.0, compile: bool | None = None,
+              compile_backend: str = "inductor") -> SmokeResult:
+    """Run the four checks of the seed's simple test and return measured results.
+
+    ``compile`` (None: on for CUDA, off for CPU) runs the model under torch.compile; one
+    warm-up forward+backward compiles it first, timed as ``compile_seconds``, so the forward
+    and backward timings are run time only.
+    """
     from muse.models import build_model
+    from muse.models.compile import compile_model, resolve_compile
     from muse.train.loss import lm_loss
 
     batch_size = check_int("batch_size", batch_size, min_value=1)
@@ -145,6 +152,18 @@ def run_smoke(model_name: str = "stage1", preset: str = "seed", device: str = "a
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch_size, seq_len + 1), generator=gen).to(dev)
     inputs, targets = ids[:, :-1], ids[:, 1:]
+    compiled = resolve_compile(compile, dev)
+    res.measurements["compiled"] = compiled
+    net = model
+    if compiled:
+        net = compile_model(model, backend=compile_backend)
+        model.train()
+        t0 = time.perf_counter()
+        lm_loss(net(inputs), targets).backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        res.measurements["compile_seconds"] = time.perf_counter() - t0
+        model.zero_grad(set_to_none=True)
 
     # forward
     model.train()
@@ -152,7 +171,7 @@ def run_smoke(model_name: str = "stage1", preset: str = "seed", device: str = "a
         torch.cuda.synchronize(dev)
         mem_before = torch.cuda.memory_allocated(dev)
     t0 = time.perf_counter()
-    logits = model(inputs)
+    logits = net(inputs)
     expected = (batch_size, seq_len, vocab)
     n_nan = int(torch.isnan(logits).sum())
     n_inf = int(torch.isinf(logits).sum())
@@ -267,7 +286,8 @@ def format_report(res: SmokeResult) -> str:
         "=" * 64, f"MUSE smoke test: {res.model} / preset {res.preset} on {res.device}", "=" * 64,
         f"parameters: {res.parameters:,} (trainable {m['trainable_parameters']:,})",
         f"timings: create {m['create_seconds']:.2f}s, forward {m['forward_seconds']:.3f}s, "
-        f"backward {m['backward_seconds']:.3f}s",
+        f"backward {m['backward_seconds']:.3f}s"
+        + (f", compile (warm-up step) {m['compile_seconds']:.1f}s" if m.get("compiled") else ", eager"),
         "",
     ]
     for c in res.checks:

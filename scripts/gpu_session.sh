@@ -1,83 +1,59 @@
 #!/usr/bin/env bash
-# The GPU runs recorded in docs/: run on a 2-GPU machine from the repo root.
-#   scripts/gpu_session.sh checks     smoke, CUDA tests, Stage 1 benchmark (seed), DDP 2 ranks vs 1, verify ci (-n 2)
-#   scripts/gpu_session.sh thorough   muse verify --profile thorough on CUDA
-#   scripts/gpu_session.sh followup   CUDA tests on the final code, resume on CUDA, Phase 2 --amp bf16/fp16
+# The GPU runs recorded in docs/: one CUDA GPU, from the repo root, each phase under 10 minutes.
+#   scripts/gpu_session.sh checks   CUDA tests (complex, kernels, fullgraph, fused loss), verify on CUDA
+#                                   (layer_norm/modrelu under eager, compiled, triton; the loss), the fused
+#                                   loss's memory at the seed preset (B2 and B8, both measures), smoke
+#   scripts/gpu_session.sh bench    muse bench stage1 at the seed preset (1,572,864 tokens per run, with the
+#                                   Phase 2 mixer-free and GPT reference runs), then Stage 1 'mix' trained the same way
+#   scripts/gpu_session.sh speed    muse bench speed at the seed preset, B=4, S=1024
 # Needs pre-tokenised WikiText-2 in .devcarry/ (muse data export --split valid|test --out ...).
-# Writes logs and reports to $OUT (or ./gpu-out) as one tarball, without checkpoints.
+# Runs write under runs/gpu/<phase>; the phase ends by packing them (without checkpoints) into
+# $OUT/<phase>.tgz (or ./gpu-out).
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-OUT="${OUT:-$PWD/gpu-out}"
-W="$PWD/runs/gpu"
-mkdir -p "$OUT" "$W"
+PHASE="${1:-checks}"
+FINAL_OUT="${OUT:-$PWD/gpu-out}"
+OUT="$PWD/runs/gpu/$PHASE"
+mkdir -p "$OUT" "$FINAL_OUT"
 DATA=(--tokens-npy .devcarry/wikitext2-valid.npy --eval-tokens-npy .devcarry/wikitext2-test.npy --train-split valid)
+BUDGET=(--tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --seed 1337)
 step() { echo; echo "=== $(date -u +%FT%TZ) $*"; }
 
 nvidia-smi -L
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 
-case "${1:-checks}" in
+case "$PHASE" in
 checks)
-  step "smoke (seed preset, CUDA)"
-  timeout 120 python3 -m muse smoke --device cuda --json "$W/smoke-cuda.json"
-  step "CUDA unit tests"
-  timeout 150 python3 -m pytest -q -m cuda -n 2 tests -p no:cacheprovider 2>&1 | tail -5
-  step "Stage 1 benchmark, seed preset, GPU 0 alone"
-  CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m muse bench stage1 --preset seed --device cuda "${DATA[@]}" \
-    --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --out "$W/bench-seed" | tail -40
-  step "DDP: Stage 1 seed, 2 ranks x batch 4 vs 1 rank x batch 8, dropout 0"
-  COMMON=(--model stage1 --preset seed --dropout 0.0 --max-steps 30 --warmup 5 --eval-every 0
-          --final-eval-tokens 65536 --log-every 1 --no-progress "${DATA[@]}")
-  timeout 120 torchrun --standalone --nproc_per_node 2 -m muse train "${COMMON[@]}" --batch-size 4 --out "$W/ddp-2rank" | tail -3
-  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m muse train "${COMMON[@]}" --batch-size 8 --out "$W/ddp-1rank" | tail -3
-  python3 - "$W" <<'EOF'
-import json, sys
-w = sys.argv[1]
-def losses(run):
-    return [r["loss"] for r in map(json.loads, open(f"{w}/{run}/log.jsonl")) if r.get("type") == "train"]
-a, b = losses("ddp-2rank"), losses("ddp-1rank")
-rel = [abs(x - y) / abs(y) for x, y in zip(a, b)]
-print(f"DDP steps compared: {len(rel)}; max relative loss difference {max(rel):.3e}; "
-      f"first {a[0]:.5f} vs {b[0]:.5f}; last {a[-1]:.5f} vs {b[-1]:.5f}")
-EOF
-  step "verify ci on CUDA with pytest -n 2 (one worker per GPU)"
-  timeout 240 python3 -m muse verify --profile ci --device cuda -n 2 --out "$W/verify-ci-cuda" | tail -25
+  step "CUDA tests"
+  timeout 200 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/complex tests/kernels \
+    tests/models/test_models_fullgraph.py tests/models/test_model_contract.py tests/train/test_fused_loss.py \
+    2>&1 | tee "$OUT/cuda-tests.txt" | tail -6
+  step "verify on CUDA: layer_norm / modrelu under eager, compiled, triton; the fused loss; stability"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 240 python3 -m muse verify --profile ci --device cuda -n 4 \
+    -k "layer_norm or modrelu or layers_finite or loss or stability" --out "$OUT/verify-cuda" 2>&1 | tail -8
+  step "fused loss memory, seed preset (tracker vs cuda.max_memory_allocated)"
+  timeout 120 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  timeout 90 python3 scripts/loss_memory.py --preset seed --device cuda --batch 8 --seq 1024 --steps 0 \
+    --impl chunked | tee "$OUT/loss-memory-b8.jsonl"
+  step "smoke, seed preset"
+  timeout 90 python3 -m muse smoke --device cuda --no-compile --json "$OUT/smoke-cuda.json" | tail -25
   ;;
-thorough)
-  step "verify thorough on CUDA"
-  timeout 560 python3 -m muse verify --profile thorough --device cuda -n "$(( $(nproc) - 2 ))" \
-    --out "$W/verify-thorough-cuda" | tail -40
+bench)
+  step "Stage 1 benchmark, seed preset (eager; compile is measured by the speed phase)"
+  timeout 420 python3 -m muse bench stage1 --preset seed --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" \
+    --out "$OUT/bench-seed" | tail -45
+  step "Stage 1 'mix' (recurrence + complex FFN), same budget"
+  timeout 150 python3 -m muse train --model stage1 --preset mix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" \
+    --eval-stride 512 --eval-every 24 --eval-tokens 16384 --ckpt-every 0 --no-progress --out "$OUT/train-mix" | tail -8
   ;;
-followup)
-  step "smoke + CUDA unit tests"
-  timeout 120 python3 -m muse smoke --device cuda | tail -3
-  timeout 150 python3 -m pytest -q -m cuda -n 2 tests -p no:cacheprovider 2>&1 | tail -2
-  step "resume on CUDA: Stage 1 seed, 20 steps straight (GPU 0) vs 10 + resume + 10 (GPU 1)"
-  R=(--model stage1 --preset seed --max-steps 20 --warmup 5 --eval-every 0 --final-eval-tokens 65536
-     --log-every 1 --no-progress --batch-size 8 "${DATA[@]}")
-  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m muse train "${R[@]}" --out "$W/resume-straight" > "$W/straight.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 timeout 150 python3 -m muse train "${R[@]}" --stop-after 10 --out "$W/resume-split" > "$W/split1.log" 2>&1
-  CUDA_VISIBLE_DEVICES=1 timeout 150 python3 -m muse train "${R[@]}" --resume "$W/resume-split/last.safetensors" > "$W/split2.log" 2>&1
-  wait
-  python3 - "$W" <<'EOF2'
-import json, sys
-w = sys.argv[1]
-def losses(run):
-    return {r["step"]: r["loss"] for r in map(json.loads, open(f"{w}/{run}/log.jsonl")) if r.get("type") == "train"}
-a, b = losses("resume-straight"), losses("resume-split")
-steps = sorted(set(a) & set(b))
-diff = [abs(a[s] - b[s]) / abs(a[s]) for s in steps]
-print(f"resume: {len(steps)} steps compared; steps 1-10 max rel diff {max(diff[:10]):.3e}; "
-      f"steps 11-20 max rel diff {max(diff[10:]):.3e}; step 20: {a[20]:.6f} vs {b[20]:.6f}")
-EOF2
-  step "Phase 2 seed through the trainer with --amp bf16 (GPU 0) and --amp fp16 (GPU 1)"
-  A=(--model phase2 --preset seed --max-steps 30 --warmup 5 --eval-every 0 --final-eval-tokens 65536
-     --log-every 10 --no-progress --batch-size 8 "${DATA[@]}")
-  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m muse train "${A[@]}" --amp bf16 --out "$W/amp-bf16" 2>&1 | tail -12 &
-  CUDA_VISIBLE_DEVICES=1 timeout 200 python3 -m muse train "${A[@]}" --amp fp16 --out "$W/amp-fp16" 2>&1 | tail -12
-  wait
+speed)
+  step "muse bench speed, seed preset, B=4, S=1024"
+  timeout 540 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --out "$OUT/speed" \
+    2>&1 | tee "$OUT/speed.txt" | tail -60
   ;;
+*) echo "usage: $0 checks|bench|speed" >&2; exit 2 ;;
 esac
 step "pack"
-tar --exclude='*.safetensors' -czf "$OUT/runs-${1:-checks}.tgz" -C "$W" .
-ls -la "$OUT"
+tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
+ls -la "$FINAL_OUT"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -26,4 +28,68 @@ def host(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-__all__ = ["ct", "host", "planes", "tensor"]
+
+
+
+# --------------------------------------------------------------- implementations
+IMPLS = ("eager", "compiled", "triton")
+IMPL_ENV = "MUSE_VERIFY_IMPL"
+
+
+def impl_label(device: str, impl: str) -> str:
+    """The device column of the report: ``cpu`` for the eager PyTorch path, ``cpu+triton`` etc. otherwise."""
+    return device if impl == "eager" else f"{device}+{impl}"
+
+
+def impl_unavailable(device: str, impl: str) -> str | None:
+    """Why ``impl`` cannot run on ``device`` here (None when it can)."""
+    from muse import kernels
+
+    if impl == "triton":
+        if not kernels.HAS_TRITON:
+            return "triton is not installed"
+        if device == "cpu" and not kernels.interpreting():
+            return "Triton on CPU needs TRITON_INTERPRET=1 before triton is imported"
+    if impl == "compiled" and device == "cpu" and "compiled" not in os.environ.get(IMPL_ENV, ""):
+        # Inductor compiles C++ per input rank and argument kind: minutes per property on a CI CPU.
+        return f"compiled on CPU is opt-in ({IMPL_ENV}=eager,compiled,triton)"
+    return None
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(op, args: tuple):
+    """``op`` under torch.compile (inductor, fullgraph), with its non-tensor arguments (eps, None)
+    as constants of the compiled function: one compiled function per op and constant pattern."""
+    slots = tuple(i for i, a in enumerate(args) if isinstance(a, (torch.Tensor, C.ComplexTensor)))
+    consts = tuple((i, a) for i, a in enumerate(args) if i not in slots)
+    key = (op, slots, consts)
+    if key not in _COMPILED:
+        def call(*tensors):
+            full = dict(consts)
+            full.update(zip(slots, tensors, strict=True))
+            return op(*(full[i] for i in range(len(args))))
+
+        _COMPILED[key] = torch.compile(call, fullgraph=True)
+    return _COMPILED[key], tuple(args[i] for i in slots)
+
+
+def run(impl: str, op, *args):
+    """Call the functional op ``op`` under one implementation: ``eager`` (the PyTorch path, kernels
+    off), ``compiled`` (that path under torch.compile) or ``triton`` (the kernels, where they exist)."""
+    from muse import kernels
+
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    with kernels.environment(MUSE_KERNELS="1" if impl == "triton" else "0"):
+        if impl != "compiled":
+            return op(*args)
+        fn, tensors = _compiled(op, args)
+        # Hypothesis draws many ranks and argument kinds: each is one more graph, never a failure;
+        # eps stays a constant (argument checks run on Python floats).
+        patch = {k: v for k, v in (("recompile_limit", 1024), ("accumulated_recompile_limit", 4096),
+                                   ("specialize_float", True)) if hasattr(torch._dynamo.config, k)}
+        with torch._dynamo.config.patch(**patch):
+            return fn(*tensors)
+__all__ = ["IMPLS", "IMPL_ENV", "ct", "host", "impl_label", "impl_unavailable", "planes", "run", "tensor"]

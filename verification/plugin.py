@@ -6,6 +6,8 @@
 - xdist on GPUs: worker ``gwN`` is pinned in ``pytest_configure`` (before anything
   initialises CUDA) to entry N mod len of the caller's CUDA_VISIBLE_DEVICES list, or
   of all GPUs when it is unset, so ``pytest -n 4`` on a 4-GPU host uses all four.
+- Without a GPU, Triton runs in its interpreter (``TRITON_INTERPRET=1``, kernels off unless a
+  test asks for them; see :func:`interpret_without_gpu`).
 - ``--muse-device cpu|cuda|all`` (or MUSE_VERIFY_DEVICE) picks the devices of the
   ``device`` parameter of every test (tests/ and verification/); tests marked ``cuda``
   skip without a GPU.
@@ -129,9 +131,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="devices for the verification 'device' parameter (default: $MUSE_VERIFY_DEVICE or all)")
 
 
+def interpret_without_gpu(environ=os.environ, gpu_count: int | None = None) -> bool:
+    """Without a visible GPU, run Triton in its CPU interpreter, so the kernel tests run on CPU.
+
+    ``TRITON_INTERPRET=1`` must be set before the first ``import triton``; kernels then stay off
+    (``MUSE_KERNELS=0``) except where a test asks for them (tests/kernels, the verification
+    ``impl`` parameter).  An explicit TRITON_INTERPRET is left alone.  Returns True if it set it.
+    """
+    if "TRITON_INTERPRET" in environ:
+        return False
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    count = count_gpus() if gpu_count is None else gpu_count
+    if count > 0 and visible not in ("", "-1"):
+        return False
+    environ["TRITON_INTERPRET"] = "1"
+    environ.setdefault("MUSE_KERNELS", "0")
+    return True
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     pin_worker_gpu()
+    interpret_without_gpu()
     if not config.getoption("hypothesis_profile", default=None):
         settings.load_profile(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
@@ -223,4 +244,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "PROFILE_ENV", "count_gpus", "examples", "gpu_for_worker",
-           "pin_worker_gpu", "profile_name", "register_profiles", "selected_devices"]
+           "interpret_without_gpu", "pin_worker_gpu", "profile_name", "register_profiles", "selected_devices"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import muse.complex as C
 from verification import reference as R
 from verification import strategies as vs
-from verification.harness import ct, host, planes, tensor
+from verification.harness import ct, host, impl_label, planes, run, tensor
 from verification.record import record_property
 
 MAX = vs.MAX_F16
@@ -88,12 +88,12 @@ def test_matmul_and_reductions_finite_in_range(device, a, data):
 
 @given(z=vs.complex_arrays(st.tuples(st.integers(1, 3), st.integers(1, 24)), band="full"),
        b=st.floats(-MAX, MAX, width=16))
-def test_layers_finite_in_range(device, z, b):
-    out = planes(C.layer_norm(ct(z, device)))
-    _assert_finite_where("layer_norm", device, [out[0], out[1]], _within(*R.layer_norm(z)[:2]))
+def test_layers_finite_in_range(device, impl, z, b):
+    out = planes(run(impl, C.layer_norm, ct(z, device)))
+    _assert_finite_where("layer_norm", impl_label(device, impl), [out[0], out[1]], _within(*R.layer_norm(z)[:2]))
     bias = np.array(b, dtype=np.float16)
-    out = planes(C.modrelu(ct(z, device), tensor(bias, device)))
-    _assert_finite_where("modrelu", device, [out[0], out[1]], _within(*R.modrelu(z, bias)[:2]))
+    out = planes(run(impl, C.modrelu, ct(z, device), tensor(bias, device)))
+    _assert_finite_where("modrelu", impl_label(device, impl), [out[0], out[1]], _within(*R.modrelu(z, bias)[:2]))
 
 
 # ------------------------------------------------------------ non-finite contract
@@ -181,45 +181,45 @@ def test_reduction_and_matmul_contract(device, z, data):
 
 
 @given(z=vs.complex_arrays(st.tuples(st.integers(1, 3), st.integers(1, 6)), band="nonfinite"), data=st.data())
-def test_layer_norm_contract(device, z, data):
+def test_layer_norm_contract(device, impl, z, data):
     """A nan/inf anywhere in a row, or in weight[k]/bias[k], shows in the row / column k."""
     d = z.shape[2]
     w = data.draw(vs.real_arrays((d,), band="nonfinite"))
     bias = data.draw(vs.real_arrays((d,), band="nonfinite"))
-    out = planes(C.layer_norm(ct(z, device), tensor(w, device), tensor(bias, device)))
+    out = planes(run(impl, C.layer_norm, ct(z, device), tensor(w, device), tensor(bias, device)))
     row_nan = np.isnan(z).any(axis=(0, 2))[:, None]
     row_inf = np.isinf(z).any(axis=(0, 2))[:, None]
     nan_in = row_nan | np.isnan(w)[None, :] | np.isnan(bias)[None, :]
     inf_in = row_inf | np.isinf(w)[None, :] | np.isinf(bias)[None, :]
-    _assert_contract("layer_norm", device, [out[0], out[1]], nan_in, inf_in)
+    _assert_contract("layer_norm", impl_label(device, impl), [out[0], out[1]], nan_in, inf_in)
 
 
-def _modrelu_contract(device: str, z: np.ndarray, bias: np.ndarray) -> None:
-    out = planes(C.modrelu(ct(z, device), tensor(bias, device)))
+def _modrelu_contract(device: str, impl: str, z: np.ndarray, bias: np.ndarray) -> None:
+    out = planes(run(impl, C.modrelu, ct(z, device), tensor(bias, device)))
     shape = out.shape[1:]
     nan_in, inf_in = _bad(z[0], z[1], bias, shape=shape)
     zero = (z[0] == 0) & (z[1] == 0)
     allowed = zero | np.broadcast_to(bias == -np.inf, shape) & np.isfinite(z).all(axis=0)
-    _assert_contract("modrelu", device, [out[0], out[1]], nan_in, inf_in, allowed=allowed)
+    _assert_contract("modrelu", impl_label(device, impl), [out[0], out[1]], nan_in, inf_in, allowed=allowed)
 
 
 @given(z=vs.complex_arrays(st.tuples(st.integers(1, 3), st.integers(1, 6)), band="nonfinite"), data=st.data())
-def test_modrelu_contract(device, z, data):
+def test_modrelu_contract(device, impl, z, data):
     """modReLU with non-nan biases: the allowed finite results from inf are modrelu(0) = 0 (any b)
     and b = -inf (ReLU(-inf) = 0).  Nan biases: see test_modrelu_nan_bias_is_not_silent."""
     bias = data.draw(vs.real_arrays((z.shape[2],), band="nonfinite"))
-    _modrelu_contract(device, z, np.where(np.isnan(bias), np.float16(1.0), bias).astype(np.float16))
+    _modrelu_contract(device, impl, z, np.where(np.isnan(bias), np.float16(1.0), bias).astype(np.float16))
 
 
-def test_modrelu_contract_special_cases(device):
+def test_modrelu_contract_special_cases(device, impl):
     z = np.array([[[0.0, 3.0, 1.0, math.inf, math.nan]], [[0.0, 4.0, 1.0, 0.0, 0.0]]], dtype=np.float16)
-    _modrelu_contract(device, z, np.array([math.inf, -math.inf, 2.0, -1.0, 0.5], dtype=np.float16))
+    _modrelu_contract(device, impl, z, np.array([math.inf, -math.inf, 2.0, -1.0, 0.5], dtype=np.float16))
 
 
-def test_modrelu_nan_bias_is_not_silent(device):
+def test_modrelu_nan_bias_is_not_silent(device, impl):
     """Regression: a NaN bias once made '|z| + b > 0' false and returned a silent 0 + 0i."""
     z = C.ComplexTensor(torch.tensor([[3.0], [4.0]], dtype=torch.float16, device=device))
-    out = C.modrelu(z, torch.tensor(math.nan, dtype=torch.float16, device=device)).planes
+    out = run(impl, C.modrelu, z, torch.tensor(math.nan, dtype=torch.float16, device=device)).planes
     assert torch.isnan(out).any()
 
 

@@ -16,7 +16,7 @@ from verification import bounds as B
 from verification import reference as R
 from verification import strategies as vs
 from verification.checks import check_ulps, cplx, real
-from verification.harness import ct, planes, tensor
+from verification.harness import ct, impl_label, planes, run, tensor
 
 D_SIZES = st.one_of(st.integers(1, 20), st.sampled_from([33, 64]))
 ROWS = st.sampled_from([(), (1,), (3,), (2, 2)])
@@ -33,10 +33,10 @@ def layer_norm_case(draw):
     return z, weight, bias, eps
 
 
-def _layer_norm_check(device: str, z, weight, bias, eps: float) -> None:
+def _layer_norm_check(device: str, impl: str, z, weight, bias, eps: float) -> None:
     w_t = None if weight is None else tensor(weight, device)
     b_t = None if bias is None else tensor(bias, device)
-    out = planes(C.layer_norm(ct(z, device), w_t, b_t, eps))
+    out = planes(run(impl, C.layer_norm, ct(z, device), w_t, b_t, eps))
     re, im, stats = R.layer_norm(z, weight, bias, eps)
     e_re, e_im = B.layer_norm_abs(stats, re.hi, im.hi, weight, bias, eps, device)
     bound = [B.in_ulps(B.mixed(re.hi, e_re), re.hi), B.in_ulps(B.mixed(im.hi, e_im), im.hi)]
@@ -49,7 +49,7 @@ def _layer_norm_check(device: str, z, weight, bias, eps: float) -> None:
             found["bias"] = bias
         return found
 
-    check_ulps("layer_norm", device, [out[0], out[1]], [re, im], bound, locate=locate,
+    check_ulps("layer_norm", impl_label(device, impl), [out[0], out[1]], [re, im], bound, locate=locate,
                call="C.layer_norm(C.ComplexTensor(torch.from_numpy(z)), torch.from_numpy(weight), "
                     "torch.from_numpy(bias), float(eps))")
 
@@ -57,20 +57,20 @@ def _layer_norm_check(device: str, z, weight, bias, eps: float) -> None:
 @given(case=layer_norm_case())
 @example(case=(np.array([[[65504.0, -65504.0, 1.0]], [[0.0, 2.0**-24, -1.0]]], dtype=np.float16), None, None, 1e-5))
 @example(case=(np.full((2, 1, 4), 3.0, dtype=np.float16), None, None, 1e-5))
-def test_layer_norm_accuracy(device, case):
+def test_layer_norm_accuracy(device, impl, case):
     """Mixed bound: e_mu, the variance and rsqrt errors propagate into |y - x| <= E (docs/numerics.md)."""
-    _layer_norm_check(device, *case)
+    _layer_norm_check(device, impl, *case)
 
 
 @given(z=vs.complex_arrays(st.tuples(st.integers(1, 4), D_SIZES), band="unit"))
-def test_layer_norm_output_is_normalised(device, z):
+def test_layer_norm_output_is_normalised(device, impl, z):
     """Per sample: complex mean of the output ~ 0 and E|out|^2 ~ v / (v + eps) (-> 1 for v >> eps).
 
     Tolerances are derived from the per-element bounds B_k: |mean(out)| <= mean(B_k) per
     plane and |E|out|^2 - v/(v + eps)| <= mean(2 |x_k| B_k + B_k^2), summed over the planes.
     """
     eps = 1e-5
-    out = planes(C.layer_norm(ct(z, device), eps=eps)).astype(np.float64)
+    out = planes(run(impl, C.layer_norm, ct(z, device), None, None, eps)).astype(np.float64)
     re, im, stats = R.layer_norm(z, None, None, eps)
     e_re, e_im = B.layer_norm_abs(stats, re.hi, im.hi, None, None, eps, device)
     b_re, b_im = B.mixed(re.hi, e_re), B.mixed(im.hi, e_im)
@@ -88,14 +88,14 @@ def test_layer_norm_output_is_normalised(device, z):
 
 
 @given(z=vs.complex_arrays(st.tuples(st.integers(2, 5), D_SIZES)), data=st.data())
-def test_layer_norm_has_no_cross_sample_coupling(device, z, data):
+def test_layer_norm_has_no_cross_sample_coupling(device, impl, z, data):
     """Changing one sample (row) leaves every other row's output bit-for-bit unchanged."""
     row = data.draw(st.integers(0, z.shape[1] - 1))
     other = data.draw(vs.complex_arrays((z.shape[2],)))
     z2 = z.copy()
     z2[:, row, :] = other
-    a = planes(C.layer_norm(ct(z, device)))
-    b = planes(C.layer_norm(ct(z2, device)))
+    a = planes(run(impl, C.layer_norm, ct(z, device)))
+    b = planes(run(impl, C.layer_norm, ct(z2, device)))
     keep = np.arange(z.shape[1]) != row
     assert np.array_equal(a[:, keep].view(np.uint16), b[:, keep].view(np.uint16))
 
@@ -130,10 +130,10 @@ def modrelu_case(draw):
 @given(case=modrelu_case())
 @example(case=(np.array([[3.0, 0.0, 300.0], [4.0, 0.0, 400.0]], dtype=np.float16),
                np.array([-5.0, 1.0, -500.0], dtype=np.float16)))
-def test_modrelu_accuracy(device, case):
+def test_modrelu_accuracy(device, impl, case):
     """Mixed bound: E = (|z_c|/r)[|r + b|((1+u)^3/(1-t) - 1) + r t (1+u)^3/(1-t)], t ~ 1.5u."""
     z, bias = case
-    out = planes(C.modrelu(ct(z, device), tensor(bias, device)))
+    out = planes(run(impl, C.modrelu, ct(z, device), tensor(bias, device)))
     re, im, stats = R.modrelu(z, bias)
     zr, zi = np.broadcast_arrays(z[0], z[1], bias)[:2]
     bound = []
@@ -141,17 +141,17 @@ def test_modrelu_accuracy(device, case):
         err = B.modrelu_abs(comp.astype(np.float64), stats["r"], stats["shifted"])
         bound.append(B.in_ulps(B.mixed(e.hi, err), e.hi))
     b_full = np.broadcast_to(bias, z.shape[1:])
-    check_ulps("modrelu", device, [out[0], out[1]], [re, im], bound,
+    check_ulps("modrelu", impl_label(device, impl), [out[0], out[1]], [re, im], bound,
                args=[cplx("z", z), real("b", b_full)],
                call="C.modrelu(C.ComplexTensor(torch.from_numpy(z)), torch.from_numpy(b)[0])")
 
 
 @given(case=modrelu_case())
-def test_modrelu_keeps_the_phase(device, case):
+def test_modrelu_keeps_the_phase(device, impl, case):
     """out = lambda z with lambda >= 0: each part keeps the sign of z's part (or is 0), and the
     cross product |out_re z_im - out_im z_re| <= |z_im| B_re + |z_re| B_im with B the bounds."""
     z, bias = case
-    out = planes(C.modrelu(ct(z, device), tensor(bias, device))).astype(np.float64)
+    out = planes(run(impl, C.modrelu, ct(z, device), tensor(bias, device))).astype(np.float64)
     zf = np.broadcast_to(z, out.shape).astype(np.float64)
     assert np.all(out[0] * zf[0] >= 0) and np.all(out[1] * zf[1] >= 0)
     re, im, stats = R.modrelu(z, bias)

@@ -1,14 +1,19 @@
-"""``muse bench stage1``: train Stage 1 and Phase 2 identically and judge the Stage 1 criteria."""
+"""``muse bench stage1`` (the Stage 1 criteria vs Phase 2) and ``muse bench speed`` (ceilings, ops, models)."""
 
 from __future__ import annotations
 
 import argparse
 
+from muse.cli._compile import add_compile_flag
+
+MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")  # benchmarks.speed.MODEL_ROWS, without importing torch
+VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels")
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark runners (stage1: the Stage 1 completion criteria vs Phase 2)",
+        help="benchmark runners (stage1: the Stage 1 criteria vs Phase 2; speed: eager/compiled/kernels)",
         description="Benchmark runners. 'stage1' trains Stage 1 and Phase 2 under identical settings, "
         "measures perplexity, peak memory, throughput, NaN rate, gradient norms and the planar layout, "
         "and reports each criterion as pass / fail / not_measured. Options left out take the defaults of "
@@ -16,10 +21,12 @@ def register(sub) -> None:
         epilog="examples:\n"
         "  muse bench stage1 --preset tiny --train-split valid          # CPU: memory as live tensor bytes\n"
         "  muse bench stage1 --preset seed --device cuda --tokens 5000000 "
-        "--tokens-npy train.npy --eval-tokens-npy test.npy",
+        "--tokens-npy train.npy --eval-tokens-npy test.npy\n"
+        "  muse bench speed --preset seed --batch-size 4 --device cuda --out runs/speed-h200\n"
+        "  muse bench speed --preset tiny --vocab-size 512 --device cpu --compile-backend aot_eager",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("which", choices=["stage1"], help="which benchmark")
+    p.add_argument("which", choices=["stage1", "speed"], help="which benchmark")
     g = p.add_argument_group("models and training (identical for every run)")
     g.add_argument("--preset")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -60,7 +67,17 @@ def register(sub) -> None:
     m.add_argument("--loss-impl", choices=["auto", "torch-native", "chunked"],
                    help="fused linear cross-entropy for the memory and throughput rows (default chunked: "
                    "the same path for both models, fully visible to the live-tensor-bytes measure)")
-    p.add_argument("--out", help="output directory (default runs/bench-stage1-<preset>-<time>)")
+    s = p.add_argument_group("speed only")
+    s.add_argument("--models", help=f"comma-separated rows (default all: {','.join(MODEL_ROWS)})")
+    s.add_argument("--variants", help=f"comma-separated (default all: {','.join(VARIANTS)})")
+    s.add_argument("--vocab-size", type=int, help="override vocab_size of every model (small CPU runs)")
+    s.add_argument("--d-model", type=int, help="override d_model")
+    s.add_argument("--n-layers", type=int, help="override n_layers")
+    s.add_argument("--compile-backend", choices=["inductor", "aot_eager", "eager"],
+                   help="torch.compile backend of the compiled variants (default inductor)")
+    s.add_argument("--cpu-repeats", type=int, help="timed repeats per measurement on CPU (default 3)")
+    add_compile_flag(p)
+    p.add_argument("--out", help="output directory (default runs/bench-<which>-<preset>-<time>)")
     p.add_argument("--progress", action="store_true", default=None, help="show tqdm progress bars")
     p.add_argument("--require-pass", action="store_true", help="exit 1 unless every criterion passed")
     p.set_defaults(func=run)
@@ -71,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
+    if args.which == "speed":
+        return run_speed(args)
+
     from benchmarks.stage1 import Stage1BenchConfig, format_markdown, run_stage1_benchmark
 
     fields = {f.name for f in dataclasses.fields(Stage1BenchConfig)}
@@ -80,7 +100,31 @@ def run(args: argparse.Namespace) -> int:
         given["model_overrides"] = {"dropout": args.dropout}
     if args.references is not None:
         given["references"] = tuple(r for r in args.references.split(",") if r and r != "none")
+    if args.compile is not None:
+        given["compile"] = args.compile
     cfg = Stage1BenchConfig(**given)
     report = run_stage1_benchmark(cfg, command=shlex.join(["muse", *sys.argv[1:]]))
     print(format_markdown(report))
     return 1 if args.require_pass and not report["all_pass"] else 0
+
+
+def run_speed(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from benchmarks.speed import SpeedConfig, format_markdown, run_speed_benchmark
+
+    given = {k: getattr(args, k) for k in ("preset", "batch_size", "seq_len", "device", "seed", "out",
+                                           "compile_backend", "cpu_repeats") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("vocab_size", "d_model", "n_layers") if getattr(args, k) is not None}
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    if args.compile is False:
+        variants = [v for v in variants if not v.startswith("compiled")]
+    cfg = SpeedConfig(**given, model_overrides=overrides, variants=tuple(variants),
+                      models=tuple(args.models.split(",")) if args.models else MODEL_ROWS)
+    report = run_speed_benchmark(cfg, command=shlex.join(["muse", *sys.argv[1:]]))
+    print(format_markdown(report))
+    print(f"report: {report['out']}/report.json, report.md")
+    return 0

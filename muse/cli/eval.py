@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from muse.cli._compile import add_compile_flag
+
 EPILOG = """examples:
   muse eval runs/stage1-tiny-20260101-120000/last.safetensors                 # whole test split
   muse eval last.safetensors --tokens-npy test.npy --stride 512 --json eval.json
@@ -27,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--offline", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    add_compile_flag(p)
     p.set_defaults(func=run)
 
 
@@ -35,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    import torch
+
     from muse._io import check_output_file, write_report_json
     from muse.data import load_token_file, load_tokens
+    from muse.models.compile import compile_model, resolve_compile, timed
     from muse.train.checkpoint import model_from_checkpoint
     from muse.train.distributed import resolve_device
     from muse.train.evaluate import evaluate
@@ -55,13 +61,22 @@ def run(args: argparse.Namespace) -> int:
                             cache_dir=args.cache_dir, allow_hub=not args.offline)
         tokens, source = split.tokens, split.source
     seq_len = args.seq_len or ck.train_config.get("seq_len") or max_len
+    compiled = resolve_compile(args.compile, device)
+    net, compile_s = model, None
+    if compiled:  # compile on one batch of the eval shape first, so "seconds" is run time only
+        net = compile_model(model)
+        warm = torch.zeros(args.batch_size, seq_len, dtype=torch.long, device=device)
+        model.eval()
+        with torch.no_grad():
+            _, compile_s = timed(net, warm, device=device)
     t0 = time.perf_counter()
-    res = evaluate(model, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
+    res = evaluate(net, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
     finite = math.isfinite(res["loss"])
     out = {"status": "ok" if finite else "non_finite_loss", "checkpoint": str(args.checkpoint),
            "model": ck.model_name, "step": ck.counters.get("step"),
            "train_split": ck.train_config.get("train_split_used"), "eval_source": str(source),
-           "seq_len": seq_len, "stride": args.stride or seq_len, **res, "seconds": time.perf_counter() - t0}
+           "seq_len": seq_len, "stride": args.stride or seq_len, **res, "seconds": time.perf_counter() - t0,
+           "compiled": compiled, "compile_s": compile_s}
     for key, value in out.items():
         print(f"{key:<14}{value}")
     if args.json:

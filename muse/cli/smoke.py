@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from muse.cli._compile import add_compile_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-memory-gb", type=float, default=8.0, help="memory threshold (seed report: 8 GB)")
     p.add_argument("--json", metavar="PATH", help="also write the measurements as JSON")
+    add_compile_flag(p)
     p.set_defaults(func=run)
 
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file("--json", args.json)
     res = run_smoke(args.model, args.preset, args.device, args.batch_size, args.seq_len, args.seed,
-                    args.max_memory_gb)
+                    args.max_memory_gb, compile=args.compile)
     print(format_report(res))
     if args.json:
         write_report_json(args.json, res.to_dict(), default=str)

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from muse.cli._compile import add_compile_flag
+
 EPILOG = """examples:
   muse train --model stage1 --preset tiny --train-split valid --max-steps 200    # CPU, offline data
   muse train --model phase2 --preset seed --tokens 20000000 --batch-size 8 --amp bf16
@@ -72,6 +74,7 @@ def register(sub) -> None:
     g.add_argument("--resume", help="checkpoint to continue from (same model and settings)")
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_compile_flag(g)
     p.set_defaults(func=run)
 
 
@@ -108,6 +111,7 @@ def config_from_args(args: argparse.Namespace):
         tokens_npy=args.tokens_npy, eval_tokens_npy=args.eval_tokens_npy, offline=args.offline,
         out=args.out, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         progress=not args.no_progress, init_scale=args.init_scale, max_skip_fraction=args.max_skip_fraction,
+        compile=args.compile,
     )
 
 

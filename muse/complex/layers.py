@@ -4,7 +4,10 @@
 fp32 and rounds once; only the fp16 input is saved, and the backward recomputes the
 statistics from it (less memory, and the backward is itself differentiable, so
 double backward works).  The gradient convention is PyTorch's: for real L,
-grad = dL/dRe + i dL/dIm.
+grad = dL/dRe + i dL/dIm.  Where ``muse.kernels.use_kernel`` picks it (float16 planes on
+CUDA, or Triton's interpreter), forward and backward run one Triton kernel each; the
+PyTorch code here is the reference and the fallback.  A backward that must itself be
+differentiable (``create_graph=True``) always takes the PyTorch path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numbers
 
 import torch
 
+from muse import kernels
 from muse._checks import (
     check_choice,
     check_float,
@@ -45,19 +49,26 @@ def _ln_stats(x: torch.Tensor, eps: float):
 class _LayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes, weight, bias, eps):
+        ctx.save_for_backward(planes, weight, bias)
+        ctx.eps = eps
+        if kernels.use_kernel(planes, weight, bias):
+            return kernels.layer_norm_fwd(planes, weight, bias, eps)
         cd = compute_dtype(planes.dtype)
         c, rstd = _ln_stats(planes.to(cd), eps)
         n = c * rstd
         out = n if weight is None else n * weight.to(cd)
         if bias is not None:
             out = torch.stack((out[0] + bias.to(cd), out[1]))
-        ctx.save_for_backward(planes, weight, bias)
-        ctx.eps = eps
         return out.to(planes.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         planes, weight, bias = ctx.saved_tensors
+        if not torch.is_grad_enabled() and kernels.use_kernel(planes, weight, bias, grad):
+            grad_x, sums = kernels.layer_norm_bwd(planes, weight, grad, ctx.eps)
+            grad_w = None if weight is None else sums[0].to(weight.dtype)
+            grad_b = None if bias is None else sums[1].to(bias.dtype)
+            return grad_x, grad_w, grad_b, None
         cd = compute_dtype(planes.dtype)
         c, rstd = _ln_stats(planes.to(cd), ctx.eps)
         n = c * rstd
@@ -112,16 +123,21 @@ def _modrelu_parts(x: torch.Tensor, bias: torch.Tensor, storage: torch.dtype):
 class _ModReLUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes, bias):
+        ctx.save_for_backward(planes, bias)
+        if kernels.use_kernel(planes, bias):
+            return kernels.modrelu_fwd(planes, bias)
         cd = compute_dtype(planes.dtype)
         x = planes.to(cd)
         r, r_safe, b, active = _modrelu_parts(x, bias, planes.dtype)
         scale = torch.where(active, (r + b) / r_safe, torch.zeros_like(r))
-        ctx.save_for_backward(planes, bias)
         return (x * scale).to(planes.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         planes, bias = ctx.saved_tensors
+        if not torch.is_grad_enabled() and kernels.use_kernel(planes, bias, grad):
+            grad_x, grad_b = kernels.modrelu_bwd(planes, bias, grad)
+            return grad_x, grad_b.to(bias.dtype)
         cd = compute_dtype(planes.dtype)
         x = planes.to(cd)
         _, r_safe, b, active = _modrelu_parts(x, bias, planes.dtype)

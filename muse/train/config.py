@@ -11,6 +11,7 @@ from muse.train.scaler import check_power_of_two
 SPLITS = ("train", "valid", "test")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = (None, "bf16", "fp16")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 # Fields that decide the loss curve: a resumed run must use the same values.
 TRAJECTORY_FIELDS = (
     "model", "preset", "model_overrides", "seq_len", "batch_size", "grad_accum", "lr", "min_lr",
@@ -60,6 +61,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     amp: str | None = None  # Phase 2 on CUDA: bf16 or fp16 autocast
+    compile: bool | None = None  # torch.compile the model; None: on for CUDA, off for CPU
+    compile_backend: str = "inductor"  # aot_eager/eager: quick compile checks on CPU
     progress: bool = True
     init_scale: float = 2.0**16  # Stage 1 dynamic loss scale
     growth_interval: int = 1000  # clean steps before the loss scale doubles
@@ -114,6 +117,10 @@ class TrainConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.compile is not None:
+            check_type("compile", self.compile, bool, "a bool or None")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {self.compile_backend!r}")
         check_type("progress", self.progress, bool, "a bool")
         check_power_of_two("init_scale", check_float("init_scale", self.init_scale, min_value=2.0**-24,
                                                       max_value=2.0**24))

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from muse._io import check_output_dir, remove_stale_temps, write_json
 from muse.data import TrainBlocks, tokens_sha256
+from muse.models.compile import compile_model, resolve_compile
 from muse.models.registry import MODELS, make_config
 from muse.train import checkpoint as ckpt_io
 from muse.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -120,6 +121,12 @@ class Trainer:
             raise ValueError(f"{exc} (warmup is --warmup; steps come from --max-steps/--tokens)") from None
         self.optimizer = self._make_optimizer()
         self.ddp = wrap_ddp(self.model, ctx) if ctx.distributed else None
+        # Compiled wrappers share the model's parameters; checkpoints save self.model (plain keys).
+        self.compiled = resolve_compile(cfg.compile, ctx.device)
+        base = self.ddp if self.ddp is not None else self.model
+        self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
+        self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
+        self.step_times: list[float] = []  # this process's first steps; the first includes compiling
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_eval, self.last_train_loss, self.final_eval = math.inf, None, None
         self.log = JsonlLog(self.out / "log.jsonl")
@@ -240,7 +247,7 @@ class Trainer:
     # ----------------------------------------------------------------- loop
     def train_step(self) -> tuple[torch.Tensor, object]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, StepResult)."""
-        cfg, net = self.cfg, self.ddp if self.ddp is not None else self.model
+        cfg, net = self.cfg, self.net
         self.optimizer.set_lr(lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
                                     total_steps=self.total_steps))
         self.optimizer.zero_grad()
@@ -288,7 +295,7 @@ class Trainer:
     def run_eval(self, max_tokens: int | None, stride: int | None = None, final: bool = False) -> dict:
         """Evaluate on the eval split (all ranks); log it; non-finite loss raises TrainingError."""
         t0 = time.perf_counter()
-        res = evaluate(self.model, self.data.eval, self.seq_len, self.cfg.eval_batch_size or self.cfg.batch_size,
+        res = evaluate(self.eval_model, self.data.eval, self.seq_len, self.cfg.eval_batch_size or self.cfg.batch_size,
                        stride=stride, max_tokens=max_tokens, rank=self.ctx.rank, world_size=self.ctx.world_size)
         record = {"type": "eval", "step": self.step, "tokens": self.tokens_seen, "final": final,
                   "split": self.data.eval_split, **res, "eval_s": time.perf_counter() - t0}
@@ -382,6 +389,10 @@ class Trainer:
                            echo=self.pbar.disable)
                 mark_time, mark_tokens = now, self.tokens_seen
             self.train_time += time.perf_counter() - t_step
+            if len(self.step_times) < 21:
+                if self.ctx.device.type == "cuda":
+                    torch.cuda.synchronize(self.ctx.device)
+                self.step_times.append(time.perf_counter() - t_step)
             self.pbar.update(1)
             pause = time.perf_counter()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
@@ -396,13 +407,18 @@ class Trainer:
             mark_time += time.perf_counter() - pause  # evals and checkpoints do not count as training time
 
     # ----------------------------------------------------------------- reporting
+    def compile_record(self) -> dict:
+        """Whether the model ran compiled, and compile time (first step minus a steady step) apart."""
+        return {"compiled": self.compiled, "compile_backend": self.cfg.compile_backend if self.compiled else None,
+                **_compile_estimate(self.step_times)}
+
     def describe(self) -> str:
         """The run's configuration, nanoGPT style, printed at start."""
         lines = [f"{k} = {v!r}" for k, v in self.cfg.to_dict().items()]
         lines += [
             f"model config = {self.model_config_dict}",
             f"parameters = {sum(p.numel() for p in self.model.parameters()):,}",
-            f"device = {self.ctx.device}, world_size = {self.ctx.world_size}",
+            f"device = {self.ctx.device}, world_size = {self.ctx.world_size}, compiled = {self.compiled}",
             f"precision = {'fp16 params + fp32 masters + dynamic loss scaling' if self.fp16 else 'fp32'}"
             + (f" (autocast {self.cfg.amp})" if self.cfg.amp else ""),
             f"loss = {self.loss_path} linear cross-entropy (no full logits)",
@@ -448,11 +464,22 @@ class Trainer:
             "wall_time_s": time.perf_counter() - self.start_time,
             "train_time_s": self.train_time,
             "train_tokens_per_s": trained_here / self.train_time if self.train_time > 0 else None,
+            **self.compile_record(),
             "peak_memory": peak_memory(self.ctx.device),
             "model_statistics": stats,
             "resumed_from": self.resumed_from,
             "files": {"log": "log.jsonl", "loss_curve": "loss.png", "checkpoint": "last.safetensors"},
         }
+
+
+def _compile_estimate(step_times: list[float]) -> dict:
+    """First step of this process vs the median of the next ones: the difference is compile time."""
+    if not step_times:
+        return {"first_step_s": None, "steady_step_s": None, "compile_s": None}
+    rest = sorted(step_times[1:])
+    steady = rest[len(rest) // 2] if rest else None
+    return {"first_step_s": step_times[0], "steady_step_s": steady,
+            "compile_s": None if steady is None else max(step_times[0] - steady, 0.0)}
 
 
 def _finite(value):

@@ -192,12 +192,15 @@ def test_model_loss_equals_the_full_logits_loss(name):
     targets = torch.randint(0, 300, (2, 17))
     fused = model_loss(model, ids, targets)
     fused.backward()
-    g_fused = {k: p.grad.clone() for k, p in model.named_parameters()}
+    g_fused = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     full = lm_loss(model(ids), targets)
     full.backward()
     assert fused.item() == pytest.approx(full.item(), rel=1e-5)
     for k, p in model.named_parameters():
+        if not p.requires_grad:  # the frozen zeta position table (the seed's code freezes it)
+            assert p.grad is None
+            continue
         tol = 2e-3 if p.dtype == torch.float16 else 1e-4
         assert torch.allclose(g_fused[k].float(), p.grad.float(), rtol=tol, atol=tol * p.grad.float().abs().max()), k
     assert model_loss(model, ids, targets, "sum").item() == pytest.approx(full.item() * 34, rel=1e-5)

@@ -1,0 +1,444 @@
+"""Speed in one process: the device's ceilings, each op, each model, eager vs compiled vs kernels.
+
+1. Ceilings: device-to-device copy (GB/s, bytes read + written) and a large GEMM (TFLOP/s; fp16
+   on CUDA, fp32 on CPU).
+2. Ops at the model's activation size (B*S rows of d): layer_norm and modrelu forward and
+   forward+backward (GB/s of the fewest bytes they must move, % of the copy ceiling), and the
+   complex linear vs one real GEMM of its block size (2d x 2d).
+3. Models at B x S: inference and forward+backward tokens/s for eager, eager + kernels,
+   compiled and compiled + kernels; compile time apart from run time; achieved GEMM FLOP/s as
+   % of the GEMM ceiling.  Rows: Stage 1, Phase 2, the GPT reference (registry name "gpt";
+   ``not_measured`` when it is not registered) and ``complex64``, a plain-PyTorch native
+   complex64 twin of Stage 1 (what users of complex-NN libraries run).
+
+Timing: CUDA uses ``triton.testing.do_bench`` (median, CUDA events) when Triton is present,
+else CUDA events; CPU uses ``time.perf_counter`` (median of ``cpu_repeats``).  Inputs rotate
+over enough buffers to exceed the L2 cache.  Writes ``report.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import math
+import statistics
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import muse.complex as C
+from muse import kernels
+from muse._checks import check_int, check_type
+from muse._io import write_report_json
+from muse.models.compile import compile_model, resolve_compile
+
+VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels")
+MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
+
+
+@dataclass
+class SpeedConfig:
+    preset: str = "seed"
+    batch_size: int = 4
+    seq_len: int | None = None  # None: the preset's max_seq_len
+    device: str = "auto"
+    models: tuple[str, ...] = MODEL_ROWS
+    variants: tuple[str, ...] = VARIANTS
+    model_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {"vocab_size": 512} for CPU
+    compile_backend: str = "inductor"
+    cpu_repeats: int = 3
+    copy_mib: int | None = None  # None: 1024 on CUDA, 64 on CPU
+    gemm_size: int | None = None  # None: 8192 on CUDA, 512 on CPU
+    seed: int = 0
+    out: str | None = None
+
+    def __post_init__(self):
+        check_type("preset", self.preset, str, "a preset name")
+        check_int("batch_size", self.batch_size, min_value=1)
+        if self.seq_len is not None:
+            check_int("seq_len", self.seq_len, min_value=1)
+        check_int("cpu_repeats", self.cpu_repeats, min_value=1)
+        self.models, self.variants = tuple(self.models), tuple(self.variants)
+        bad = sorted(set(self.models) - set(MODEL_ROWS)) + sorted(set(self.variants) - set(VARIANTS))
+        if bad:
+            raise ValueError(f"unknown models/variants {bad}; models: {MODEL_ROWS}, variants: {VARIANTS}")
+
+
+# ------------------------------------------------------------------ timing
+class Timer:
+    """Median seconds of ``fn()`` on one device, warm-up excluded."""
+
+    def __init__(self, device: torch.device, cpu_repeats: int = 3):
+        self.device, self.cpu_repeats = device, cpu_repeats
+        self.method = "time.perf_counter median"
+        if device.type == "cuda":
+            self.method = "triton.testing.do_bench median" if kernels.HAS_TRITON else "CUDA events median"
+
+    def __call__(self, fn) -> float:
+        if self.device.type == "cuda":
+            if kernels.HAS_TRITON:
+                from triton.testing import do_bench
+
+                return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+            fn()
+            torch.cuda.synchronize(self.device)
+            times = []
+            for _ in range(20):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(self.device)
+                times.append(start.elapsed_time(end) / 1e3)
+            return statistics.median(times)
+        fn()
+        times = []
+        for _ in range(self.cpu_repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rotation(make, device: torch.device, nbytes_each: int) -> list:
+    """Enough input sets that one pass over them exceeds the L2 cache (CUDA); one set on CPU."""
+    if device.type != "cuda":
+        return [make()]
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20) or (64 << 20)
+    return [make() for _ in range(max(2, math.ceil(2 * l2 / max(nbytes_each, 1))))]
+
+
+def _cycle(sets: list, fn):
+    state = {"i": 0}
+
+    def call():
+        args = sets[state["i"] % len(sets)]
+        state["i"] += 1
+        return fn(*args)
+
+    return call
+
+
+# ---------------------------------------------------------------- ceilings
+def ceilings(cfg: SpeedConfig, device: torch.device, timer: Timer) -> dict:
+    mib = cfg.copy_mib or (1024 if device.type == "cuda" else 64)
+    src = torch.randn(mib << 18, device=device)  # mib MiB of fp32
+    dst = torch.empty_like(src)
+    t = timer(lambda: dst.copy_(src))
+    n = cfg.gemm_size or (8192 if device.type == "cuda" else 512)
+    dt = torch.float16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
+    tg = timer(lambda: a @ b)
+    return {"copy_GBps": 2 * (mib << 20) / t / 1e9, "copy_bytes": 2 * (mib << 20),
+            "gemm_TFLOPs": 2 * n**3 / tg / 1e12, "gemm_size": n, "gemm_dtype": str(dt).replace("torch.", "")}
+
+
+# ---------------------------------------------------------------------- ops
+def _impl_env(variant: str):
+    return kernels.environment(MUSE_KERNELS="1" if "kernels" in variant else "0")
+
+
+def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: int, ceil: dict,
+            variants: tuple[str, ...]) -> list[dict]:
+    """layer_norm / modrelu fwd and fwd+bwd per variant; complex linear vs one real GEMM."""
+    dt = torch.float16  # the storage the models use and the kernels cover
+    gen = torch.Generator().manual_seed(cfg.seed)
+    w = torch.ones(d, dtype=dt, device=device, requires_grad=True)
+    bvec = torch.zeros(d, dtype=dt, device=device, requires_grad=True)
+    nbytes = 2 * rows * d * torch.tensor([], dtype=dt).element_size()  # one planar tensor
+
+    def planes(grad=False):
+        return torch.randn(2, rows, d, generator=gen).to(device, dt).requires_grad_(grad)
+
+    def ln(p):
+        return C.layer_norm(C.ComplexTensor(p), w, bvec).planes
+
+    def mr(p):
+        return C.modrelu(C.ComplexTensor(p), bvec).planes
+
+    out = []
+    for name, fn in (("layer_norm", ln), ("modrelu", mr)):
+        for variant in variants:
+            row = {"op": name, "variant": variant, "rows": rows, "d": d, "dtype": str(dt).replace("torch.", "")}
+            if "kernels" in variant and not kernels.use_kernel(w):
+                out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
+                continue
+            f = compile_model_fn(fn, cfg) if variant.startswith("compiled") else fn
+            with _impl_env(variant):
+                fwd_sets = _rotation(lambda: (planes(),), device, nbytes)
+                with torch.no_grad():
+                    t_f = timer(_cycle(fwd_sets, f))
+                bwd_sets = _rotation(lambda: (planes(True), planes()), device, 2 * nbytes)
+                t_b = timer(_cycle(bwd_sets, lambda p, g, f=f: torch.autograd.backward(f(p), g)))
+            # fewest bytes: fwd reads z, writes y; fwd+bwd also reads z and dy again, writes dz
+            out.append({**row, "status": "measured", "fwd_s": t_f, "fwd_bwd_s": t_b,
+                        "fwd_GBps": 2 * nbytes / t_f / 1e9, "fwd_bwd_GBps": 5 * nbytes / t_b / 1e9,
+                        "fwd_pct_copy": 100 * 2 * nbytes / t_f / 1e9 / ceil["copy_GBps"],
+                        "fwd_bwd_pct_copy": 100 * 5 * nbytes / t_b / 1e9 / ceil["copy_GBps"]})
+            del fwd_sets, bwd_sets
+    wc = C.ComplexTensor(torch.randn(2, d, d, generator=gen).to(device, dt) / math.sqrt(d))
+    bc = C.ComplexTensor(torch.zeros(2, d, dtype=dt, device=device))
+    xr = torch.randn(rows, 2 * d, generator=gen).to(device, dt)
+    wr = torch.randn(2 * d, 2 * d, generator=gen).to(device, dt)
+    with torch.no_grad():
+        t_c = timer(_cycle(_rotation(lambda: (C.ComplexTensor(planes()),), device, nbytes),
+                           lambda x: C.linear(x, wc, bc)))
+        t_r = timer(lambda: F.linear(xr, wr))
+    out.append({"op": "complex_linear", "variant": "eager", "rows": rows, "d": d, "status": "measured",
+                "fwd_s": t_c, "real_gemm_s": t_r, "pct_of_real_gemm": 100 * t_r / t_c,
+                "TFLOPs": 2 * rows * (2 * d) ** 2 / t_c / 1e12})
+    return out
+
+
+def compile_model_fn(fn, cfg: SpeedConfig):
+    return torch.compile(fn, backend=cfg.compile_backend, fullgraph=True)
+
+
+# --------------------------------------------------------- complex64 twin
+class Complex64Stage1(nn.Module):
+    """Stage 1 in native complex64 (plain PyTorch): embedding + positions -> [LN -> linear ->
+    modReLU -> + z -> LN] x L -> LN -> real part -> linear head."""
+
+    def __init__(self, vocab_size: int, d_model: int, n_layers: int, max_seq_len: int, device=None):
+        super().__init__()
+        cf = dict(dtype=torch.complex64, device=device)
+        self.config = types.SimpleNamespace(vocab_size=vocab_size, max_seq_len=max_seq_len)
+        self.embed = nn.Parameter(torch.randn(vocab_size, d_model, **cf))
+        self.pos = nn.Parameter(torch.randn(max_seq_len, d_model, device=device) * 0.02)
+        self.w = nn.ParameterList(nn.Parameter(torch.randn(d_model, d_model, **cf) / math.sqrt(2 * d_model))
+                                  for _ in range(n_layers))
+        self.b = nn.ParameterList(nn.Parameter(torch.zeros(d_model, **cf)) for _ in range(n_layers))
+        self.act_bias = nn.ParameterList(nn.Parameter(torch.zeros(d_model, device=device)) for _ in range(n_layers))
+        self.head = nn.Linear(d_model, vocab_size, device=device)
+
+    @staticmethod
+    def _ln(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        c = z - z.mean(-1, keepdim=True)
+        return c * torch.rsqrt((c.real**2 + c.imag**2).mean(-1, keepdim=True) + eps)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        z = self.embed[ids] + self.pos[: ids.shape[1]]
+        for w, b, ab in zip(self.w, self.b, self.act_bias, strict=True):
+            h = self._ln(z) @ w.T + b
+            r = h.abs()
+            h = torch.where(r + ab > 0, h * ((r + ab) / r.clamp_min(1e-30)), torch.zeros_like(h))
+            z = self._ln(h + z)
+        return self.head(self._ln(z).real)
+
+
+def gemm_flops_per_token(model: nn.Module) -> int:
+    """Forward GEMM FLOPs per token: 2 x the real multiply-adds of every linear map (a complex
+    d x d map is one real 2d x 2d GEMM); attention's S-dependent products are not counted."""
+    from muse.nn import ComplexLinear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, ComplexLinear):
+            total += 2 * (2 * m.in_features) * (2 * m.out_features)
+        elif isinstance(m, nn.Linear):
+            total += 2 * m.in_features * m.out_features
+        elif isinstance(m, Complex64Stage1):
+            total += sum(2 * 4 * w.shape[0] * w.shape[1] for w in m.w)
+    return total
+
+
+def build(name: str, cfg: SpeedConfig, device: torch.device) -> nn.Module:
+    from muse.models.registry import MODELS, make_config
+
+    if name == "complex64":
+        s1 = make_config("stage1", cfg.preset, **cfg.model_overrides)
+        return Complex64Stage1(s1.vocab_size, s1.d_model, s1.n_layers, s1.max_seq_len, device)
+    if name not in MODELS:
+        raise LookupError(f"model {name!r} is not in the registry ({sorted(MODELS)})")
+    spec = MODELS[name]
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    overrides = {k: v for k, v in cfg.model_overrides.items() if k in fields}
+    return spec.model_cls(make_config(name, cfg.preset, **overrides), device=device)
+
+
+def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict) -> list[dict]:
+    from muse.train.loss import lm_loss
+
+    out = []
+    for name in cfg.models:
+        try:
+            model = build(name, cfg, device)
+        except LookupError as exc:
+            out += [{"model": name, "variant": v, "status": "not_measured", "reason": str(exc)} for v in cfg.variants]
+            continue
+        seq = cfg.seq_len or model.config.max_seq_len
+        gen = torch.Generator().manual_seed(cfg.seed)
+        ids = torch.randint(0, model.config.vocab_size, (cfg.batch_size, seq + 1), generator=gen).to(device)
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        fp32 = all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
+        autocast = device.type == "cuda" and fp32 and name == "gpt"
+        flops = gemm_flops_per_token(model)
+        tokens = cfg.batch_size * seq
+        for variant in cfg.variants:
+            row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
+                   "parameters": sum(p.numel() for p in model.parameters()), "autocast_bf16": autocast}
+            complex_model = name in ("stage1", "phase2")
+            if "kernels" in variant and not (complex_model and kernels.enabled(inputs)):
+                out.append({**row, "status": "not_measured",
+                            "reason": "no kernels for this model" if not complex_model else "kernels are off here"})
+                continue
+            torch._dynamo.reset()
+            net = compile_model(model, backend=cfg.compile_backend) if variant.startswith("compiled") else model
+            ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else _null
+
+            def infer(net=net, ctx=ctx):
+                with torch.no_grad(), ctx():
+                    return net(inputs)  # noqa: B023 - inputs is fixed for the whole model loop
+
+            def train_step(net=net, ctx=ctx):
+                with ctx():
+                    loss = lm_loss(net(inputs), targets)  # noqa: B023
+                loss.backward()
+
+            try:
+                with _impl_env(variant):
+                    model.eval()
+                    first_i = _first_call(infer, device)
+                    t_i = timer(infer)
+                    model.train()
+                    first_t = _first_call(train_step, device)
+                    t_t = timer(train_step)
+                    model.zero_grad(set_to_none=True)
+            except Exception as exc:  # a variant that fails is reported, the others still run
+                out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
+                continue
+            compiled = variant.startswith("compiled")
+            out.append({**row, "status": "measured", "compiled": compiled,
+                        "infer_tok_s": tokens / t_i, "train_tok_s": tokens / t_t,
+                        "infer_s": t_i, "train_s": t_t,
+                        "compile_s": (max(first_i - t_i, 0) + max(first_t - t_t, 0)) if compiled else None,
+                        "gemm_flops_per_token": flops,
+                        "infer_pct_gemm": 100 * flops * tokens / t_i / 1e12 / ceil["gemm_TFLOPs"],
+                        "train_pct_gemm": 100 * 3 * flops * tokens / t_t / 1e12 / ceil["gemm_TFLOPs"]})
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _first_call(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ runner
+def run_speed_benchmark(cfg: SpeedConfig, command: str = "") -> dict:
+    from muse.train.distributed import resolve_device
+    from muse.train.runlog import environment
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    timer = Timer(device, cfg.cpu_repeats)
+    variants = tuple(v for v in cfg.variants if not (v.startswith("compiled") and not _can_compile(cfg, device)))
+    ceil = ceilings(cfg, device, timer)
+    from muse.models.registry import make_config
+
+    s1 = make_config("stage1", cfg.preset, **{k: v for k, v in cfg.model_overrides.items()})
+    rows = cfg.batch_size * (cfg.seq_len or s1.max_seq_len)
+    report = {
+        "benchmark": "speed", "command": command, "environment": environment(device),
+        "triton": _triton_version(), "kernels_enabled_on_device": kernels.enabled(torch.empty(0, device=device)),
+        "timing": timer.method, "config": dataclasses.asdict(cfg), "ceilings": ceil,
+        "ops": op_rows(cfg, device, timer, rows, s1.d_model, ceil, variants),
+        "models": model_rows(dataclasses.replace(cfg, variants=variants), device, timer, ceil),
+        "skipped_variants": sorted(set(cfg.variants) - set(variants)),
+    }
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"bench-speed-{cfg.preset}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    report = write_report_json(out / "report.json", report)
+    (out / "report.md").write_text(format_markdown(report), encoding="utf-8")
+    report["out"] = str(out)
+    return report
+
+
+def _can_compile(cfg: SpeedConfig, device: torch.device) -> bool:
+    """Compiled variants run where --compile would be on by default, or with a fast backend."""
+    return resolve_compile(None, device) or cfg.compile_backend != "inductor"
+
+
+def _triton_version() -> str | None:
+    if not kernels.HAS_TRITON:
+        return None
+    import triton
+
+    return triton.__version__
+
+
+def _f(value, spec: str = ",.0f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def format_markdown(report: dict) -> str:
+    env, ceil = report["environment"], report["ceilings"]
+    lines = [
+        "# MUSE speed benchmark", "",
+        f"- device: {env['device_name']} ({env['device']}), torch {env['torch_version']}, "
+        f"triton {report['triton']}, git {env['git']}, {env['timestamp']}",
+        f"- command: `{report['command']}`", f"- timing: {report['timing']}",
+        f"- ceilings: copy {ceil['copy_GBps']:,.1f} GB/s; GEMM {ceil['gemm_TFLOPs']:,.4g} TFLOP/s "
+        f"({ceil['gemm_dtype']}, n = {ceil['gemm_size']})", "",
+        "## Ops", "",
+        "| op | variant | fwd µs | fwd GB/s (% copy) | fwd+bwd µs | fwd+bwd GB/s (% copy) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in report["ops"]:
+        if r["op"] == "complex_linear":
+            continue
+        if r["status"] != "measured":
+            lines.append(f"| {r['op']} | {r['variant']} | {r['status']}: {r.get('reason', '')} | | | |")
+            continue
+        lines.append(f"| {r['op']} | {r['variant']} | {r['fwd_s'] * 1e6:,.1f} | {r['fwd_GBps']:,.1f} "
+                     f"({r['fwd_pct_copy']:.0f} %) | {r['fwd_bwd_s'] * 1e6:,.1f} | {r['fwd_bwd_GBps']:,.1f} "
+                     f"({r['fwd_bwd_pct_copy']:.0f} %) |")
+    for r in report["ops"]:
+        if r["op"] == "complex_linear":
+            lines += ["", f"Complex linear ({r['rows']} x {r['d']} -> {r['d']}): {r['fwd_s'] * 1e6:,.1f} µs, "
+                          f"{r['TFLOPs']:.4g} TFLOP/s, {r['pct_of_real_gemm']:.0f} % of one real "
+                          f"{2 * r['d']} x {2 * r['d']} GEMM ({r['real_gemm_s'] * 1e6:,.1f} µs)."]
+    lines += ["", "## Models", "",
+              "| model | variant | inference tok/s | fwd+bwd tok/s | compile s | inference % GEMM | fwd+bwd % GEMM |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for r in report["models"]:
+        if r["status"] != "measured":
+            lines.append(f"| {r['model']} | {r['variant']} | {r['status']}: {r.get('reason', '')} | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['variant']}{' (bf16 autocast)' if r['autocast_bf16'] else ''} | "
+                     f"{_f(r['infer_tok_s'])} | {_f(r['train_tok_s'])} | {_f(r['compile_s'], '.1f')} | "
+                     f"{r['infer_pct_gemm']:.1f} | {r['train_pct_gemm']:.1f} |")
+    if report["skipped_variants"]:
+        lines += ["", f"Not run here: {', '.join(report['skipped_variants'])} (inductor compiles only where "
+                      "--compile is the default; pass compile_backend to force)."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Complex64Stage1", "MODEL_ROWS", "SpeedConfig", "VARIANTS", "format_markdown", "gemm_flops_per_token",
+           "run_speed_benchmark"]

@@ -1,0 +1,70 @@
+"""Triton kernels behind the functional ops of :mod:`muse.complex`, and the one switch that picks them.
+
+The rule (like nanoGPT's ``self.flash``): an op runs its Triton kernel when Triton is
+importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's CPU
+interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
+cover float16 planes only; every other case, and the reference for every kernel, is the
+PyTorch code in :mod:`muse.complex`.  Both environment variables are read at each call,
+so ``torch.compile`` guards on them.
+
+Each kernel is wrapped in a ``torch.library.custom_op`` (``muse::<name>``) with a fake
+implementation, so a model that uses kernels still compiles with ``fullgraph=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import torch
+
+ENV = "MUSE_KERNELS"
+INTERPRET_ENV = "TRITON_INTERPRET"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get(INTERPRET_ENV, "0") == "1"
+
+
+def enabled(*tensors: torch.Tensor) -> bool:
+    """The switch: Triton importable, ``MUSE_KERNELS`` not ``0``, and every tensor on CUDA or the interpreter on."""
+    if not HAS_TRITON or os.environ.get(ENV, "1") == "0":
+        return False
+    return interpreting() or all(t.device.type == "cuda" for t in tensors)
+
+
+def use_kernel(planes: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """``enabled`` for an op on float16 ``planes`` (the only storage the kernels cover)."""
+    if planes.dtype != torch.float16:
+        return False
+    return enabled(planes, *(t for t in others if t is not None))
+
+
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) environment variables such as MUSE_KERNELS for a block; restore after."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+__all__ = ["ENV", "HAS_TRITON", "INTERPRET_ENV", "enabled", "environment", "interpreting", "use_kernel"]
+
+from muse.kernels.ops import layer_norm_bwd, layer_norm_fwd, modrelu_bwd, modrelu_fwd  # noqa: E402
+
+__all__ += ["layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]

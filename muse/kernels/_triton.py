@@ -1,0 +1,233 @@
+"""The Triton kernels (imported only when the switch picks a kernel, so Triton stays optional).
+
+Layout: planes (2, n_rows, d) contiguous, ``plane`` = n_rows * d elements apart.  A program
+takes a tile of ``ROWS`` rows by ``BLOCK_D`` >= d columns, loads both planes once, computes
+in fp32 and rounds once.  Backward kernels loop over row tiles (a grid of a few programs
+per SM) and write one fp32 row of parameter-gradient partial sums per program.
+Division and square root are the IEEE (round-to-nearest) forms, as in PyTorch, so the
+bounds of docs/numerics.md hold unchanged.
+
+Triton fixes interpreter or GPU mode when it is first imported: ``TRITON_INTERPRET=1`` must
+be set before the process imports Triton (the test plugin does this on machines without a GPU).
+"""
+
+
+import torch
+import triton
+import triton.language as tl
+
+from muse.kernels import interpreting
+
+
+def _tile(d: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_D, num_warps): a tile of about 2048 elements per plane, whole rows."""
+    block_d = triton.next_power_of_2(max(d, 1))
+    rows = max(1, min(16, 2048 // block_d))
+    warps = 8 if block_d >= 4096 else 4
+    return rows, block_d, warps
+
+
+def _programs(device: torch.device, tiles: int) -> int:
+    """Grid of a persistent backward kernel: two programs per SM (4 under the interpreter)."""
+    if device.type == "cuda" and not interpreting():
+        return max(1, min(tiles, 2 * torch.cuda.get_device_properties(device).multi_processor_count))
+    return max(1, min(tiles, 4))
+
+
+# ------------------------------------------------------------------ layer norm
+@triton.jit
+def _ln_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    mask = (rows < n_rows) & (cols < d)
+    off = rows * d + cols
+    re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+    c_re = tl.where(mask, re - (tl.sum(re, axis=1) / d)[:, None], 0.0)
+    c_im = tl.where(mask, im - (tl.sum(im, axis=1) / d)[:, None], 0.0)
+    var = tl.sum(c_re * c_re + c_im * c_im, axis=1) / d
+    rstd = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))[:, None]
+    y_re = c_re * rstd
+    y_im = c_im * rstd
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
+        y_re = y_re * w
+        y_im = y_im * w
+    if HAS_B:
+        y_re = y_re + tl.load(b_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
+    tl.store(y_ptr + off, y_re.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + plane + off, y_im.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane, eps, n_tiles, n_progs,
+                        HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    cmask = cols < d
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_w = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    tile = pid
+    while tile < n_tiles:  # tiles pid, pid + n_progs, ...
+        rows = (tile * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+        mask = (rows < n_rows) & cmask
+        off = rows * d + cols
+        re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        c_re = tl.where(mask, re - (tl.sum(re, axis=1) / d)[:, None], 0.0)
+        c_im = tl.where(mask, im - (tl.sum(im, axis=1) / d)[:, None], 0.0)
+        var = tl.sum(c_re * c_re + c_im * c_im, axis=1) / d
+        rstd = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))[:, None]
+        n_re = c_re * rstd
+        n_im = c_im * rstd
+        g_re = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        g_im = tl.load(g_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        acc_w += tl.sum(g_re * n_re + g_im * n_im, axis=0)
+        acc_b += tl.sum(g_re, axis=0)
+        h_re = g_re
+        h_im = g_im
+        if HAS_W:
+            h_re = g_re * w
+            h_im = g_im * w
+        m2 = (tl.sum(h_re * n_re + h_im * n_im, axis=1) / d)[:, None]
+        dx_re = rstd * (h_re - (tl.sum(h_re, axis=1) / d)[:, None] - n_re * m2)
+        dx_im = rstd * (h_im - (tl.sum(h_im, axis=1) / d)[:, None] - n_im * m2)
+        tl.store(dx_ptr + off, dx_re.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + plane + off, dx_im.to(dx_ptr.dtype.element_ty), mask=mask)
+        tile += n_progs
+    pcols = tl.arange(0, BLOCK_D)
+    tl.store(part_ptr + pid * 2 * d + pcols, acc_w, mask=pcols < d)
+    tl.store(part_ptr + pid * 2 * d + d + pcols, acc_b, mask=pcols < d)
+
+
+def _rows(planes: torch.Tensor) -> tuple[int, int]:
+    d = planes.shape[-1] if planes.dim() > 1 else 1
+    return planes[0].numel() // max(d, 1), d
+
+
+def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                       eps: float) -> torch.Tensor:
+    x = planes.contiguous()
+    n_rows, d = _rows(x)
+    y = torch.empty_like(x)
+    if n_rows == 0:
+        return y
+    rows, block_d, warps = _tile(d)
+    _ln_forward_kernel[(triton.cdiv(n_rows, rows),)](
+        x, x if weight is None else weight, x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
+        HAS_W=weight is not None, HAS_B=bias is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+    return y
+
+
+def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, sums) with sums (2, d) fp32: row 0 sum_rows <g, n> (weight), row 1 sum_rows g_re (bias)."""
+    x, g = planes.contiguous(), grad.contiguous()
+    n_rows, d = _rows(x)
+    dx = torch.empty_like(x)
+    if n_rows == 0:
+        return dx, torch.zeros(2, d, dtype=torch.float32, device=x.device)
+    rows, block_d, warps = _tile(d)
+    tiles = triton.cdiv(n_rows, rows)
+    progs = _programs(x.device, tiles)
+    part = torch.empty(progs, 2, d, dtype=torch.float32, device=x.device)
+    _ln_backward_kernel[(progs,)](x, x if weight is None else weight, g, dx, part, n_rows, d, n_rows * d, eps, tiles, progs,
+                      HAS_W=weight is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+    return dx, part.sum(dim=0)
+
+
+
+# ---------------------------------------------------------------------- modReLU
+@triton.jit
+def _modrelu_forward_kernel(x_ptr, b_ptr, y_ptr, n_rows, d, plane,
+                            BIAS_VEC: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    mask = (rows < n_rows) & (cols < d)
+    off = rows * d + cols
+    re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+    if BIAS_VEC:
+        b = tl.load(b_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
+    else:
+        b = tl.load(b_ptr).to(tl.float32)
+    r = tl.math.sqrt_rn(re * re + im * im)
+    nonzero = r > 0
+    shifted = r + b
+    active = nonzero & ((shifted > 0) | (shifted != shifted))  # a NaN bias counts as active
+    scale = tl.where(active, tl.math.div_rn(shifted, tl.where(nonzero, r, 1.0)), 0.0)
+    tl.store(y_ptr + off, (re * scale).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + plane + off, (im * scale).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane, n_tiles, n_progs,
+                             BIAS_VEC: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    cmask = cols < d
+    if BIAS_VEC:
+        b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        b = tl.load(b_ptr).to(tl.float32)
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    tile = pid
+    while tile < n_tiles:  # tiles pid, pid + n_progs, ...
+        rows = (tile * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+        mask = (rows < n_rows) & cmask
+        off = rows * d + cols
+        re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        g_re = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        g_im = tl.load(g_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        r = tl.math.sqrt_rn(re * re + im * im)
+        nonzero = r > 0
+        r_safe = tl.where(nonzero, r, 1.0)
+        shifted = r + b
+        active = nonzero & ((shifted > 0) | (shifted != shifted))
+        u_re = tl.math.div_rn(re, r_safe)
+        u_im = tl.math.div_rn(im, r_safe)
+        ug = u_re * g_re + u_im * g_im  # Re(conj(u) g)
+        k = tl.math.div_rn(b, r_safe)
+        dx_re = tl.where(active, g_re + k * (g_re - u_re * ug), 0.0)
+        dx_im = tl.where(active, g_im + k * (g_im - u_im * ug), 0.0)
+        tl.store(dx_ptr + off, dx_re.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + plane + off, dx_im.to(dx_ptr.dtype.element_ty), mask=mask)
+        acc += tl.sum(tl.where(active & mask, ug, 0.0), axis=0)
+        tile += n_progs
+    pcols = tl.arange(0, BLOCK_D)
+    tl.store(part_ptr + pid * d + pcols, acc, mask=pcols < d)
+
+
+def modrelu_forward(planes: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    x = planes.contiguous()
+    n_rows, d = _rows(x)
+    y = torch.empty_like(x)
+    if n_rows == 0:
+        return y
+    rows, block_d, warps = _tile(d)
+    _modrelu_forward_kernel[(triton.cdiv(n_rows, rows),)](
+        x, bias.contiguous(), y, n_rows, d, n_rows * d,
+        BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+    return y
+
+
+def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_bias in fp32): grad_bias has bias's shape, (d,) or ()."""
+    x, g = planes.contiguous(), grad.contiguous()
+    n_rows, d = _rows(x)
+    dx = torch.empty_like(x)
+    if n_rows == 0:
+        return dx, torch.zeros(bias.shape, dtype=torch.float32, device=x.device)
+    rows, block_d, warps = _tile(d)
+    tiles = triton.cdiv(n_rows, rows)
+    progs = _programs(x.device, tiles)
+    part = torch.empty(progs, d, dtype=torch.float32, device=x.device)
+    _modrelu_backward_kernel[(progs,)](x, bias.contiguous(), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
+                           BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+    gb = part.sum(dim=0)
+    return dx, gb if bias.dim() == 1 else gb.sum()

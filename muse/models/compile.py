@@ -1,0 +1,67 @@
+"""``torch.compile`` for MUSE models: one default, one way to compile, compile time kept apart.
+
+Models are compile-clean: Stage 1 and Phase 2 trace with ``fullgraph=True`` (no ``.item()`` in
+forward, counters on the device, the token-id range check a device assert under compile).
+The default is compiled on CUDA and eager elsewhere (inductor's CPU compile of the seed
+model takes minutes).  The compiled wrapper shares its parameters with the model; save and
+load the model itself (``unwrap``), never the wrapper, so checkpoint keys carry no ``_orig_mod.``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from muse._checks import check_type
+
+BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def resolve_compile(flag: bool | None, device: torch.device | str) -> bool:
+    """``flag`` when given, else True on CUDA and False elsewhere."""
+    if flag is not None:
+        check_type("compile", flag, bool, "a bool or None")
+        return flag
+    return torch.device(device).type == "cuda"
+
+
+def compile_model(model: nn.Module, *, backend: str = "inductor", fullgraph: bool = False,
+                  mode: str | None = None) -> nn.Module:
+    """``torch.compile(model)``; ``backend`` is one of BACKENDS (aot_eager/eager: fast checks on CPU)."""
+    check_type("model", model, nn.Module, "an nn.Module")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return torch.compile(model, backend=backend, fullgraph=fullgraph, mode=mode)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under ``torch.compile`` and DDP wrappers (whose state_dict has plain keys)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued device work (a no-op on CPU), so host clocks measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, *args, device: torch.device | str = "cpu", **kwargs):
+    """(fn(*args, **kwargs), seconds) with the device synchronised before and after."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+__all__ = ["BACKENDS", "compile_model", "resolve_compile", "synchronize", "timed", "unwrap"]

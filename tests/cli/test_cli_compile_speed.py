@@ -1,0 +1,65 @@
+"""--compile/--no-compile on every command that runs a model, and `muse bench speed` on tiny sizes.
+
+The speed test checks that a report is produced with every row accounted for (measured,
+not_measured with a reason, or failed with the error); it asserts no timing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.speed import SpeedConfig, gemm_flops_per_token, run_speed_benchmark
+from muse.cli import build_parser
+from muse.smoke import run_smoke
+
+
+@pytest.mark.parametrize("argv", [
+    ["train"], ["eval", "ck.safetensors"], ["bench", "stage1"], ["bench", "speed"], ["smoke"],
+])
+def test_compile_flag_defaults_to_auto_and_parses_both_ways(argv):
+    parser = build_parser()
+    assert parser.parse_args(argv).compile is None  # auto: on for CUDA, off for CPU
+    assert parser.parse_args([*argv, "--compile"]).compile is True
+    assert parser.parse_args([*argv, "--no-compile"]).compile is False
+
+
+def test_smoke_compiled_reports_compile_time_apart():
+    res = run_smoke("stage1", "tiny", "cpu", batch_size=1, seq_len=8, compile=True, compile_backend="aot_eager")
+    assert res.passed, [c for c in res.checks if not c.passed]
+    m = res.measurements
+    assert m["compiled"] is True and m["compile_seconds"] > 0 and m["forward_seconds"] > 0
+    assert run_smoke("stage1", "tiny", "cpu", batch_size=1, seq_len=8).measurements["compiled"] is False
+
+
+def test_speed_benchmark_writes_a_report_on_cpu(tmp_path):
+    cfg = SpeedConfig(preset="tiny", batch_size=2, seq_len=8, device="cpu",
+                      model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
+                      models=("stage1", "complex64", "gpt"), variants=("eager", "kernels", "compiled"),
+                      compile_backend="eager", cpu_repeats=1, copy_mib=4, gemm_size=64, out=str(tmp_path))
+    report = run_speed_benchmark(cfg, command="test")
+    data = json.loads((tmp_path / "report.json").read_text())
+    md = (tmp_path / "report.md").read_text()
+    assert data["ceilings"]["copy_GBps"] > 0 and data["ceilings"]["gemm_TFLOPs"] > 0
+    ops = {(r["op"], r["variant"]): r for r in data["ops"]}
+    assert ops[("layer_norm", "eager")]["status"] == "measured" and ops[("modrelu", "compiled")]["fwd_s"] > 0
+    assert ops[("complex_linear", "eager")]["pct_of_real_gemm"] > 0
+    rows = {(r["model"], r["variant"]): r for r in data["models"]}
+    assert len(rows) == 9
+    for key in [("stage1", "eager"), ("stage1", "compiled"), ("complex64", "eager")]:
+        assert rows[key]["status"] == "measured" and rows[key]["train_tok_s"] > 0, rows[key]
+    assert rows[("stage1", "compiled")]["compile_s"] is not None and rows[("stage1", "eager")]["compile_s"] is None
+    for r in data["models"]:
+        assert r["status"] in ("measured", "not_measured", "failed")
+        assert r["status"] == "measured" or r["reason"]
+    assert "| stage1 | eager |" in md and report["out"] == str(tmp_path)
+
+
+def test_complex64_twin_counts_the_same_gemm_flops_as_stage1():
+    from benchmarks.speed import build
+
+    cfg = SpeedConfig(preset="tiny", model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 2})
+    s1, twin = build("stage1", cfg, "cpu"), build("complex64", cfg, "cpu")
+    # per layer one real 2d x 2d GEMM (8 d^2), plus the d x V head (2 d V)
+    assert gemm_flops_per_token(s1) == gemm_flops_per_token(twin) == 2 * 8 * 16 * 16 + 2 * 16 * 64

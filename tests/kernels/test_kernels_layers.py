@@ -1,0 +1,202 @@
+"""Triton kernels for layer_norm and modrelu against the PyTorch reference (CPU: Triton's interpreter).
+
+Every case checks that the kernel really ran (a counter on the launch functions), so a silent
+fallback to the reference cannot pass.  Sizes stay small: the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import muse.complex as C
+from muse import kernels
+
+CUDA = torch.cuda.is_available()
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                                  pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]
+
+if not kernels.HAS_TRITON:
+    pytest.skip("triton is not installed (pip install -e '.[triton]')", allow_module_level=True)
+
+
+@pytest.fixture
+def launches(monkeypatch, kernel_device):
+    """Kernels on (for CPU: the interpreter must be on, see verification.plugin); counts launches."""
+    if kernel_device == "cpu" and not kernels.interpreting():
+        pytest.skip("Triton kernels on CPU need TRITON_INTERPRET=1 before triton is imported")
+    monkeypatch.setenv(kernels.ENV, "1")
+    from muse.kernels import _triton
+
+    counts: dict[str, int] = {}
+    for name in ("layer_norm_forward", "layer_norm_backward", "modrelu_forward", "modrelu_backward"):
+        fn = getattr(_triton, name)
+
+        def counted(*args, _fn=fn, _name=name):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _fn(*args)
+
+        monkeypatch.setattr(_triton, name, counted)
+    return counts
+
+
+def _rand(*shape, device, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).to(torch.float16).to(device)
+
+
+def _run(fn, z_planes, params, grad, kernels_on: bool):
+    """Output planes and gradients (z, then each tensor param) with kernels on or off."""
+    with kernels.environment(MUSE_KERNELS="1" if kernels_on else "0"):
+        p = z_planes.clone().requires_grad_(True)
+        ps = [None if t is None else t.clone().requires_grad_(True) for t in params]
+        out = fn(C.ComplexTensor(p), *ps)
+        out.planes.backward(grad)
+    return out.planes.detach(), [p.grad] + [t.grad for t in ps if t is not None]
+
+
+def _ref64(fn, z_planes, params, grad):
+    """The same function in float64 (the PyTorch path): the reference for both implementations."""
+    with kernels.environment(MUSE_KERNELS="0"):
+        p = z_planes.double().requires_grad_(True)
+        ps = [None if t is None else t.double().requires_grad_(True) for t in params]
+        out = fn(C.ComplexTensor(p), *ps)
+        out.planes.backward(grad.double())
+    return out.planes.detach(), [p.grad] + [t.grad for t in ps if t is not None]
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b| in fp16 ULPs of b (ulp(0) = 2**-24)."""
+    b64 = b.double().abs()
+    ulp = torch.where(b64 >= 2.0**-14, 2.0 ** (torch.floor(torch.log2(b64.clamp_min(2.0**-14))) - 10), 2.0**-24)
+    return float(((a.double() - b.double()).abs() / ulp).max()) if a.numel() else 0.0
+
+
+def _check_against_reference(fn, z, params, launches, names):
+    grad = _rand(*z.shape, device=z.device, seed=99)
+    k_out, k_grads = _run(fn, z, params, grad, kernels_on=True)
+    for name in names:
+        assert launches.get(name, 0) >= 1, f"{name} did not run (counts {launches})"
+    e_out, e_grads = _run(fn, z, params, grad, kernels_on=False)
+    r_out, r_grads = _ref64(fn, z, params, grad)
+    assert torch.isfinite(k_out).all()
+    # Forward: both round one fp32 result once; they may differ by at most 1 ULP where the fp32
+    # values straddle a rounding boundary (different summation order).
+    assert _ulps(k_out, e_out) <= 1.0, _ulps(k_out, e_out)
+    for kg, eg, rg in zip(k_grads, e_grads, r_grads, strict=True):
+        assert kg.dtype == eg.dtype and kg.shape == eg.shape
+        k_err, e_err = _rel(kg, rg), _rel(eg, rg)
+        # fp16 rounding of each gradient element costs <= 2**-11 relative; the fp32 arithmetic far less.
+        assert k_err <= 2.0**-10, (k_err, e_err)
+
+
+SHAPES = [(3, 17), (5,), (2, 3, 64), (1, 130), (37, 8)]
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("affine", ["weight+bias", "none", "weight"])
+def test_layer_norm_kernel_matches_reference(kernel_device, shape, affine, launches):
+    z = _rand(2, *shape, device=kernel_device, scale=2.0, seed=1)
+    d = shape[-1]
+    w = None if affine == "none" else (1 + 0.3 * _rand(d, device=kernel_device, seed=2).float()).half()
+    b = _rand(d, device=kernel_device, seed=3) if affine == "weight+bias" else None
+    _check_against_reference(lambda zz, ww, bb: C.layer_norm(zz, ww, bb, 1e-5), z, [w, b], launches,
+                             ["layer_norm_forward", "layer_norm_backward"])
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("bias_kind", ["vector", "scalar"])
+def test_modrelu_kernel_matches_reference(kernel_device, shape, bias_kind, launches):
+    z = _rand(2, *shape, device=kernel_device, seed=4)
+    bias = 0.5 * _rand(shape[-1], device=kernel_device, seed=5).float()
+    bias = (bias if bias_kind == "vector" else bias[0]).half()
+    _check_against_reference(C.modrelu, z, [bias], launches, ["modrelu_forward", "modrelu_backward"])
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_kernels_take_non_contiguous_inputs(kernel_device, launches):
+    """A transposed view is made contiguous before the launch; results equal the reference's."""
+    base = _rand(2, 16, 6, device=kernel_device, seed=6)
+    z = C.ComplexTensor(base.transpose(1, 2))  # (2, 6, 16), non-contiguous
+    assert not z.planes.is_contiguous()
+    bias = _rand(16, device=kernel_device, seed=7)
+    out_k = C.modrelu(z, bias).planes
+    ln_k = C.layer_norm(z).planes
+    with kernels.environment(MUSE_KERNELS="0"):
+        out_e = C.modrelu(z, bias).planes
+        ln_e = C.layer_norm(z).planes
+    assert torch.equal(out_k, out_e)
+    assert _ulps(ln_k, ln_e) <= 1.0
+    assert launches["modrelu_forward"] == 1 and launches["layer_norm_forward"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf/inf
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_modrelu_kernel_special_values(kernel_device, launches):
+    """z = 0 gives 0; b = -inf gives 0; a NaN bias gives NaN; inf stays non-finite (the contract)."""
+    z = torch.tensor([[0.0, 3.0, 1.0, math.inf, 2.0], [0.0, 4.0, 1.0, 0.0, 0.0]], dtype=torch.float16,
+                     device=kernel_device)
+    bias = torch.tensor([1.0, -math.inf, math.nan, -1.0, -3.0], dtype=torch.float16, device=kernel_device)
+    out = C.modrelu(C.ComplexTensor(z), bias).planes.float().cpu()
+    assert launches["modrelu_forward"] == 1
+    assert out[:, 0].tolist() == [0.0, 0.0]
+    assert out[:, 1].tolist() == [0.0, 0.0]
+    assert torch.isnan(out[:, 2]).any()
+    assert not torch.isfinite(out[:, 3]).all()
+    assert out[:, 4].tolist() == [0.0, 0.0]  # |z| + b = -1 <= 0
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_empty_input(kernel_device, launches):
+    z = C.ComplexTensor(torch.zeros(2, 0, 8, dtype=torch.float16, device=kernel_device))
+    assert C.layer_norm(z).shape == (0, 8)
+    assert C.modrelu(z, torch.zeros(8, dtype=torch.float16, device=kernel_device)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_double_backward_takes_the_reference_path(kernel_device, launches):
+    """create_graph=True needs a differentiable backward: the PyTorch one runs, so grad-of-grad works."""
+    z = _rand(2, 3, 8, device=kernel_device, seed=8).requires_grad_(True)
+    out = C.layer_norm(C.ComplexTensor(z))
+    (g,) = torch.autograd.grad(out.planes.float().pow(2).sum(), z, create_graph=True)
+    assert launches.get("layer_norm_backward", 0) == 0
+    (gg,) = torch.autograd.grad(g.float().sum(), z)
+    assert torch.isfinite(gg).all()
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_float32_planes_use_the_reference(kernel_device, launches):
+    z = C.ComplexTensor(torch.randn(2, 4, 8, device=kernel_device))
+    C.layer_norm(z)
+    C.modrelu(z, torch.zeros(8, device=kernel_device))
+    assert launches == {}
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_kernels_compile_fullgraph(kernel_device, launches):
+    """The custom ops trace without graph breaks (backend aot_eager keeps the check fast)."""
+    from muse.nn import ComplexLayerNorm, ModReLU
+
+    torch._dynamo.reset()
+    norm, act = ComplexLayerNorm(8, device=kernel_device), ModReLU(8, device=kernel_device)
+
+    def f(p):
+        return act(norm(C.ComplexTensor(p))).planes
+
+    z = _rand(2, 4, 8, device=kernel_device, seed=9).requires_grad_(True)
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(z)
+    out.float().sum().backward()
+    assert launches["layer_norm_forward"] >= 1 and launches["modrelu_backward"] >= 1
+    with kernels.environment(MUSE_KERNELS="0"):
+        ref = f(z.detach())
+    assert _ulps(out.detach(), ref.detach()) <= 1.0
