@@ -62,7 +62,7 @@ class Phase2Config:
     ffn_mult: int = 4  # FFN hidden width = ffn_mult * d_model
     bk_channels: int = 16  # potentials per token
     bk_z: complex = 1j  # spectral shift; Im z = 1 gives |G| <= 1 and a contractive recursion
-    bk_norm: bool = True  # LayerNorm over the 2C resolvent features before the output projection
+    bk_norm: bool = False  # LayerNorm over the 2C resolvent features (hurt in a short CPU run: docs/phase2.md)
     bk_shift: float = 2.0  # diagonal a = V + bk_shift (2: H = -Laplacian + V; the original: 0)
     bk_coupling: float = 1.0  # off-diagonal product b c > 0 (the bound |G| <= 1 / Im z needs b c > 0)
     bk_dissipation: bool = True  # -i Gamma in the diagonal (the original left it out of BK-Core)

@@ -32,7 +32,7 @@ def test_config_defaults():
     c = Phase2Config()
     assert (c.vocab_size, c.d_model, c.n_layers, c.max_seq_len, c.n_heads) == (50257, 512, 6, 1024, 8)
     assert (c.ffn_mult, c.bk_channels, c.bk_z, c.dropout) == (4, 16, 1j, 0.1)
-    assert (c.bk_norm, c.bk_shift, c.bk_coupling, c.bk_dissipation) == (True, 2.0, 1.0, True)
+    assert (c.bk_norm, c.bk_shift, c.bk_coupling, c.bk_dissipation) == (False, 2.0, 1.0, True)
     assert (c.hebbian_norm, c.hebbian_q_scale, c.hebbian_shared_decay, c.hebbian_gamma_min) == (True, True, False, 0.0)
     assert (c.mixer_bias, c.head_bias, c.init) == (True, True, "gpt2")
     assert c.mixers == ("bk", "hebbian")
