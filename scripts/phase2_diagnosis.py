@@ -11,6 +11,9 @@ Proposed fixes are tried by monkeypatching, not by editing ``muse/models/phase2.
 
     python scripts/phase2_diagnosis.py init --preset seed     # RMS by position, BK memory
     python scripts/phase2_diagnosis.py train --variants none,default,headnorm,bkwide,both
+
+Variants are named in :func:`variant_overrides`; the config fields (``hebbian_norm``,
+``bk_channels``, ``bk_norm``, ``ORIGINAL``) are the implemented forms of these fixes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from muse.models import build_model
+from muse.models.phase2 import ORIGINAL
 from muse.nn import mixers as p2
 from muse.scan.bk import bk_diagonal, bk_green_sequential
 
@@ -62,20 +66,33 @@ def spread_bk_gamma(model, gamma_max: float, gamma_min: float) -> None:
                 module.gamma.bias.copy_(torch.log(torch.expm1(g)).float())
 
 
+OLD_DEFAULT = dict(bk_channels=1, bk_norm=False, hebbian_norm=False)  # the defaults before issue 10 item 1
+
+
 def variant_overrides(name: str, channels: int, eps: float) -> tuple[dict, bool, bool]:
-    """(config overrides, headnorm on, spread gamma) of a variant."""
-    bk = dict(bk_channels=channels, bk_z=complex(2.0, eps))
+    """(config overrides, headnorm patch on, spread gamma) of a variant.
+
+    ``default`` is today's default config; ``old-default`` the one the diagnosis measured;
+    ``headnorm``, ``bkwide``, ``both`` patch the old default as in the diagnosis.
+    """
+    bk = dict(OLD_DEFAULT, bk_channels=channels, bk_z=complex(2.0, eps))
     return {
         "none": (dict(mixers=()), False, False),
         "default": ({}, False, False),
-        "headnorm": ({}, True, False),
+        "old-default": (OLD_DEFAULT, False, False),
+        "headnorm": (OLD_DEFAULT, True, False),
         "bkwide": (bk, False, True),
         "both": (bk, True, True),
-        "hebbian": (dict(mixers=("hebbian",)), False, False),
-        "hebbian+headnorm": (dict(mixers=("hebbian",)), True, False),
-        "bk": (dict(mixers=("bk",)), False, False),
+        "hebbian": (dict(OLD_DEFAULT, mixers=("hebbian",)), False, False),
+        "hebbian+headnorm": (dict(OLD_DEFAULT, mixers=("hebbian",)), True, False),
+        "bk": (dict(OLD_DEFAULT, mixers=("bk",)), False, False),
         "bkwide-only": ({**bk, "mixers": ("bk",)}, False, True),
-        "bk16-z1j+headnorm": (dict(bk_channels=channels), True, False),
+        "bk16-z1j+headnorm": (dict(OLD_DEFAULT, bk_channels=channels), True, False),
+        "hebnorm": (dict(OLD_DEFAULT, hebbian_norm=True), False, False),
+        "hebnorm+bk16": (dict(bk_norm=False), False, False),
+        "default+bknorm": (dict(bk_norm=True), False, False),
+        "default-noqscale": (dict(hebbian_q_scale=False), False, False),
+        "original": (dict(ORIGINAL), False, False),
         "gpt": ({}, False, False),
     }[name]
 
@@ -117,7 +134,7 @@ def cmd_init(args) -> dict:
         for mname, mixer in zip(block.mixer_names, block.mixers, strict=True):
             hooks.append(mixer.register_forward_hook(keep(f"{mname}_branch")))
             hooks.append(mixer.out.register_forward_pre_hook(keep_input(f"{mname}_readout")))
-            if mname == "bk":
+            if mname == "bk" and mixer.gamma is not None and (mixer.shift, mixer.coupling) == (2.0, 1.0):
                 hooks.append(mixer.potential.register_forward_hook(keep("bk_potential")))
                 hooks.append(mixer.gamma.register_forward_hook(keep("bk_gamma")))
         hooks.append(block.ffn.register_forward_hook(keep("ffn_branch")))

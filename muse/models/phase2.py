@@ -14,7 +14,9 @@ V_i + 2, off-diagonals -1), |G_i| <= 1 / Im z (proof in :mod:`muse.scan.bk`).
 G_i reads tokens 1..i only, so the mixer is causal.
 
 Hebbian: per head fast weights W_t = exp(-Gamma_t dt) W_{t-1} + eta k_t v_t^T and
-y_t = q_t^T W_t, q scaled by 1 / sqrt(d_head) as in dot-product attention.
+y_t = q_t^T W_t, q scaled by 1 / sqrt(d_head) as in dot-product attention, y RMS-normalised
+per head before the output projection.  BK-Core's default has 16 channels and LayerNorms
+its features.  The ``original`` / ``original-tiny`` presets restore the seed's values.
 
 The mixers live in :mod:`muse.nn.mixers` (their recurrences in :mod:`muse.scan`); this
 module assembles them.  A new mixer is added by registering its class in :data:`MIXERS`,
@@ -32,10 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muse._checks import check_float, check_int, check_probability, check_shift, check_token_ids
-from muse.init import ZetaEmbedding
+from muse._checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+    check_shift,
+    check_token_ids,
+    check_type,
+)
+from muse.init import ZetaEmbedding, ZetaInitializer
 from muse.models.base import LanguageModel
-from muse.nn.mixers import BKCore, DissipativeHebbian
+from muse.nn.mixers import BKCore, DissipativeHebbian, HeadRMSNorm
+
+INITS = ("gpt2", "zeta")
 
 
 @dataclass
@@ -48,11 +60,22 @@ class Phase2Config:
     max_seq_len: int = 1024
     n_heads: int = 8  # Hebbian heads; d_model must be divisible by it
     ffn_mult: int = 4  # FFN hidden width = ffn_mult * d_model
-    bk_channels: int = 1  # potentials per token
+    bk_channels: int = 16  # potentials per token
     bk_z: complex = 1j  # spectral shift; Im z = 1 gives |G| <= 1 and a contractive recursion
+    bk_norm: bool = False  # LayerNorm over the 2C resolvent features (hurt in a short CPU run: docs/phase2.md)
+    bk_shift: float = 2.0  # diagonal a = V + bk_shift (2: H = -Laplacian + V; the original: 0)
+    bk_coupling: float = 1.0  # off-diagonal product b c > 0 (the bound |G| <= 1 / Im z needs b c > 0)
+    bk_dissipation: bool = True  # -i Gamma in the diagonal (the original left it out of BK-Core)
     hebbian_eta: float = 1.0  # Hebbian write strength
     hebbian_dt: float = 1.0  # time step of the decay exp(-Gamma dt)
     hebbian_chunk_size: int | None = 128  # chunk length of the parallel form; None = one chunk
+    hebbian_norm: bool = True  # per-head RMS normalisation (learnable gain) of the read-out
+    hebbian_q_scale: bool = True  # q / sqrt(d_head)
+    hebbian_shared_decay: bool = False  # one Gamma per token for all heads (the original) vs one per head
+    hebbian_gamma_min: float = 0.0  # floor added to Gamma = softplus(.) (the original's base_decay 0.001)
+    mixer_bias: bool = True  # biases of the mixers' input projections (q, k, v, potential, gamma)
+    head_bias: bool = True  # bias of the LM head
+    init: str = "gpt2"  # "gpt2" (N(0, 0.02), scaled residual outputs) or "zeta" (the original's)
     mixers: tuple[str, ...] = ("bk", "hebbian")  # token mixers of each block, in order (see MIXERS)
     dropout: float = 0.1
     zeta_scale: float = 1.0  # amplitude of the fixed zeta position table
@@ -69,6 +92,13 @@ class Phase2Config:
         check_int("ffn_mult", self.ffn_mult, min_value=1)
         check_int("bk_channels", self.bk_channels, min_value=1)
         self.bk_z = check_shift("bk_z", self.bk_z)
+        check_float("bk_shift", self.bk_shift)
+        check_float("bk_coupling", self.bk_coupling, min_value=0.0, min_inclusive=False)
+        for name in ("bk_norm", "bk_dissipation", "hebbian_norm", "hebbian_q_scale", "hebbian_shared_decay",
+                     "mixer_bias", "head_bias"):
+            check_type(name, getattr(self, name), bool, "a bool")
+        check_float("hebbian_gamma_min", self.hebbian_gamma_min, min_value=0.0)
+        check_choice("init", self.init, INITS)
         check_float("hebbian_eta", self.hebbian_eta, min_value=0.0, min_inclusive=False)
         check_float("hebbian_dt", self.hebbian_dt, min_value=0.0, min_inclusive=False)
         if self.hebbian_chunk_size is not None:
@@ -94,10 +124,14 @@ class Phase2Config:
     def mixer_kwargs(self, name: str) -> dict:
         """Constructor arguments of mixer ``name`` (a key of :data:`MIXERS`) from these fields."""
         if name == "bk":
-            return dict(d_model=self.d_model, channels=self.bk_channels, z=self.bk_z)
+            return dict(d_model=self.d_model, channels=self.bk_channels, z=self.bk_z, shift=self.bk_shift,
+                        coupling=self.bk_coupling, dissipation=self.bk_dissipation, norm=self.bk_norm,
+                        bias=self.mixer_bias)
         if name == "hebbian":
             return dict(d_model=self.d_model, n_heads=self.n_heads, eta=self.hebbian_eta, dt=self.hebbian_dt,
-                        chunk_size=self.hebbian_chunk_size)
+                        chunk_size=self.hebbian_chunk_size, norm=self.hebbian_norm, q_scale=self.hebbian_q_scale,
+                        shared_decay=self.hebbian_shared_decay, gamma_min=self.hebbian_gamma_min,
+                        bias=self.mixer_bias)
         raise ValueError(f"mixers: unknown mixer {name!r}; choose from {sorted(MIXERS)}")
 
     @property
@@ -118,6 +152,16 @@ PRESETS: dict[str, dict] = {
     "small": dict(d_model=256, n_layers=4, max_seq_len=512, n_heads=4),
     "seed": dict(d_model=512, n_layers=6, max_seq_len=1024, n_heads=8),  # Stage 1's seed size
 }
+
+# The original Phase 2's values (src/models/phase2/ of the seed repository) as far as the causal
+# formulation allows; docs/phase2.md, "Departures from the original Phase 2", lists what differs.
+ORIGINAL = dict(
+    bk_channels=1, bk_z=0.1 + 0.1j, bk_norm=False, bk_shift=0.0, bk_coupling=0.01, bk_dissipation=False,
+    hebbian_eta=0.1, hebbian_norm=False, hebbian_q_scale=False, hebbian_shared_decay=True,
+    hebbian_gamma_min=0.001, mixer_bias=False, head_bias=False, init="zeta",
+)
+PRESETS["original"] = {**PRESETS["seed"], **ORIGINAL}
+PRESETS["original-tiny"] = {**PRESETS["tiny"], **ORIGINAL}
 
 
 MIXERS: dict[str, type[nn.Module]] = {"bk": BKCore, "hebbian": DissipativeHebbian}
@@ -171,24 +215,29 @@ class Phase2Model(LanguageModel):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Phase2Block(config, device) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, device=device)
-        self.lm_head = nn.Linear(d, config.vocab_size, device=device)
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=config.head_bias, device=device)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 style: linears N(0, 0.02), biases 0; branch outputs N(0, 0.02 / sqrt(#branches)).
+        """``init="gpt2"``: linears N(0, 0.02), biases 0; branch outputs N(0, 0.02 / sqrt(#branches)).
 
         The token table is N(0, 1), the scale of the fixed zeta position table (RMS ~ 0.7
         at zeta_scale 1), so neither swamps the other.  Hebbian decay biases: see
-        :class:`DissipativeHebbian`.
+        :class:`DissipativeHebbian`.  ``init="zeta"``: see :meth:`_reset_zeta`.
         """
+        for module in self.modules():
+            if isinstance(module, (nn.LayerNorm, HeadRMSNorm)):
+                module.reset_parameters()
+        if self.config.init == "zeta":
+            self._reset_zeta()
+            return
         n_branches = max(1, self.config.n_layers * (len(self.config.mixers) + 1))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 module.weight.normal_(0.0, 0.02)
-                module.bias.zero_()
-            elif isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
+                if module.bias is not None:
+                    module.bias.zero_()
         for block in self.blocks:
             for mixer in block.mixers:
                 if isinstance(getattr(mixer, "out", None), nn.Linear):
@@ -197,6 +246,22 @@ class Phase2Model(LanguageModel):
                     mixer.reset_gamma_bias()
             block.ffn.out.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
         self.token_embedding.weight.normal_(0.0, 1.0)
+
+    @torch.no_grad()
+    def _reset_zeta(self) -> None:
+        """The original Phase 2's init: every linear but the head keeps PyTorch's default bias and the
+        singular vectors of its default weight, with singular values 0.02 / gamma_i (zeta zeros);
+        the token table is the zeta position table x 0.02; the head N(0, 0.02).  Nothing to do on "meta"."""
+        if self.lm_head.weight.is_meta:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module is not self.lm_head:
+                module.reset_parameters()
+                ZetaInitializer.initialize_linear_zeta(module, scale=0.02)
+        ZetaInitializer.initialize_embedding_zeta(self.token_embedding, scale=0.02)
+        self.lm_head.weight.normal_(0.0, 0.02)
+        if self.lm_head.bias is not None:
+            self.lm_head.bias.zero_()
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
@@ -209,16 +274,18 @@ def expected_parameter_count(config: Phase2Config) -> int:
     """Closed form of the parameter count (checks the module tree in tests); the position table is a buffer."""
     v, d, n, c, h = config.vocab_size, config.d_model, config.n_layers, config.bk_channels, config.n_heads
     hidden = config.ffn_mult * d
-    mixer = {
-        "bk": 2 * (d * c + c) + (2 * c * d + d),  # potential, gamma, out
-        "hebbian": 4 * (d * d + d) + (d * h + h),  # q, k, v, out; gamma
+    bias = int(config.mixer_bias)
+    h_gamma = 1 if config.hebbian_shared_decay else h
+    mixer = {  # potential, gamma, feature LayerNorm, out / q, k, v, gamma, head norm gain, out
+        "bk": (1 + int(config.bk_dissipation)) * (d * c + bias * c) + 4 * c * int(config.bk_norm) + (2 * c * d + d),
+        "hebbian": 3 * (d * d + bias * d) + (d * h_gamma + bias * h_gamma) + d * int(config.hebbian_norm) + (d * d + d),
     }
     block = sum(2 * d + mixer[m] for m in config.mixers) + 2 * d + (d * hidden + hidden) + (hidden * d + d)
-    return v * d + n * block + 2 * d + (d * v + v)
+    return v * d + n * block + 2 * d + (d * v + v * int(config.head_bias))
 
 
 
 __all__ = [
-    "MIXERS", "PRESETS", "BKCore", "DissipativeHebbian", "FeedForward", "Phase2Block",
+    "INITS", "MIXERS", "ORIGINAL", "PRESETS", "BKCore", "DissipativeHebbian", "FeedForward", "Phase2Block",
     "Phase2Config", "Phase2Model", "expected_parameter_count",
 ]

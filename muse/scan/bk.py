@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from muse._checks import check_float_tensor, check_shift, check_tensor
+from muse._checks import check_float, check_float_tensor, check_shift, check_tensor
 
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
@@ -43,14 +43,18 @@ def _check_diagonal(a: object) -> torch.Tensor:
     return a
 
 
-def bk_diagonal(potential: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """a = V + 2 with V = potential - i * gamma: the diagonal of H = -Laplacian + V (complex)."""
+def bk_diagonal(potential: torch.Tensor, gamma: torch.Tensor, shift: float = 2.0) -> torch.Tensor:
+    """a = V + shift with V = potential - i * gamma: the diagonal of H (complex).
+
+    shift = 2 gives H = -Laplacian + V; shift = 0 the original Phase 2's diagonal a = V.
+    """
+    shift = check_float("shift", shift)
     check_float_tensor("potential", potential)
     check_float_tensor("gamma", gamma)
     if potential.shape != gamma.shape:
         raise ValueError(f"potential and gamma must have the same shape, got "
                          f"{tuple(potential.shape)} and {tuple(gamma.shape)}")
-    return torch.complex(potential + 2.0, -gamma)  # (..., S)
+    return torch.complex(potential + shift, -gamma)  # (..., S)
 
 
 def bk_green_sequential(a: torch.Tensor, z: complex) -> torch.Tensor:

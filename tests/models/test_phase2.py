@@ -31,7 +31,10 @@ def _ids(b=2, s=16, vocab=97, seed=0) -> torch.Tensor:
 def test_config_defaults():
     c = Phase2Config()
     assert (c.vocab_size, c.d_model, c.n_layers, c.max_seq_len, c.n_heads) == (50257, 512, 6, 1024, 8)
-    assert (c.ffn_mult, c.bk_channels, c.bk_z, c.dropout) == (4, 1, 1j, 0.1)
+    assert (c.ffn_mult, c.bk_channels, c.bk_z, c.dropout) == (4, 16, 1j, 0.1)
+    assert (c.bk_norm, c.bk_shift, c.bk_coupling, c.bk_dissipation) == (False, 2.0, 1.0, True)
+    assert (c.hebbian_norm, c.hebbian_q_scale, c.hebbian_shared_decay, c.hebbian_gamma_min) == (True, True, False, 0.0)
+    assert (c.mixer_bias, c.head_bias, c.init) == (True, True, "gpt2")
     assert c.mixers == ("bk", "hebbian")
     assert c.dtype == torch.float32
     assert c.d_head == 64
@@ -57,6 +60,21 @@ def test_config_defaults():
     ("hebbian_dt", -1.0, ValueError, "hebbian_dt"),
     ("hebbian_dt", "1", TypeError, "hebbian_dt"),
     ("hebbian_chunk_size", 0, ValueError, "hebbian_chunk_size"),
+    ("hebbian_norm", 1, TypeError, "hebbian_norm must be a bool"),
+    ("hebbian_q_scale", "yes", TypeError, "hebbian_q_scale must be a bool"),
+    ("hebbian_shared_decay", None, TypeError, "hebbian_shared_decay must be a bool"),
+    ("hebbian_gamma_min", -0.1, ValueError, "hebbian_gamma_min must be >= 0"),
+    ("hebbian_gamma_min", math.inf, ValueError, "hebbian_gamma_min must be finite"),
+    ("bk_norm", 0, TypeError, "bk_norm must be a bool"),
+    ("bk_dissipation", "no", TypeError, "bk_dissipation must be a bool"),
+    ("bk_shift", math.nan, ValueError, "bk_shift must be finite"),
+    ("bk_shift", "2", TypeError, "bk_shift must be a real number"),
+    ("bk_coupling", 0.0, ValueError, "bk_coupling must be > 0"),
+    ("bk_coupling", -0.01, ValueError, "bk_coupling must be > 0"),
+    ("mixer_bias", 1.0, TypeError, "mixer_bias must be a bool"),
+    ("head_bias", None, TypeError, "head_bias must be a bool"),
+    ("init", "xavier", ValueError, "init must be one of"),
+    ("init", 0, TypeError, "init must be one of"),
     ("mixers", "bk", TypeError, "mixers"),
     ("mixers", ("bk", "snr"), ValueError, "mixers"),
     ("dropout", 1.0, ValueError, "dropout"),
@@ -78,7 +96,7 @@ def test_config_to_dict_is_json_and_round_trips():
 
 
 def test_presets_match_stage1_names():
-    assert set(PRESETS) == set(STAGE1_PRESETS)
+    assert set(PRESETS) == set(STAGE1_PRESETS) | {"original", "original-tiny"}
     assert PRESETS["tiny"] == dict(d_model=64, n_layers=2, max_seq_len=128, n_heads=4)
     assert (PRESETS["seed"]["d_model"], PRESETS["seed"]["n_layers"], PRESETS["seed"]["max_seq_len"]) == (512, 6, 1024)
 

@@ -41,3 +41,20 @@ def test_mixers_accept_a_shift_pair_and_map_shapes():
     assert bk(x, stats).shape == (2, 5, 8) and 0.0 < stats["bk_green_abs_max"] <= 1.0 / 2.0
     heb = DissipativeHebbian(8, n_heads=2, chunk_size=None)
     assert heb(x).shape == (2, 5, 8)
+
+
+@pytest.mark.parametrize("cls, kwargs, exc, match", [
+    (BKCore, dict(d_model=8, coupling=0.0), ValueError, "coupling must be > 0"),
+    (BKCore, dict(d_model=8, shift=float("inf")), ValueError, "shift must be finite"),
+    (BKCore, dict(d_model=8, norm=1), TypeError, "norm must be a bool"),
+    (BKCore, dict(d_model=8, dissipation="yes"), TypeError, "dissipation must be a bool"),
+    (BKCore, dict(d_model=8, bias=None), TypeError, "bias must be a bool"),
+    (DissipativeHebbian, dict(d_model=8, n_heads=2, norm=1), TypeError, "norm must be a bool"),
+    (DissipativeHebbian, dict(d_model=8, n_heads=2, q_scale=0), TypeError, "q_scale must be a bool"),
+    (DissipativeHebbian, dict(d_model=8, n_heads=2, shared_decay="no"), TypeError, "shared_decay must be a bool"),
+    (DissipativeHebbian, dict(d_model=8, n_heads=2, gamma_min=-1e-3), ValueError, "gamma_min must be >= 0"),
+    (DissipativeHebbian, dict(d_model=8, n_heads=2, bias=1.0), TypeError, "bias must be a bool"),
+])
+def test_mixer_option_bad_arguments(cls, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        cls(**kwargs)
