@@ -68,6 +68,7 @@ class Stage1BenchConfig:
     out: str | None = None
     progress: bool = False
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
+    stage1_overrides: dict = field(default_factory=dict)  # Stage 1 only (e.g. mixer="recurrence")
 
     def __post_init__(self):
         check_type("preset", self.preset, str, "a preset name")
@@ -80,7 +81,9 @@ def _train_config(cfg: Stage1BenchConfig, model: str, out: Path):
     from muse.train import TrainConfig
 
     return TrainConfig(
-        model=model, preset=cfg.preset, model_overrides=dict(cfg.model_overrides), seq_len=cfg.seq_len,
+        model=model, preset=cfg.preset,
+        model_overrides={**cfg.model_overrides, **(cfg.stage1_overrides if model == "stage1" else {})},
+        seq_len=cfg.seq_len,
         batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
         tokens=None if cfg.max_steps is not None else cfg.tokens,
         max_steps=cfg.max_steps, eval_every=cfg.eval_every, final_eval_tokens=cfg.final_eval_tokens,

@@ -16,7 +16,9 @@ def register(sub) -> None:
         epilog="examples:\n"
         "  muse bench stage1 --preset tiny --train-split valid          # CPU: memory is not measured\n"
         "  muse bench stage1 --preset seed --device cuda --tokens 5000000 "
-        "--tokens-npy train.npy --eval-tokens-npy test.npy",
+        "--tokens-npy train.npy --eval-tokens-npy test.npy\n"
+        "  muse bench stage1 --preset seed --stage1-arg mixer=recurrence --stage1-arg ffn=complex "
+        "--stage1-arg d_ffn=1024   # the mix preset's Stage 1 vs Phase 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("which", choices=["stage1"], help="which benchmark")
@@ -31,6 +33,9 @@ def register(sub) -> None:
     g.add_argument("--min-lr", type=float)
     g.add_argument("--warmup", type=int)
     g.add_argument("--dropout", type=float, help="override both models' dropout")
+    g.add_argument("--stage1-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Stage 1 config field for the Stage 1 model only, e.g. mixer=recurrence "
+                        "(VALUE parsed as JSON, else a string); repeatable")
     g.add_argument("--seed", type=int)
     d = p.add_argument_group("data")
     d.add_argument("--train-split", choices=["train", "valid"])
@@ -62,12 +67,15 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from benchmarks.stage1 import Stage1BenchConfig, format_markdown, run_stage1_benchmark
+    from muse.cli.train import parse_key_values
 
     fields = {f.name for f in dataclasses.fields(Stage1BenchConfig)}
 
     given = {k: v for k, v in vars(args).items() if v is not None and k in fields}
     if args.dropout is not None:
         given["model_overrides"] = {"dropout": args.dropout}
+    if args.stage1_arg:
+        given["stage1_overrides"] = parse_key_values(args.stage1_arg, "--stage1-arg")
     cfg = Stage1BenchConfig(**given)
     report = run_stage1_benchmark(cfg, command=shlex.join(["muse", *sys.argv[1:]]))
     print(format_markdown(report))

@@ -117,3 +117,17 @@ def test_variant_config_validation(field, value, exc):
         Phase3Stage1Config(**{field: value})
     with pytest.raises(ValueError, match="r_min must be <= r_max"):
         Phase3Stage1Config(r_min=0.99, r_max=0.9)
+
+
+def test_bench_applies_stage1_overrides_to_stage1_only(tmp_path):
+    from benchmarks.stage1 import Stage1BenchConfig, _train_config
+    from muse.cli.train import parse_key_values
+
+    over = parse_key_values(["mixer=recurrence", "ffn=complex", "d_ffn=128", "r_min=0.5"], "--stage1-arg")
+    assert over == {"mixer": "recurrence", "ffn": "complex", "d_ffn": 128, "r_min": 0.5}
+    cfg = Stage1BenchConfig(model_overrides={"dropout": 0.0}, stage1_overrides=over)
+    s1, p2 = _train_config(cfg, "stage1", tmp_path), _train_config(cfg, "phase2", tmp_path)
+    assert s1.model_overrides == {"dropout": 0.0, **over}
+    assert p2.model_overrides == {"dropout": 0.0}
+    with pytest.raises(ValueError, match="--stage1-arg must look like KEY=VALUE"):
+        parse_key_values(["mixer"], "--stage1-arg")
