@@ -90,6 +90,7 @@ class Stage1BenchConfig:
     progress: bool = False
     compile: bool | None = None  # training under torch.compile; None: on for CUDA, off for CPU
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
+    stage1_overrides: dict = field(default_factory=dict)  # Stage 1 only (e.g. mixer="recurrence")
 
     def __post_init__(self):
         check_type("preset", self.preset, str, "a preset name")
@@ -120,7 +121,8 @@ def _run_spec(cfg: Stage1BenchConfig, run: str) -> tuple[str, str, dict]:
     """(registry model, preset, config overrides) of benchmark run ``run``."""
     model, extra = REFERENCES.get(run, (run, {}))
     preset = cfg.stage1_preset if run == "stage1" and cfg.stage1_preset else cfg.preset
-    return model, preset, {**cfg.model_overrides, **extra}
+    stage1 = cfg.stage1_overrides if run == "stage1" else {}
+    return model, preset, {**cfg.model_overrides, **extra, **stage1}
 
 
 def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):

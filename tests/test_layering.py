@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "muse.kernels": set(),
     "muse.complex": {"muse.kernels"},
     "muse.init": set(),
-    "muse.scan": {"muse.kernels"},
+    "muse.scan": {"muse.complex", "muse.kernels"},
     "muse.nn": {"muse.complex", "muse.init", "muse.scan", "muse.kernels"},
     "muse.models": {"muse.complex", "muse.init", "muse.scan", "muse.nn"},
     "muse.data": set(),

@@ -320,7 +320,40 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     return out
 
 
+def complex_diag_scan_units(seq: int, chunk: int) -> int:
+    """n in E = gamma_n M_t for the chunked complex diagonal scan: 4L + 2 n_c + 19 (docs/numerics.md)."""
+    return 4 * chunk + 2 * (-(-seq // chunk)) + 19
+
+
+def complex_diag_weights(x, nu, h0=None) -> np.ndarray:
+    """M_t = sum_{s <= t} |lambda|^(t-s) |x_s|_1 + |lambda|^(t+1) |h0|_1 per component, |z|_1 = |Re z| + |Im z|.
+
+    x planes (2, B, S, D), nu (D,), h0 planes (2, B, D) or None -> (B, S, D); float64, rounded
+    up by (1 + 2^-40) per step so the float64 accumulation cannot undercount.
+    """
+    r = np.exp(-np.exp(np.asarray(nu, dtype=np.float64)))
+    l1 = np.abs(np.asarray(x, dtype=np.float64)).sum(axis=0)  # (B, S, D)
+    m = np.zeros((l1.shape[0], l1.shape[2])) if h0 is None else np.abs(np.asarray(h0, dtype=np.float64)).sum(0)
+    out = np.empty_like(l1)
+    for t in range(l1.shape[1]):
+        m = (r * m + l1[:, t]) * (1 + 2.0**-40)
+        out[:, t] = m
+    return out
+
+
+def complex_diag_scan_abs(weights: np.ndarray, seq: int, chunk: int) -> np.ndarray:
+    """E_t = gamma_n (1 + 2^-20) M_t + 2^-100, n = 4L + 2 n_c + 19, for the chunked scan in fp32.
+
+    (1 + 2^-20) absorbs the float64 evaluation of the powers of lambda; 2^-100 covers fp32
+    underflow (far below any fp16 ulp).
+    """
+    return gamma(complex_diag_scan_units(seq, chunk)) * (1 + 2.0**-20) * np.asarray(weights) + 2.0**-100
+
+
+
 __all__ = [
-    "LIBM_ULPS", "RSQRT_REL", "U", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
-    "layer_norm_abs", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs", "one_rounding", "sum_abs", "ulp_bound",
+    "LIBM_ULPS", "RSQRT_REL", "U", "complex_diag_scan_abs", "complex_diag_scan_units",
+    "complex_diag_weights", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
+    "layer_norm_abs", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs", "one_rounding", "sum_abs",
+    "ulp_bound",
 ]

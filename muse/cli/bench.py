@@ -22,6 +22,7 @@ def register(sub) -> None:
         "  muse bench stage1 --preset tiny --train-split valid          # CPU: memory as live tensor bytes\n"
         "  muse bench stage1 --preset seed --device cuda --tokens 5000000 "
         "--tokens-npy train.npy --eval-tokens-npy test.npy\n"
+        "  muse bench stage1 --preset seed --stage1-preset mix --device cuda   # the mix Stage 1 vs Phase 2\n"
         "  muse bench speed --preset seed --batch-size 4 --device cuda --out runs/speed-h200\n"
         "  muse bench speed --preset tiny --vocab-size 512 --device cpu --compile-backend aot_eager",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,6 +39,9 @@ def register(sub) -> None:
     g.add_argument("--min-lr", type=float)
     g.add_argument("--warmup", type=int)
     g.add_argument("--dropout", type=float, help="override both models' dropout")
+    g.add_argument("--stage1-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Stage 1 config field for the Stage 1 model only, e.g. mixer=recurrence "
+                        "(VALUE parsed as JSON, else a string); repeatable")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
     g.add_argument("--references", help="comma-separated reference runs trained the same way "
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return run_speed(args)
 
     from benchmarks.stage1 import Stage1BenchConfig, format_markdown, run_stage1_benchmark
+    from muse.cli.train import parse_key_values
 
     fields = {f.name for f in dataclasses.fields(Stage1BenchConfig)}
 
@@ -102,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         given["references"] = tuple(r for r in args.references.split(",") if r and r != "none")
     if args.compile is not None:
         given["compile"] = args.compile
+    if args.stage1_arg:
+        given["stage1_overrides"] = parse_key_values(args.stage1_arg, "--stage1-arg")
     cfg = Stage1BenchConfig(**given)
     report = run_stage1_benchmark(cfg, command=shlex.join(["muse", *sys.argv[1:]]))
     print(format_markdown(report))

@@ -78,17 +78,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_model_args(args: argparse.Namespace) -> dict:
-    """Model config overrides from the dedicated flags and ``--model-arg KEY=VALUE``."""
+def parse_key_values(items: list[str], flag: str = "--model-arg") -> dict:
+    """``KEY=VALUE`` strings -> dict; VALUE parsed as JSON, else kept as a string."""
     out = {}
-    for item in args.model_arg:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-arg must look like KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} must look like KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+    return out
+
+
+def parse_model_args(args: argparse.Namespace) -> dict:
+    """Model config overrides from the dedicated flags and ``--model-arg KEY=VALUE``."""
+    out = parse_key_values(args.model_arg)
     for key in ("dropout", "vocab_size", "d_model", "n_layers"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)

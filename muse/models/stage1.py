@@ -31,11 +31,13 @@ from muse.nn import (
     ComplexEmbedding,
     ComplexLayerNorm,
     ComplexLinear,
+    ComplexRecurrence,
     ModReLU,
     RealLinear,
 )
 from muse.nn.embedding import EMBEDDING_INITS
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
+from muse.nn.mixers import OMEGA_INITS
 
 
 @dataclass
@@ -66,6 +68,14 @@ class Stage1Config:
     head_init: str = "default"
     # dropout masks: "independent" = separate masks for the real and imaginary parts; "shared" = one per entry
     dropout_mode: str = "independent"
+    # Variants (the seed is mixer "none", ffn "none"); see Stage1MixBlock.
+    mixer: str = "none"  # "none" | "recurrence" (ComplexRecurrence, muse.nn.mixers)
+    ffn: str = "none"  # "none" (the seed's ComplexLinear d->d + modReLU) | "complex" (d->d_ffn->d)
+    d_ffn: int | None = None  # hidden width of the complex FFN; None: 2 * d_model
+    d_state: int | None = None  # recurrence state channels; None: d_model
+    r_min: float = 0.9  # |lambda| init ring (LRU; Griffin uses [0.9, 0.999])
+    r_max: float = 0.999
+    omega_init: str = "zeta"  # "zeta" | "uniform": phases of lambda
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -83,6 +93,7 @@ class Stage1Config:
         check_choice("linear_init", self.linear_init, LINEAR_INITS)
         check_choice("head_init", self.head_init, HEAD_INITS)
         check_choice("dropout_mode", self.dropout_mode, C.DROPOUT_MODES)
+        _check_variant_fields(self)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -90,8 +101,13 @@ class Stage1Config:
 
     @property
     def mixes_tokens(self) -> bool:
-        """False: no operation combines positions (each logit sees its own token and position)."""
-        return False
+        """Only the recurrence mixes positions; the seed's block sees one token and position at a time."""
+        return self.mixer != "none"
+
+    @property
+    def is_seed_block(self) -> bool:
+        """True for the seed's block (no mixer, no FFN)."""
+        return self.mixer == "none" and self.ffn == "none"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +119,34 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=64, n_layers=2, max_seq_len=128),  # CPU / CI
     "small": dict(d_model=256, n_layers=4, max_seq_len=512),
     "seed": dict(d_model=512, n_layers=6, max_seq_len=1024),  # the seed report's model
+    # The seed's size with a token mixer and an FFN: d_ffn = 2d gives a complex FFN the real
+    # parameter count of a GPT's d -> 4d -> d MLP (8 d^2); the LRU/Griffin ring [0.9, 0.999].
+    "mix": dict(d_model=512, n_layers=6, max_seq_len=1024, mixer="recurrence", ffn="complex", d_ffn=1024),
+    "mix-tiny": dict(d_model=64, n_layers=2, max_seq_len=128, mixer="recurrence", ffn="complex", d_ffn=128),
 }
+
+MIXERS = ("none", "recurrence")
+FFNS = ("none", "complex")
+
+
+def _check_variant_fields(config: Stage1Config) -> None:
+    check_type("mixer", config.mixer, str, f"one of {MIXERS}")
+    if config.mixer not in MIXERS:
+        raise ValueError(f"mixer must be one of {MIXERS}, got {config.mixer!r}")
+    check_type("ffn", config.ffn, str, f"one of {FFNS}")
+    if config.ffn not in FFNS:
+        raise ValueError(f"ffn must be one of {FFNS}, got {config.ffn!r}")
+    for name in ("d_ffn", "d_state"):
+        if getattr(config, name) is not None:
+            check_int(name, getattr(config, name), min_value=1)
+    check_float("r_min", config.r_min, min_value=0.0)
+    check_float("r_max", config.r_max, max_value=1.0, max_inclusive=False)
+    if config.r_min > config.r_max:
+        raise ValueError(f"r_min must be <= r_max, got r_min={config.r_min} and r_max={config.r_max}")
+    check_type("omega_init", config.omega_init, str, f"one of {OMEGA_INITS}")
+    if config.omega_init not in OMEGA_INITS:
+        raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {config.omega_init!r}")
+
 
 
 class Stage1Block(nn.Module):
@@ -125,6 +168,70 @@ class Stage1Block(nn.Module):
         return self.norm2(C.add(h, z))
 
 
+class ComplexFeedForward(nn.Module):
+    """ComplexLinear d -> m, modReLU, ComplexLinear m -> d (the complex FFN of the variants)."""
+
+    def __init__(self, d_model: int, d_hidden: int, dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.up = ComplexLinear(d_model, d_hidden, dtype=dtype, device=device)
+        self.activation = ModReLU(d_hidden, dtype=dtype, device=device)
+        self.down = ComplexLinear(d_hidden, d_model, dtype=dtype, device=device)
+
+    def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
+        return self.down(self.activation(self.up(z)))
+
+
+class SeedChannelMap(nn.Module):
+    """The seed block's per-token map, ComplexLinear d -> d then modReLU (ffn "none" in a variant)."""
+
+    def __init__(self, d_model: int, dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.linear = ComplexLinear(d_model, d_model, dtype=dtype, device=device)
+        self.activation = ModReLU(d_model, dtype=dtype, device=device)
+
+    def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
+        return self.activation(self.linear(z))
+
+
+class Stage1MixBlock(nn.Module):
+    """Pre-norm variant block: z + mixer(LN(z)), then z + ffn(LN(z)); dropout on each branch.
+
+    ``mixer "recurrence"``: a :class:`ComplexRecurrence` (the only part that mixes positions,
+    causally).  ``ffn "complex"``: :class:`ComplexFeedForward`; ``ffn "none"`` keeps the seed's
+    per-token map (ComplexLinear d -> d + modReLU), so every variant has a nonlinearity.  The
+    model's final LayerNorm closes the pre-norm stack.
+    """
+
+    def __init__(self, config: Stage1Config, dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        d, eps = config.d_model, config.layer_norm_eps
+        self.mixer = None
+        if config.mixer == "recurrence":
+            self.mixer_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
+            self.mixer = ComplexRecurrence(d, config.d_state, config.r_min, config.r_max, config.omega_init,
+                                           dtype=dtype, device=device)
+        self.ffn_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
+        if config.ffn == "complex":
+            self.ffn = ComplexFeedForward(d, config.d_ffn or 2 * d, dtype=dtype, device=device)
+        else:
+            self.ffn = SeedChannelMap(d, dtype=dtype, device=device)
+        self.dropout = ComplexDropout(config.dropout, mode=config.dropout_mode)
+
+    def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
+        """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
+        if self.mixer is not None:
+            z = C.add(z, self.dropout(self.mixer(self.mixer_norm(z))))
+        return C.add(z, self.dropout(self.ffn(self.ffn_norm(z))))
+
+
+def _block(config: Stage1Config, dtype: torch.dtype, device) -> nn.Module:
+    """The seed's block for the seed configuration, a pre-norm Stage1MixBlock for the variants."""
+    if config.is_seed_block:
+        return Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dtype, device,
+                           linear_init=config.linear_init, dropout_mode=config.dropout_mode)
+    return Stage1MixBlock(config, dtype, device)
+
+
 class Stage1Model(LanguageModel):
     """The Stage 1 language model; ``forward`` returns logits (B, S, vocab) in the storage dtype.
 
@@ -142,11 +249,7 @@ class Stage1Model(LanguageModel):
                                           config.dropout, config.zeta_scale, config.initial_phase,
                                           dtype=dt, device=device, trainable_positions=config.trainable_positions,
                                           init=config.embedding_init, dropout_mode=config.dropout_mode)
-        self.blocks = nn.ModuleList(
-            Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dt, device,
-                        linear_init=config.linear_init, dropout_mode=config.dropout_mode)
-            for _ in range(config.n_layers)
-        )
+        self.blocks = nn.ModuleList(_block(config, dt, device) for _ in range(config.n_layers))
         self.final_norm = ComplexLayerNorm(config.d_model, config.layer_norm_eps, dtype=dt, device=device)
         self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device,
                                   init=config.head_init)
@@ -210,6 +313,8 @@ def expected_parameter_count(config: Stage1Config) -> int:
     v, d, n, s = config.vocab_size, config.d_model, config.n_layers, config.max_seq_len
     embedding = 2 * v * d + s * d
     block = 2 * (2 * d) + (2 * d * d + 2 * d) + d  # two LNs, complex linear + bias, modReLU bias
+    if not config.is_seed_block:
+        block = _variant_block_parameter_count(config)
     return embedding + n * block + 2 * d + (d * v + v)
 
 
@@ -219,8 +324,22 @@ def expected_trainable_count(config: Stage1Config) -> int:
     return expected_parameter_count(config) - frozen
 
 
+def _variant_block_parameter_count(config: Stage1Config) -> int:
+    d = config.d_model
+    count = 2 * d  # the FFN's LayerNorm
+    if config.mixer == "recurrence":
+        n = config.d_state or d
+        count += 2 * d + 2 * (2 * d * n) + d + 2 * n  # LayerNorm, B and C (no bias), D, nu and omega
+    if config.ffn == "complex":
+        m = config.d_ffn or 2 * d
+        count += (2 * d * m + 2 * m) + m + (2 * m * d + 2 * d)  # up + bias, modReLU bias, down + bias
+    else:
+        count += (2 * d * d + 2 * d) + d  # the seed's linear + bias, modReLU bias
+    return count
+
+
 __all__ = [
-    "PRESETS", "Phase3Stage1Block", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
+    "FFNS", "MIXERS", "PRESETS", "ComplexFeedForward", "Phase3Stage1Block", "SeedChannelMap", "Stage1MixBlock", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
     "Stage1Config", "Stage1Model", "create_phase3_stage1_model", "expected_parameter_count",
     "expected_trainable_count",
 ]

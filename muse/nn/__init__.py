@@ -4,6 +4,10 @@ from muse.nn.activation import ModReLU
 from muse.nn.dropout import ComplexDropout
 from muse.nn.embedding import ComplexEmbedding
 from muse.nn.linear import ComplexLinear, RealLinear
+from muse.nn.mixers import ComplexRecurrence
 from muse.nn.norm import ComplexLayerNorm
 
-__all__ = ["ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ModReLU", "RealLinear"]
+__all__ = [
+    "ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ComplexRecurrence", "ModReLU",
+    "RealLinear",
+]

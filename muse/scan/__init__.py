@@ -1,13 +1,19 @@
 """Recurrences as pure functions: a sequential reference beside each parallel/chunked form.
 
-``bk``: the causal BK-Core resolvent scan; ``hebbian``: decayed causal linear attention.
+``bk``: the causal BK-Core resolvent scan; ``hebbian``: decayed causal linear attention;
+``complex_diag``: the complex diagonal linear recurrence of Stage 1's token mixer.
 Imports only ``muse._checks`` and torch; the mixer modules in :mod:`muse.nn.mixers` call these.
 """
 
 from muse.scan.bk import bk_diagonal, bk_green_scan, bk_green_sequential, moebius_prefix_products
+from muse.scan.complex_diag import (
+    complex_diag_scan,
+    complex_diag_scan_sequential,
+    complex_diag_step,
+)
 from muse.scan.hebbian import hebbian_parallel, hebbian_sequential, segment_sum
 
 __all__ = [
-    "bk_diagonal", "bk_green_scan", "bk_green_sequential", "hebbian_parallel", "hebbian_sequential",
-    "moebius_prefix_products", "segment_sum",
+    "bk_diagonal", "bk_green_scan", "bk_green_sequential", "complex_diag_scan", "complex_diag_scan_sequential",
+    "complex_diag_step", "hebbian_parallel", "hebbian_sequential", "moebius_prefix_products", "segment_sum",
 ]

@@ -221,6 +221,10 @@ class FullPrecisionOptimizer(_AdamWBase):
 class MixedPrecisionOptimizer(_AdamWBase):
     """fp16 parameters, fp32 master weights in AdamW, dynamic loss scaling.
 
+    fp32 parameters (e.g. a recurrence's decay nu and phase omega, which fp16 cannot hold
+    near |lambda| = 1) are allowed too: they get an fp32 master like the others and their
+    copy back is exact.
+
     Use: ``zero_grad()``; for each micro-batch ``backward(loss)`` (scales the loss); then
     ``step(max_norm)``, which unscales the fp16 grads into fp32 master grads, skips the
     update on inf/NaN (halving the scale, counting the step), otherwise clips, updates the
@@ -236,9 +240,10 @@ class MixedPrecisionOptimizer(_AdamWBase):
                          no_decay=no_decay)
 
     def _optimizer_params(self) -> list[torch.Tensor]:
-        bad = [n for n, p in zip(self.names, self.params, strict=True) if p.dtype != torch.float16]
+        bad = [n for n, p in zip(self.names, self.params, strict=True)
+               if p.dtype not in (torch.float16, torch.float32)]
         if bad:
-            raise TypeError(f"MixedPrecisionOptimizer needs fp16 parameters; {bad[:3]} are not")
+            raise TypeError(f"MixedPrecisionOptimizer needs fp16 (or fp32) parameters; {bad[:3]} are not")
         self._folded = 0  # backward passes accumulated into the master grads since zero_grad
         return [p.detach().float().clone() for p in self.params]
 

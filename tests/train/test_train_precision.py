@@ -139,9 +139,21 @@ def test_load_state_refuses_other_parameters():
         other.load_state(a.state_tensors(), a.state_meta())
 
 
-def test_mixed_precision_refuses_fp32_parameters():
-    with pytest.raises(TypeError, match="fp16 parameters"):
-        _opt([("w", nn.Parameter(torch.zeros(3)))])
+def test_mixed_precision_refuses_float64_parameters():
+    with pytest.raises(TypeError, match="fp16 \\(or fp32\\) parameters"):
+        _opt([("w", nn.Parameter(torch.zeros(3, dtype=torch.float64)))])
+
+
+def test_mixed_precision_updates_fp32_parameters_beside_fp16_ones():
+    """fp32 parameters (a recurrence's nu, omega) get fp32 masters; the copy back is exact."""
+    named = _fp16_params() + [("nu", nn.Parameter(torch.full((3,), 0.5)))]
+    opt = _opt(named, lr=1e-2, loss_scaler=DynamicLossScaler(init_scale=2.0**4))
+    before = named[2][1].detach().clone()
+    opt.zero_grad()
+    opt.backward(named[2][1].sum() + _loss(named[:2], torch.ones(2, 4)))
+    assert not opt.step().skipped
+    assert named[2][1].dtype == torch.float32 and not torch.equal(named[2][1].detach(), before)
+    assert torch.equal(named[2][1].detach(), opt.masters[2])
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -1,0 +1,140 @@
+"""ComplexRecurrence (muse.nn.mixers): init, causality, mixing, step() vs forward, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import muse.complex as C
+from muse.init import zeta_zeros
+from muse.nn import ComplexRecurrence
+
+
+def _x(shape, dtype=torch.float16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return C.ComplexTensor(torch.randn(2, *shape, generator=gen).to(dtype))
+
+
+def _layer(dtype=torch.float16, **kw):
+    torch.manual_seed(0)
+    return ComplexRecurrence(16, dtype=dtype, **kw)
+
+
+def test_parameters_and_dtypes():
+    layer = _layer(d_state=24)
+    assert layer.nu.dtype == torch.float32 and layer.omega.dtype == torch.float32
+    assert layer.in_proj.weight.shape == (2, 24, 16) and layer.in_proj.bias is None
+    assert layer.out_proj.weight.shape == (2, 16, 24) and layer.out_proj.bias is None
+    assert layer.skip.dtype == torch.float16
+    y = layer(_x((2, 9, 16)))
+    assert y.dtype == torch.float16 and y.shape == (2, 9, 16) and y.is_planar()
+
+
+def test_ring_init_and_gamma():
+    torch.manual_seed(0)
+    layer = ComplexRecurrence(8, d_state=4000, r_min=0.4, r_max=0.99, dtype=torch.float32)
+    radius, _ = layer.decay()
+    assert radius.min() >= 0.4 - 1e-6 and radius.max() <= 0.99 + 1e-6
+    # |lambda|^2 is uniform on [r_min^2, r_max^2] (uniform on the ring's area)
+    sq = radius.detach().double() ** 2
+    assert abs(float(sq.mean()) - (0.4**2 + 0.99**2) / 2) < 0.01
+    gamma = layer.gamma().double()
+    torch.testing.assert_close(gamma, torch.sqrt(1 - radius.double() ** 2), rtol=1e-5, atol=0)
+    layer.nu.data.fill_(math.log(1e-7))  # |lambda| = 1 - 1e-7: 1 - |lambda|^2 is 0 in fp32 arithmetic
+    assert float(layer.gamma()[0]) == pytest.approx(math.sqrt(2e-7), rel=1e-3)
+
+
+def test_omega_inits():
+    zeta = _layer(d_state=50).omega.double()
+    gammas = zeta_zeros(50)
+    torch.testing.assert_close(zeta, math.pi * gammas / gammas[-1], rtol=1e-6, atol=0)
+    assert zeta.min() > 0 and float(zeta.max()) == pytest.approx(math.pi)
+    uniform = _layer(d_state=2000, omega_init="uniform").omega
+    assert uniform.min() > 0 and uniform.max() <= math.pi + 1e-6
+    assert abs(float(uniform.mean()) - math.pi / 2) < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_future_tokens_leave_earlier_outputs_bit_identical(dtype):
+    layer = _layer(dtype)
+    x = _x((2, 40, 16), dtype)
+    y = layer(x)
+    for t in (0, 9, 33):
+        changed = x.planes.clone()
+        changed[:, :, t + 1:] = torch.randn_like(changed[:, :, t + 1:])
+        y2 = layer(C.ComplexTensor(changed))
+        assert torch.equal(y.planes[:, :, : t + 1], y2.planes[:, :, : t + 1])
+
+
+def test_an_earlier_token_changes_later_outputs():
+    """Mixing: changing token s < t changes the output at t (the layer is not per-token)."""
+    layer = _layer(torch.float32)
+    x = _x((1, 30, 16), torch.float32)
+    y = layer(x)
+    for s, t in ((0, 1), (3, 20), (10, 29)):
+        changed = x.planes.clone()
+        changed[:, :, s] += 1.0
+        y2 = layer(C.ComplexTensor(changed))
+        assert not torch.equal(y.planes[:, :, t], y2.planes[:, :, t]), (s, t)
+        assert torch.equal(y.planes[:, :, :s], y2.planes[:, :, :s])
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 2e-2)])
+def test_step_equals_forward(dtype, tol):
+    layer = _layer(dtype)
+    x = _x((3, 25, 16), dtype)
+    y, final = layer.forward_with_state(x)
+    state = None
+    for t in range(25):
+        y_t, state = layer.step(x[:, t], state)
+        torch.testing.assert_close(y_t.planes.double(), y.planes[:, :, t].double(), rtol=tol, atol=tol)
+    torch.testing.assert_close(state.planes.double(), final.planes.double(), rtol=tol, atol=tol)
+
+
+def test_prefill_then_steps_equals_forward():
+    """forward_with_state on a prompt, then step() per token: the O(1) generation path."""
+    layer = _layer(torch.float64)
+    x = _x((2, 30, 16), torch.float64)
+    y = layer(x)
+    y_pre, state = layer.forward_with_state(x[:, :17])
+    torch.testing.assert_close(y_pre.planes, y.planes[:, :, :17], rtol=1e-12, atol=1e-12)
+    for t in range(17, 30):
+        y_t, state = layer.step(x[:, t], state)
+        torch.testing.assert_close(y_t.planes, y.planes[:, :, t], rtol=1e-12, atol=1e-12)
+    assert layer.initial_state(2).shape == (2, 16)
+
+
+def test_gradients_reach_every_parameter_and_gradcheck():
+    layer = _layer(torch.float64, d_state=6)
+    x = _x((2, 12, 16), torch.float64).requires_grad_(True)
+    layer(x).planes.square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+    small = _layer(torch.float64, d_state=3)
+    small.in_proj = type(small.in_proj)(16, 3, bias=False, dtype=torch.float64)
+    xs = _x((1, 7, 16), torch.float64).planes.requires_grad_(True)
+    params = (small.nu, small.omega, small.skip)
+    assert torch.autograd.gradcheck(lambda xp, *_: small(C.ComplexTensor(xp)).planes, (xs, *params))
+
+
+def test_bad_input():
+    layer = _layer()
+    with pytest.raises(TypeError, match="x must be a ComplexTensor"):
+        layer(torch.zeros(2, 3, 16))
+    with pytest.raises(ValueError, match="d_model=16"):
+        layer(_x((2, 3, 8)))
+    with pytest.raises(TypeError, match="x has dtype torch.float32"):
+        layer(_x((2, 3, 16), torch.float32))
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., seq, d_model\)"):
+        layer(_x((16,)))
+    with pytest.raises(ValueError, match="r_min must be <= r_max"):
+        ComplexRecurrence(4, r_min=0.99, r_max=0.9)
+    with pytest.raises(ValueError, match="r_max must be < 1.0"):
+        ComplexRecurrence(4, r_max=1.0)
+    with pytest.raises(ValueError, match="omega_init must be one of"):
+        ComplexRecurrence(4, omega_init="random")
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        layer.forward_with_state(_x((2, 3, 16)), C.ComplexTensor(torch.zeros(2, 3, 16)))
