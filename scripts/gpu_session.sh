@@ -41,10 +41,10 @@ checks)
   ;;
 bench)
   step "Stage 1 benchmark, seed preset (eager; compile is measured by the speed phase)"
-  timeout 420 python3 -m muse bench stage1 --preset seed --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" \
+  timeout 390 python3 -m muse bench stage1 --preset seed --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" \
     --out "$OUT/bench-seed" | tail -45
   step "Stage 1 'mix' (recurrence + complex FFN), same budget"
-  timeout 150 python3 -m muse train --model stage1 --preset mix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" \
+  timeout 190 python3 -m muse train --model stage1 --preset mix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" \
     --eval-stride 512 --eval-every 24 --eval-tokens 16384 --ckpt-every 0 --no-progress --out "$OUT/train-mix" | tail -8
   ;;
 speed)
