@@ -31,8 +31,10 @@ def interpreting() -> bool:
 
 
 def enabled(*tensors: torch.Tensor) -> bool:
-    """The switch: Triton importable, ``MUSE_KERNELS`` not ``0``, and every tensor on CUDA or the interpreter on."""
-    if not HAS_TRITON or os.environ.get(ENV, "1") == "0":
+    """The switch: Triton importable, ``MUSE_KERNELS`` not ``0``, not inside ``torch.compile`` (the
+    compiler fuses these ops faster than the kernels: docs/performance.md), and every tensor on CUDA
+    or the interpreter on."""
+    if not HAS_TRITON or os.environ.get(ENV, "1") == "0" or torch.compiler.is_compiling():
         return False
     return interpreting() or all(t.device.type == "cuda" for t in tensors)
 

@@ -183,8 +183,9 @@ def test_float32_planes_use_the_reference(kernel_device, launches):
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
-def test_kernels_compile_fullgraph(kernel_device, launches):
-    """The custom ops trace without graph breaks (backend aot_eager keeps the check fast)."""
+def test_compiled_graphs_use_the_pytorch_path(kernel_device, launches):
+    """Inside torch.compile the switch is off (the compiler's fusion beat the kernels on the H200,
+    docs/performance.md): no kernel launches, no graph break, the same result."""
     from muse.nn import ComplexLayerNorm, ModReLU
 
     torch._dynamo.reset()
@@ -196,7 +197,7 @@ def test_kernels_compile_fullgraph(kernel_device, launches):
     z = _rand(2, 4, 8, device=kernel_device, seed=9).requires_grad_(True)
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(z)
     out.float().sum().backward()
-    assert launches["layer_norm_forward"] >= 1 and launches["modrelu_backward"] >= 1
+    assert launches == {}
     with kernels.environment(MUSE_KERNELS="0"):
         ref = f(z.detach())
     assert _ulps(out.detach(), ref.detach()) <= 1.0
