@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_type
+from muse._checks import check_int, check_type
 
 
 class LanguageModel(nn.Module):
@@ -150,3 +150,17 @@ def activation_statistics(x) -> dict:
             "abs_max": xf.abs().max().item() if xf.numel() else 0.0,
             "nonfinite": int((~torch.isfinite(xf)).sum().item()),
         }
+
+
+def check_config_sizes(config, *, heads: bool = False) -> None:
+    """Validate the size fields every LM config has (vocab_size, d_model, n_layers, max_seq_len)
+    and, with ``heads``, n_heads (which must divide d_model) and ffn_mult."""
+    check_int("vocab_size", config.vocab_size, min_value=1)
+    check_int("d_model", config.d_model, min_value=1)
+    check_int("n_layers", config.n_layers, min_value=0)
+    check_int("max_seq_len", config.max_seq_len, min_value=1)
+    if heads:
+        check_int("n_heads", config.n_heads, min_value=1)
+        if config.d_model % config.n_heads:
+            raise ValueError(f"d_model ({config.d_model}) must be divisible by n_heads ({config.n_heads})")
+        check_int("ffn_mult", config.ffn_mult, min_value=1)

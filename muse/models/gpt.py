@@ -30,13 +30,12 @@ from torch import nn
 
 from muse._checks import (
     check_float,
-    check_int,
     check_probability,
     check_tensor,
     check_token_ids,
     check_type,
 )
-from muse.models.base import LanguageModel
+from muse.models.base import LanguageModel, check_config_sizes
 
 
 @dataclass
@@ -54,14 +53,7 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        check_int("vocab_size", self.vocab_size, min_value=1)
-        check_int("d_model", self.d_model, min_value=1)
-        check_int("n_layers", self.n_layers, min_value=0)
-        check_int("max_seq_len", self.max_seq_len, min_value=1)
-        check_int("n_heads", self.n_heads, min_value=1)
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        check_int("ffn_mult", self.ffn_mult, min_value=1)
+        check_config_sizes(self, heads=True)
         check_probability("dropout", self.dropout)
         check_type("bias", self.bias, bool, "a bool")
         check_float("layer_norm_eps", self.layer_norm_eps, min_value=0.0, min_inclusive=False)

@@ -44,7 +44,7 @@ from muse._checks import (
     check_type,
 )
 from muse.init import ZetaEmbedding, ZetaInitializer
-from muse.models.base import LanguageModel
+from muse.models.base import LanguageModel, check_config_sizes
 from muse.nn.mixers import BKCore, DissipativeHebbian, HeadRMSNorm
 
 INITS = ("gpt2", "zeta")
@@ -82,14 +82,7 @@ class Phase2Config:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        check_int("vocab_size", self.vocab_size, min_value=1)
-        check_int("d_model", self.d_model, min_value=1)
-        check_int("n_layers", self.n_layers, min_value=0)
-        check_int("max_seq_len", self.max_seq_len, min_value=1)
-        check_int("n_heads", self.n_heads, min_value=1)
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        check_int("ffn_mult", self.ffn_mult, min_value=1)
+        check_config_sizes(self, heads=True)
         check_int("bk_channels", self.bk_channels, min_value=1)
         self.bk_z = check_shift("bk_z", self.bk_z)
         check_float("bk_shift", self.bk_shift)
