@@ -14,12 +14,28 @@ place that reads them.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_int, check_type
+from muse._checks import check_int, check_token_ids, check_type
+
+
+@dataclass
+class ContextCache:
+    """The fallback decoding state of :meth:`LanguageModel.step`: every token so far, (B, length)."""
+
+    ids: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids.shape[0]
 
 
 class LanguageModel(nn.Module):
@@ -75,6 +91,38 @@ class LanguageModel(nn.Module):
         if not return_hidden:
             diag["output"] = logits_statistics(out)
         return out, diag
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, cache: ContextCache | None = None
+             ) -> tuple[torch.Tensor, ContextCache]:
+        """Incremental decoding: logits (B, T, V) of ``input_ids`` (B, T) placed after ``cache``.
+
+        The fallback for a model without a recurrent state or KV cache: it re-runs ``forward``
+        over the whole context, O(S) work per new token at context length S.  Models with an
+        O(1)-per-token path override it (the GPT's KV cache, Stage 1's recurrent state); every
+        override takes and returns its own cache and gives the logits of ``forward`` on the
+        whole sequence (up to rounding).  The context is capped at ``max_seq_len`` (ValueError
+        beyond).  Runs without gradients; call ``eval()`` first, or dropout applies.
+        """
+        if cache is not None:
+            check_type("cache", cache, ContextCache, "a ContextCache or None")
+        input_ids = self.check_step(input_ids, cache)
+        ids = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)  # (B, S)
+        return self(ids)[:, -input_ids.shape[1]:], ContextCache(ids)
+
+    def check_step(self, input_ids: object, cache) -> torch.Tensor:
+        """``input_ids`` (B, T >= 1) as int64, checked against ``cache`` (its ``length`` and
+        ``batch_size``, or None) and ``max_seq_len``: the checks every :meth:`step` shares."""
+        input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        b, t = input_ids.shape
+        if t == 0:
+            raise ValueError("input_ids must hold at least one token per row, got shape (B, 0)")
+        past = 0 if cache is None else cache.length
+        if cache is not None and cache.batch_size != b:
+            raise ValueError(f"input_ids has batch size {b}, the cache {cache.batch_size}")
+        if past + t > self.max_seq_len:
+            raise ValueError(f"cache length {past} + {t} new tokens exceeds max_seq_len={self.max_seq_len}")
+        return input_ids
 
     @property
     def mixes_tokens(self) -> bool:

@@ -239,14 +239,8 @@ class GPTModel(LanguageModel):
             if len(cache.keys) != len(self.blocks) or len(cache.values) != len(self.blocks):
                 raise ValueError(f"cache has {len(cache.keys)} layers, the model {len(self.blocks)}")
             past_len = cache.length
-        input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
-        if t == 0:
-            raise ValueError("input_ids must hold at least one token per row, got shape (B, 0)")
-        if cache is not None and cache.batch_size != b:
-            raise ValueError(f"input_ids has batch size {b}, the cache {cache.batch_size}")
-        if past_len + t > self.config.max_seq_len:
-            raise ValueError(f"cache length {past_len} + {t} new tokens exceeds max_seq_len={self.config.max_seq_len}")
         positions = torch.arange(past_len, past_len + t, device=input_ids.device)  # (T,)
         x = self.embedding_dropout(self.token_embedding(input_ids) + self.position_embedding(positions))
         keys, values = [], []

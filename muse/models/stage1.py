@@ -167,6 +167,10 @@ class Stage1Block(nn.Module):
         h = self.dropout(self.activation(self.linear(self.norm1(z))))
         return self.norm2(C.add(h, z))
 
+    def step(self, z: C.ComplexTensor, state: None = None) -> tuple[C.ComplexTensor, None]:
+        """Incremental form: the block is per-token, so it carries no state."""
+        return self(z), None
+
 
 class ComplexFeedForward(nn.Module):
     """ComplexLinear d -> m, modReLU, ComplexLinear m -> d (the complex FFN of the variants)."""
@@ -223,6 +227,15 @@ class Stage1MixBlock(nn.Module):
             z = C.add(z, self.dropout(self.mixer(self.mixer_norm(z))))
         return C.add(z, self.dropout(self.ffn(self.ffn_norm(z))))
 
+    def step(self, z: C.ComplexTensor, state: C.ComplexTensor | None = None
+             ) -> tuple[C.ComplexTensor, C.ComplexTensor | None]:
+        """Incremental form: z (B, T, d) after the tokens that left the recurrence in ``state``
+        (None = the start) -> (output, the recurrence's state after z; None without a mixer)."""
+        if self.mixer is not None:
+            y, state = self.mixer.forward_with_state(self.mixer_norm(z), initial_state=state)
+            z = C.add(z, self.dropout(y))
+        return C.add(z, self.dropout(self.ffn(self.ffn_norm(z)))), state
+
 
 def _block(config: Stage1Config, dtype: torch.dtype, device) -> nn.Module:
     """The seed's block for the seed configuration, a pre-norm Stage1MixBlock for the variants."""
@@ -230,6 +243,16 @@ def _block(config: Stage1Config, dtype: torch.dtype, device) -> nn.Module:
         return Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dtype, device,
                            linear_init=config.linear_init, dropout_mode=config.dropout_mode)
     return Stage1MixBlock(config, dtype, device)
+
+
+@dataclass
+class Stage1State:
+    """Decoding state of :meth:`Stage1Model.step`: the tokens seen so far (``length``) and each
+    layer's recurrence state ((B, d_state) ComplexTensor in float32; None for a layer without one)."""
+
+    layers: list[C.ComplexTensor | None]
+    length: int  # the next token sits at this position
+    batch_size: int
 
 
 class Stage1Model(LanguageModel):
@@ -275,6 +298,33 @@ class Stage1Model(LanguageModel):
 
     def head_input(self, z: C.ComplexTensor) -> torch.Tensor:
         return z.real  # (B, S, d), the storage dtype
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, cache: Stage1State | None = None
+             ) -> tuple[torch.Tensor, Stage1State]:
+        """Incremental decoding: logits (B, T, vocab) of ``input_ids`` (B, T) placed after ``cache``.
+
+        O(1) work per token: the seed's block is per-token (a new token needs only itself at its
+        position), and the recurrence carries its (B, d_state) state per layer.  The logits equal
+        those of ``forward`` on the whole sequence up to rounding.  The context is capped at
+        ``max_seq_len`` (the position table's rows; ValueError beyond).  Returns a new state; the
+        one passed in is left unchanged.  Runs without gradients; call ``eval()`` first.
+        """
+        if cache is not None:
+            check_type("cache", cache, Stage1State, "a Stage1State or None")
+            if len(cache.layers) != len(self.blocks):
+                raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+        input_ids = self.check_step(input_ids, cache)
+        b, t = input_ids.shape
+        past = 0 if cache is None else cache.length
+        positions = torch.arange(past, past + t, device=input_ids.device)  # (T,)
+        z = self.embed(input_ids, positions)
+        layers = []
+        for i, block in enumerate(self.blocks):
+            z, state = block.step(z, None if cache is None else cache.layers[i])
+            layers.append(state)
+        logits = self.lm_head(self.head_input(self.final_norm(z)))  # (B, T, vocab)
+        return logits, Stage1State(layers, past + t, b)
 
 
 def Phase3Stage1Config(vocab_size: int, d_model: int = 512, n_layers: int = 6, n_seq: int = 2048,  # noqa: N802
@@ -340,6 +390,6 @@ def _variant_block_parameter_count(config: Stage1Config) -> int:
 
 __all__ = [
     "FFNS", "MIXERS", "PRESETS", "ComplexFeedForward", "Phase3Stage1Block", "SeedChannelMap", "Stage1MixBlock", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
-    "Stage1Config", "Stage1Model", "create_phase3_stage1_model", "expected_parameter_count",
+    "Stage1Config", "Stage1Model", "Stage1State", "create_phase3_stage1_model", "expected_parameter_count",
     "expected_trainable_count",
 ]
