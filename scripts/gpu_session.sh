@@ -6,6 +6,7 @@
 #   scripts/gpu_session.sh bench    muse bench stage1 at the seed preset (1,572,864 tokens per run, with the
 #                                   Phase 2 mixer-free and GPT reference runs), then Stage 1 'mix' trained the same way
 #   scripts/gpu_session.sh speed    muse bench speed at the seed preset, B=4, S=1024
+#   scripts/gpu_session.sh extra    CUDA tests again, Stage 1 compiled speed, the criteria with Stage 1 'mix', two mix ablations
 # Needs pre-tokenised WikiText-2 in .devcarry/ (muse data export --split valid|test --out ...).
 # Runs write under runs/gpu/<phase>; the phase ends by packing them (without checkpoints) into
 # $OUT/<phase>.tgz (or ./gpu-out).
@@ -52,7 +53,24 @@ speed)
   timeout 540 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --out "$OUT/speed" \
     2>&1 | tee "$OUT/speed.txt" | tail -60
   ;;
-*) echo "usage: $0 checks|bench|speed" >&2; exit 2 ;;
+extra)
+  step "CUDA model/kernel tests"
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/complex/test_complex_devices.py \
+    tests/kernels 2>&1 | tail -3
+  step "speed: Stage 1 compiled with the kernels switched off inside compiled graphs"
+  timeout 150 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1 \
+    --variants eager,kernels,compiled,compiled+kernels --out "$OUT/speed-stage1" 2>&1 | grep -E "^\| stage1|ceilings"
+  step "Stage 1 criteria with the 'mix' Stage 1 (Phase 2 and its mixer-free variant trained the same way)"
+  timeout 260 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,/inference tok/p'
+  for arg in omega_init=uniform ffn=none; do
+    step "Stage 1 mix ablation: $arg"
+    timeout 100 python3 -m muse train --model stage1 --preset mix --model-arg "$arg" --device cuda --no-compile \
+      "${DATA[@]}" "${BUDGET[@]}" --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress \
+      --out "$OUT/train-mix-${arg%%=*}" | grep -E "final eval PPL|train tok/s|parameters"
+  done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
