@@ -1,0 +1,284 @@
+"""Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding.
+
+    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode]
+
+Each section writes ``<out>/<section>.txt`` (timings and torch.profiler tables). A diagnostic
+script for deciding what to optimise; the numbers that go into docs come from
+``muse bench speed`` / ``muse bench stage1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import muse.complex as C
+from muse.models import build_model
+from muse.train.loss import linear_cross_entropy, lm_loss
+
+DEV = torch.device("cuda")
+
+
+def bench(fn, n: int = 20) -> float:
+    """Median ms of fn() (CUDA events), after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def cpu_time(fn, n: int = 20) -> float:
+    """Mean ms of host time per call without synchronising (launch cost when GPU-idle)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e3
+
+
+def table(fn, n: int = 5, rows: int = 25, sort: str = "cuda_time_total") -> str:
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+
+
+def sec_linear(w):
+    n, d = 4096, 512
+    x = C.ComplexTensor(torch.randn(2, n, d, device=DEV).half())
+    wc = C.ComplexTensor((torch.randn(2, d, d, device=DEV) / d**0.5).half())
+    bc = C.ComplexTensor(torch.zeros(2, d, device=DEV).half())
+    xr = torch.randn(n, 2 * d, device=DEV).half()
+    wr = torch.randn(2 * d, 2 * d, device=DEV).half()
+    w(f"C.linear eager: {bench(lambda: C.linear(x, wc, bc)):.4f} ms; host {cpu_time(lambda: C.linear(x, wc, bc)):.4f} ms")
+    w(f"F.linear real (n, 2d) x (2d, 2d): {bench(lambda: F.linear(xr, wr)):.4f} ms")
+    w(f"gemm_linear real: {bench(lambda: C.gemm_linear(xr, wr, None)):.4f} ms; "
+      f"host {cpu_time(lambda: C.gemm_linear(xr, wr, None)):.4f} ms")
+
+    def ctx():
+        with C.fp32_accumulation(DEV):
+            pass
+    w(f"fp32_accumulation enter/exit host: {cpu_time(ctx, 200):.4f} ms")
+    w(f"cat x planes: {bench(lambda: torch.cat((x.real, x.imag), -1)):.4f} ms")
+    wre, wim = wc.real, wc.imag
+    w(f"block weight: {bench(lambda: torch.cat((torch.cat((wre, -wim), 1), torch.cat((wim, wre), 1)), 0)):.4f} ms")
+    y = torch.randn(n, 2 * d, device=DEV).half()
+    w(f"unflatten movedim contiguous: {bench(lambda: y.unflatten(-1, (2, d)).movedim(-2, 0).contiguous()):.4f} ms")
+    cl = torch.compile(lambda a, b, c: C.linear(a, b, c).planes, fullgraph=True)
+    w(f"C.linear compiled: {bench(lambda: cl(x, wc, bc)):.4f} ms")
+    w(table(lambda: C.linear(x, wc, bc), n=10, rows=15))
+    xg = C.ComplexTensor(x.planes.clone().requires_grad_())
+    wg = torch.nn.Parameter(wc.planes.clone())
+
+    def fb():
+        out = C.linear(xg, C.ComplexTensor(wg), bc)
+        out.planes.float().sum().backward()
+    w(f"C.linear fwd+bwd eager: {bench(fb):.4f} ms")
+    w(table(fb, n=10, rows=15))
+
+
+def sec_loss(w):
+    torch.manual_seed(0)
+    model = build_model("stage1", "seed", device=DEV)
+    b, s = 4, 1024
+    ids = torch.randint(0, 50257, (b, s + 1), device=DEV)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    with torch.no_grad():
+        hid0 = model(inp, return_hidden=True)
+    head = model.lm_head
+    hid = hid0.detach().requires_grad_()
+
+    def full():
+        loss = lm_loss(head(hid), tgt)
+        loss.backward()
+
+    def fused(cs):
+        def f():
+            loss = linear_cross_entropy(hid, head.weight, tgt, head.bias, chunk_size=cs, impl="chunked")
+            loss.backward()
+        return f
+    w(f"loss only (hidden given), B{b} S{s}, V 50257, fp16 weight {head.weight.dtype}")
+    w(f"full logits: {bench(full):.3f} ms, host {cpu_time(full, 5):.3f} ms")
+    for cs in (None, 512, 1024, 2048, 4096):
+        w(f"chunked chunk={cs}: {bench(fused(cs)):.3f} ms, host {cpu_time(fused(cs), 5):.3f} ms")
+    w(table(fused(None), n=3, rows=20))
+    w(table(full, n=3, rows=15))
+
+    def step(loss_kind, cs=None):
+        def f():
+            if loss_kind == "full":
+                loss = lm_loss(model(inp), tgt)
+            else:
+                h = model(inp, return_hidden=True)
+                loss = linear_cross_entropy(h, head.weight, tgt, head.bias, chunk_size=cs, impl="chunked")
+            loss.backward()
+        return f
+    model.train()
+    for kind, cs in (("full", None), ("fused", None), ("fused", 1024), ("fused", 4096)):
+        f = step(kind, cs)
+        w(f"eager model step {kind} chunk={cs}: {bench(f, 10):.3f} ms, host {cpu_time(f, 3):.3f} ms")
+
+
+def sec_compiled(w):
+    torch.manual_seed(0)
+    model = build_model("stage1", "seed", device=DEV)
+    b, s = 4, 1024
+    ids = torch.randint(0, 50257, (b, s + 1), device=DEV)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    net = torch.compile(model)
+    head = model.lm_head
+    model.train()
+
+    def full():
+        lm_loss(net(inp), tgt).backward()
+
+    def fused(cs):
+        def f():
+            h = net(inp, return_hidden=True)
+            linear_cross_entropy(h, head.weight, tgt, head.bias, chunk_size=cs, impl="chunked").backward()
+        return f
+    t0 = time.perf_counter()
+    full()
+    torch.cuda.synchronize()
+    w(f"compile+first full: {time.perf_counter() - t0:.1f} s")
+    w(f"compiled fwd+bwd full logits: {bench(full, 10):.3f} ms")
+    w(table(full, n=3, rows=30))
+    fused(None)()
+    for cs in (None, 1024, 4096):
+        w(f"compiled model + chunked loss chunk={cs}: {bench(fused(cs), 10):.3f} ms")
+    model.eval()
+
+    def infer():
+        with torch.no_grad():
+            net(inp)
+    infer()
+    w(f"compiled inference: {bench(infer, 10):.3f} ms")
+    w(table(infer, n=3, rows=20))
+
+
+def sec_phase2(w):
+    torch.manual_seed(0)
+    model = build_model("phase2", "seed", device=DEV)
+    ids = torch.randint(0, 50257, (4, 1025), device=DEV)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    model.train()
+
+    def f():
+        lm_loss(model(inp), tgt).backward()
+    w(f"phase2 eager fwd+bwd: {bench(f, 5):.3f} ms, host {cpu_time(f, 2):.3f} ms")
+    w(table(f, n=2, rows=35))
+    w(table(f, n=2, rows=35, sort="cpu_time_total"))
+
+
+def sec_decode(w):
+    for preset in ("mix", "seed"):
+        _decode_one(w, preset)
+        torch.cuda.empty_cache()
+
+
+def _decode_one(w, preset: str) -> None:
+    from muse.train.generate import generate
+
+    torch.manual_seed(0)
+    model = build_model("stage1", preset, device=DEV).eval()
+    prompt = torch.randint(0, 50257, (1, 16), device=DEV)
+    with torch.no_grad():
+        logits, cache = model.step(prompt, None)
+        nxt = logits[:, -1].argmax(-1)[:, None]
+
+        def eager_step():
+            model.step(nxt, cache)
+        w(f"{preset}: eager step {bench(eager_step, 20):.3f} ms; host {cpu_time(eager_step, 20):.3f} ms")
+        w(table(eager_step, n=3, rows=12, sort="cpu_time_total"))
+        t0 = time.perf_counter()
+        n = 0
+        for _ in generate(model, prompt, 200, temperature=0.0):
+            n += 1
+        torch.cuda.synchronize()
+        w(f"{preset}: generate 200 tok/s {n / (time.perf_counter() - t0):.1f}")
+        # prototype: the step without checks, captured in a CUDA graph
+        emb = model.embedding
+        pos_buf = torch.tensor([cache.length], device=DEV)
+        ids_buf = nxt.clone()
+        states = [None if s is None else C.ComplexTensor(s.planes.clone()) for s in cache.layers]
+
+        def core():
+            pos = emb.position.weight[pos_buf]  # (1, d)
+            z = C.embedding(ids_buf, C.ComplexTensor(emb.weight), pos, emb.initial_phase)
+            new = []
+            for blk, st in zip(model.blocks, states, strict=True):
+                z, st2 = blk.step(z, st)
+                new.append(st2)
+            out = model.lm_head(model.head_input(model.final_norm(z)))
+            for st, st2 in zip(states, new, strict=True):
+                if st is not None:
+                    st.planes.copy_(st2.planes)
+            pos_buf.add_(1)
+            return out
+        for label, fn in (("eager-core", core), ("compiled-core", torch.compile(core))):
+            try:
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(3):
+                        fn()
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    out = fn()
+                w(f"{preset} {label} graph replay: {bench(g.replay, 50):.4f} ms per token "
+                  f"(host {cpu_time(g.replay, 50):.4f} ms); out {tuple(out.shape)}")
+            except Exception:
+                w(f"{preset} {label} graph: FAILED\n{traceback.format_exc()[-1500:]}")
+
+
+SECTIONS = {"linear": sec_linear, "loss": sec_loss, "compiled": sec_compiled, "phase2": sec_phase2,
+            "decode": sec_decode}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/profile")
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.sections.split(","):
+        path = out / f"{name}.txt"
+        with path.open("w") as fh:
+            def w(line: str, fh=fh) -> None:
+                print(line, flush=True)
+                fh.write(line + "\n")
+                fh.flush()
+            t0 = time.perf_counter()
+            try:
+                SECTIONS[name](w)
+            except Exception:
+                w(f"SECTION {name} FAILED\n{traceback.format_exc()}")
+            w(f"[{name}: {time.perf_counter() - t0:.1f} s]")
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
