@@ -220,21 +220,23 @@ class Complex64Stage1(nn.Module):
                                   for _ in range(n_layers))
         self.b = nn.ParameterList(nn.Parameter(torch.zeros(d_model, **cf)) for _ in range(n_layers))
         self.act_bias = nn.ParameterList(nn.Parameter(torch.zeros(d_model, device=device)) for _ in range(n_layers))
-        self.head = nn.Linear(d_model, vocab_size, device=device)
+        self.lm_head = nn.Linear(d_model, vocab_size, device=device)
 
     @staticmethod
     def _ln(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
         c = z - z.mean(-1, keepdim=True)
         return c * torch.rsqrt((c.real**2 + c.imag**2).mean(-1, keepdim=True) + eps)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
+        """Logits (B, S, V), or with ``return_hidden`` the head's (B, S, d) float32 input."""
         z = self.embed[ids] + self.pos[: ids.shape[1]]
         for w, b, ab in zip(self.w, self.b, self.act_bias, strict=True):
             h = self._ln(z) @ w.T + b
             r = h.abs()
             h = torch.where(r + ab > 0, h * ((r + ab) / r.clamp_min(1e-30)), torch.zeros_like(h))
             z = self._ln(h + z)
-        return self.head(self._ln(z).real)
+        hidden = self._ln(z).real
+        return hidden if return_hidden else self.lm_head(hidden)
 
 
 def gemm_flops_per_token(model: nn.Module) -> int:
@@ -268,7 +270,7 @@ def build(name: str, cfg: SpeedConfig, device: torch.device) -> nn.Module:
 
 
 def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict) -> list[dict]:
-    from muse.train.loss import lm_loss
+    from muse.train.loss import loss_path, model_loss
 
     out = []
     for name in cfg.models:
@@ -287,7 +289,8 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
         tokens = cfg.batch_size * seq
         for variant in cfg.variants:
             row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
-                   "parameters": sum(p.numel() for p in model.parameters()), "autocast_bf16": autocast}
+                   "parameters": sum(p.numel() for p in model.parameters()), "autocast_bf16": autocast,
+                   "loss_path": loss_path(model.lm_head.weight.dtype)}
             complex_model = name in ("stage1", "phase2")
             if "kernels" in variant and not (complex_model and kernels.enabled(inputs)):
                 out.append({**row, "status": "not_measured",
@@ -303,7 +306,7 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
 
             def train_step(net=net, ctx=ctx):
                 with ctx():
-                    loss = lm_loss(net(inputs), targets)  # noqa: B023
+                    loss = model_loss(net, inputs, targets)  # noqa: B023 - the training loss path
                 loss.backward()
 
             try:

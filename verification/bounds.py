@@ -238,7 +238,7 @@ def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndar
 
 def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, targets: np.ndarray,
                              scored: np.ndarray, x: np.ndarray, p: np.ndarray, loss_tok: np.ndarray,
-                             storage, scale: float, fp16_gemm: bool, chunk: int,
+                             storage, scale: float, fp16_gemm: bool, vocab_chunk: int,
                              device="cpu") -> dict[str, np.ndarray]:
     """|computed - exact| bounds for linear_cross_entropy's loss and its three gradients.
 
@@ -254,11 +254,14 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
        c_t = -log(1 - psi) + lambda_log (log V + psi) + u (|lse| + 2 e_t), psi from the above.
     3. per token |l^ - l| <= 2 e_t + c_t + u (|l| + 2 e_t + c_t); the fp32 sum of n terms adds
        gamma_(n-1) sum(|l| + err).
-    4. softmax: |p^ - p| <= rho_t p with rho_t = e^(2 e_t) (1+phi)(1+u)/(1-psi) - 1; the
-       dlogit g = p - onehot adds u |g| (and u16 |g| + eta16 when the GEMMs run in fp16).
-    5. each gradient is a dot product of dlogits with h or w (n or V terms), summed in fp32
-       (gamma_m over the terms, + per-chunk fp16 rounding when the GEMMs run in fp16), then
-       scaled (one rounding) and rounded to the storage dtype (u_s |y| + eta_s).
+    4. softmax in backward from recomputed logits (within e_t of x too) and the saved lse:
+       p^ = fl(exp(fl(z' - lse^))), so |p^ - p| <= rho_t p with
+       rho_t = e^(2 e_t + c_t + u (R + log V + c_t)) (1 + lambda)(1 + u) - 1; the dlogit
+       g = p - onehot adds u |g| (and u16 |g| + eta16 when the GEMMs run in fp16).
+    5. each gradient is a dot product of dlogits with h or w, accumulated in fp32: d(hidden)
+       over V terms in ceil(V / vocab_chunk) fp32 GEMMs summed in fp32, d(weight) one GEMM over
+       n terms, d(bias) an fp32 sum of n terms; then scaled (one rounding) and rounded to the
+       storage dtype (u_s |y| + eta_s).
     """
     u = U
     u_s = 2.0**-11 if storage == np.float16 else 0.0  # fp32 storage: the logits are not re-rounded
@@ -282,7 +285,7 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     e_tok, l_abs = np.where(scored, e_tok, 0.0), np.where(scored, np.abs(loss_tok), 0.0)
     e_loss = e_tok.sum() + gamma(max(n - 1, 1)) * (l_abs + e_tok).sum()
 
-    rho = np.exp(2 * e_t) * (1 + phi) * (1 + u) / (1 - psi) - 1  # (n,)
+    rho = np.exp(2 * e_t + c_t + u * (big_r + math.log(v) + c_t)) * (1 + lam) * (1 + u) - 1  # (n,)
     g = p.copy()
     g[np.arange(n), np.where(scored, targets, 0)] -= 1.0
     g[~scored] = 0.0
@@ -292,28 +295,16 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     e_g[~scored] = 0.0
     ag = np.abs(g) + e_g
 
-    def dot_err(exact_err, abs_terms, n_terms, n_chunks):
-        err = exact_err + gamma(gemm_terms(n_terms, device) + n_chunks) * abs_terms
-        if fp16_gemm:  # each chunk's product is rounded to fp16 before the fp32 sum
-            err = err + 2.0**-11 * abs_terms * (1 + gamma(gemm_terms(n_terms, device))) + n_chunks * 2.0**-25
-        return err
-
-    n_chunks = math.ceil(n / chunk)
+    n_vchunks = math.ceil(v / vocab_chunk)
     raw = {
-        "hidden": (e_g @ aw, ag @ aw, v, 1),
-        "weight": (e_g.T @ ah, ag.T @ ah, n, n_chunks),
-        "bias": (e_g.sum(axis=0), ag.sum(axis=0), n, 0),
+        "hidden": (e_g @ aw, ag @ aw, gamma(gemm_terms(v, device) + n_vchunks)),
+        "weight": (e_g.T @ ah, ag.T @ ah, gamma(gemm_terms(n, device))),
+        "bias": (e_g.sum(axis=0), ag.sum(axis=0), gamma(max(n - 1, 1))),
     }
     grads = {"hidden": g @ w, "weight": g.T @ h, "bias": g.sum(axis=0)}
     out = {"loss": np.array(e_loss)}
-    for name, (exact_err, abs_terms, n_terms, chunks) in raw.items():
-        if name == "hidden" and fp16_gemm:
-            err = exact_err + gamma(gemm_terms(n_terms, device)) * abs_terms
-            err = err + 2.0**-11 * (np.abs(grads[name]) + err) + 2.0**-25  # fp16 GEMM output
-        elif name == "bias":
-            err = exact_err + gamma(max(n_terms - 1, 1)) * abs_terms
-        else:
-            err = dot_err(exact_err, abs_terms, n_terms, chunks)
+    for name, (exact_err, abs_terms, g_sum) in raw.items():
+        err = exact_err + g_sum * abs_terms
         scaled = abs(scale) * (err * (1 + u) ** 2 + np.abs(grads[name]) * ((1 + u) ** 2 - 1))
         out[name] = scaled + u_s * (abs(scale) * np.abs(grads[name]) + scaled) + eta_s
     out["grads"] = grads
