@@ -70,7 +70,22 @@ extra)
       --out "$OUT/train-mix-${arg%%=*}" | grep -E "final eval PPL|train tok/s|parameters"
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra" >&2; exit 2 ;;
+loss)
+  python3 -c "import torch; a = torch.ones(8, 8, device='cuda', dtype=torch.half); print('mm out_dtype:', torch.mm(a, a, out_dtype=torch.float32).dtype)" 2>&1 | tail -1
+  step "CUDA tests: fused loss"
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/train/test_fused_loss.py 2>&1 | tail -3
+  step "verify on CUDA: the fused loss"
+  timeout 150 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" --out "$OUT/verify-loss" 2>&1 | grep -E "linear_cross|passed|failed"
+  step "profile: loss, compiled Stage 1, Phase 2"
+  timeout 200 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections loss,compiled,phase2 > "$OUT/profile.log" 2>&1; grep -E "ms|FAILED" "$OUT/profile/loss.txt" | grep -v "^ *[a-z_:]*  " | head -20
+  step "fused loss memory, seed preset, B2 (throughput at B4, eager)"
+  timeout 120 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "muse bench speed: stage1 and gpt, eager and compiled (training loss = the fused loss)"
+  timeout 240 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt,complex64 \
+    --variants eager,compiled --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt|complex64)|ceilings|Complex linear"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

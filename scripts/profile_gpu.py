@@ -113,15 +113,17 @@ def sec_loss(w):
         loss = lm_loss(head(hid), tgt)
         loss.backward()
 
-    def fused(cs):
+    def fused(cs, vcs=None):
         def f():
-            loss = linear_cross_entropy(hid, head.weight, tgt, head.bias, chunk_size=cs, impl="chunked")
+            loss = linear_cross_entropy(hid, head.weight, tgt, head.bias, chunk_size=cs, impl="chunked",
+                                        vocab_chunk_size=vcs)
             loss.backward()
         return f
     w(f"loss only (hidden given), B{b} S{s}, V 50257, fp16 weight {head.weight.dtype}")
     w(f"full logits: {bench(full):.3f} ms, host {cpu_time(full, 5):.3f} ms")
-    for cs in (None, 512, 1024, 2048, 4096):
-        w(f"chunked chunk={cs}: {bench(fused(cs)):.3f} ms, host {cpu_time(fused(cs), 5):.3f} ms")
+    for cs, vcs in ((None, None), (216, 2048), (512, 4096), (1024, 8192), (4096, 50257)):
+        w(f"chunked chunk={cs} vocab_chunk={vcs}: {bench(fused(cs, vcs)):.3f} ms, "
+          f"host {cpu_time(fused(cs, vcs), 5):.3f} ms")
     w(table(fused(None), n=3, rows=20))
     w(table(full, n=3, rows=15))
 
