@@ -3,7 +3,7 @@
 Every element is checked against the bound of docs/numerics.md ("Linear cross-entropy"),
 built by ``bounds.linear_cross_entropy_abs`` from the exact logits of the same rounded
 inputs, for fp16 and fp32 inputs, with and without bias, with ignored targets, both
-reductions and token and vocabulary chunk sizes that do and do not divide n and V. The chunked path
+reductions and chunk sizes that do and do not divide V (chunked) or n (torch-native). The chunked path
 and (where torch has it) the torch-native path are each held to the bound, so they
 agree within twice it.
 """
@@ -37,11 +37,10 @@ def loss_case(draw):
     ignore = rng.random(n) < draw(st.sampled_from([0.0, 0.3]))
     ignore[rng.integers(0, n)] = False  # at least one scored token (all ignored: tests/train)
     targets[ignore] = IGNORE_INDEX
-    chunk = draw(st.one_of(st.none(), st.integers(1, n + 3)))
-    vocab_chunk = draw(st.one_of(st.none(), st.integers(1, v + 3)))
+    chunk = draw(st.one_of(st.none(), st.integers(1, max(n, v) + 3)))  # vocab rows (chunked) or tokens
     reduction = draw(st.sampled_from(["mean", "sum"]))
     scale = draw(st.sampled_from([1.0, 2.0**12]))
-    return h, w, b, targets, (chunk, vocab_chunk), reduction, scale
+    return h, w, b, targets, chunk, reduction, scale
 
 
 def _exact(h, w, b, targets):
@@ -57,20 +56,18 @@ def _exact(h, w, b, targets):
     return x, p, np.where(scored, loss_tok, 0.0), scored
 
 
-def _check(device: str, impl: str, h, w, b, targets, chunks, reduction, scale) -> None:
-    chunk, vocab_chunk = chunks
+def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale) -> None:
     ht, wt = tensor(h, device).requires_grad_(), tensor(w, device).requires_grad_()
     bt = None if b is None else tensor(b, device).requires_grad_()
     tt = tensor(targets.astype(np.int64), device)
-    loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl,
-                                vocab_chunk_size=vocab_chunk)
+    loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl)
     (loss * scale).backward()
     x, p, loss_tok, scored = _exact(h, w, b, targets)
     count = int(scored.sum())
     grad_scale = scale / count if reduction == "mean" else scale
     fp16_gemm = h.dtype == np.float16 and device == "cuda"
-    # torch-native takes the whole vocabulary per token chunk; chunked's default here is one slice too
-    n_vocab_chunk = vocab_chunk if impl == "chunked" and vocab_chunk else len(w)
+    # chunked: `chunk` vocabulary rows per chunk (its default here: all); torch-native: all rows per token chunk
+    n_vocab_chunk = chunk if impl == "chunked" and chunk else len(w)
     bound = B.linear_cross_entropy_abs(h.astype(np.float64), w.astype(np.float64),
                                        None if b is None else b.astype(np.float64), targets, scored, x, p,
                                        loss_tok, h.dtype.type, grad_scale, fp16_gemm, n_vocab_chunk, device)
@@ -80,8 +77,7 @@ def _check(device: str, impl: str, h, w, b, targets, chunks, reduction, scale) -
     if reduction == "mean":
         want_loss, e_loss = want_loss / count, e_loss / count * (1 + B.U) + B.U * abs(want_loss / count)
     args = [real("h", h), real("w", w), real("targets", targets)] + ([real("b", b)] if b is not None else [])
-    call = (f"linear_cross_entropy(h, w, targets, b, {reduction!r}, chunk_size={chunk}, impl={impl!r}, "
-            f"vocab_chunk_size={vocab_chunk})")
+    call = f"linear_cross_entropy(h, w, targets, b, {reduction!r}, chunk_size={chunk}, impl={impl!r})"
     check_close(f"linear_cross_entropy[{impl}] loss", device, host(loss), want_loss,
                 rtol=0, atol=REF_SLACK * e_loss, args=args, call=call)
     got = {"hidden": ht.grad, "weight": wt.grad, "bias": None if bt is None else bt.grad}

@@ -7,16 +7,16 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
   ``LinearCrossEntropyOptions`` (torch >= 2.13), used for fp32/fp64 inputs. For fp16
   inputs it returns an fp16 loss and computes the gradients in fp16 inside the forward,
   before a loss scale can reach them, so small gradients flush to zero (docs/training.md).
-- ``"chunked"``: :class:`_ChunkedLinearCrossEntropy`, a custom autograd function. Forward
-  runs over token chunks: the chunk's logits (rounded to the storage dtype once, exactly as
-  ``lm_head`` rounds them) and their fp32 log-sum-exp, kept per token (n floats). Backward
-  runs over vocabulary chunks: it recomputes that slice of the logits for every token, forms
-  the softmax gradient from the saved log-sum-exp, and gets each slice of the weight and bias
-  gradient from ONE GEMM / sum over all tokens (fp32 accumulation, scaled, one rounding);
-  the hidden gradient accumulates over the slices in fp32. No tensor larger than one chunk is
-  alive and no fp32 copy of the weight gradient is needed. On CUDA every logits chunk lives
-  in a buffer whose rows are padded to a multiple of 64 columns, so the GEMMs see aligned
-  leading dimensions whatever V is (V = 50257 otherwise falls back to slow kernels).
+- ``"chunked"``: :class:`_ChunkedLinearCrossEntropy`, a custom autograd function over
+  vocabulary chunks: every chunk's logits for all tokens (rounded to the storage dtype once,
+  exactly as ``lm_head`` rounds them). Forward takes two passes (the per-token max, then the
+  fp32 sum of exp(z - max)) and keeps the log-sum-exp (n floats). Backward recomputes each
+  chunk's logits, forms the softmax gradient from the saved log-sum-exp, and gets that slice
+  of the weight and bias gradients from ONE GEMM / fp32 sum over all tokens (scaled, one
+  rounding); the hidden gradient accumulates over the chunks in fp32. No tensor larger than
+  one chunk is alive and no fp32 copy of the weight gradient is needed. On CUDA every chunk is
+  a multiple of 128 rows wide (the last one padded with zero rows and -inf bias), so the GEMMs
+  see aligned shapes whatever V is (V = 50257 otherwise falls back to slow kernels).
 
 :func:`lm_loss` keeps the full-logits loss for callers that already have logits.
 """
@@ -36,7 +36,7 @@ IMPLS = ("auto", "torch-native", "chunked")
 CHUNK_BUDGET_FRACTION = 8
 CHUNK_BUDGET_MIN_BYTES = 64 * 2**20
 CHUNK_BUDGET_MAX_BYTES = 1024 * 2**20
-_ROW_ALIGN = 64  # CUDA logits buffers: row length rounded up to this many columns
+_CUDA_ALIGN = 128  # CUDA vocabulary chunks: a multiple of this many rows
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -95,32 +95,25 @@ def chunk_budget(vocab_size: int, n_tokens: int) -> int:
 
 
 def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.float32,
-                    budget_bytes: int | None = None) -> int:
-    """Tokens per forward chunk: one chunk's logits (storage dtype + fp32) fit ``budget_bytes``.
+                    budget_bytes: int | None = None, impl: str = "chunked") -> int:
+    """The chunk size that fits ``budget_bytes`` (None: :func:`chunk_budget`).
 
-    ``budget_bytes`` None: :func:`chunk_budget`. A multiple of 8 (tensor-core friendly) when at
-    least 8, and never more than ``n_tokens``.
+    ``"chunked"``: vocabulary rows per chunk, all tokens at once (logits in the storage dtype,
+    an fp32 softmax gradient and its GEMM copy: 8 bytes per entry for 16-bit dtypes, 4 else);
+    a multiple of 128 when at least 128, never more than ``vocab_size``. ``"torch-native"``:
+    tokens per chunk (6 or 4 bytes per entry); a multiple of 8 when at least 8, never more
+    than ``n_tokens``.
     """
     budget = chunk_budget(vocab_size, n_tokens) if budget_bytes is None else budget_bytes
-    per_token = vocab_size * (4 + (2 if torch.finfo(dtype).bits == 16 else 0))
-    chunk = max(1, budget // per_token)
-    if chunk >= 8:
-        chunk -= chunk % 8
-    return max(1, min(chunk, n_tokens))
-
-
-def auto_vocab_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.float32,
-                          budget_bytes: int | None = None) -> int:
-    """Vocabulary rows per backward chunk: logits, fp32 softmax gradient and its GEMM copy fit the budget.
-
-    A multiple of 128 when at least 128, never more than ``vocab_size``.
-    """
-    budget = chunk_budget(vocab_size, n_tokens) if budget_bytes is None else budget_bytes
-    per_row = max(n_tokens, 1) * (4 + (4 if torch.finfo(dtype).bits == 16 else 0))
-    chunk = max(1, budget // per_row)
-    if chunk >= 128:
-        chunk -= chunk % 128
-    return max(1, min(chunk, vocab_size))
+    half = torch.finfo(dtype).bits == 16
+    if impl == "torch-native":
+        chunk, step, limit = budget // (vocab_size * (6 if half else 4)), 8, n_tokens
+    else:
+        chunk, step, limit = budget // (max(n_tokens, 1) * (8 if half else 4)), 128, vocab_size
+    chunk = max(1, chunk)
+    if chunk >= step:
+        chunk -= chunk % step
+    return max(1, min(chunk, limit))
 
 
 _MM_OUT_DTYPE: bool | None = None  # whether torch.mm(..., out_dtype=) works here (CUDA, torch >= 2.8)
@@ -142,128 +135,144 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
-def _buffer(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised (rows, cols) view; on CUDA its row stride is padded to _ROW_ALIGN columns."""
-    if device.type != "cuda":
-        return torch.empty(rows, cols, dtype=dtype, device=device)
-    padded = -(-cols // _ROW_ALIGN) * _ROW_ALIGN
-    return torch.empty(rows, padded, dtype=dtype, device=device)[:, :cols]
-
-
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``.
 
-    forward: token chunks; keeps the per-token log-sum-exp. backward: vocabulary chunks;
-    recomputes the logits slice, dlogits = softmax - onehot (unscaled, in fp32, rounded once to
-    the GEMM dtype), then d(weight slice) = dlogitsᵀ hidden and d(bias slice) in one fp32
-    reduction over all tokens each, d(hidden) summed over slices in fp32; every gradient is
-    multiplied by the incoming gradient (and 1/count for a mean) in fp32 and rounded once.
+    forward: per-token log-sum-exp over vocabulary chunks (max pass, then sum-of-exp pass).
+    backward: per chunk, dlogits = softmax - onehot (unscaled, fp32, rounded once to the GEMM
+    dtype), d(weight slice) = dlogitsᵀ hidden and d(bias slice) each one fp32 reduction over all
+    tokens, d(hidden) summed over chunks in fp32; every gradient is multiplied by the incoming
+    gradient (and 1/count for a mean) in fp32 and rounded once.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_size, vocab_chunk_size,
-                scale_by_count, need):
-        n, v = hidden.shape[0], weight.shape[0]
-        gd = C.gemm_dtype(hidden.dtype, hidden.device)
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need):
+        n = hidden.shape[0]
         acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
-        w = weight.to(gd)
-        b = None if bias is None else bias.to(gd)
         scored = targets != ignore_index
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
-        lse = torch.empty(n, dtype=acc, device=hidden.device)
-        z_target = torch.empty(n, dtype=acc, device=hidden.device)
-        if n:
-            zbuf = _buffer(min(chunk_size, n), v, gd, hidden.device)
+        chunks = _VocabChunks(hidden, weight, bias, chunk)
+        z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
+        z_target = torch.zeros(n, dtype=acc, device=hidden.device)
         with C.fp32_accumulation(hidden.device):
-            for start in range(0, n, chunk_size):
-                stop = min(start + chunk_size, n)
-                z = zbuf[: stop - start]
-                h = hidden[start:stop].to(gd)
-                if b is None:
-                    torch.mm(h, w.t(), out=z)
-                else:
-                    torch.addmm(b, h, w.t(), out=z)
-                z = z.to(hidden.dtype).to(acc)  # one rounding to the storage dtype: the logits lm_head gives
-                lse[start:stop] = torch.logsumexp(z, 1)
-                z_target[start:stop] = z.gather(1, safe_targets[start:stop, None]).squeeze(1)
+            for v0, v1 in chunks:
+                z = chunks.logits(v0)  # (n, width) in the storage dtype
+                torch.maximum(z_max, z.amax(1).to(acc), out=z_max)
+                inside = (safe_targets >= v0) & (safe_targets < v1)
+                col = torch.where(inside, safe_targets - v0, 0)
+                z_target += torch.where(inside, z.gather(1, col[:, None]).squeeze(1).to(acc), 0.0)
                 del z
-        if n:
-            del zbuf
+            z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
+            for v0, _ in chunks:
+                z = chunks.logits(v0).to(acc)
+                z_sum += z.sub_(z_max[:, None]).exp_().sum(1)
+                del z
+        lse = z_max + z_sum.log()
         total = torch.where(scored, lse - z_target, 0.0).sum()
         ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
-        ctx.setup = (vocab_chunk_size, need, count if scale_by_count else None)
+        ctx.setup = (chunk, need, count if scale_by_count else None)
         return total / count if scale_by_count else total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         hidden, weight, bias, targets, scored, lse = ctx.saved_tensors
-        vocab_chunk, (need_h, need_w, need_b), count = ctx.setup
+        chunk, (need_h, need_w, need_b), count = ctx.setup
         n, v = hidden.shape[0], weight.shape[0]
-        gd = C.gemm_dtype(hidden.dtype, hidden.device)
         acc = C.compute_dtype(hidden.dtype)
         scale = grad_out.to(acc)
         if count is not None:
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
-        h, w = hidden.to(gd), weight.to(gd)
-        b = None if bias is None else bias.to(gd)
+        chunks = _VocabChunks(hidden, weight, bias, chunk)
         keep = scored.to(acc)[:, None]
         rows = torch.arange(n, device=hidden.device)
         d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
         d_weight = alloc(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
         d_bias = alloc(v, dtype=bias.dtype, device=bias.device) if need_b else None
-        if n == 0:
-            return _grads(d_hidden, hidden.dtype, d_weight, d_bias, scale)
-        width = min(vocab_chunk, v)
-        zbuf = _buffer(n, width, gd, hidden.device)
-        gbuf = _buffer(n, width, acc, hidden.device)
-        g16buf = _buffer(n, width, gd, hidden.device) if gd != acc else None
         with C.fp32_accumulation(hidden.device):
-            for v0 in range(0, v, vocab_chunk):
-                v1 = min(v0 + vocab_chunk, v)
-                z = zbuf[:, : v1 - v0]
-                if b is None:
-                    torch.mm(h, w[v0:v1].t(), out=z)
-                else:
-                    torch.addmm(b[v0:v1], h, w[v0:v1].t(), out=z)
-                g = gbuf[:, : v1 - v0]
-                g.copy_(z.to(hidden.dtype))  # the same rounded logits as forward
-                g.sub_(lse[:, None]).exp_()  # softmax from the saved log-sum-exp
+            for v0, v1 in chunks if n else ():
+                g = chunks.logits(v0).to(acc)  # the same rounded logits as forward
+                g.sub_(lse[:, None]).exp_()  # softmax from the saved log-sum-exp (0 in padded columns)
                 inside = (targets >= v0) & (targets < v1)
                 col = torch.where(inside, targets - v0, 0)
                 g.index_put_((rows, col), -inside.to(acc), accumulate=True)  # p - onehot(target)
                 g.mul_(keep)  # ignored tokens have no gradient
                 if need_b:
-                    d_bias[v0:v1] = g.sum(0).mul_(scale)
-                if g16buf is not None:
-                    g = g16buf[:, : v1 - v0].copy_(g)
+                    d_bias[v0:v1] = g[:, : v1 - v0].sum(0).mul_(scale)
+                g = g.to(chunks.gemm_dtype)
                 if need_w:
-                    d_weight[v0:v1] = _mm_fp32(g.t(), h).mul_(scale)
+                    d_weight[v0:v1] = _mm_fp32(g.t(), chunks.h)[: v1 - v0].mul_(scale)
                 if need_h:
-                    d_hidden.add_(_mm_fp32(g, w[v0:v1]))
-        return _grads(d_hidden, hidden.dtype, d_weight, d_bias, scale)
+                    d_hidden.add_(_mm_fp32(g, chunks.weight_rows(v0)))
+        if d_hidden is not None:
+            d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
+        return d_hidden, d_weight, d_bias, None, None, None, None, None
 
 
-def _grads(d_hidden, hidden_dtype, d_weight, d_bias, scale):
-    if d_hidden is not None:
-        d_hidden = d_hidden.mul_(scale).to(hidden_dtype)
-    return d_hidden, d_weight, d_bias, None, None, None, None, None, None
+class _VocabChunks:
+    """Iterates (v0, v1) over the vocabulary in ``chunk``-row slices and computes their logits.
+
+    On CUDA the width is rounded up to a multiple of 128 and a chunk that runs past V (the last)
+    is padded with zero weight rows and -inf bias, so every GEMM has the same aligned shape;
+    padded logits are -inf and their softmax is exactly 0.
+    """
+
+    def __init__(self, hidden, weight, bias, chunk: int):
+        self.v = weight.shape[0]
+        self.pad = hidden.device.type == "cuda"
+        self.chunk = min(chunk, self.v)
+        if self.pad:  # aligned GEMM shapes: a multiple of 128 rows (the last chunk padded)
+            self.chunk = -(-self.chunk // _CUDA_ALIGN) * _CUDA_ALIGN
+        self.storage = hidden.dtype
+        self.gemm_dtype = C.gemm_dtype(hidden.dtype, hidden.device)
+        self.h = hidden.to(self.gemm_dtype)
+        self.w = weight.to(self.gemm_dtype)
+        self.b = None if bias is None else bias.to(self.gemm_dtype)
+        self._tail = None
+
+    def __iter__(self):
+        return ((v0, min(v0 + self.chunk, self.v)) for v0 in range(0, self.v, self.chunk))
+
+    def weight_rows(self, v0: int) -> torch.Tensor:
+        if self.pad and v0 + self.chunk > self.v:
+            return self._padded(v0)[0]
+        return self.w[v0 : v0 + self.chunk]
+
+    def _padded(self, v0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tail is None:
+            rows = self.v - v0
+            w = self.w.new_zeros(self.chunk, self.w.shape[1])
+            w[:rows] = self.w[v0:]
+            b = self.w.new_full((self.chunk,), -torch.inf)
+            b[:rows] = 0.0 if self.b is None else self.b[v0:]
+            self._tail = (w, b)
+        return self._tail
+
+    def logits(self, v0: int) -> torch.Tensor:
+        """(n, width) logits of rows v0.. in the storage dtype: one GEMM, one rounding."""
+        if self.pad and v0 + self.chunk > self.v:
+            w, b = self._padded(v0)
+            z = torch.addmm(b, self.h, w.t())
+        else:
+            w = self.w[v0 : v0 + self.chunk]
+            z = torch.mm(self.h, w.t()) if self.b is None else torch.addmm(self.b[v0 : v0 + self.chunk], self.h, w.t())
+        return z.to(self.storage)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          bias: torch.Tensor | None = None, reduction: str = "mean",
                          ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None,
-                         impl: str = "auto", vocab_chunk_size: int | None = None) -> torch.Tensor:
+                         impl: str = "auto") -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T + bias, targets)`` in fp32 (fp64 for fp64 inputs), no full logits.
 
     ``hidden`` (..., d) and ``targets`` (...) with the same leading shape; ``weight`` (V, d),
     ``bias`` (V,) or None, all of one floating dtype on one device. Targets equal to
     ``ignore_index`` are not scored; ``"mean"`` averages over the scored tokens (NaN when
-    none is), ``"sum"`` adds them. ``chunk_size`` is tokens per forward chunk and
-    ``vocab_chunk_size`` vocabulary rows per backward chunk of the chunked path (None: from
-    :func:`chunk_budget`; torch-native uses ``chunk_size`` only). ``impl``: ``"auto"``, ``"torch-native"`` or ``"chunked"``
+    none is), ``"sum"`` adds them. ``chunk_size``: vocabulary rows per chunk for ``"chunked"``
+    (rounded up to a multiple of 128 on CUDA), tokens per chunk for ``"torch-native"``; None:
+    :func:`auto_chunk_size` from :func:`chunk_budget`. ``impl``: ``"auto"``, ``"torch-native"`` or ``"chunked"``
     (see :func:`loss_path`). Gradients come back in each input's dtype.
     """
     check_float_tensor("hidden", hidden)
@@ -290,13 +299,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     check_int("ignore_index", ignore_index)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, min_value=1)
-    if vocab_chunk_size is not None:
-        check_int("vocab_chunk_size", vocab_chunk_size, min_value=1)
     path = loss_path(hidden.dtype, impl)
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(weight.shape[0], max(h.shape[0], 1), hidden.dtype)
+        chunk_size = auto_chunk_size(weight.shape[0], max(h.shape[0], 1), hidden.dtype, impl=path)
     if path == "torch-native":  # our chunk size: its own CPU heuristic picked 1-row chunks (docs/training.md)
         options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size, chunking_method=None)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -306,9 +313,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)
-    if vocab_chunk_size is None:
-        vocab_chunk_size = auto_vocab_chunk_size(weight.shape[0], max(h.shape[0], 1), hidden.dtype)
-    return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, vocab_chunk_size,
+    return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size,
                                             reduction == "mean", need)
 
 
@@ -331,6 +336,6 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
 
 __all__ = [
     "CHUNK_BUDGET_FRACTION", "CHUNK_BUDGET_MAX_BYTES", "CHUNK_BUDGET_MIN_BYTES", "IGNORE_INDEX", "IMPLS",
-    "auto_chunk_size", "auto_vocab_chunk_size", "chunk_budget", "has_native", "linear_cross_entropy", "lm_loss",
+    "auto_chunk_size", "chunk_budget", "has_native", "linear_cross_entropy", "lm_loss",
     "loss_path", "model_loss",
 ]

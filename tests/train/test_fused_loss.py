@@ -17,7 +17,6 @@ from muse.nn import RealLinear
 from muse.train.loss import (
     IGNORE_INDEX,
     auto_chunk_size,
-    auto_vocab_chunk_size,
     chunk_budget,
     has_native,
     linear_cross_entropy,
@@ -56,12 +55,11 @@ def _rel(got, want) -> float:
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("chunk_size", [None, 1, 5, 37, 64])
+@pytest.mark.parametrize("chunk_size", [None, 1, 5, 37, 101, 200])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("vocab_chunk", [None, 1, 7])
-def test_matches_float64_cross_entropy_fp32(impl, reduction, chunk_size, bias, vocab_chunk):
+def test_matches_float64_cross_entropy_fp32(impl, reduction, chunk_size, bias):
     h, w, b, t = _case(bias=bias)
-    loss = linear_cross_entropy(h, w, t, b, reduction, chunk_size=chunk_size, impl=impl, vocab_chunk_size=vocab_chunk)
+    loss = linear_cross_entropy(h, w, t, b, reduction, chunk_size=chunk_size, impl=impl)
     loss.backward()
     ref = _reference(h, w, b, t, reduction)
     assert loss.dtype == torch.float32
@@ -150,24 +148,24 @@ def test_loss_path_names_the_implementation():
 
 
 def test_no_gradient_no_buffers_and_eval_under_no_grad():
-    h, w, b, t = _case(n=64, d=8, v=4000)
+    n, v, chunk = 64, 4000, 256
+    h, w, b, t = _case(n=n, d=8, v=v)
     with torch.no_grad(), LiveTensorBytes() as mem:
         mem.track([h, w, b, t])
         before = mem.current
-        linear_cross_entropy(h, w, t, b, chunk_size=16, impl="chunked")
-    chunk_logits = 16 * 4000 * 4
-    assert mem.peak - before <= chunk_logits + 4096  # one chunk's logits: no gradient buffers, no full logits
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked")
+    assert mem.peak - before <= 2 * n * chunk * 4 + 4096  # one chunk's logits (+ its fp32 copy), no gradients
 
 
 def test_peak_is_one_chunk_of_logits_not_all_of_them():
-    n, d, v, chunk, vchunk = 512, 8, 4000, 32, 256
+    n, d, v, chunk = 512, 8, 4000, 256
     h, w, b, t = _case(n=n, d=d, v=v, ignore_every=0)
     with LiveTensorBytes() as mem:
         mem.track([h, w, b, t])
         before = mem.current
-        linear_cross_entropy(h, w, t, b, chunk_size=chunk, vocab_chunk_size=vchunk, impl="chunked").backward()
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked").backward()
     grads = (n * d + v * d + v) * 4 + n * d * 4  # the returned gradients and the fp32 d(hidden) accumulator
-    working = max(chunk * v, n * vchunk) * 4 * 2  # one chunk's logits and its softmax gradient
+    working = 2 * n * chunk * 4  # one chunk's logits and its softmax gradient
     extra = mem.peak - before
     assert extra <= grads + working + 64 * 1024, extra
     assert extra < n * v * 4 / 4  # far below one full (N, V) fp32 logits tensor
@@ -175,25 +173,27 @@ def test_peak_is_one_chunk_of_logits_not_all_of_them():
 
 def test_no_fp32_copy_of_the_weight_gradient():
     """Each weight-gradient slice is one GEMM over all tokens: no (V, d) accumulator besides the gradient."""
-    n, d, v, chunk, vchunk = 64, 64, 4096, 16, 512
+    n, d, v, chunk = 64, 64, 4096, 512
     h, w, b, t = _case(n=n, d=d, v=v, ignore_every=0)
     with LiveTensorBytes() as mem:
         mem.track([h, w, b, t])
         before = mem.current
-        linear_cross_entropy(h, w, t, b, chunk_size=chunk, vocab_chunk_size=vchunk, impl="chunked").backward()
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked").backward()
     returned = (n * d + v * d + v) * 4 + n * d * 4  # the gradients and the fp32 d(hidden) accumulator
-    working = max(chunk * v, n * vchunk) * 4 * 2
+    working = 2 * n * chunk * 4
     assert mem.peak - before <= returned + working + 64 * 1024  # < a second (V, d) fp32 tensor (1 MiB)
     assert working + 64 * 1024 < v * d * 4
 
 
 def test_auto_chunk_size_fits_the_budget():
-    assert auto_chunk_size(50257, 8192, torch.float16, 64 * 2**20) == 216  # 64 MiB / (6 B x 50257) = 222
-    assert auto_chunk_size(50257, 8192, torch.float32, 64 * 2**20) == 328  # 64 MiB / (4 B x 50257) = 333
-    assert auto_chunk_size(50257, 100, torch.float32) == 100
-    assert auto_chunk_size(10**9, 10) == 1
-    assert auto_vocab_chunk_size(50257, 2048, torch.float16, 64 * 2**20) == 4096  # 64 MiB / (8 B x 2048)
-    assert auto_vocab_chunk_size(300, 8, torch.float32) == 300
+    mib64 = 64 * 2**20
+    assert auto_chunk_size(50257, 2048, torch.float16, mib64) == 4096  # 64 MiB / (8 B x 2048) = 4096 rows
+    assert auto_chunk_size(50257, 2048, torch.float32, mib64) == 8192  # 4 B per entry
+    assert auto_chunk_size(300, 8, torch.float32) == 300
+    assert auto_chunk_size(50257, 8192, torch.float16, mib64, impl="torch-native") == 216  # 64 MiB / (6 B x V)
+    assert auto_chunk_size(50257, 8192, torch.float32, mib64, impl="torch-native") == 328
+    assert auto_chunk_size(50257, 100, torch.float32, impl="torch-native") == 100
+    assert auto_chunk_size(10**9, 10, impl="torch-native") == 1
 
 
 def test_chunk_budget_is_an_eighth_of_the_full_logits_within_limits():
@@ -204,7 +204,7 @@ def test_chunk_budget_is_an_eighth_of_the_full_logits_within_limits():
 
 def test_second_backward_with_retained_graph_gives_the_same_gradients():
     h, w, b, t = _case()
-    loss = linear_cross_entropy(h, w, t, b, impl="chunked", chunk_size=5, vocab_chunk_size=16)
+    loss = linear_cross_entropy(h, w, t, b, impl="chunked", chunk_size=16)
     loss.backward(retain_graph=True)
     first = [x.grad.clone() for x in (h, w, b)]
     loss.backward()
@@ -245,14 +245,13 @@ def test_model_loss_equals_the_full_logits_loss(name):
     (dict(reduction="none"), ValueError, "reduction must be"),
     (dict(impl="liger"), ValueError, "impl must be one of"),
     (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
-    (dict(vocab_chunk_size=0), ValueError, "vocab_chunk_size must be >= 1"),
     (dict(hidden=[[0.0]]), TypeError, "hidden must be a torch.Tensor"),
 ])
 def test_bad_input(kwargs, exc, match):
     args = dict(hidden=torch.zeros(3, 4), weight=torch.zeros(5, 4), targets=torch.zeros(3, dtype=torch.long),
                 bias=torch.zeros(5))
     args.update(kwargs)
-    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size", "vocab_chunk_size") if k in args}
+    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size") if k in args}
     with pytest.raises(exc, match=match):
         linear_cross_entropy(args["hidden"], args["weight"], args["targets"], args["bias"], **extra)
 
