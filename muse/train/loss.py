@@ -23,6 +23,8 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -135,6 +137,35 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
+def _sum_exp(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per row, the fp32 sum of exp(z - shift) (z: logits in the storage dtype)."""
+    return (z.to(shift.dtype) - shift[:, None]).exp_().sum(1)
+
+
+def _dlogits(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
+             gemm_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax - onehot(col) in fp32 from the saved log-sum-exp, zero where ``keep`` is 0: rounded
+    once to ``gemm_dtype`` for the GEMMs, and its fp32 column sums (the bias gradient)."""
+    g = (z.to(lse.dtype) - lse[:, None]).exp_()
+    rows = torch.arange(z.shape[0], device=z.device)
+    g.index_put_((rows, col.clamp(min=0)), -(col >= 0).to(g.dtype), accumulate=True)  # -1 at the target
+    g.mul_(keep[:, None])
+    return g.to(gemm_dtype), g.sum(0)
+
+
+_FUSED: dict = {}
+
+
+def _fused(fn):
+    """``fn`` compiled (one fused kernel per call instead of one per op) on CUDA; eager elsewhere
+    and while an outer ``torch.compile`` traces. MUSE_COMPILE_LOSS=0 keeps it eager."""
+    if torch.compiler.is_compiling() or os.environ.get("MUSE_COMPILE_LOSS", "1") == "0":
+        return fn
+    if fn not in _FUSED:
+        _FUSED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _FUSED[fn]
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``.
 
@@ -153,23 +184,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
         chunks = _VocabChunks(hidden, weight, bias, chunk)
+        sum_exp = _fused(_sum_exp) if hidden.is_cuda else _sum_exp
         z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
-        z_target = torch.zeros(n, dtype=acc, device=hidden.device)
         with C.fp32_accumulation(hidden.device):
-            for v0, v1 in chunks:
-                z = chunks.logits(v0)  # (n, width) in the storage dtype
-                torch.maximum(z_max, z.amax(1).to(acc), out=z_max)
-                inside = (safe_targets >= v0) & (safe_targets < v1)
-                col = torch.where(inside, safe_targets - v0, 0)
-                z_target += torch.where(inside, z.gather(1, col[:, None]).squeeze(1).to(acc), 0.0)
-                del z
+            for v0, _ in chunks:
+                torch.maximum(z_max, chunks.logits(v0).amax(1).to(acc), out=z_max)
             z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
             for v0, _ in chunks:
-                z = chunks.logits(v0).to(acc)
-                z_sum += z.sub_(z_max[:, None]).exp_().sum(1)
-                del z
+                z_sum += sum_exp(chunks.logits(v0), z_max)
         lse = z_max + z_sum.log()
-        total = torch.where(scored, lse - z_target, 0.0).sum()
+        total = torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0).sum()
         ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
         ctx.setup = (chunk, need, count if scale_by_count else None)
         return total / count if scale_by_count else total
@@ -185,27 +209,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         if count is not None:
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
         chunks = _VocabChunks(hidden, weight, bias, chunk)
-        keep = scored.to(acc)[:, None]
-        rows = torch.arange(n, device=hidden.device)
+        dlogits = _fused(_dlogits) if hidden.is_cuda else _dlogits
+        keep = scored.to(acc)
         d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
         d_weight = alloc(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
         d_bias = alloc(v, dtype=bias.dtype, device=bias.device) if need_b else None
         with C.fp32_accumulation(hidden.device):
             for v0, v1 in chunks if n else ():
-                g = chunks.logits(v0).to(acc)  # the same rounded logits as forward
-                g.sub_(lse[:, None]).exp_()  # softmax from the saved log-sum-exp (0 in padded columns)
-                inside = (targets >= v0) & (targets < v1)
-                col = torch.where(inside, targets - v0, 0)
-                g.index_put_((rows, col), -inside.to(acc), accumulate=True)  # p - onehot(target)
-                g.mul_(keep)  # ignored tokens have no gradient
+                col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
+                g, g_sum = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
                 if need_b:
-                    d_bias[v0:v1] = g[:, : v1 - v0].sum(0).mul_(scale)
-                g = g.to(chunks.gemm_dtype)
+                    d_bias[v0:v1] = g_sum[: v1 - v0].mul_(scale)
                 if need_w:
                     d_weight[v0:v1] = _mm_fp32(g.t(), chunks.h)[: v1 - v0].mul_(scale)
                 if need_h:
                     d_hidden.add_(_mm_fp32(g, chunks.weight_rows(v0)))
+                del g, g_sum  # before the next chunk's logits are allocated
         if d_hidden is not None:
             d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
         return d_hidden, d_weight, d_bias, None, None, None, None, None
@@ -249,6 +269,15 @@ class _VocabChunks:
             b[:rows] = 0.0 if self.b is None else self.b[v0:]
             self._tail = (w, b)
         return self._tail
+
+    def target_logits(self, targets: torch.Tensor) -> torch.Tensor:
+        """(n,) logit of each token's target in the compute dtype: an fp32 dot product of d terms
+        plus the bias, rounded once to the storage dtype (within the logits' bound of the GEMM's)."""
+        acc = C.compute_dtype(self.storage)
+        z = (self.h.to(acc) * self.w[targets].to(acc)).sum(1)
+        if self.b is not None:
+            z = z + self.b[targets].to(acc)
+        return z.to(self.storage).to(acc)
 
     def logits(self, v0: int) -> torch.Tensor:
         """(n, width) logits of rows v0.. in the storage dtype: one GEMM, one rounding."""
