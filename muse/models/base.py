@@ -56,6 +56,24 @@ class LanguageModel(nn.Module):
         self.register_buffer("_nonfinite_count", torch.zeros(config.n_layers + 2, dtype=torch.long, device=device),
                              persistent=False)
 
+    @classmethod
+    def upgrade_key(cls, name: str) -> str:
+        """A parameter or buffer name an earlier version of this model saved -> today's name.
+
+        The identity here; a model that renames a submodule overrides it, so that state dicts
+        and checkpoints saved before the rename still load (``load_state_dict`` below and
+        ``muse.train.load_checkpoint`` apply it).
+        """
+        return name
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Renames keys saved under an earlier name (:meth:`upgrade_key`) before loading."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            new = prefix + self.upgrade_key(key[len(prefix):])
+            if new != key and new not in state_dict:
+                state_dict[new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None):
         """Validated ids (B, S) (and optional positions) -> the first activations (B, S, d)."""
         raise NotImplementedError

@@ -5,6 +5,7 @@
 
     GPTBlock (pre-LN):  x = x + dropout(proj(attention(LN(x))))
                         x = x + dropout(MLP(LN(x))),  MLP = Linear(d, 4d) -> GELU -> Linear(4d, d)
+                                                (muse.nn.RealFeedForward, shared with Phase 2)
 
 Attention is ``F.scaled_dot_product_attention(is_causal=True)`` over ``n_heads`` heads
 (fused kernels on CUDA, the math path on CPU); masked scores are -inf, so a position
@@ -36,6 +37,7 @@ from muse._checks import (
     check_type,
 )
 from muse.models.base import LanguageModel, check_config_sizes
+from muse.nn import RealFeedForward
 
 
 @dataclass
@@ -130,19 +132,6 @@ class CausalSelfAttention(nn.Module):
         return self.attend(x)[0]  # (B, S, d)
 
 
-class MLP(nn.Module):
-    """Linear(d, m d) -> GELU -> Linear(m d, d)."""
-
-    def __init__(self, config: GPTConfig, device=None):
-        super().__init__()
-        hidden = config.ffn_mult * config.d_model
-        self.fc = nn.Linear(config.d_model, hidden, bias=config.bias, device=device)
-        self.proj = nn.Linear(hidden, config.d_model, bias=config.bias, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))  # (B, S, d)
-
-
 class GPTBlock(nn.Module):
     """Pre-LN Transformer block: attention branch, then MLP branch, each with residual dropout."""
 
@@ -152,7 +141,8 @@ class GPTBlock(nn.Module):
         self.attn_norm = nn.LayerNorm(d, eps, bias=config.bias, device=device)
         self.attn = CausalSelfAttention(config, device)
         self.mlp_norm = nn.LayerNorm(d, eps, bias=config.bias, device=device)
-        self.mlp = MLP(config, device)
+        self.mlp = RealFeedForward(config.d_model, config.ffn_mult * config.d_model, bias=config.bias,
+                                   device=device)
         self.dropout = nn.Dropout(config.dropout)
 
     def step(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -262,6 +252,6 @@ def expected_parameter_count(config: GPTConfig) -> int:
 
 
 __all__ = [
-    "PRESETS", "GPTBlock", "GPTConfig", "GPTModel", "KVCache", "CausalSelfAttention", "MLP",
+    "PRESETS", "GPTBlock", "GPTConfig", "GPTModel", "KVCache", "CausalSelfAttention",
     "expected_parameter_count",
 ]

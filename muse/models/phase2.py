@@ -5,7 +5,8 @@
 
     Phase2Block, for each mixer M in config.mixers (default BK-Core, then Hebbian):
         x = x + dropout(M(LN(x)))
-    then x = x + dropout(FFN(LN(x))),  FFN = Linear(d, 4d) -> GELU -> Linear(4d, d).
+    then x = x + dropout(FFN(LN(x))),  FFN = Linear(d, 4d) -> GELU -> Linear(4d, d)
+    (muse.nn.RealFeedForward, shared with the GPT reference).
 
 BK-Core: per token and channel a complex potential V_i = v(x_i) - i Gamma(x_i),
 Gamma = softplus(.) >= 0; features Re/Im of the causal resolvent diagonal
@@ -28,10 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from muse._checks import (
@@ -45,6 +46,7 @@ from muse._checks import (
 )
 from muse.init import ZetaEmbedding, ZetaInitializer
 from muse.models.base import LanguageModel, check_config_sizes
+from muse.nn import RealFeedForward
 from muse.nn.mixers import BKCore, DissipativeHebbian, HeadRMSNorm
 
 INITS = ("gpt2", "zeta")
@@ -160,19 +162,6 @@ PRESETS["original-tiny"] = {**PRESETS["tiny"], **ORIGINAL}
 MIXERS: dict[str, type[nn.Module]] = {"bk": BKCore, "hebbian": DissipativeHebbian}
 
 
-class FeedForward(nn.Module):
-    """Linear(d, m d) -> GELU -> Linear(m d, d)."""
-
-    def __init__(self, config: Phase2Config, device=None):
-        super().__init__()
-        hidden = config.ffn_mult * config.d_model
-        self.fc = nn.Linear(config.d_model, hidden, device=device)
-        self.out = nn.Linear(hidden, config.d_model, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.fc(x)))  # (B, S, d)
-
-
 class Phase2Block(nn.Module):
     """Pre-LN residual block: one branch per mixer in ``config.mixers``, then the FFN branch."""
 
@@ -184,7 +173,7 @@ class Phase2Block(nn.Module):
         self.mixers = nn.ModuleList(MIXERS[name](**config.mixer_kwargs(name), device=device)
                                     for name in config.mixers)
         self.ffn_norm = nn.LayerNorm(d, eps, device=device)
-        self.ffn = FeedForward(config, device=device)
+        self.ffn = RealFeedForward(d, config.ffn_mult * d, device=device)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
@@ -210,6 +199,12 @@ class Phase2Model(LanguageModel):
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, device=device)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=config.head_bias, device=device)
         self.reset_parameters()
+
+    @classmethod
+    def upgrade_key(cls, name: str) -> str:
+        """``blocks.<i>.ffn.out.*`` (the FFN's output linear before the FFN became
+        :class:`~muse.nn.RealFeedForward`) -> ``blocks.<i>.ffn.proj.*``; other names unchanged."""
+        return re.sub(r"^(blocks\.\d+\.ffn\.)out\.", r"\1proj.", name)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -237,7 +232,7 @@ class Phase2Model(LanguageModel):
                     mixer.out.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
                 if isinstance(mixer, DissipativeHebbian):
                     mixer.reset_gamma_bias()
-            block.ffn.out.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
+            block.ffn.proj.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
         self.token_embedding.weight.normal_(0.0, 1.0)
 
     @torch.no_grad()
@@ -279,6 +274,6 @@ def expected_parameter_count(config: Phase2Config) -> int:
 
 
 __all__ = [
-    "INITS", "MIXERS", "ORIGINAL", "PRESETS", "BKCore", "DissipativeHebbian", "FeedForward", "Phase2Block",
+    "INITS", "MIXERS", "ORIGINAL", "PRESETS", "BKCore", "DissipativeHebbian", "Phase2Block",
     "Phase2Config", "Phase2Model", "expected_parameter_count",
 ]

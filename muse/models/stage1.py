@@ -37,7 +37,7 @@ from muse.nn import (
 )
 from muse.nn.embedding import EMBEDDING_INITS
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
-from muse.nn.mixers import OMEGA_INITS
+from muse.nn.mixers import LAMBDA_KINDS, OMEGA_INITS
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Stage1Config:
     r_min: float = 0.9  # |lambda| init ring (LRU; Griffin uses [0.9, 0.999])
     r_max: float = 0.999
     omega_init: str = "zeta"  # "zeta" | "uniform": phases of lambda
+    lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -146,6 +147,7 @@ def _check_variant_fields(config: Stage1Config) -> None:
     check_type("omega_init", config.omega_init, str, f"one of {OMEGA_INITS}")
     if config.omega_init not in OMEGA_INITS:
         raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {config.omega_init!r}")
+    check_choice("lambda_kind", config.lambda_kind, LAMBDA_KINDS)
 
 
 
@@ -213,7 +215,7 @@ class Stage1MixBlock(nn.Module):
         if config.mixer == "recurrence":
             self.mixer_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
             self.mixer = ComplexRecurrence(d, config.d_state, config.r_min, config.r_max, config.omega_init,
-                                           dtype=dtype, device=device)
+                                           dtype=dtype, device=device, lambda_kind=config.lambda_kind)
         self.ffn_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
         if config.ffn == "complex":
             self.ffn = ComplexFeedForward(d, config.d_ffn or 2 * d, dtype=dtype, device=device)
@@ -379,7 +381,8 @@ def _variant_block_parameter_count(config: Stage1Config) -> int:
     count = 2 * d  # the FFN's LayerNorm
     if config.mixer == "recurrence":
         n = config.d_state or d
-        count += 2 * d + 2 * (2 * d * n) + d + 2 * n  # LayerNorm, B and C (no bias), D, nu and omega
+        phases = n if config.lambda_kind == "complex" else 0  # a real lambda's omega = 0 is a buffer
+        count += 2 * d + 2 * (2 * d * n) + d + n + phases  # LayerNorm, B and C (no bias), D, nu, omega
     if config.ffn == "complex":
         m = config.d_ffn or 2 * d
         count += (2 * d * m + 2 * m) + m + (2 * m * d + 2 * d)  # up + bias, modReLU bias, down + bias

@@ -1,13 +1,15 @@
-"""Complex modules: thin wrappers whose forward is one call into ``muse.complex``."""
+"""Modules: complex ones are thin wrappers whose forward is one call into ``muse.complex``;
+``RealLinear`` and ``RealFeedForward`` serve the real LM heads and the real models."""
 
 from muse.nn.activation import ModReLU
 from muse.nn.dropout import ComplexDropout
 from muse.nn.embedding import ComplexEmbedding
+from muse.nn.feedforward import RealFeedForward
 from muse.nn.linear import ComplexLinear, RealLinear
 from muse.nn.mixers import ComplexRecurrence
 from muse.nn.norm import ComplexLayerNorm
 
 __all__ = [
     "ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ComplexRecurrence", "ModReLU",
-    "RealLinear",
+    "RealFeedForward", "RealLinear",
 ]

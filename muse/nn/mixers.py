@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float, check_float_dtype, check_int, check_shift, check_type
+from muse._checks import (
+    check_choice,
+    check_float,
+    check_float_dtype,
+    check_int,
+    check_shift,
+    check_type,
+)
 from muse.init import zeta_zeros
 from muse.nn.linear import ComplexLinear
 from muse.scan import (
@@ -185,6 +192,8 @@ class DissipativeHebbian(nn.Module):
 
 
 OMEGA_INITS = ("zeta", "uniform")
+#: ComplexRecurrence's lambda: "complex" (a trained phase omega) or "real" (omega fixed at 0).
+LAMBDA_KINDS = ("complex", "real")
 
 
 class ComplexRecurrence(nn.Module):
@@ -203,6 +212,13 @@ class ComplexRecurrence(nn.Module):
     Riemann zeta zeros scaled into (0, max_phase] (``omega_init="zeta"``), or uniform on
     (0, max_phase] (``"uniform"``); D ~ N(0, 1) as in the LRU.
 
+    ``lambda_kind="real"`` (the ablation of issue 12: Griffin, De et al. 2024, found complex
+    recurrences unhelpful for language) fixes omega = 0, so lambda = exp(-exp(nu)) is real and
+    positive: omega is then a zero buffer, not a parameter (no optimizer can move it, and the
+    parameter count drops by d_state), and ``omega_init`` is not used.  The inputs, the state and
+    everything else stay complex.  A separate switch rather than an ``omega_init`` value because
+    it changes what trains, not how it starts.
+
     nu and omega are float32 parameters whatever ``dtype`` is (fp16 cannot hold |lambda| =
     0.999: its spacing below 1 is 4.9e-4); the state is float32 too.  Inputs and outputs are
     planar ComplexTensors of ``dtype``.  Causal: y_t depends on x_1..x_t only.
@@ -210,7 +226,7 @@ class ComplexRecurrence(nn.Module):
 
     def __init__(self, d_model: int, d_state: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
                  omega_init: str = "zeta", max_phase: float = math.pi, chunk_size: int | None = None,
-                 dtype: torch.dtype = torch.float16, device=None):
+                 dtype: torch.dtype = torch.float16, device=None, lambda_kind: str = "complex"):
         super().__init__()
         self.d_model = check_int("d_model", d_model, min_value=1)
         self.d_state = d_model if d_state is None else check_int("d_state", d_state, min_value=1)
@@ -222,6 +238,7 @@ class ComplexRecurrence(nn.Module):
         if omega_init not in OMEGA_INITS:
             raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {omega_init!r}")
         self.omega_init = omega_init
+        self.lambda_kind = check_choice("lambda_kind", lambda_kind, LAMBDA_KINDS)
         self.max_phase = check_float("max_phase", max_phase, min_value=0.0, min_inclusive=False)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
         dtype = check_float_dtype("dtype", dtype)
@@ -230,7 +247,11 @@ class ComplexRecurrence(nn.Module):
         self.out_proj = ComplexLinear(self.d_state, d_model, bias=False, dtype=dtype, device=device)
         self.skip = nn.Parameter(torch.empty(d_model, dtype=dtype, device=device))
         self.nu = nn.Parameter(torch.empty(self.d_state, dtype=param_dtype, device=device))
-        self.omega = nn.Parameter(torch.empty(self.d_state, dtype=param_dtype, device=device))
+        if self.lambda_kind == "complex":
+            self.omega = nn.Parameter(torch.empty(self.d_state, dtype=param_dtype, device=device))
+        else:  # a constant of the architecture: not trained, not saved
+            self.register_buffer("omega", torch.zeros(self.d_state, dtype=param_dtype, device=device),
+                                 persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -241,7 +262,9 @@ class ComplexRecurrence(nn.Module):
         u = torch.rand(n, dtype=torch.float64, device=dev)
         radius_sq = u * (self.r_max**2 - self.r_min**2) + self.r_min**2
         self.nu.copy_(torch.log(-0.5 * torch.log(radius_sq)))
-        if self.omega_init == "zeta":
+        if self.lambda_kind == "real":
+            self.omega.zero_()
+        elif self.omega_init == "zeta":
             zeros = zeta_zeros(n).to(dev)
             self.omega.copy_(self.max_phase * zeros / zeros[-1])
         else:
@@ -302,7 +325,7 @@ class ComplexRecurrence(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
-                f"omega_init={self.omega_init!r}")
+                f"omega_init={self.omega_init!r}, lambda_kind={self.lambda_kind!r}")
 
 
-__all__ = ["OMEGA_INITS", "BKCore", "ComplexRecurrence", "DissipativeHebbian", "HeadRMSNorm"]
+__all__ = ["LAMBDA_KINDS", "OMEGA_INITS", "BKCore", "ComplexRecurrence", "DissipativeHebbian", "HeadRMSNorm"]

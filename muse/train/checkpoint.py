@@ -104,8 +104,35 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                          f"got {meta.get('world_size')!r}") from None
     if "model_name" not in meta:
         raise ValueError(f"{path}: checkpoint metadata has no 'model_name' field")
-    return Checkpoint(tensors=load_file(str(path), device="cpu"), model_name=meta["model_name"],
-                      world_size=world_size, **decoded)
+    ck = Checkpoint(tensors=load_file(str(path), device="cpu"), model_name=meta["model_name"],
+                    world_size=world_size, **decoded)
+    return _upgrade_names(ck)
+
+
+def _upgrade_names(ck: Checkpoint) -> Checkpoint:
+    """Parameter names saved by an earlier version of a registered model -> today's names
+    (``model.``, ``master.``, ``optim.<key>.`` tensors and the optimizer's parameter order),
+    by the model class's ``upgrade_key``; a checkpoint of an unregistered model is left as is."""
+    from muse.models.registry import MODELS
+
+    spec = MODELS.get(ck.model_name)
+    if spec is None:
+        return ck
+    upgrade = spec.model_cls.upgrade_key
+
+    def rename(key: str) -> str:
+        for prefix in ("model.", "master."):
+            if key.startswith(prefix):
+                return prefix + upgrade(key[len(prefix):])
+        if key.startswith("optim.") and key.count(".") >= 2:
+            _, state_key, name = key.split(".", 2)
+            return f"optim.{state_key}.{upgrade(name)}"
+        return key
+
+    ck.tensors = {rename(k): v for k, v in ck.tensors.items()}
+    if isinstance(ck.optimizer.get("names"), list):
+        ck.optimizer["names"] = [upgrade(n) if isinstance(n, str) else n for n in ck.optimizer["names"]]
+    return ck
 
 
 def load_model_state(model: torch.nn.Module, ck: Checkpoint, path: str | os.PathLike) -> None:

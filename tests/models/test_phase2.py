@@ -276,7 +276,7 @@ def test_statistics_count_forwards_and_nonfinite_stages():
     assert stats["forward_count"] == 2 and stats["nonfinite_count"] == 0
     assert stats["nonfinite_by_stage"] == {"embedding": 0, "layer_0": 0, "layer_1": 0, "logits": 0}
     with torch.no_grad():
-        model.blocks[1].ffn.out.bias[0] = math.inf
+        model.blocks[1].ffn.proj.bias[0] = math.inf
     model(ids)
     stats = model.get_statistics()
     assert stats["forward_count"] == 3 and stats["nonfinite_count"] == 1

@@ -17,6 +17,7 @@ from muse.models.stage1 import (
     expected_parameter_count,
 )
 from muse.nn import ComplexRecurrence
+from muse.scan.complex_diag import decay_powers
 from muse.train import MixedPrecisionOptimizer
 
 VOCAB = 97
@@ -42,6 +43,7 @@ def test_mix_presets():
     assert (mix.d_model, mix.n_layers, mix.max_seq_len) == (512, 6, 1024)
     assert (mix.mixer, mix.ffn, mix.d_ffn, mix.r_min, mix.r_max) == ("recurrence", "complex", 1024, 0.9, 0.999)
     assert expected_parameter_count(mix) == 96_690_769
+    assert (mix.omega_init, mix.lambda_kind) == ("zeta", "complex")
     small = make_config("stage1", "mix-tiny")
     assert (small.d_model, small.n_layers, small.mixer, small.ffn) == (64, 2, "recurrence", "complex")
 
@@ -58,9 +60,10 @@ def test_variant_blocks_and_parameter_count(mixer, ffn):
     assert logits.shape == (2, 20, VOCAB) and logits.dtype == torch.float16 and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("lambda_kind", ["complex", "real"])
 @pytest.mark.parametrize("dtype", [None, torch.float64])
-def test_mix_is_causal_bit_for_bit(dtype):
-    model = _model(dtype=dtype)
+def test_mix_is_causal_bit_for_bit(dtype, lambda_kind):
+    model = _model(dtype=dtype, lambda_kind=lambda_kind)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (2, 48), generator=gen)
     with torch.no_grad():
@@ -111,6 +114,7 @@ def test_mix_tiny_trains_on_cpu():
     ("mixer", "attention", ValueError), ("mixer", None, TypeError), ("ffn", "mlp", ValueError),
     ("d_ffn", 0, ValueError), ("d_state", 1.5, TypeError), ("r_max", 1.0, ValueError),
     ("r_min", -0.1, ValueError), ("omega_init", "random", ValueError),
+    ("lambda_kind", "imaginary", ValueError), ("lambda_kind", None, TypeError),
 ])
 def test_variant_config_validation(field, value, exc):
     with pytest.raises(exc, match=field):
@@ -131,3 +135,56 @@ def test_bench_applies_stage1_overrides_to_stage1_only(tmp_path):
     assert p2.model_overrides == {"dropout": 0.0}
     with pytest.raises(ValueError, match="--stage1-arg must look like KEY=VALUE"):
         parse_key_values(["mixer"], "--stage1-arg")
+
+
+def test_real_lambda_variant_drops_omega_and_steps_like_forward():
+    real, complex_ = _model(lambda_kind="real"), _model()
+    n_layers, d_state = real.config.n_layers, real.config.d_model
+    assert real.num_parameters() == expected_parameter_count(real.config)
+    assert complex_.num_parameters() - real.num_parameters() == n_layers * d_state
+    assert not any(name.endswith("omega") for name, _ in real.named_parameters())
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = real(ids).float()
+        assert not torch.equal(full, complex_(ids).float())
+    logits, state = real.step(ids[:, :5])
+    parts = [logits]
+    for t in range(5, 24):
+        logits, state = real.step(ids[:, t:t + 1], state)
+        parts.append(logits)
+    # the bound of test_generate_incremental: 4 fp16 ulps of the largest logit
+    tol = 4 * torch.finfo(torch.float16).eps * full.abs().max().item()
+    assert (torch.cat(parts, dim=1).float() - full).abs().max().item() <= tol
+
+
+def test_real_lambda_keeps_zero_phase_while_training():
+    """fp16 + fp32-master steps: nu moves, omega stays 0 (no optimizer sees it), lambda stays real."""
+    model = _model(lambda_kind="real").train()
+    mixers = [block.mixer for block in model.blocks]
+    nu0 = [m.nu.detach().clone() for m in mixers]
+    opt = MixedPrecisionOptimizer(model.named_parameters(), lr=3e-3, weight_decay=0.0)
+    assert not any("omega" in name for name in opt.names)
+    ids = torch.randint(0, VOCAB, (4, 33), generator=torch.Generator().manual_seed(3))
+    for _ in range(3):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(ids[:, :-1]).float().reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        opt.backward(loss)
+        assert not opt.step(max_norm=1.0).skipped
+    for m, before in zip(mixers, nu0, strict=True):
+        assert not torch.equal(m.nu.detach(), before)
+        assert m.omega.dtype == torch.float32 and not m.omega.any()
+        _, im = decay_powers(m.nu, m.omega, torch.arange(1, 4), torch.float64)
+        assert not im.any()
+
+
+def test_cli_model_args_set_the_recurrence_ablation_fields():
+    """``muse train --model-arg`` reaches lambda_kind, r_min and r_max (the spellings docs/experiments.md gives)."""
+    from muse.cli import build_parser
+    from muse.cli.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--model", "stage1", "--preset", "mix", "--model-arg", "lambda_kind=real",
+                                      "--model-arg", "r_min=0.5", "--model-arg", "r_max=0.99"])
+    cfg = config_from_args(args)
+    config = make_config(cfg.model, cfg.preset, **cfg.model_overrides)
+    assert (config.lambda_kind, config.r_min, config.r_max, config.mixer) == ("real", 0.5, 0.99, "recurrence")
+    assert expected_parameter_count(config) == 96_690_769 - 6 * 512

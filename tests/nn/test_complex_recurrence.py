@@ -10,6 +10,7 @@ import torch
 import muse.complex as C
 from muse.init import zeta_zeros
 from muse.nn import ComplexRecurrence
+from muse.scan.complex_diag import decay_powers
 
 
 def _x(shape, dtype=torch.float16, seed=0):
@@ -56,9 +57,10 @@ def test_omega_inits():
     assert abs(float(uniform.mean()) - math.pi / 2) < 0.1
 
 
+@pytest.mark.parametrize("lambda_kind", ["complex", "real"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
-def test_future_tokens_leave_earlier_outputs_bit_identical(dtype):
-    layer = _layer(dtype)
+def test_future_tokens_leave_earlier_outputs_bit_identical(dtype, lambda_kind):
+    layer = _layer(dtype, lambda_kind=lambda_kind)
     x = _x((2, 40, 16), dtype)
     y = layer(x)
     for t in (0, 9, 33):
@@ -81,9 +83,10 @@ def test_an_earlier_token_changes_later_outputs():
         assert torch.equal(y.planes[:, :, :s], y2.planes[:, :, :s])
 
 
+@pytest.mark.parametrize("lambda_kind", ["complex", "real"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 2e-2)])
-def test_step_equals_forward(dtype, tol):
-    layer = _layer(dtype)
+def test_step_equals_forward(dtype, tol, lambda_kind):
+    layer = _layer(dtype, lambda_kind=lambda_kind)
     x = _x((3, 25, 16), dtype)
     y, final = layer.forward_with_state(x)
     state = None
@@ -93,9 +96,10 @@ def test_step_equals_forward(dtype, tol):
     torch.testing.assert_close(state.planes.double(), final.planes.double(), rtol=tol, atol=tol)
 
 
-def test_prefill_then_steps_equals_forward():
+@pytest.mark.parametrize("lambda_kind", ["complex", "real"])
+def test_prefill_then_steps_equals_forward(lambda_kind):
     """forward_with_state on a prompt, then step() per token: the O(1) generation path."""
-    layer = _layer(torch.float64)
+    layer = _layer(torch.float64, lambda_kind=lambda_kind)
     x = _x((2, 30, 16), torch.float64)
     y = layer(x)
     y_pre, state = layer.forward_with_state(x[:, :17])
@@ -136,5 +140,37 @@ def test_bad_input():
         ComplexRecurrence(4, r_max=1.0)
     with pytest.raises(ValueError, match="omega_init must be one of"):
         ComplexRecurrence(4, omega_init="random")
+    with pytest.raises(ValueError, match="lambda_kind must be one of"):
+        ComplexRecurrence(4, lambda_kind="imaginary")
+    with pytest.raises(TypeError, match="lambda_kind must be one of"):
+        ComplexRecurrence(4, lambda_kind=True)
     with pytest.raises(ValueError, match="initial_state must have shape"):
         layer.forward_with_state(_x((2, 3, 16)), C.ComplexTensor(torch.zeros(2, 3, 16)))
+
+
+def test_real_lambda_fixes_omega_at_zero_as_a_buffer():
+    """lambda_kind="real": omega is a zero buffer (not trained, not saved), nu keeps the same ring."""
+    complex_, real = _layer(d_state=24), _layer(d_state=24, lambda_kind="real")
+    assert "omega" not in dict(real.named_parameters()) and "omega" in dict(real.named_buffers())
+    assert "omega" not in real.state_dict()
+    assert sum(p.numel() for p in complex_.parameters()) - sum(p.numel() for p in real.parameters()) == 24
+    assert real.omega.dtype == torch.float32 and not real.omega.any()
+    assert torch.equal(real.nu, complex_.nu)  # the same draw of |lambda|
+    assert not real.decay()[1].any()
+    assert "lambda_kind='real'" in repr(real)
+    x = _x((2, 9, 16))
+    assert not torch.equal(real(x).planes, complex_(x).planes)
+
+
+def test_real_lambda_keeps_zero_phase_through_a_training_step():
+    layer = _layer(torch.float32, lambda_kind="real")
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=0.1)
+    nu0 = layer.nu.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        layer(_x((2, 12, 16), torch.float32)).planes.square().sum().backward()
+        opt.step()
+    assert not layer.omega.any() and layer.omega.grad is None
+    assert not torch.equal(layer.nu, nu0)
+    re, im = decay_powers(layer.nu, layer.omega, torch.arange(1, 5), torch.float64)
+    assert not im.any() and (re > 0).all()

@@ -241,3 +241,27 @@ def test_compiles_fullgraph():
     got, _ = compiled(x.planes, nu, omega, h0.planes, 16)
     want, _ = _chunked_planes(x.planes, nu, omega, h0.planes, 16)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+def test_zero_phase_is_two_real_recurrences(chunk):
+    """omega = 0 (a real lambda, ComplexRecurrence's lambda_kind="real"): the real and imaginary
+    planes decay independently, h_t = |lambda| h_{t-1} + x_t each; scan and step agree."""
+    nu, _ = _decay(RADII, torch.float64)
+    omega = torch.zeros_like(nu)
+    x = _x((2, 30, len(RADII)), torch.float64)
+    y, final = complex_diag_scan(x, nu, omega, output_final_state=True, chunk_size=chunk)
+    r = torch.exp(-torch.exp(nu))
+    h = torch.zeros(2, 2, len(RADII), dtype=torch.float64)
+    want = torch.empty_like(x.planes)
+    for t in range(30):
+        h = r * h + x.planes[:, :, t]
+        want[:, :, t] = h
+    torch.testing.assert_close(y.planes, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final.planes, want[:, :, -1], rtol=1e-12, atol=1e-12)
+    state = None
+    for t in range(30):
+        state = complex_diag_step(x[:, t], nu, omega, state)
+        torch.testing.assert_close(state.planes, want[:, :, t], rtol=1e-12, atol=1e-12)
+    real_only = C.ComplexTensor(torch.stack((x.planes[0], torch.zeros_like(x.planes[1]))))
+    assert not complex_diag_scan(real_only, nu, omega, chunk_size=chunk)[0].planes[1].any()
