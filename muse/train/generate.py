@@ -71,11 +71,12 @@ class StaticDecoder:
 
     Built from the cache that ``model.step`` left after the prompt.  The buffers (ids, recurrence
     states, position) are allocated once and updated in place.  ``compile`` wraps the step in
-    ``torch.compile(fullgraph=True)`` (``backend`` one of BACKENDS); ``graph`` (default: on for a
-    CUDA model) warms the step up on a side stream (compiling it there), restores the buffers, and
-    captures one ``torch.cuda.CUDAGraph`` that each call replays.  ``setup_seconds`` is the time of
-    all that (compile + warm-up + capture), apart from decoding.  ``path`` is "cuda_graph" or
-    "decode_step" (:data:`DECODE_PATHS`).
+    ``torch.compile`` (``backend`` one of BACKENDS; a graph break would cost fusion only, as the
+    capture records the kernels either way, and the tests check that there is none).  ``graph``
+    (default: on for a CUDA model) warms the step up on a side stream (compiling it there),
+    restores the buffers, and captures one ``torch.cuda.CUDAGraph`` that each call replays.
+    ``setup_seconds`` is the time of all that (compile + warm-up + capture), apart from decoding.
+    ``path`` is "cuda_graph" or "decode_step" (:data:`DECODE_PATHS`).
     """
 
     def __init__(self, model: LanguageModel, cache, *, compile: bool = False, graph: bool | None = None,
@@ -92,7 +93,15 @@ class StaticDecoder:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         warmup = check_int("warmup", warmup, min_value=1)
+        batch = getattr(cache, "batch_size", None)
+        if isinstance(batch, bool) or not isinstance(batch, int):
+            raise TypeError(f"cache must be the cache model.step returned after the prompt, got {type(cache).__name__}")
         t0 = time.perf_counter()
+        with torch.no_grad():  # the grad mode of every call: compiled code guards on it
+            self._setup(model, cache, device, compile, graph, backend, warmup)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def _setup(self, model, cache, device, compile, graph, backend, warmup) -> None:
         self.state = model.decode_buffers(cache.batch_size, cache)
         self.ids = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)  # token 0: valid for warm-up
         self.path = "cuda_graph" if graph else "decode_step"
@@ -102,7 +111,7 @@ class StaticDecoder:
         def one_token() -> torch.Tensor:
             return model.decode_step(ids, state)
 
-        self._step = torch.compile(one_token, fullgraph=True, backend=backend) if compile else one_token
+        self._step = torch.compile(one_token, backend=backend) if compile else one_token
         self._graph, self._logits = None, None
         if compile or graph:  # the warm-up moves the state on: run it on a copy of the buffers' values
             saved = self._values()
@@ -119,10 +128,14 @@ class StaticDecoder:
         if graph:
             synchronize(device)
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._logits = self._step()
+            try:
+                with torch.cuda.graph(self._graph):
+                    self._logits = self._step()
+            except RuntimeError as exc:
+                raise RuntimeError("capturing decode_step in a CUDA graph failed (an operation that is not "
+                                   "allowed while capturing, e.g. a host sync); generate with fast=False "
+                                   "(muse generate --no-fast)") from exc
         synchronize(device)
-        self.setup_seconds = time.perf_counter() - t0
 
     def _values(self) -> list[torch.Tensor]:
         return [self.state.position.clone()] + [s.planes.clone() for s in self.state.layers if s is not None]
