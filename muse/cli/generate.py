@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-from muse.cli._compile import add_compile_flag
-
 EPILOG = """examples:
   muse generate runs/stage1-mix-20260101-120000/last.safetensors --prompt "The meaning of" --max-new-tokens 50
   muse generate last.safetensors --prompt "Once" --max-new-tokens 100 --temperature 0.8 --top-k 40 --seed 1
@@ -37,7 +35,9 @@ def register(sub) -> None:
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="decode through the model's static step, replayed from a CUDA graph on CUDA "
                         "(default: on for CUDA when the model has one, i.e. Stage 1; off elsewhere)")
-    add_compile_flag(p)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the fast path's step with torch.compile (default: on for CUDA, off for CPU); "
+                        "the last line says whether it ran compiled and the setup time apart")
     p.set_defaults(func=run)
 
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             shown = text
     sys.stdout.write(tokenizer.decode(out)[len(shown):] + "\n")
-    rate = (len(out) - 1) / (time.perf_counter() - t0) if len(out) > 1 else float("nan")
+    rate = f", {(len(out) - 1) / (time.perf_counter() - t0):.1f} tokens/s after the first" if len(out) > 1 else ""
     sys.stderr.write(f"muse generate: path {info['path']}, compiled {info['compiled']}, "
-                     f"setup {info['setup_s']:.2f} s, {rate:.1f} tokens/s after the first\n")
+                     f"setup {info['setup_s']:.2f} s{rate}\n")
     return 0
