@@ -156,20 +156,31 @@ def check_token_ids(name: str, ids: object, vocab_size: int, max_seq_len: int | 
     return ids
 
 
+def host_sync_forbidden(t: torch.Tensor) -> bool:
+    """True where a value check must not read values back to the host: inside ``torch.compile``
+    (a sync would break the graph) or while the current CUDA stream captures a CUDA graph (a sync
+    is an error there, and a failed capture leaves the CUDA RNG unusable)."""
+    if torch.compiler.is_compiling():
+        return True
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
     """ValueError unless every id of the int64 tensor ``ids`` lies in [0, vocab_size).
 
     The one check that reads values. Eager: a host sync, and the error names the offending id.
-    Inside ``torch.compile`` it is a device-side assert (``torch._assert_async``), so the graph has
-    no host sync and no break.
+    Inside ``torch.compile`` or a CUDA graph capture (:func:`host_sync_forbidden`) it is a
+    device-side assert (``torch._assert_async``), so there is no host sync and no graph break.
     """
-    if ids.numel() and torch.compiler.is_compiling():
+    if not ids.numel() or ids.device.type == "meta":
+        return
+    if host_sync_forbidden(ids):
         torch._assert_async(((ids >= 0) & (ids < vocab_size)).all(),
                             f"{name} contains a token id outside [0, {vocab_size})")
-    elif ids.numel() and ids.device.type != "meta":
-        lo, hi = torch.aminmax(ids.long())
-        lo, hi = int(lo), int(hi)
-        if lo < 0:
-            raise ValueError(f"{name} contains a negative token id ({lo}); ids must be in [0, {vocab_size})")
-        if hi >= vocab_size:
-            raise ValueError(f"{name} contains token id {hi}, out of range for vocab_size={vocab_size}")
+        return
+    lo, hi = torch.aminmax(ids.long())
+    lo, hi = int(lo), int(hi)
+    if lo < 0:
+        raise ValueError(f"{name} contains a negative token id ({lo}); ids must be in [0, {vocab_size})")
+    if hi >= vocab_size:
+        raise ValueError(f"{name} contains token id {hi}, out of range for vocab_size={vocab_size}")

@@ -3,6 +3,8 @@
 The prompt and the new tokens must fit in the model's max_seq_len.  Per new token the GPT
 (KV cache) and Stage 1 (recurrent state, or none for the seed's per-token block) do O(1)
 model work; Phase 2 re-runs the forward over the whole context, O(S) (docs/generate.md).
+On CUDA, Stage 1 decodes through its static step, compiled and captured in a CUDA graph
+(``--fast``, ``--compile``); a last line on stderr says which path ran.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ EPILOG = """examples:
   muse generate runs/stage1-mix-20260101-120000/last.safetensors --prompt "The meaning of" --max-new-tokens 50
   muse generate last.safetensors --prompt "Once" --max-new-tokens 100 --temperature 0.8 --top-k 40 --seed 1
   muse generate last.safetensors --prompt "Once" --max-new-tokens 20 --temperature 0     # greedy
+  muse generate last.safetensors --prompt "Once" --max-new-tokens 500 --no-fast           # eager step loop
 """
 
 
@@ -29,11 +32,18 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--tokenizer-dir", help="directory with tokenizer.json (default: the shared data dir)")
     p.add_argument("--offline", action="store_true", help="never download the tokenizer")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode through the model's static step, replayed from a CUDA graph on CUDA "
+                        "(default: on for CUDA when the model has one, i.e. Stage 1; off elsewhere)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the fast path's step with torch.compile (default: on for CUDA, off for CPU); "
+                        "the last line says whether it ran compiled and the setup time apart")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import time
 
     import torch
 
@@ -60,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     ids = torch.as_tensor(prompt.astype("int64"), device=device)[None]  # (1, P)
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    info: dict = {}
     tokens = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      generator=generator)
-    out, shown = [], ""
+                      generator=generator, fast=args.fast, compile=args.compile, info=info)
+    out, shown, t0 = [], "", None
     sys.stdout.write(args.prompt)
     for token in tokens:
+        if t0 is None:  # after the prompt, the first token and the fast path's setup
+            t0 = time.perf_counter()
         out.append(int(token[0]))
         text = tokenizer.decode(out)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
@@ -72,4 +85,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             shown = text
     sys.stdout.write(tokenizer.decode(out)[len(shown):] + "\n")
+    rate = f", {(len(out) - 1) / (time.perf_counter() - t0):.1f} tokens/s after the first" if len(out) > 1 else ""
+    sys.stderr.write(f"muse generate: path {info['path']}, compiled {info['compiled']}, "
+                     f"setup {info['setup_s']:.2f} s{rate}\n")
     return 0

@@ -173,6 +173,10 @@ class Stage1Block(nn.Module):
         """Incremental form: the block is per-token, so it carries no state."""
         return self(z), None
 
+    def initial_state(self, batch_size: int) -> None:
+        """The state :meth:`step` starts from: none."""
+        return None
+
 
 class ComplexFeedForward(nn.Module):
     """ComplexLinear d -> m, modReLU, ComplexLinear m -> d (the complex FFN of the variants)."""
@@ -238,6 +242,10 @@ class Stage1MixBlock(nn.Module):
             z = C.add(z, self.dropout(y))
         return C.add(z, self.dropout(self.ffn(self.ffn_norm(z)))), state
 
+    def initial_state(self, batch_size: int) -> C.ComplexTensor | None:
+        """A zero recurrence state (batch_size, d_state) in the state dtype; None without a mixer."""
+        return None if self.mixer is None else self.mixer.initial_state(batch_size)
+
 
 def _block(config: Stage1Config, dtype: torch.dtype, device) -> nn.Module:
     """The seed's block for the seed configuration, a pre-norm Stage1MixBlock for the variants."""
@@ -254,6 +262,17 @@ class Stage1State:
 
     layers: list[C.ComplexTensor | None]
     length: int  # the next token sits at this position
+    batch_size: int
+
+
+@dataclass
+class Stage1DecodeState:
+    """Static decoding buffers of :meth:`Stage1Model.decode_step`, updated in place each token:
+    each layer's recurrence state (as in :class:`Stage1State`) and ``position``, a (1,) int64
+    tensor on the model's device holding where the next token sits."""
+
+    layers: list[C.ComplexTensor | None]
+    position: torch.Tensor
     batch_size: int
 
 
@@ -320,13 +339,68 @@ class Stage1Model(LanguageModel):
         b, t = input_ids.shape
         past = 0 if cache is None else cache.length
         positions = torch.arange(past, past + t, device=input_ids.device)  # (T,)
+        logits, layers = self._advance(input_ids, positions, [None] * len(self.blocks) if cache is None
+                                       else cache.layers)
+        return logits, Stage1State(layers, past + t, b)
+
+    def _advance(self, input_ids: torch.Tensor, positions: torch.Tensor, layers: list
+                 ) -> tuple[torch.Tensor, list]:
+        """The body of :meth:`step` and :meth:`decode_step`: ids (B, T) at ``positions`` (T,) after
+        the per-layer ``layers`` states -> (logits (B, T, vocab), the states after the ids)."""
         z = self.embed(input_ids, positions)
+        new = []
+        for block, state in zip(self.blocks, layers, strict=True):
+            z, state = block.step(z, state)
+            new.append(state)
+        return self.lm_head(self.head_input(self.final_norm(z))), new
+
+    def decode_buffers(self, batch_size: int, cache: Stage1State | None = None) -> Stage1DecodeState:
+        """Buffers for :meth:`decode_step`: a copy of ``cache`` (the state :meth:`step` left after
+        the prompt), or with None zero states at position 0; on the model's device."""
+        batch_size = check_int("batch_size", batch_size, min_value=1)
+        if cache is not None:
+            check_type("cache", cache, Stage1State, "a Stage1State or None")
+            if cache.batch_size != batch_size or len(cache.layers) != len(self.blocks):
+                raise ValueError(f"cache holds batch size {cache.batch_size} and {len(cache.layers)} layers, "
+                                 f"expected {batch_size} and {len(self.blocks)}")
+        device = self.lm_head.weight.device
         layers = []
         for i, block in enumerate(self.blocks):
-            z, state = block.step(z, None if cache is None else cache.layers[i])
+            state = block.initial_state(batch_size)
+            if state is not None and cache is not None:
+                state.planes.copy_(cache.layers[i].planes)
             layers.append(state)
-        logits = self.lm_head(self.head_input(self.final_norm(z)))  # (B, T, vocab)
-        return logits, Stage1State(layers, past + t, b)
+        past = 0 if cache is None else cache.length
+        return Stage1DecodeState(layers, torch.full((1,), past, dtype=torch.long, device=device), batch_size)
+
+    @torch.no_grad()
+    def decode_step(self, input_ids: torch.Tensor, state: Stage1DecodeState) -> torch.Tensor:
+        """One token per row, static form: logits (B, vocab) of ``input_ids`` (B, 1) int64 placed
+        at ``state.position``; updates ``state`` in place (new recurrence states, position + 1).
+
+        The same computation as :meth:`step` (one shared body, the same logits), with no host sync,
+        no Python value that changes per token and no allocation that depends on the position, so
+        it can be compiled once and captured in a CUDA graph (``muse.train.generate``).  An id or
+        position out of range is a ValueError in eager mode and a device-side assert inside a
+        compiled graph or a CUDA graph capture: keep the context within ``max_seq_len``.
+        """
+        check_type("state", state, Stage1DecodeState, "a Stage1DecodeState (from decode_buffers)")
+        if len(state.layers) != len(self.blocks):
+            raise ValueError(f"state has {len(state.layers)} layers, the model {len(self.blocks)}")
+        check_type("input_ids", input_ids, torch.Tensor, "a torch.Tensor")
+        if input_ids.dtype != torch.long:
+            raise TypeError(f"input_ids must be an int64 tensor, got {input_ids.dtype}")
+        if tuple(input_ids.shape) != (state.batch_size, 1):
+            raise ValueError(f"input_ids must have shape ({state.batch_size}, 1) (the state's batch size, one "
+                             f"token), got {tuple(input_ids.shape)}")
+        if input_ids.device != state.position.device:
+            raise ValueError(f"input_ids is on {input_ids.device} but the state on {state.position.device}")
+        logits, new = self._advance(input_ids, state.position, state.layers)
+        for buffer, value in zip(state.layers, new, strict=True):
+            if buffer is not None:
+                buffer.planes.copy_(value.planes)
+        state.position.add_(1)
+        return logits[:, -1]
 
 
 def Phase3Stage1Config(vocab_size: int, d_model: int = 512, n_layers: int = 6, n_seq: int = 2048,  # noqa: N802
@@ -393,6 +467,6 @@ def _variant_block_parameter_count(config: Stage1Config) -> int:
 
 __all__ = [
     "FFNS", "MIXERS", "PRESETS", "ComplexFeedForward", "Phase3Stage1Block", "SeedChannelMap", "Stage1MixBlock", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
-    "Stage1Config", "Stage1Model", "Stage1State", "create_phase3_stage1_model", "expected_parameter_count",
+    "Stage1Config", "Stage1DecodeState", "Stage1Model", "Stage1State", "create_phase3_stage1_model", "expected_parameter_count",
     "expected_trainable_count",
 ]

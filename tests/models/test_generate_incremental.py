@@ -135,9 +135,13 @@ def test_cli_streams_text_and_greedy_repeats(checkpoint, capsys):
     args = _cli(checkpoint, "--prompt", "A", "--max-new-tokens", "12", "--temperature", "0")
     assert main(args) == 0
     first = capsys.readouterr()
-    assert first.err == "" and first.out.startswith("A") and len(first.out.strip()) > 1
+    assert first.out.startswith("A") and len(first.out.strip()) > 1
+    assert first.err.startswith("muse generate: path step, compiled False") and len(first.err.splitlines()) == 1
     assert main(args) == 0
     assert capsys.readouterr().out == first.out
+    assert main([*args, "--fast"]) == 0  # the static step (no graph on CPU): the same greedy text
+    fast = capsys.readouterr()
+    assert fast.out == first.out and fast.err.startswith("muse generate: path decode_step, compiled False")
     assert main(_cli(checkpoint, "--prompt", "A", "--max-new-tokens", "5", "--top-k", "3", "--seed", "7")) == 0
 
 
