@@ -85,7 +85,26 @@ loss)
   timeout 240 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt,complex64 \
     --variants eager,compiled --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt|complex64)|ceilings|Complex linear"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss" >&2; exit 2 ;;
+final)
+  step "CUDA tests: fused loss, fast decoding"
+  timeout 200 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/train/test_fused_loss.py \
+    tests/train/test_generate_fast_path.py tests/models/test_stage1_decode_step.py tests/models/test_generate_incremental.py \
+    2>&1 | tail -4
+  step "verify on CUDA: the fused loss (compiled chunk bodies)"
+  timeout 150 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" --out "$OUT/verify-loss" 2>&1 | grep -E "linear_cross|passed|failed"
+  step "profile: the loss alone and in an eager Stage 1 step"
+  timeout 150 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections loss > "$OUT/profile.log" 2>&1; grep -E " ms|FAILED" "$OUT/profile/loss.txt" | grep -v "^ *[a-z_:]*  " | head -12
+  step "fused loss memory, seed preset, B2 (throughput at B4, eager)"
+  timeout 120 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "muse bench speed: stage1 and gpt, eager and compiled (training loss = the fused loss)"
+  timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants eager,compiled --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings|Complex linear"
+  step "generation speed, seed size, batch 1, greedy: eager step vs compiled CUDA graph"
+  timeout 200 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix,stage1,gpt \
+    | tee "$OUT/gen-speed.jsonl"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
