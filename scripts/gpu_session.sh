@@ -104,7 +104,21 @@ final)
   timeout 200 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix,stage1,gpt \
     | tee "$OUT/gen-speed.jsonl"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final" >&2; exit 2 ;;
+last)
+  step "CUDA tests: fused loss, fast decoding, generate CLI"
+  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/train/test_fused_loss.py \
+    tests/train/test_generate_fast_path.py tests/models/test_stage1_decode_step.py tests/models/test_generate_incremental.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |Error|passed|failed" "$OUT/cuda-tests.txt" | tail -14
+  step "verify on CUDA: the fused loss"
+  timeout 120 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" --out "$OUT/verify-loss" 2>&1 | grep -E "linear_cross|passed|failed"
+  step "fused loss memory B2, throughput B4 eager, Stage 1 and Phase 2"
+  timeout 90 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "throughput B4 compiled (model and loss), Stage 1"
+  timeout 150 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --models stage1 \
+    --throughput-batch 4 --steps 10 --impl chunked --compile | tee "$OUT/loss-compiled-b4.jsonl"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

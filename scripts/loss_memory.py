@@ -16,6 +16,7 @@ import torch
 
 from benchmarks import measure
 from muse.models import build_model
+from muse.models.compile import compile_model
 
 
 def main() -> None:
@@ -27,9 +28,11 @@ def main() -> None:
     p.add_argument("--throughput-batch", type=int, default=None, help="default: --batch")
     p.add_argument("--steps", type=int, default=3, help="timed throughput steps (0: memory only)")
     p.add_argument("--impl", default="auto", choices=["auto", "torch-native", "chunked"])
+    p.add_argument("--models", default="phase2,stage1", help="comma-separated registry names")
+    p.add_argument("--compile", action="store_true", help="throughput of the torch.compile'd model (and loss)")
     args = p.parse_args()
     dev = torch.device(args.device)
-    for name in ("phase2", "stage1"):
+    for name in args.models.split(","):
         torch.manual_seed(0)
         model = build_model(name, args.preset, device=dev)
         seq = args.seq or model.config.max_seq_len
@@ -42,9 +45,11 @@ def main() -> None:
                    "tracked_peak_MiB": round(mem["tracked_peak_bytes"] / 2**20, 1),
                    "agreement": mem["agreement"]}
             if args.steps:
-                tp = measure.throughput(model, args.throughput_batch or args.batch, seq, dev, args.steps,
-                                        warmup=1, loss=loss, impl=args.impl)
+                net = compile_model(model) if args.compile else model
+                tp = measure.throughput(net, args.throughput_batch or args.batch, seq, dev, args.steps,
+                                        warmup=2, loss=loss, impl=args.impl)
                 row["train_tok_s"] = round(tp["tokens_per_second"], 1)
+                row["compiled"] = args.compile
             print(json.dumps(row), flush=True)
         del model
 
