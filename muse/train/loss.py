@@ -100,8 +100,8 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
                     budget_bytes: int | None = None, impl: str = "chunked") -> int:
     """The chunk size that fits ``budget_bytes`` (None: :func:`chunk_budget`).
 
-    ``"chunked"``: vocabulary rows per chunk, all tokens at once (logits in the storage dtype,
-    an fp32 softmax gradient and its GEMM copy: 8 bytes per entry for 16-bit dtypes, 4 else);
+    ``"chunked"``: vocabulary rows per chunk, all tokens at once (8 bytes per entry: fp16
+    logits, their fp32 softmax gradient and its fp16 GEMM copy; or fp32 logits and gradient);
     a multiple of 128 when at least 128, never more than ``vocab_size``. ``"torch-native"``:
     tokens per chunk (6 or 4 bytes per entry); a multiple of 8 when at least 8, never more
     than ``n_tokens``.
@@ -111,7 +111,7 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
     if impl == "torch-native":
         chunk, step, limit = budget // (vocab_size * (6 if half else 4)), 8, n_tokens
     else:
-        chunk, step, limit = budget // (max(n_tokens, 1) * (8 if half else 4)), 128, vocab_size
+        chunk, step, limit = budget // (max(n_tokens, 1) * 8), 128, vocab_size
     chunk = max(1, chunk)
     if chunk >= step:
         chunk -= chunk % step
@@ -351,8 +351,7 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
     """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)`` + its ``lm_head``.
 
     ``model`` may be wrapped in DistributedDataParallel (its forward runs through the
-    wrapper, the head is read from ``model.module``). A compiled model on CUDA whose loss runs
-    the chunked path gets that loss compiled too (:func:`_compiled_loss`).
+    wrapper, the head is read from ``model.module``).
     """
     check_type("model", model, torch.nn.Module, "an nn.Module")
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
@@ -360,31 +359,8 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
     if not isinstance(head, torch.nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise TypeError(f"model must have an lm_head module with a .weight; {type(core).__name__} has none")
     hidden = model(input_ids, return_hidden=True)
-    compiled = hidden.is_cuda and _runs_compiled(model) and loss_path(hidden.dtype, impl) == "chunked"
-    loss_fn = _compiled_loss() if compiled else linear_cross_entropy
-    return loss_fn(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
-                   chunk_size=chunk_size, impl=impl)
-
-
-_COMPILED_LOSS: list = []
-
-
-def _runs_compiled(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (under a DDP wrapper or not) is a ``torch.compile`` wrapper."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return isinstance(getattr(model, "_orig_mod", None), torch.nn.Module)
-
-
-def _compiled_loss():
-    """:func:`linear_cross_entropy` under ``torch.compile`` (fullgraph): the compiled models' loss
-    on CUDA, so the chunk loop is a few fused kernels and cuBLAS calls, not ~20 Python-dispatched
-    ops per chunk. MUSE_COMPILE_LOSS=0 keeps it eager."""
-    if os.environ.get("MUSE_COMPILE_LOSS", "1") == "0":
-        return linear_cross_entropy
-    if not _COMPILED_LOSS:
-        _COMPILED_LOSS.append(torch.compile(linear_cross_entropy, fullgraph=True))
-    return _COMPILED_LOSS[0]
+    return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
+                                chunk_size=chunk_size, impl=impl)
 
 
 __all__ = [
