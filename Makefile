@@ -19,7 +19,8 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/muse bench stage1 --device cpu --references phase2_nomix --eval-curve-tokens 4096 --eval-stride 128
+	$(BIN)/muse bench stage1 --device cpu --references phase2_nomix --eval-curve-tokens 4096 --eval-every 64 \
+		--eval-stride 128 --final-eval-tokens 32768
 
 lint: setup
 	$(BIN)/ruff check muse verification benchmarks tests scripts

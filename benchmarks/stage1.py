@@ -221,7 +221,8 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
         runs[name], models[name] = _train_run(cfg, name, out, ctx, data)
         _free(dev)
 
-    unigram = measure.unigram_perplexity(data.train, data.eval, vocab)
+    scored = data.eval if cfg.final_eval_tokens is None else data.eval[: cfg.final_eval_tokens + 1]
+    unigram = measure.unigram_perplexity(data.train, scored, vocab)  # on the tokens the models are scored on
     per_model = {}
     for name in names:
         if models[name] is None:
@@ -401,7 +402,7 @@ def format_markdown(report: dict) -> str:
         for n, curve in curves.items():
             pts = ", ".join(f"{c['step']}: {_fmt(c['loss'], '.3f')}" for c in curve)
             lines.append(f"- {_LABELS.get(n, n)}: {pts}")
-    lines += ["", f"Unigram PPL of the training text on the eval split: {_fmt(report['unigram_ppl'], '.2f')}"]
+    lines += ["", f"Unigram PPL of the training text on the scored eval tokens: {_fmt(report['unigram_ppl'], '.2f')}"]
     if report.get("nonfinite_values"):
         lines.append(f"Non-finite measurements (written as null): {', '.join(report['nonfinite_values'])}")
     lines.append("")

@@ -249,8 +249,10 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 
     1. logits: GEMM error gamma_m A (A = sum|h w| + |b|), then one rounding to the storage
        dtype: E = u_s (|x| + gamma_m A) + gamma_m A + eta_s; e_t = max_v E_tv.
-    2. lse in fp32 from max-shifted exps: the shift errs by <= u R (R = logit range), exp
-       by lambda, the sum by gamma_(V-1), log by lambda_log |log S| with log S <= log V:
+    2. lse in fp32 from max-shifted exps, online over K = ceil(V / vocab_chunk) chunks: the
+       shift errs by <= u R (R = logit range), exp by lambda, each of <= K - 1 later rescales
+       of a term by (1 + lambda) e^(u R) (1 + u), the sum by gamma_(V-1), log by
+       lambda_log |log S| with log S <= log V:
        c_t = -log(1 - psi) + lambda_log (log V + psi) + u (|lse| + 2 e_t), psi from the above.
     3. per token |l^ - l| <= 2 e_t + c_t + u (|l| + 2 e_t + c_t); the fp32 sum of n terms adds
        gamma_(n-1) sum(|l| + err).
@@ -277,7 +279,9 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     lam, lam_log = libm_rel("exp", device), libm_rel("log", device)
     big_r = x.max(axis=1) - x.min(axis=1) + 2 * e_t
     phi = (1 + lam) * np.exp(u * big_r) - 1
-    psi = (1 + phi) * (1 + gamma(max(v - 1, 1))) - 1
+    n_vchunks = math.ceil(v / vocab_chunk)
+    rescale = ((1 + lam) * np.exp(u * big_r) * (1 + u)) ** (n_vchunks - 1)  # online lse: <= K - 1 rescales a term
+    psi = (1 + phi) * rescale * (1 + gamma(max(v - 1, 1))) - 1
     lse = loss_tok + x[np.arange(n), np.where(scored, targets, 0)]
     c_t = -np.log1p(-psi) + lam_log * (math.log(v) + psi) + u * (np.abs(lse) + 2 * e_t)
     e_tok = 2 * e_t + c_t
@@ -295,7 +299,6 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     e_g[~scored] = 0.0
     ag = np.abs(g) + e_g
 
-    n_vchunks = math.ceil(v / vocab_chunk)
     raw = {
         "hidden": (e_g @ aw, ag @ aw, gamma(gemm_terms(v, device) + n_vchunks)),
         "weight": (e_g.T @ ah, ag.T @ ah, gamma(gemm_terms(n, device))),

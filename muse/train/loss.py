@@ -9,8 +9,8 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
   before a loss scale can reach them, so small gradients flush to zero (docs/training.md).
 - ``"chunked"``: :class:`_ChunkedLinearCrossEntropy`, a custom autograd function over
   vocabulary chunks: every chunk's logits for all tokens (rounded to the storage dtype once,
-  exactly as ``lm_head`` rounds them). Forward takes two passes (the per-token max, then the
-  fp32 sum of exp(z - max)) and keeps the log-sum-exp (n floats). Backward recomputes each
+  exactly as ``lm_head`` rounds them). Forward is one pass: an online fp32 log-sum-exp (running
+  max, sum of exp(z - max) rescaled when the max grows); it keeps the log-sum-exp (n floats). Backward recomputes each
   chunk's logits, forms the softmax gradient from the saved log-sum-exp, and gets that slice
   of the weight and bias gradients from ONE GEMM / fp32 sum over all tokens (scaled, one
   rounding); the hidden gradient accumulates over the chunks in fp32. No tensor larger than
@@ -137,9 +137,12 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
-def _sum_exp(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Per row, the fp32 sum of exp(z - shift) (z: logits in the storage dtype)."""
-    return (z.to(shift.dtype) - shift[:, None]).exp_().sum(1)
+def _lse_step(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of the online log-sum-exp (z: logits in the storage dtype): the running per-row
+    max and the sum of exp(z - max), the old sum rescaled by exp(old max - new max)."""
+    new_max = torch.maximum(z_max, z.amax(1).to(z_max.dtype))
+    new_sum = z_sum * (z_max - new_max).exp() + (z.to(z_max.dtype) - new_max[:, None]).exp_().sum(1)
+    return new_max, new_sum
 
 
 def _dlogits(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
@@ -169,7 +172,7 @@ def _fused(fn):
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``.
 
-    forward: per-token log-sum-exp over vocabulary chunks (max pass, then sum-of-exp pass).
+    forward: per-token log-sum-exp over vocabulary chunks, online (one pass, rescaled sums).
     backward: per chunk, dlogits = softmax - onehot (unscaled, fp32, rounded once to the GEMM
     dtype), d(weight slice) = dlogitsᵀ hidden and d(bias slice) each one fp32 reduction over all
     tokens, d(hidden) summed over chunks in fp32; every gradient is multiplied by the incoming
@@ -184,14 +187,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
         chunks = _VocabChunks(hidden, weight, bias, chunk)
-        sum_exp = _fused(_sum_exp) if hidden.is_cuda else _sum_exp
+        lse_step = _fused(_lse_step) if hidden.is_cuda else _lse_step
         z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
+        z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
         with C.fp32_accumulation(hidden.device):
             for v0, _ in chunks:
-                torch.maximum(z_max, chunks.logits(v0).amax(1).to(acc), out=z_max)
-            z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
-            for v0, _ in chunks:
-                z_sum += sum_exp(chunks.logits(v0), z_max)
+                z_max, z_sum = lse_step(chunks.logits(v0), z_max, z_sum)
         lse = z_max + z_sum.log()
         total = torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0).sum()
         ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
