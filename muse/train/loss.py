@@ -36,7 +36,7 @@ IMPLS = ("auto", "torch-native", "chunked")
 #: The chunked path's working set: 1/8 of what the full logits (fp16 + fp32 copy) would take,
 #: at least CHUNK_BUDGET_MIN_BYTES and at most CHUNK_BUDGET_MAX_BYTES.
 CHUNK_BUDGET_FRACTION = 8
-CHUNK_BUDGET_MIN_BYTES = 64 * 2**20
+CHUNK_BUDGET_MIN_BYTES = 8 * 2**20
 CHUNK_BUDGET_MAX_BYTES = 1024 * 2**20
 _CUDA_ALIGN = 128  # CUDA vocabulary chunks: a multiple of this many rows
 

@@ -192,13 +192,13 @@ def test_auto_chunk_size_fits_the_budget():
     assert auto_chunk_size(300, 8, torch.float32) == 300
     assert auto_chunk_size(50257, 8192, torch.float16, mib64, impl="torch-native") == 216  # 64 MiB / (6 B x V)
     assert auto_chunk_size(50257, 8192, torch.float32, mib64, impl="torch-native") == 328
-    assert auto_chunk_size(50257, 100, torch.float32, impl="torch-native") == 100
+    assert auto_chunk_size(50257, 100, torch.float32, impl="torch-native") == 40  # 8 MiB / (4 B x 50257) = 41
     assert auto_chunk_size(10**9, 10, impl="torch-native") == 1
 
 
 def test_chunk_budget_is_an_eighth_of_the_full_logits_within_limits():
     assert chunk_budget(50257, 2048) == 6 * 50257 * 2048 // 8
-    assert chunk_budget(50257, 16) == 64 * 2**20
+    assert chunk_budget(50257, 16) == 8 * 2**20
     assert chunk_budget(50257, 10**6) == 1024 * 2**20
 
 
