@@ -92,7 +92,8 @@ class BKCore(nn.Module):
         for a float64 layer), on the rescaled problem; None starts afresh.  S >= 1."""
         if x.dim() != 3 or x.shape[1] == 0:
             raise ValueError(f"x must have shape (B, S >= 1, d), got {tuple(x.shape)}")
-        return self._run(x, initial_state, None)
+        y, g = self._run(x, initial_state, None)
+        return y, g[..., -1]  # (B, S, d), (B, C)
 
     def _run(self, x: torch.Tensor, initial_state: torch.Tensor | None, stats: dict | None
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +119,7 @@ class BKCore(nn.Module):
         feats = feats.to(x.dtype)
         if self.norm is not None:
             feats = self.norm(feats)  # (B, S, 2C)
-        return self.out(feats), g_scan[..., -1]  # (B, S, d), (B, C)
+        return self.out(feats), g_scan  # (B, S, d), the scan's G (B, C, S)
 
 
 class HeadRMSNorm(nn.Module):

@@ -133,3 +133,13 @@ def test_the_context_fallback_still_matches_phase2_step():
     fast2, _ = model.step(ids[:, 5:9], state)
     assert isinstance(cache, ContextCache) and cache.length == 9
     assert (torch.cat([logits, logits2], 1) - torch.cat([fast, fast2], 1)).abs().max().item() <= 1e-12
+
+
+def test_mixers_forward_with_state_refuses_an_empty_or_flat_input():
+    model = _model("tiny", {}, double=False)
+    bk, hebbian = model.blocks[0].mixers
+    with pytest.raises(ValueError, match="x must have shape"):
+        bk.forward_with_state(torch.zeros(1, 0, model.config.d_model))
+    with pytest.raises(ValueError, match="x must have shape"):
+        hebbian.forward_with_state(torch.zeros(3, model.config.d_model))
+    assert bk(torch.zeros(1, 0, model.config.d_model)).shape == (1, 0, model.config.d_model)  # forward allows S = 0
