@@ -117,9 +117,9 @@ class LanguageModel(nn.Module):
 
         The fallback for a model without a recurrent state or KV cache: it re-runs ``forward``
         over the whole context, O(S) work per new token at context length S.  Models with an
-        O(1)-per-token path override it (the GPT's KV cache, Stage 1's recurrent state); every
-        override takes and returns its own cache and gives the logits of ``forward`` on the
-        whole sequence (up to rounding).  The context is capped at ``max_seq_len`` (ValueError
+        O(1)-per-token path override it (the GPT's KV cache, Stage 1's and Phase 2's recurrent
+        states); every override takes and returns its own cache and gives the logits of
+        ``forward`` on the whole sequence (up to rounding).  The context is capped at ``max_seq_len`` (ValueError
         beyond).  Runs without gradients; call ``eval()`` first, or dropout applies.
         """
         if cache is not None:

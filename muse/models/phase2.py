@@ -181,6 +181,30 @@ class Phase2Block(nn.Module):
             x = x + self.dropout(mixer(norm(x), stats))  # (B, S, d)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, S, d)
 
+    def step(self, x: torch.Tensor, states: list | None = None) -> tuple[torch.Tensor, list]:
+        """Incremental form: x (B, T, d) after the tokens that left ``states`` (one per mixer;
+        None = the start) -> (output (B, T, d), the mixers' states after x)."""
+        if states is None:
+            states = [None] * len(self.mixers)
+        new = []
+        for norm, mixer, state in zip(self.mixer_norms, self.mixers, states, strict=True):
+            y, state = mixer.forward_with_state(norm(x), state)
+            x = x + self.dropout(y)  # (B, T, d)
+            new.append(state)
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), new  # (B, T, d)
+
+
+@dataclass
+class Phase2State:
+    """Decoding state of :meth:`Phase2Model.step`: the tokens seen so far (``length``) and, per
+    layer, one state per mixer in ``config.mixers`` order: BK-Core's last resolvent entry G
+    (B, C) complex, the Hebbian fast weights W (B, H, d_head, d_head) real.  Its size does not
+    depend on ``length``."""
+
+    layers: list[list[torch.Tensor]]
+    length: int  # the next token sits at this position
+    batch_size: int
+
 
 class Phase2Model(LanguageModel):
     """The Phase 2 language model; ``forward`` returns float32 logits (B, S, vocab)."""
@@ -251,6 +275,34 @@ class Phase2Model(LanguageModel):
         if self.lm_head.bias is not None:
             self.lm_head.bias.zero_()
 
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, cache: Phase2State | None = None
+             ) -> tuple[torch.Tensor, Phase2State]:
+        """Incremental decoding: logits (B, T, vocab) of ``input_ids`` (B, T) placed after ``cache``.
+
+        O(1) work and memory per token: every part but the mixers is per token (the zeta position
+        row is read at the absolute position ``cache.length``), BK-Core carries its last resolvent
+        entry and the Hebbian its fast weights (:class:`Phase2State`).  The logits equal those of
+        ``forward`` on the whole sequence up to the scans' rounding.  The context is capped at
+        ``max_seq_len`` (ValueError beyond).  Returns a new state; the one passed in is left
+        unchanged.  Runs without gradients; call ``eval()`` first, or dropout applies.
+        """
+        if cache is not None:
+            check_type("cache", cache, Phase2State, "a Phase2State or None")
+            if len(cache.layers) != len(self.blocks):
+                raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+        input_ids = self.check_step(input_ids, cache)
+        b, t = input_ids.shape
+        past = 0 if cache is None else cache.length
+        positions = torch.arange(past, past + t, device=input_ids.device)  # (T,)
+        x = self.embed(input_ids, positions)  # (B, T, d)
+        layers = []
+        for i, block in enumerate(self.blocks):
+            x, states = block.step(x, None if cache is None else cache.layers[i])
+            layers.append(states)
+        logits = self.lm_head(self.head_input(self.final_norm(x)))  # (B, T, vocab)
+        return logits, Phase2State(layers, past + t, b)
+
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)
         pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
@@ -275,5 +327,5 @@ def expected_parameter_count(config: Phase2Config) -> int:
 
 __all__ = [
     "INITS", "MIXERS", "ORIGINAL", "PRESETS", "BKCore", "DissipativeHebbian", "Phase2Block",
-    "Phase2Config", "Phase2Model", "expected_parameter_count",
+    "Phase2Config", "Phase2Model", "Phase2State", "expected_parameter_count",
 ]

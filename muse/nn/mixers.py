@@ -4,7 +4,9 @@
 complex).  The real recurrences run in float32 (float64 for a float64 layer) with autocast off, so a
 bf16/fp16 autocast run keeps them out of half precision; the linears around them follow
 autocast.  Each ``forward(x, stats=None)`` maps (B, S, d) -> (B, S, d) causally and, when
-``stats`` is a dict, adds its diagnostics to it.
+``stats`` is a dict, adds its diagnostics to it; ``forward_with_state(x, initial_state=None)``
+continues a sequence from the state the part before it left and returns (y, final state), a
+state whose size does not depend on the length (incremental decoding).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from muse.scan import (
     complex_diag_scan,
     complex_diag_step,
     hebbian_parallel,
+    hebbian_parallel_with_state,
 )
 
 
@@ -59,7 +62,8 @@ class BKCore(nn.Module):
     on the rescaled problem (a - z) / sqrt(b c) (same G up to the factor 1 / sqrt(b c)),
     so |G_i| <= 1 / Im z for every coupling.  With ``norm`` the 2C features pass a
     LayerNorm before the output projection, so the branch does not sit at the scale of
-    one small resolvent entry.
+    one small resolvent entry.  Everything but the resolvent is per token (the LayerNorm is over
+    the 2C features of one position), so the decoding state is the last G of each channel.
     """
 
     def __init__(self, d_model: int, channels: int = 1, z: complex = 1j, *, shift: float = 2.0,
@@ -80,6 +84,19 @@ class BKCore(nn.Module):
         self.out = nn.Linear(2 * c, d, device=device)
 
     def forward(self, x: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
+        return self._run(x, None, stats)[0]
+
+    def forward_with_state(self, x: torch.Tensor, initial_state: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y (B, S, d), final state): the state is the scan's last G (B, C), complex64 (complex128
+        for a float64 layer), on the rescaled problem; None starts afresh.  S >= 1."""
+        if x.dim() != 3 or x.shape[1] == 0:
+            raise ValueError(f"x must have shape (B, S >= 1, d), got {tuple(x.shape)}")
+        y, g = self._run(x, initial_state, None)
+        return y, g[..., -1]  # (B, S, d), (B, C)
+
+    def _run(self, x: torch.Tensor, initial_state: torch.Tensor | None, stats: dict | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         rdt = _recurrence_dtype(x)
         v = self.potential(x).to(rdt).transpose(1, 2)  # (B, C, S)
         if self.gamma is None:
@@ -90,9 +107,10 @@ class BKCore(nn.Module):
         with _no_autocast(x):
             a = bk_diagonal(v, gamma, self.shift)  # (B, C, S) complex
             if scale != 1.0:
-                g = bk_green_scan(a / scale, self.z / scale) / scale  # (B, C, S), |g| <= 1 / Im z
+                g_scan = bk_green_scan(a / scale, self.z / scale, initial_state)  # (B, C, S)
+                g = g_scan / scale  # (B, C, S), |g| <= 1 / Im z
             else:
-                g = bk_green_scan(a, self.z)  # (B, C, S) complex, |g| <= 1 / Im z
+                g = g_scan = bk_green_scan(a, self.z, initial_state)  # (B, C, S) complex, |g| <= 1 / Im z
         feats = torch.cat([g.real, g.imag], dim=1).transpose(1, 2)  # (B, S, 2C)
         if stats is not None:
             with torch.no_grad():
@@ -101,7 +119,7 @@ class BKCore(nn.Module):
         feats = feats.to(x.dtype)
         if self.norm is not None:
             feats = self.norm(feats)  # (B, S, 2C)
-        return self.out(feats)  # (B, S, d)
+        return self.out(feats), g_scan  # (B, S, d), the scan's G (B, C, S)
 
 
 class HeadRMSNorm(nn.Module):
@@ -132,6 +150,7 @@ class DissipativeHebbian(nn.Module):
     RMS-normalised per head (:class:`HeadRMSNorm`) before the output projection: without
     it y sums ~min(t, memory) terms and its scale grows with position.  Gamma's bias starts
     at RetNet's per-head retentions exp(-Gamma dt) = 1 - 2^(-5-h) (:meth:`reset_gamma_bias`).
+    Everything but the fast weights is per token, so the decoding state is W (B, H, d_head, d_head).
     """
 
     def __init__(self, d_model: int, n_heads: int, eta: float = 1.0, dt: float = 1.0,
@@ -172,6 +191,18 @@ class DissipativeHebbian(nn.Module):
         return t.view(b, s, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, S, dh)
 
     def forward(self, x: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
+        return self._run(x, None, False, stats)[0]
+
+    def forward_with_state(self, x: torch.Tensor, initial_state: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y (B, S, d), final fast weights W (B, H, d_head, d_head) in float32, float64 for a float64
+        layer); ``initial_state`` the W the tokens before x left (None: zeros)."""
+        if x.dim() != 3:
+            raise ValueError(f"x must have shape (B, S, d), got {tuple(x.shape)}")
+        return self._run(x, initial_state, True, None)
+
+    def _run(self, x: torch.Tensor, initial_state: torch.Tensor | None, with_state: bool, stats: dict | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, s, d = x.shape
         rdt = _recurrence_dtype(x)
         q = self._heads(self.q(x).to(rdt))  # (B, H, S, dh)
@@ -182,13 +213,17 @@ class DissipativeHebbian(nn.Module):
         gamma = F.softplus(self.gamma(x).to(rdt)) + self.gamma_min  # (B, S, H) or (B, S, 1)
         log_decay = (-self.dt * gamma).transpose(1, 2).expand(b, self.n_heads, s)  # (B, H, S), <= 0
         with _no_autocast(x):
-            y = hebbian_parallel(q, k, v, log_decay, self.eta, self.chunk_size)  # (B, H, S, dh)
+            if with_state:
+                y, state = hebbian_parallel_with_state(q, k, v, log_decay, self.eta, self.chunk_size,
+                                                       initial_state)  # (B, H, S, dh), (B, H, dh, dh)
+            else:
+                y, state = hebbian_parallel(q, k, v, log_decay, self.eta, self.chunk_size), None
             if self.norm is not None:
                 y = self.norm(y)  # (B, H, S, dh)
         if stats is not None:
             with torch.no_grad():
                 stats["hebbian_retention_mean"] = log_decay.exp().mean().item() if log_decay.numel() else 0.0
-        return self.out(y.transpose(1, 2).reshape(b, s, d).to(x.dtype))  # (B, S, d)
+        return self.out(y.transpose(1, 2).reshape(b, s, d).to(x.dtype)), state  # (B, S, d)
 
 
 OMEGA_INITS = ("zeta", "uniform")

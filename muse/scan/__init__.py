@@ -11,9 +11,15 @@ from muse.scan.complex_diag import (
     complex_diag_scan_sequential,
     complex_diag_step,
 )
-from muse.scan.hebbian import hebbian_parallel, hebbian_sequential, segment_sum
+from muse.scan.hebbian import (
+    hebbian_parallel,
+    hebbian_parallel_with_state,
+    hebbian_sequential,
+    segment_sum,
+)
 
 __all__ = [
     "bk_diagonal", "bk_green_scan", "bk_green_sequential", "complex_diag_scan", "complex_diag_scan_sequential",
-    "complex_diag_step", "hebbian_parallel", "hebbian_sequential", "moebius_prefix_products", "segment_sum",
+    "complex_diag_step", "hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential",
+    "moebius_prefix_products", "segment_sum",
 ]

@@ -7,7 +7,9 @@ the leading i x i block:
     G_i = theta_{i-1} / theta_i = 1 / r_i,
     r_1 = a_1 - z,   r_i = (a_i - z) - 1 / r_{i-1}.
 
-G_i depends on a_1..a_i only, so the mixer is causal.  If Im a_i <= 0 for every i
+G_i depends on a_1..a_i only, so the mixer is causal.  The recursion needs only the previous
+G: r_i = (a_i - z) - G_{i-1} with G_0 = 0, so a sequence can be continued from the last G of
+the part before it (``initial_state``; the incremental decoding of Phase 2).  If Im a_i <= 0 for every i
 (a dissipative potential), then |G_i| <= 1 / Im z:
 
     Im r_1 = Im a_1 - Im z <= -Im z.  If Im r_{i-1} <= -Im z < 0 then
@@ -57,15 +59,28 @@ def bk_diagonal(potential: torch.Tensor, gamma: torch.Tensor, shift: float = 2.0
     return torch.complex(potential + shift, -gamma)  # (..., S)
 
 
-def bk_green_sequential(a: torch.Tensor, z: complex) -> torch.Tensor:
-    """Reference: G_i = 1 / r_i with r_1 = a_1 - z, r_i = (a_i - z) - 1 / r_{i-1}; a (..., S) -> (..., S)."""
+def _check_initial_state(initial_state: object, a: torch.Tensor) -> torch.Tensor | None:
+    """None, or the G before a[..., 0]: a complex tensor of shape a.shape[:-1] and a's dtype."""
+    if initial_state is None:
+        return None
+    check_tensor("initial_state", initial_state)
+    if initial_state.dtype != a.dtype or initial_state.shape != a.shape[:-1]:
+        raise ValueError(f"initial_state must have shape {tuple(a.shape[:-1])} and dtype {a.dtype}, got "
+                         f"{tuple(initial_state.shape)} and {initial_state.dtype}")
+    return initial_state
+
+
+def bk_green_sequential(a: torch.Tensor, z: complex, initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference: G_i = 1 / r_i with r_i = (a_i - z) - G_{i-1}, G_0 = ``initial_state`` (None: 0,
+    i.e. r_1 = a_1 - z); a (..., S) -> (..., S)."""
     a = _check_diagonal(a)
     z = check_shift("z", z)
+    g = _check_initial_state(initial_state, a)
     out = [a[..., :0]]  # keeps an empty sequence valid
-    r = None
     for i in range(a.shape[-1]):
-        r = a[..., i] - z if r is None else (a[..., i] - z) - 1.0 / r  # (...)
-        out.append((1.0 / r)[..., None])
+        r = a[..., i] - z if g is None else (a[..., i] - z) - g  # (...)
+        g = 1.0 / r
+        out.append(g[..., None])
     return torch.cat(out, dim=-1)  # (..., S)
 
 
@@ -98,19 +113,25 @@ def moebius_prefix_products(m: torch.Tensor) -> torch.Tensor:
     return m
 
 
-def bk_green_scan(a: torch.Tensor, z: complex) -> torch.Tensor:
+def bk_green_scan(a: torch.Tensor, z: complex, initial_state: torch.Tensor | None = None) -> torch.Tensor:
     """Causal resolvent diagonal G_i = theta_{i-1} / theta_i by a log-depth scan; a (..., S) -> (..., S).
 
     Same values as :func:`bk_green_sequential` (see the module docstring for the bound
-    |G_i| <= 1 / Im z when Im a <= 0).
+    |G_i| <= 1 / Im z when Im a <= 0).  ``initial_state`` G_0 (..., ) continues a sequence:
+    [theta_i, theta_{i-1}] = P_i [1, G_0], so G_i = (P_i[1, 0] + P_i[1, 1] G_0) / (P_i[0, 0] +
+    P_i[0, 1] G_0); G_0 = 0 is the fresh start.  The final state is the output's last entry.
     """
     a = _check_diagonal(a)
     z = check_shift("z", z)
+    g0 = _check_initial_state(initial_state, a)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     top = torch.stack([a - z, -one], dim=-1)  # (..., S, 2): row [a_i - z, -1]
     bottom = torch.stack([one, zero], dim=-1)  # (..., S, 2): row [1, 0]
     p = moebius_prefix_products(torch.stack([top, bottom], dim=-2))  # (..., S, 2, 2)
-    return p[..., 1, 0] / p[..., 0, 0]  # (..., S)
+    if g0 is None:
+        return p[..., 1, 0] / p[..., 0, 0]  # (..., S)
+    g0 = g0[..., None]  # (..., 1)
+    return (p[..., 1, 0] + p[..., 1, 1] * g0) / (p[..., 0, 0] + p[..., 0, 1] * g0)  # (..., S)
 
 
 __all__ = ["bk_diagonal", "bk_green_scan", "bk_green_sequential", "moebius_prefix_products"]

@@ -16,6 +16,9 @@ With ``chunk_size`` the sequence is cut into chunks: the quadratic form inside e
 chunk, the fast-weight state W passed between chunks (again by segment sums over
 chunk totals), so memory is O(S * chunk) instead of O(S^2).
 
+:func:`hebbian_parallel_with_state` continues a sequence from a fast-weight state W_0 and returns
+W at its end (Phase 2's incremental decoding): the state is (..., d_k, d_v) whatever the length.
+
 Pure torch (autograd, CPU and GPU), float32 or float64.
 """
 
@@ -44,14 +47,27 @@ def _check_hebbian(q, k, v, log_decay, eta) -> float:
     return check_float("eta", eta)
 
 
+def _check_state(initial_state: object, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The W_0 of a continued sequence: zeros for None, else a (..., d_k, d_v) tensor of q's dtype."""
+    shape = (*q.shape[:-2], q.shape[-1], v.shape[-1])
+    if initial_state is None:
+        return q.new_zeros(shape)
+    check_float_tensor("initial_state", initial_state)
+    if tuple(initial_state.shape) != shape or initial_state.dtype != q.dtype:
+        raise ValueError(f"initial_state must have shape {shape} and dtype {q.dtype}, got "
+                         f"{tuple(initial_state.shape)} and {initial_state.dtype}")
+    return initial_state
+
+
 def hebbian_sequential(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
-                       eta: float = 1.0) -> torch.Tensor:
+                       eta: float = 1.0, initial_state: torch.Tensor | None = None) -> torch.Tensor:
     """Reference loop: W_t = exp(l_t) W_{t-1} + eta k_t v_t^T, y_t = q_t^T W_t.
 
-    q, k (..., S, d_k); v (..., S, d_v); log_decay l (..., S), <= 0.  Returns (..., S, d_v).
+    q, k (..., S, d_k); v (..., S, d_v); log_decay l (..., S), <= 0; W_0 = ``initial_state``
+    (..., d_k, d_v) or zeros.  Returns (..., S, d_v).
     """
     eta = _check_hebbian(q, k, v, log_decay, eta)
-    w = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])  # (..., d_k, d_v)
+    w = _check_state(initial_state, q, v)  # (..., d_k, d_v)
     out = [v[..., :0, :]]  # keeps an empty sequence valid
     for t in range(q.shape[-2]):
         w = torch.exp(log_decay[..., t, None, None]) * w + eta * k[..., t, :, None] * v[..., t, None, :]
@@ -126,4 +142,28 @@ def hebbian_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     return y.reshape(*lead, n_chunks * c, v.shape[-1])[..., :n, :]  # (..., S, d_v)
 
 
-__all__ = ["hebbian_parallel", "hebbian_sequential", "segment_sum"]
+def hebbian_parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                                eta: float = 1.0, chunk_size: int | None = None,
+                                initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, W_S): :func:`hebbian_parallel` continued from W_0 = ``initial_state`` (None: zeros).
+
+    y_t = (what :func:`hebbian_parallel` gives from W_0 = 0) + exp(L_t) q_t^T W_0 and
+    W_S = exp(L_S) W_0 + eta sum_s exp(sum_{s < r <= S} l_r) k_s v_s^T, with L_t = sum_{r <= t} l_r
+    over this call's positions; the decay to the end is a reversed cumsum (each entry sums only
+    its own terms).  Shapes as :func:`hebbian_sequential`; W is (..., d_k, d_v).
+    """
+    eta = _check_hebbian(q, k, v, log_decay, eta)
+    w0 = _check_state(initial_state, q, v)  # (..., d_k, d_v)
+    y = hebbian_parallel(q, k, v, log_decay, eta, chunk_size)  # (..., S, d_v)
+    if q.shape[-2] == 0:
+        return y, w0
+    from_start = torch.cumsum(log_decay, dim=-1)  # (..., S): L_t
+    y = y + (q * torch.exp(from_start)[..., None]) @ w0  # (..., S, d_v)
+    to_end = torch.flip(torch.cumsum(torch.flip(log_decay[..., 1:], (-1,)), dim=-1), (-1,))  # (..., S-1)
+    to_end = torch.cat([to_end, torch.zeros_like(log_decay[..., :1])], dim=-1)  # (..., S)
+    w = torch.exp(from_start[..., -1])[..., None, None] * w0 \
+        + eta * ((k * torch.exp(to_end)[..., None]).transpose(-1, -2) @ v)  # (..., d_k, d_v)
+    return y, w
+
+
+__all__ = ["hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential", "segment_sum"]

@@ -2,10 +2,9 @@
 
 Each model decodes through ONE interface, ``model.step(input_ids, cache) -> (logits, cache)``
 (:meth:`muse.models.base.LanguageModel.step`): the GPT carries a KV cache, Stage 1 its
-per-layer recurrence state (nothing for the seed's per-token block), both O(1) model work
-per token beyond attention's O(S) read of the cache; Phase 2 (BK-Core + Hebbian) has no
-incremental form yet and falls back to re-running the forward over the whole context,
-O(S) per token.  The context is capped at the model's ``max_seq_len``: the prompt plus the
+per-layer recurrence state (nothing for the seed's per-token block), Phase 2 its BK-Core
+resolvent entry and Hebbian fast weights per layer, all O(1) model work per token beyond
+attention's O(S) read of the cache.  The context is capped at the model's ``max_seq_len``: the prompt plus the
 new tokens must fit, checked before any work.
 
 The fast path (:class:`StaticDecoder`, Stage 1): after the prompt's prefill through ``step``,

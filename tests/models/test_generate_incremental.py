@@ -14,7 +14,7 @@ from muse.train.generate import generate, sample_next
 from muse.train.synthetic import repeated_sequence
 
 VOCAB = 97
-CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny")]
+CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny"), ("phase2", "original-tiny")]
 
 
 def _model(name: str, preset: str):
@@ -106,9 +106,8 @@ def test_generate_and_step_refuse_misuse():
         model.step(torch.tensor([[1]]), "state")
     with pytest.raises(ValueError, match="max_seq_len"):
         model.step(torch.zeros(1, model.max_seq_len - 1, dtype=torch.long), cache)
-    fallback = _model("phase2", "tiny")
-    with pytest.raises(TypeError, match="ContextCache"):
-        fallback.step(torch.tensor([[1]]), cache)
+    with pytest.raises(TypeError, match="Phase2State"):
+        _model("phase2", "tiny").step(torch.tensor([[1]]), cache)
 
 
 # ----------------------------------------------------------------------------- the command
