@@ -118,7 +118,28 @@ last)
   timeout 150 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --models stage1 \
     --throughput-batch 4 --steps 10 --impl chunked --compile | tee "$OUT/loss-compiled-b4.jsonl"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last" >&2; exit 2 ;;
+sweep1)
+  step "CUDA tests: fused loss, fast decoding"
+  timeout 130 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/train/test_fused_loss.py \
+    tests/train/test_generate_fast_path.py tests/models/test_stage1_decode_step.py tests/models/test_generate_incremental.py \
+    tests/models/test_phase2_incremental_state.py > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "verify on CUDA: the fused loss (online log-sum-exp)"
+  timeout 100 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" --out "$OUT/verify-loss" 2>&1 | grep -E "linear_cross|passed|failed"
+  step "fused loss memory B2, throughput B4 eager, Stage 1 and Phase 2"
+  timeout 80 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "generation speed, Phase 2 O(1) step, seed size"
+  timeout 60 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 300 --models phase2 | tee "$OUT/gen-speed-phase2.jsonl"
+  for args in "" "--model-arg lambda_kind=real" "--model-arg r_min=0.0 --model-arg r_max=0.99" \
+              "--model-arg r_min=0.99 --model-arg r_max=0.9999" "--model-arg embedding_init=normal"; do
+    name=$(echo "mix $args" | tr -c 'a-z0-9_.=\n' '-')
+    step "Stage 1 mix at the benchmark budget: ${args:-as is}"
+    timeout 75 python3 -m muse train --model stage1 --preset mix $args --device cuda --no-compile \
+      "${DATA[@]}" "${BUDGET[@]}" --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress \
+      --out "$OUT/train-$name" 2>&1 | grep -E "final eval PPL|train tok/s|parameters|Error"
+  done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
