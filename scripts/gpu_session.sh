@@ -139,7 +139,20 @@ sweep1)
       --out "$OUT/train-$name" 2>&1 | grep -E "final eval PPL|train tok/s|parameters|Error"
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1" >&2; exit 2 ;;
+sweep2)
+  B="--model-arg r_min=0.0 --model-arg r_max=0.99 --model-arg embedding_init=normal"
+  for args in "$B" "$B --model-arg conv_kernel=4" "$B --model-arg gate=true" "$B --model-arg conv_kernel=4 --model-arg gate=true" \
+              "$B --model-arg conv_kernel=4 --model-arg gate=true --model-arg omega_init=uniform" \
+              "$B --model-arg conv_kernel=4 --model-arg gate=true --model-arg head_init=normal" \
+              "$B --model-arg conv_kernel=4 --model-arg gate=true --lr 2e-3 --min-lr 2e-4"; do
+    name=$(echo "mix $args" | sed 's/--model-arg //g' | tr -c 'a-z0-9_.=\n' '-')
+    step "Stage 1 mix at the benchmark budget: $args"
+    timeout 75 python3 -m muse train --model stage1 --preset mix --device cuda --no-compile \
+      "${DATA[@]}" "${BUDGET[@]}" $args --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress \
+      --out "$OUT/train-$name" 2>&1 | grep -E "final eval PPL|train tok/s|parameters|Error"
+  done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

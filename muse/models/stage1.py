@@ -77,6 +77,8 @@ class Stage1Config:
     r_max: float = 0.999
     omega_init: str = "zeta"  # "zeta" | "uniform": phases of lambda
     lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
+    conv_kernel: int = 0  # width of the recurrence's causal input convolution; 0 = none
+    gate: bool = False  # the recurrence's complex output gate, modReLU(G x)
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -148,6 +150,8 @@ def _check_variant_fields(config: Stage1Config) -> None:
     if config.omega_init not in OMEGA_INITS:
         raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {config.omega_init!r}")
     check_choice("lambda_kind", config.lambda_kind, LAMBDA_KINDS)
+    check_int("conv_kernel", config.conv_kernel, min_value=0)
+    check_type("gate", config.gate, bool, "a bool")
 
 
 
@@ -219,7 +223,8 @@ class Stage1MixBlock(nn.Module):
         if config.mixer == "recurrence":
             self.mixer_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
             self.mixer = ComplexRecurrence(d, config.d_state, config.r_min, config.r_max, config.omega_init,
-                                           dtype=dtype, device=device, lambda_kind=config.lambda_kind)
+                                           dtype=dtype, device=device, lambda_kind=config.lambda_kind,
+                                           conv_kernel=config.conv_kernel, gate=config.gate)
         self.ffn_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
         if config.ffn == "complex":
             self.ffn = ComplexFeedForward(d, config.d_ffn or 2 * d, dtype=dtype, device=device)
@@ -457,6 +462,9 @@ def _variant_block_parameter_count(config: Stage1Config) -> int:
         n = config.d_state or d
         phases = n if config.lambda_kind == "complex" else 0  # a real lambda's omega = 0 is a buffer
         count += 2 * d + 2 * (2 * d * n) + d + n + phases  # LayerNorm, B and C (no bias), D, nu, omega
+        count += 2 * config.conv_kernel * n  # the complex convolution weights
+        if config.gate:
+            count += (2 * d * n + 2 * n) + n  # G + bias, the gate's modReLU bias
     if config.ffn == "complex":
         m = config.d_ffn or 2 * d
         count += (2 * d * m + 2 * m) + m + (2 * m * d + 2 * d)  # up + bias, modReLU bias, down + bias

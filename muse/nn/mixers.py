@@ -27,6 +27,7 @@ from muse._checks import (
     check_type,
 )
 from muse.init import zeta_zeros
+from muse.nn.activation import ModReLU
 from muse.nn.linear import ComplexLinear
 from muse.scan import (
     bk_diagonal,
@@ -247,6 +248,13 @@ class ComplexRecurrence(nn.Module):
     Riemann zeta zeros scaled into (0, max_phase] (``omega_init="zeta"``), or uniform on
     (0, max_phase] (``"uniform"``); D ~ N(0, 1) as in the LRU.
 
+    Two options from the gated recurrences that work for language (H3, Mamba, Griffin's recurrent
+    block): ``conv_kernel`` = K > 0 puts a causal depthwise complex convolution of width K on B x
+    before the scan, u_t = sum_{k<K} w_k * (B x)_{t-k} (float32, complex weights per state
+    channel), so the layer sees the last K tokens exactly rather than through a decaying sum;
+    ``gate=True`` multiplies the state by a complex gate before the read-out,
+    y_t = C (h_t * modReLU(G x_t)) + D * x_t (G a ComplexLinear d_model -> d_state with bias).
+
     ``lambda_kind="real"`` (the ablation of issue 12: Griffin, De et al. 2024, found complex
     recurrences unhelpful for language) fixes omega = 0, so lambda = exp(-exp(nu)) is real and
     positive: omega is then a zero buffer, not a parameter (no optimizer can move it, and the
@@ -261,7 +269,8 @@ class ComplexRecurrence(nn.Module):
 
     def __init__(self, d_model: int, d_state: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
                  omega_init: str = "zeta", max_phase: float = math.pi, chunk_size: int | None = None,
-                 dtype: torch.dtype = torch.float16, device=None, lambda_kind: str = "complex"):
+                 dtype: torch.dtype = torch.float16, device=None, lambda_kind: str = "complex",
+                 conv_kernel: int = 0, gate: bool = False):
         super().__init__()
         self.d_model = check_int("d_model", d_model, min_value=1)
         self.d_state = d_model if d_state is None else check_int("d_state", d_state, min_value=1)
@@ -276,6 +285,9 @@ class ComplexRecurrence(nn.Module):
         self.lambda_kind = check_choice("lambda_kind", lambda_kind, LAMBDA_KINDS)
         self.max_phase = check_float("max_phase", max_phase, min_value=0.0, min_inclusive=False)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
+        self.conv_kernel = check_int("conv_kernel", conv_kernel, min_value=0)
+        check_type("gate", gate, bool, "a bool")
+        self.gated = gate
         dtype = check_float_dtype("dtype", dtype)
         param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.in_proj = ComplexLinear(d_model, self.d_state, bias=False, dtype=dtype, device=device)
@@ -287,6 +299,14 @@ class ComplexRecurrence(nn.Module):
         else:  # a constant of the architecture: not trained, not saved
             self.register_buffer("omega", torch.zeros(self.d_state, dtype=param_dtype, device=device),
                                  persistent=False)
+        self.conv_weight = None
+        if self.conv_kernel:  # (2, K, d_state): w_k multiplies the input k tokens back
+            self.conv_weight = nn.Parameter(torch.empty(2, self.conv_kernel, self.d_state, dtype=param_dtype,
+                                                        device=device))
+        self.gate_proj = self.gate_act = None
+        if self.gated:
+            self.gate_proj = ComplexLinear(d_model, self.d_state, dtype=dtype, device=device)
+            self.gate_act = ModReLU(self.d_state, dtype=dtype, device=device)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -305,6 +325,12 @@ class ComplexRecurrence(nn.Module):
         else:
             self.omega.copy_(self.max_phase * (1.0 - torch.rand(n, dtype=torch.float64, device=dev)))
         self.skip.copy_(torch.randn(self.d_model, dtype=torch.float32, device=dev))
+        if self.conv_weight is not None:  # nn.Conv1d's depthwise default, U(-1/sqrt(K), 1/sqrt(K)) per part
+            bound = 1.0 / math.sqrt(self.conv_kernel)
+            self.conv_weight.uniform_(-bound, bound)
+        if self.gate_proj is not None:
+            self.gate_proj.reset_parameters()
+            self.gate_act.bias.zero_()
 
     def decay(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(|lambda|, arg lambda) per state channel, in the parameter dtype."""
@@ -314,13 +340,52 @@ class ComplexRecurrence(nn.Module):
         """sqrt(1 - |lambda|^2) = sqrt(-expm1(-2 exp(nu))): accurate as |lambda| -> 1."""
         return torch.sqrt(-torch.expm1(-2.0 * torch.exp(self.nu)))
 
-    def _drive(self, x: C.ComplexTensor) -> C.ComplexTensor:
-        """gamma * (B x) in the state dtype (one rounding fewer than storing it in fp16)."""
-        u = self.in_proj(x)
-        return C.ComplexTensor(u.planes.to(self.nu.dtype) * self.gamma())
+    def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None) -> tuple[C.ComplexTensor, torch.Tensor | None]:
+        """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), and the
+        convolution's new window: the last K - 1 inputs (2, ..., K - 1, d_state), None without one."""
+        u = self.in_proj(x).planes.to(self.nu.dtype)  # (2, ..., S, n)
+        window = None
+        if self.conv_weight is not None:
+            u, window = self._conv(u, past)
+        return C.ComplexTensor(u * self.gamma()), window
+
+    def _conv(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise complex convolution of the planes u (2, ..., S, n) after the K - 1 inputs
+        ``past`` (None: zeros); returns (the output planes, the last K - 1 inputs)."""
+        k, s = self.conv_kernel, u.shape[-2]
+        if past is None:
+            past = u.new_zeros(*u.shape[:-2], k - 1, u.shape[-1])
+        full = torch.cat([past, u], dim=-2)  # (2, ..., K - 1 + S, n)
+        w = self.conv_weight
+        re = im = None
+        for j in range(k):
+            seg = full[..., k - 1 - j:k - 1 - j + s, :]  # the input j tokens back
+            pr = w[0, j] * seg[0] - w[1, j] * seg[1]
+            pi = w[0, j] * seg[1] + w[1, j] * seg[0]
+            re, im = (pr, pi) if re is None else (re + pr, im + pi)
+        return torch.stack((re, im)), full[..., full.shape[-2] - (k - 1):, :]
 
     def _readout(self, h: C.ComplexTensor, x: C.ComplexTensor) -> C.ComplexTensor:
-        return C.add(self.out_proj(h.to(x.dtype)), C.mul(x, self.skip))
+        h = h.to(x.dtype)
+        if self.gate_proj is not None:
+            h = C.mul(h, self.gate_act(self.gate_proj(x)))
+        return C.add(self.out_proj(h), C.mul(x, self.skip))
+
+    def _split_state(self, state: C.ComplexTensor | None) -> tuple[C.ComplexTensor | None, torch.Tensor | None]:
+        """(recurrence state, convolution window) of a layer state; see :meth:`initial_state`."""
+        if state is None or self.conv_weight is None:
+            return state, None
+        check_type("initial_state", state, C.ComplexTensor, "a ComplexTensor from initial_state()")
+        if state.ndim < 2 or tuple(state.shape[-2:]) != (self.conv_kernel, self.d_state):
+            raise ValueError(f"initial_state must have shape (..., {self.conv_kernel}, {self.d_state}) (the "
+                             f"recurrence state and the convolution window), got {tuple(state.shape)}")
+        p = state.planes
+        return C.ComplexTensor(p[..., 0, :]), p[..., 1:, :]
+
+    def _join_state(self, h: C.ComplexTensor, window: torch.Tensor | None) -> C.ComplexTensor:
+        if window is None:
+            return h
+        return C.ComplexTensor(torch.cat([h.planes[..., None, :], window.to(h.planes.dtype)], dim=-2))
 
     def _check_input(self, x: C.ComplexTensor, what: str) -> None:
         check_type("x", x, C.ComplexTensor, f"a ComplexTensor of shape {what}")
@@ -339,12 +404,17 @@ class ComplexRecurrence(nn.Module):
         self._check_input(x, "(..., seq, d_model)")
         if x.ndim < 2:
             raise ValueError(f"x must have shape (..., seq, d_model), got {tuple(x.shape)}")
-        h, state = complex_diag_scan(self._drive(x), self.nu, self.omega, initial_state=initial_state,
+        h0, past = self._split_state(initial_state)
+        u, window = self._drive(x, past)
+        h, state = complex_diag_scan(u, self.nu, self.omega, initial_state=h0,
                                      output_final_state=True, out_dtype=x.dtype, chunk_size=self.chunk_size)
-        return self._readout(h, x), state
+        return self._readout(h, x), self._join_state(state, window)
 
     def initial_state(self, *batch: int) -> C.ComplexTensor:
-        """A zero state of shape (*batch, d_state) in the state dtype."""
+        """A zero state in the state dtype: (*batch, d_state), or with a convolution (*batch, K, d_state)
+        (row 0 the recurrence state, rows 1..K-1 the last K - 1 convolution inputs, oldest first)."""
+        if self.conv_weight is not None:
+            return C.ComplexTensor(self.nu.new_zeros(2, *batch, self.conv_kernel, self.d_state))
         return C.ComplexTensor(self.nu.new_zeros(2, *batch, self.d_state))
 
     def step(self, x_t: C.ComplexTensor, state: C.ComplexTensor | None = None
@@ -355,12 +425,17 @@ class ComplexRecurrence(nn.Module):
         rounding, docs/numerics.md).
         """
         self._check_input(x_t, "(..., d_model)")
-        h = complex_diag_step(self._drive(x_t), self.nu, self.omega, state)
-        return self._readout(h, x_t), h
+        h0, past = self._split_state(state)
+        if past is not None:
+            past = past.to(self.nu.dtype)
+        u, window = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
+        h = complex_diag_step(C.ComplexTensor(u.planes[..., 0, :]), self.nu, self.omega, h0)
+        return self._readout(h, x_t), self._join_state(h, window)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
-                f"omega_init={self.omega_init!r}, lambda_kind={self.lambda_kind!r}")
+                f"omega_init={self.omega_init!r}, lambda_kind={self.lambda_kind!r}, conv_kernel={self.conv_kernel}, "
+                f"gate={self.gated}")
 
 
 __all__ = ["LAMBDA_KINDS", "OMEGA_INITS", "BKCore", "ComplexRecurrence", "DissipativeHebbian", "HeadRMSNorm"]
