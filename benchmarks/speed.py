@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import gc
 import math
 import statistics
@@ -202,6 +203,7 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
 
 
 def compile_model_fn(fn, cfg: SpeedConfig):
+    C.set_gemm_policy()
     return torch.compile(fn, backend=cfg.compile_backend, fullgraph=True)
 
 
@@ -270,7 +272,7 @@ def build(name: str, cfg: SpeedConfig, device: torch.device) -> nn.Module:
 
 
 def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict) -> list[dict]:
-    from muse.train.loss import loss_path, model_loss
+    from muse.train.loss import compile_model_loss, loss_path, model_loss
 
     out = []
     for name in cfg.models:
@@ -297,16 +299,20 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                             "reason": "no kernels for this model" if not complex_model else "kernels are off here"})
                 continue
             torch._dynamo.reset()
-            net = compile_model(model, backend=cfg.compile_backend) if variant.startswith("compiled") else model
+            compiled = variant.startswith("compiled")
+            net = compile_model(model, backend=cfg.compile_backend) if compiled else model
+            # compiled: the model and the chunked loss as one graph (as muse train runs it)
+            loss_fn = (compile_model_loss(model, backend=cfg.compile_backend) if compiled
+                       else functools.partial(model_loss, model))
             ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else _null
 
             def infer(net=net, ctx=ctx):
                 with torch.no_grad(), ctx():
                     return net(inputs)  # noqa: B023 - inputs is fixed for the whole model loop
 
-            def train_step(net=net, ctx=ctx):
+            def train_step(loss_fn=loss_fn, ctx=ctx):
                 with ctx():
-                    loss = model_loss(net, inputs, targets)  # noqa: B023 - the training loss path
+                    loss = loss_fn(inputs, targets)  # noqa: B023 - the training loss path
                 loss.backward()
 
             try:
@@ -321,7 +327,6 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             except Exception as exc:  # a variant that fails is reported, the others still run
                 out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
                 continue
-            compiled = variant.startswith("compiled")
             out.append({**row, "status": "measured", "compiled": compiled,
                         "infer_tok_s": tokens / t_i, "train_tok_s": tokens / t_t,
                         "infer_s": t_i, "train_s": t_t,

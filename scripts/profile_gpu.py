@@ -263,6 +263,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/profile")
     p.add_argument("--sections", default=",".join(SECTIONS))
     args = p.parse_args()
+    C.set_gemm_policy()  # the sections compile MUSE ops
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.sections.split(","):

@@ -71,6 +71,7 @@ def _compiled(op, args: tuple):
             full.update(zip(slots, tensors, strict=True))
             return op(*(full[i] for i in range(len(args))))
 
+        C.set_gemm_policy()
         _COMPILED[key] = torch.compile(call, fullgraph=True)
     return _COMPILED[key], tuple(args[i] for i in slots)
 

@@ -27,10 +27,33 @@ def tiny(storage: torch.dtype) -> float:
     return info.smallest_normal * info.eps
 
 
+def set_gemm_policy() -> None:
+    """Set process-wide what :func:`fp32_accumulation` sets around each eager GEMM: no fp16 split-K
+    reductions, no TF32.  Compiled code cannot change these flags inside a graph and its GEMMs read
+    them when they run, so every compiled path calls this before compiling (``compile_model``)."""
+    matmul = torch.backends.cuda.matmul
+    matmul.allow_fp16_reduced_precision_reduction = False
+    matmul.allow_tf32 = False
+
+
+def gemm_policy_set() -> bool:
+    """True when the process-wide cuBLAS flags already hold the policy (:func:`set_gemm_policy`)."""
+    matmul = torch.backends.cuda.matmul
+    return not matmul.allow_fp16_reduced_precision_reduction and not matmul.allow_tf32
+
+
 @contextlib.contextmanager
 def fp32_accumulation(device: torch.device) -> Iterator[None]:
-    """Run GEMMs with full fp32 accumulation: no fp16 split-K reductions, no TF32, no autocast."""
-    if device.type != "cuda":
+    """Run GEMMs with full fp32 accumulation: no fp16 split-K reductions, no TF32, no autocast.
+
+    Eager CUDA code sets the cuBLAS flags for the block and restores them after.  While
+    ``torch.compile`` traces, the flags must already be set process-wide (a graph cannot change
+    them): RuntimeError otherwise, naming :func:`set_gemm_policy`.
+    """
+    if device.type == "cuda" and torch.compiler.is_compiling() and not gemm_policy_set():
+        raise RuntimeError("compiling MUSE ops on CUDA needs the GEMM policy set process-wide first: call "
+                           "muse.complex.set_gemm_policy() before torch.compile (muse.models.compile_model does)")
+    if device.type != "cuda" or torch.compiler.is_compiling():
         with torch.autocast(device.type, enabled=False):
             yield
         return

@@ -5,6 +5,8 @@ forward, counters on the device, the token-id range check a device assert under 
 The default is compiled on CUDA and eager elsewhere (inductor's CPU compile of the seed
 model takes minutes).  The compiled wrapper shares its parameters with the model; save and
 load the model itself (``unwrap``), never the wrapper, so checkpoint keys carry no ``_orig_mod.``.
+Compiling sets the GEMM policy process-wide (``muse.complex.set_gemm_policy``): a graph cannot
+flip cuBLAS flags per op as eager code does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 import torch
 from torch import nn
 
+import muse.complex as C
 from muse._checks import check_type
 
 BACKENDS = ("inductor", "aot_eager", "eager")
@@ -33,6 +36,7 @@ def compile_model(model: nn.Module, *, backend: str = "inductor", fullgraph: boo
     check_type("model", model, nn.Module, "an nn.Module")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    C.set_gemm_policy()  # compiled GEMMs read the process-wide cuBLAS flags when they run
     return torch.compile(model, backend=backend, fullgraph=fullgraph, mode=mode)
 
 

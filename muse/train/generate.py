@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
+import muse.complex as C
 from muse._checks import check_float, check_int, check_tensor, check_token_ids, check_type
 from muse.models.base import LanguageModel
 from muse.models.compile import BACKENDS, resolve_compile, synchronize
@@ -110,6 +111,8 @@ class StaticDecoder:
         def one_token() -> torch.Tensor:
             return model.decode_step(ids, state)
 
+        if compile:
+            C.set_gemm_policy()
         self._step = torch.compile(one_token, backend=backend) if compile else one_token
         self._graph, self._logits = None, None
         if compile or graph:  # the warm-up moves the state on: run it on a copy of the buffers' values

@@ -364,8 +364,28 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
                                 chunk_size=chunk_size, impl=impl)
 
 
+def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", reduction: str = "mean",
+                       impl: str = "auto"):
+    """``(input_ids, targets) -> model_loss(model, ...)`` compiled as one graph, the model and the
+    chunked loss together (fullgraph): the chunk loop costs no per-op host dispatch.  ``model`` is
+    the plain module (not a compiled or DDP wrapper).  Sets the GEMM policy process-wide first
+    (``muse.complex.set_gemm_policy``)."""
+    from muse.models.compile import BACKENDS
+
+    check_type("model", model, torch.nn.Module, "an nn.Module")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_reduction(reduction)
+    C.set_gemm_policy()
+
+    def loss(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return model_loss(model, input_ids, targets, reduction, impl)
+
+    return torch.compile(loss, backend=backend, fullgraph=True)
+
+
 __all__ = [
     "CHUNK_BUDGET_FRACTION", "CHUNK_BUDGET_MAX_BYTES", "CHUNK_BUDGET_MIN_BYTES", "IGNORE_INDEX", "IMPLS",
-    "auto_chunk_size", "chunk_budget", "has_native", "linear_cross_entropy", "lm_loss",
+    "auto_chunk_size", "chunk_budget", "compile_model_loss", "has_native", "linear_cross_entropy", "lm_loss",
     "loss_path", "model_loss",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import math
@@ -32,7 +33,7 @@ from muse.train.config import TRAJECTORY_FIELDS, TrainConfig
 from muse.train.data import RunData, load_run_data
 from muse.train.distributed import DistContext, barrier, init_distributed, shutdown, wrap_ddp
 from muse.train.evaluate import evaluate
-from muse.train.loss import loss_path, model_loss
+from muse.train.loss import compile_model_loss, loss_path, model_loss
 from muse.train.optim import FullPrecisionOptimizer, MixedPrecisionOptimizer, decay_parameter_names
 from muse.train.runlog import (
     JsonlLog,
@@ -126,6 +127,9 @@ class Trainer:
         base = self.ddp if self.ddp is not None else self.model
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
+        # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
+        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend) if self.compiled and self.ddp is None
+                        else functools.partial(model_loss, self.net))
         self.step_times: list[float] = []  # this process's first steps; the first includes compiling
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_eval, self.last_train_loss, self.final_eval = math.inf, None, None
@@ -258,7 +262,7 @@ class Trainer:
             sync = net.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with self._autocast():  # the head and loss inside run without autocast
-                    loss = model_loss(net, inputs, targets) / cfg.grad_accum  # equal-sized micro-batches
+                    loss = self.loss_fn(inputs, targets) / cfg.grad_accum  # equal-sized micro-batches
                 self.optimizer.backward(loss)
             loss_sum += loss.detach()
         result = self.optimizer.step(cfg.clip if cfg.clip > 0 else None)

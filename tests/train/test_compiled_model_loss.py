@@ -1,0 +1,77 @@
+"""compile_model_loss: the model and the chunked loss as one compiled graph; the GEMM policy under compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import muse.complex as C
+from muse.models import build_model
+from muse.train.loss import compile_model_loss, model_loss
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name, preset", [("stage1", "mix-tiny"), ("gpt", "tiny")])
+def test_compiled_loss_equals_eager(name, preset):
+    torch.manual_seed(0)
+    model = build_model(name, preset, dropout=0.0)
+    v = model.config.vocab_size
+    ids, targets = torch.randint(0, v, (2, 40)), torch.randint(0, v, (2, 40))
+    targets[0, :5] = -100  # ignored targets take the same path
+    eager = model_loss(model, ids, targets, impl="chunked")
+    eager.backward()
+    want = _grads(model)
+    model.zero_grad(set_to_none=True)
+    got = compile_model_loss(model, backend="aot_eager", impl="chunked")(ids, targets)
+    got.backward()
+    have = _grads(model)
+    assert torch.equal(got.detach(), eager.detach())
+    assert have.keys() == want.keys() and want
+    for n in want:
+        torch.testing.assert_close(have[n], want[n], rtol=0, atol=0, msg=n)
+
+
+def test_compile_model_loss_rejects_bad_arguments():
+    model = build_model("stage1", "tiny")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        compile_model_loss(model, backend="tvm")
+    with pytest.raises(ValueError, match="reduction"):
+        compile_model_loss(model, reduction="max")
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        compile_model_loss("stage1")
+
+
+def test_gemm_policy_is_set_process_wide_by_compiling():
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32)
+    try:
+        matmul.allow_fp16_reduced_precision_reduction = True
+        assert not C.gemm_policy_set()
+        compile_model_loss(build_model("stage1", "tiny"), backend="eager")
+        assert C.gemm_policy_set()
+        assert not matmul.allow_fp16_reduced_precision_reduction and not matmul.allow_tf32
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32 = saved
+
+
+def test_fp32_accumulation_under_compile_needs_the_policy(monkeypatch):
+    """While tracing, the context cannot flip cuBLAS flags: it checks them and names the fix."""
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    try:
+        matmul.allow_fp16_reduced_precision_reduction = True
+        with pytest.raises(RuntimeError, match="set_gemm_policy"):
+            with C.fp32_accumulation(torch.device("cuda")):
+                pass
+        C.set_gemm_policy()
+        with C.fp32_accumulation(torch.device("cuda")):  # flags untouched inside a graph
+            assert C.gemm_policy_set()
+        assert C.gemm_policy_set()
+        with C.fp32_accumulation(torch.device("cpu")):
+            pass
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32 = saved
