@@ -152,7 +152,19 @@ sweep2)
       --out "$OUT/train-$name" 2>&1 | grep -E "final eval PPL|train tok/s|parameters|Error"
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2" >&2; exit 2 ;;
+final2)
+  step "CUDA tests: whole-loss compile, fullgraph models, fast decoding of the gated mix"
+  timeout 110 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/train/test_compiled_model_loss.py \
+    tests/models/test_models_fullgraph.py tests/train/test_generate_fast_path.py tests/models/test_stage1_decode_step.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "muse bench speed: Stage 1 eager vs compiled (model + chunked loss as one graph)"
+  timeout 150 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1 \
+    --variants eager,compiled --out "$OUT/speed" 2>&1 | grep -E "^\| stage1|ceilings"
+  step "Stage 1 criteria with the best Stage 1 (mix preset), Phase 2, its mixer-free variant and the GPT"
+  timeout 330 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -60
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
