@@ -11,6 +11,7 @@ Triton fixes interpreter or GPU mode when it is first imported: ``TRITON_INTERPR
 be set before the process imports Triton (the test plugin does this on machines without a GPU).
 """
 
+import math
 
 import torch
 import triton
@@ -231,3 +232,94 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     gb = part.sum(dim=0)
     return dx, gb if bias.dim() == 1 else gb.sum()
+
+
+# ------------------------------------------------------------- BK-Core resolvent
+# Lanes (L, S): the sequence of each lane is walked step by step, BK_BLOCK lanes per program
+# (one lane per thread); complex numbers are (re, im) float32 pairs, so a complex64 tensor is
+# read through torch.view_as_real.  The loop carries one G per lane: the sequential recursion
+# of muse.scan.bk, whose error does not grow with S when |G| <= 1 / Im z < 1 (docs/numerics.md).
+BK_BLOCK = 32
+
+
+@triton.jit
+def _bk_forward_kernel(a_ptr, g0_ptr, g_ptr, n_lanes, n_steps, stride_lane, stride_step, z_re, z_im,
+                       HAS_G0: tl.constexpr, BLOCK: tl.constexpr):
+    lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = lanes < n_lanes
+    if HAS_G0:
+        g_re = tl.load(g0_ptr + 2 * lanes, mask=mask, other=0.0)
+        g_im = tl.load(g0_ptr + 2 * lanes + 1, mask=mask, other=0.0)
+    else:
+        g_re = tl.zeros((BLOCK,), dtype=tl.float32)
+        g_im = tl.zeros((BLOCK,), dtype=tl.float32)
+    a_p = a_ptr + lanes * stride_lane
+    g_p = g_ptr + lanes * (2 * n_steps)
+    i = 0
+    while i < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
+        r_re = (tl.load(a_p, mask=mask, other=0.0) - z_re) - g_re
+        r_im = (tl.load(a_p + 1, mask=mask, other=0.0) - z_im) - g_im
+        # G = 1 / r = conj(r) / |r|^2, with r scaled by its largest part first so |r|^2 neither
+        # overflows nor underflows (masked lanes have r = -z, s >= Im z > 0).
+        inv_s = tl.math.div_rn(1.0, tl.maximum(tl.abs(r_re), tl.abs(r_im)))
+        p = r_re * inv_s
+        q = r_im * inv_s
+        k = tl.math.div_rn(inv_s, p * p + q * q)
+        g_re = p * k
+        g_im = -q * k
+        tl.store(g_p, g_re, mask=mask)
+        tl.store(g_p + 1, g_im, mask=mask)
+        a_p += stride_step
+        g_p += 2
+        i += 1
+
+
+@triton.jit
+def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK: tl.constexpr):
+    lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = lanes < n_lanes
+    off = lanes * (2 * n_steps) + 2 * (n_steps - 1)  # the last step of each lane
+    c_re = tl.zeros((BLOCK,), dtype=tl.float32)  # mu_{i+1}: what G_i receives from step i + 1
+    c_im = tl.zeros((BLOCK,), dtype=tl.float32)
+    i = 0
+    while i < n_steps:
+        g_re = tl.load(g_ptr + off, mask=mask, other=0.0)
+        g_im = tl.load(g_ptr + off + 1, mask=mask, other=0.0)
+        l_re = tl.load(dg_ptr + off, mask=mask, other=0.0) + c_re  # lambda_i
+        l_im = tl.load(dg_ptr + off + 1, mask=mask, other=0.0) + c_im
+        s_re = g_re * g_re - g_im * g_im  # conj(G_i)^2
+        s_im = -2.0 * g_re * g_im
+        c_re = l_re * s_re - l_im * s_im  # mu_i = lambda_i conj(G_i)^2
+        c_im = l_re * s_im + l_im * s_re
+        tl.store(da_ptr + off, -c_re, mask=mask)
+        tl.store(da_ptr + off + 1, -c_im, mask=mask)
+        off -= 2
+        i += 1
+    tl.store(dg0_ptr + 2 * lanes, c_re, mask=mask)
+    tl.store(dg0_ptr + 2 * lanes + 1, c_im, mask=mask)
+
+
+def bk_green_forward(a: torch.Tensor, z_re: float, z_im: float, initial_state: torch.Tensor | None) -> torch.Tensor:
+    """G (..., S) complex64 from a (..., S) complex64 and G_0 (...) or None: the resolvent recursion."""
+    n_lanes, n_steps = math.prod(a.shape[:-1]), a.shape[-1]
+    ar = torch.view_as_real(a.reshape(n_lanes, n_steps).resolve_conj())  # (L, S, 2) float32, a view where it can be
+    g = torch.empty((n_lanes, n_steps, 2), dtype=torch.float32, device=a.device)
+    if n_lanes and n_steps:
+        g0 = None if initial_state is None else torch.view_as_real(initial_state.resolve_conj().reshape(-1)).contiguous()
+        _bk_forward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](
+            ar, ar if g0 is None else g0, g, n_lanes, n_steps, ar.stride(0), ar.stride(1), z_re, z_im,
+            HAS_G0=g0 is not None, BLOCK=BK_BLOCK, num_warps=1)
+    return torch.view_as_complex(g).reshape(a.shape)
+
+
+def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_a (..., S), grad_G0 (...)) from the forward's G and grad_G, both (..., S) complex64."""
+    n_lanes, n_steps = math.prod(g.shape[:-1]), g.shape[-1]
+    gr = torch.view_as_real(g.resolve_conj().reshape(n_lanes, n_steps).contiguous())  # (L, S, 2)
+    dg = torch.view_as_real(grad.resolve_conj().reshape(n_lanes, n_steps).contiguous())  # (L, S, 2)
+    da = torch.empty_like(gr)
+    dg0 = torch.zeros((n_lanes, 2), dtype=torch.float32, device=g.device)
+    if n_lanes and n_steps:
+        _bk_backward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](gr, dg, da, dg0, n_lanes, n_steps,
+                                                                BLOCK=BK_BLOCK, num_warps=1)
+    return torch.view_as_complex(da).reshape(g.shape), torch.view_as_complex(dg0).reshape(g.shape[:-1])

@@ -59,4 +59,45 @@ def _(planes, bias, grad):
             bias.new_empty(bias.shape, dtype=torch.float32))
 
 
-__all__ = ["layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
+@torch.library.custom_op("muse::bk_green_bwd", mutates_args=())
+def bk_green_bwd(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_a (..., S), grad_G0 (...)) of the BK-Core resolvent from its output G and grad_G (complex64)."""
+    return _k().bk_green_backward(g, grad)
+
+
+@bk_green_bwd.register_fake
+def _(g, grad):
+    return torch.empty_like(g, memory_format=torch.contiguous_format), g.new_empty(g.shape[:-1])
+
+
+@torch.library.custom_op("muse::bk_green", mutates_args=())
+def bk_green(a: torch.Tensor, z_re: float, z_im: float, initial_state: torch.Tensor | None) -> torch.Tensor:
+    """BK-Core resolvent G_i = 1 / ((a_i - z) - G_{i-1}) of complex64 a (..., S), G_0 = initial_state
+    (...) or 0: a sequential fp32 loop per lane.  Differentiable in a and initial_state."""
+    return _k().bk_green_forward(a, z_re, z_im, initial_state)
+
+
+@bk_green.register_fake
+def _(a, z_re, z_im, initial_state):
+    return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+def _bk_green_setup(ctx, inputs, output):
+    ctx.has_g0 = inputs[3] is not None
+    ctx.save_for_backward(output)
+
+
+def _bk_green_backward(ctx, grad):
+    (g,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the differentiable PyTorch adjoint
+        from muse.scan.bk import bk_green_adjoint
+
+        grad_a, grad_g0 = bk_green_adjoint(g, grad)
+    else:
+        grad_a, grad_g0 = bk_green_bwd(g, grad)
+    return grad_a, None, None, grad_g0 if ctx.has_g0 else None
+
+
+bk_green.register_autograd(_bk_green_backward, setup_context=_bk_green_setup)
+
+__all__ = ["bk_green", "bk_green_bwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
