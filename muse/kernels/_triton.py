@@ -235,11 +235,27 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 
 
 # ------------------------------------------------------------- BK-Core resolvent
-# Lanes (L, S): the sequence of each lane is walked step by step, BK_BLOCK lanes per program
-# (one lane per thread); complex numbers are (re, im) float32 pairs, so a complex64 tensor is
-# read through torch.view_as_real.  The loop carries one G per lane: the sequential recursion
-# of muse.scan.bk, whose error does not grow with S when |G| <= 1 / Im z < 1 (docs/numerics.md).
+# Lanes (L, S): each program walks the sequences of BK_BLOCK lanes step by step (one lane per
+# thread).  Complex numbers are (re, im) float32 pairs: a complex64 tensor is read through
+# torch.view_as_real.  The loop carries one G per lane (the sequential recursion of
+# muse.scan.bk) and loads the next step's inputs before it computes the current one, so the
+# memory latency overlaps the arithmetic of the recursion.
 BK_BLOCK = 32
+
+
+@triton.jit
+def _reciprocal(r_re, r_im):
+    """1 / r = conj(r) / |r|^2 with r first scaled by the power of two 2^(127 - e), e the biased exponent
+    of max(|Re r|, |Im r|): the scaling is exact, |r|^2 neither overflows nor underflows, and one
+    division remains (4 roundings on the longest path: |r|^2, the quotient, the product)."""
+    s = tl.maximum(tl.abs(r_re), tl.abs(r_im))
+    e = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.minimum(tl.maximum(e, 1), 253)
+    scale = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2^(127 - e)
+    p = r_re * scale
+    q = r_im * scale
+    k = tl.math.div_rn(scale, p * p + q * q)
+    return p * k, -q * k
 
 
 @triton.jit
@@ -255,22 +271,21 @@ def _bk_forward_kernel(a_ptr, g0_ptr, g_ptr, n_lanes, n_steps, stride_lane, stri
         g_im = tl.zeros((BLOCK,), dtype=tl.float32)
     a_p = a_ptr + lanes * stride_lane
     g_p = g_ptr + lanes * (2 * n_steps)
+    a_re = tl.load(a_p, mask=mask, other=0.0)
+    a_im = tl.load(a_p + 1, mask=mask, other=0.0)
     i = 0
     while i < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
-        r_re = (tl.load(a_p, mask=mask, other=0.0) - z_re) - g_re
-        r_im = (tl.load(a_p + 1, mask=mask, other=0.0) - z_im) - g_im
-        # G = 1 / r = conj(r) / |r|^2, with r scaled by its largest part first so |r|^2 neither
-        # overflows nor underflows (masked lanes have r = -z, s >= Im z > 0).
-        inv_s = tl.math.div_rn(1.0, tl.maximum(tl.abs(r_re), tl.abs(r_im)))
-        p = r_re * inv_s
-        q = r_im * inv_s
-        k = tl.math.div_rn(inv_s, p * p + q * q)
-        g_re = p * k
-        g_im = -q * k
+        a_p += stride_step
+        more = mask & (i + 1 < n_steps)
+        next_re = tl.load(a_p, mask=more, other=0.0)
+        next_im = tl.load(a_p + 1, mask=more, other=0.0)
+        # masked lanes have r = -z: never 0, as Im z > 0
+        g_re, g_im = _reciprocal((a_re - z_re) - g_re, (a_im - z_im) - g_im)
         tl.store(g_p, g_re, mask=mask)
         tl.store(g_p + 1, g_im, mask=mask)
-        a_p += stride_step
         g_p += 2
+        a_re = next_re
+        a_im = next_im
         i += 1
 
 
@@ -281,12 +296,20 @@ def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK:
     off = lanes * (2 * n_steps) + 2 * (n_steps - 1)  # the last step of each lane
     c_re = tl.zeros((BLOCK,), dtype=tl.float32)  # mu_{i+1}: what G_i receives from step i + 1
     c_im = tl.zeros((BLOCK,), dtype=tl.float32)
+    more = mask & (n_steps > 0)
+    g_re = tl.load(g_ptr + off, mask=more, other=0.0)
+    g_im = tl.load(g_ptr + off + 1, mask=more, other=0.0)
+    d_re = tl.load(dg_ptr + off, mask=more, other=0.0)
+    d_im = tl.load(dg_ptr + off + 1, mask=more, other=0.0)
     i = 0
     while i < n_steps:
-        g_re = tl.load(g_ptr + off, mask=mask, other=0.0)
-        g_im = tl.load(g_ptr + off + 1, mask=mask, other=0.0)
-        l_re = tl.load(dg_ptr + off, mask=mask, other=0.0) + c_re  # lambda_i
-        l_im = tl.load(dg_ptr + off + 1, mask=mask, other=0.0) + c_im
+        more = mask & (i + 1 < n_steps)
+        next_g_re = tl.load(g_ptr + off - 2, mask=more, other=0.0)
+        next_g_im = tl.load(g_ptr + off - 1, mask=more, other=0.0)
+        next_d_re = tl.load(dg_ptr + off - 2, mask=more, other=0.0)
+        next_d_im = tl.load(dg_ptr + off - 1, mask=more, other=0.0)
+        l_re = d_re + c_re  # lambda_i = grad_i + mu_{i+1}
+        l_im = d_im + c_im
         s_re = g_re * g_re - g_im * g_im  # conj(G_i)^2
         s_im = -2.0 * g_re * g_im
         c_re = l_re * s_re - l_im * s_im  # mu_i = lambda_i conj(G_i)^2
@@ -294,6 +317,10 @@ def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK:
         tl.store(da_ptr + off, -c_re, mask=mask)
         tl.store(da_ptr + off + 1, -c_im, mask=mask)
         off -= 2
+        g_re = next_g_re
+        g_im = next_g_im
+        d_re = next_d_re
+        d_im = next_d_im
         i += 1
     tl.store(dg0_ptr + 2 * lanes, c_re, mask=mask)
     tl.store(dg0_ptr + 2 * lanes + 1, c_im, mask=mask)

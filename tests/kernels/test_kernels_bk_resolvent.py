@@ -5,10 +5,11 @@ Tolerances are first-order rounding-error bounds evaluated along each lane from 
 reference (u = 2**-24, the fp32 unit roundoff), then doubled for higher-order terms:
 
 forward, with E_i the error of G_i: the kernel forms r_i = ((a_i - z) - G_{i-1}) (each rounding
-u times its result, plus u|z| for z rounded to fp32) and G_i = 1/r_i through the scaled form of
-muse/kernels/_triton.py (at most 11 roundings on the longest path), and dG_i = -G_i^2 dr_i, so
+u times its result, plus u|z| for z rounded to fp32) and G_i = 1/r_i by an exact power-of-two
+scaling and 4 roundings per part (|r|^2 2u, the quotient u, the product u: muse/kernels/_triton.py),
+and dG_i = -G_i^2 dr_i, so
 
-    E_i <= |G_i|^2 (E_{i-1} + u (|z| + |a_i - z| + |r_i|)) + 11 u |G_i|,   |G_i|^2 |r_i| = |G_i|.
+    E_i <= |G_i|^2 (E_{i-1} + u (|z| + |a_i - z| + |r_i|)) + 4 u |G_i|,   |G_i|^2 |r_i| = |G_i|.
 
 backward, with D_i the error of mu_i = lambda_i conj(G_i)^2 (grad_a_i = -mu_i, grad_G0 = mu_1),
 lambda_i = grad_i + mu_{i+1}: the addition costs u |lambda_i|, conj(G)^2 from the kernel's G
@@ -89,7 +90,7 @@ def _bounds(a, z, g0, w, g, grad_a):
     e = torch.zeros(a.shape, dtype=torch.float64)
     for i in range(n):
         gi = g[..., i].abs()
-        prev = gi**2 * (prev + U * (abs(z) + (a[..., i] - z).abs() + 1.0 / gi)) + 11 * U * gi
+        prev = gi**2 * (prev + U * (abs(z) + (a[..., i] - z).abs() + 1.0 / gi)) + 4 * U * gi
         e[..., i] = prev
     d = torch.zeros(a.shape, dtype=torch.float64)
     nxt = torch.zeros(a.shape[:-1], dtype=torch.float64)
@@ -131,6 +132,21 @@ def _check(a, z, g0, launches, *, seed=7):
 def test_bk_kernel_matches_sequential_reference(kernel_device, shape, z, launches):
     """Lane counts 15, 37 (> one block of 32, the second partial), 1 and a 1-D sequence."""
     _check(_diagonal(shape, seed=1, device=kernel_device), z, None, launches)
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize(("scale", "z"), [(1e25, 1j), (1e-25, 1e-25j)], ids=["huge", "tiny"])
+def test_bk_kernel_extreme_magnitudes(kernel_device, scale, z, launches):
+    """|r| ~ 1e25 or 1e-25: |r|^2 would overflow or underflow in fp32 without the kernel's scaling.
+    Values only: the gradients hold G^2 ~ 1e-50 or 1e50, outside fp32's range whatever the method."""
+    a = scale * _diagonal((3, 20), seed=14, device=kernel_device)
+    g = bk_green_scan(a, z)
+    assert launches == {"bk_green_forward": 1}
+    w = torch.zeros(a.shape, dtype=torch.complex64)
+    ref, grad_a, _ = _reference(a, z, None, w)
+    e, _ = _bounds(a, z, None, w, ref, grad_a)
+    err = (g.cpu().to(torch.complex128) - ref).abs()
+    assert torch.isfinite(g).all() and (err <= e).all(), float((err / e).max())
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
