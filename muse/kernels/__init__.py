@@ -3,9 +3,9 @@
 The rule (like nanoGPT's ``self.flash``): an op runs its Triton kernel when Triton is
 importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's CPU
 interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
-cover float16 planes (LayerNorm, modReLU) and complex64 (the BK-Core resolvent of
-:mod:`muse.scan.bk`); every other case, and the reference for every kernel, is the PyTorch
-code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
+cover float16 planes (LayerNorm, modReLU), complex64 (the BK-Core resolvent of
+:mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`);
+every other case, and the reference for every kernel, is the PyTorch code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
 call; a compiled graph reads them once, when it is traced.
 
 Each kernel is wrapped in a ``torch.library.custom_op`` (``muse::<name>``) with a fake
@@ -74,10 +74,13 @@ __all__ = ["ENV", "HAS_TRITON", "INTERPRET_ENV", "enabled", "environment", "inte
 from muse.kernels.ops import (  # noqa: E402
     bk_green,
     bk_green_bwd,
+    hebbian,
+    hebbian_bwd,
     layer_norm_bwd,
     layer_norm_fwd,
     modrelu_bwd,
     modrelu_fwd,
 )
 
-__all__ += ["bk_green", "bk_green_bwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
+__all__ += ["bk_green", "bk_green_bwd", "hebbian", "hebbian_bwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd",
+            "modrelu_fwd"]

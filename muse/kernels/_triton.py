@@ -350,3 +350,174 @@ def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor
         _bk_backward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](gr, dg, da, dg0, n_lanes, n_steps,
                                                                 BLOCK=BK_BLOCK, num_warps=1)
     return torch.view_as_complex(da).reshape(g.shape), torch.view_as_complex(dg0).reshape(g.shape[:-1])
+
+
+# -------------------------------------------------------- Hebbian (decayed linear attention)
+# One program per (batch x head) walks the sequence in chunks of HEBB_CHUNK positions and carries
+# the fast-weight state W (d_k x d_v, fp32) in registers: inside a chunk the quadratic form with
+# the decays exp(g_t - g_s) (g the in-chunk cumulative log-decay), across chunks the state.  The
+# products are tl.dot with input_precision="ieee" (fp32 FMA, no TF32).  Backward: one pass forward
+# over the chunks for dq (it needs the state entering each chunk), one pass backward for dk, dv
+# and the state's gradient; d(log_decay) follows outside from dq and dk (muse.kernels.ops).
+HEBB_CHUNK = 64
+
+
+@triton.jit
+def _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """q, k (BT, BK), v (BT, BV), g (BT,) in-chunk cumulative log-decay, g_last, causal decays (BT, BT)."""
+    t = tl.arange(0, BT)
+    rows = start + t
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    rmask = rows < n_steps
+    kmask = rmask[:, None] & (ck < d_k)[None, :]
+    vmask = rmask[:, None] & (cv < d_v)[None, :]
+    q = tl.load(q_ptr + rows[:, None] * d_k + ck[None, :], mask=kmask, other=0.0)
+    k = tl.load(k_ptr + rows[:, None] * d_k + ck[None, :], mask=kmask, other=0.0)
+    v = tl.load(v_ptr + rows[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+    g = tl.cumsum(tl.load(l_ptr + rows, mask=rmask, other=0.0), axis=0)  # padding adds 0
+    g_last = tl.sum(tl.where(t == BT - 1, g, 0.0), axis=0)
+    decay = tl.where(t[:, None] >= t[None, :], tl.exp(g[:, None] - g[None, :]), 0.0)  # (BT, BT)
+    return q, k, v, g, g_last, decay, vmask
+
+
+@triton.jit
+def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_steps, d_k, d_v, eta,
+                         HAS_W0: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    q_ptr += bh * n_steps * d_k
+    k_ptr += bh * n_steps * d_k
+    v_ptr += bh * n_steps * d_v
+    y_ptr += bh * n_steps * d_v
+    l_ptr += bh * n_steps
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
+    w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
+    if HAS_W0:
+        w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+    else:
+        w = tl.zeros((BK, BV), dtype=tl.float32)
+    rows = tl.arange(0, BT)
+    start = 0
+    while start < n_steps:
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                       BT, BK, BV)
+        a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta  # (BT, BT)
+        y = tl.dot(a, v, input_precision="ieee") + tl.dot(q * tl.exp(g)[:, None], w, input_precision="ieee")
+        tl.store(y_ptr + (start + rows)[:, None] * d_v + cv[None, :], y, mask=vmask)
+        kw = k * (tl.exp(g_last - g) * eta)[:, None]
+        w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
+        start += BT
+    tl.store(ws_ptr + w_off, w, mask=w_mask)
+
+
+@triton.jit
+def _hebb_backward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, dy_ptr, dws_ptr, dq_ptr, dk_ptr, dv_ptr, dw0_ptr,
+                          n_steps, d_k, d_v, eta, HAS_W0: tl.constexpr, HAS_DWS: tl.constexpr,
+                          BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    q_ptr += bh * n_steps * d_k
+    k_ptr += bh * n_steps * d_k
+    v_ptr += bh * n_steps * d_v
+    dy_ptr += bh * n_steps * d_v
+    dq_ptr += bh * n_steps * d_k
+    dk_ptr += bh * n_steps * d_k
+    dv_ptr += bh * n_steps * d_v
+    l_ptr += bh * n_steps
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
+    w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
+    rows = tl.arange(0, BT)
+    # forward over the chunks: dq_t = exp(g_t) dy_t W^T + eta sum_{s <= t} D_ts (dy_t . v_s) k_s
+    if HAS_W0:
+        w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+    else:
+        w = tl.zeros((BK, BV), dtype=tl.float32)
+    start = 0
+    while start < n_steps:
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                       BT, BK, BV)
+        dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+        da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta  # (BT, BT)
+        dq = tl.dot(da, k, input_precision="ieee") + \
+            tl.dot(dy, tl.trans(w), input_precision="ieee") * tl.exp(g)[:, None]
+        kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+        tl.store(dq_ptr + (start + rows)[:, None] * d_k + ck[None, :], dq, mask=kmask)
+        kw = k * (tl.exp(g_last - g) * eta)[:, None]
+        w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
+        start += BT
+    # backward over the chunks, dW = the gradient of the state leaving the chunk:
+    # dk_s = eta sum_{t >= s} D_ts (dy_t . v_s) q_t + eta exp(g_last - g_s) v_s dW^T,
+    # dv_s = eta sum_{t >= s} D_ts (q_t . k_s) dy_t + eta exp(g_last - g_s) k_s dW,
+    # dW <- exp(g_last) dW + sum_t exp(g_t) q_t^T dy_t.
+    if HAS_DWS:
+        dw = tl.load(dws_ptr + w_off, mask=w_mask, other=0.0)
+    else:
+        dw = tl.zeros((BK, BV), dtype=tl.float32)
+    start = ((n_steps + BT - 1) // BT - 1) * BT
+    while start >= 0:
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                       BT, BK, BV)
+        dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+        a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta
+        da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta
+        to_end = (tl.exp(g_last - g) * eta)[:, None]
+        dk = tl.dot(tl.trans(da), q, input_precision="ieee") + \
+            tl.dot(v, tl.trans(dw), input_precision="ieee") * to_end
+        dv = tl.dot(tl.trans(a), dy, input_precision="ieee") + tl.dot(k, dw, input_precision="ieee") * to_end
+        kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+        tl.store(dk_ptr + (start + rows)[:, None] * d_k + ck[None, :], dk, mask=kmask)
+        tl.store(dv_ptr + (start + rows)[:, None] * d_v + cv[None, :], dv, mask=vmask)
+        dw = dw * tl.exp(g_last) + tl.dot(tl.trans(q * tl.exp(g)[:, None]), dy, input_precision="ieee")
+        start -= BT
+    tl.store(dw0_ptr + w_off, dw, mask=w_mask)
+
+
+def _hebb_blocks(d_k: int, d_v: int) -> tuple[int, int, int]:
+    """(BK, BV, num_warps): tl.dot needs every block dim >= 16."""
+    bk, bv = max(16, triton.next_power_of_2(d_k)), max(16, triton.next_power_of_2(d_v))
+    return bk, bv, 8 if max(bk, bv) >= 128 else 4
+
+
+def _lanes(t: torch.Tensor, tail: int) -> torch.Tensor:
+    """t (..., *last ``tail`` dims) as a contiguous (n, *those dims) tensor."""
+    keep = t.shape[t.dim() - tail:]
+    return t.reshape(math.prod(t.shape[:t.dim() - tail]), *keep).contiguous()
+
+
+def hebbian_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                    initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y (..., S, d_v), W_S (..., d_k, d_v)) of the decayed linear attention, float32."""
+    n_steps, d_k, d_v = q.shape[-2], q.shape[-1], v.shape[-1]
+    qq, kk, vv, ll = _lanes(q, 2), _lanes(k, 2), _lanes(v, 2), _lanes(log_decay, 1)
+    n = qq.shape[0]
+    y = torch.empty((n, n_steps, d_v), dtype=torch.float32, device=q.device)
+    ws = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
+    w0 = None if initial_state is None else _lanes(initial_state, 2)
+    if n:
+        bk, bv, warps = _hebb_blocks(d_k, d_v)
+        _hebb_forward_kernel[(n,)](qq, kk, vv, ll, qq if w0 is None else w0, y, ws, n_steps, d_k, d_v, eta,
+                                   HAS_W0=w0 is not None, BT=HEBB_CHUNK, BK=bk, BV=bv, num_warps=warps)
+    return y.reshape(v.shape), ws.reshape(*q.shape[:-2], d_k, d_v)
+
+
+def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                     initial_state: torch.Tensor | None, grad_y: torch.Tensor, grad_state: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dW_0) given dy (..., S, d_v) and dW_S (..., d_k, d_v) or None."""
+    n_steps, d_k, d_v = q.shape[-2], q.shape[-1], v.shape[-1]
+    qq, kk, vv, ll, dy = _lanes(q, 2), _lanes(k, 2), _lanes(v, 2), _lanes(log_decay, 1), _lanes(grad_y, 2)
+    n = qq.shape[0]
+    dq, dk, dv = torch.empty_like(qq), torch.empty_like(kk), torch.empty_like(vv)
+    dw0 = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
+    w0 = None if initial_state is None else _lanes(initial_state, 2)
+    dws = None if grad_state is None else _lanes(grad_state, 2)
+    if n:
+        bk, bv, warps = _hebb_blocks(d_k, d_v)
+        _hebb_backward_kernel[(n,)](qq, kk, vv, ll, qq if w0 is None else w0, dy, qq if dws is None else dws,
+                                    dq, dk, dv, dw0, n_steps, d_k, d_v, eta, HAS_W0=w0 is not None,
+                                    HAS_DWS=dws is not None, BT=HEBB_CHUNK, BK=bk, BV=bv, num_warps=warps)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dw0.reshape(*q.shape[:-2], d_k, d_v)

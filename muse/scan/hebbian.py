@@ -19,7 +19,11 @@ chunk totals), so memory is O(S * chunk) instead of O(S^2).
 :func:`hebbian_parallel_with_state` continues a sequence from a fast-weight state W_0 and returns
 W at its end (Phase 2's incremental decoding): the state is (..., d_k, d_v) whatever the length.
 
-Pure torch (autograd, CPU and GPU), float32 or float64.
+Pure torch (autograd, CPU and GPU), float32 or float64.  Where ``muse.kernels.enabled`` picks
+it (float32 on CUDA, or Triton's interpreter; also inside torch.compile), both parallel forms run
+one Triton kernel forward and one backward instead (its own chunk length; ``chunk_size`` shapes
+only the PyTorch form, the result is the same up to rounding); the PyTorch code here is the
+reference and the CPU path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 
 import torch
 
+from muse import kernels
 from muse._checks import check_float, check_float_tensor, check_int
 
 
@@ -98,13 +103,27 @@ def hebbian_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     per chunk).
     """
     eta = _check_hebbian(q, k, v, log_decay, eta)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, min_value=1)
+    if _use_kernel(q, k, v, log_decay):
+        return kernels.hebbian(q, k, v, log_decay, eta, None)[0]
+    return _parallel(q, k, v, log_decay, eta, chunk_size)
+
+
+def _use_kernel(*tensors: torch.Tensor | None) -> bool:
+    """The Triton kernel: float32 tensors where ``muse.kernels.enabled`` says so (also inside torch.compile)."""
+    present = [t for t in tensors if t is not None]
+    return all(t.dtype == torch.float32 for t in present) and kernels.enabled(*present, in_compile=True)
+
+
+def _parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+              chunk_size: int | None) -> torch.Tensor:
+    """The PyTorch form of :func:`hebbian_parallel` (checked arguments)."""
     n = q.shape[-2]
-    if chunk_size is None:
-        chunk_size = max(n, 1)
-    chunk_size = check_int("chunk_size", chunk_size, min_value=1)
+    c = max(n, 1) if chunk_size is None else chunk_size
     if n == 0:
         return v.new_zeros(v.shape)
-    c = min(chunk_size, n)
+    c = min(c, n)
     n_chunks = -(-n // c)
     pad = n_chunks * c - n
     if pad:  # padding sits after every real position, so it cannot reach them
@@ -153,8 +172,26 @@ def hebbian_parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     its own terms).  Shapes as :func:`hebbian_sequential`; W is (..., d_k, d_v).
     """
     eta = _check_hebbian(q, k, v, log_decay, eta)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, min_value=1)
     w0 = _check_state(initial_state, q, v)  # (..., d_k, d_v)
-    y = hebbian_parallel(q, k, v, log_decay, eta, chunk_size)  # (..., S, d_v)
+    if _use_kernel(q, k, v, log_decay, initial_state):
+        return kernels.hebbian(q, k, v, log_decay, eta, initial_state)
+    return _parallel_with_state(q, k, v, log_decay, eta, chunk_size, w0)
+
+
+def hebbian_reference_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                                 eta: float, initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hebbian_parallel_with_state` in PyTorch whatever the switch says (the kernel's reference, and
+    its double backward); chunks of 128."""
+    eta = _check_hebbian(q, k, v, log_decay, eta)
+    return _parallel_with_state(q, k, v, log_decay, eta, 128, _check_state(initial_state, q, v))
+
+
+def _parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                         chunk_size: int | None, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch form of :func:`hebbian_parallel_with_state` (checked arguments, W_0 a tensor)."""
+    y = _parallel(q, k, v, log_decay, eta, chunk_size)  # (..., S, d_v)
     if q.shape[-2] == 0:
         return y, w0
     from_start = torch.cumsum(log_decay, dim=-1)  # (..., S): L_t
@@ -166,4 +203,5 @@ def hebbian_parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return y, w
 
 
-__all__ = ["hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential", "segment_sum"]
+__all__ = ["hebbian_parallel", "hebbian_parallel_with_state", "hebbian_reference_with_state", "hebbian_sequential",
+           "segment_sum"]
