@@ -2,11 +2,13 @@
 
     python scripts/bench_phase2_scans.py                      # CUDA: seed shapes (B=4, S=1024)
     python scripts/bench_phase2_scans.py --compile            # adds the compiled model (slow to compile)
+    python scripts/bench_phase2_scans.py --sections model --amp bf16   # the model under bf16 autocast
     python scripts/bench_phase2_scans.py --device cpu --preset tiny --seq 64 --batch 2 --repeats 2
 
 Every row is fwd+bwd and runs once with ``MUSE_KERNELS=0`` (the PyTorch scans) and once with
 ``MUSE_KERNELS=1`` (the kernels where ``muse.kernels.enabled`` picks them: CUDA, or CPU under
-``TRITON_INTERPRET=1``).  For each scan the largest difference between the two implementations
+``TRITON_INTERPRET=1``).  The model rows use the training loss path (``model_loss``) and, with
+``--amp``, the trainer's autocast (the scans stay fp32 inside it); ``--tf32`` lets fp32 GEMMs use TF32.  For each scan the largest difference between the two implementations
 is printed next to the timings, so a first run on a new GPU is also a correctness check.  Timing:
 median of ``--repeats`` calls after warm-up, CUDA events on CUDA, perf_counter on CPU.  A
 diagnostic for docs/performance.md; every figure taken from it goes there with device and command.
@@ -27,9 +29,10 @@ from muse.models import build_model
 from muse.models.phase2 import PRESETS, Phase2Config
 from muse.nn.mixers import BKCore, DissipativeHebbian
 from muse.scan import bk_diagonal, bk_green_scan, hebbian_parallel
-from muse.train.loss import lm_loss
+from muse.train.loss import model_loss
 
 MODES = {"pytorch": "0", "kernels": "1"}
+AMP = {None: torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -108,7 +111,7 @@ def mixers(cfg: Phase2Config, batch: int, seq: int, device, repeats, rows):
         _both(f"{cls.__name__} (B={batch}, S={seq})", layer, [x], device, repeats, rows)
 
 
-def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bool):
+def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bool, amp: str | None):
     torch.manual_seed(0)
     m = build_model("phase2", preset, device=device, max_seq_len=max(seq, 1)).train()
     ids = torch.randint(0, m.config.vocab_size, (batch, seq + 1), device=device)
@@ -123,15 +126,17 @@ def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bo
 
                 def step(runner=runner):
                     m.zero_grad(set_to_none=True)
-                    lm_loss(runner(inp), tgt).backward()
+                    with torch.autocast(device.type, dtype=AMP[amp], enabled=amp is not None):
+                        loss = model_loss(runner, inp, tgt)
+                    loss.backward()
                 t0 = time.perf_counter()
                 step()
                 first_s = time.perf_counter() - t0
                 ms = timed(step, device, repeats)
             tok_s = batch * seq / (ms / 1e3)
-            rows.append({"row": f"phase2 {preset} {label}", "mode": mode, "ms": round(ms, 3),
+            rows.append({"row": f"phase2 {preset} {label}", "mode": mode, "amp": amp, "ms": round(ms, 3),
                          "tok_s": round(tok_s), "first_call_s": round(first_s, 1)})
-            print(f"phase2 {preset} {label:<9} {mode:<8} fwd+bwd {ms:9.2f} ms  {tok_s:12,.0f} tok/s  "
+            print(f"phase2 {preset} {label:<9} {mode:<8} {amp or 'fp32':<5} fwd+bwd {ms:9.2f} ms  {tok_s:12,.0f} tok/s  "
                   f"(first call {first_s:.1f} s)", flush=True)
 
 
@@ -144,13 +149,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--sections", default="scans,mixers,model")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model) (minutes to compile)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast for the model rows (as muse train --amp)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 GEMMs (default: off, as in muse)")
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args()
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     cfg = Phase2Config(**PRESETS[args.preset])
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "triton_interpret": kernels.interpreting(), "preset": args.preset,
-            "batch": args.batch, "seq": args.seq}
+            "batch": args.batch, "seq": args.seq, "amp": args.amp, "tf32": args.tf32}
     print(json.dumps(info), flush=True)
     if device.type == "cpu" and not kernels.interpreting():
         print("note: on CPU the kernels run only under TRITON_INTERPRET=1; both modes are the PyTorch path")
@@ -162,7 +170,7 @@ def main() -> None:
             elif section == "mixers":
                 mixers(cfg, args.batch, args.seq, device, args.repeats, rows)
             elif section == "model":
-                model(args.preset, args.batch, args.seq, device, args.repeats, rows, args.compile)
+                model(args.preset, args.batch, args.seq, device, args.repeats, rows, args.compile, args.amp)
             else:
                 raise ValueError(f"unknown section {section!r}; choose from scans, mixers, model")
         except Exception:
