@@ -72,15 +72,15 @@ def environment(**values: str | None) -> Iterator[None]:
 __all__ = ["ENV", "HAS_TRITON", "INTERPRET_ENV", "enabled", "environment", "interpreting", "use_kernel"]
 
 from muse.kernels.ops import (  # noqa: E402
-    bk_green,
     bk_green_bwd,
-    hebbian,
+    bk_green_fwd,
     hebbian_bwd,
+    hebbian_fwd,
     layer_norm_bwd,
     layer_norm_fwd,
     modrelu_bwd,
     modrelu_fwd,
 )
 
-__all__ += ["bk_green", "bk_green_bwd", "hebbian", "hebbian_bwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd",
+__all__ += ["bk_green_bwd", "bk_green_fwd", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd",
             "modrelu_fwd"]

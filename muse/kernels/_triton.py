@@ -358,7 +358,7 @@ def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor
 # the decays exp(g_t - g_s) (g the in-chunk cumulative log-decay), across chunks the state.  The
 # products are tl.dot with input_precision="ieee" (fp32 FMA, no TF32).  Backward: one pass forward
 # over the chunks for dq (it needs the state entering each chunk), one pass backward for dk, dv
-# and the state's gradient; d(log_decay) follows outside from dq and dk (muse.kernels.ops).
+# and the state's gradient; d(log_decay) follows outside from dq and dk (muse.scan.hebbian).
 # Chunks of 16 with 8 warps at d_head = 64: ptxas (sm_90a) places the forward in 220 registers
 # without spills and spills 48 bytes in the backward; chunks of 64 spill 7-14 KB per thread.
 HEBB_CHUNK = 16

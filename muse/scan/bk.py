@@ -106,6 +106,27 @@ def bk_green_adjoint(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor,
     return grad_a, mu
 
 
+class _BKGreenKernel(torch.autograd.Function):
+    """The Triton kernels (muse.kernels.bk_green_fwd / _bwd) with autograd; a backward that must itself be
+    differentiable (create_graph=True) runs :func:`bk_green_adjoint` instead."""
+
+    @staticmethod
+    def forward(ctx, a, z_re, z_im, g0):
+        g = kernels.bk_green_fwd(a, z_re, z_im, g0)
+        ctx.has_g0 = g0 is not None
+        ctx.save_for_backward(g)
+        return g
+
+    @staticmethod
+    def backward(ctx, grad):
+        (g,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            grad_a, grad_g0 = bk_green_adjoint(g, grad)
+        else:
+            grad_a, grad_g0 = kernels.bk_green_bwd(g, grad)
+        return grad_a, None, None, grad_g0 if ctx.has_g0 else None
+
+
 def _renormalise(m: torch.Tensor) -> torch.Tensor:
     """Divide each 2x2 matrix of ``m`` (..., S, 2, 2) by its largest |entry|.
 
@@ -147,7 +168,7 @@ def bk_green_scan(a: torch.Tensor, z: complex, initial_state: torch.Tensor | Non
     z = check_shift("z", z)
     g0 = _check_initial_state(initial_state, a)
     if a.dtype == torch.complex64 and kernels.enabled(a, *(() if g0 is None else (g0,)), in_compile=True):
-        return kernels.bk_green(a, z.real, z.imag, g0)  # (..., S)
+        return _BKGreenKernel.apply(a, z.real, z.imag, g0)  # (..., S)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     top = torch.stack([a - z, -one], dim=-1)  # (..., S, 2): row [a_i - z, -1]
     bottom = torch.stack([one, zero], dim=-1)  # (..., S, 2): row [1, 0]

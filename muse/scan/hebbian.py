@@ -106,7 +106,7 @@ def hebbian_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, min_value=1)
     if _use_kernel(q, k, v, log_decay):
-        return kernels.hebbian(q, k, v, log_decay, eta, None)[0]
+        return _HebbianKernel.apply(q, k, v, log_decay, eta, None)[0]
     return _parallel(q, k, v, log_decay, eta, chunk_size)
 
 
@@ -176,14 +176,55 @@ def hebbian_parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         check_int("chunk_size", chunk_size, min_value=1)
     w0 = _check_state(initial_state, q, v)  # (..., d_k, d_v)
     if _use_kernel(q, k, v, log_decay, initial_state):
-        return kernels.hebbian(q, k, v, log_decay, eta, initial_state)
+        return _HebbianKernel.apply(q, k, v, log_decay, eta, initial_state)
     return _parallel_with_state(q, k, v, log_decay, eta, chunk_size, w0)
+
+
+class _HebbianKernel(torch.autograd.Function):
+    """The Triton kernels (muse.kernels.hebbian_fwd / _bwd) with autograd: (y, W_S).  A backward that must
+    itself be differentiable (create_graph=True) differentiates the PyTorch form instead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, eta, w0):
+        y, ws = kernels.hebbian_fwd(q, k, v, log_decay, eta, w0)
+        ctx.eta = eta
+        ctx.save_for_backward(q, k, v, log_decay, w0, ws)
+        return y, ws
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_state):
+        q, k, v, log_decay, w0, ws = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return tuple(_reference_grads(q, k, v, log_decay, ctx.eta, w0, grad_y, grad_state))
+        dq, dk, dv, dw0 = kernels.hebbian_bwd(q, k, v, log_decay, ctx.eta, w0, grad_y, grad_state)
+        # log_decay enters through L_t = sum_{r <= t} l_r only: y_t = sum_s (q_t e^{L_t}) . (k_s e^{-L_s}) v_s
+        # (+ q_t e^{L_t} W_0) and W_S = e^{L_S} (W_0 + sum_s k_s e^{-L_s} v_s^T), so dL_t = q_t . dq_t -
+        # k_t . dk_t (+ <dW_S, W_S> at t = S), and dl_r = sum_{t >= r} dL_t.
+        d_cum = (q * dq).sum(dim=-1) - (k * dk).sum(dim=-1)  # (..., S)
+        if grad_state is not None and d_cum.shape[-1]:
+            last = d_cum[..., -1:] + (grad_state * ws).sum(dim=(-2, -1))[..., None]
+            d_cum = torch.cat([d_cum[..., :-1], last], dim=-1)
+        d_log_decay = d_cum.flip(-1).cumsum(-1).flip(-1)  # (..., S)
+        return dq, dk, dv, d_log_decay, None, None if w0 is None else dw0
+
+
+def _reference_grads(q, k, v, log_decay, eta, w0, grad_y, grad_state) -> list:
+    """Gradients (q, k, v, log_decay, eta, W_0) by autograd of the PyTorch form, with create_graph."""
+    outs = _parallel_with_state(q, k, v, log_decay, eta, 128, _check_state(w0, q, v))
+    pairs = [(o, g) for o, g in zip(outs, (grad_y, grad_state), strict=True) if o.requires_grad and g is not None]
+    inputs = [q, k, v, log_decay, w0]
+    wrt = [t for t in inputs if t is not None and t.requires_grad]
+    found = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                allow_unused=True) if pairs and wrt else [None] * len(wrt)
+    by_id = {id(t): (torch.zeros_like(t) if gr is None else gr) for t, gr in zip(wrt, found, strict=True)}
+    grads = [None if t is None else by_id.get(id(t)) for t in inputs]
+    return [*grads[:4], None, grads[4]]
 
 
 def hebbian_reference_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
                                  eta: float, initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`hebbian_parallel_with_state` in PyTorch whatever the switch says (the kernel's reference, and
-    its double backward); chunks of 128."""
+    """:func:`hebbian_parallel_with_state` in PyTorch whatever the switch says (the kernel's reference);
+    chunks of 128."""
     eta = _check_hebbian(q, k, v, log_decay, eta)
     return _parallel_with_state(q, k, v, log_decay, eta, 128, _check_state(initial_state, q, v))
 
