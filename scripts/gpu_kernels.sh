@@ -3,6 +3,7 @@
 #   scripts/gpu_kernels.sh checks   kernel tests + fullgraph tests on CUDA, the verification suite's
 #                                   layer_norm/modrelu under eager, compiled and triton on CUDA
 #   scripts/gpu_kernels.sh speed    muse bench speed at the seed preset, B=4, S=1024
+#   scripts/gpu_kernels.sh phase2   Phase 2's scans, mixers and model (eager and compiled) with MUSE_KERNELS=0 vs 1
 #   scripts/gpu_kernels.sh all      both (about 10 minutes; run the two phases apart if the limit is tighter)
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -28,9 +29,16 @@ speed() {
     2>&1 | tee "$OUT/speed.txt" | tail -45
 }
 
+phase2() {
+  step "Phase 2 scans / mixers / model fwd+bwd, PyTorch scans vs kernels, seed preset, B=4, S=1024"
+  timeout 540 python3 scripts/bench_phase2_scans.py --compile --out "$OUT/phase2-scans.json" \
+    2>&1 | tee "$OUT/phase2-scans.txt" | tail -20
+}
+
 case "${1:-all}" in
 checks) checks ;;
 speed) speed ;;
+phase2) phase2 ;;
 all) checks; speed ;;
-*) echo "usage: $0 checks|speed|all" >&2; exit 2 ;;
+*) echo "usage: $0 checks|speed|phase2|all" >&2; exit 2 ;;
 esac

@@ -3,9 +3,10 @@
 The rule (like nanoGPT's ``self.flash``): an op runs its Triton kernel when Triton is
 importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's CPU
 interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
-cover float16 planes only; every other case, and the reference for every kernel, is the
-PyTorch code in :mod:`muse.complex`.  Both environment variables are read at each call,
-so ``torch.compile`` guards on them.
+cover float16 planes (LayerNorm, modReLU), complex64 (the BK-Core resolvent of
+:mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`);
+every other case, and the reference for every kernel, is the PyTorch code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
+call; a compiled graph reads them once, when it is traced.
 
 Each kernel is wrapped in a ``torch.library.custom_op`` (``muse::<name>``) with a fake
 implementation, so a model that uses kernels still compiles with ``fullgraph=True``.
@@ -30,11 +31,14 @@ def interpreting() -> bool:
     return os.environ.get(INTERPRET_ENV, "0") == "1"
 
 
-def enabled(*tensors: torch.Tensor) -> bool:
+def enabled(*tensors: torch.Tensor, in_compile: bool = False) -> bool:
     """The switch: Triton importable, ``MUSE_KERNELS`` not ``0``, not inside ``torch.compile`` (the
-    compiler fuses these ops faster than the kernels: docs/performance.md), and every tensor on CUDA
-    or the interpreter on."""
-    if not HAS_TRITON or os.environ.get(ENV, "1") == "0" or torch.compiler.is_compiling():
+    compiler fuses the elementwise ops faster than the kernels: docs/performance.md) unless
+    ``in_compile`` (a sequential scan, which the compiler cannot fuse; the environment is then read
+    when the graph is traced), and every tensor on CUDA or the interpreter on."""
+    if not HAS_TRITON or os.environ.get(ENV, "1") == "0":
+        return False
+    if torch.compiler.is_compiling() and not in_compile:
         return False
     return interpreting() or all(t.device.type == "cuda" for t in tensors)
 
@@ -67,6 +71,16 @@ def environment(**values: str | None) -> Iterator[None]:
 
 __all__ = ["ENV", "HAS_TRITON", "INTERPRET_ENV", "enabled", "environment", "interpreting", "use_kernel"]
 
-from muse.kernels.ops import layer_norm_bwd, layer_norm_fwd, modrelu_bwd, modrelu_fwd  # noqa: E402
+from muse.kernels.ops import (  # noqa: E402
+    bk_green_bwd,
+    bk_green_fwd,
+    hebbian_bwd,
+    hebbian_fwd,
+    layer_norm_bwd,
+    layer_norm_fwd,
+    modrelu_bwd,
+    modrelu_fwd,
+)
 
-__all__ += ["layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
+__all__ += ["bk_green_bwd", "bk_green_fwd", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd",
+            "modrelu_fwd"]

@@ -11,6 +11,7 @@ Triton fixes interpreter or GPU mode when it is first imported: ``TRITON_INTERPR
 be set before the process imports Triton (the test plugin does this on machines without a GPU).
 """
 
+import math
 
 import torch
 import triton
@@ -231,3 +232,294 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     gb = part.sum(dim=0)
     return dx, gb if bias.dim() == 1 else gb.sum()
+
+
+# ------------------------------------------------------------- BK-Core resolvent
+# Lanes (L, S): each program walks the sequences of BK_BLOCK lanes step by step (one lane per
+# thread).  Complex numbers are (re, im) float32 pairs: a complex64 tensor is read through
+# torch.view_as_real.  The loop carries one G per lane (the sequential recursion of
+# muse.scan.bk) and loads the next step's inputs before it computes the current one, so the
+# memory latency overlaps the arithmetic of the recursion.
+BK_BLOCK = 32
+
+
+@triton.jit
+def _reciprocal(r_re, r_im):
+    """1 / r = conj(r) / |r|^2 with r first scaled by the power of two 2^(127 - e), e the biased exponent
+    of max(|Re r|, |Im r|): the scaling is exact, |r|^2 neither overflows nor underflows, and one
+    division remains (4 roundings on the longest path: |r|^2, the quotient, the product)."""
+    s = tl.maximum(tl.abs(r_re), tl.abs(r_im))
+    e = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.minimum(tl.maximum(e, 1), 253)
+    scale = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2^(127 - e)
+    p = r_re * scale
+    q = r_im * scale
+    k = tl.math.div_rn(scale, p * p + q * q)
+    return p * k, -q * k
+
+
+@triton.jit
+def _bk_forward_kernel(a_ptr, g0_ptr, g_ptr, n_lanes, n_steps, stride_lane, stride_step, z_re, z_im,
+                       HAS_G0: tl.constexpr, BLOCK: tl.constexpr):
+    lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = lanes < n_lanes
+    if HAS_G0:
+        g_re = tl.load(g0_ptr + 2 * lanes, mask=mask, other=0.0)
+        g_im = tl.load(g0_ptr + 2 * lanes + 1, mask=mask, other=0.0)
+    else:
+        g_re = tl.zeros((BLOCK,), dtype=tl.float32)
+        g_im = tl.zeros((BLOCK,), dtype=tl.float32)
+    a_p = a_ptr + lanes * stride_lane
+    g_p = g_ptr + lanes * (2 * n_steps)
+    a_re = tl.load(a_p, mask=mask, other=0.0)
+    a_im = tl.load(a_p + 1, mask=mask, other=0.0)
+    i = 0
+    while i < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
+        a_p += stride_step
+        more = mask & (i + 1 < n_steps)
+        next_re = tl.load(a_p, mask=more, other=0.0)
+        next_im = tl.load(a_p + 1, mask=more, other=0.0)
+        # masked lanes have r = -z: never 0, as Im z > 0
+        g_re, g_im = _reciprocal((a_re - z_re) - g_re, (a_im - z_im) - g_im)
+        tl.store(g_p, g_re, mask=mask)
+        tl.store(g_p + 1, g_im, mask=mask)
+        g_p += 2
+        a_re = next_re
+        a_im = next_im
+        i += 1
+
+
+@triton.jit
+def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK: tl.constexpr):
+    lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = lanes < n_lanes
+    off = lanes * (2 * n_steps) + 2 * (n_steps - 1)  # the last step of each lane
+    c_re = tl.zeros((BLOCK,), dtype=tl.float32)  # mu_{i+1}: what G_i receives from step i + 1
+    c_im = tl.zeros((BLOCK,), dtype=tl.float32)
+    more = mask & (n_steps > 0)
+    g_re = tl.load(g_ptr + off, mask=more, other=0.0)
+    g_im = tl.load(g_ptr + off + 1, mask=more, other=0.0)
+    d_re = tl.load(dg_ptr + off, mask=more, other=0.0)
+    d_im = tl.load(dg_ptr + off + 1, mask=more, other=0.0)
+    i = 0
+    while i < n_steps:
+        more = mask & (i + 1 < n_steps)
+        next_g_re = tl.load(g_ptr + off - 2, mask=more, other=0.0)
+        next_g_im = tl.load(g_ptr + off - 1, mask=more, other=0.0)
+        next_d_re = tl.load(dg_ptr + off - 2, mask=more, other=0.0)
+        next_d_im = tl.load(dg_ptr + off - 1, mask=more, other=0.0)
+        l_re = d_re + c_re  # lambda_i = grad_i + mu_{i+1}
+        l_im = d_im + c_im
+        s_re = g_re * g_re - g_im * g_im  # conj(G_i)^2
+        s_im = -2.0 * g_re * g_im
+        c_re = l_re * s_re - l_im * s_im  # mu_i = lambda_i conj(G_i)^2
+        c_im = l_re * s_im + l_im * s_re
+        tl.store(da_ptr + off, -c_re, mask=mask)
+        tl.store(da_ptr + off + 1, -c_im, mask=mask)
+        off -= 2
+        g_re = next_g_re
+        g_im = next_g_im
+        d_re = next_d_re
+        d_im = next_d_im
+        i += 1
+    tl.store(dg0_ptr + 2 * lanes, c_re, mask=mask)
+    tl.store(dg0_ptr + 2 * lanes + 1, c_im, mask=mask)
+
+
+def bk_green_forward(a: torch.Tensor, z_re: float, z_im: float, initial_state: torch.Tensor | None) -> torch.Tensor:
+    """G (..., S) complex64 from a (..., S) complex64 and G_0 (...) or None: the resolvent recursion."""
+    n_lanes, n_steps = math.prod(a.shape[:-1]), a.shape[-1]
+    ar = torch.view_as_real(a.reshape(n_lanes, n_steps).resolve_conj())  # (L, S, 2) float32, a view where it can be
+    g = torch.empty((n_lanes, n_steps, 2), dtype=torch.float32, device=a.device)
+    if n_lanes and n_steps:
+        g0 = None if initial_state is None else torch.view_as_real(initial_state.resolve_conj().reshape(-1)).contiguous()
+        _bk_forward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](
+            ar, ar if g0 is None else g0, g, n_lanes, n_steps, ar.stride(0), ar.stride(1), z_re, z_im,
+            HAS_G0=g0 is not None, BLOCK=BK_BLOCK, num_warps=1)
+    return torch.view_as_complex(g).reshape(a.shape)
+
+
+def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_a (..., S), grad_G0 (...)) from the forward's G and grad_G, both (..., S) complex64."""
+    n_lanes, n_steps = math.prod(g.shape[:-1]), g.shape[-1]
+    gr = torch.view_as_real(g.resolve_conj().reshape(n_lanes, n_steps).contiguous())  # (L, S, 2)
+    dg = torch.view_as_real(grad.resolve_conj().reshape(n_lanes, n_steps).contiguous())  # (L, S, 2)
+    da = torch.empty_like(gr)
+    dg0 = torch.zeros((n_lanes, 2), dtype=torch.float32, device=g.device)
+    if n_lanes and n_steps:
+        _bk_backward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](gr, dg, da, dg0, n_lanes, n_steps,
+                                                                BLOCK=BK_BLOCK, num_warps=1)
+    return torch.view_as_complex(da).reshape(g.shape), torch.view_as_complex(dg0).reshape(g.shape[:-1])
+
+
+# -------------------------------------------------------- Hebbian (decayed linear attention)
+# One program per (batch x head) walks the sequence in chunks of HEBB_CHUNK positions and carries
+# the fast-weight state W (d_k x d_v, fp32) in registers: inside a chunk the quadratic form with
+# the decays exp(g_t - g_s) (g the in-chunk cumulative log-decay), across chunks the state.  The
+# products are tl.dot with input_precision="ieee" (fp32 FMA, no TF32).  Backward: one pass forward
+# over the chunks for dq (it needs the state entering each chunk), one pass backward for dk, dv
+# and the state's gradient; d(log_decay) follows outside from dq and dk (muse.scan.hebbian).
+# Chunks of 16 with 8 warps at d_head = 64: ptxas (sm_90a) places the forward in 220 registers
+# without spills and spills 48 bytes in the backward; chunks of 64 spill 7-14 KB per thread.
+HEBB_CHUNK = 16
+
+
+@triton.jit
+def _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """q, k (BT, BK), v (BT, BV), g (BT,) in-chunk cumulative log-decay, g_last, causal decays (BT, BT)."""
+    t = tl.arange(0, BT)
+    rows = start + t
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    rmask = rows < n_steps
+    kmask = rmask[:, None] & (ck < d_k)[None, :]
+    vmask = rmask[:, None] & (cv < d_v)[None, :]
+    q = tl.load(q_ptr + rows[:, None] * d_k + ck[None, :], mask=kmask, other=0.0)
+    k = tl.load(k_ptr + rows[:, None] * d_k + ck[None, :], mask=kmask, other=0.0)
+    v = tl.load(v_ptr + rows[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+    g = tl.cumsum(tl.load(l_ptr + rows, mask=rmask, other=0.0), axis=0)  # padding adds 0
+    g_last = tl.sum(tl.where(t == BT - 1, g, 0.0), axis=0)
+    decay = tl.where(t[:, None] >= t[None, :], tl.exp(g[:, None] - g[None, :]), 0.0)  # (BT, BT)
+    return q, k, v, g, g_last, decay, vmask
+
+
+@triton.jit
+def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_steps, d_k, d_v, eta,
+                         HAS_W0: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    q_ptr += bh * n_steps * d_k
+    k_ptr += bh * n_steps * d_k
+    v_ptr += bh * n_steps * d_v
+    y_ptr += bh * n_steps * d_v
+    l_ptr += bh * n_steps
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
+    w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
+    if HAS_W0:
+        w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+    else:
+        w = tl.zeros((BK, BV), dtype=tl.float32)
+    rows = tl.arange(0, BT)
+    start = 0
+    while start < n_steps:
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                       BT, BK, BV)
+        a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta  # (BT, BT)
+        y = tl.dot(a, v, input_precision="ieee") + tl.dot(q * tl.exp(g)[:, None], w, input_precision="ieee")
+        tl.store(y_ptr + (start + rows)[:, None] * d_v + cv[None, :], y, mask=vmask)
+        kw = k * (tl.exp(g_last - g) * eta)[:, None]
+        w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
+        start += BT
+    tl.store(ws_ptr + w_off, w, mask=w_mask)
+
+
+@triton.jit
+def _hebb_backward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, dy_ptr, dws_ptr, dq_ptr, dk_ptr, dv_ptr, dw0_ptr,
+                          n_steps, d_k, d_v, eta, HAS_W0: tl.constexpr, HAS_DWS: tl.constexpr,
+                          BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    q_ptr += bh * n_steps * d_k
+    k_ptr += bh * n_steps * d_k
+    v_ptr += bh * n_steps * d_v
+    dy_ptr += bh * n_steps * d_v
+    dq_ptr += bh * n_steps * d_k
+    dk_ptr += bh * n_steps * d_k
+    dv_ptr += bh * n_steps * d_v
+    l_ptr += bh * n_steps
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
+    w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
+    rows = tl.arange(0, BT)
+    # forward over the chunks: dq_t = exp(g_t) dy_t W^T + eta sum_{s <= t} D_ts (dy_t . v_s) k_s
+    if HAS_W0:
+        w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+    else:
+        w = tl.zeros((BK, BV), dtype=tl.float32)
+    start = 0
+    while start < n_steps:
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                       BT, BK, BV)
+        dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+        da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta  # (BT, BT)
+        dq = tl.dot(da, k, input_precision="ieee") + \
+            tl.dot(dy, tl.trans(w), input_precision="ieee") * tl.exp(g)[:, None]
+        kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+        tl.store(dq_ptr + (start + rows)[:, None] * d_k + ck[None, :], dq, mask=kmask)
+        kw = k * (tl.exp(g_last - g) * eta)[:, None]
+        w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
+        start += BT
+    # backward over the chunks, dW = the gradient of the state leaving the chunk:
+    # dk_s = eta sum_{t >= s} D_ts (dy_t . v_s) q_t + eta exp(g_last - g_s) v_s dW^T,
+    # dv_s = eta sum_{t >= s} D_ts (q_t . k_s) dy_t + eta exp(g_last - g_s) k_s dW,
+    # dW <- exp(g_last) dW + sum_t exp(g_t) q_t^T dy_t.
+    if HAS_DWS:
+        dw = tl.load(dws_ptr + w_off, mask=w_mask, other=0.0)
+    else:
+        dw = tl.zeros((BK, BV), dtype=tl.float32)
+    start = ((n_steps + BT - 1) // BT - 1) * BT
+    while start >= 0:
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                       BT, BK, BV)
+        dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+        a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta
+        da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta
+        to_end = (tl.exp(g_last - g) * eta)[:, None]
+        dk = tl.dot(tl.trans(da), q, input_precision="ieee") + \
+            tl.dot(v, tl.trans(dw), input_precision="ieee") * to_end
+        dv = tl.dot(tl.trans(a), dy, input_precision="ieee") + tl.dot(k, dw, input_precision="ieee") * to_end
+        kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+        tl.store(dk_ptr + (start + rows)[:, None] * d_k + ck[None, :], dk, mask=kmask)
+        tl.store(dv_ptr + (start + rows)[:, None] * d_v + cv[None, :], dv, mask=vmask)
+        dw = dw * tl.exp(g_last) + tl.dot(tl.trans(q * tl.exp(g)[:, None]), dy, input_precision="ieee")
+        start -= BT
+    tl.store(dw0_ptr + w_off, dw, mask=w_mask)
+
+
+def _hebb_blocks(d_k: int, d_v: int) -> tuple[int, int, int]:
+    """(BK, BV, num_warps): tl.dot needs every block dim >= 16."""
+    bk, bv = max(16, triton.next_power_of_2(d_k)), max(16, triton.next_power_of_2(d_v))
+    return bk, bv, 8 if max(bk, bv) >= 64 else 4
+
+
+def _lanes(t: torch.Tensor, tail: int) -> torch.Tensor:
+    """t (..., *last ``tail`` dims) as a contiguous (n, *those dims) tensor."""
+    keep = t.shape[t.dim() - tail:]
+    return t.reshape(math.prod(t.shape[:t.dim() - tail]), *keep).contiguous()
+
+
+def hebbian_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                    initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y (..., S, d_v), W_S (..., d_k, d_v)) of the decayed linear attention, float32."""
+    n_steps, d_k, d_v = q.shape[-2], q.shape[-1], v.shape[-1]
+    qq, kk, vv, ll = _lanes(q, 2), _lanes(k, 2), _lanes(v, 2), _lanes(log_decay, 1)
+    n = qq.shape[0]
+    y = torch.empty((n, n_steps, d_v), dtype=torch.float32, device=q.device)
+    ws = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
+    w0 = None if initial_state is None else _lanes(initial_state, 2)
+    if n:
+        bk, bv, warps = _hebb_blocks(d_k, d_v)
+        _hebb_forward_kernel[(n,)](qq, kk, vv, ll, qq if w0 is None else w0, y, ws, n_steps, d_k, d_v, eta,
+                                   HAS_W0=w0 is not None, BT=HEBB_CHUNK, BK=bk, BV=bv, num_warps=warps)
+    return y.reshape(v.shape), ws.reshape(*q.shape[:-2], d_k, d_v)
+
+
+def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                     initial_state: torch.Tensor | None, grad_y: torch.Tensor, grad_state: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dW_0) given dy (..., S, d_v) and dW_S (..., d_k, d_v) or None."""
+    n_steps, d_k, d_v = q.shape[-2], q.shape[-1], v.shape[-1]
+    qq, kk, vv, ll, dy = _lanes(q, 2), _lanes(k, 2), _lanes(v, 2), _lanes(log_decay, 1), _lanes(grad_y, 2)
+    n = qq.shape[0]
+    dq, dk, dv = torch.empty_like(qq), torch.empty_like(kk), torch.empty_like(vv)
+    dw0 = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
+    w0 = None if initial_state is None else _lanes(initial_state, 2)
+    dws = None if grad_state is None else _lanes(grad_state, 2)
+    if n:
+        bk, bv, warps = _hebb_blocks(d_k, d_v)
+        _hebb_backward_kernel[(n,)](qq, kk, vv, ll, qq if w0 is None else w0, dy, qq if dws is None else dws,
+                                    dq, dk, dv, dw0, n_steps, d_k, d_v, eta, HAS_W0=w0 is not None,
+                                    HAS_DWS=dws is not None, BT=HEBB_CHUNK, BK=bk, BV=bv, num_warps=warps)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dw0.reshape(*q.shape[:-2], d_k, d_v)

@@ -59,4 +59,57 @@ def _(planes, bias, grad):
             bias.new_empty(bias.shape, dtype=torch.float32))
 
 
-__all__ = ["layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
+@torch.library.custom_op("muse::bk_green_fwd", mutates_args=())
+def bk_green_fwd(a: torch.Tensor, z_re: float, z_im: float, initial_state: torch.Tensor | None) -> torch.Tensor:
+    """BK-Core resolvent G_i = 1 / ((a_i - z) - G_{i-1}) of complex64 a (..., S), G_0 = initial_state
+    (...) or 0: a sequential fp32 loop per lane."""
+    return _k().bk_green_forward(a, z_re, z_im, initial_state)
+
+
+@bk_green_fwd.register_fake
+def _(a, z_re, z_im, initial_state):
+    return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("muse::bk_green_bwd", mutates_args=())
+def bk_green_bwd(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_a (..., S), grad_G0 (...)) of the BK-Core resolvent from its output G and grad_G (complex64)."""
+    return _k().bk_green_backward(g, grad)
+
+
+@bk_green_bwd.register_fake
+def _(g, grad):
+    return torch.empty_like(g, memory_format=torch.contiguous_format), g.new_empty(g.shape[:-1])
+
+
+@torch.library.custom_op("muse::hebbian_fwd", mutates_args=())
+def hebbian_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, W_S) of W_t = exp(l_t) W_{t-1} + eta k_t v_t^T, y_t = q_t^T W_t from W_0 = initial_state
+    (None: 0): q, k (..., S, d_k), v (..., S, d_v), log_decay (..., S), float32."""
+    return _k().hebbian_forward(q, k, v, log_decay, eta, initial_state)
+
+
+@hebbian_fwd.register_fake
+def _(q, k, v, log_decay, eta, initial_state):
+    return (torch.empty_like(v, memory_format=torch.contiguous_format),
+            q.new_empty((*q.shape[:-2], q.shape[-1], v.shape[-1])))
+
+
+@torch.library.custom_op("muse::hebbian_bwd", mutates_args=())
+def hebbian_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                initial_state: torch.Tensor | None, grad_y: torch.Tensor, grad_state: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dW_0) of the decayed linear attention (float32); d(log_decay) is formed by the caller."""
+    return _k().hebbian_backward(q, k, v, log_decay, eta, initial_state, grad_y, grad_state)
+
+
+@hebbian_bwd.register_fake
+def _(q, k, v, log_decay, eta, initial_state, grad_y, grad_state):
+    state = q.new_empty((*q.shape[:-2], q.shape[-1], v.shape[-1]))
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format), state)
+
+
+__all__ = ["bk_green_bwd", "bk_green_fwd", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]

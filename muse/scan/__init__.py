@@ -2,10 +2,16 @@
 
 ``bk``: the causal BK-Core resolvent scan; ``hebbian``: decayed causal linear attention;
 ``complex_diag``: the complex diagonal linear recurrence of Stage 1's token mixer.
-Imports only ``muse._checks`` and torch; the mixer modules in :mod:`muse.nn.mixers` call these.
+Imports ``muse._checks``, the kernel switch of ``muse.kernels`` and torch; the mixer modules in :mod:`muse.nn.mixers` call these.
 """
 
-from muse.scan.bk import bk_diagonal, bk_green_scan, bk_green_sequential, moebius_prefix_products
+from muse.scan.bk import (
+    bk_diagonal,
+    bk_green_adjoint,
+    bk_green_scan,
+    bk_green_sequential,
+    moebius_prefix_products,
+)
 from muse.scan.complex_diag import (
     complex_diag_scan,
     complex_diag_scan_sequential,
@@ -19,7 +25,7 @@ from muse.scan.hebbian import (
 )
 
 __all__ = [
-    "bk_diagonal", "bk_green_scan", "bk_green_sequential", "complex_diag_scan", "complex_diag_scan_sequential",
+    "bk_diagonal", "bk_green_adjoint", "bk_green_scan", "bk_green_sequential", "complex_diag_scan", "complex_diag_scan_sequential",
     "complex_diag_step", "hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential",
     "moebius_prefix_products", "segment_sum",
 ]

@@ -25,12 +25,17 @@ G_i = P_i[1, 0] / P_i[0, 0].  The prefix products come from a Hillis-Steele scan
 entry after each step: theta_i grows like |a - z|^i and would overflow otherwise.
 
 Pure torch (autograd, CPU and GPU): real float32/float64 inputs give a complex64/complex128 scan.
+Where ``muse.kernels.enabled`` picks it (complex64 on CUDA, or Triton's interpreter),
+:func:`bk_green_scan` runs the sequential recursion as a Triton kernel instead (one fp32 loop per
+lane; backward: the reverse recursion of :func:`bk_green_adjoint`), also inside torch.compile,
+which cannot fuse the scan; this scan is the reference and the CPU path.
 """
 
 from __future__ import annotations
 
 import torch
 
+from muse import kernels
 from muse._checks import check_float, check_float_tensor, check_shift, check_tensor
 
 _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
@@ -84,6 +89,44 @@ def bk_green_sequential(a: torch.Tensor, z: complex, initial_state: torch.Tensor
     return torch.cat(out, dim=-1)  # (..., S)
 
 
+def bk_green_adjoint(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_a (..., S), grad_G0 (...)) of the resolvent from its output G and grad_G (..., S): the reverse
+    recursion (the Triton kernel's backward, in PyTorch; differentiable, so double backward works).
+
+    dG_i/da_i = -G_i^2 and dG_i/dG_{i-1} = G_i^2 (holomorphic), so with PyTorch's convention
+    (grad = dL/dRe + i dL/dIm, grad_in = grad_out * conj(f')): lambda_i = grad_i + mu_{i+1},
+    mu_i = lambda_i conj(G_i)^2, grad_a_i = -mu_i, grad_G0 = mu_1 (mu_{S+1} = 0).
+    """
+    mu = torch.zeros_like(g[..., 0])  # (...)
+    out = []
+    for i in reversed(range(g.shape[-1])):
+        mu = (grad[..., i] + mu) * g[..., i].conj() ** 2  # (...)
+        out.append(-mu)
+    grad_a = torch.stack(out[::-1], dim=-1) if out else torch.zeros_like(g)  # (..., S)
+    return grad_a, mu
+
+
+class _BKGreenKernel(torch.autograd.Function):
+    """The Triton kernels (muse.kernels.bk_green_fwd / _bwd) with autograd; a backward that must itself be
+    differentiable (create_graph=True) runs :func:`bk_green_adjoint` instead."""
+
+    @staticmethod
+    def forward(ctx, a, z_re, z_im, g0):
+        g = kernels.bk_green_fwd(a, z_re, z_im, g0)
+        ctx.has_g0 = g0 is not None
+        ctx.save_for_backward(g)
+        return g
+
+    @staticmethod
+    def backward(ctx, grad):
+        (g,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            grad_a, grad_g0 = bk_green_adjoint(g, grad)
+        else:
+            grad_a, grad_g0 = kernels.bk_green_bwd(g, grad)
+        return grad_a, None, None, grad_g0 if ctx.has_g0 else None
+
+
 def _renormalise(m: torch.Tensor) -> torch.Tensor:
     """Divide each 2x2 matrix of ``m`` (..., S, 2, 2) by its largest |entry|.
 
@@ -124,6 +167,8 @@ def bk_green_scan(a: torch.Tensor, z: complex, initial_state: torch.Tensor | Non
     a = _check_diagonal(a)
     z = check_shift("z", z)
     g0 = _check_initial_state(initial_state, a)
+    if a.dtype == torch.complex64 and kernels.enabled(a, *(() if g0 is None else (g0,)), in_compile=True):
+        return _BKGreenKernel.apply(a, z.real, z.imag, g0)  # (..., S)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     top = torch.stack([a - z, -one], dim=-1)  # (..., S, 2): row [a_i - z, -1]
     bottom = torch.stack([one, zero], dim=-1)  # (..., S, 2): row [1, 0]
@@ -134,4 +179,4 @@ def bk_green_scan(a: torch.Tensor, z: complex, initial_state: torch.Tensor | Non
     return (p[..., 1, 0] + p[..., 1, 1] * g0) / (p[..., 0, 0] + p[..., 0, 1] * g0)  # (..., S)
 
 
-__all__ = ["bk_diagonal", "bk_green_scan", "bk_green_sequential", "moebius_prefix_products"]
+__all__ = ["bk_diagonal", "bk_green_adjoint", "bk_green_scan", "bk_green_sequential", "moebius_prefix_products"]

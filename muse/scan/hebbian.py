@@ -19,7 +19,11 @@ chunk totals), so memory is O(S * chunk) instead of O(S^2).
 :func:`hebbian_parallel_with_state` continues a sequence from a fast-weight state W_0 and returns
 W at its end (Phase 2's incremental decoding): the state is (..., d_k, d_v) whatever the length.
 
-Pure torch (autograd, CPU and GPU), float32 or float64.
+Pure torch (autograd, CPU and GPU), float32 or float64.  Where ``muse.kernels.enabled`` picks
+it (float32 on CUDA, or Triton's interpreter; also inside torch.compile), both parallel forms run
+one Triton kernel forward and one backward instead (its own chunk length; ``chunk_size`` shapes
+only the PyTorch form, the result is the same up to rounding); the PyTorch code here is the
+reference and the CPU path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 
 import torch
 
+from muse import kernels
 from muse._checks import check_float, check_float_tensor, check_int
 
 
@@ -98,13 +103,27 @@ def hebbian_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     per chunk).
     """
     eta = _check_hebbian(q, k, v, log_decay, eta)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, min_value=1)
+    if _use_kernel(q, k, v, log_decay):
+        return _HebbianKernel.apply(q, k, v, log_decay, eta, None)[0]
+    return _parallel(q, k, v, log_decay, eta, chunk_size)
+
+
+def _use_kernel(*tensors: torch.Tensor | None) -> bool:
+    """The Triton kernel: float32 tensors where ``muse.kernels.enabled`` says so (also inside torch.compile)."""
+    present = [t for t in tensors if t is not None]
+    return all(t.dtype == torch.float32 for t in present) and kernels.enabled(*present, in_compile=True)
+
+
+def _parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+              chunk_size: int | None) -> torch.Tensor:
+    """The PyTorch form of :func:`hebbian_parallel` (checked arguments)."""
     n = q.shape[-2]
-    if chunk_size is None:
-        chunk_size = max(n, 1)
-    chunk_size = check_int("chunk_size", chunk_size, min_value=1)
+    c = max(n, 1) if chunk_size is None else chunk_size
     if n == 0:
         return v.new_zeros(v.shape)
-    c = min(chunk_size, n)
+    c = min(c, n)
     n_chunks = -(-n // c)
     pad = n_chunks * c - n
     if pad:  # padding sits after every real position, so it cannot reach them
@@ -153,8 +172,67 @@ def hebbian_parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     its own terms).  Shapes as :func:`hebbian_sequential`; W is (..., d_k, d_v).
     """
     eta = _check_hebbian(q, k, v, log_decay, eta)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, min_value=1)
     w0 = _check_state(initial_state, q, v)  # (..., d_k, d_v)
-    y = hebbian_parallel(q, k, v, log_decay, eta, chunk_size)  # (..., S, d_v)
+    if _use_kernel(q, k, v, log_decay, initial_state):
+        return _HebbianKernel.apply(q, k, v, log_decay, eta, initial_state)
+    return _parallel_with_state(q, k, v, log_decay, eta, chunk_size, w0)
+
+
+class _HebbianKernel(torch.autograd.Function):
+    """The Triton kernels (muse.kernels.hebbian_fwd / _bwd) with autograd: (y, W_S).  A backward that must
+    itself be differentiable (create_graph=True) differentiates the PyTorch form instead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, eta, w0):
+        y, ws = kernels.hebbian_fwd(q, k, v, log_decay, eta, w0)
+        ctx.eta = eta
+        ctx.save_for_backward(q, k, v, log_decay, w0, ws)
+        return y, ws
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_state):
+        q, k, v, log_decay, w0, ws = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return tuple(_reference_grads(q, k, v, log_decay, ctx.eta, w0, grad_y, grad_state))
+        dq, dk, dv, dw0 = kernels.hebbian_bwd(q, k, v, log_decay, ctx.eta, w0, grad_y, grad_state)
+        # log_decay enters through L_t = sum_{r <= t} l_r only: y_t = sum_s (q_t e^{L_t}) . (k_s e^{-L_s}) v_s
+        # (+ q_t e^{L_t} W_0) and W_S = e^{L_S} (W_0 + sum_s k_s e^{-L_s} v_s^T), so dL_t = q_t . dq_t -
+        # k_t . dk_t (+ <dW_S, W_S> at t = S), and dl_r = sum_{t >= r} dL_t.
+        d_cum = (q * dq).sum(dim=-1) - (k * dk).sum(dim=-1)  # (..., S)
+        if grad_state is not None and d_cum.shape[-1]:
+            last = d_cum[..., -1:] + (grad_state * ws).sum(dim=(-2, -1))[..., None]
+            d_cum = torch.cat([d_cum[..., :-1], last], dim=-1)
+        d_log_decay = d_cum.flip(-1).cumsum(-1).flip(-1)  # (..., S)
+        return dq, dk, dv, d_log_decay, None, None if w0 is None else dw0
+
+
+def _reference_grads(q, k, v, log_decay, eta, w0, grad_y, grad_state) -> list:
+    """Gradients (q, k, v, log_decay, eta, W_0) by autograd of the PyTorch form, with create_graph."""
+    outs = _parallel_with_state(q, k, v, log_decay, eta, 128, _check_state(w0, q, v))
+    pairs = [(o, g) for o, g in zip(outs, (grad_y, grad_state), strict=True) if o.requires_grad and g is not None]
+    inputs = [q, k, v, log_decay, w0]
+    wrt = [t for t in inputs if t is not None and t.requires_grad]
+    found = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                allow_unused=True) if pairs and wrt else [None] * len(wrt)
+    by_id = {id(t): (torch.zeros_like(t) if gr is None else gr) for t, gr in zip(wrt, found, strict=True)}
+    grads = [None if t is None else by_id.get(id(t)) for t in inputs]
+    return [*grads[:4], None, grads[4]]
+
+
+def hebbian_reference_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                                 eta: float, initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hebbian_parallel_with_state` in PyTorch whatever the switch says (the kernel's reference);
+    chunks of 128."""
+    eta = _check_hebbian(q, k, v, log_decay, eta)
+    return _parallel_with_state(q, k, v, log_decay, eta, 128, _check_state(initial_state, q, v))
+
+
+def _parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
+                         chunk_size: int | None, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch form of :func:`hebbian_parallel_with_state` (checked arguments, W_0 a tensor)."""
+    y = _parallel(q, k, v, log_decay, eta, chunk_size)  # (..., S, d_v)
     if q.shape[-2] == 0:
         return y, w0
     from_start = torch.cumsum(log_decay, dim=-1)  # (..., S): L_t
@@ -166,4 +244,5 @@ def hebbian_parallel_with_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return y, w
 
 
-__all__ = ["hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential", "segment_sum"]
+__all__ = ["hebbian_parallel", "hebbian_parallel_with_state", "hebbian_reference_with_state", "hebbian_sequential",
+           "segment_sum"]
