@@ -118,21 +118,17 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
     return max(1, min(chunk, limit))
 
 
-_MM_OUT_DTYPE: bool | None = None  # whether torch.mm(..., out_dtype=) works here (CUDA, torch >= 2.8)
+# torch.mm(..., out_dtype=) (an fp32 result of fp16 operands, CUDA): read once from the op's
+# overloads, never by trying at run time (a compiled graph cannot record what a try found).
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` accumulated in fp32 and returned in fp32 (fp64 for fp64): fp16 operands stay fp16
     on CUDA (``out_dtype``), elsewhere they are upcast first."""
-    global _MM_OUT_DTYPE
-    if a.dtype == torch.float16 and a.is_cuda:
-        if _MM_OUT_DTYPE is not False:
-            try:
-                out = torch.mm(a, b, out_dtype=torch.float32)
-                _MM_OUT_DTYPE = True
-                return out
-            except (TypeError, RuntimeError):
-                _MM_OUT_DTYPE = False
+    if a.dtype == torch.float16:
+        if a.is_cuda and _MM_OUT_DTYPE:
+            return torch.mm(a, b, out_dtype=torch.float32)
         return torch.mm(a.float(), b.float())
     return torch.mm(a, b)
 
