@@ -164,7 +164,22 @@ final2)
   timeout 330 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
     --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -60
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2" >&2; exit 2 ;;
+final3)
+  step "CUDA tests: Phase 2 scan kernels, whole-loss compile"
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_bk_resolvent.py \
+    tests/kernels/test_kernels_hebbian_scan.py tests/kernels/test_kernels_phase2_model.py tests/train/test_compiled_model_loss.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "muse bench speed: Stage 1 compiled (model + chunked loss as one graph)"
+  timeout 130 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1 \
+    --variants compiled --out "$OUT/speed" 2>&1 | grep -E "^\| stage1|ceilings"
+  step "Phase 2 scans and model, PyTorch scans vs Triton kernels, seed preset, B=4, S=1024 (eager)"
+  timeout 120 python3 scripts/bench_phase2_scans.py --sections scans,mixers,model --out "$OUT/phase2-scans.json" \
+    2>&1 | tee "$OUT/phase2-scans.txt" | tail -16
+  step "Phase 2 model compiled, kernels vs PyTorch scans"
+  timeout 170 python3 scripts/bench_phase2_scans.py --sections model --compile --out "$OUT/phase2-compiled.json" \
+    2>&1 | tee "$OUT/phase2-compiled.txt" | tail -8
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
