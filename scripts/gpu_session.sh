@@ -179,7 +179,15 @@ final3)
   timeout 170 python3 scripts/bench_phase2_scans.py --sections model --compile --out "$OUT/phase2-compiled.json" \
     2>&1 | tee "$OUT/phase2-compiled.txt" | tail -8
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3" >&2; exit 2 ;;
+final4)
+  step "CUDA tests: the Hebbian scan kernel"
+  timeout 60 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_hebbian_scan.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
+  step "muse bench speed: Stage 1 and GPT compiled, same process (model + loss as one graph)"
+  timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

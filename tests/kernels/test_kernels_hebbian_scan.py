@@ -125,7 +125,7 @@ def _check(inputs, launches, *, with_w0=True, with_dw=True, eta=0.7):
             assert g is None, name
             continue
         assert g.dtype == torch.float32 and g.shape == r.shape, name
-        err = (g.cpu().double() - r).abs()
+        err = (g.cpu().double() - r.cpu()).abs()
         assert (err <= b).all(), (name, float((err / b.clamp_min(1e-300)).max()))
 
 
