@@ -174,3 +174,78 @@ def test_real_lambda_keeps_zero_phase_through_a_training_step():
     assert not torch.equal(layer.nu, nu0)
     re, im = decay_powers(layer.nu, layer.omega, torch.arange(1, 5), torch.float64)
     assert not im.any() and (re > 0).all()
+
+
+VARIANTS = [dict(conv_kernel=4), dict(gate=True), dict(conv_kernel=4, gate=True), dict(conv_kernel=1)]
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_conv_and_gate_are_causal_bit_for_bit(kw, dtype):
+    layer = _layer(dtype, **kw)
+    x = _x((2, 40, 16), dtype)
+    y = layer(x)
+    for t in (0, 2, 9, 33):
+        changed = x.planes.clone()
+        changed[:, :, t + 1:] = torch.randn_like(changed[:, :, t + 1:])
+        assert torch.equal(y.planes[:, :, : t + 1], layer(C.ComplexTensor(changed)).planes[:, :, : t + 1])
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+def test_conv_and_gate_step_and_split_equal_forward(kw):
+    """Prefill + continuation and per-token steps carry the convolution window in the state."""
+    layer = _layer(torch.float64, **kw)
+    x = _x((3, 23, 16), torch.float64)
+    y, final = layer.forward_with_state(x)
+    y1, s1 = layer.forward_with_state(x[:, :5])
+    y2, s2 = layer.forward_with_state(x[:, 5:], s1)
+    torch.testing.assert_close(torch.cat([y1.planes, y2.planes], -2), y.planes, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2.planes, final.planes, rtol=1e-12, atol=1e-12)
+    state = None
+    for t in range(23):
+        y_t, state = layer.step(x[:, t], state)
+        torch.testing.assert_close(y_t.planes, y.planes[:, :, t], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state.planes, final.planes, rtol=1e-12, atol=1e-12)
+    k = kw.get("conv_kernel", 0)
+    assert tuple(layer.initial_state(3).shape) == ((3, k, 16) if k else (3, 16))
+
+
+def test_conv_matches_its_definition():
+    """u_t = sum_k w_k (B x)_{t-k} with complex w: checked against complex128 arithmetic."""
+    layer = _layer(torch.float64, conv_kernel=3, d_state=5)
+    x = _x((2, 9, 16), torch.float64)
+    u = layer.in_proj(x).planes
+    got, window = layer._conv(u, None)
+    uc, w = torch.complex(u[0], u[1]), torch.complex(layer.conv_weight[0], layer.conv_weight[1])
+    want = torch.zeros_like(uc)
+    for t in range(9):
+        for j in range(3):
+            if t - j >= 0:
+                want[:, t] += w[j] * uc[:, t - j]
+    torch.testing.assert_close(torch.complex(got[0], got[1]), want, rtol=1e-13, atol=1e-13)
+    assert torch.equal(window, u[..., -2:, :])
+
+
+def test_conv_and_gate_parameters_and_gradients():
+    layer = _layer(torch.float64, conv_kernel=4, gate=True, d_state=6)
+    names = dict(layer.named_parameters())
+    assert names["conv_weight"].shape == (2, 4, 6) and names["conv_weight"].dtype == torch.float64
+    assert names["gate_proj.weight"].shape == (2, 6, 16) and names["gate_act.bias"].shape == (6,)
+    x = _x((2, 12, 16), torch.float64)
+    layer(x).planes.square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert "conv_kernel=4" in repr(layer) and "gate=True" in repr(layer)
+
+
+def test_conv_and_gate_bad_arguments():
+    with pytest.raises(ValueError, match="conv_kernel"):
+        ComplexRecurrence(4, conv_kernel=-1)
+    with pytest.raises(TypeError, match="gate must be a bool"):
+        ComplexRecurrence(4, gate=1)
+    layer = _layer(torch.float32, conv_kernel=3)
+    x = _x((2, 4, 16), torch.float32)
+    with pytest.raises(ValueError, match=r"initial_state must have shape \(\.\.\., 3, 16\)"):
+        layer.forward_with_state(x, C.ComplexTensor(torch.zeros(2, 2, 16)))
+    with pytest.raises(TypeError, match="initial_state must be a ComplexTensor"):
+        layer.forward_with_state(x, torch.zeros(2, 2, 3, 16))
