@@ -193,7 +193,29 @@ def dropout(
     cd = compute_dtype(z.dtype)
     shape = z.planes.shape if mode == "independent" else z.shape
     keep = torch.empty(shape, dtype=cd, device=z.device).bernoulli_(1.0 - p, generator=generator)
-    return ComplexTensor((z.planes.to(cd) * (keep / (1.0 - p))).to(z.dtype))
+    return ComplexTensor(_DropoutFn.apply(z.planes, keep.to(torch.bool), p))
+
+
+class _DropoutFn(torch.autograd.Function):
+    """planes * keep / (1 - p) in the compute dtype, rounded once; saves the mask as bool (1 byte per
+    entry instead of the 4 of an fp32 scale tensor) and rebuilds the same fp32 factor in backward."""
+
+    @staticmethod
+    def _factor(keep: torch.Tensor, p: float, cd: torch.dtype) -> torch.Tensor:
+        return keep.to(cd) / (1.0 - p)
+
+    @staticmethod
+    def forward(ctx, planes, keep, p):
+        cd = compute_dtype(planes.dtype)
+        ctx.save_for_backward(keep)
+        ctx.p = p
+        return (planes.to(cd) * _DropoutFn._factor(keep, p, cd)).to(planes.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        cd = compute_dtype(grad.dtype)
+        return (grad.to(cd) * _DropoutFn._factor(keep, ctx.p, cd)).to(grad.dtype), None, None
 
 
 # -------------------------------------------------------------------- embedding

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import muse.complex as C
 from muse._checks import (
@@ -232,6 +233,19 @@ OMEGA_INITS = ("zeta", "uniform")
 LAMBDA_KINDS = ("complex", "real")
 
 
+def _recomputed(fn, *args):
+    """``fn(*args)`` keeping only its inputs for backward: the float32 intermediates of an element-wise
+    op on fp16 planes are recomputed there (the same code, so the same values) instead of stored."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def _mul_planes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """C.mul on planes (b may be a real tensor): the gate's and the skip's products."""
+    return C.mul(C.ComplexTensor(a), b if b.dim() < a.dim() else C.ComplexTensor(b)).planes
+
+
 class ComplexRecurrence(nn.Module):
     """Complex diagonal linear recurrence (LRU; Orvieto et al. 2023) on planar complex inputs.
 
@@ -343,11 +357,16 @@ class ComplexRecurrence(nn.Module):
     def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None) -> tuple[C.ComplexTensor, torch.Tensor | None]:
         """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), and the
         convolution's new window: the last K - 1 inputs (2, ..., K - 1, d_state), None without one."""
-        u = self.in_proj(x).planes.to(self.nu.dtype)  # (2, ..., S, n)
+        u, window = _recomputed(self._scaled_drive, self.in_proj(x).planes, past)
+        return C.ComplexTensor(u), window
+
+    def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, and the convolution window."""
+        u = u.to(self.nu.dtype)  # (2, ..., S, n)
         window = None
         if self.conv_weight is not None:
             u, window = self._conv(u, past)
-        return C.ComplexTensor(u * self.gamma()), window
+        return u * self.gamma(), window
 
     def _conv(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise complex convolution of the planes u (2, ..., S, n) after the K - 1 inputs
@@ -368,8 +387,8 @@ class ComplexRecurrence(nn.Module):
     def _readout(self, h: C.ComplexTensor, x: C.ComplexTensor) -> C.ComplexTensor:
         h = h.to(x.dtype)
         if self.gate_proj is not None:
-            h = C.mul(h, self.gate_act(self.gate_proj(x)))
-        return C.add(self.out_proj(h), C.mul(x, self.skip))
+            h = C.ComplexTensor(_recomputed(_mul_planes, h.planes, self.gate_act(self.gate_proj(x)).planes))
+        return C.add(self.out_proj(h), C.ComplexTensor(_recomputed(_mul_planes, x.planes, self.skip)))
 
     def _split_state(self, state: C.ComplexTensor | None) -> tuple[C.ComplexTensor | None, torch.Tensor | None]:
         """(recurrence state, convolution window) of a layer state; see :meth:`initial_state`."""
