@@ -235,8 +235,9 @@ LAMBDA_KINDS = ("complex", "real")
 
 def _recomputed(fn, *args):
     """``fn(*args)`` keeping only its inputs for backward: the float32 intermediates of an element-wise
-    op on fp16 planes are recomputed there (the same code, so the same values) instead of stored."""
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+    op on fp16 planes are recomputed there (the same code, so the same values) instead of stored.
+    Eager only: under torch.compile the partitioner chooses what to save and recompute itself."""
+    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 

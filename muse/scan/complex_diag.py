@@ -61,9 +61,10 @@ def decay_powers(nu: torch.Tensor, omega: torch.Tensor, n: torch.Tensor,
 
     Evaluated in float64 (n * omega is exact there for |n| < 2^29) and rounded once.  They depend on
     the parameters only, so with gradients on they are recomputed in backward rather than their
-    float64 intermediates kept (192 MiB at the ``mix`` preset's six layers; same values).
+    float64 intermediates kept (192 MiB at the ``mix`` preset's six layers; same values).  Eager
+    only: under torch.compile the partitioner decides what to recompute.
     """
-    if torch.is_grad_enabled() and (nu.requires_grad or omega.requires_grad):
+    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and (nu.requires_grad or omega.requires_grad):
         return checkpoint(_decay_powers, nu, omega, n, dtype, use_reentrant=False)
     return _decay_powers(nu, omega, n, dtype)
 
