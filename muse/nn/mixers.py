@@ -104,7 +104,9 @@ class BKCore(nn.Module):
         if self.gamma is None:
             gamma = torch.zeros_like(v)
         else:
-            gamma = F.softplus(self.gamma(x).to(rdt)).transpose(1, 2)  # (B, C, S), >= 0: dissipation
+            # softplus after a contiguous transpose: same values; aot_eager's softplus backward cannot take
+            # a transposed gradient (torch 2.13: "view size is not compatible")
+            gamma = F.softplus(self.gamma(x).to(rdt).transpose(1, 2).contiguous())  # (B, C, S), >= 0: dissipation
         scale = math.sqrt(self.coupling)
         with _no_autocast(x):
             a = bk_diagonal(v, gamma, self.shift)  # (B, C, S) complex
@@ -212,8 +214,8 @@ class DissipativeHebbian(nn.Module):
             q = q / math.sqrt(self.d_head)
         k = self._heads(self.k(x).to(rdt))  # (B, H, S, dh)
         v = self._heads(self.v(x).to(rdt))  # (B, H, S, dh)
-        gamma = F.softplus(self.gamma(x).to(rdt)) + self.gamma_min  # (B, S, H) or (B, S, 1)
-        log_decay = (-self.dt * gamma).transpose(1, 2).expand(b, self.n_heads, s)  # (B, H, S), <= 0
+        gamma = F.softplus(self.gamma(x).to(rdt).transpose(1, 2).contiguous()) + self.gamma_min  # (B, H or 1, S)
+        log_decay = (-self.dt * gamma).expand(b, self.n_heads, s)  # (B, H, S), <= 0 (see BKCore for the layout)
         with _no_autocast(x):
             if with_state:
                 y, state = hebbian_parallel_with_state(q, k, v, log_decay, self.eta, self.chunk_size,

@@ -14,7 +14,7 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name, preset", [("stage1", "mix-tiny"), ("gpt", "tiny")])
+@pytest.mark.parametrize("name, preset", [("stage1", "mix-tiny"), ("gpt", "tiny"), ("phase2", "tiny")])
 def test_compiled_loss_equals_eager(name, preset):
     torch.manual_seed(0)
     model = build_model(name, preset, dropout=0.0)
