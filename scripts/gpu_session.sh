@@ -187,7 +187,22 @@ final4)
   timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4" >&2; exit 2 ;;
+next)
+  step "CUDA tests: scan kernels (the fixed Hebbian test), whole-loss compile incl. Phase 2, saved-bytes tests"
+  timeout 100 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels \
+    tests/train/test_compiled_model_loss.py tests/models/test_saved_activation_bytes.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
+  step "fused loss memory B2 (bool dropout masks), throughput B4 eager"
+  timeout 80 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "muse bench speed: Stage 1 and GPT compiled in one process (model + loss as one graph)"
+  timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants eager,compiled --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
+  step "Phase 2 with kernels under bf16 autocast and TF32"
+  timeout 90 python3 scripts/bench_phase2_scans.py --sections model --amp bf16 2>&1 | grep phase2
+  timeout 90 python3 scripts/bench_phase2_scans.py --sections model --tf32 2>&1 | grep phase2
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
