@@ -7,6 +7,8 @@ live tensor bytes (:mod:`benchmarks.memory`) on every device and, on CUDA, also
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 import statistics
 import time
@@ -31,6 +33,8 @@ def _sync(device: torch.device) -> None:
 
 
 LOSSES = ("fused", "full")
+#: The CUDA memory measure's name in reports.
+CUDA_MEASURE = "torch.cuda.max_memory_allocated (warm, minus memory not the step's)"
 
 
 def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str, impl: str) -> torch.Tensor:
@@ -45,10 +49,15 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     """Peak bytes over one forward + LM loss + backward, with the measure that exists here.
 
     Always: ``tracked_peak_bytes``, the peak of live tensor bytes (:class:`LiveTensorBytes`,
-    any device). On CUDA also ``cuda_peak_bytes`` (``torch.cuda.max_memory_allocated`` over
-    the same run) and ``agreement`` = tracked / cuda. ``peak_bytes`` is the CUDA figure where
-    it exists, else the tracked one; ``measure`` names it. Everything alive before the forward
-    (parameters, buffers, inputs) is included; ``before_bytes`` is that part.
+    any device), counting everything alive before the forward that belongs to the step
+    (parameters, buffers, inputs; ``tracked_before_bytes``). On CUDA also
+    ``torch.cuda.max_memory_allocated`` over the same step, after one unmeasured warm-up step
+    (so cuBLAS/cuBLASLt workspaces, which are created lazily per thread and then kept, exist
+    before it): ``cuda_raw_peak_bytes`` is the allocator's figure, ``cuda_foreign_bytes`` what
+    was allocated before the step and is not the model's (those workspaces, anything an
+    earlier run left), and ``cuda_peak_bytes`` = raw - foreign, the step's own peak;
+    ``agreement`` = tracked / cuda_peak. ``peak_bytes`` is the CUDA figure where it exists,
+    else the tracked one; ``measure`` names it; ``before_bytes`` is the step's part alive before.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -59,6 +68,9 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     path = loss_path(model.lm_head.weight.dtype, impl) if loss == "fused" else "full logits + fp32 cross-entropy"
     cuda = device.type == "cuda"
     if cuda:
+        _loss(model, inputs, targets, loss, impl).backward()  # warm-up: library workspaces exist after it
+        model.zero_grad(set_to_none=True)
+        gc.collect()
         _sync(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -70,11 +82,15 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
         _sync(device)
     result = {"loss": loss, "loss_path": path, "batch": batch, "seq": seq,
               "tracked_peak_bytes": tracker.peak, "tracked_before_bytes": tracked_before,
-              "cuda_peak_bytes": None, "cuda_before_bytes": None, "agreement": None}
+              "cuda_peak_bytes": None, "cuda_raw_peak_bytes": None, "cuda_foreign_bytes": None,
+              "cuda_before_bytes": None, "agreement": None}
     if cuda:
-        peak = torch.cuda.max_memory_allocated(device)
-        result.update(cuda_peak_bytes=peak, cuda_before_bytes=cuda_before, agreement=tracker.peak / peak,
-                      peak_bytes=peak, before_bytes=cuda_before, measure="torch.cuda.max_memory_allocated")
+        raw = torch.cuda.max_memory_allocated(device)
+        foreign = max(cuda_before - tracked_before, 0)
+        peak = raw - foreign
+        result.update(cuda_peak_bytes=peak, cuda_raw_peak_bytes=raw, cuda_foreign_bytes=foreign,
+                      cuda_before_bytes=cuda_before - foreign, agreement=tracker.peak / peak,
+                      peak_bytes=peak, before_bytes=cuda_before - foreign, measure=CUDA_MEASURE)
     else:
         result.update(peak_bytes=tracker.peak, before_bytes=tracked_before, measure="live tensor bytes")
     result["peak_minus_before_bytes"] = result["peak_bytes"] - result["before_bytes"]
@@ -82,31 +98,52 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     return result
 
 
+def _compiled_step(model: nn.Module, loss: str, impl: str):
+    """(inputs, targets) -> loss with the model and the loss compiled as one graph (fullgraph)."""
+    from muse.train.loss import compile_model_loss
+
+    if loss == "fused":
+        return compile_model_loss(model, impl=impl)
+    C.set_gemm_policy()
+    return torch.compile(lambda inputs, targets: lm_loss(model(inputs), targets), fullgraph=True)
+
+
 def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, steps: int = 10,
                warmup: int = 3, train: bool = True, seed: int = 0, loss: str = "fused",
-               impl: str = "auto") -> dict:
-    """Tokens per second of forward(+loss+backward when ``train``), median over ``steps`` timed runs."""
+               impl: str = "auto", compiled: bool = False) -> dict:
+    """Tokens per second of forward(+loss+backward when ``train``), median over ``steps`` timed runs.
+
+    ``compiled``: the model and the loss run as one ``torch.compile`` graph (inference: the
+    compiled model); compilation happens in the warm-up runs, which are not timed.
+    """
     steps = check_int("steps", steps, min_value=1)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     gen = torch.Generator().manual_seed(seed)
     inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
     model.train(train)
+    if compiled:
+        step = _compiled_step(model, loss, impl) if train else torch.compile(model, fullgraph=True)
+        warmup = max(warmup, 2)
+    else:
+        step = functools.partial(_loss, model, loss=loss, impl=impl) if train else model
     times = []
     for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
         if train:
-            _loss(model, inputs, targets, loss, impl).backward()
+            step(inputs, targets).backward()
             model.zero_grad(set_to_none=True)
         else:
             with torch.no_grad():
-                model(inputs)
+                step(inputs)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {"tokens_per_second": batch * seq / med, "median_seconds": med, "steps": steps,
             "batch": batch, "seq": seq, "mode": "train (fwd+bwd)" if train else "inference",
-            "loss": loss if train else None}
+            "loss": loss if train else None, "compiled": compiled}
 
 
 def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device: torch.device,

@@ -17,6 +17,7 @@ diagnostic for docs/performance.md; every figure taken from it goes there with d
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -29,7 +30,7 @@ from muse.models import build_model
 from muse.models.phase2 import PRESETS, Phase2Config
 from muse.nn.mixers import BKCore, DissipativeHebbian
 from muse.scan import bk_diagonal, bk_green_scan, hebbian_parallel
-from muse.train.loss import model_loss
+from muse.train.loss import compile_model_loss, model_loss
 
 MODES = {"pytorch": "0", "kernels": "1"}
 AMP = {None: torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -116,18 +117,19 @@ def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bo
     m = build_model("phase2", preset, device=device, max_seq_len=max(seq, 1)).train()
     ids = torch.randint(0, m.config.vocab_size, (batch, seq + 1), device=device)
     inp, tgt = ids[:, :-1], ids[:, 1:]
-    variants = [("eager", m)] + ([("compiled", None)] if compile_ else [])
-    for label, runner in variants:
+    variants = ["eager"] + (["compiled"] if compile_ else [])
+    for label in variants:
         for mode, env in MODES.items():
             with kernels.environment(MUSE_KERNELS=env):
-                if label == "compiled":
+                runner = functools.partial(model_loss, m)
+                if label == "compiled":  # model + loss as one graph, as muse train runs it
                     torch._dynamo.reset()
-                    runner = torch.compile(m)  # the environment is read when the graph is traced
+                    runner = compile_model_loss(m)  # the environment is read when the graph is traced
 
                 def step(runner=runner):
                     m.zero_grad(set_to_none=True)
                     with torch.autocast(device.type, dtype=AMP[amp], enabled=amp is not None):
-                        loss = model_loss(runner, inp, tgt)
+                        loss = runner(inp, tgt)
                     loss.backward()
                 t0 = time.perf_counter()
                 step()

@@ -202,7 +202,21 @@ next)
   timeout 90 python3 scripts/bench_phase2_scans.py --sections model --amp bf16 2>&1 | grep phase2
   timeout 90 python3 scripts/bench_phase2_scans.py --sections model --tf32 2>&1 | grep phase2
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next" >&2; exit 2 ;;
+s4a)
+  step "CUDA tests: scan kernels, whole-loss compile incl. Phase 2, saved-bytes tests"
+  timeout 100 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels \
+    tests/train/test_compiled_model_loss.py tests/models/test_saved_activation_bytes.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
+  step "fused loss memory B2 (warm, the step's own peak), eager throughput B4"
+  timeout 90 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "profile: Stage 1 compiled (one-graph loss; default vs reduce-overhead)"
+  timeout 200 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections compiled 2>&1 | grep -E "^\[|compile|tok/s" | head -20
+  step "Phase 2 model under bf16 autocast, eager and compiled (one graph); TF32 eager"
+  timeout 150 python3 scripts/bench_phase2_scans.py --sections model --compile --amp bf16 --out "$OUT/phase2-bf16.json" 2>&1 | grep phase2
+  timeout 60 python3 scripts/bench_phase2_scans.py --sections model --tf32 --out "$OUT/phase2-tf32.json" 2>&1 | grep phase2
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

@@ -16,7 +16,6 @@ import torch
 
 from benchmarks import measure
 from muse.models import build_model
-from muse.models.compile import compile_model
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed throughput steps (0: memory only)")
     p.add_argument("--impl", default="auto", choices=["auto", "torch-native", "chunked"])
     p.add_argument("--models", default="phase2,stage1", help="comma-separated registry names")
-    p.add_argument("--compile", action="store_true", help="throughput of the torch.compile'd model (and loss)")
+    p.add_argument("--compile", action="store_true", help="throughput with the model and the loss compiled as one graph")
     args = p.parse_args()
     dev = torch.device(args.device)
     for name in args.models.split(","):
@@ -44,10 +43,12 @@ def main() -> None:
                    "before_MiB": round(mem["before_bytes"] / 2**20, 1),
                    "tracked_peak_MiB": round(mem["tracked_peak_bytes"] / 2**20, 1),
                    "agreement": mem["agreement"]}
+            if mem["cuda_raw_peak_bytes"] is not None:
+                row["cuda_raw_peak_MiB"] = round(mem["cuda_raw_peak_bytes"] / 2**20, 1)
+                row["cuda_foreign_MiB"] = round(mem["cuda_foreign_bytes"] / 2**20, 1)
             if args.steps:
-                net = compile_model(model) if args.compile else model
-                tp = measure.throughput(net, args.throughput_batch or args.batch, seq, dev, args.steps,
-                                        warmup=2, loss=loss, impl=args.impl)
+                tp = measure.throughput(model, args.throughput_batch or args.batch, seq, dev, args.steps,
+                                        warmup=2, loss=loss, impl=args.impl, compiled=args.compile)
                 row["train_tok_s"] = round(tp["tokens_per_second"], 1)
                 row["compiled"] = args.compile
             print(json.dumps(row), flush=True)

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import muse.complex as C
 from muse.models import build_model
-from muse.train.loss import linear_cross_entropy, lm_loss
+from muse.train.loss import linear_cross_entropy, lm_loss, model_loss
 
 DEV = torch.device("cuda")
 
@@ -142,40 +142,47 @@ def sec_loss(w):
 
 
 def sec_compiled(w):
+    """Stage 1 seed B4 S1024 compiled: the model + chunked loss as one graph (as muse train runs it),
+    and compiled inference; each also under mode="reduce-overhead" (CUDA graphs)."""
+    from muse.train.loss import compile_model_loss
+
     torch.manual_seed(0)
     model = build_model("stage1", "seed", device=DEV)
     b, s = 4, 1024
     ids = torch.randint(0, 50257, (b, s + 1), device=DEV)
     inp, tgt = ids[:, :-1], ids[:, 1:]
-    net = torch.compile(model)
-    head = model.lm_head
-    model.train()
+    for mode in ("default", "reduce-overhead"):
+        model.train()
+        if mode == "default":
+            loss_fn = compile_model_loss(model)
+        else:
+            loss_fn = torch.compile(lambda i, t: model_loss(model, i, t), fullgraph=True, mode=mode)
 
-    def full():
-        lm_loss(net(inp), tgt).backward()
+        def train(loss_fn=loss_fn):
+            loss_fn(inp, tgt).backward()
+            model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            train()
+        torch.cuda.synchronize()
+        w(f"[{mode}] compile + 2 steps: {time.perf_counter() - t0:.1f} s")
+        ms = bench(train, 10)
+        w(f"[{mode}] compiled fwd+bwd (model + loss one graph): {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s; "
+          f"host {cpu_time(train, 5):.3f} ms per call")
+        if mode == "default":
+            w(table(train, n=3, rows=40))
+        model.eval()
+        net = torch.compile(model, fullgraph=True, mode=None if mode == "default" else mode)
 
-    def fused(cs):
-        def f():
-            h = net(inp, return_hidden=True)
-            linear_cross_entropy(h, head.weight, tgt, head.bias, chunk_size=cs, impl="chunked").backward()
-        return f
-    t0 = time.perf_counter()
-    full()
-    torch.cuda.synchronize()
-    w(f"compile+first full: {time.perf_counter() - t0:.1f} s")
-    w(f"compiled fwd+bwd full logits: {bench(full, 10):.3f} ms")
-    w(table(full, n=3, rows=30))
-    fused(None)()
-    for cs in (None, 1024, 4096):
-        w(f"compiled model + chunked loss chunk={cs}: {bench(fused(cs), 10):.3f} ms")
-    model.eval()
-
-    def infer():
-        with torch.no_grad():
-            net(inp)
-    infer()
-    w(f"compiled inference: {bench(infer, 10):.3f} ms")
-    w(table(infer, n=3, rows=20))
+        def infer(net=net):
+            with torch.no_grad():
+                net(inp)
+        infer()
+        infer()
+        ms = bench(infer, 10)
+        w(f"[{mode}] compiled inference: {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s; host {cpu_time(infer, 5):.3f} ms")
+        if mode == "default":
+            w(table(infer, n=3, rows=25))
 
 
 def sec_phase2(w):
