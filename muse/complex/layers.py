@@ -4,7 +4,7 @@
 fp32 and rounds once; only the fp16 input is saved, and the backward recomputes the
 statistics from it (less memory, and the backward is itself differentiable, so
 double backward works).  Their outputs are remembered as recomputable from that input
-(``_recompute.remember``), so a GEMM that consumes one keeps the input, not the output.  The gradient convention is PyTorch's: for real L,
+(``recompute.remember``), so a GEMM that consumes one keeps the input, not the output.  The gradient convention is PyTorch's: for real L,
 grad = dL/dRe + i dL/dIm.  Where ``muse.kernels.use_kernel`` picks it (float16 planes on
 CUDA, or Triton's interpreter), forward and backward run one Triton kernel each; the
 PyTorch code here is the reference and the fallback.  A backward that must itself be
@@ -29,7 +29,7 @@ from muse._checks import (
     check_token_range,
     check_type,
 )
-from muse.complex import _recompute
+from muse.complex import recompute
 from muse.complex._policy import compute_dtype, magnitude
 from muse.complex.tensor import ComplexTensor
 
@@ -109,7 +109,7 @@ def layer_norm(
     check_same_device(named)
     eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
     out = _LayerNormFn.apply(z.planes, weight, bias, eps)
-    return ComplexTensor(_recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
+    return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
 
 
 # ---------------------------------------------------------------------- modReLU
@@ -167,7 +167,7 @@ def modrelu(z: ComplexTensor, bias: torch.Tensor) -> ComplexTensor:
             f"bias must be 0-d or have shape ({z.shape[-1] if z.dim() else 1},), got {tuple(bias.shape)}"
         )
     check_same_device([("z", z.device), ("bias", bias.device)])
-    return ComplexTensor(_recompute.remember(_ModReLUFn.apply(z.planes, bias), _ModReLUFn.apply, z.planes, bias))
+    return ComplexTensor(recompute.remember(_ModReLUFn.apply(z.planes, bias), _ModReLUFn.apply, z.planes, bias))
 
 
 # ---------------------------------------------------------------------- dropout

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from muse._checks import check_real_tensor, check_same_device, check_type
-from muse.complex import _recompute
+from muse.complex import recompute
 from muse.complex._policy import gemm_dtype, gemm_linear, gemm_matmul
 from muse.complex.tensor import ComplexTensor
 
@@ -99,7 +99,7 @@ def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None =
     gd = gemm_dtype(x.dtype, x.device)
     b_cat = None if bias is None else bias.planes.reshape(2 * out_f)
     # the GEMM's operand copies are rebuilt in backward from the planes they came from
-    y = _recompute.rebuilt(lambda xc, wb: gemm_linear(xc, wb, b_cat, x.dtype),
+    y = recompute.rebuilt(lambda xc, wb: gemm_linear(xc, wb, b_cat, x.dtype),
                            (_cat_parts, (x.planes, gd)), (_block_weight, (weight.planes, gd)))
     return ComplexTensor(y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous())
 

@@ -26,7 +26,7 @@ from muse._checks import (
     check_shift,
     check_type,
 )
-from muse.complex._recompute import rebuilt, recomputed, remember
+from muse.complex.recompute import rebuilt, recomputed, remember
 from muse.init import zeta_zeros
 from muse.nn.activation import ModReLU
 from muse.nn.linear import ComplexLinear

@@ -1,7 +1,7 @@
 """What the backward keeps: the dropout mask as bool, no float64 decay powers, no fp32 copies of the
 recurrence's element-wise inputs, no GEMM operand copies, no LayerNorm or modReLU outputs (the
 memory criterion depends on it), and the same values and gradients, bit for bit, as plain autograd
-(``muse.complex._recompute.disabled``)."""
+(``muse.complex.recompute.disabled``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 import muse.complex as C
 from benchmarks.memory import LiveTensorBytes
-from muse.complex import _recompute
+from muse.complex import recompute
 from muse.models import build_model
 from muse.models.stage1 import ComplexFeedForward
 from muse.nn import ComplexLayerNorm, ComplexLinear, ComplexRecurrence
@@ -91,7 +91,7 @@ def test_seed_block_keeps_fp16_inputs_only():
 
 
 def test_disabled_recipes_keep_more():
-    with _recompute.disabled():
+    with recompute.disabled():
         assert _alive_per_token_layer("mix-tiny") > 5000
 
 
@@ -102,13 +102,13 @@ def _values_and_grads(fn, leaves):
         t.grad = None
     torch.manual_seed(7)
     out = fn()
-    out.backward(torch.randn(out.shape).to(out.dtype))
+    out.backward(torch.randn(out.shape).to(device=out.device, dtype=out.dtype))
     return [out.detach().clone()] + [t.grad.clone() for t in leaves]
 
 
 def _assert_bit_identical(fn, leaves):
     got = _values_and_grads(fn, leaves)
-    with _recompute.disabled():
+    with recompute.disabled():
         want = _values_and_grads(fn, leaves)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and torch.equal(g, w)
@@ -167,10 +167,10 @@ def test_recurrence_bit_identical(kw):
 
 
 @pytest.mark.parametrize("preset", ["mix-tiny", "tiny"])
-def test_stage1_bit_identical(preset):
+def test_stage1_bit_identical(preset, device):  # device: cpu, and cuda where there is one (verification plugin)
     torch.manual_seed(0)
-    model = build_model("stage1", preset, vocab_size=64).train()
-    ids = torch.randint(0, 64, (2, 40))
+    model = build_model("stage1", preset, vocab_size=64, device=torch.device(device)).train()
+    ids = torch.randint(0, 64, (2, 40), device=device)
 
     def run():
         torch.manual_seed(11)  # the same dropout masks in both runs
@@ -184,7 +184,7 @@ def test_recipe_under_checkpoint_bit_identical():
     norm, lin = ComplexLayerNorm(16), ComplexLinear(16, 24)
     x = _planes(3, 5, 16)
     fn = lambda p: lin(norm(C.ComplexTensor(p))).planes  # noqa: E731
-    _assert_bit_identical(lambda: _recompute.recomputed(fn, x), [x, *norm.parameters(), *lin.parameters()])
+    _assert_bit_identical(lambda: recompute.recomputed(fn, x), [x, *norm.parameters(), *lin.parameters()])
 
 
 def test_double_backward_through_rebuilt_operands():
