@@ -199,8 +199,26 @@ def dropout(
     return ComplexTensor(_DropoutFn.apply(z.planes, keep.to(torch.bool), p))
 
 
+_BITS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor -> uint8, eight entries a byte (zero-padded at the end)."""
+    flat = mask.reshape(-1)
+    flat = torch.cat((flat, flat.new_zeros(-flat.numel() % 8)))
+    bits = torch.tensor(_BITS, dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, 8).to(torch.uint8) * bits).sum(dim=-1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of :func:`_pack_bits`: the bool tensor of ``shape``."""
+    bits = torch.tensor(_BITS, dtype=torch.uint8, device=packed.device)
+    flat = (packed[:, None] & bits).ne(0).reshape(-1)
+    return flat[:shape.numel()].reshape(shape)
+
+
 class _DropoutFn(torch.autograd.Function):
-    """planes * keep / (1 - p) in the compute dtype, rounded once; saves the mask as bool (1 byte per
+    """planes * keep / (1 - p) in the compute dtype, rounded once; saves the mask as bits (1/8 byte per
     entry instead of the 4 of an fp32 scale tensor) and rebuilds the same fp32 factor in backward."""
 
     @staticmethod
@@ -210,14 +228,15 @@ class _DropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes, keep, p):
         cd = compute_dtype(planes.dtype)
-        ctx.save_for_backward(keep)
-        ctx.p = p
+        ctx.save_for_backward(_pack_bits(keep))
+        ctx.p, ctx.shape = p, keep.shape
         return (planes.to(cd) * _DropoutFn._factor(keep, p, cd)).to(planes.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
+        (packed,) = ctx.saved_tensors
         cd = compute_dtype(grad.dtype)
+        keep = _unpack_bits(packed, ctx.shape)
         return (grad.to(cd) * _DropoutFn._factor(keep, ctx.p, cd)).to(grad.dtype), None, None
 
 

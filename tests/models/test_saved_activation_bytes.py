@@ -29,10 +29,20 @@ def _saved(fn):
     return out
 
 
-def test_dropout_saves_a_bool_mask():
+def test_dropout_saves_the_mask_as_bits():
     z = C.ComplexTensor(torch.randn(2, 4, 64, dtype=torch.float16, requires_grad=True))
-    assert _saved(lambda: C.dropout(z, 0.3, True)) == [(torch.bool, (4, 64))]  # shared: one per entry
-    assert _saved(lambda: C.dropout(z, 0.3, True, mode="independent")) == [(torch.bool, (2, 4, 64))]
+    assert _saved(lambda: C.dropout(z, 0.3, True)) == [(torch.uint8, (32,))]  # shared: one bit per entry
+    assert _saved(lambda: C.dropout(z, 0.3, True, mode="independent")) == [(torch.uint8, (64,))]
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 9), (2, 0, 4)])
+def test_mask_bits_round_trip(shape):
+    from muse.complex.layers import _pack_bits, _unpack_bits
+
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.6
+    packed = _pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+    assert torch.equal(_unpack_bits(packed, mask.shape), mask)
 
 
 def test_dropout_backward_uses_the_same_factor():
@@ -77,17 +87,17 @@ def _alive_per_token_layer(preset: str, batch: int = 2, seq: int = 96) -> float:
 
 def test_mix_block_keeps_fp16_inputs_only():
     # mix-tiny (d = d_state = 64, d_ffn = 128), per token and layer: the mixer keeps its LayerNorm's
-    # input 4d, B x, G x and the scan's output 4d each, a 2d dropout mask; the FFN its LayerNorm's
-    # input 4d, the up projection's output 4 d_ffn and a mask: 2048 bytes (+ the embedding and the
-    # hidden output: 640 bytes a token, spread over the two layers): 2,368.  Before the recipes: 10,015.
-    assert _alive_per_token_layer("mix-tiny") <= 2500
+    # input 4d, B x, G x and the scan's output 4d each, a dropout mask of 2d bits; the FFN its
+    # LayerNorm's input 4d, the up projection's output 4 d_ffn and a mask: 1,824 bytes (+ the embedding
+    # and the hidden output, 530 bytes a token over the two layers): 2,089.  Before: 10,015.
+    assert _alive_per_token_layer("mix-tiny") <= 2200
 
 
 def test_seed_block_keeps_fp16_inputs_only():
-    # tiny (d = 64): LayerNorm 1's input 4d, the linear's output 4d, the mask 2d, LayerNorm 2's
-    # input 4d: 896 bytes (+ 320 for the embedding and output): 1,216.  Before: 2,069 (the linear kept
-    # an fp32 copy of its input and weight).
-    assert _alive_per_token_layer("tiny") <= 1300
+    # tiny (d = 64): LayerNorm 1's input 4d, the linear's output 4d, a mask of 2d bits, LayerNorm 2's
+    # input 4d: 784 bytes (+ 264 for the embedding and output): 1,048.  Before: 2,069 (the linear kept
+    # an fp32 copy of its input and weight, the masks a byte an entry).
+    assert _alive_per_token_layer("tiny") <= 1150
 
 
 def test_disabled_recipes_keep_more():
