@@ -6,12 +6,13 @@ recompute, so they step aside), both inactive without gradients and under :func:
 * :func:`recomputed` (``fn(*args)`` under non-reentrant ``torch.utils.checkpoint``): the region
   keeps only its inputs and reruns ``fn`` in backward.  For element-wise fp32 math on fp16
   planes, and for the complex scan, whose fp32 states cost more than its fp16 input.
-* :func:`remember` + :func:`saving`: ``remember(out, fn, *args)`` says that ``out`` equals
-  ``fn(*args)`` bit for bit (a LayerNorm's or modReLU's output from its fp16 input); ``with
-  saving({t: make_t})`` around an op makes autograd keep, for any saved view of ``t``, the
-  recipe ``make_t`` instead of ``t``, and rebuild the view from it in backward.  A GEMM's fp32
-  (CPU) or fp16 (CUDA) operand copies then cost nothing: the recipe holds the fp16 planes they
-  came from, or, where those were remembered, the tensors those came from.  Autograd's own
+* :func:`remember` + :func:`rebuilt` (on :func:`saving`): ``remember(out, fn, *args)`` says that
+  ``out`` equals ``fn(*args)`` bit for bit (a LayerNorm's or modReLU's output from its fp16
+  input); ``rebuilt(op, (prep, args), ...)`` runs ``op`` on cheap operand copies ``prep(*args)``
+  (casts, concatenations) while autograd keeps, for any saved view of such a copy, a recipe
+  instead of the copy, and rebuilds the view from it in backward.  A GEMM's fp32 (CPU) or fp16
+  (CUDA) operand copies then cost nothing: the recipe holds the fp16 planes they came from, or,
+  where those were remembered, the tensors those came from.  Autograd's own
   backward formulas run on the rebuilt tensors, so the gradients are those of the plain graph
   (double backward included: autograd keeps a saved tensor's graph links apart from its data).
 
