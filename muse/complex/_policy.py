@@ -83,12 +83,15 @@ def gemm_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
     return compute_dtype(storage)
 
 
-def gemm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` with fp32 accumulation and one rounding to ``x.dtype``."""
-    gd = gemm_dtype(x.dtype, x.device)
+def gemm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with fp32 accumulation and one rounding to ``out_dtype`` (default
+    ``x.dtype``; pass the storage dtype when x is already in the GEMM operand dtype)."""
+    storage = x.dtype if out_dtype is None else out_dtype
+    gd = gemm_dtype(storage, x.device)
     with fp32_accumulation(x.device):
         y = F.linear(x.to(gd), weight.to(gd), None if bias is None else bias.to(gd))
-    return y.to(x.dtype)
+    return y.to(storage)
 
 
 def gemm_matmul(a: torch.Tensor, b: torch.Tensor, storage: torch.dtype) -> torch.Tensor:

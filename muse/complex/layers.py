@@ -3,7 +3,8 @@
 ``layer_norm`` and ``modrelu`` are custom autograd functions: the forward computes in
 fp32 and rounds once; only the fp16 input is saved, and the backward recomputes the
 statistics from it (less memory, and the backward is itself differentiable, so
-double backward works).  The gradient convention is PyTorch's: for real L,
+double backward works).  Their outputs are remembered as recomputable from that input
+(``recompute.remember``), so a GEMM that consumes one keeps the input, not the output.  The gradient convention is PyTorch's: for real L,
 grad = dL/dRe + i dL/dIm.  Where ``muse.kernels.use_kernel`` picks it (float16 planes on
 CUDA, or Triton's interpreter), forward and backward run one Triton kernel each; the
 PyTorch code here is the reference and the fallback.  A backward that must itself be
@@ -28,6 +29,7 @@ from muse._checks import (
     check_token_range,
     check_type,
 )
+from muse.complex import recompute
 from muse.complex._policy import compute_dtype, magnitude
 from muse.complex.tensor import ComplexTensor
 
@@ -106,7 +108,8 @@ def layer_norm(
         named.append((name, t.device))
     check_same_device(named)
     eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
-    return ComplexTensor(_LayerNormFn.apply(z.planes, weight, bias, eps))
+    out = _LayerNormFn.apply(z.planes, weight, bias, eps)
+    return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
 
 
 # ---------------------------------------------------------------------- modReLU
@@ -164,7 +167,7 @@ def modrelu(z: ComplexTensor, bias: torch.Tensor) -> ComplexTensor:
             f"bias must be 0-d or have shape ({z.shape[-1] if z.dim() else 1},), got {tuple(bias.shape)}"
         )
     check_same_device([("z", z.device), ("bias", bias.device)])
-    return ComplexTensor(_ModReLUFn.apply(z.planes, bias))
+    return ComplexTensor(recompute.remember(_ModReLUFn.apply(z.planes, bias), _ModReLUFn.apply, z.planes, bias))
 
 
 # ---------------------------------------------------------------------- dropout
@@ -196,8 +199,26 @@ def dropout(
     return ComplexTensor(_DropoutFn.apply(z.planes, keep.to(torch.bool), p))
 
 
+_BITS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor -> uint8, eight entries a byte (zero-padded at the end)."""
+    flat = mask.reshape(-1)
+    flat = torch.cat((flat, flat.new_zeros(-flat.numel() % 8)))
+    bits = torch.tensor(_BITS, dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, 8).to(torch.uint8) * bits).sum(dim=-1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of :func:`_pack_bits`: the bool tensor of ``shape``."""
+    bits = torch.tensor(_BITS, dtype=torch.uint8, device=packed.device)
+    flat = (packed[:, None] & bits).ne(0).reshape(-1)
+    return flat[:shape.numel()].reshape(shape)
+
+
 class _DropoutFn(torch.autograd.Function):
-    """planes * keep / (1 - p) in the compute dtype, rounded once; saves the mask as bool (1 byte per
+    """planes * keep / (1 - p) in the compute dtype, rounded once; saves the mask as bits (1/8 byte per
     entry instead of the 4 of an fp32 scale tensor) and rebuilds the same fp32 factor in backward."""
 
     @staticmethod
@@ -207,14 +228,15 @@ class _DropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes, keep, p):
         cd = compute_dtype(planes.dtype)
-        ctx.save_for_backward(keep)
-        ctx.p = p
+        ctx.save_for_backward(_pack_bits(keep))
+        ctx.p, ctx.shape = p, keep.shape
         return (planes.to(cd) * _DropoutFn._factor(keep, p, cd)).to(planes.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
+        (packed,) = ctx.saved_tensors
         cd = compute_dtype(grad.dtype)
+        keep = _unpack_bits(packed, ctx.shape)
         return (grad.to(cd) * _DropoutFn._factor(keep, ctx.p, cd)).to(grad.dtype), None, None
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from muse._checks import check_real_tensor, check_same_device, check_type
-from muse.complex._policy import gemm_linear, gemm_matmul
+from muse.complex import recompute
+from muse.complex._policy import gemm_dtype, gemm_linear, gemm_matmul
 from muse.complex.tensor import ComplexTensor
 
 
@@ -95,8 +96,20 @@ def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None =
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; convert one explicitly")
-    wr, wi = weight.real, weight.imag
-    w_block = torch.cat((torch.cat((wr, -wi), dim=1), torch.cat((wi, wr), dim=1)), dim=0)  # (2out, 2in)
+    gd = gemm_dtype(x.dtype, x.device)
     b_cat = None if bias is None else bias.planes.reshape(2 * out_f)
-    y = gemm_linear(torch.cat((x.real, x.imag), dim=-1), w_block, b_cat)  # (..., 2out)
+    # the GEMM's operand copies are rebuilt in backward from the planes they came from
+    y = recompute.rebuilt(lambda xc, wb: gemm_linear(xc, wb, b_cat, x.dtype),
+                           (_cat_parts, (x.planes, gd)), (_block_weight, (weight.planes, gd)))
     return ComplexTensor(y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous())
+
+
+def _cat_parts(planes: torch.Tensor, gd: torch.dtype) -> torch.Tensor:
+    """[x_r, x_i] along the last dim, in the GEMM operand dtype: (2, ..., in) -> (..., 2in)."""
+    return torch.cat((planes[0], planes[1]), dim=-1).to(gd)
+
+
+def _block_weight(w: torch.Tensor, gd: torch.dtype) -> torch.Tensor:
+    """[[W_r, -W_i], [W_i, W_r]] of planar W (2, out, in), in the GEMM operand dtype: (2out, 2in)."""
+    wr, wi = w[0], w[1]
+    return torch.cat((torch.cat((wr, -wi), dim=1), torch.cat((wi, wr), dim=1)), dim=0).to(gd)

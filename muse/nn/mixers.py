@@ -16,7 +16,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 import muse.complex as C
 from muse._checks import (
@@ -27,6 +26,7 @@ from muse._checks import (
     check_shift,
     check_type,
 )
+from muse.complex.recompute import rebuilt, recomputed, remember
 from muse.init import zeta_zeros
 from muse.nn.activation import ModReLU
 from muse.nn.linear import ComplexLinear
@@ -235,18 +235,18 @@ OMEGA_INITS = ("zeta", "uniform")
 LAMBDA_KINDS = ("complex", "real")
 
 
-def _recomputed(fn, *args):
-    """``fn(*args)`` keeping only its inputs for backward: the float32 intermediates of an element-wise
-    op on fp16 planes are recomputed there (the same code, so the same values) instead of stored.
-    Eager only: under torch.compile the partitioner chooses what to save and recompute itself."""
-    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
+def _compute_planes(p: torch.Tensor) -> torch.Tensor:
+    return p.to(C.compute_dtype(p.dtype))
 
 
 def _mul_planes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """C.mul on planes (b may be a real tensor): the gate's and the skip's products."""
     return C.mul(C.ComplexTensor(a), b if b.dim() < a.dim() else C.ComplexTensor(b)).planes
+
+
+def _gated(h: torch.Tensor, g: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h * modReLU(g) on planes: the recurrence's output gate (one region, so only h and g are kept)."""
+    return _mul_planes(h, C.modrelu(C.ComplexTensor(g), bias).planes)
 
 
 class ComplexRecurrence(nn.Module):
@@ -360,8 +360,17 @@ class ComplexRecurrence(nn.Module):
     def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None) -> tuple[C.ComplexTensor, torch.Tensor | None]:
         """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), and the
         convolution's new window: the last K - 1 inputs (2, ..., K - 1, d_state), None without one."""
-        u, window = _recomputed(self._scaled_drive, self.in_proj(x).planes, past)
+        u, window = recomputed(self._scaled_drive, self.in_proj(x).planes, past)
         return C.ComplexTensor(u), window
+
+    def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None):
+        """The fp16 planes of B x -> (h (2, ..., S, n) in u's dtype, final state, convolution window):
+        drive and scan as one region, so backward keeps u and reruns both rather than store fp32 states."""
+        d, window = self._scaled_drive(u, past)
+        h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega,
+                                     initial_state=None if h0 is None else C.ComplexTensor(h0),
+                                     output_final_state=True, out_dtype=u.dtype, chunk_size=self.chunk_size)
+        return h.planes, state.planes, window
 
     def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, and the convolution window."""
@@ -388,10 +397,15 @@ class ComplexRecurrence(nn.Module):
         return torch.stack((re, im)), full[..., full.shape[-2] - (k - 1):, :]
 
     def _readout(self, h: C.ComplexTensor, x: C.ComplexTensor) -> C.ComplexTensor:
+        """C (h * modReLU(G x)) + D * x.  Backward keeps h and G x (the gated product, C's input, is
+        recomputed from them) and x's source (the LayerNorm's input), never fp32 copies."""
         h = h.to(x.dtype)
         if self.gate_proj is not None:
-            h = C.ComplexTensor(_recomputed(_mul_planes, h.planes, self.gate_act(self.gate_proj(x)).planes))
-        return C.add(self.out_proj(h), C.ComplexTensor(_recomputed(_mul_planes, x.planes, self.skip)))
+            g, bias = self.gate_proj(x).planes, self.gate_act.bias
+            h = C.ComplexTensor(remember(recomputed(_gated, h.planes, g, bias), _gated, h.planes, g, bias))
+        # D * x keeps an fp32 copy of x: rebuilt in backward from x's source
+        skip = rebuilt(lambda xc: _mul_planes(xc, self.skip).to(x.dtype), (_compute_planes, (x.planes,)))
+        return C.add(self.out_proj(h), C.ComplexTensor(skip))
 
     def _split_state(self, state: C.ComplexTensor | None) -> tuple[C.ComplexTensor | None, torch.Tensor | None]:
         """(recurrence state, convolution window) of a layer state; see :meth:`initial_state`."""
@@ -427,10 +441,8 @@ class ComplexRecurrence(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"x must have shape (..., seq, d_model), got {tuple(x.shape)}")
         h0, past = self._split_state(initial_state)
-        u, window = self._drive(x, past)
-        h, state = complex_diag_scan(u, self.nu, self.omega, initial_state=h0,
-                                     output_final_state=True, out_dtype=x.dtype, chunk_size=self.chunk_size)
-        return self._readout(h, x), self._join_state(state, window)
+        h, state, window = recomputed(self._scan, self.in_proj(x).planes, None if h0 is None else h0.planes, past)
+        return self._readout(C.ComplexTensor(h), x), self._join_state(C.ComplexTensor(state), window)
 
     def initial_state(self, *batch: int) -> C.ComplexTensor:
         """A zero state in the state dtype: (*batch, d_state), or with a convolution (*batch, K, d_state)

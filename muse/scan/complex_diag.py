@@ -36,10 +36,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 import muse.complex as C
 from muse._checks import check_float_tensor, check_int, check_type
+from muse.complex.recompute import recomputed
 
 MIN_CHUNK, MAX_CHUNK = 8, 64
 
@@ -64,9 +64,7 @@ def decay_powers(nu: torch.Tensor, omega: torch.Tensor, n: torch.Tensor,
     float64 intermediates kept (192 MiB at the ``mix`` preset's six layers; same values).  Eager
     only: under torch.compile the partitioner decides what to recompute.
     """
-    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and (nu.requires_grad or omega.requires_grad):
-        return checkpoint(_decay_powers, nu, omega, n, dtype, use_reentrant=False)
-    return _decay_powers(nu, omega, n, dtype)
+    return recomputed(_decay_powers, nu, omega, n, dtype)
 
 
 def _decay_powers(nu: torch.Tensor, omega: torch.Tensor, n: torch.Tensor,

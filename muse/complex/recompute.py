@@ -1,0 +1,138 @@
+"""Recompute instead of store: what autograd keeps for backward, made smaller with the same bits.
+
+Two tools, both eager-only (under ``torch.compile`` the partitioner decides what to save and
+recompute, so they step aside), both inactive without gradients and under :func:`disabled`:
+
+* :func:`recomputed` (``fn(*args)`` under non-reentrant ``torch.utils.checkpoint``): the region
+  keeps only its inputs and reruns ``fn`` in backward.  For element-wise fp32 math on fp16
+  planes, and for the complex scan, whose fp32 states cost more than its fp16 input.
+* :func:`remember` + :func:`rebuilt` (on :func:`saving`): ``remember(out, fn, *args)`` says that
+  ``out`` equals ``fn(*args)`` bit for bit (a LayerNorm's or modReLU's output from its fp16
+  input); ``rebuilt(op, (prep, args), ...)`` runs ``op`` on cheap operand copies ``prep(*args)``
+  (casts, concatenations) while autograd keeps, for any saved view of such a copy, a recipe
+  instead of the copy, and rebuilds the view from it in backward.  A GEMM's fp32 (CPU) or fp16
+  (CUDA) operand copies then cost nothing: the recipe holds the fp16 planes they came from, or,
+  where those were remembered, the tensors those came from.  Autograd's own
+  backward formulas run on the rebuilt tensors, so the gradients are those of the plain graph
+  (double backward included: autograd keeps a saved tensor's graph links apart from its data).
+
+A recipe checks in backward that no tensor it reads was modified in place since the forward
+(RuntimeError, as autograd raises for a saved tensor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from torch.utils.weak import WeakIdKeyDictionary
+
+_state = {"enabled": True}
+_remembered: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> zero-arg recipe
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Plain autograd inside the block (every intermediate stored): the reference the tests compare with."""
+    old = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = old
+
+
+def active(*tensors) -> bool:
+    """True when a recipe could pay off: eager, gradients on, enabled, some tensor requiring grad."""
+    return (_state["enabled"] and not torch.compiler.is_compiling() and torch.is_grad_enabled()
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
+
+
+def recomputed(fn, *args):
+    """``fn(*args)`` keeping only its inputs for backward, where ``fn`` is rerun (the same code, so the
+    same values) instead of its intermediates stored; plain ``fn(*args)`` when :func:`active` is false."""
+    if active(*args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def _recipe(fn: Callable, args: tuple) -> Callable[[], torch.Tensor]:
+    """A zero-arg function returning ``fn(*args)`` without gradients, after checking that no tensor in
+    ``args`` changed in place since now."""
+    versions = [(a, a._version) for a in args if isinstance(a, torch.Tensor)]
+
+    def make() -> torch.Tensor:
+        for a, v in versions:
+            if a._version != v:
+                raise RuntimeError("a tensor needed to recompute a saved activation was modified in place "
+                                   "between forward and backward")
+        with torch.no_grad():
+            return fn(*args)
+
+    return make
+
+
+def remember(out: torch.Tensor, fn: Callable, *args) -> torch.Tensor:
+    """Record that ``out`` is ``fn(*args)`` bit for bit (and returns ``out``), so a recipe that needs
+    ``out`` keeps ``args`` instead; a no-op when :func:`active` is false for ``args``."""
+    if active(*args):
+        _remembered[out] = _recipe(fn, args)
+    return out
+
+
+def source(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A zero-arg function returning ``t``'s values: its remembered recipe, or ``t`` itself."""
+    made = _remembered.get(t)
+    return made if made is not None else _recipe(lambda x: x, (t,))
+
+
+def derived(fn: Callable, *args) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
+    """``(fn(*args), recipe)``: the recipe recomputes the same tensor from ``args``' sources (remembered
+    tensors through their own recipes), for :func:`saving`."""
+    makers = [source(a) if isinstance(a, torch.Tensor) else (lambda a=a: a) for a in args]
+    return fn(*args), _recipe(lambda *m: fn(*(f() for f in m)), tuple(makers))
+
+
+def rebuilt(op: Callable, *operands: tuple[Callable, tuple]):
+    """``op(*(fn(*args) for fn, args in operands))``, where autograd keeps, for each operand saved by
+    ``op``, its recipe (``fn`` over the sources of ``args``) instead of the operand: for cheap operand
+    copies (casts, concatenations) of tensors kept anyway.  Plain when :func:`active` is false."""
+    if not active(*(a for _, args in operands for a in args)):
+        return op(*(fn(*args) for fn, args in operands))
+    made = [derived(fn, *args) for fn, args in operands]
+    with saving(dict(made)):
+        return op(*(t for t, _ in made))
+
+
+class _Rebuild:
+    """A saved view of a recomputable tensor: its recipe and the view's geometry."""
+
+    __slots__ = ("make", "size", "stride", "offset")
+
+    def __init__(self, make, t: torch.Tensor):
+        self.make, self.size, self.stride, self.offset = make, t.size(), t.stride(), t.storage_offset()
+
+    def __call__(self) -> torch.Tensor:
+        return self.make().as_strided(self.size, self.stride, self.offset)
+
+
+@contextlib.contextmanager
+def saving(recipes: dict) -> Iterator[None]:
+    """Inside the block, autograd keeps ``recipes[t]`` (a zero-arg function giving ``t``'s values) for any
+    saved view of a key tensor ``t``, and every other saved tensor as it is.  Empty: no hooks."""
+    if not recipes:
+        yield
+        return
+    by_storage = {t.untyped_storage().data_ptr(): make for t, make in recipes.items() if t.numel()}
+
+    def pack(t: torch.Tensor):
+        make = by_storage.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
+        return t if make is None else _Rebuild(make, t)
+
+    def unpack(p):
+        return p() if isinstance(p, _Rebuild) else p
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
