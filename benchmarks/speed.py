@@ -39,7 +39,7 @@ from muse._checks import check_int, check_type
 from muse._io import write_report_json
 from muse.models.compile import compile_model, resolve_compile
 
-VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels")
+VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs")
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 
 
@@ -170,7 +170,7 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
 
     out = []
     for name, fn in (("layer_norm", ln), ("modrelu", mr)):
-        for variant in variants:
+        for variant in (v for v in variants if not v.endswith("cudagraphs")):  # ops: graphs per call only
             row = {"op": name, "variant": variant, "rows": rows, "d": d, "dtype": str(dt).replace("torch.", "")}
             if "kernels" in variant and not kernels.use_kernel(w):
                 out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
@@ -298,11 +298,15 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                 out.append({**row, "status": "not_measured",
                             "reason": "no kernels for this model" if not complex_model else "kernels are off here"})
                 continue
+            if variant.endswith("cudagraphs") and (device.type != "cuda" or cfg.compile_backend != "inductor"):
+                out.append({**row, "status": "not_measured", "reason": "CUDA graphs need CUDA and inductor"})
+                continue
             torch._dynamo.reset()
             compiled = variant.startswith("compiled")
-            net = compile_model(model, backend=cfg.compile_backend) if compiled else model
+            mode = "reduce-overhead" if variant.endswith("cudagraphs") else None
+            net = compile_model(model, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else model
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
-            loss_fn = (compile_model_loss(model, backend=cfg.compile_backend) if compiled
+            loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode) if compiled
                        else functools.partial(model_loss, model))
             ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else _null
 
@@ -327,7 +331,7 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             except Exception as exc:  # a variant that fails is reported, the others still run
                 out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
                 continue
-            out.append({**row, "status": "measured", "compiled": compiled,
+            out.append({**row, "status": "measured", "compiled": compiled, "compile_mode": mode,
                         "infer_tok_s": tokens / t_i, "train_tok_s": tokens / t_t,
                         "infer_s": t_i, "train_s": t_t,
                         "compile_s": (max(first_i - t_i, 0) + max(first_t - t_t, 0)) if compiled else None,

@@ -44,7 +44,11 @@ def check_float(
     min_inclusive: bool = True,
     max_inclusive: bool = True,
 ) -> float:
-    """A finite real number within the given bounds."""
+    """A finite real number within the given bounds.  While torch.compile traces, the value is
+    returned unchecked: dynamo turns a float module attribute it has seen change into a symbolic
+    float that the checks cannot evaluate (the module checked it when it was set)."""
+    if torch.compiler.is_compiling():
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
     value = float(value)

@@ -112,19 +112,21 @@ def mixers(cfg: Phase2Config, batch: int, seq: int, device, repeats, rows):
         _both(f"{cls.__name__} (B={batch}, S={seq})", layer, [x], device, repeats, rows)
 
 
-def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bool, amp: str | None):
+def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bool, amp: str | None,
+          modes: tuple[str, ...] = tuple(MODES), compile_mode: str | None = None):
     torch.manual_seed(0)
     m = build_model("phase2", preset, device=device, max_seq_len=max(seq, 1)).train()
     ids = torch.randint(0, m.config.vocab_size, (batch, seq + 1), device=device)
     inp, tgt = ids[:, :-1], ids[:, 1:]
     variants = ["eager"] + (["compiled"] if compile_ else [])
     for label in variants:
-        for mode, env in MODES.items():
+        for mode in modes:
+            env = MODES[mode]
             with kernels.environment(MUSE_KERNELS=env):
                 runner = functools.partial(model_loss, m)
                 if label == "compiled":  # model + loss as one graph, as muse train runs it
                     torch._dynamo.reset()
-                    runner = compile_model_loss(m)  # the environment is read when the graph is traced
+                    runner = compile_model_loss(m, mode=compile_mode)  # the environment is read when the graph is traced
 
                 def step(runner=runner):
                     m.zero_grad(set_to_none=True)
@@ -136,7 +138,7 @@ def model(preset: str, batch: int, seq: int, device, repeats, rows, compile_: bo
                 first_s = time.perf_counter() - t0
                 ms = timed(step, device, repeats)
             tok_s = batch * seq / (ms / 1e3)
-            rows.append({"row": f"phase2 {preset} {label}", "mode": mode, "amp": amp, "ms": round(ms, 3),
+            rows.append({"row": f"phase2 {preset} {label}", "mode": mode, "amp": amp, "compile_mode": compile_mode, "ms": round(ms, 3),
                          "tok_s": round(tok_s), "first_call_s": round(first_s, 1)})
             print(f"phase2 {preset} {label:<9} {mode:<8} {amp or 'fp32':<5} fwd+bwd {ms:9.2f} ms  {tok_s:12,.0f} tok/s  "
                   f"(first call {first_s:.1f} s)", flush=True)
@@ -154,6 +156,8 @@ def main() -> None:
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast for the model rows (as muse train --amp)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 GEMMs (default: off, as in muse)")
     p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--modes", default=",".join(MODES), help="scan implementations of the model rows")
+    p.add_argument("--compile-mode", choices=["reduce-overhead"], help="torch.compile mode of the compiled row")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -172,7 +176,8 @@ def main() -> None:
             elif section == "mixers":
                 mixers(cfg, args.batch, args.seq, device, args.repeats, rows)
             elif section == "model":
-                model(args.preset, args.batch, args.seq, device, args.repeats, rows, args.compile, args.amp)
+                model(args.preset, args.batch, args.seq, device, args.repeats, rows, args.compile, args.amp,
+                      tuple(args.modes.split(",")), args.compile_mode)
             else:
                 raise ValueError(f"unknown section {section!r}; choose from scans, mixers, model")
         except Exception:

@@ -216,7 +216,26 @@ s4a)
   timeout 150 python3 scripts/bench_phase2_scans.py --sections model --compile --amp bf16 --out "$OUT/phase2-bf16.json" 2>&1 | grep phase2
   timeout 60 python3 scripts/bench_phase2_scans.py --sections model --tf32 --out "$OUT/phase2-tf32.json" 2>&1 | grep phase2
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a" >&2; exit 2 ;;
+s4b)
+  step "CUDA tests: recomputed activations (bit-identity), whole-loss compile incl. CUDA graphs, fullgraph, decoding"
+  timeout 110 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/models/test_saved_activation_bytes.py \
+    tests/train/test_compiled_model_loss.py tests/kernels/test_kernels_layers.py tests/models/test_models_fullgraph.py \
+    tests/models/test_stage1_decode_step.py tests/train/test_generate_fast_path.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "verify on CUDA: the ops whose saved tensors changed"
+  timeout 80 python3 -m muse verify --profile ci --device cuda -n 4 -k "linear or layer_norm or modrelu or complex_diag or dropout" \
+    --out "$OUT/verify-cuda" 2>&1 | tail -4
+  step "memory B2 (warm measure) + compiled throughput B4, fused vs full, seed preset"
+  timeout 190 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 10 --impl chunked --compile | tee "$OUT/loss-memory-b2-compiled.jsonl"
+  step "memory B2, Stage 1 mix"
+  timeout 50 python3 scripts/loss_memory.py --preset mix --models stage1 --device cuda --batch 2 --seq 1024 \
+    --throughput-batch 4 --steps 5 --impl chunked | tee "$OUT/loss-memory-mix.jsonl"
+  step "Phase 2 bf16, kernels, compiled with CUDA graphs"
+  timeout 80 python3 scripts/bench_phase2_scans.py --sections model --compile --compile-mode reduce-overhead --amp bf16 \
+    --modes kernels --out "$OUT/phase2-bf16-cg.json" 2>&1 | grep phase2
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

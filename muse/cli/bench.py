@@ -7,7 +7,7 @@ import argparse
 from muse.cli._compile import add_compile_flag
 
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")  # benchmarks.speed.MODEL_ROWS, without importing torch
-VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels")
+VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs")
 
 
 def register(sub) -> None:

@@ -75,6 +75,8 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_compile_flag(g)
+    g.add_argument("--compile-mode", choices=["reduce-overhead"], default=None,
+                   help="reduce-overhead: the compiled training step replays CUDA graphs (single process)")
     p.set_defaults(func=run)
 
 
@@ -117,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
         tokens_npy=args.tokens_npy, eval_tokens_npy=args.eval_tokens_npy, offline=args.offline,
         out=args.out, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         progress=not args.no_progress, init_scale=args.init_scale, max_skip_fraction=args.max_skip_fraction,
-        compile=args.compile,
+        compile=args.compile, compile_mode=args.compile_mode,
     )
 
 

@@ -20,6 +20,16 @@ import muse.complex as C
 from muse._checks import check_type
 
 BACKENDS = ("inductor", "aot_eager", "eager")
+#: torch.compile modes: None (default) or "reduce-overhead" (inductor replays CUDA graphs, which
+#: removes the per-kernel launch cost that bounds a compiled training step on CUDA).
+MODES = (None, "reduce-overhead")
+
+
+def check_mode(mode: object) -> str | None:
+    """A compile mode of :data:`MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"compile mode must be one of {MODES}, got {mode!r}")
+    return mode
 
 
 def resolve_compile(flag: bool | None, device: torch.device | str) -> bool:

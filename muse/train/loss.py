@@ -361,23 +361,27 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
 
 
 def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", reduction: str = "mean",
-                       impl: str = "auto"):
+                       impl: str = "auto", mode: str | None = None):
     """``(input_ids, targets) -> model_loss(model, ...)`` compiled as one graph, the model and the
     chunked loss together (fullgraph): the chunk loop costs no per-op host dispatch.  ``model`` is
-    the plain module (not a compiled or DDP wrapper).  Sets the GEMM policy process-wide first
-    (``muse.complex.set_gemm_policy``)."""
-    from muse.models.compile import BACKENDS
+    the plain module (not a compiled or DDP wrapper).  ``mode``: None or ``"reduce-overhead"``
+    (CUDA graphs; the returned loss lives in the graph's memory until the next call).  Sets the
+    GEMM policy process-wide first (``muse.complex.set_gemm_policy``)."""
+    from muse.models.compile import BACKENDS, check_mode
 
     check_type("model", model, torch.nn.Module, "an nn.Module")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _check_reduction(reduction)
+    check_mode(mode)
+    if mode is not None and backend != "inductor":
+        raise ValueError(f"mode={mode!r} needs backend='inductor', got {backend!r}")
     C.set_gemm_policy()
 
     def loss(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return model_loss(model, input_ids, targets, reduction, impl)
 
-    return torch.compile(loss, backend=backend, fullgraph=True)
+    return torch.compile(loss, backend=backend, fullgraph=True, mode=mode)
 
 
 __all__ = [

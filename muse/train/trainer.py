@@ -128,7 +128,8 @@ class Trainer:
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
-        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend) if self.compiled and self.ddp is None
+        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=cfg.compile_mode)
+                        if self.compiled and self.ddp is None
                         else functools.partial(model_loss, self.net))
         self.step_times: list[float] = []  # this process's first steps; the first includes compiling
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
@@ -414,6 +415,7 @@ class Trainer:
     def compile_record(self) -> dict:
         """Whether the model ran compiled, and compile time (first step minus a steady step) apart."""
         return {"compiled": self.compiled, "compile_backend": self.cfg.compile_backend if self.compiled else None,
+                "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None,
                 **_compile_estimate(self.step_times)}
 
     def describe(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -43,3 +44,10 @@ def test_eager_is_the_cpu_default_and_is_recorded(tmp_path):
     res = train(tiny_config(str(tmp_path), max_steps=2), DATA)
     assert res["compiled"] is False and res["compile_backend"] is None
     assert res["first_step_s"] > 0
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        tiny_config("x", compile_mode="max-autotune")
+    with pytest.raises(ValueError, match="needs compile_backend='inductor'"):
+        tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="reduce-overhead")
