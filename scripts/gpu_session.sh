@@ -235,7 +235,17 @@ s4b)
   timeout 80 python3 scripts/bench_phase2_scans.py --sections model --compile --compile-mode reduce-overhead --amp bf16 \
     --modes kernels --out "$OUT/phase2-bf16-cg.json" 2>&1 | grep phase2
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b" >&2; exit 2 ;;
+s4c)
+  step "muse bench speed: Stage 1 and GPT compiled, default vs CUDA graphs, same process"
+  timeout 220 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled,compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
+  step "Hebbian scan, PyTorch vs kernel"
+  timeout 40 python3 scripts/bench_phase2_scans.py --sections scans --out "$OUT/scans.json" 2>&1 | grep -i hebb
+  step "Stage 1 criteria with the mix Stage 1 (recomputed activations), Phase 2, references"
+  timeout 330 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
