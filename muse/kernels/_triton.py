@@ -358,8 +358,8 @@ def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor
 # fp32 registers; inside a chunk the quadratic form with the decays exp(g_t - g_s) (g the in-chunk
 # cumulative log-decay; the (BT x BT) q k^T is recomputed by each tile), across chunks the state.
 # The products are tl.dot with input_precision="ieee" (fp32 FMA, no TF32).  Backward: a third grid
-# axis splits the two independent passes -- forward over the chunks for dq (it needs the state
-# entering each chunk), backward for dk, dv and the state's gradient; dv and dW_0 are tile-local,
+# axis splits the two independent passes -- backward over the chunks for dk, dv and the state's
+# gradient, forward for dq (it needs the state entering each chunk); dv and dW_0 are tile-local,
 # dq and dk are sums over all of d_v, so each tile writes its partial and the host sums over tiles.
 # d(log_decay) follows outside from dq and dk (muse.scan.hebbian).
 # ptxas 12.8 (sm_90a), d_head = 64, chunks of 16, tiles of 16, 8 warps: forward 140 registers, backward 192,
@@ -426,8 +426,8 @@ def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_st
 def _hebb_backward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, dy_ptr, dws_ptr, dq_ptr, dk_ptr, dv_ptr, dw0_ptr,
                           n_steps, d_k, d_v, eta, HAS_W0: tl.constexpr, HAS_DWS: tl.constexpr,
                           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """Grid (batch x head, value tiles, 2 passes).  dq_ptr, dk_ptr: (tiles, batch x head, S, d_k) partial
-    sums over the tile's value columns; dv and dW_0 are the tile's own columns."""
+    """Grid (batch x head, value tiles, 2 passes: dk, dv, dW_0 / dq).  dq_ptr, dk_ptr: (tiles, batch x head,
+    S, d_k) partial sums over the tile's value columns; dv and dW_0 are the tile's own columns."""
     bh = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1).to(tl.int64)
     n_lanes = tl.num_programs(0).to(tl.int64)
@@ -444,26 +444,7 @@ def _hebb_backward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, dy_ptr, dws_ptr, d
     w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
     w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
     rows = tl.arange(0, BT)
-    if tl.program_id(2) == 0:
-        # forward over the chunks: dq_t = exp(g_t) dy_t W^T + eta sum_{s <= t} D_ts (dy_t . v_s) k_s
-        if HAS_W0:
-            w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
-        else:
-            w = tl.zeros((BK, BV), dtype=tl.float32)
-        start = 0
-        while start < n_steps:
-            q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
-                                                           cv, BT, BK)
-            dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
-            da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta  # (BT, BT)
-            dq = tl.dot(da, k, input_precision="ieee") + \
-                tl.dot(dy, tl.trans(w), input_precision="ieee") * tl.exp(g)[:, None]
-            kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
-            tl.store(dq_ptr + (start + rows)[:, None] * d_k + ck[None, :], dq, mask=kmask)
-            kw = k * (tl.exp(g_last - g) * eta)[:, None]
-            w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
-            start += BT
-    else:
+    if tl.program_id(2) == 0:  # the heavier pass first: the first wave of programs takes these
         # backward over the chunks, dW = the gradient of the state leaving the chunk:
         # dk_s = eta sum_{t >= s} D_ts (dy_t . v_s) q_t + eta exp(g_last - g_s) v_s dW^T,
         # dv_s = eta sum_{t >= s} D_ts (q_t . k_s) dy_t + eta exp(g_last - g_s) k_s dW,
@@ -489,6 +470,25 @@ def _hebb_backward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, dy_ptr, dws_ptr, d
             dw = dw * tl.exp(g_last) + tl.dot(tl.trans(q * tl.exp(g)[:, None]), dy, input_precision="ieee")
             start -= BT
         tl.store(dw0_ptr + w_off, dw, mask=w_mask)
+    else:
+        # forward over the chunks: dq_t = exp(g_t) dy_t W^T + eta sum_{s <= t} D_ts (dy_t . v_s) k_s
+        if HAS_W0:
+            w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+        else:
+            w = tl.zeros((BK, BV), dtype=tl.float32)
+        start = 0
+        while start < n_steps:
+            q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                           cv, BT, BK)
+            dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+            da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta  # (BT, BT)
+            dq = tl.dot(da, k, input_precision="ieee") + \
+                tl.dot(dy, tl.trans(w), input_precision="ieee") * tl.exp(g)[:, None]
+            kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+            tl.store(dq_ptr + (start + rows)[:, None] * d_k + ck[None, :], dq, mask=kmask)
+            kw = k * (tl.exp(g_last - g) * eta)[:, None]
+            w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
+            start += BT
 
 
 def _hebb_blocks(d_k: int, d_v: int) -> tuple[int, int, dict]:
