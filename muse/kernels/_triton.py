@@ -353,25 +353,31 @@ def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor
 
 
 # -------------------------------------------------------- Hebbian (decayed linear attention)
-# One program per (batch x head) walks the sequence in chunks of HEBB_CHUNK positions and carries
-# the fast-weight state W (d_k x d_v, fp32) in registers: inside a chunk the quadratic form with
-# the decays exp(g_t - g_s) (g the in-chunk cumulative log-decay), across chunks the state.  The
-# products are tl.dot with input_precision="ieee" (fp32 FMA, no TF32).  Backward: one pass forward
-# over the chunks for dq (it needs the state entering each chunk), one pass backward for dk, dv
-# and the state's gradient; d(log_decay) follows outside from dq and dk (muse.scan.hebbian).
-# Chunks of 16 with 8 warps at d_head = 64: ptxas (sm_90a) places the forward in 220 registers
-# without spills and spills 48 bytes in the backward; chunks of 64 spill 7-14 KB per thread.
+# The sequence is walked in chunks of HEBB_CHUNK positions by one program per (batch x head, tile of
+# HEBB_TILE_V value columns): the program carries its (d_k x BV) slice of the fast-weight state W in
+# fp32 registers; inside a chunk the quadratic form with the decays exp(g_t - g_s) (g the in-chunk
+# cumulative log-decay; the (BT x BT) q k^T is recomputed by each tile), across chunks the state.
+# The products are tl.dot with input_precision="ieee" (fp32 FMA, no TF32).  Backward: a third grid
+# axis splits the two independent passes -- backward over the chunks for dk, dv and the state's
+# gradient, forward for dq (it needs the state entering each chunk); dv and dW_0 are tile-local,
+# dq and dk are sums over all of d_v, so each tile writes its partial and the host sums over tiles.
+# d(log_decay) follows outside from dq and dk (muse.scan.hebbian).
+# ptxas 12.8 (sm_90a), d_head = 64, chunks of 16, tiles of 16, 8 warps: forward 140 registers, backward 192,
+# no spills; held to 128 (two programs per SM) the forward still spills nothing and the backward 36 bytes.
+# Chunks of 32 take 255 registers and the backward spills 124 bytes; tiles of 32 spill 8; 4 warps at tiles
+# of 16 spill 20 (the untiled kernel: 243 and 255 registers, 44 bytes spilled in the backward).
 HEBB_CHUNK = 16
+HEBB_TILE_V = 16
 
 
 @triton.jit
-def _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
-                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """q, k (BT, BK), v (BT, BV), g (BT,) in-chunk cumulative log-decay, g_last, causal decays (BT, BT)."""
+def _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v, cv,
+                BT: tl.constexpr, BK: tl.constexpr):
+    """q, k (BT, BK), v (BT, BV) at columns cv, g (BT,) in-chunk cumulative log-decay, g_last, causal decays
+    (BT, BT), the (BT, BV) mask."""
     t = tl.arange(0, BT)
     rows = start + t
     ck = tl.arange(0, BK)
-    cv = tl.arange(0, BV)
     rmask = rows < n_steps
     kmask = rmask[:, None] & (ck < d_k)[None, :]
     vmask = rmask[:, None] & (cv < d_v)[None, :]
@@ -387,6 +393,7 @@ def _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
 @triton.jit
 def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_steps, d_k, d_v, eta,
                          HAS_W0: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Grid (batch x head, value tiles): y[:, tile] and the tile's slice of W_S."""
     bh = tl.program_id(0).to(tl.int64)
     q_ptr += bh * n_steps * d_k
     k_ptr += bh * n_steps * d_k
@@ -394,7 +401,7 @@ def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_st
     y_ptr += bh * n_steps * d_v
     l_ptr += bh * n_steps
     ck = tl.arange(0, BK)
-    cv = tl.arange(0, BV)
+    cv = tl.program_id(1) * BV + tl.arange(0, BV)
     w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
     w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
     if HAS_W0:
@@ -404,8 +411,8 @@ def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_st
     rows = tl.arange(0, BT)
     start = 0
     while start < n_steps:
-        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
-                                                       BT, BK, BV)
+        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v, cv,
+                                                       BT, BK)
         a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta  # (BT, BT)
         y = tl.dot(a, v, input_precision="ieee") + tl.dot(q * tl.exp(g)[:, None], w, input_precision="ieee")
         tl.store(y_ptr + (start + rows)[:, None] * d_v + cv[None, :], y, mask=vmask)
@@ -419,69 +426,80 @@ def _hebb_forward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, y_ptr, ws_ptr, n_st
 def _hebb_backward_kernel(q_ptr, k_ptr, v_ptr, l_ptr, w0_ptr, dy_ptr, dws_ptr, dq_ptr, dk_ptr, dv_ptr, dw0_ptr,
                           n_steps, d_k, d_v, eta, HAS_W0: tl.constexpr, HAS_DWS: tl.constexpr,
                           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Grid (batch x head, value tiles, 2 passes: dk, dv, dW_0 / dq).  dq_ptr, dk_ptr: (tiles, batch x head,
+    S, d_k) partial sums over the tile's value columns; dv and dW_0 are the tile's own columns."""
     bh = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1).to(tl.int64)
+    n_lanes = tl.num_programs(0).to(tl.int64)
     q_ptr += bh * n_steps * d_k
     k_ptr += bh * n_steps * d_k
     v_ptr += bh * n_steps * d_v
     dy_ptr += bh * n_steps * d_v
-    dq_ptr += bh * n_steps * d_k
-    dk_ptr += bh * n_steps * d_k
+    dq_ptr += (tile * n_lanes + bh) * n_steps * d_k
+    dk_ptr += (tile * n_lanes + bh) * n_steps * d_k
     dv_ptr += bh * n_steps * d_v
     l_ptr += bh * n_steps
     ck = tl.arange(0, BK)
-    cv = tl.arange(0, BV)
+    cv = tile * BV + tl.arange(0, BV)
     w_off = bh * d_k * d_v + ck[:, None] * d_v + cv[None, :]
     w_mask = (ck < d_k)[:, None] & (cv < d_v)[None, :]
     rows = tl.arange(0, BT)
-    # forward over the chunks: dq_t = exp(g_t) dy_t W^T + eta sum_{s <= t} D_ts (dy_t . v_s) k_s
-    if HAS_W0:
-        w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+    if tl.program_id(2) == 0:  # the heavier pass first: the first wave of programs takes these
+        # backward over the chunks, dW = the gradient of the state leaving the chunk:
+        # dk_s = eta sum_{t >= s} D_ts (dy_t . v_s) q_t + eta exp(g_last - g_s) v_s dW^T,
+        # dv_s = eta sum_{t >= s} D_ts (q_t . k_s) dy_t + eta exp(g_last - g_s) k_s dW,
+        # dW <- exp(g_last) dW + sum_t exp(g_t) q_t^T dy_t.
+        if HAS_DWS:
+            dw = tl.load(dws_ptr + w_off, mask=w_mask, other=0.0)
+        else:
+            dw = tl.zeros((BK, BV), dtype=tl.float32)
+        start = ((n_steps + BT - 1) // BT - 1) * BT
+        while start >= 0:
+            q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                           cv, BT, BK)
+            dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+            a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta
+            da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta
+            to_end = (tl.exp(g_last - g) * eta)[:, None]
+            dk = tl.dot(tl.trans(da), q, input_precision="ieee") + \
+                tl.dot(v, tl.trans(dw), input_precision="ieee") * to_end
+            dv = tl.dot(tl.trans(a), dy, input_precision="ieee") + tl.dot(k, dw, input_precision="ieee") * to_end
+            kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+            tl.store(dk_ptr + (start + rows)[:, None] * d_k + ck[None, :], dk, mask=kmask)
+            tl.store(dv_ptr + (start + rows)[:, None] * d_v + cv[None, :], dv, mask=vmask)
+            dw = dw * tl.exp(g_last) + tl.dot(tl.trans(q * tl.exp(g)[:, None]), dy, input_precision="ieee")
+            start -= BT
+        tl.store(dw0_ptr + w_off, dw, mask=w_mask)
     else:
-        w = tl.zeros((BK, BV), dtype=tl.float32)
-    start = 0
-    while start < n_steps:
-        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
-                                                       BT, BK, BV)
-        dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
-        da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta  # (BT, BT)
-        dq = tl.dot(da, k, input_precision="ieee") + \
-            tl.dot(dy, tl.trans(w), input_precision="ieee") * tl.exp(g)[:, None]
-        kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
-        tl.store(dq_ptr + (start + rows)[:, None] * d_k + ck[None, :], dq, mask=kmask)
-        kw = k * (tl.exp(g_last - g) * eta)[:, None]
-        w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
-        start += BT
-    # backward over the chunks, dW = the gradient of the state leaving the chunk:
-    # dk_s = eta sum_{t >= s} D_ts (dy_t . v_s) q_t + eta exp(g_last - g_s) v_s dW^T,
-    # dv_s = eta sum_{t >= s} D_ts (q_t . k_s) dy_t + eta exp(g_last - g_s) k_s dW,
-    # dW <- exp(g_last) dW + sum_t exp(g_t) q_t^T dy_t.
-    if HAS_DWS:
-        dw = tl.load(dws_ptr + w_off, mask=w_mask, other=0.0)
-    else:
-        dw = tl.zeros((BK, BV), dtype=tl.float32)
-    start = ((n_steps + BT - 1) // BT - 1) * BT
-    while start >= 0:
-        q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
-                                                       BT, BK, BV)
-        dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
-        a = tl.dot(q, tl.trans(k), input_precision="ieee") * decay * eta
-        da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta
-        to_end = (tl.exp(g_last - g) * eta)[:, None]
-        dk = tl.dot(tl.trans(da), q, input_precision="ieee") + \
-            tl.dot(v, tl.trans(dw), input_precision="ieee") * to_end
-        dv = tl.dot(tl.trans(a), dy, input_precision="ieee") + tl.dot(k, dw, input_precision="ieee") * to_end
-        kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
-        tl.store(dk_ptr + (start + rows)[:, None] * d_k + ck[None, :], dk, mask=kmask)
-        tl.store(dv_ptr + (start + rows)[:, None] * d_v + cv[None, :], dv, mask=vmask)
-        dw = dw * tl.exp(g_last) + tl.dot(tl.trans(q * tl.exp(g)[:, None]), dy, input_precision="ieee")
-        start -= BT
-    tl.store(dw0_ptr + w_off, dw, mask=w_mask)
+        # forward over the chunks: dq_t = exp(g_t) dy_t W^T + eta sum_{s <= t} D_ts (dy_t . v_s) k_s
+        if HAS_W0:
+            w = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0)
+        else:
+            w = tl.zeros((BK, BV), dtype=tl.float32)
+        start = 0
+        while start < n_steps:
+            q, k, v, g, g_last, decay, vmask = _hebb_chunk(q_ptr, k_ptr, v_ptr, l_ptr, start, n_steps, d_k, d_v,
+                                                           cv, BT, BK)
+            dy = tl.load(dy_ptr + (start + rows)[:, None] * d_v + cv[None, :], mask=vmask, other=0.0)
+            da = tl.dot(dy, tl.trans(v), input_precision="ieee") * decay * eta  # (BT, BT)
+            dq = tl.dot(da, k, input_precision="ieee") + \
+                tl.dot(dy, tl.trans(w), input_precision="ieee") * tl.exp(g)[:, None]
+            kmask = ((start + rows) < n_steps)[:, None] & (ck < d_k)[None, :]
+            tl.store(dq_ptr + (start + rows)[:, None] * d_k + ck[None, :], dq, mask=kmask)
+            kw = k * (tl.exp(g_last - g) * eta)[:, None]
+            w = w * tl.exp(g_last) + tl.dot(tl.trans(kw), v, input_precision="ieee")
+            start += BT
 
 
-def _hebb_blocks(d_k: int, d_v: int) -> tuple[int, int, int]:
-    """(BK, BV, num_warps): tl.dot needs every block dim >= 16."""
-    bk, bv = max(16, triton.next_power_of_2(d_k)), max(16, triton.next_power_of_2(d_v))
-    return bk, bv, 8 if max(bk, bv) >= 64 else 4
+def _hebb_blocks(d_k: int, d_v: int) -> tuple[int, int, dict]:
+    """(BK, BV, launch options): the whole of d_k, a tile of at most HEBB_TILE_V value columns (tl.dot needs
+    every block dim >= 16); at BK = 64, 8 warps held to 128 registers so that two programs share an SM."""
+    bk = max(16, triton.next_power_of_2(d_k))
+    bv = max(16, min(HEBB_TILE_V, triton.next_power_of_2(d_v)))
+    options = {"num_warps": 8 if bk >= 64 else 4}
+    if bk == 64:
+        options["maxnreg"] = 128
+    return bk, bv, options
 
 
 def _lanes(t: torch.Tensor, tail: int) -> torch.Tensor:
@@ -499,10 +517,11 @@ def hebbian_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay
     y = torch.empty((n, n_steps, d_v), dtype=torch.float32, device=q.device)
     ws = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
     w0 = None if initial_state is None else _lanes(initial_state, 2)
-    if n:
-        bk, bv, warps = _hebb_blocks(d_k, d_v)
-        _hebb_forward_kernel[(n,)](qq, kk, vv, ll, qq if w0 is None else w0, y, ws, n_steps, d_k, d_v, eta,
-                                   HAS_W0=w0 is not None, BT=HEBB_CHUNK, BK=bk, BV=bv, num_warps=warps)
+    if n and d_v:
+        bk, bv, options = _hebb_blocks(d_k, d_v)
+        _hebb_forward_kernel[(n, triton.cdiv(d_v, bv))](qq, kk, vv, ll, qq if w0 is None else w0, y, ws, n_steps,
+                                                        d_k, d_v, eta, HAS_W0=w0 is not None, BT=HEBB_CHUNK,
+                                                        BK=bk, BV=bv, **options)
     return y.reshape(v.shape), ws.reshape(*q.shape[:-2], d_k, d_v)
 
 
@@ -513,13 +532,18 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     n_steps, d_k, d_v = q.shape[-2], q.shape[-1], v.shape[-1]
     qq, kk, vv, ll, dy = _lanes(q, 2), _lanes(k, 2), _lanes(v, 2), _lanes(log_decay, 1), _lanes(grad_y, 2)
     n = qq.shape[0]
-    dq, dk, dv = torch.empty_like(qq), torch.empty_like(kk), torch.empty_like(vv)
+    bk, bv, options = _hebb_blocks(d_k, d_v)
+    tiles = triton.cdiv(d_v, bv)
+    alloc = torch.empty if tiles else torch.zeros  # d_v = 0: no program writes dq, dk
+    dq, dk = (alloc((max(tiles, 1), *qq.shape), dtype=torch.float32, device=q.device) for _ in range(2))
+    dv = torch.empty_like(vv)
     dw0 = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
     w0 = None if initial_state is None else _lanes(initial_state, 2)
     dws = None if grad_state is None else _lanes(grad_state, 2)
-    if n:
-        bk, bv, warps = _hebb_blocks(d_k, d_v)
-        _hebb_backward_kernel[(n,)](qq, kk, vv, ll, qq if w0 is None else w0, dy, qq if dws is None else dws,
-                                    dq, dk, dv, dw0, n_steps, d_k, d_v, eta, HAS_W0=w0 is not None,
-                                    HAS_DWS=dws is not None, BT=HEBB_CHUNK, BK=bk, BV=bv, num_warps=warps)
+    if n and tiles:
+        _hebb_backward_kernel[(n, tiles, 2)](qq, kk, vv, ll, qq if w0 is None else w0, dy,
+                                             qq if dws is None else dws, dq, dk, dv, dw0, n_steps, d_k, d_v, eta,
+                                             HAS_W0=w0 is not None, HAS_DWS=dws is not None, BT=HEBB_CHUNK, BK=bk,
+                                             BV=bv, **options)
+    dq, dk = (t.sum(0) if tiles > 1 else t[0] for t in (dq, dk))  # the tiles' partial sums
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dw0.reshape(*q.shape[:-2], d_k, d_v)

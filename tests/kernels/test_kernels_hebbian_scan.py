@@ -17,6 +17,10 @@ eps the first-order count of fp32 roundings on the longest path of the kernel (u
 - d(log_decay): q . dq - k . dk and a reverse sum over S positions, eps_l = eps_g + gamma_{d_k + S + 2}
   against M_l = sum_{t >= r} (|q_t| . M_dq_t + |k_t| . M_dk_t) (+ |dW_S| . M_W at t = S).
 
+The kernel splits d_v into tiles of BV columns (HEBB_TILE_V): the sums over d_v in dq and dk become BV-term
+dots plus a sum of the T = ceil(d_v / BV) tiles' partials, BV + T - 1 <= d_v roundings when T > 1 (none
+added when T = 1), so the counts above still cover them.
+
 Every case checks that the kernel ran (a counter on the launch functions).  Sizes stay small.
 """
 
@@ -137,6 +141,29 @@ def test_hebbian_kernel_matches_reference(kernel_device, lead, s, d_k, d_v, laun
     """S over several chunks and not a multiple of 16, exactly one chunk, head sizes that are not powers
     of two (masked), no leading dims, the seed preset's d_head = 64; with W_0 and a gradient reaching W_S."""
     _check(_inputs(lead, s, d_k, d_v, seed=1, device=kernel_device), launches)
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize(("lead", "s", "d_k", "d_v", "ragged"), [((2,), 50, 64, 40, True), ((1,), 37, 16, 96, False),
+                                                                  ((1, 2), 70, 32, 64, False), ((2,), 21, 20, 24, True)],
+                         ids=str)
+def test_hebbian_kernel_value_tiles(kernel_device, lead, s, d_k, d_v, ragged, launches):
+    """d_v over several value tiles (the backward sums the tiles' partial dq and dk), a last tile that is only
+    partly inside d_v, S not a multiple of the chunk; with and without W_0 / a gradient reaching W_S."""
+    from muse.kernels import _triton
+
+    bv = _triton._hebb_blocks(d_k, d_v)[1]
+    assert d_v > bv and (d_v % bv != 0) == ragged and s % BT != 0
+    inputs = _inputs(lead, s, d_k, d_v, seed=9, device=kernel_device)
+    _check(inputs, launches)
+    launches.clear()
+    _check(inputs, launches, with_w0=False, with_dw=False)
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_hebbian_kernel_empty_value_dim(kernel_device, launches):
+    """d_v = 0: no value tile, y and W_S empty, dq = dk = 0."""
+    _check(_inputs((2,), 20, 16, 0, seed=10, device=kernel_device), launches)
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)

@@ -27,22 +27,24 @@ from muse.kernels import _triton
 
 P, N, F, C = "*fp32", "i32", "fp32", "constexpr"
 HEBB = dict(q_ptr=P, k_ptr=P, v_ptr=P, l_ptr=P, w0_ptr=P)
+BK, BV, HEBB_OPTIONS = _triton._hebb_blocks(64, 64)  # the blocks and launch options the host picks at d_head = 64
 CASES = [
     ("_bk_forward_kernel", dict(a_ptr=P, g0_ptr=P, g_ptr=P, n_lanes=N, n_steps=N, stride_lane=N, stride_step=N,
-                                z_re=F, z_im=F, HAS_G0=C, BLOCK=C), dict(HAS_G0=True, BLOCK=_triton.BK_BLOCK), 1),
+                                z_re=F, z_im=F, HAS_G0=C, BLOCK=C), dict(HAS_G0=True, BLOCK=_triton.BK_BLOCK), {"num_warps": 1}),
     ("_bk_backward_kernel", dict(g_ptr=P, dg_ptr=P, da_ptr=P, dg0_ptr=P, n_lanes=N, n_steps=N, BLOCK=C),
-     dict(BLOCK=_triton.BK_BLOCK), 1),
+     dict(BLOCK=_triton.BK_BLOCK), {"num_warps": 1}),
     ("_hebb_forward_kernel", dict(**HEBB, y_ptr=P, ws_ptr=P, n_steps=N, d_k=N, d_v=N, eta=F, HAS_W0=C, BT=C, BK=C,
-                                  BV=C), dict(HAS_W0=True, BT=_triton.HEBB_CHUNK, BK=64, BV=64), 8),
+                                  BV=C), dict(HAS_W0=True, BT=_triton.HEBB_CHUNK, BK=BK, BV=BV), HEBB_OPTIONS),
     ("_hebb_backward_kernel", dict(**HEBB, dy_ptr=P, dws_ptr=P, dq_ptr=P, dk_ptr=P, dv_ptr=P, dw0_ptr=P, n_steps=N,
                                    d_k=N, d_v=N, eta=F, HAS_W0=C, HAS_DWS=C, BT=C, BK=C, BV=C),
-     dict(HAS_W0=True, HAS_DWS=True, BT=_triton.HEBB_CHUNK, BK=64, BV=64), 8),
+     dict(HAS_W0=True, HAS_DWS=True, BT=_triton.HEBB_CHUNK, BK=BK, BV=BV), HEBB_OPTIONS),
 ]
 built = []
-for name, signature, constexprs, warps in CASES:
+for name, signature, constexprs, options in CASES:
     src = ASTSource(fn=getattr(_triton, name), signature=signature, constexprs=constexprs)
-    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     assert len(out.asm["cubin"]) > 0 and ".target sm_90" in out.asm["ptx"], name
+    assert "maxnreg" not in options or f".maxnreg {options['maxnreg']}" in out.asm["ptx"], name
     built.append(name)
 print(json.dumps(built))
 """
