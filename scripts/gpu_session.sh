@@ -221,7 +221,10 @@ s4b)
   timeout 110 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/models/test_saved_activation_bytes.py \
     tests/train/test_compiled_model_loss.py tests/kernels/test_kernels_layers.py tests/models/test_models_fullgraph.py \
     tests/models/test_stage1_decode_step.py tests/train/test_generate_fast_path.py \
+    tests/kernels/test_kernels_hebbian_scan.py tests/kernels/test_kernels_phase2_model.py \
     > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "Hebbian scan (value-tiled kernel), PyTorch vs kernel"
+  timeout 40 python3 scripts/bench_phase2_scans.py --sections scans --out "$OUT/scans.json" 2>&1 | grep -i hebb
   step "verify on CUDA: the ops whose saved tensors changed"
   timeout 80 python3 -m muse verify --profile ci --device cuda -n 4 -k "linear or layer_norm or modrelu or complex_diag or dropout" \
     --out "$OUT/verify-cuda" 2>&1 | tail -4
