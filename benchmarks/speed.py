@@ -310,11 +310,15 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                        else functools.partial(model_loss, model))
             ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else _null
 
-            def infer(net=net, ctx=ctx):
+            def infer(net=net, ctx=ctx, mode=mode):
+                if mode is not None:  # a new CUDA-graph step: earlier outputs may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
                 with torch.no_grad(), ctx():
                     return net(inputs)  # noqa: B023 - inputs is fixed for the whole model loop
 
-            def train_step(loss_fn=loss_fn, ctx=ctx):
+            def train_step(loss_fn=loss_fn, ctx=ctx, mode=mode):
+                if mode is not None:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with ctx():
                     loss = loss_fn(inputs, targets)  # noqa: B023 - the training loss path
                 loss.backward()
