@@ -316,7 +316,10 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                 with torch.no_grad(), ctx():
                     return net(inputs)  # noqa: B023 - inputs is fixed for the whole model loop
 
-            def train_step(loss_fn=loss_fn, ctx=ctx, mode=mode):
+            def train_step(loss_fn=loss_fn, ctx=ctx, mode=mode, model=model):
+                # as an optimizer step would: gradients are not accumulated (under CUDA graphs
+                # the previous step's gradients are replay outputs that the next replay overwrites)
+                model.zero_grad(set_to_none=True)
                 if mode is not None:
                     torch.compiler.cudagraph_mark_step_begin()
                 with ctx():

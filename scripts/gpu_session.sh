@@ -251,7 +251,25 @@ s4d)
   timeout 150 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d" >&2; exit 2 ;;
+s5a)
+  step "CUDA tests: the fused loss (bias gradient from the GEMM), whole-loss compile incl. CUDA graphs, speed CLI"
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/train/test_fused_loss.py \
+    tests/train/test_compiled_model_loss.py tests/cli/test_cli_compile_speed.py tests/models/test_model_contract.py \
+    > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "verify on CUDA: the fused loss"
+  timeout 90 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" --out "$OUT/verify-cuda" 2>&1 | tail -4
+  step "what is alive at the peak, B2 S1024 fused: Stage 1 seed, Phase 2 seed"
+  for m in stage1 phase2; do
+    timeout 60 python3 scripts/peak_composition.py --model $m --device cuda --batch 2 --seq 1024 | tee "$OUT/peak-$m.txt"
+  done
+  step "fused loss memory B2 (warm measure), both models"
+  timeout 90 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --steps 0 \
+    --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "muse bench speed: Stage 1 and GPT, compiled and compiled with CUDA graphs, same process"
+  timeout 280 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled,compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c" >&2; exit 2 ;;
 esac
 step "pack"
 tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .

@@ -262,8 +262,8 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
        g = p - onehot adds u |g| (and u16 |g| + eta16 when the GEMMs run in fp16).
     5. each gradient is a dot product of dlogits with h or w, accumulated in fp32: d(hidden)
        over V terms in ceil(V / vocab_chunk) fp32 GEMMs summed in fp32, d(weight) one GEMM over
-       n terms, d(bias) an fp32 sum of n terms; then scaled (one rounding) and rounded to the
-       storage dtype (u_s |y| + eta_s).
+       n terms, d(bias) one more column of that GEMM (hidden with a column of ones); then
+       scaled (one rounding) and rounded to the storage dtype (u_s |y| + eta_s).
     """
     u = U
     u_s = 2.0**-11 if storage == np.float16 else 0.0  # fp32 storage: the logits are not re-rounded
@@ -302,7 +302,7 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     raw = {
         "hidden": (e_g @ aw, ag @ aw, gamma(gemm_terms(v, device) + n_vchunks)),
         "weight": (e_g.T @ ah, ag.T @ ah, gamma(gemm_terms(n, device))),
-        "bias": (e_g.sum(axis=0), ag.sum(axis=0), gamma(max(n - 1, 1))),
+        "bias": (e_g.sum(axis=0), ag.sum(axis=0), gamma(gemm_terms(n, device))),  # the same GEMM, a ones column
     }
     grads = {"hidden": g @ w, "weight": g.T @ h, "bias": g.sum(axis=0)}
     out = {"loss": np.array(e_loss)}

@@ -12,8 +12,9 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
   exactly as ``lm_head`` rounds them). Forward is one pass: an online fp32 log-sum-exp (running
   max, sum of exp(z - max) rescaled when the max grows); it keeps the log-sum-exp (n floats). Backward recomputes each
   chunk's logits, forms the softmax gradient from the saved log-sum-exp, and gets that slice
-  of the weight and bias gradients from ONE GEMM / fp32 sum over all tokens (scaled, one
-  rounding); the hidden gradient accumulates over the chunks in fp32. No tensor larger than
+  of the weight and bias gradients from ONE GEMM over all tokens (the bias's as one more
+  column: hidden with a column of ones appended; fp32 accumulation, scaled, one rounding); the
+  hidden gradient accumulates over the chunks in fp32. No tensor larger than
   one chunk is alive and no fp32 copy of the weight gradient is needed. On CUDA every chunk is
   a multiple of 128 rows wide (the last one padded with zero rows and -inf bias), so the GEMMs
   see aligned shapes whatever V is (V = 50257 otherwise falls back to slow kernels).
@@ -142,14 +143,25 @@ def _lse_step(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) -> tupl
 
 
 def _dlogits(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
-             gemm_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax - onehot(col) in fp32 from the saved log-sum-exp, zero where ``keep`` is 0: rounded
-    once to ``gemm_dtype`` for the GEMMs, and its fp32 column sums (the bias gradient)."""
+             gemm_dtype: torch.dtype) -> torch.Tensor:
+    """softmax - onehot(col) in fp32 from the saved log-sum-exp, zero where ``keep`` is 0, rounded
+    once to ``gemm_dtype`` for the GEMMs."""
     g = (z.to(lse.dtype) - lse[:, None]).exp_()
     rows = torch.arange(z.shape[0], device=z.device)
     g.index_put_((rows, col.clamp(min=0)), -(col >= 0).to(g.dtype), accumulate=True)  # -1 at the target
     g.mul_(keep[:, None])
-    return g.to(gemm_dtype), g.sum(0)
+    return g.to(gemm_dtype)
+
+
+_BIAS_COLUMNS = 8  # a column of ones and 7 of zeros: the GEMM's row length stays a multiple of 8
+
+
+def _with_ones(h: torch.Tensor, need_w: bool) -> tuple[torch.Tensor, int]:
+    """The right-hand side of the weight/bias GEMM gᵀ[h | 1 | 0]: (matrix, the ones column's index).
+    Without ``need_w`` only the ones (and zero) columns."""
+    ones = h.new_zeros(h.shape[0], _BIAS_COLUMNS)
+    ones[:, 0] = 1.0
+    return (torch.cat([h, ones], 1), h.shape[1]) if need_w else (ones, 0)
 
 
 _FUSED: dict = {}
@@ -170,8 +182,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     forward: per-token log-sum-exp over vocabulary chunks, online (one pass, rescaled sums).
     backward: per chunk, dlogits = softmax - onehot (unscaled, fp32, rounded once to the GEMM
-    dtype), d(weight slice) = dlogitsᵀ hidden and d(bias slice) each one fp32 reduction over all
-    tokens, d(hidden) summed over chunks in fp32; every gradient is multiplied by the incoming
+    dtype), d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1] one GEMM over all tokens
+    (fp32 accumulation), d(hidden) summed over chunks in fp32; every gradient is multiplied by the incoming
     gradient (and 1/count for a mean) in fp32 and rounded once.
     """
 
@@ -212,17 +224,22 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
         d_weight = alloc(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
         d_bias = alloc(v, dtype=bias.dtype, device=bias.device) if need_b else None
+        if need_w or need_b:
+            rhs, ones_col = _with_ones(chunks.h, need_w) if need_b else (chunks.h, None)
         with C.fp32_accumulation(hidden.device):
             for v0, v1 in chunks if n else ():
                 col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
-                g, g_sum = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
-                if need_b:
-                    d_bias[v0:v1] = g_sum[: v1 - v0].mul_(scale)
-                if need_w:
-                    d_weight[v0:v1] = _mm_fp32(g.t(), chunks.h)[: v1 - v0].mul_(scale)
+                g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
+                if need_w or need_b:
+                    dwb = _mm_fp32(g.t(), rhs)[: v1 - v0].mul_(scale)
+                    if need_w:
+                        d_weight[v0:v1] = dwb[:, : hidden.shape[1]]
+                    if need_b:
+                        d_bias[v0:v1] = dwb[:, ones_col]
+                    del dwb
                 if need_h:
                     d_hidden.add_(_mm_fp32(g, chunks.weight_rows(v0)))
-                del g, g_sum  # before the next chunk's logits are allocated
+                del g  # before the next chunk's logits are allocated
         if d_hidden is not None:
             d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
         return d_hidden, d_weight, d_bias, None, None, None, None, None
