@@ -17,6 +17,7 @@ import math
 import numbers
 
 import torch
+import torch.nn.functional as F
 
 from muse import kernels
 from muse._checks import (
@@ -267,7 +268,11 @@ def embedding(
     check_same_device(named)
     ids = ids.long()
     check_token_range("ids", ids, weight.shape[0])
-    rows = weight.planes[:, ids]  # (2, *ids.shape, d)
+    v, d = weight.shape
+    # planes (2, V, d) as 2V rows: one embedding over ids and ids + V, so the backward is one
+    # embedding_dense_backward into a (2V, d) gradient (fp32 sums, one rounding) instead of
+    # indexing's zeros + out-of-place index_put (two weight-sized tensors alive at once)
+    rows = F.embedding(torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d))  # (2, *ids.shape, d)
     if position is None and phase is None:
         return ComplexTensor(rows)
     cd = compute_dtype(weight.dtype)

@@ -125,9 +125,9 @@ _MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` accumulated in fp32 and returned in fp32 (fp64 for fp64): fp16 operands stay fp16
-    on CUDA (``out_dtype``), elsewhere they are upcast first."""
-    if a.dtype == torch.float16:
+    """``a @ b`` accumulated in fp32 and returned in fp32 (fp64 for fp64): fp16/bf16 operands stay
+    16-bit on CUDA (``out_dtype``), elsewhere they are upcast first."""
+    if a.dtype in (torch.float16, torch.bfloat16):
         if a.is_cuda and _MM_OUT_DTYPE:
             return torch.mm(a, b, out_dtype=torch.float32)
         return torch.mm(a.float(), b.float())
@@ -188,13 +188,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
         n = hidden.shape[0]
         acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
         scored = targets != ignore_index
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
-        chunks = _VocabChunks(hidden, weight, bias, chunk)
+        chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
         lse_step = _fused(_lse_step) if hidden.is_cuda else _lse_step
         z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
         z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
@@ -204,20 +204,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         lse = z_max + z_sum.log()
         total = torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0).sum()
         ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
-        ctx.setup = (chunk, need, count if scale_by_count else None)
+        ctx.setup = (chunk, need, count if scale_by_count else None, gemm_dtype)
         return total / count if scale_by_count else total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         hidden, weight, bias, targets, scored, lse = ctx.saved_tensors
-        chunk, (need_h, need_w, need_b), count = ctx.setup
+        chunk, (need_h, need_w, need_b), count, gemm_dtype = ctx.setup
         n, v = hidden.shape[0], weight.shape[0]
         acc = C.compute_dtype(hidden.dtype)
         scale = grad_out.to(acc)
         if count is not None:
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
-        chunks = _VocabChunks(hidden, weight, bias, chunk)
+        chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
         dlogits = _fused(_dlogits) if hidden.is_cuda else _dlogits
         keep = scored.to(acc)
         d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
@@ -242,7 +242,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 del g  # before the next chunk's logits are allocated
         if d_hidden is not None:
             d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
-        return d_hidden, d_weight, d_bias, None, None, None, None, None
+        return d_hidden, d_weight, d_bias, None, None, None, None, None, None
 
 
 class _VocabChunks:
@@ -253,14 +253,14 @@ class _VocabChunks:
     padded logits are -inf and their softmax is exactly 0.
     """
 
-    def __init__(self, hidden, weight, bias, chunk: int):
+    def __init__(self, hidden, weight, bias, chunk: int, gemm_dtype: torch.dtype | None = None):
         self.v = weight.shape[0]
         self.pad = hidden.device.type == "cuda"
         self.chunk = min(chunk, self.v)
         if self.pad:  # aligned GEMM shapes: a multiple of 128 rows (the last chunk padded)
             self.chunk = -(-self.chunk // _CUDA_ALIGN) * _CUDA_ALIGN
         self.storage = hidden.dtype
-        self.gemm_dtype = C.gemm_dtype(hidden.dtype, hidden.device)
+        self.gemm_dtype = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
         self.h = hidden.to(self.gemm_dtype)
         self.w = weight.to(self.gemm_dtype)
         self.b = None if bias is None else bias.to(self.gemm_dtype)
@@ -357,7 +357,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)
     return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size,
-                                            reduction == "mean", need)
+                                            reduction == "mean", need, _autocast_gemm_dtype(hidden))
+
+
+def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
+    """Under an enabled autocast, fp32 inputs: the autocast dtype, for the GEMMs of forward AND
+    backward (as ``lm_head`` + cross-entropy would run them); else None (the storage policy)."""
+    kind = hidden.device.type
+    if hidden.dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
 
 
 def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
