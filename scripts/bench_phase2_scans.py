@@ -151,7 +151,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--sections", default="scans,mixers,model")
+    p.add_argument("--sections", default="scans,mixers,model",
+                   help="comma-separated: scans, mixers, baseline (the model eager, fp32, PyTorch scans), model")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model) (minutes to compile)")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast for the model rows (as muse train --amp)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 GEMMs (default: off, as in muse)")
@@ -175,11 +176,13 @@ def main() -> None:
                 scans(cfg, args.batch, args.seq, device, args.repeats, rows)
             elif section == "mixers":
                 mixers(cfg, args.batch, args.seq, device, args.repeats, rows)
+            elif section == "baseline":  # eager, fp32, PyTorch scans: the reference of the 3x target
+                model(args.preset, args.batch, args.seq, device, args.repeats, rows, False, None, ("pytorch",))
             elif section == "model":
                 model(args.preset, args.batch, args.seq, device, args.repeats, rows, args.compile, args.amp,
                       tuple(args.modes.split(",")), args.compile_mode)
             else:
-                raise ValueError(f"unknown section {section!r}; choose from scans, mixers, model")
+                raise ValueError(f"unknown section {section!r}; choose from scans, mixers, baseline, model")
         except Exception:
             print(f"SECTION {section} FAILED\n{traceback.format_exc()}", flush=True)
             rows.append({"row": section, "failed": traceback.format_exc()[-2000:]})

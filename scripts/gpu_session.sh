@@ -269,6 +269,25 @@ s5a)
   timeout 280 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled,compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
   ;;
+s5b)
+  step "CUDA tests: embedding backward, the loss under autocast, fused loss, whole-loss compile, fullgraph, kernels"
+  timeout 130 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/complex/test_complex_embedding_backward.py \
+    tests/train/test_fused_loss_autocast.py tests/train/test_fused_loss.py tests/train/test_compiled_model_loss.py \
+    tests/models/test_models_fullgraph.py tests/kernels > "$OUT/cuda-tests.txt" 2>&1
+  grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "verify on CUDA: the fused loss, the embedding"
+  timeout 90 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss or embedding" --out "$OUT/verify-cuda" 2>&1 | tail -3
+  step "what is alive at the peak, Stage 1 seed B2 S1024 fused; memory B2 both models"
+  timeout 40 python3 scripts/peak_composition.py --model stage1 --device cuda --batch 2 --seq 1024 | tee "$OUT/peak-stage1.txt"
+  timeout 60 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --steps 0 \
+    --impl chunked | tee "$OUT/loss-memory-b2.jsonl"
+  step "Phase 2 seed: eager fp32 PyTorch scans, then bf16 + kernels eager and compiled with CUDA graphs (one process)"
+  timeout 150 python3 scripts/bench_phase2_scans.py --sections baseline,model --compile --compile-mode reduce-overhead \
+    --amp bf16 --modes kernels --out "$OUT/phase2.json" 2>&1 | grep phase2
+  step "muse bench speed: Stage 1 and GPT compiled with CUDA graphs, same process"
+  timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
+  ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c" >&2; exit 2 ;;
 esac
 step "pack"

@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _helpers import cuda_test
 from muse.train.loss import linear_cross_entropy
 
 
-def _inputs(n=48, d=16, v=300, seed=0):
+def _inputs(n=48, d=16, v=300, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, d, generator=g, requires_grad=True)
-    w = (0.5 * torch.randn(v, d, generator=g)).requires_grad_()
-    b = (0.1 * torch.randn(v, generator=g)).requires_grad_()
+    h = torch.randn(n, d, generator=g)
+    w = 0.5 * torch.randn(v, d, generator=g)
+    b = 0.1 * torch.randn(v, generator=g)
     t = torch.randint(0, v, (n,), generator=g)
     t[:3] = -100
-    return h, w, b, t
+    return (*(x.to(device).requires_grad_() for x in (h, w, b)), t.to(device))
 
 
 def _reference(h, w, b, t):
@@ -34,20 +35,25 @@ def _reference(h, w, b, t):
     return loss, gb @ r[1], gb.T @ r[0], gb.sum(0)
 
 
-def test_chunked_loss_under_autocast_uses_the_autocast_dtype():
-    h, w, b, t = _inputs()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def test_chunked_loss_under_autocast_uses_the_autocast_dtype(device="cpu"):
+    h, w, b, t = _inputs(device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         loss = linear_cross_entropy(h, w, t, bias=b, impl="chunked", chunk_size=128)
     loss.backward()
     assert loss.dtype == torch.float32 and h.grad.dtype == torch.float32
-    want = _reference(h, w, b, t)
-    torch.testing.assert_close(loss.double(), want[0], rtol=1e-5, atol=1e-6)
+    want = _reference(*(x.cpu() for x in (h, w, b, t)))
+    torch.testing.assert_close(loss.double().cpu(), want[0], rtol=1e-5, atol=1e-6)
     for got, ref in zip((h.grad, w.grad, b.grad), want[1:], strict=True):
-        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got.double().cpu(), ref, rtol=1e-4, atol=1e-6)
     # without autocast the same inputs give the fp32 result, which the bf16 reference does not match
-    h2, w2, b2, t2 = _inputs()
+    h2, w2, b2, t2 = _inputs(device=device)
     fp32 = linear_cross_entropy(h2, w2, t2, bias=b2, impl="chunked", chunk_size=128)
-    assert not torch.allclose(fp32.double(), want[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fp32.double().cpu(), want[0], rtol=1e-5, atol=1e-6)
+
+
+@cuda_test
+def test_chunked_loss_under_autocast_on_cuda():
+    test_chunked_loss_under_autocast_uses_the_autocast_dtype("cuda")
 
 
 def test_chunked_loss_under_autocast_compiles_fullgraph():
