@@ -6,9 +6,16 @@ A model defines ``embed`` (ids -> activations), ``blocks`` (called as ``block(x,
 default) and ``lm_head`` (a module with ``.weight`` (V, d) and ``.bias`` (V,) or None).
 
 The counters live on the model's device and are updated without host syncs: slot 0
-counts forwards whose embedding held a NaN/Inf, slot i+1 layer i, the last slot the
-logits (the head input under ``return_hidden=True``). ``get_statistics()`` is the one
-place that reads them.
+counts forwards whose embedding held a NaN/Inf, slot i+1 layer i, the last slot forwards
+whose logits are not proven finite (below) — under ``return_hidden=True`` forwards whose
+head input held a NaN/Inf. ``get_statistics()`` is the one place that reads them.
+
+The logits are never read back for the count (a second pass over B·S·V values cost a fifth of
+compiled Stage 1 inference): by Cauchy-Schwarz every abs(logit) <= max_t norm(h_t) · max_v
+norm(w_v) + max abs(b_v), so a forward counts when that bound (fp32, from the head input and
+the head) is not below the logits' dtype range with a 2^-8 margin for the GEMM's rounding. A NaN/Inf
+in the head input or the head, or an overflow, always counts; a forward whose bound reaches the
+range but whose logits stayed finite counts too (a model that close to overflow is worth a warning).
 """
 
 from __future__ import annotations
@@ -100,9 +107,12 @@ class LanguageModel(nn.Module):
                 diag[f"layer_{i}"] = {**activation_statistics(x), **stats}
         x = self.final_norm(x)
         out = self.head_input(x)  # (B, S, d)
-        if not return_hidden:
-            out = self.lm_head(out)  # (B, S, V)
-        self._count_nonfinite(-1, out)
+        if return_hidden:
+            self._count_nonfinite(-1, out)
+        else:
+            h = out
+            out = self.lm_head(h)  # (B, S, V)
+            self._count_logits_unproven(h, out.dtype)
         if not return_diagnostics:
             return out
         diag["final_norm"] = activation_statistics(x)
@@ -165,8 +175,23 @@ class LanguageModel(nn.Module):
             values = values.planes
         self._nonfinite_count[slot] += (~torch.isfinite(values)).any()
 
+    @torch.no_grad()
+    def _count_logits_unproven(self, h: torch.Tensor, dtype: torch.dtype) -> None:
+        """Last slot += 1 unless the Cauchy-Schwarz bound of the logits (module docstring) is below
+        the range of ``dtype``; reads ``h`` (B, S, d) and the head, never the logits."""
+        if h.numel() == 0:
+            return
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        w, b = self.lm_head.weight, self.lm_head.bias
+        bound = (torch.linalg.vector_norm(h, dim=-1, dtype=acc).amax()
+                 * torch.linalg.vector_norm(w, dim=-1, dtype=acc).amax())
+        if b is not None:
+            bound = bound + b.abs().amax().to(acc)
+        self._nonfinite_count[-1] += ~(bound < torch.finfo(dtype).max * (1 - 2**-8))  # NaN: counted
+
     def get_statistics(self) -> dict:
-        """Forward count and, per stage (embedding, each layer, logits), forwards that produced non-finite values."""
+        """Forward count and, per stage (embedding, each layer, logits), forwards that produced non-finite
+        values (logits: not proven finite, see the module docstring)."""
         n = int(self._forward_count.item())
         per = [int(v) for v in self._nonfinite_count.tolist()]
         names = ["embedding"] + [f"layer_{i}" for i in range(self.config.n_layers)] + ["logits"]

@@ -209,6 +209,44 @@ def test_nonfinite_counter_increments_on_nan_parameter():
     assert set(s["nonfinite_by_stage"].values()) == {0}
 
 
+def test_logits_counter_catches_overflow_and_nan_head_without_reading_logits():
+    model = _tiny(vocab_size=100).eval()
+    ids = _ids(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3e5)  # fp16 logits overflow to inf
+    logits = model(ids)
+    assert not torch.isfinite(logits).all()
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 1
+    model.reset_statistics()
+    with torch.no_grad():
+        model.lm_head.weight.div_(3e5)
+        model.lm_head.bias[7] = float("nan")
+    model(ids)
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 1
+    assert model.get_statistics()["nonfinite_by_stage"]["layer_1"] == 0
+
+
+def test_logits_counter_is_conservative_near_the_range():
+    """A head row whose norm puts the bound past fp16's range while every logit stays finite: counted."""
+    model = _tiny(vocab_size=100).eval()
+    ids = _ids(model)
+    h = model(ids, return_hidden=True).detach().reshape(-1, model.config.d_model).float()
+    model.reset_statistics()
+    row = torch.randn(h.shape[1], generator=torch.Generator().manual_seed(3))
+    row /= row.norm()
+    cos = (h @ row).abs() / h.norm(dim=1)
+    assert float(cos.max()) < 0.7  # a direction far from every head input
+    with torch.no_grad():
+        model.lm_head.weight[0] = (1.2 * 65504 / float(h.norm(dim=1).max()) * row).half()
+    logits = model(ids)
+    assert torch.isfinite(logits).all()
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 1
+    with torch.no_grad():
+        model.lm_head.weight[0] *= 0.5  # the bound below the range again
+    model(ids)
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 1
+
+
 def test_nan_in_embedding_counted_at_embedding_stage():
     model = _tiny(vocab_size=100).eval()
     ids = _ids(model)
