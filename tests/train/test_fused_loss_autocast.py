@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _helpers import cuda_test
+
 from muse.train.loss import linear_cross_entropy
 
 
