@@ -98,23 +98,27 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     return result
 
 
-def _compiled_step(model: nn.Module, loss: str, impl: str):
-    """(inputs, targets) -> loss with the model and the loss compiled as one graph (fullgraph)."""
+def _compiled_step(model: nn.Module, loss: str, impl: str, mode: str | None = None):
+    """(inputs, targets) -> loss with the model and the loss compiled as one graph (fullgraph);
+    ``mode``: None or "reduce-overhead" (CUDA graphs)."""
+    from muse.models.compile import check_mode
     from muse.train.loss import compile_model_loss
 
     if loss == "fused":
-        return compile_model_loss(model, impl=impl)
+        return compile_model_loss(model, impl=impl, mode=mode)
+    check_mode(mode)
     C.set_gemm_policy()
-    return torch.compile(lambda inputs, targets: lm_loss(model(inputs), targets), fullgraph=True)
+    return torch.compile(lambda inputs, targets: lm_loss(model(inputs), targets), fullgraph=True, mode=mode)
 
 
 def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, steps: int = 10,
                warmup: int = 3, train: bool = True, seed: int = 0, loss: str = "fused",
-               impl: str = "auto", compiled: bool = False) -> dict:
+               impl: str = "auto", compiled: bool = False, compile_mode: str | None = None) -> dict:
     """Tokens per second of forward(+loss+backward when ``train``), median over ``steps`` timed runs.
 
     ``compiled``: the model and the loss run as one ``torch.compile`` graph (inference: the
-    compiled model); compilation happens in the warm-up runs, which are not timed.
+    compiled model), with ``compile_mode`` (None or "reduce-overhead": CUDA graphs); compilation
+    happens in the warm-up runs, which are not timed. Gradients are set to None after each step.
     """
     steps = check_int("steps", steps, min_value=1)
     if loss not in LOSSES:
@@ -123,7 +127,8 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
     inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
     model.train(train)
     if compiled:
-        step = _compiled_step(model, loss, impl) if train else torch.compile(model, fullgraph=True)
+        step = (_compiled_step(model, loss, impl, compile_mode) if train
+                else torch.compile(model, fullgraph=True, mode=compile_mode))
         warmup = max(warmup, 2)
     else:
         step = functools.partial(_loss, model, loss=loss, impl=impl) if train else model
@@ -131,6 +136,8 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
     for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
+        if compiled and compile_mode is not None:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
         if train:
             step(inputs, targets).backward()
             model.zero_grad(set_to_none=True)
@@ -143,7 +150,7 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
     med = statistics.median(times)
     return {"tokens_per_second": batch * seq / med, "median_seconds": med, "steps": steps,
             "batch": batch, "seq": seq, "mode": "train (fwd+bwd)" if train else "inference",
-            "loss": loss if train else None, "compiled": compiled}
+            "loss": loss if train else None, "compiled": compiled, "compile_mode": compile_mode if compiled else None}
 
 
 def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device: torch.device,

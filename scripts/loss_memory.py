@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--impl", default="auto", choices=["auto", "torch-native", "chunked"])
     p.add_argument("--models", default="phase2,stage1", help="comma-separated registry names")
     p.add_argument("--compile", action="store_true", help="throughput with the model and the loss compiled as one graph")
+    p.add_argument("--compile-mode", choices=["reduce-overhead"], help="torch.compile mode of --compile (CUDA graphs)")
     args = p.parse_args()
     dev = torch.device(args.device)
     for name in args.models.split(","):
@@ -48,9 +49,11 @@ def main() -> None:
                 row["cuda_foreign_MiB"] = round(mem["cuda_foreign_bytes"] / 2**20, 1)
             if args.steps:
                 tp = measure.throughput(model, args.throughput_batch or args.batch, seq, dev, args.steps,
-                                        warmup=2, loss=loss, impl=args.impl, compiled=args.compile)
+                                        warmup=2, loss=loss, impl=args.impl, compiled=args.compile,
+                                        compile_mode=args.compile_mode)
                 row["train_tok_s"] = round(tp["tokens_per_second"], 1)
                 row["compiled"] = args.compile
+                row["compile_mode"] = tp["compile_mode"]
             print(json.dumps(row), flush=True)
         del model
 
