@@ -215,3 +215,22 @@ def test_tracker_peak_over_bk_forward_includes_the_reshape_copies(interpreter):
     assert mem.peak == before + 2 * _bytes(out) + g0.numel() * 8  # a's and g0's copies, then G
     gc.collect()  # Triton's interpreter holds kernel arguments in a reference cycle
     assert mem.current == before + _bytes(out)
+
+
+def test_tracker_peak_over_layer_norm_backward_includes_the_partial_rows(interpreter):
+    rows, d = 70, 24
+    g = torch.Generator().manual_seed(4)
+    planes = torch.randn(2, rows, d, generator=g).half()
+    weight = torch.randn(2, d, generator=g).half()
+    grad = torch.randn(2, d, rows, generator=g).half().transpose(1, 2)  # not contiguous: copied
+    n_rows_tile, _, _ = interpreter._tile(d)
+    progs = interpreter._programs(planes.device, math.ceil(rows / n_rows_tile))
+    with LiveTensorBytes() as mem:
+        mem.track([planes, weight, grad])
+        before = mem.current
+        dx, sums = kernels.layer_norm_bwd(planes, weight, grad, 1e-5)
+    assert _bytes(dx, sums) == 2 * rows * d * 2 + 2 * d * F32
+    # grad's copy and the per-program partial rows live with the outputs
+    assert mem.peak == before + 2 * rows * d * 2 + progs * 2 * d * F32 + _bytes(dx, sums)
+    gc.collect()  # Triton's interpreter holds kernel arguments in a reference cycle
+    assert mem.current == before + _bytes(dx, sums)
