@@ -16,7 +16,7 @@ It counts what ``torch.cuda.max_memory_allocated`` counts except the allocator's
 rounding (512-byte blocks), library workspaces (cuBLAS, cuDNN) and temporaries inside
 opaque ops that are not MUSE's (e.g. torch's ``linear_cross_entropy`` custom op, whose
 chunk logits are internal), or inside a MUSE wrapper's own torch calls (e.g. a
-reduction's scratch).  The benchmark therefore measures the fused loss on the chunked
+reduction's workspace).  The benchmark therefore measures the fused loss on the chunked
 path, whose every tensor is an op output.  On CUDA the runner reports both measures and
 their ratio.
 """
