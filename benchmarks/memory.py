@@ -6,12 +6,19 @@ the first time it appears and subtracts them when the storage is freed (a weak r
 to the storage's Python object, which torch keeps alive exactly as long as the storage).
 Tensors that existed before (parameters, buffers, inputs) are added with :meth:`track`.
 
+A dispatch mode sees an op's outputs, not the tensors allocated while the op runs.  MUSE's
+own custom ops (``muse::*``, the Triton kernels of :mod:`muse.kernels`) are covered: while
+the tracker is entered it listens to :func:`muse.kernels.scratch.scratch`, through which
+every kernel wrapper passes what it allocates (the Hebbian backward's per-tile partial
+sums, ``.contiguous()`` copies, its outputs), so those count from allocation until freed.
+
 It counts what ``torch.cuda.max_memory_allocated`` counts except the allocator's
-rounding (512-byte blocks), library workspaces (cuBLAS) and temporaries allocated inside
-one op: a dispatch mode sees an op's outputs, not what runs inside it, so an opaque op
-(e.g. torch's ``linear_cross_entropy`` custom op, whose chunk logits are internal) is
-undercounted. The benchmark therefore measures the fused loss on the chunked path, whose
-every tensor is an op output. On CUDA the runner reports both measures and their ratio.
+rounding (512-byte blocks), library workspaces (cuBLAS, cuDNN) and temporaries inside
+opaque ops that are not MUSE's (e.g. torch's ``linear_cross_entropy`` custom op, whose
+chunk logits are internal), or inside a MUSE wrapper's own torch calls (e.g. a
+reduction's workspace).  The benchmark therefore measures the fused loss on the chunked
+path, whose every tensor is an op output.  On CUDA the runner reports both measures and
+their ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from collections.abc import Iterable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from muse.kernels.scratch import add_listener, remove_listener
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -38,6 +47,15 @@ class LiveTensorBytes(TorchDispatchMode):
         for t in tensors:
             if isinstance(t, torch.Tensor):
                 self._add(t)
+
+    def __enter__(self):
+        mode = super().__enter__()
+        add_listener(self._add)  # the tensors MUSE's kernel wrappers make inside custom ops
+        return mode
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        remove_listener(self._add)
+        return super().__exit__(exc_type, exc_val, exc_tb)
 
     def reset_peak(self) -> None:
         self.peak = self.current

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from muse.kernels import interpreting
+from muse.kernels.scratch import scratch
 
 
 def _tile(d: int) -> tuple[int, int, int]:
@@ -111,9 +112,9 @@ def _rows(planes: torch.Tensor) -> tuple[int, int]:
 
 def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                        eps: float) -> torch.Tensor:
-    x = planes.contiguous()
+    x = scratch(planes.contiguous(), planes)
     n_rows, d = _rows(x)
-    y = torch.empty_like(x)
+    y = scratch(torch.empty_like(x))
     if n_rows == 0:
         return y
     rows, block_d, warps = _tile(d)
@@ -126,18 +127,18 @@ def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: 
 def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, sums) with sums (2, d) fp32: row 0 sum_rows <g, n> (weight), row 1 sum_rows g_re (bias)."""
-    x, g = planes.contiguous(), grad.contiguous()
+    x, g = scratch(planes.contiguous(), planes), scratch(grad.contiguous(), grad)
     n_rows, d = _rows(x)
-    dx = torch.empty_like(x)
+    dx = scratch(torch.empty_like(x))
     if n_rows == 0:
-        return dx, torch.zeros(2, d, dtype=torch.float32, device=x.device)
+        return dx, scratch(torch.zeros(2, d, dtype=torch.float32, device=x.device))
     rows, block_d, warps = _tile(d)
     tiles = triton.cdiv(n_rows, rows)
     progs = _programs(x.device, tiles)
-    part = torch.empty(progs, 2, d, dtype=torch.float32, device=x.device)
+    part = scratch(torch.empty(progs, 2, d, dtype=torch.float32, device=x.device))
     _ln_backward_kernel[(progs,)](x, x if weight is None else weight, g, dx, part, n_rows, d, n_rows * d, eps, tiles, progs,
                       HAS_W=weight is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
-    return dx, part.sum(dim=0)
+    return dx, scratch(part.sum(dim=0))
 
 
 
@@ -204,14 +205,14 @@ def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, p
 
 
 def modrelu_forward(planes: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    x = planes.contiguous()
+    x = scratch(planes.contiguous(), planes)
     n_rows, d = _rows(x)
-    y = torch.empty_like(x)
+    y = scratch(torch.empty_like(x))
     if n_rows == 0:
         return y
     rows, block_d, warps = _tile(d)
     _modrelu_forward_kernel[(triton.cdiv(n_rows, rows),)](
-        x, bias.contiguous(), y, n_rows, d, n_rows * d,
+        x, scratch(bias.contiguous(), bias), y, n_rows, d, n_rows * d,
         BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     return y
 
@@ -219,19 +220,19 @@ def modrelu_forward(planes: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_bias in fp32): grad_bias has bias's shape, (d,) or ()."""
-    x, g = planes.contiguous(), grad.contiguous()
+    x, g = scratch(planes.contiguous(), planes), scratch(grad.contiguous(), grad)
     n_rows, d = _rows(x)
-    dx = torch.empty_like(x)
+    dx = scratch(torch.empty_like(x))
     if n_rows == 0:
-        return dx, torch.zeros(bias.shape, dtype=torch.float32, device=x.device)
+        return dx, scratch(torch.zeros(bias.shape, dtype=torch.float32, device=x.device))
     rows, block_d, warps = _tile(d)
     tiles = triton.cdiv(n_rows, rows)
     progs = _programs(x.device, tiles)
-    part = torch.empty(progs, d, dtype=torch.float32, device=x.device)
-    _modrelu_backward_kernel[(progs,)](x, bias.contiguous(), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
+    part = scratch(torch.empty(progs, d, dtype=torch.float32, device=x.device))
+    _modrelu_backward_kernel[(progs,)](x, scratch(bias.contiguous(), bias), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
-    gb = part.sum(dim=0)
-    return dx, gb if bias.dim() == 1 else gb.sum()
+    gb = scratch(part.sum(dim=0))
+    return dx, gb if bias.dim() == 1 else scratch(gb.sum())
 
 
 # ------------------------------------------------------------- BK-Core resolvent
@@ -329,10 +330,10 @@ def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK:
 def bk_green_forward(a: torch.Tensor, z_re: float, z_im: float, initial_state: torch.Tensor | None) -> torch.Tensor:
     """G (..., S) complex64 from a (..., S) complex64 and G_0 (...) or None: the resolvent recursion."""
     n_lanes, n_steps = math.prod(a.shape[:-1]), a.shape[-1]
-    ar = torch.view_as_real(a.reshape(n_lanes, n_steps).resolve_conj())  # (L, S, 2) float32, a view where it can be
-    g = torch.empty((n_lanes, n_steps, 2), dtype=torch.float32, device=a.device)
+    ar = scratch(torch.view_as_real(a.reshape(n_lanes, n_steps).resolve_conj()), a)  # (L, S, 2) float32, a view where it can be
+    g = scratch(torch.empty((n_lanes, n_steps, 2), dtype=torch.float32, device=a.device))
     if n_lanes and n_steps:
-        g0 = None if initial_state is None else torch.view_as_real(initial_state.resolve_conj().reshape(-1)).contiguous()
+        g0 = None if initial_state is None else scratch(torch.view_as_real(initial_state.resolve_conj().reshape(-1)).contiguous(), initial_state)
         _bk_forward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](
             ar, ar if g0 is None else g0, g, n_lanes, n_steps, ar.stride(0), ar.stride(1), z_re, z_im,
             HAS_G0=g0 is not None, BLOCK=BK_BLOCK, num_warps=1)
@@ -342,10 +343,10 @@ def bk_green_forward(a: torch.Tensor, z_re: float, z_im: float, initial_state: t
 def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_a (..., S), grad_G0 (...)) from the forward's G and grad_G, both (..., S) complex64."""
     n_lanes, n_steps = math.prod(g.shape[:-1]), g.shape[-1]
-    gr = torch.view_as_real(g.resolve_conj().reshape(n_lanes, n_steps).contiguous())  # (L, S, 2)
-    dg = torch.view_as_real(grad.resolve_conj().reshape(n_lanes, n_steps).contiguous())  # (L, S, 2)
-    da = torch.empty_like(gr)
-    dg0 = torch.zeros((n_lanes, 2), dtype=torch.float32, device=g.device)
+    gr = scratch(torch.view_as_real(g.resolve_conj().reshape(n_lanes, n_steps).contiguous()), g)  # (L, S, 2)
+    dg = scratch(torch.view_as_real(grad.resolve_conj().reshape(n_lanes, n_steps).contiguous()), grad)  # (L, S, 2)
+    da = scratch(torch.empty_like(gr))
+    dg0 = scratch(torch.zeros((n_lanes, 2), dtype=torch.float32, device=g.device))
     if n_lanes and n_steps:
         _bk_backward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](gr, dg, da, dg0, n_lanes, n_steps,
                                                                 BLOCK=BK_BLOCK, num_warps=1)
@@ -505,7 +506,7 @@ def _hebb_blocks(d_k: int, d_v: int) -> tuple[int, int, dict]:
 def _lanes(t: torch.Tensor, tail: int) -> torch.Tensor:
     """t (..., *last ``tail`` dims) as a contiguous (n, *those dims) tensor."""
     keep = t.shape[t.dim() - tail:]
-    return t.reshape(math.prod(t.shape[:t.dim() - tail]), *keep).contiguous()
+    return scratch(t.reshape(math.prod(t.shape[:t.dim() - tail]), *keep).contiguous(), t)
 
 
 def hebbian_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
@@ -514,8 +515,8 @@ def hebbian_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay
     n_steps, d_k, d_v = q.shape[-2], q.shape[-1], v.shape[-1]
     qq, kk, vv, ll = _lanes(q, 2), _lanes(k, 2), _lanes(v, 2), _lanes(log_decay, 1)
     n = qq.shape[0]
-    y = torch.empty((n, n_steps, d_v), dtype=torch.float32, device=q.device)
-    ws = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
+    y = scratch(torch.empty((n, n_steps, d_v), dtype=torch.float32, device=q.device))
+    ws = scratch(torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device))
     w0 = None if initial_state is None else _lanes(initial_state, 2)
     if n and d_v:
         bk, bv, options = _hebb_blocks(d_k, d_v)
@@ -535,9 +536,9 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     bk, bv, options = _hebb_blocks(d_k, d_v)
     tiles = triton.cdiv(d_v, bv)
     alloc = torch.empty if tiles else torch.zeros  # d_v = 0: no program writes dq, dk
-    dq, dk = (alloc((max(tiles, 1), *qq.shape), dtype=torch.float32, device=q.device) for _ in range(2))
-    dv = torch.empty_like(vv)
-    dw0 = torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device)
+    dq, dk = (scratch(alloc((max(tiles, 1), *qq.shape), dtype=torch.float32, device=q.device)) for _ in range(2))
+    dv = scratch(torch.empty_like(vv))
+    dw0 = scratch(torch.empty((n, d_k, d_v), dtype=torch.float32, device=q.device))
     w0 = None if initial_state is None else _lanes(initial_state, 2)
     dws = None if grad_state is None else _lanes(grad_state, 2)
     if n and tiles:
@@ -545,5 +546,5 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
                                              qq if dws is None else dws, dq, dk, dv, dw0, n_steps, d_k, d_v, eta,
                                              HAS_W0=w0 is not None, HAS_DWS=dws is not None, BT=HEBB_CHUNK, BK=bk,
                                              BV=bv, **options)
-    dq, dk = (t.sum(0) if tiles > 1 else t[0] for t in (dq, dk))  # the tiles' partial sums
+    dq, dk = (scratch(t.sum(0)) if tiles > 1 else t[0] for t in (dq, dk))  # the tiles' partial sums
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dw0.reshape(*q.shape[:-2], d_k, d_v)
