@@ -248,8 +248,12 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 # with the step DEPTH later.  A load thus has DEPTH steps of arithmetic to arrive (forward 16 x 60 ns,
 # backward 48 x 15 ns: about 1 us and 0.7 us), and the slot's register is free when it is reloaded,
 # so no register copy waits for a load.  The backward's 48 steps of (G, dG) take 192 registers per
-# thread, the most that fits in 255 without spilling (sm_90: 228 registers; 64 steps spill).  The walk
-# is rounded up to a multiple of DEPTH; the extra steps load nothing and store nothing.
+# thread, about the most that fits in 255 without spilling (sm_90: 210 in all; 64 steps spill).  The walk
+# is rounded up to a multiple of DEPTH; the extra steps load nothing and are skipped.
+#
+# Each step sits in its own branch (`if` on the step index, true but for the extra steps): within one
+# basic block the compiler would fuse a step's last multiplication into the next step's subtraction
+# (an fma: G unrounded), so the outputs would differ in the last bit from the one-step loop's.
 BK_FWD_DEPTH = 16
 BK_BWD_DEPTH = 48
 
@@ -311,11 +315,11 @@ def _bk_forward_kernel(a_ptr, g0_ptr, g_ptr, n_lanes, n_steps, stride_lane, stri
         next_re = ()  # a_{i + DEPTH + k}, filled as the slots are used
         next_im = ()
         for k in tl.static_range(DEPTH):
-            # steps past the end and masked lanes compute on a = 0 and store nothing
-            g_re, g_im = _reciprocal((ring_re[k] - z_re) - g_re, (ring_im[k] - z_im) - g_im)
-            done = mask & (i + k < n_steps)
-            tl.store(g_p, g_re, mask=done)
-            tl.store(g_p + 1, g_im, mask=done)
+            if i + k < n_steps:  # one branch per step: see the section comment
+                # masked lanes have r = -z - G with Im G >= 0 (a = 0 is dissipative): never 0
+                g_re, g_im = _reciprocal((ring_re[k] - z_re) - g_re, (ring_im[k] - z_im) - g_im)
+                tl.store(g_p, g_re, mask=mask)
+                tl.store(g_p + 1, g_im, mask=mask)
             g_p += 2
             more = mask & (i + k + DEPTH < n_steps)
             next_re = next_re + (tl.load(a_p, mask=more, other=0.0),)
@@ -339,8 +343,7 @@ def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK:
     lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = lanes < n_lanes
     # The walk goes from step j = n_walk - 1 down to 0, n_walk = n_steps rounded up to a multiple of
-    # DEPTH, so that it ends on step 0.  Its first n_walk - n_steps steps lie past the end: they load
-    # G = dG = 0 and leave mu exactly +0, as it starts (l = 0, conj(G)^2 = (+0, -0), products +-0, sums +0).
+    # DEPTH, so that it ends on step 0; its first n_walk - n_steps steps lie past the end and are skipped.
     n_walk = (n_steps + DEPTH - 1) // DEPTH * DEPTH
     c_re = tl.zeros((BLOCK,), dtype=tl.float32)  # mu_{j+1}: what G_j receives from step j + 1
     c_im = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -354,20 +357,20 @@ def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK:
     while j >= 0:
         nxt = ()  # (G, dG) of the steps j - DEPTH - k, filled as the slots are used
         for k in tl.static_range(DEPTH):
-            g_re, g_im, d_re, d_im = ring[k]
-            l_re = d_re + c_re  # lambda_j = grad_j + mu_{j+1}
-            l_im = d_im + c_im
-            s_re = g_re * g_re - g_im * g_im  # conj(G_j)^2
-            s_im = -2.0 * g_re * g_im
-            c_re = l_re * s_re - l_im * s_im  # mu_j = lambda_j conj(G_j)^2
-            c_im = l_re * s_im + l_im * s_re
-            done = mask & (j - k < n_steps)
-            tl.store(da_ptr + off, -c_re, mask=done)
-            tl.store(da_ptr + off + 1, -c_im, mask=done)
-            off -= 2
+            if j - k < n_steps:  # one branch per step: see the section comment
+                g_re, g_im, d_re, d_im = ring[k]
+                l_re = d_re + c_re  # lambda_j = grad_j + mu_{j+1}
+                l_im = d_im + c_im
+                s_re = g_re * g_re - g_im * g_im  # conj(G_j)^2
+                s_im = -2.0 * g_re * g_im
+                c_re = l_re * s_re - l_im * s_im  # mu_j = lambda_j conj(G_j)^2
+                c_im = l_re * s_im + l_im * s_re
+                tl.store(da_ptr + off - 2 * k, -c_re, mask=mask)
+                tl.store(da_ptr + off - 2 * k + 1, -c_im, mask=mask)
             nxt = nxt + (_bk_load_step(g_ptr, dg_ptr, load_off, mask & (j - k - DEPTH >= 0)),)
             load_off -= 2
         ring = nxt
+        off -= 2 * DEPTH
         j -= DEPTH
     tl.store(dg0_ptr + 2 * lanes, c_re, mask=mask)
     tl.store(dg0_ptr + 2 * lanes + 1, c_im, mask=mask)

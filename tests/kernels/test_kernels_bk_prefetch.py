@@ -5,7 +5,8 @@ step is the same operations in the same order, only the loads move earlier.
 Sequence lengths around both ring depths (shorter, equal, one more, not a multiple), lane counts that
 are not a multiple of the block, with and without the initial state, a strided input.  Bits are
 compared through an int32 view, so -0 and +0 differ.  CPU: Triton's interpreter; CUDA: the compiled
-kernels (the same contraction rules apply to both versions).
+kernels, where this also checks that no fma spans two steps of the unrolled ring (each step is its own
+branch; see muse/kernels/_triton.py).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def test_ring_depths_and_blocks_are_what_the_cases_cover():
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
-@pytest.mark.parametrize("n_steps", [1, 3, 15, 16, 17, 37, 47, 48, 49, 100])
+@pytest.mark.parametrize("n_steps", [1, 3, 16, 17, 37, 48, 49, 100])
 @pytest.mark.parametrize("n_lanes", [5, 37])
 @pytest.mark.parametrize("with_g0", [False, True], ids=["G0=0", "G0"])
 def test_bk_ring_kernels_bit_identical(kernel_device, n_steps, n_lanes, with_g0):
