@@ -252,8 +252,9 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 # is rounded up to a multiple of DEPTH; the extra steps load nothing and are skipped.
 #
 # Each step sits in its own branch (`if` on the step index, true but for the extra steps): within one
-# basic block the compiler would fuse a step's last multiplication into the next step's subtraction
-# (an fma: G unrounded), so the outputs would differ in the last bit from the one-step loop's.
+# basic block the compiler would fuse a forward step's last multiplication (G) into the next step's
+# subtraction (an fma: G unrounded there), so the outputs would differ in the last bit from the
+# one-step loop's, where the loop's back edge keeps the two apart.
 BK_FWD_DEPTH = 16
 BK_BWD_DEPTH = 48
 

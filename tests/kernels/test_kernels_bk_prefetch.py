@@ -127,6 +127,14 @@ def _ref_backward(g, grad):
     return torch.view_as_complex(da).reshape(g.shape), torch.view_as_complex(dg0).reshape(g.shape[:-1])
 
 
+@pytest.fixture
+def kernel_device(request):
+    """The parametrized device; CPU tensors need the interpreter (off when a GPU is present)."""
+    if request.param == "cpu" and not kernels.interpreting():
+        pytest.skip("Triton kernels on CPU need TRITON_INTERPRET=1 before triton is imported")
+    return request.param
+
+
 def _bits(x):
     return torch.view_as_real(x).contiguous().view(torch.int32)
 
@@ -152,7 +160,7 @@ def test_ring_depths_and_blocks_are_what_the_cases_cover():
         assert [_triton._bk_block(n, cpu) for n in (1, 5, 37, 130)] == [4, 4, 16, 32]
 
 
-@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("kernel_device", DEVICES, indirect=True)
 @pytest.mark.parametrize("n_steps", [1, 3, 16, 17, 37, 48, 49, 100])
 @pytest.mark.parametrize("n_lanes", [5, 37])
 @pytest.mark.parametrize("with_g0", [False, True], ids=["G0=0", "G0"])
@@ -168,7 +176,7 @@ def test_bk_ring_kernels_bit_identical(kernel_device, n_steps, n_lanes, with_g0)
     assert torch.equal(_bits(dg0_new), _bits(dg0_ref))
 
 
-@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("kernel_device", DEVICES, indirect=True)
 def test_bk_ring_kernels_bit_identical_strided_and_full_blocks(kernel_device):
     """130 lanes (blocks of 32 under the interpreter, the last partial) read from a transposed view, as
     BKCore's diagonal is at batch 1: lanes adjacent in memory, steps strided."""
