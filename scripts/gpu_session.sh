@@ -288,6 +288,29 @@ s5b)
   timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings"
   ;;
+s5c)
+  step "CUDA tests: BK prefetch kernels (bit-identical), tracker sees kernel scratch, Phase 2 kernels, loss under autocast, embedding"
+  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_bk_prefetch.py \
+    tests/kernels/test_kernels_bk_resolvent.py tests/kernels/test_kernels_phase2_model.py tests/kernels/test_tracker_sees_kernel_scratch.py \
+    tests/train/test_fused_loss_autocast.py tests/complex/test_complex_embedding_backward.py > "$OUT/cuda-tests.txt" 2>&1
+  grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
+  step "memory B2 (tracker now sees kernel scratch): seed both models, Stage 1 mix"
+  timeout 60 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --steps 0 --impl chunked \
+    | tee "$OUT/loss-memory-b2.jsonl"
+  timeout 40 python3 scripts/loss_memory.py --preset mix --models stage1 --device cuda --batch 2 --seq 1024 --steps 0 \
+    --impl chunked | tee "$OUT/loss-memory-mix.jsonl"
+  step "scans: BK-Core with prefetch rings, Hebbian"
+  timeout 40 python3 scripts/bench_phase2_scans.py --sections scans --out "$OUT/scans.json" 2>&1 | grep -iE "bk|hebb"
+  step "Phase 2 seed: baseline, then bf16 + kernels compiled with CUDA graphs"
+  timeout 110 python3 scripts/bench_phase2_scans.py --sections baseline,model --compile --compile-mode reduce-overhead \
+    --amp bf16 --modes kernels --out "$OUT/phase2.json" 2>&1 | grep phase2
+  step "generation, batch 1: the gated mix Stage 1 (fast path)"
+  timeout 60 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix --paths fast \
+    | tee "$OUT/gen-speed-mix.jsonl"
+  step "compiled training with CUDA graphs, fused vs full logits, B4 (memory B2)"
+  timeout 200 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --throughput-batch 4 \
+    --steps 10 --impl chunked --compile --compile-mode reduce-overhead | tee "$OUT/loss-graphs.jsonl"
+  ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c" >&2; exit 2 ;;
 esac
 step "pack"
