@@ -292,7 +292,7 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
         for variant in cfg.variants:
             row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
                    "parameters": sum(p.numel() for p in model.parameters()), "autocast_bf16": autocast,
-                   "loss_path": loss_path(model.lm_head.weight.dtype)}
+                   "loss_path": loss_path(model.lm_head.weight.dtype, autocast=autocast)}
             complex_model = name in ("stage1", "phase2")
             if "kernels" in variant and not (complex_model and kernels.enabled(inputs)):
                 out.append({**row, "status": "not_measured",

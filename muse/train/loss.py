@@ -75,10 +75,11 @@ def has_native() -> bool:
     return hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions")
 
 
-def loss_path(dtype: torch.dtype, impl: str = "auto") -> str:
+def loss_path(dtype: torch.dtype, impl: str = "auto", autocast: bool = False) -> str:
     """The implementation :func:`linear_cross_entropy` runs for hidden states of ``dtype``.
 
-    ``"auto"`` picks ``"torch-native"`` where it exists and the inputs are fp32 or fp64,
+    ``"auto"`` picks ``"torch-native"`` where it exists and the inputs are fp32 or fp64 (and no
+    autocast is enabled: under autocast the chunked path runs its GEMMs in the autocast dtype),
     else ``"chunked"``; asking for ``"torch-native"`` on a torch without it is a ValueError.
     """
     if impl not in IMPLS:
@@ -88,7 +89,8 @@ def loss_path(dtype: torch.dtype, impl: str = "auto") -> str:
                          f"(torch >= 2.13); this is torch {torch.__version__}")
     if impl != "auto":
         return impl
-    return "torch-native" if has_native() and dtype in (torch.float32, torch.float64) else "chunked"
+    native = has_native() and dtype in (torch.float32, torch.float64) and not autocast
+    return "torch-native" if native else "chunked"
 
 
 def chunk_budget(vocab_size: int, n_tokens: int) -> int:
@@ -342,7 +344,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     check_int("ignore_index", ignore_index)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, min_value=1)
-    path = loss_path(hidden.dtype, impl)
+    path = loss_path(hidden.dtype, impl, autocast=_autocast_gemm_dtype(hidden) is not None)
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     if chunk_size is None:

@@ -103,7 +103,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = MODELS[cfg.model].model_cls(self.model_config, device=ctx.device)
         self.fp16 = any(p.dtype == torch.float16 for p in self.model.parameters())
-        self.loss_path = loss_path(self.model.lm_head.weight.dtype)
+        self.loss_path = loss_path(self.model.lm_head.weight.dtype, autocast=cfg.amp is not None)
         self._check_amp()
         max_len = self.model_config.max_seq_len
         self.seq_len = cfg.seq_len if cfg.seq_len is not None else max_len
@@ -262,7 +262,7 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             sync = net.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
-                with self._autocast():  # the head and loss inside run without autocast
+                with self._autocast():  # the loss's GEMMs too run in the autocast dtype
                     loss = self.loss_fn(inputs, targets) / cfg.grad_accum  # equal-sized micro-batches
                 self.optimizer.backward(loss)
             loss_sum += loss.detach()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _helpers import cuda_test
 
-from muse.train.loss import linear_cross_entropy
+from muse.train.loss import linear_cross_entropy, loss_path
 
 
 def _inputs(n=48, d=16, v=300, seed=0, device="cpu"):
@@ -73,3 +73,13 @@ def test_autocast_leaves_16_bit_storage_alone(dtype):
         got = linear_cross_entropy(h, w, t, bias=b, impl="chunked", chunk_size=128)
     want = linear_cross_entropy(h, w, t, bias=b, impl="chunked", chunk_size=128)
     assert torch.equal(got, want)
+
+
+def test_auto_picks_the_chunked_path_under_autocast():
+    assert loss_path(torch.float32, autocast=True) == "chunked"
+    assert loss_path(torch.float16, autocast=True) == "chunked"
+    h, w, b, t = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = linear_cross_entropy(h, w, t, bias=b)
+        chunked = linear_cross_entropy(h, w, t, bias=b, impl="chunked")
+    assert torch.equal(auto, chunked)
