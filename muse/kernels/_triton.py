@@ -247,18 +247,17 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 # switch to.  So each kernel keeps the inputs of its next DEPTH steps in registers, a ring: the loop
 # body is unrolled over DEPTH steps, and step k of the body uses ring slot k, then reloads that slot
 # with the step DEPTH later.  A load thus has DEPTH steps of arithmetic to arrive (forward 16 x 60 ns,
-# about 1 us; backward 16 x 15 ns, about 0.25 us), and the slot's register is free when it is reloaded,
-# so no register copy waits for a load.  A deeper backward ring hides more (48 steps of (G, dG) fit in
-# 210 registers on sm_90, 64 spill) but Triton then takes ~50 s to compile it (2 s at 16, measured on
-# the development CPU), paid by every fresh cache.  The walk is rounded up to a multiple of DEPTH; the
-# extra steps load nothing and are skipped.
+# backward 48 x 15 ns: about 1 us and 0.7 us), and the slot's register is free when it is reloaded,
+# so no register copy waits for a load.  The backward's 48 steps of (G, dG) take 192 registers per
+# thread, about the most that fits in 255 without spilling (sm_90: 210 in all; 64 steps spill).  The walk
+# is rounded up to a multiple of DEPTH; the extra steps load nothing and are skipped.
 #
 # Each step sits in its own branch (`if` on the step index, true but for the extra steps): within one
 # basic block the compiler would fuse a forward step's last multiplication (G) into the next step's
 # subtraction (an fma: G unrounded there), so the outputs would differ in the last bit from the
 # one-step loop's, where the loop's back edge keeps the two apart.
 BK_FWD_DEPTH = 16
-BK_BWD_DEPTH = 16
+BK_BWD_DEPTH = 48
 
 
 def _bk_block(n_lanes: int, device: torch.device) -> int:

@@ -153,15 +153,15 @@ def _inputs(n_lanes, n_steps, seed, device):
 
 
 def test_ring_depths_and_blocks_are_what_the_cases_cover():
-    """The lengths below straddle multiples of the depth; the lane counts give blocks of 4, 16 and 32 here."""
-    assert (_triton.BK_FWD_DEPTH, _triton.BK_BWD_DEPTH) == (16, 16)
+    """The lengths below straddle both depths; the lane counts give blocks of 4, 16 and 32 here."""
+    assert (_triton.BK_FWD_DEPTH, _triton.BK_BWD_DEPTH) == (16, 48)
     if kernels.interpreting():
         cpu = torch.device("cpu")
         assert [_triton._bk_block(n, cpu) for n in (1, 5, 37, 130)] == [4, 4, 16, 32]
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES, indirect=True)
-@pytest.mark.parametrize("n_steps", [1, 3, 16, 17, 32, 33, 37, 49, 100])
+@pytest.mark.parametrize("n_steps", [1, 3, 16, 17, 37, 48, 49, 100])
 @pytest.mark.parametrize("n_lanes", [5, 37])
 @pytest.mark.parametrize("with_g0", [False, True], ids=["G0=0", "G0"])
 def test_bk_ring_kernels_bit_identical(kernel_device, n_steps, n_lanes, with_g0):
