@@ -236,45 +236,12 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 
 
 # ------------------------------------------------------------- BK-Core resolvent
-# Lanes (L, S): each program walks the sequences of BLOCK lanes step by step (one lane per
+# Lanes (L, S): each program walks the sequences of BK_BLOCK lanes step by step (one lane per
 # thread).  Complex numbers are (re, im) float32 pairs: a complex64 tensor is read through
-# torch.view_as_real.  The forward carries one G per lane (the sequential recursion of
-# muse.scan.bk), the backward one mu (the reverse recursion of bk_green_adjoint).
-#
-# Latency: a step's arithmetic is short (forward: the dependent chain of the division, about 120
-# cycles, ~60 ns; backward: about 25 instructions around a complex multiply-add, ~15 ns for a lone
-# warp), a global load takes about 0.5 us, and a program is one warp with nothing else on its SM to
-# switch to.  So each kernel keeps the inputs of its next DEPTH steps in registers, a ring: the loop
-# body is unrolled over DEPTH steps, and step k of the body uses ring slot k, then reloads that slot
-# with the step DEPTH later.  A load thus has DEPTH steps of arithmetic to arrive (forward 16 x 60 ns,
-# backward 48 x 15 ns: about 1 us and 0.7 us), and the slot's register is free when it is reloaded,
-# so no register copy waits for a load.  The backward's 48 steps of (G, dG) take 192 registers per
-# thread, about the most that fits in 255 without spilling (sm_90: 210 in all; 64 steps spill).  The walk
-# is rounded up to a multiple of DEPTH; the extra steps load nothing and are skipped.
-#
-# Each step sits in its own branch (`if` on the step index, true but for the extra steps): within one
-# basic block the compiler would fuse a forward step's last multiplication (G) into the next step's
-# subtraction (an fma: G unrounded there), so the outputs would differ in the last bit from the
-# one-step loop's, where the loop's back edge keeps the two apart.
-BK_FWD_DEPTH = 16
-BK_BWD_DEPTH = 48
-
-
-def _bk_block(n_lanes: int, device: torch.device) -> int:
-    """Lanes per program (one warp each): n_lanes spread over the SMs, 4 to 32 per program.
-
-    A program takes as long as one lane's chain of steps whatever BLOCK is (the warp's lanes run in
-    lock step), so while there are more SMs than programs, smaller programs cost nothing and spread
-    the memory traffic: G, dG and grad_a are (L, S) with lanes 8 S bytes apart, so every load or
-    store of a program touches BLOCK cache lines, and the ring keeps DEPTH steps of them in flight
-    in one SM's L1.  Expected: the seed's 64 lanes as 16 programs of 4 run no slower than 2 of 32,
-    and faster where 32 lanes' misses fill an L1's queue.  With lanes enough for every SM, programs
-    take a full warp of 32 lanes.
-    """
-    sms = 4
-    if device.type == "cuda" and not interpreting():
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(4, min(32, triton.next_power_of_2(triton.cdiv(n_lanes, sms))))
+# torch.view_as_real.  The loop carries one G per lane (the sequential recursion of
+# muse.scan.bk) and loads the next step's inputs before it computes the current one, so the
+# memory latency overlaps the arithmetic of the recursion.
+BK_BLOCK = 32
 
 
 @triton.jit
@@ -294,7 +261,7 @@ def _reciprocal(r_re, r_im):
 
 @triton.jit
 def _bk_forward_kernel(a_ptr, g0_ptr, g_ptr, n_lanes, n_steps, stride_lane, stride_step, z_re, z_im,
-                       HAS_G0: tl.constexpr, BLOCK: tl.constexpr, DEPTH: tl.constexpr):
+                       HAS_G0: tl.constexpr, BLOCK: tl.constexpr):
     lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = lanes < n_lanes
     if HAS_G0:
@@ -303,77 +270,59 @@ def _bk_forward_kernel(a_ptr, g0_ptr, g_ptr, n_lanes, n_steps, stride_lane, stri
     else:
         g_re = tl.zeros((BLOCK,), dtype=tl.float32)
         g_im = tl.zeros((BLOCK,), dtype=tl.float32)
-    a_p = a_ptr + lanes * stride_lane  # the next step to load
-    g_p = g_ptr + lanes * (2 * n_steps)  # the next step to store
-    ring_re = ()  # a_{i + k}, k < DEPTH: the inputs of the DEPTH steps from step i on
-    ring_im = ()
-    for k in tl.static_range(DEPTH):
-        more = mask & (k < n_steps)
-        ring_re = ring_re + (tl.load(a_p, mask=more, other=0.0),)
-        ring_im = ring_im + (tl.load(a_p + 1, mask=more, other=0.0),)
-        a_p += stride_step
+    a_p = a_ptr + lanes * stride_lane
+    g_p = g_ptr + lanes * (2 * n_steps)
+    a_re = tl.load(a_p, mask=mask, other=0.0)
+    a_im = tl.load(a_p + 1, mask=mask, other=0.0)
     i = 0
     while i < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
-        next_re = ()  # a_{i + DEPTH + k}, filled as the slots are used
-        next_im = ()
-        for k in tl.static_range(DEPTH):
-            if i + k < n_steps:  # one branch per step: see the section comment
-                # masked lanes have r = -z - G with Im G >= 0 (a = 0 is dissipative): never 0
-                g_re, g_im = _reciprocal((ring_re[k] - z_re) - g_re, (ring_im[k] - z_im) - g_im)
-                tl.store(g_p, g_re, mask=mask)
-                tl.store(g_p + 1, g_im, mask=mask)
-            g_p += 2
-            more = mask & (i + k + DEPTH < n_steps)
-            next_re = next_re + (tl.load(a_p, mask=more, other=0.0),)
-            next_im = next_im + (tl.load(a_p + 1, mask=more, other=0.0),)
-            a_p += stride_step
-        ring_re = next_re
-        ring_im = next_im
-        i += DEPTH
+        a_p += stride_step
+        more = mask & (i + 1 < n_steps)
+        next_re = tl.load(a_p, mask=more, other=0.0)
+        next_im = tl.load(a_p + 1, mask=more, other=0.0)
+        # masked lanes have r = -z: never 0, as Im z > 0
+        g_re, g_im = _reciprocal((a_re - z_re) - g_re, (a_im - z_im) - g_im)
+        tl.store(g_p, g_re, mask=mask)
+        tl.store(g_p + 1, g_im, mask=mask)
+        g_p += 2
+        a_re = next_re
+        a_im = next_im
+        i += 1
 
 
 @triton.jit
-def _bk_load_step(g_ptr, dg_ptr, off, more):
-    """(Re G, Im G, Re dG, Im dG) of one step at offset off (0 where not ``more``)."""
-    return (tl.load(g_ptr + off, mask=more, other=0.0), tl.load(g_ptr + off + 1, mask=more, other=0.0),
-            tl.load(dg_ptr + off, mask=more, other=0.0), tl.load(dg_ptr + off + 1, mask=more, other=0.0))
-
-
-@triton.jit
-def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK: tl.constexpr,
-                        DEPTH: tl.constexpr):
+def _bk_backward_kernel(g_ptr, dg_ptr, da_ptr, dg0_ptr, n_lanes, n_steps, BLOCK: tl.constexpr):
     lanes = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = lanes < n_lanes
-    # The walk goes from step j = n_walk - 1 down to 0, n_walk = n_steps rounded up to a multiple of
-    # DEPTH, so that it ends on step 0; its first n_walk - n_steps steps lie past the end and are skipped.
-    n_walk = (n_steps + DEPTH - 1) // DEPTH * DEPTH
-    c_re = tl.zeros((BLOCK,), dtype=tl.float32)  # mu_{j+1}: what G_j receives from step j + 1
+    off = lanes * (2 * n_steps) + 2 * (n_steps - 1)  # the last step of each lane
+    c_re = tl.zeros((BLOCK,), dtype=tl.float32)  # mu_{i+1}: what G_i receives from step i + 1
     c_im = tl.zeros((BLOCK,), dtype=tl.float32)
-    off = lanes * (2 * n_steps) + 2 * (n_walk - 1)  # step j of each lane
-    load_off = off  # the next step to load
-    ring = ()  # (G, dG) of the steps j - k, k < DEPTH
-    for k in tl.static_range(DEPTH):
-        ring = ring + (_bk_load_step(g_ptr, dg_ptr, load_off, mask & (n_walk - 1 - k < n_steps)),)
-        load_off -= 2
-    j = n_walk - 1
-    while j >= 0:
-        nxt = ()  # (G, dG) of the steps j - DEPTH - k, filled as the slots are used
-        for k in tl.static_range(DEPTH):
-            if j - k < n_steps:  # one branch per step: see the section comment
-                g_re, g_im, d_re, d_im = ring[k]
-                l_re = d_re + c_re  # lambda_j = grad_j + mu_{j+1}
-                l_im = d_im + c_im
-                s_re = g_re * g_re - g_im * g_im  # conj(G_j)^2
-                s_im = -2.0 * g_re * g_im
-                c_re = l_re * s_re - l_im * s_im  # mu_j = lambda_j conj(G_j)^2
-                c_im = l_re * s_im + l_im * s_re
-                tl.store(da_ptr + off - 2 * k, -c_re, mask=mask)
-                tl.store(da_ptr + off - 2 * k + 1, -c_im, mask=mask)
-            nxt = nxt + (_bk_load_step(g_ptr, dg_ptr, load_off, mask & (j - k - DEPTH >= 0)),)
-            load_off -= 2
-        ring = nxt
-        off -= 2 * DEPTH
-        j -= DEPTH
+    more = mask & (n_steps > 0)
+    g_re = tl.load(g_ptr + off, mask=more, other=0.0)
+    g_im = tl.load(g_ptr + off + 1, mask=more, other=0.0)
+    d_re = tl.load(dg_ptr + off, mask=more, other=0.0)
+    d_im = tl.load(dg_ptr + off + 1, mask=more, other=0.0)
+    i = 0
+    while i < n_steps:
+        more = mask & (i + 1 < n_steps)
+        next_g_re = tl.load(g_ptr + off - 2, mask=more, other=0.0)
+        next_g_im = tl.load(g_ptr + off - 1, mask=more, other=0.0)
+        next_d_re = tl.load(dg_ptr + off - 2, mask=more, other=0.0)
+        next_d_im = tl.load(dg_ptr + off - 1, mask=more, other=0.0)
+        l_re = d_re + c_re  # lambda_i = grad_i + mu_{i+1}
+        l_im = d_im + c_im
+        s_re = g_re * g_re - g_im * g_im  # conj(G_i)^2
+        s_im = -2.0 * g_re * g_im
+        c_re = l_re * s_re - l_im * s_im  # mu_i = lambda_i conj(G_i)^2
+        c_im = l_re * s_im + l_im * s_re
+        tl.store(da_ptr + off, -c_re, mask=mask)
+        tl.store(da_ptr + off + 1, -c_im, mask=mask)
+        off -= 2
+        g_re = next_g_re
+        g_im = next_g_im
+        d_re = next_d_re
+        d_im = next_d_im
+        i += 1
     tl.store(dg0_ptr + 2 * lanes, c_re, mask=mask)
     tl.store(dg0_ptr + 2 * lanes + 1, c_im, mask=mask)
 
@@ -385,10 +334,9 @@ def bk_green_forward(a: torch.Tensor, z_re: float, z_im: float, initial_state: t
     g = scratch(torch.empty((n_lanes, n_steps, 2), dtype=torch.float32, device=a.device))
     if n_lanes and n_steps:
         g0 = None if initial_state is None else scratch(torch.view_as_real(initial_state.resolve_conj().reshape(-1)).contiguous(), initial_state)
-        block = _bk_block(n_lanes, a.device)
-        _bk_forward_kernel[(triton.cdiv(n_lanes, block),)](
+        _bk_forward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](
             ar, ar if g0 is None else g0, g, n_lanes, n_steps, ar.stride(0), ar.stride(1), z_re, z_im,
-            HAS_G0=g0 is not None, BLOCK=block, DEPTH=BK_FWD_DEPTH, num_warps=1)
+            HAS_G0=g0 is not None, BLOCK=BK_BLOCK, num_warps=1)
     return torch.view_as_complex(g).reshape(a.shape)
 
 
@@ -400,9 +348,8 @@ def bk_green_backward(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor
     da = scratch(torch.empty_like(gr))
     dg0 = scratch(torch.zeros((n_lanes, 2), dtype=torch.float32, device=g.device))
     if n_lanes and n_steps:
-        block = _bk_block(n_lanes, g.device)
-        _bk_backward_kernel[(triton.cdiv(n_lanes, block),)](gr, dg, da, dg0, n_lanes, n_steps,
-                                                            BLOCK=block, DEPTH=BK_BWD_DEPTH, num_warps=1)
+        _bk_backward_kernel[(triton.cdiv(n_lanes, BK_BLOCK),)](gr, dg, da, dg0, n_lanes, n_steps,
+                                                                BLOCK=BK_BLOCK, num_warps=1)
     return torch.view_as_complex(da).reshape(g.shape), torch.view_as_complex(dg0).reshape(g.shape[:-1])
 
 

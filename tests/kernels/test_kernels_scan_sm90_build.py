@@ -19,23 +19,20 @@ if not kernels.HAS_TRITON:
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = """
-import json, os, subprocess, sys, tempfile
+import json, sys
 import triton
-import triton.backends.nvidia
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from muse.kernels import _triton
 
 P, N, F, C = "*fp32", "i32", "fp32", "constexpr"
 HEBB = dict(q_ptr=P, k_ptr=P, v_ptr=P, l_ptr=P, w0_ptr=P)
-CUOBJDUMP = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "cuobjdump")
 BK, BV, HEBB_OPTIONS = _triton._hebb_blocks(64, 64)  # the blocks and launch options the host picks at d_head = 64
 CASES = [
     ("_bk_forward_kernel", dict(a_ptr=P, g0_ptr=P, g_ptr=P, n_lanes=N, n_steps=N, stride_lane=N, stride_step=N,
-                                z_re=F, z_im=F, HAS_G0=C, BLOCK=C, DEPTH=C),
-     dict(HAS_G0=True, BLOCK=4, DEPTH=_triton.BK_FWD_DEPTH), {"num_warps": 1}),
-    *(("_bk_backward_kernel", dict(g_ptr=P, dg_ptr=P, da_ptr=P, dg0_ptr=P, n_lanes=N, n_steps=N, BLOCK=C, DEPTH=C),
-       dict(BLOCK=block, DEPTH=_triton.BK_BWD_DEPTH), {"num_warps": 1}) for block in (4, 32)),
+                                z_re=F, z_im=F, HAS_G0=C, BLOCK=C), dict(HAS_G0=True, BLOCK=_triton.BK_BLOCK), {"num_warps": 1}),
+    ("_bk_backward_kernel", dict(g_ptr=P, dg_ptr=P, da_ptr=P, dg0_ptr=P, n_lanes=N, n_steps=N, BLOCK=C),
+     dict(BLOCK=_triton.BK_BLOCK), {"num_warps": 1}),
     ("_hebb_forward_kernel", dict(**HEBB, y_ptr=P, ws_ptr=P, n_steps=N, d_k=N, d_v=N, eta=F, HAS_W0=C, BT=C, BK=C,
                                   BV=C), dict(HAS_W0=True, BT=_triton.HEBB_CHUNK, BK=BK, BV=BV), HEBB_OPTIONS),
     ("_hebb_backward_kernel", dict(**HEBB, dy_ptr=P, dws_ptr=P, dq_ptr=P, dk_ptr=P, dv_ptr=P, dw0_ptr=P, n_steps=N,
@@ -48,13 +45,6 @@ for name, signature, constexprs, options in CASES:
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     assert len(out.asm["cubin"]) > 0 and ".target sm_90" in out.asm["ptx"], name
     assert "maxnreg" not in options or f".maxnreg {options['maxnreg']}" in out.asm["ptx"], name
-    if name.startswith("_bk_"):  # the prefetch rings must stay in registers (ptxas spills to local memory)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(out.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                                   check=True).stdout
-        assert " STACK:0 " in usage and " LOCAL:0 " in usage, (name, constexprs, usage)
     built.append(name)
 print(json.dumps(built))
 """
