@@ -192,13 +192,17 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
     bc = C.ComplexTensor(torch.zeros(2, d, dtype=dt, device=device))
     xr = torch.randn(rows, 2 * d, generator=gen).to(device, dt)
     wr = torch.randn(2 * d, 2 * d, generator=gen).to(device, dt)
+    def lin(p):
+        return C.linear(C.ComplexTensor(p), wc, bc).planes
+
     with torch.no_grad():
-        t_c = timer(_cycle(_rotation(lambda: (C.ComplexTensor(planes()),), device, nbytes),
-                           lambda x: C.linear(x, wc, bc)))
         t_r = timer(lambda: F.linear(xr, wr))
-    out.append({"op": "complex_linear", "variant": "eager", "rows": rows, "d": d, "status": "measured",
-                "fwd_s": t_c, "real_gemm_s": t_r, "pct_of_real_gemm": 100 * t_r / t_c,
-                "TFLOPs": 2 * rows * (2 * d) ** 2 / t_c / 1e12})
+        for variant in ["eager"] + (["compiled"] if any(v.startswith("compiled") for v in variants) else []):
+            f = compile_model_fn(lin, cfg) if variant == "compiled" else lin
+            t_c = timer(_cycle(_rotation(lambda: (planes(),), device, nbytes), f))
+            out.append({"op": "complex_linear", "variant": variant, "rows": rows, "d": d, "status": "measured",
+                        "fwd_s": t_c, "real_gemm_s": t_r, "pct_of_real_gemm": 100 * t_r / t_c,
+                        "TFLOPs": 2 * rows * (2 * d) ** 2 / t_c / 1e12})
     return out
 
 
@@ -440,7 +444,7 @@ def format_markdown(report: dict) -> str:
                      f"({r['fwd_bwd_pct_copy']:.0f} %) |")
     for r in report["ops"]:
         if r["op"] == "complex_linear":
-            lines += ["", f"Complex linear ({r['rows']} x {r['d']} -> {r['d']}): {r['fwd_s'] * 1e6:,.1f} µs, "
+            lines += ["", f"Complex linear, {r['variant']} ({r['rows']} x {r['d']} -> {r['d']}): {r['fwd_s'] * 1e6:,.1f} µs, "
                           f"{r['TFLOPs']:.4g} TFLOP/s, {r['pct_of_real_gemm']:.0f} % of one real "
                           f"{2 * r['d']} x {2 * r['d']} GEMM ({r['real_gemm_s'] * 1e6:,.1f} µs)."]
     lines += ["", "## Models", "",
