@@ -39,7 +39,8 @@ from muse._checks import check_int, check_type
 from muse._io import write_report_json
 from muse.models.compile import compile_model, resolve_compile
 
-VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs")
+VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs")
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 
 
@@ -58,6 +59,7 @@ class SpeedConfig:
     gemm_size: int | None = None  # None: 8192 on CUDA, 512 on CPU
     seed: int = 0
     out: str | None = None
+    amp: str | None = None  # autocast on CUDA for the fp32 models other than the GPT (which always runs bf16)
 
     def __post_init__(self):
         check_type("preset", self.preset, str, "a preset name")
@@ -65,6 +67,8 @@ class SpeedConfig:
         if self.seq_len is not None:
             check_int("seq_len", self.seq_len, min_value=1)
         check_int("cpu_repeats", self.cpu_repeats, min_value=1)
+        if self.amp is not None and self.amp not in AMP:
+            raise ValueError(f"amp must be one of {sorted(AMP)} or None, got {self.amp!r}")
         self.models, self.variants = tuple(self.models), tuple(self.variants)
         bad = sorted(set(self.models) - set(MODEL_ROWS)) + sorted(set(self.variants) - set(VARIANTS))
         if bad:
@@ -290,12 +294,13 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
         ids = torch.randint(0, model.config.vocab_size, (cfg.batch_size, seq + 1), generator=gen).to(device)
         inputs, targets = ids[:, :-1], ids[:, 1:]
         fp32 = all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
-        autocast = device.type == "cuda" and fp32 and name == "gpt"
+        amp = "bf16" if name == "gpt" else cfg.amp
+        autocast = device.type == "cuda" and fp32 and amp is not None
         flops = gemm_flops_per_token(model)
         tokens = cfg.batch_size * seq
         for variant in cfg.variants:
             row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
-                   "parameters": sum(p.numel() for p in model.parameters()), "autocast_bf16": autocast,
+                   "parameters": sum(p.numel() for p in model.parameters()), "autocast": amp if autocast else None,
                    "loss_path": loss_path(model.lm_head.weight.dtype, autocast=autocast)}
             complex_model = name in ("stage1", "phase2")
             if "kernels" in variant and not (complex_model and kernels.enabled(inputs)):
@@ -312,7 +317,7 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
             loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode) if compiled
                        else functools.partial(model_loss, model))
-            ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else _null
+            ctx = (lambda amp=amp: torch.autocast("cuda", dtype=AMP[amp])) if autocast else _null
 
             def infer(net=net, ctx=ctx, mode=mode):
                 if mode is not None:  # a new CUDA-graph step: earlier outputs may be overwritten
@@ -454,7 +459,8 @@ def format_markdown(report: dict) -> str:
         if r["status"] != "measured":
             lines.append(f"| {r['model']} | {r['variant']} | {r['status']}: {r.get('reason', '')} | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['variant']}{' (bf16 autocast)' if r['autocast_bf16'] else ''} | "
+        amp = f" ({r['autocast']} autocast)" if r.get("autocast") else ""
+        lines.append(f"| {r['model']} | {r['variant']}{amp} | "
                      f"{_f(r['infer_tok_s'])} | {_f(r['train_tok_s'])} | {_f(r['compile_s'], '.1f')} | "
                      f"{r['infer_pct_gemm']:.1f} | {r['train_pct_gemm']:.1f} |")
     if report["skipped_variants"]:

@@ -80,11 +80,16 @@ def register(sub) -> None:
     s.add_argument("--compile-backend", choices=["inductor", "aot_eager", "eager"],
                    help="torch.compile backend of the compiled variants (default inductor)")
     s.add_argument("--cpu-repeats", type=int, help="timed repeats per measurement on CPU (default 3)")
+    s.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="autocast on CUDA for fp32 models other than the GPT, which always runs bf16 (Phase 2)")
     add_compile_flag(p)
     p.add_argument("--out", help="output directory (default runs/bench-<which>-<preset>-<time>)")
     p.add_argument("--progress", action="store_true", default=None, help="show tqdm progress bars")
     p.add_argument("--require-pass", action="store_true", help="exit 1 unless every criterion passed")
     p.set_defaults(func=run)
+
+
+SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.which == "speed":
         return run_speed(args)
+    speed_only = [f"--{k.replace('_', '-')}" for k in SPEED_ONLY if getattr(args, k, None) is not None]
+    if speed_only:
+        raise ValueError(f"{', '.join(speed_only)}: options of `muse bench speed`, not of `muse bench stage1`")
 
     from benchmarks.stage1 import Stage1BenchConfig, format_markdown, run_stage1_benchmark
     from muse.cli.train import parse_key_values
@@ -122,7 +130,7 @@ def run_speed(args: argparse.Namespace) -> int:
     from benchmarks.speed import SpeedConfig, format_markdown, run_speed_benchmark
 
     given = {k: getattr(args, k) for k in ("preset", "batch_size", "seq_len", "device", "seed", "out",
-                                           "compile_backend", "cpu_repeats") if getattr(args, k) is not None}
+                                           "compile_backend", "cpu_repeats", "amp") if getattr(args, k) is not None}
     overrides = {k: getattr(args, k) for k in ("vocab_size", "d_model", "n_layers") if getattr(args, k) is not None}
     if args.dropout is not None:
         overrides["dropout"] = args.dropout

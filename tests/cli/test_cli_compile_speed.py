@@ -64,3 +64,27 @@ def test_complex64_twin_counts_the_same_gemm_flops_as_stage1():
     s1, twin = build("stage1", cfg, "cpu"), build("complex64", cfg, "cpu")
     # per layer one real 2d x 2d GEMM (8 d^2), plus the d x V head (2 d V)
     assert gemm_flops_per_token(s1) == gemm_flops_per_token(twin) == 2 * 8 * 16 * 16 + 2 * 16 * 64
+
+
+def test_speed_only_options_are_refused_by_bench_stage1(capsys):
+    from muse.cli import main
+
+    assert main(["bench", "stage1", "--amp", "bf16", "--variants", "eager"]) == 2
+    err = capsys.readouterr().err
+    assert "--variants, --amp: options of `muse bench speed`" in err
+
+
+def test_speed_config_checks_amp_and_knows_the_kernels_cudagraphs_variant():
+    with pytest.raises(ValueError, match="amp must be one of"):
+        SpeedConfig(amp="fp8")
+    assert SpeedConfig(amp="bf16", variants=("compiled+kernels+cudagraphs",)).amp == "bf16"
+
+
+def test_cudagraph_variants_are_not_measured_on_cpu(tmp_path):
+    cfg = SpeedConfig(preset="tiny", batch_size=1, seq_len=8, device="cpu", models=("phase2",),
+                      model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
+                      variants=("compiled+cudagraphs", "compiled+kernels+cudagraphs"), amp="bf16",
+                      compile_backend="eager", cpu_repeats=1, copy_mib=4, gemm_size=64, out=str(tmp_path))
+    rows = run_speed_benchmark(cfg, command="test")["models"]
+    assert [r["status"] for r in rows] == ["not_measured", "not_measured"]
+    assert all(r["autocast"] is None for r in rows)  # autocast is CUDA-only
