@@ -28,6 +28,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import muse.complex as C
 from muse._checks import check_float_tensor, check_int, check_same_device, check_tensor, check_type
@@ -170,9 +171,12 @@ _FUSED: dict = {}
 
 
 def _fused(fn):
-    """``fn`` compiled (one fused kernel per call instead of one per op) on CUDA; eager elsewhere
-    and while an outer ``torch.compile`` traces. MUSE_COMPILE_LOSS=0 keeps it eager."""
-    if torch.compiler.is_compiling() or os.environ.get("MUSE_COMPILE_LOSS", "1") == "0":
+    """``fn`` compiled (one fused kernel per call instead of one per op) on CUDA; eager elsewhere,
+    while an outer ``torch.compile`` traces, and under a Python dispatch mode (the live-tensor
+    tracker: torch >= 2.13 raises for a fullgraph function called under one). MUSE_COMPILE_LOSS=0
+    keeps it eager."""
+    if (torch.compiler.is_compiling() or os.environ.get("MUSE_COMPILE_LOSS", "1") == "0"
+            or _get_current_dispatch_mode() is not None):
         return fn
     if fn not in _FUSED:
         _FUSED[fn] = torch.compile(fn, fullgraph=True)

@@ -83,3 +83,13 @@ def test_auto_picks_the_chunked_path_under_autocast():
         auto = linear_cross_entropy(h, w, t, bias=b)
         chunked = linear_cross_entropy(h, w, t, bias=b, impl="chunked")
     assert torch.equal(auto, chunked)
+
+
+def test_chunk_bodies_run_eager_under_the_memory_tracker():
+    """torch >= 2.13 raises for a fullgraph-compiled function called under a dispatch mode."""
+    from benchmarks.memory import LiveTensorBytes
+    from muse.train import loss as loss_mod
+
+    with LiveTensorBytes():
+        assert loss_mod._fused(loss_mod._lse_step) is loss_mod._lse_step
+    assert loss_mod._fused(loss_mod._lse_step) is not loss_mod._lse_step
