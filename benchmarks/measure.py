@@ -44,6 +44,19 @@ def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: s
     return lm_loss(model(inputs), targets)
 
 
+def cuda_warm_up(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str, impl: str,
+                 device: torch.device) -> int:
+    """One unmeasured step (cuBLAS/cuBLASLt workspaces, created lazily per thread, exist after it),
+    gradients dropped, cache emptied, peak counter reset: the bytes allocated before the next step."""
+    _loss(model, inputs, targets, loss, impl).backward()
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    _sync(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
 def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0,
                 loss: str = "fused", impl: str = "auto") -> dict:
     """Peak bytes over one forward + LM loss + backward, with the measure that exists here.
@@ -68,13 +81,7 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     path = loss_path(model.lm_head.weight.dtype, impl) if loss == "fused" else "full logits + fp32 cross-entropy"
     cuda = device.type == "cuda"
     if cuda:
-        _loss(model, inputs, targets, loss, impl).backward()  # warm-up: library workspaces exist after it
-        model.zero_grad(set_to_none=True)
-        gc.collect()
-        _sync(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        cuda_before = torch.cuda.memory_allocated(device)
+        cuda_before = cuda_warm_up(model, inputs, targets, loss, impl, device)
     with LiveTensorBytes() as tracker:
         tracker.track([*model.parameters(), *model.buffers(), inputs, targets])
         tracked_before = tracker.current

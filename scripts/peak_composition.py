@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 from torch.utils._pytree import tree_flatten
 
-from benchmarks.measure import _loss, _random_batch
+from benchmarks.measure import _loss, _random_batch, cuda_warm_up
 from benchmarks.memory import LiveTensorBytes
 from muse.models import build_model
 
@@ -66,12 +66,7 @@ def main() -> None:
                                     torch.Generator().manual_seed(0))
     cuda = device.type == "cuda"
     if cuda:
-        _loss(model, inputs, targets, args.loss, "auto").backward()
-        model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        cuda_before = torch.cuda.memory_allocated(device)
+        cuda_before = cuda_warm_up(model, inputs, targets, args.loss, "auto", device)
     with PeakSnapshot() as snap:
         snap.track([*model.parameters(), *model.buffers(), inputs, targets])
         before = snap.current
