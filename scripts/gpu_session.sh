@@ -18,7 +18,10 @@ OUT="$PWD/runs/gpu/$PHASE"
 mkdir -p "$OUT" "$FINAL_OUT"
 DATA=(--tokens-npy .devcarry/wikitext2-valid.npy --eval-tokens-npy .devcarry/wikitext2-test.npy --train-split valid)
 BUDGET=(--tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --seed 1337)
-step() { echo; echo "=== $(date -u +%FT%TZ) $*"; }
+# each step first packs what the phase has written so far: a call killed at the device's time limit
+# still returns the outputs of its finished steps (keep a phase's step limits under 600 s in all)
+pack() { tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; }
+step() { pack; echo; echo "=== $(date -u +%FT%TZ) $*"; }
 
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
@@ -314,5 +317,4 @@ s5c)
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c" >&2; exit 2 ;;
 esac
 step "pack"
-tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" .
 ls -la "$FINAL_OUT"
