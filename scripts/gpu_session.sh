@@ -314,7 +314,27 @@ s5c)
   timeout 200 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --throughput-batch 4 \
     --steps 10 --impl chunked --compile --compile-mode reduce-overhead | tee "$OUT/loss-graphs.jsonl"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c" >&2; exit 2 ;;
+s6a)
+  step "memory B2: the tracker's agreement after the kernel-scratch change, both seed models"
+  timeout 70 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --steps 0 --impl chunked \
+    | tee "$OUT/loss-memory-b2.jsonl"
+  step "muse bench speed: Stage 1 and GPT with CUDA graphs (same process); Phase 2 bf16 + kernels + CUDA graphs"
+  timeout 150 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled+cudagraphs --out "$OUT/speed" 2>&1 | grep -E "^\| (stage1|gpt)|ceilings|Complex linear"
+  timeout 110 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models phase2 --amp bf16 \
+    --variants compiled+kernels+cudagraphs --out "$OUT/speed-phase2" 2>&1 | grep -E "^\| phase2"
+  step "compiled training with CUDA graphs, fused vs full logits, B4 (memory B2)"
+  timeout 200 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --throughput-batch 4 \
+    --steps 10 --impl chunked --compile --compile-mode reduce-overhead | tee "$OUT/loss-graphs.jsonl"
+  ;;
+s6b)
+  step "Stage 1 criteria with the mix Stage 1, Phase 2, references (the current tree)"
+  timeout 400 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -40
+  step "what is alive at the peak, Stage 1 seed"
+  timeout 60 python3 scripts/peak_composition.py --model stage1 --device cuda --batch 2 --seq 1024 | tee "$OUT/peak-stage1.txt"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
