@@ -19,7 +19,7 @@ from torch import nn
 import muse.complex as C
 from benchmarks.memory import LiveTensorBytes
 from muse._checks import check_int
-from muse.train.loss import linear_cross_entropy, lm_loss, loss_path, model_loss
+from muse.train.loss import IMPLS, linear_cross_entropy, lm_loss, loss_path, model_loss
 
 
 def _random_batch(vocab: int, batch: int, seq: int, device: torch.device, gen: torch.Generator):
@@ -35,6 +35,21 @@ def _sync(device: torch.device) -> None:
 LOSSES = ("fused", "full")
 #: The CUDA memory measure's name in reports.
 CUDA_MEASURE = "torch.cuda.max_memory_allocated (warm, minus memory not the step's)"
+
+
+#: ``impl`` values of the measures: ``"fused"`` is each model's own tracker-visible fused path (what
+#: ``auto`` picks, with torch's opaque ``torch-native`` op replaced by ``chunked-tokens``).
+LOSS_IMPLS = ("fused", *IMPLS)
+
+
+def resolve_impl(dtype: torch.dtype, impl: str) -> str:
+    """The loss implementation a measure runs for a head of ``dtype`` (ValueError for an unknown one)."""
+    if impl not in LOSS_IMPLS:
+        raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
+    if impl != "fused":
+        return impl
+    path = loss_path(dtype)
+    return "chunked-tokens" if path == "torch-native" else path
 
 
 def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str, impl: str) -> torch.Tensor:
@@ -58,7 +73,7 @@ def cuda_warm_up(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
 
 
 def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0,
-                loss: str = "fused", impl: str = "auto") -> dict:
+                loss: str = "fused", impl: str = "fused") -> dict:
     """Peak bytes over one forward + LM loss + backward, with the measure that exists here.
 
     Always: ``tracked_peak_bytes``, the peak of live tensor bytes (:class:`LiveTensorBytes`,
@@ -78,6 +93,7 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
     model.zero_grad(set_to_none=True)
     model.train()
+    impl = resolve_impl(model.lm_head.weight.dtype, impl)
     path = loss_path(model.lm_head.weight.dtype, impl) if loss == "fused" else "full logits + fp32 cross-entropy"
     cuda = device.type == "cuda"
     if cuda:
@@ -120,7 +136,7 @@ def _compiled_step(model: nn.Module, loss: str, impl: str, mode: str | None = No
 
 def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, steps: int = 10,
                warmup: int = 3, train: bool = True, seed: int = 0, loss: str = "fused",
-               impl: str = "auto", compiled: bool = False, compile_mode: str | None = None) -> dict:
+               impl: str = "fused", compiled: bool = False, compile_mode: str | None = None) -> dict:
     """Tokens per second of forward(+loss+backward when ``train``), median over ``steps`` timed runs.
 
     ``compiled``: the model and the loss run as one ``torch.compile`` graph (inference: the
@@ -130,6 +146,7 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
     steps = check_int("steps", steps, min_value=1)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    impl = resolve_impl(model.lm_head.weight.dtype, impl)
     gen = torch.Generator().manual_seed(seed)
     inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
     model.train(train)

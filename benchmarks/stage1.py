@@ -84,7 +84,7 @@ class Stage1BenchConfig:
     trials: int = 100
     trial_batch: int = 2
     trial_seq: int = 128
-    loss_impl: str = "chunked"  # the fused loss for memory/throughput: the same, tracker-visible path for both models
+    loss_impl: str = "fused"  # memory/throughput loss: each model's tracker-visible fused path (measure.resolve_impl)
     seed: int = 1337
     out: str | None = None
     progress: bool = False
@@ -97,7 +97,7 @@ class Stage1BenchConfig:
         for name in ("batch_size", "memory_batch", "throughput_batch", "throughput_steps", "trials",
                      "trial_batch", "trial_seq"):
             check_int(name, getattr(self, name), min_value=1)
-        loss_path(torch.float32, self.loss_impl)  # ValueError for an unknown or unavailable impl
+        loss_path(torch.float32, measure.resolve_impl(torch.float32, self.loss_impl))  # unknown/unavailable
         if isinstance(self.references, str) or not isinstance(self.references, (list, tuple)):
             raise TypeError(f"references must be a list of run names, got {type(self.references).__name__}")
         self.references = tuple(self.references)

@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=None, help="default: the preset's max_seq_len")
     p.add_argument("--throughput-batch", type=int, default=None, help="default: --batch")
     p.add_argument("--steps", type=int, default=3, help="timed throughput steps (0: memory only)")
-    p.add_argument("--impl", default="auto", choices=["auto", "torch-native", "chunked"])
+    p.add_argument("--impl", default="fused", choices=list(measure.LOSS_IMPLS))
     p.add_argument("--models", default="phase2,stage1", help="comma-separated registry names")
     p.add_argument("--compile", action="store_true", help="throughput with the model and the loss compiled as one graph")
     p.add_argument("--compile-mode", choices=["reduce-overhead"], help="torch.compile mode of --compile (CUDA graphs)")

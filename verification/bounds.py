@@ -239,7 +239,7 @@ def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndar
 def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, targets: np.ndarray,
                              scored: np.ndarray, x: np.ndarray, p: np.ndarray, loss_tok: np.ndarray,
                              storage, scale: float, fp16_gemm: bool, vocab_chunk: int,
-                             device="cpu") -> dict[str, np.ndarray]:
+                             device="cpu", token_chunk: int | None = None) -> dict[str, np.ndarray]:
     """|computed - exact| bounds for linear_cross_entropy's loss and its three gradients.
 
     Inputs are the (exactly representable) h (n, d), w (V, d), b (V,) in float64, the
@@ -264,6 +264,9 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
        over V terms in ceil(V / vocab_chunk) fp32 GEMMs summed in fp32, d(weight) one GEMM over
        n terms, d(bias) one more column of that GEMM (hidden with a column of ones); then
        scaled (one rounding) and rounded to the storage dtype (u_s |y| + eta_s).
+       ``token_chunk`` (the chunked-tokens path, whose ``vocab_chunk`` is V): d(weight) and
+       d(bias) are K_t = ceil(n / token_chunk) GEMMs (or fp32 column sums) of token_chunk terms
+       added in fp32, so their sums use gamma(m(token_chunk) + K_t) instead.
     """
     u = U
     u_s = 2.0**-11 if storage == np.float16 else 0.0  # fp32 storage: the logits are not re-rounded
@@ -299,10 +302,14 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     e_g[~scored] = 0.0
     ag = np.abs(g) + e_g
 
+    if token_chunk is None:
+        g_n = gamma(gemm_terms(n, device))
+    else:
+        g_n = gamma(gemm_terms(min(token_chunk, n), device) + math.ceil(n / token_chunk))
     raw = {
         "hidden": (e_g @ aw, ag @ aw, gamma(gemm_terms(v, device) + n_vchunks)),
-        "weight": (e_g.T @ ah, ag.T @ ah, gamma(gemm_terms(n, device))),
-        "bias": (e_g.sum(axis=0), ag.sum(axis=0), gamma(gemm_terms(n, device))),  # the same GEMM, a ones column
+        "weight": (e_g.T @ ah, ag.T @ ah, g_n),
+        "bias": (e_g.sum(axis=0), ag.sum(axis=0), g_n),  # the same GEMM (a ones column), or column sums
     }
     grads = {"hidden": g @ w, "weight": g.T @ h, "bias": g.sum(axis=0)}
     out = {"loss": np.array(e_loss)}

@@ -3,9 +3,9 @@
 Every element is checked against the bound of docs/numerics.md ("Linear cross-entropy"),
 built by ``bounds.linear_cross_entropy_abs`` from the exact logits of the same rounded
 inputs, for fp16 and fp32 inputs, with and without bias, with ignored targets, both
-reductions and chunk sizes that do and do not divide V (chunked) or n (torch-native). The chunked path
-and (where torch has it) the torch-native path are each held to the bound, so they
-agree within twice it.
+reductions and chunk sizes that do and do not divide V (chunked) or n (chunked-tokens,
+torch-native). Both chunked paths and (where torch has it) the torch-native path are each held to
+the bound, so they agree within twice it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from muse.train.loss import IGNORE_INDEX, has_native, linear_cross_entropy
+from muse.train.loss import IGNORE_INDEX, auto_chunk_size, has_native, linear_cross_entropy
 from verification import bounds as B
 from verification.checks import check_close, real
 from verification.harness import host, tensor
@@ -66,11 +66,15 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale) ->
     count = int(scored.sum())
     grad_scale = scale / count if reduction == "mean" else scale
     fp16_gemm = h.dtype == np.float16 and device == "cuda"
-    # chunked: `chunk` vocabulary rows per chunk (its default here: all); torch-native: all rows per token chunk
+    # chunked: `chunk` vocabulary rows per chunk (its default here: all); the others: all rows per token chunk
     n_vocab_chunk = chunk if impl == "chunked" and chunk else len(w)
+    token_chunk = None
+    if impl == "chunked-tokens":
+        token_chunk = chunk or auto_chunk_size(len(w), len(h), ht.dtype, impl=impl)
     bound = B.linear_cross_entropy_abs(h.astype(np.float64), w.astype(np.float64),
                                        None if b is None else b.astype(np.float64), targets, scored, x, p,
-                                       loss_tok, h.dtype.type, grad_scale, fp16_gemm, n_vocab_chunk, device)
+                                       loss_tok, h.dtype.type, grad_scale, fp16_gemm, n_vocab_chunk, device,
+                                       token_chunk=token_chunk)
     if h.dtype == np.float16:  # a gradient beyond fp16's range is inf, which is what loss scaling catches
         assume(all(np.abs(grad_scale * g).max() < 6e4 for g in bound["grads"].values()))
     want_loss, e_loss = loss_tok.sum(), bound["loss"]
@@ -93,6 +97,12 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale) ->
 def test_chunked_linear_cross_entropy_accuracy(device, case):
     """Loss and d(hidden, weight, bias) within the derived bound (docs/numerics.md)."""
     _check(device, "chunked", *case)
+
+
+@given(case=loss_case())
+def test_token_chunked_linear_cross_entropy_accuracy(device, case):
+    """The chunked-tokens path (gradients formed in forward, token chunks) within the same derivation."""
+    _check(device, "chunked-tokens", *case)
 
 
 @pytest.mark.skipif(not has_native(), reason=f"torch {torch.__version__} has no F.linear_cross_entropy")

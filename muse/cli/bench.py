@@ -68,9 +68,10 @@ def register(sub) -> None:
     m.add_argument("--trials", type=int)
     m.add_argument("--trial-batch", type=int)
     m.add_argument("--trial-seq", type=int)
-    m.add_argument("--loss-impl", choices=["auto", "torch-native", "chunked"],
-                   help="fused linear cross-entropy for the memory and throughput rows (default chunked: "
-                   "the same path for both models, fully visible to the live-tensor-bytes measure)")
+    m.add_argument("--loss-impl", choices=["fused", "auto", "torch-native", "chunked", "chunked-tokens"],
+                   help="fused linear cross-entropy for the memory and throughput rows (default fused: each "
+                   "model's own path fully visible to the live-tensor-bytes measure, chunked for fp16 heads "
+                   "and chunked-tokens for fp32 ones)")
     s = p.add_argument_group("speed only")
     s.add_argument("--models", help=f"comma-separated rows (default all: {','.join(MODEL_ROWS)})")
     s.add_argument("--variants", help=f"comma-separated (default all: {','.join(VARIANTS)})")

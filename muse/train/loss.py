@@ -18,6 +18,12 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
   one chunk is alive and no fp32 copy of the weight gradient is needed. On CUDA every chunk is
   a multiple of 128 rows wide (the last one padded with zero rows and -inf bias), so the GEMMs
   see aligned shapes whatever V is (V = 50257 otherwise falls back to slow kernels).
+- ``"chunked-tokens"``: :class:`_TokenChunkedLinearCrossEntropy`, chunks of tokens with all
+  their logits: log-sum-exp, softmax gradient and the three gradients are formed in the
+  forward pass, so each token costs the full-logits path's three GEMMs instead of four (no
+  recomputed logits); backward only scales them. Its weight gradient accumulates in fp32, which
+  for fp32 weights is the gradient itself (no extra memory), so ``auto`` picks it for fp32/fp64
+  inputs where torch has no native loss and no autocast is on.
 
 :func:`lm_loss` keeps the full-logits loss for callers that already have logits.
 """
@@ -34,7 +40,7 @@ import muse.complex as C
 from muse._checks import check_float_tensor, check_int, check_same_device, check_tensor, check_type
 
 IGNORE_INDEX = -100
-IMPLS = ("auto", "torch-native", "chunked")
+IMPLS = ("auto", "torch-native", "chunked", "chunked-tokens")
 #: The chunked path's working set: 1/8 of what the full logits (fp16 + fp32 copy) would take,
 #: at least CHUNK_BUDGET_MIN_BYTES and at most CHUNK_BUDGET_MAX_BYTES.
 CHUNK_BUDGET_FRACTION = 8
@@ -79,9 +85,10 @@ def has_native() -> bool:
 def loss_path(dtype: torch.dtype, impl: str = "auto", autocast: bool = False) -> str:
     """The implementation :func:`linear_cross_entropy` runs for hidden states of ``dtype``.
 
-    ``"auto"`` picks ``"torch-native"`` where it exists and the inputs are fp32 or fp64 (and no
-    autocast is enabled: under autocast the chunked path runs its GEMMs in the autocast dtype),
-    else ``"chunked"``; asking for ``"torch-native"`` on a torch without it is a ValueError.
+    ``"auto"``, for fp32 or fp64 inputs with no autocast enabled: ``"torch-native"`` where it
+    exists, else ``"chunked-tokens"``; otherwise (16-bit inputs, or autocast: the chunked path
+    runs its GEMMs in the autocast dtype) ``"chunked"``. Asking for ``"torch-native"`` on a
+    torch without it is a ValueError.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -90,8 +97,9 @@ def loss_path(dtype: torch.dtype, impl: str = "auto", autocast: bool = False) ->
                          f"(torch >= 2.13); this is torch {torch.__version__}")
     if impl != "auto":
         return impl
-    native = has_native() and dtype in (torch.float32, torch.float64) and not autocast
-    return "torch-native" if native else "chunked"
+    if dtype in (torch.float32, torch.float64) and not autocast:
+        return "torch-native" if has_native() else "chunked-tokens"
+    return "chunked"
 
 
 def chunk_budget(vocab_size: int, n_tokens: int) -> int:
@@ -107,13 +115,17 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
     ``"chunked"``: vocabulary rows per chunk, all tokens at once (8 bytes per entry: fp16
     logits, their fp32 softmax gradient and its fp16 GEMM copy; or fp32 logits and gradient);
     a multiple of 128 when at least 128, never more than ``vocab_size``. ``"torch-native"``:
-    tokens per chunk (6 or 4 bytes per entry); a multiple of 8 when at least 8, never more
-    than ``n_tokens``.
+    tokens per chunk (6 or 4 bytes per entry); ``"chunked-tokens"``: tokens per chunk (8 bytes
+    per entry, as ``"chunked"``); a multiple of 8 when at least 8, never more than ``n_tokens``.
     """
+    if impl not in IMPLS[1:]:
+        raise ValueError(f"impl must be one of {IMPLS[1:]}, got {impl!r}")
     budget = chunk_budget(vocab_size, n_tokens) if budget_bytes is None else budget_bytes
     half = torch.finfo(dtype).bits == 16
     if impl == "torch-native":
         chunk, step, limit = budget // (vocab_size * (6 if half else 4)), 8, n_tokens
+    elif impl == "chunked-tokens":
+        chunk, step, limit = budget // (vocab_size * 8), 8, n_tokens
     else:
         chunk, step, limit = budget // (max(n_tokens, 1) * 8), 128, vocab_size
     chunk = max(1, chunk)
@@ -251,6 +263,86 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return d_hidden, d_weight, d_bias, None, None, None, None, None, None
 
 
+def _token_chunk(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of tokens' full logits ``z`` (fp32): the sum of its scored losses and, with
+    ``want_grad``, softmax - onehot(t), zero where ``keep`` is 0 (fp32, in place of ``z``)."""
+    lse = torch.logsumexp(z, 1)
+    rows = torch.arange(z.shape[0], device=z.device)
+    loss = ((lse - z[rows, t]) * keep).sum()
+    if not want_grad:
+        return loss, None
+    g = z.sub_(lse[:, None]).exp_()
+    g.index_put_((rows, t), -torch.ones_like(keep), accumulate=True)
+    return loss, g.mul_(keep[:, None])
+
+
+class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``.
+
+    forward: per chunk of tokens, all V logits (one GEMM, rounded to the storage dtype once), their
+    fp32 log-sum-exp and loss; when gradients are needed also dlogits = softmax - onehot (fp32,
+    rounded once to the GEMM dtype), that chunk's d(hidden) = dlogits W and its share of
+    d(weight) = dlogitsᵀ hidden and d(bias) = Σ dlogits, accumulated in fp32. backward multiplies
+    them by the incoming gradient (and 1/count for a mean) in fp32 and rounds once. Three GEMMs per
+    token, as with full logits; the saved gradients are scaled in place, so backward runs once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
+        n, d = hidden.shape
+        acc = C.compute_dtype(hidden.dtype)
+        need_h, need_w, need_b = need
+        want_grad = need_h or need_w or need_b
+        scored = targets != ignore_index
+        safe = torch.where(scored, targets, 0)
+        keep = scored.to(acc)
+        count = scored.sum()
+        gd = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
+        h, w = hidden.to(gd), weight.to(gd)
+        b = None if bias is None else bias.to(gd)
+        d_hidden = torch.empty((n, d), dtype=acc, device=hidden.device) if need_h else None
+        d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        step = _fused(_token_chunk) if hidden.is_cuda else _token_chunk
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        with C.fp32_accumulation(hidden.device):
+            for t0 in range(0, n, chunk):
+                hc = h[t0 : t0 + chunk]
+                z = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())
+                part, g = step(z.to(hidden.dtype).to(acc), safe[t0 : t0 + chunk], keep[t0 : t0 + chunk], want_grad)
+                total = total + part
+                del z
+                if g is None:
+                    continue
+                g = g.to(gd)
+                if need_h:
+                    d_hidden[t0 : t0 + chunk] = _mm_fp32(g, w)
+                if need_w:
+                    if g.dtype == acc:
+                        d_weight.addmm_(g.t(), hc)
+                    else:
+                        d_weight.add_(_mm_fp32(g.t(), hc))
+                if need_b:
+                    d_bias.add_(g.sum(0, dtype=acc))
+                del g  # before the next chunk's logits are allocated
+        ctx.save_for_backward(d_hidden, d_weight, d_bias, count)
+        ctx.setup = (scale_by_count, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total / count if scale_by_count else total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        d_hidden, d_weight, d_bias, count = ctx.saved_tensors
+        scale_by_count, h_dtype, w_dtype, b_dtype = ctx.setup
+        scale = grad_out.to(C.compute_dtype(h_dtype))
+        if scale_by_count:
+            scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
+        grads = [None if g is None else g.mul_(scale).to(dt)
+                 for g, dt in ((d_hidden, h_dtype), (d_weight, w_dtype), (d_bias, b_dtype))]
+        return (*grads, None, None, None, None, None, None)
+
+
 class _VocabChunks:
     """Iterates (v0, v1) over the vocabulary in ``chunk``-row slices and computes their logits.
 
@@ -320,8 +412,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     ``bias`` (V,) or None, all of one floating dtype on one device. Targets equal to
     ``ignore_index`` are not scored; ``"mean"`` averages over the scored tokens (NaN when
     none is), ``"sum"`` adds them. ``chunk_size``: vocabulary rows per chunk for ``"chunked"``
-    (rounded up to a multiple of 128 on CUDA), tokens per chunk for ``"torch-native"``; None:
-    :func:`auto_chunk_size` from :func:`chunk_budget`. ``impl``: ``"auto"``, ``"torch-native"`` or ``"chunked"``
+    (rounded up to a multiple of 128 on CUDA), tokens per chunk for ``"torch-native"`` and
+    ``"chunked-tokens"``; None: :func:`auto_chunk_size` from :func:`chunk_budget`. ``impl``:
+    ``"auto"`` or one of the three paths
     (see :func:`loss_path`). Gradients come back in each input's dtype.
     """
     check_float_tensor("hidden", hidden)
@@ -362,8 +455,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)
-    return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size,
-                                            reduction == "mean", need, _autocast_gemm_dtype(hidden))
+    fn = _TokenChunkedLinearCrossEntropy if path == "chunked-tokens" else _ChunkedLinearCrossEntropy
+    return fn.apply(h, weight, bias, t, ignore_index, chunk_size, reduction == "mean", need,
+                    _autocast_gemm_dtype(hidden))
 
 
 def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:

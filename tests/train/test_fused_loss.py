@@ -25,7 +25,7 @@ from muse.train.loss import (
     model_loss,
 )
 
-IMPLS = ["chunked", pytest.param("torch-native", marks=pytest.mark.skipif(
+IMPLS = ["chunked", "chunked-tokens", pytest.param("torch-native", marks=pytest.mark.skipif(
     not has_native(), reason=f"torch {torch.__version__} has no F.linear_cross_entropy (needs >= 2.13)"))]
 
 
@@ -107,13 +107,14 @@ def test_loss_scaling_reaches_the_fp16_gradients():
     assert bool(((unscaled_small < 2.0**-25) & (unscaled_small > 0)).any())  # the case needs the scale
 
 
-def test_all_targets_ignored_gives_nan_mean_and_zero_gradients_like_cross_entropy():
+@pytest.mark.parametrize("impl", ["chunked", "chunked-tokens"])
+def test_all_targets_ignored_gives_nan_mean_and_zero_gradients_like_cross_entropy(impl):
     h, w, b, _ = _case()
     t = torch.full((h.shape[0],), IGNORE_INDEX)
-    loss = linear_cross_entropy(h, w, t, b, impl="chunked")
+    loss = linear_cross_entropy(h, w, t, b, impl=impl)
     loss.backward()
     assert torch.isnan(loss) and not h.grad.any() and not w.grad.any() and not b.grad.any()
-    assert linear_cross_entropy(h, w, t, b, "sum", impl="chunked").item() == 0.0
+    assert linear_cross_entropy(h, w, t, b, "sum", impl=impl).item() == 0.0
 
 
 def test_custom_ignore_index_and_leading_shape():
@@ -142,8 +143,10 @@ def test_native_and_chunked_agree(reduction):
 
 def test_loss_path_names_the_implementation():
     assert loss_path(torch.float16) == "chunked"
-    assert loss_path(torch.float32) == ("torch-native" if has_native() else "chunked")
+    assert loss_path(torch.float32) == ("torch-native" if has_native() else "chunked-tokens")
+    assert loss_path(torch.float64) == ("torch-native" if has_native() else "chunked-tokens")
     assert loss_path(torch.float32, "chunked") == "chunked"
+    assert loss_path(torch.float16, "chunked-tokens") == "chunked-tokens"
     if not has_native():
         with pytest.raises(ValueError, match="torch >= 2.13"):
             loss_path(torch.float32, "torch-native")
@@ -187,6 +190,48 @@ def test_no_fp32_copy_of_the_weight_gradient():
     assert working + 64 * 1024 < v * d * 4
 
 
+class _CountGemms(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("impl, gemms_per_chunk", [("chunked", 4), ("chunked-tokens", 3)])
+def test_token_chunks_form_the_gradients_without_recomputing_the_logits(impl, gemms_per_chunk):
+    """chunked-tokens: logits, d(hidden), d(weight) per chunk (the full-logits path's three GEMMs);
+    the vocabulary-chunked path recomputes each chunk's logits in backward (four)."""
+    h, w, b, t = _case(n=120, v=120)
+    with _CountGemms() as count:
+        linear_cross_entropy(h, w, t, b, chunk_size=40, impl=impl).backward()
+    assert count.n == gemms_per_chunk * 3  # three chunks of 40 vocabulary rows or 40 tokens
+
+
+def test_token_chunks_need_no_memory_beyond_the_gradients_and_one_chunk():
+    n, d, v, chunk = 256, 8, 4000, 32
+    h, w, b, t = _case(n=n, d=d, v=v, ignore_every=0)
+    with LiveTensorBytes() as mem:
+        mem.track([h, w, b, t])
+        before = mem.current
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked-tokens").backward()
+    grads = (n * d + v * d + v) * 4  # the fp32 gradients, formed in forward and returned by backward
+    working = 2 * chunk * v * 4  # one chunk's logits (the softmax gradient overwrites them) and a spare
+    assert mem.peak - before <= grads + working + 64 * 1024, mem.peak - before
+    assert mem.peak - before < n * v * 4 / 2  # far below one full (N, V) fp32 logits tensor
+
+
+def test_token_chunked_backward_runs_once():
+    h, w, b, t = _case()
+    loss = linear_cross_entropy(h, w, t, b, impl="chunked-tokens")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace|in-place"):
+        loss.backward()
+
+
 def test_auto_chunk_size_fits_the_budget():
     mib64 = 64 * 2**20
     assert auto_chunk_size(50257, 2048, torch.float16, mib64) == 4096  # 64 MiB / (8 B x 2048) = 4096 rows
@@ -196,6 +241,9 @@ def test_auto_chunk_size_fits_the_budget():
     assert auto_chunk_size(50257, 8192, torch.float32, mib64, impl="torch-native") == 328
     assert auto_chunk_size(50257, 100, torch.float32, impl="torch-native") == 40  # 8 MiB / (4 B x 50257) = 41
     assert auto_chunk_size(10**9, 10, impl="torch-native") == 1
+    assert auto_chunk_size(50257, 8192, torch.float32, mib64, impl="chunked-tokens") == 160  # 64 MiB / (8 B x V)
+    with pytest.raises(ValueError, match="impl"):
+        auto_chunk_size(100, 10, impl="auto")
 
 
 def test_chunk_budget_is_an_eighth_of_the_full_logits_within_limits():
