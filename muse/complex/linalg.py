@@ -107,8 +107,13 @@ def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None =
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; convert one explicitly")
     planes = (x.planes, weight.planes, None if bias is None else bias.planes)
     if x.dtype == torch.float16 and kernels.enabled(*(p for p in planes if p is not None), in_compile=True):
-        return ComplexTensor(_LinearKernel.apply(*planes))
+        # x's planes are kept as a recipe where they are a remembered output (a LayerNorm's: its input is kept)
+        return ComplexTensor(recompute.rebuilt(lambda xp: _LinearKernel.apply(xp, *planes[1:]), (_same, (x.planes,))))
     return ComplexTensor(_linear_planes(*planes))
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _linear_planes(xp: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor | None) -> torch.Tensor:
@@ -126,7 +131,7 @@ class _LinearKernel(torch.autograd.Function):
     """:func:`linear` through ``muse.kernels.complex_mm``: y = x W^T + b, and with PyTorch's convention
     (grad = dL/dRe + i dL/dIm, which the block form's autograd gives) dx = dy conj(W),
     dW = dy^T conj(x) summed over every row, db = the sum of dy over the rows (fp32, rounded once).
-    Saves only the planes of x, W (and b); a backward that must itself be differentiable
+    Saves only the planes of x (or their recipe: :func:`linear`), W (and b); a backward that must itself be differentiable
     (create_graph=True) differentiates the PyTorch form instead."""
 
     @staticmethod

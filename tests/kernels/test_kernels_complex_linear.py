@@ -290,3 +290,30 @@ def test_linear_kernel_at_the_benchmark_shape_on_cuda(launches):
     for name, got, (exact, bound, _) in zip(["y", "dx", "dW", "db"], [k_out, *k_grads],
                                             _linear_exact(x, w, b, dy, "cuda"), strict=True):
         _within(got, exact, bound, f"kernel {name}")
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_linear_kernel_keeps_no_layer_norm_output(kernel_device, launches):
+    """After a LayerNorm the kernel path keeps what the PyTorch path keeps (the norm's input, through the
+    recipe of muse.complex.recompute), not the norm's output: that is freed after the forward."""
+    import gc
+    import weakref
+
+    from muse.nn import ComplexLayerNorm, ComplexLinear
+
+    torch.manual_seed(0)
+    norm = ComplexLayerNorm(32, device=kernel_device).half()
+    lin = ComplexLinear(32, 16, device=kernel_device).half()
+    x = _rand(2, 4, 24, 32, device=kernel_device, seed=11).requires_grad_(True)
+    for on in ("1", "0"):
+        with kernels.environment(MUSE_KERNELS=on):
+            z = norm(C.ComplexTensor(x))
+            ref = weakref.ref(z.planes)
+            y = lin(z)
+            del z
+            gc.collect()
+            assert ref() is None, f"MUSE_KERNELS={on}: the LayerNorm output outlived the forward"
+            x.grad = None
+            y.planes.float().sum().backward()  # through the rebuilt norm output
+            assert torch.isfinite(x.grad).all()
+    assert launches["complex_mm"] == 3
