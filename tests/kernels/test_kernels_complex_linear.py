@@ -279,12 +279,11 @@ def test_linear_kernel_runs_inside_torch_compile(kernel_device, launches):
     assert torch.equal(xc.grad, xe.grad) and torch.equal(wc.grad, we.grad)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_linear_kernel_at_the_benchmark_shape_on_cuda(launches):
+@pytest.mark.parametrize("kernel_device", DEVICES[1:])  # cuda only
+def test_linear_kernel_at_the_benchmark_shape_on_cuda(kernel_device, launches):
     """The issue's shape (4096 rows, 512 -> 512, bias) through the autotuned kernel: y, dx and dW (split-K
     on an H200: 16 output tiles of 128 x 128) within the CUDA GEMM bound of the exact values."""
-    x, w, b, dy = _linear_case((4096,), 512, 512, True, "cuda", seed=10)
+    x, w, b, dy = _linear_case((4096,), 512, 512, True, kernel_device, seed=10)
     k_out, k_grads = _run_linear(x, w, b, dy, kernels_on=True)
     assert launches["complex_mm"] == 3
     for name, got, (exact, bound, _) in zip(["y", "dx", "dW", "db"], [k_out, *k_grads],
