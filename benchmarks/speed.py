@@ -156,7 +156,7 @@ def _impl_env(variant: str):
 
 def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: int, ceil: dict,
             variants: tuple[str, ...]) -> list[dict]:
-    """layer_norm / modrelu fwd and fwd+bwd per variant; complex linear vs one real GEMM."""
+    """layer_norm / modrelu fwd and fwd+bwd per variant; complex linear vs one real GEMM (:func:`complex_linear_rows`)."""
     dt = torch.float16  # the storage the models use and the kernels cover
     gen = torch.Generator().manual_seed(cfg.seed)
     w = torch.ones(d, dtype=dt, device=device, requires_grad=True)
@@ -192,22 +192,107 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
                         "fwd_pct_copy": 100 * 2 * nbytes / t_f / 1e9 / ceil["copy_GBps"],
                         "fwd_bwd_pct_copy": 100 * 5 * nbytes / t_b / 1e9 / ceil["copy_GBps"]})
             del fwd_sets, bwd_sets
-    wc = C.ComplexTensor(torch.randn(2, d, d, generator=gen).to(device, dt) / math.sqrt(d))
-    bc = C.ComplexTensor(torch.zeros(2, d, dtype=dt, device=device))
-    xr = torch.randn(rows, 2 * d, generator=gen).to(device, dt)
-    wr = torch.randn(2 * d, 2 * d, generator=gen).to(device, dt)
-    def lin(p):
-        return C.linear(C.ComplexTensor(p), wc, bc).planes
+    return out + complex_linear_rows(cfg, device, timer, rows, d, variants)
 
+
+def graph_seconds(timer: Timer, fn, sets: list, device: torch.device) -> float:
+    """Seconds per ``fn(*args)``, the host out of the timing: on CUDA one CUDA graph of ``fn`` over every
+    input set (rotated beyond L2), replayed under ``timer`` and divided by the number of calls (warmed up
+    first on a side stream, so autotuning and lazy initialisation stay outside the capture); elsewhere
+    ``timer`` over the rotation."""
+    if device.type != "cuda":
+        return timer(_cycle(sets, fn))
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            for args in sets:
+                fn(*args)
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for args in sets:
+            fn(*args)
+    return timer(graph.replay) / len(sets)
+
+
+def complex_linear_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: int,
+                        variants: tuple[str, ...]) -> list[dict]:
+    """Complex linear (rows x d -> d, with bias) fwd and fwd+bwd per variant (eager: the PyTorch block GEMM;
+    kernels: muse.kernels.complex_mm) against one real GEMM of the block size (rows x 2d x 2d) and a real
+    linear's fwd+bwd (three such GEMMs), all timed as CUDA graphs (:func:`graph_seconds`)."""
+    dt = torch.float16
+    gen = torch.Generator().manual_seed(cfg.seed)
+    wc = (torch.randn(2, d, d, generator=gen) / math.sqrt(d)).to(device, dt).requires_grad_(True)
+    bc = torch.zeros(2, d, dtype=dt, device=device, requires_grad=True)
+    nbytes = 2 * rows * d * 2  # one planar fp16 activation
+
+    def planes(grad=False):
+        return torch.randn(2, rows, d, generator=gen).to(device, dt).requires_grad_(grad)
+
+    def lin(p):
+        return C.linear(C.ComplexTensor(p), C.ComplexTensor(wc), C.ComplexTensor(bc)).planes
+
+    def real(grad=False):
+        return torch.randn(rows, 2 * d, generator=gen).to(device, dt).requires_grad_(grad)
+
+    wr = torch.randn(2 * d, 2 * d, generator=gen).to(device, dt).requires_grad_(True)
     with torch.no_grad():
-        t_r = timer(lambda: F.linear(xr, wr))
-        for variant in ["eager"] + (["compiled"] if any(v.startswith("compiled") for v in variants) else []):
-            f = compile_model_fn(lin, cfg) if variant == "compiled" else lin
-            t_c = timer(_cycle(_rotation(lambda: (planes(),), device, nbytes), f))
-            out.append({"op": "complex_linear", "variant": variant, "rows": rows, "d": d, "status": "measured",
-                        "fwd_s": t_c, "real_gemm_s": t_r, "pct_of_real_gemm": 100 * t_r / t_c,
-                        "TFLOPs": 2 * rows * (2 * d) ** 2 / t_c / 1e12})
+        t_r = graph_seconds(timer, lambda x: F.linear(x, wr), _rotation(lambda: (real(),), device, nbytes), device)
+    t_rb = graph_seconds(timer, lambda x, g: torch.autograd.grad(F.linear(x, wr), (x, wr), g),
+                         _rotation(lambda: (real(True), real()), device, 2 * nbytes), device)
+    flops = 2 * rows * (2 * d) ** 2
+    out = []
+    for variant in ("eager", "kernels", "compiled", "compiled+kernels"):
+        if variant != "eager" and variant not in variants:
+            continue
+        row = {"op": "complex_linear", "variant": variant, "rows": rows, "d": d, "real_gemm_s": t_r,
+               "real_fwd_bwd_s": t_rb, "timing": "CUDA graph of the calls over the rotation, per call"
+               if device.type == "cuda" else "per call"}
+        if "kernels" in variant and not kernels.use_kernel(bc):
+            out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
+            continue
+        if variant.startswith("compiled"):
+            torch._dynamo.reset()  # dynamo caches by code object and the switch is read when it traces
+        f = compile_model_fn(lin, cfg) if variant.startswith("compiled") else lin
+        try:
+            with _impl_env(variant):
+                with torch.no_grad():
+                    t_c = graph_seconds(timer, f, _rotation(lambda: (planes(),), device, nbytes), device)
+                t_cb = graph_seconds(timer, lambda p, g, f=f: torch.autograd.grad(f(p), (p, wc, bc), g),
+                                     _rotation(lambda: (planes(True), planes()), device, 2 * nbytes), device)
+        except Exception as exc:  # a failed variant is reported, the others still run
+            out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300]})
+            continue
+        out.append({**row, "status": "measured", "fwd_s": t_c, "fwd_bwd_s": t_cb,
+                    "pct_of_real_gemm": 100 * t_r / t_c, "pct_of_real_fwd_bwd": 100 * t_rb / t_cb,
+                    "TFLOPs": flops / t_c / 1e12, "fwd_bwd_TFLOPs": 3 * flops / t_cb / 1e12})
     return out
+
+
+def time_complex_linear(rows: int = 4096, d: int = 512, device: str = "cuda",
+                        variants: tuple[str, ...] = ("eager", "kernels")) -> str:
+    """Only the complex-linear rows (no ceilings, no models), as markdown: the quick check of issue 11."""
+    from muse.train.distributed import resolve_device
+
+    cfg = SpeedConfig(device=device, variants=variants)
+    dev = resolve_device(device)
+    lines = [f"timing: {Timer(dev).method} of a CUDA graph of the calls, per call" if dev.type == "cuda"
+             else f"timing: {Timer(dev).method}"]
+    for r in complex_linear_rows(cfg, dev, Timer(dev), rows, d, tuple(variants)):
+        lines.append(_complex_linear_line(r))
+    return "\n".join(lines)
+
+
+def _complex_linear_line(r: dict) -> str:
+    head = f"Complex linear, {r['variant']} ({r['rows']} x {r['d']} -> {r['d']})"
+    if r["status"] != "measured":
+        return f"{head}: {r['status']}: {r.get('reason', '')}"
+    return (f"{head}: fwd {r['fwd_s'] * 1e6:,.1f} µs, {r['TFLOPs']:.4g} TFLOP/s, {r['pct_of_real_gemm']:.0f} % of one "
+            f"real {r['rows']} x {2 * r['d']} x {2 * r['d']} GEMM ({r['real_gemm_s'] * 1e6:,.1f} µs); fwd+bwd "
+            f"{r['fwd_bwd_s'] * 1e6:,.1f} µs, {r['pct_of_real_fwd_bwd']:.0f} % of that real linear's fwd+bwd "
+            f"({r['real_fwd_bwd_s'] * 1e6:,.1f} µs).")
 
 
 def compile_model_fn(fn, cfg: SpeedConfig):
@@ -449,9 +534,7 @@ def format_markdown(report: dict) -> str:
                      f"({r['fwd_bwd_pct_copy']:.0f} %) |")
     for r in report["ops"]:
         if r["op"] == "complex_linear":
-            lines += ["", f"Complex linear, {r['variant']} ({r['rows']} x {r['d']} -> {r['d']}): {r['fwd_s'] * 1e6:,.1f} µs, "
-                          f"{r['TFLOPs']:.4g} TFLOP/s, {r['pct_of_real_gemm']:.0f} % of one real "
-                          f"{2 * r['d']} x {2 * r['d']} GEMM ({r['real_gemm_s'] * 1e6:,.1f} µs)."]
+            lines += ["", _complex_linear_line(r)]
     lines += ["", "## Models", "",
               "| model | variant | inference tok/s | fwd+bwd tok/s | compile s | inference % GEMM | fwd+bwd % GEMM |",
               "|---|---|---:|---:|---:|---:|---:|"]
@@ -469,5 +552,5 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Complex64Stage1", "MODEL_ROWS", "SpeedConfig", "VARIANTS", "format_markdown", "gemm_flops_per_token",
-           "run_speed_benchmark"]
+__all__ = ["Complex64Stage1", "MODEL_ROWS", "SpeedConfig", "VARIANTS", "complex_linear_rows", "format_markdown",
+           "gemm_flops_per_token", "graph_seconds", "run_speed_benchmark", "time_complex_linear"]

@@ -19,7 +19,7 @@ from verification import bounds as B
 from verification import reference as R
 from verification import strategies as vs
 from verification.checks import check_ulps
-from verification.harness import ct, planes, tensor
+from verification.harness import ct, impl_label, planes, run, tensor
 
 K_SIZES = st.one_of(st.integers(1, 24), st.sampled_from([17, 33, 64, 65, 128]))
 
@@ -100,11 +100,13 @@ def linear_case(draw):
     return x, w, bias
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the interpreter's fp16 rounding to inf
 @given(case=linear_case())
-def test_linear_accuracy(device, case):
-    """x W^T + b: the bias is one more exact term in the fp32 GEMM epilogue: E = gamma_m (sum|p| + |b|)."""
+def test_linear_accuracy(device, impl, case):
+    """x W^T + b: the bias is one more exact term in the fp32 GEMM epilogue: E = gamma_m (sum|p| + |b|);
+    the same bound for the Triton kernel (impl triton: muse.kernels.complex_mm)."""
     x, w, bias = case
-    out = planes(C.linear(ct(x, device), ct(w, device), None if bias is None else ct(bias, device)))
+    out = planes(run(impl, C.linear, ct(x, device), ct(w, device), None if bias is None else ct(bias, device)))
     re, im, abs_sums = R.linear(x, w, bias)
     n_terms = 2 * x.shape[-1] + (bias is not None)
     bound = _matmul_bound([re, im], abs_sums, n_terms, device)
@@ -116,7 +118,7 @@ def test_linear_accuracy(device, case):
             found["bias"] = bias[:, ix[-1]]
         return found
 
-    check_ulps("linear", device, [out[0], out[1]], [re, im], bound, locate=locate,
+    check_ulps("linear", impl_label(device, impl), [out[0], out[1]], [re, im], bound, locate=locate,
                call="C.linear(C.ComplexTensor(torch.from_numpy(x_row)), "
                     "C.ComplexTensor(torch.from_numpy(w_row[:, None, :])))")
 

@@ -7,12 +7,21 @@ For a = ar + i ai and b = br + i bi,
 so a complex product of sizes M x K x N is one real M x 2K x 2N GEMM, accumulated in
 fp32 and rounded once (measured on an H100 as faster and more accurate than four real
 GEMMs, Gauss's 3M or complex64; see docs/numerics.md).
+
+``linear`` on float16 planes runs a Triton kernel where ``muse.kernels.enabled`` says so (CUDA, or
+the interpreter; also inside torch.compile, whose GEMM needs the same copies): the same complex
+GEMM straight on the planes (``muse.kernels.complex_mm``), without the block form's operand and
+output copies, for the forward and both gradient GEMMs.  The PyTorch code here is the reference
+and the fallback.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from muse import kernels
 from muse._checks import check_real_tensor, check_same_device, check_type
 from muse.complex import recompute
 from muse.complex._policy import gemm_dtype, gemm_linear, gemm_matmul
@@ -96,12 +105,67 @@ def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None =
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; convert one explicitly")
-    gd = gemm_dtype(x.dtype, x.device)
-    b_cat = None if bias is None else bias.planes.reshape(2 * out_f)
+    planes = (x.planes, weight.planes, None if bias is None else bias.planes)
+    if x.dtype == torch.float16 and kernels.enabled(*(p for p in planes if p is not None), in_compile=True):
+        # x's planes are kept as a recipe where they are a remembered output (a LayerNorm's: its input is kept)
+        return ComplexTensor(recompute.rebuilt(lambda xp: _LinearKernel.apply(xp, *planes[1:]), (_same, (x.planes,))))
+    return ComplexTensor(_linear_planes(*planes))
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _linear_planes(xp: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor | None) -> torch.Tensor:
+    """The PyTorch form of :func:`linear` on checked planes: the block GEMM, output planes (2, ..., out)."""
+    out_f = wp.shape[1]
+    gd = gemm_dtype(xp.dtype, xp.device)
+    b_cat = None if bp is None else bp.reshape(2 * out_f)
     # the GEMM's operand copies are rebuilt in backward from the planes they came from
-    y = recompute.rebuilt(lambda xc, wb: gemm_linear(xc, wb, b_cat, x.dtype),
-                           (_cat_parts, (x.planes, gd)), (_block_weight, (weight.planes, gd)))
-    return ComplexTensor(y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous())
+    y = recompute.rebuilt(lambda xc, wb: gemm_linear(xc, wb, b_cat, xp.dtype),
+                          (_cat_parts, (xp, gd)), (_block_weight, (wp, gd)))
+    return y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous()
+
+
+class _LinearKernel(torch.autograd.Function):
+    """:func:`linear` through ``muse.kernels.complex_mm``: y = x W^T + b, and with PyTorch's convention
+    (grad = dL/dRe + i dL/dIm, which the block form's autograd gives) dx = dy conj(W),
+    dW = dy^T conj(x) summed over every row, db = the sum of dy over the rows (fp32, rounded once).
+    Saves only the planes of x (or their recipe: :func:`linear`), W (and b); a backward that must itself be differentiable
+    (create_graph=True) differentiates the PyTorch form instead."""
+
+    @staticmethod
+    def forward(ctx, xp, wp, bp):
+        ctx.save_for_backward(xp, wp, bp)
+        out_f, in_f = wp.shape[1], wp.shape[2]
+        lead = xp.shape[1:-1]
+        x2 = xp.reshape(2, math.prod(lead), in_f)
+        return kernels.complex_mm(x2, wp.transpose(1, 2), bp, False, False).reshape(2, *lead, out_f)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp, wp, bp = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_grads(xp, wp, bp, grad, ctx.needs_input_grad)
+        out_f, in_f = wp.shape[1], wp.shape[2]
+        rows = math.prod(xp.shape[1:-1])
+        g2 = grad.reshape(2, rows, out_f)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = kernels.complex_mm(g2, wp, None, False, True).reshape(xp.shape)
+        if ctx.needs_input_grad[1]:
+            gw = kernels.complex_mm(g2.transpose(1, 2), xp.reshape(2, rows, in_f), None, False, True)
+        if bp is not None and ctx.needs_input_grad[2]:
+            gb = g2.float().sum(dim=1).to(bp.dtype)
+        return gx, gw, gb
+
+
+def _reference_grads(xp, wp, bp, grad, needs) -> tuple:
+    """(dx, dW, db) by autograd of :func:`_linear_planes` with create_graph (double backward)."""
+    inputs = [t for t, need in zip((xp, wp, bp), needs, strict=True) if t is not None and need]
+    found = iter(torch.autograd.grad(_linear_planes(xp, wp, bp), inputs, grad, create_graph=True,
+                                     allow_unused=True))
+    return tuple(next(found) if t is not None and need else None for t, need in zip((xp, wp, bp), needs, strict=True))
 
 
 def _cat_parts(planes: torch.Tensor, gd: torch.dtype) -> torch.Tensor:

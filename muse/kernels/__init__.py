@@ -3,7 +3,7 @@
 The rule (like nanoGPT's ``self.flash``): an op runs its Triton kernel when Triton is
 importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's CPU
 interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
-cover float16 planes (LayerNorm, modReLU), complex64 (the BK-Core resolvent of
+cover float16 planes (LayerNorm, modReLU, the complex GEMM of ``linear``), complex64 (the BK-Core resolvent of
 :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`);
 every other case, and the reference for every kernel, is the PyTorch code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
 call; a compiled graph reads them once, when it is traced.
@@ -74,6 +74,7 @@ __all__ = ["ENV", "HAS_TRITON", "INTERPRET_ENV", "enabled", "environment", "inte
 from muse.kernels.ops import (  # noqa: E402
     bk_green_bwd,
     bk_green_fwd,
+    complex_mm,
     hebbian_bwd,
     hebbian_fwd,
     layer_norm_bwd,
@@ -82,5 +83,5 @@ from muse.kernels.ops import (  # noqa: E402
     modrelu_fwd,
 )
 
-__all__ += ["bk_green_bwd", "bk_green_fwd", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd",
+__all__ += ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd",
             "modrelu_fwd"]

@@ -548,3 +548,149 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
                                              BV=bv, **options)
     dq, dk = (scratch(t.sum(0)) if tiles > 1 else t[0] for t in (dq, dk))  # the tiles' partial sums
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dw0.reshape(*q.shape[:-2], d_k, d_v)
+
+
+# ------------------------------------------------------------------ complex GEMM
+# C = op(A) @ op(B) (+ bias) on planar operands: A (2, M, K), B (2, K, N), any strides (a transposed view
+# is a stride swap, no copy), op = identity or conjugation.  Each program computes one (BLOCK_M, BLOCK_N)
+# tile of both output planes with four tl.dot per K step into two fp32 accumulators; the minus sign of
+# the real part (and the conjugations) ride on a negated copy of the A tile's imaginary part in
+# registers (exact in fp16) and one final sign flip of the imaginary accumulator, so no separate
+# product sums are formed and rounded.  The bias is added in fp32 and the result rounded once.
+# Split-K (a second grid axis, for outputs too small to fill the GPU, such as the weight gradient)
+# writes fp32 partials that the host sums in fp32 before the one rounding.
+# Hopper: shared memory per stage is 2 (BM + BN) BK fp16 elements (64 KiB at 128 x 128 x 64, three
+# stages fit the H200's 227 KiB); the two accumulators take 2 BM BN / (32 num_warps) registers a thread.
+# Triton 3.6 for sm_90a (tests/kernels/test_kernels_complex_mm_sm90_build.py; ptxas -v by hand): every
+# config below lowers to wgmma with cp.async pipelining, 123-192 KiB of shared memory; 128 x 128 tiles
+# take 218-255 registers (0-36 bytes spilled), 128 x 64 at 8 warps 130-164 (none; at 4 warps it
+# spilled up to 332 bytes), 64 x 128 at 4 warps 246-255 (none), 64 x 64 138-166.
+CMM_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_stages=4, num_warps=4),
+]
+CMM_INTERPRET_BLOCK = 16  # the interpreter's one tile size (small: several tiles and K steps at test sizes)
+CMM_GROUP_M = 8  # tiles walked in groups of 8 rows of tiles, so neighbouring programs share operands in L2
+
+
+@triton.jit
+def _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, idx, k_lo, k_per, K, acc_r, acc_i, SAME_SIGN: tl.constexpr):
+    """One K step of both accumulators.  With s = +-1 the product of the two conjugations' signs:
+    re += ar br - s ai bi, im += ar bi + s ai br (the caller flips im at the end when B is conjugated)."""
+    k_in = (idx < k_per) & (k_lo + idx < K)
+    ar = tl.load(a_ptrs, mask=k_in[None, :], other=0.0)
+    ai = tl.load(a_ptrs + s_ap, mask=k_in[None, :], other=0.0)
+    br = tl.load(b_ptrs, mask=k_in[:, None], other=0.0)
+    bi = tl.load(b_ptrs + s_bp, mask=k_in[:, None], other=0.0)
+    acc_r = tl.dot(ar, br, acc_r)
+    acc_i = tl.dot(ar, bi, acc_i)
+    if SAME_SIGN:
+        acc_r = tl.dot(-ai, bi, acc_r)
+        acc_i = tl.dot(ai, br, acc_i)
+    else:
+        acc_r = tl.dot(ai, bi, acc_r)
+        acc_i = tl.dot(-ai, br, acc_i)
+    return acc_r, acc_i
+
+
+@triton.jit
+def _cmm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_per,
+                s_ap, s_am, s_ak, s_bp, s_bk, s_bn, s_biasp, s_biasn, s_cs, s_cp, s_cm, s_cn,
+                CONJ_A: tl.constexpr, CONJ_B: tl.constexpr, HAS_BIAS: tl.constexpr, WHILE_LOOP: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * n_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * k_per
+    # rows and columns past the edge read row / column 0 again (in bounds); their results are not stored
+    a_ptrs = a_ptr + (rm % M).to(tl.int64)[:, None] * s_am + (k_lo + rk).to(tl.int64)[None, :] * s_ak
+    b_ptrs = b_ptr + (k_lo + rk).to(tl.int64)[:, None] * s_bk + (rn % N).to(tl.int64)[None, :] * s_bn
+    acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    n_steps = tl.cdiv(k_per, BLOCK_K)  # this program's slice [k_lo, k_lo + k_per) of K
+    if WHILE_LOOP:  # the interpreter (numpy 2) cannot take range() of a runtime int
+        step = 0
+        while step < n_steps:
+            acc_r, acc_i = _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, step * BLOCK_K + rk, k_lo, k_per, K, acc_r, acc_i,
+                                     CONJ_A == CONJ_B)
+            a_ptrs += BLOCK_K * s_ak
+            b_ptrs += BLOCK_K * s_bk
+            step += 1
+    else:  # a for loop: software-pipelined over num_stages
+        for step in range(0, n_steps):
+            acc_r, acc_i = _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, step * BLOCK_K + rk, k_lo, k_per, K, acc_r, acc_i,
+                                     CONJ_A == CONJ_B)
+            a_ptrs += BLOCK_K * s_ak
+            b_ptrs += BLOCK_K * s_bk
+    if CONJ_B:
+        acc_i = -acc_i
+    if HAS_BIAS:
+        acc_r += tl.load(bias_ptr + rn * s_biasn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        acc_i += tl.load(bias_ptr + s_biasp + rn * s_biasn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + pid_k * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn.to(tl.int64)[None, :] * s_cn
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    tl.store(c_ptrs, acc_r.to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptrs + s_cp, acc_i.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn"])(
+    _cmm_kernel)
+
+
+def _split_k(device: torch.device, m: int, n: int, k: int) -> int:
+    """K slices for an output of too few 128 x 128 tiles to fill the GPU (the weight gradient of a linear
+    is (out, in), its K is every token): enough programs for one wave, slices of >= 512; 1 otherwise."""
+    if device.type != "cuda" or interpreting():
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+    if 2 * tiles >= sms or k < 1024:
+        return 1
+    return max(1, min(sms // tiles, k // 512, 16))
+
+
+def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool, conj_b: bool,
+               split_k: int | None = None) -> torch.Tensor:
+    """Planes (2, M, N) of op(a) @ op(b) + bias for planes a (2, M, K), b (2, K, N) of any strides, bias
+    (2, N) or None, op = conj where asked: fp32 accumulation, one rounding to a's dtype.  ``split_k``
+    None: :func:`_split_k` decides."""
+    _, m, k = a.shape
+    n = b.shape[2]
+    out = scratch(torch.empty((2, m, n), dtype=a.dtype, device=a.device))
+    if m == 0 or n == 0:
+        return out
+    split = _split_k(a.device, m, n, k) if split_k is None else split_k
+    target = out if split == 1 else scratch(torch.empty((split, 2, m, n), dtype=torch.float32, device=a.device))
+    in_kernel_bias = bias if split == 1 else None
+    k_per = k if split == 1 else triton.cdiv(triton.cdiv(k, split), 64) * 64  # slices: whole K steps
+    args = (a, b, a if in_kernel_bias is None else in_kernel_bias, target, m, n, k, k_per,
+            a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
+            *((0, 0) if in_kernel_bias is None else in_kernel_bias.stride()),
+            target.stride(0) if split > 1 else 0, *target.stride()[-3:])
+    flags = {"CONJ_A": conj_a, "CONJ_B": conj_b, "HAS_BIAS": in_kernel_bias is not None,
+             "WHILE_LOOP": interpreting(), "GROUP_M": CMM_GROUP_M}
+    if interpreting():
+        blk = CMM_INTERPRET_BLOCK
+        grid = (triton.cdiv(m, blk) * triton.cdiv(n, blk), split)
+        _cmm_kernel[grid](*args, **flags, BLOCK_M=blk, BLOCK_N=blk, BLOCK_K=blk)
+    else:
+        _cmm_tuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)](
+            *args, **flags)
+    if split == 1:
+        return out
+    total = target.sum(dim=0)
+    if bias is not None:
+        total += bias.float()[:, None, :]
+    return out.copy_(total)

@@ -112,4 +112,17 @@ def _(q, k, v, log_decay, eta, initial_state, grad_y, grad_state):
             torch.empty_like(v, memory_format=torch.contiguous_format), state)
 
 
-__all__ = ["bk_green_bwd", "bk_green_fwd", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
+@torch.library.custom_op("muse::complex_mm", mutates_args=())
+def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool,
+               conj_b: bool) -> torch.Tensor:
+    """Planes (2, M, N) of op(a) @ op(b) + bias for float16 planes a (2, M, K), b (2, K, N) of any strides
+    (transposed views are free), bias (2, N) or None, op = conj where asked: fp32 accumulation, one rounding."""
+    return _k().complex_mm(a, b, bias, conj_a, conj_b)
+
+
+@complex_mm.register_fake
+def _(a, b, bias, conj_a, conj_b):
+    return a.new_empty((2, a.shape[1], b.shape[2]))
+
+
+__all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]

@@ -45,6 +45,9 @@ def test_speed_benchmark_writes_a_report_on_cpu(tmp_path):
     ops = {(r["op"], r["variant"]): r for r in data["ops"]}
     assert ops[("layer_norm", "eager")]["status"] == "measured" and ops[("modrelu", "compiled")]["fwd_s"] > 0
     assert ops[("complex_linear", "eager")]["pct_of_real_gemm"] > 0
+    assert ops[("complex_linear", "eager")]["pct_of_real_fwd_bwd"] > 0
+    # CPU tensors run kernels only under the interpreter, which test sessions start with MUSE_KERNELS=0
+    assert ops[("complex_linear", "kernels")]["status"] == "not_measured"
     assert ops[("complex_linear", "compiled")]["fwd_s"] > 0  # the compiled op has its own row
     rows = {(r["model"], r["variant"]): r for r in data["models"]}
     assert len(rows) == 9
