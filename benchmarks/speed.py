@@ -156,7 +156,9 @@ def _impl_env(variant: str):
 
 def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: int, ceil: dict,
             variants: tuple[str, ...]) -> list[dict]:
-    """layer_norm / modrelu fwd and fwd+bwd per variant; complex linear vs one real GEMM (:func:`complex_linear_rows`)."""
+    """layer_norm / modrelu fwd and fwd+bwd per variant, timed as CUDA graphs (:func:`graph_seconds`: GPU work,
+    no host dispatch) against the copy ceiling and a copy of the same bytes timed the same way; complex linear
+    vs one real GEMM (:func:`complex_linear_rows`)."""
     dt = torch.float16  # the storage the models use and the kernels cover
     gen = torch.Generator().manual_seed(cfg.seed)
     w = torch.ones(d, dtype=dt, device=device, requires_grad=True)
@@ -172,25 +174,37 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
     def mr(p):
         return C.modrelu(C.ComplexTensor(p), bvec).planes
 
+    src = _rotation(lambda: (planes(), planes()), device, 2 * nbytes)
+    t_copy = graph_seconds(timer, lambda a, b: b.copy_(a), src, device)  # the same bytes as the op's forward
+    del src
+    copy_same = 2 * nbytes / t_copy / 1e9
     out = []
-    for name, fn in (("layer_norm", ln), ("modrelu", mr)):
-        for variant in (v for v in variants if not v.endswith("cudagraphs")):  # ops: graphs per call only
-            row = {"op": name, "variant": variant, "rows": rows, "d": d, "dtype": str(dt).replace("torch.", "")}
+    for name, fn, params in (("layer_norm", ln, (w, bvec)), ("modrelu", mr, (bvec,))):
+        for variant in (v for v in variants if not v.endswith("cudagraphs")):  # ops: timed as CUDA graphs anyway
+            row = {"op": name, "variant": variant, "rows": rows, "d": d, "dtype": str(dt).replace("torch.", ""),
+                   "timing": "CUDA graph of the calls over the rotation, per call" if device.type == "cuda"
+                   else "per call", "copy_same_bytes_GBps": copy_same}
             if "kernels" in variant and not kernels.use_kernel(w):
                 out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
                 continue
+            if variant.startswith("compiled"):
+                torch._dynamo.reset()  # dynamo caches by code object and the switch is read when it traces
             f = compile_model_fn(fn, cfg) if variant.startswith("compiled") else fn
             with _impl_env(variant):
                 fwd_sets = _rotation(lambda: (planes(),), device, nbytes)
                 with torch.no_grad():
-                    t_f = timer(_cycle(fwd_sets, f))
+                    t_f = graph_seconds(timer, f, fwd_sets, device)
                 bwd_sets = _rotation(lambda: (planes(True), planes()), device, 2 * nbytes)
-                t_b = timer(_cycle(bwd_sets, lambda p, g, f=f: torch.autograd.backward(f(p), g)))
+                t_b = graph_seconds(timer, lambda p, g, f=f, ps=params: torch.autograd.grad(f(p), (p, *ps), g),
+                                    bwd_sets, device)
             # fewest bytes: fwd reads z, writes y; fwd+bwd also reads z and dy again, writes dz
+            f_gbps, b_gbps = 2 * nbytes / t_f / 1e9, 5 * nbytes / t_b / 1e9
             out.append({**row, "status": "measured", "fwd_s": t_f, "fwd_bwd_s": t_b,
-                        "fwd_GBps": 2 * nbytes / t_f / 1e9, "fwd_bwd_GBps": 5 * nbytes / t_b / 1e9,
-                        "fwd_pct_copy": 100 * 2 * nbytes / t_f / 1e9 / ceil["copy_GBps"],
-                        "fwd_bwd_pct_copy": 100 * 5 * nbytes / t_b / 1e9 / ceil["copy_GBps"]})
+                        "fwd_GBps": f_gbps, "fwd_bwd_GBps": b_gbps,
+                        "fwd_pct_copy": 100 * f_gbps / ceil["copy_GBps"],
+                        "fwd_bwd_pct_copy": 100 * b_gbps / ceil["copy_GBps"],
+                        "fwd_pct_copy_same": 100 * f_gbps / copy_same,
+                        "fwd_bwd_pct_copy_same": 100 * b_gbps / copy_same})
             del fwd_sets, bwd_sets
     return out + complex_linear_rows(cfg, device, timer, rows, d, variants)
 
@@ -282,6 +296,30 @@ def time_complex_linear(rows: int = 4096, d: int = 512, device: str = "cuda",
              else f"timing: {Timer(dev).method}"]
     for r in complex_linear_rows(cfg, dev, Timer(dev), rows, d, tuple(variants)):
         lines.append(_complex_linear_line(r))
+    return "\n".join(lines)
+
+
+def time_ops(rows: int = 4096, d: int = 512, device: str = "cuda",
+             variants: tuple[str, ...] = ("eager", "kernels", "compiled", "compiled+kernels")) -> str:
+    """The op rows alone (layer_norm, modrelu, complex linear) at ``rows`` x ``d``, as markdown lines."""
+    from muse.train.distributed import resolve_device
+
+    cfg = SpeedConfig(device=device, variants=variants)
+    dev = resolve_device(device)
+    timer = Timer(dev)
+    ceil = ceilings(cfg, dev, timer)
+    lines = [f"rows {rows}, d {d}; copy ceiling {ceil['copy_GBps']:,.1f} GB/s; timing {timer.method}"]
+    for r in op_rows(cfg, dev, timer, rows, d, ceil, tuple(variants)):
+        if r["op"] == "complex_linear":
+            lines.append(_complex_linear_line(r))
+        elif r["status"] != "measured":
+            lines.append(f"{r['op']} {r['variant']}: {r['status']}: {r.get('reason', '')}")
+        else:
+            lines.append(f"{r['op']} {r['variant']}: fwd {r['fwd_s'] * 1e6:,.1f} µs {r['fwd_GBps']:,.0f} GB/s "
+                         f"({r['fwd_pct_copy']:.0f} % copy, {r['fwd_pct_copy_same']:.0f} % same-size copy "
+                         f"{r['copy_same_bytes_GBps']:,.0f} GB/s); fwd+bwd {r['fwd_bwd_s'] * 1e6:,.1f} µs "
+                         f"{r['fwd_bwd_GBps']:,.0f} GB/s ({r['fwd_bwd_pct_copy']:.0f} %, "
+                         f"{r['fwd_bwd_pct_copy_same']:.0f} %)")
     return "\n".join(lines)
 
 
@@ -520,7 +558,10 @@ def format_markdown(report: dict) -> str:
         f"- ceilings: copy {ceil['copy_GBps']:,.1f} GB/s; GEMM {ceil['gemm_TFLOPs']:,.4g} TFLOP/s "
         f"({ceil['gemm_dtype']}, n = {ceil['gemm_size']})", "",
         "## Ops", "",
-        "| op | variant | fwd µs | fwd GB/s (% copy) | fwd+bwd µs | fwd+bwd GB/s (% copy) |",
+        "Ops are timed as CUDA graphs of their calls (GPU work, no host dispatch); % copy is against the "
+        "ceiling, % same-size copy against a copy of the op's forward bytes timed the same way.", "",
+        "| op | variant | fwd µs | fwd GB/s (% copy; % same-size copy) | fwd+bwd µs "
+        "| fwd+bwd GB/s (% copy; % same-size copy) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in report["ops"]:
@@ -530,8 +571,8 @@ def format_markdown(report: dict) -> str:
             lines.append(f"| {r['op']} | {r['variant']} | {r['status']}: {r.get('reason', '')} | | | |")
             continue
         lines.append(f"| {r['op']} | {r['variant']} | {r['fwd_s'] * 1e6:,.1f} | {r['fwd_GBps']:,.1f} "
-                     f"({r['fwd_pct_copy']:.0f} %) | {r['fwd_bwd_s'] * 1e6:,.1f} | {r['fwd_bwd_GBps']:,.1f} "
-                     f"({r['fwd_bwd_pct_copy']:.0f} %) |")
+                     f"({r['fwd_pct_copy']:.0f} %; {r['fwd_pct_copy_same']:.0f} %) | {r['fwd_bwd_s'] * 1e6:,.1f} | "
+                     f"{r['fwd_bwd_GBps']:,.1f} ({r['fwd_bwd_pct_copy']:.0f} %; {r['fwd_bwd_pct_copy_same']:.0f} %) |")
     for r in report["ops"]:
         if r["op"] == "complex_linear":
             lines += ["", _complex_linear_line(r)]
