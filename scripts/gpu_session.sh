@@ -334,7 +334,21 @@ s6b)
   step "what is alive at the peak, Stage 1 seed"
   timeout 60 python3 scripts/peak_composition.py --model stage1 --device cuda --batch 2 --seq 1024 | tee "$OUT/peak-stage1.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b" >&2; exit 2 ;;
+s7a)
+  step "CUDA tests: the complex-linear kernel, the fused loss paths"
+  timeout 60 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_complex_linear.py \
+    tests/train/test_fused_loss.py tests/complex/test_complex_linalg.py 2>&1 | tee "$OUT/cuda-tests.txt" | tail -4
+  step "verify on CUDA: linear (eager, triton), the loss paths"
+  MUSE_VERIFY_IMPL=eager,triton timeout 50 python3 -m muse verify --profile ci --device cuda -n 4 \
+    -k "linear or loss" --out "$OUT/verify-cuda" 2>&1 | tail -4
+  step "fused (each model's path) vs full logits: memory B2, compiled training with CUDA graphs B4"
+  timeout 170 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --throughput-batch 4 \
+    --steps 10 --compile --compile-mode reduce-overhead | tee "$OUT/loss-graphs.jsonl"
+  step "Stage 1 criteria with the mix Stage 1, Phase 2, references (the current tree)"
+  timeout 290 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
