@@ -177,6 +177,21 @@ def test_an_optimizer_step_moves_the_head_with_the_table():
     assert torch.equal(model.lm_head.weight, model.embedding.weight[0])
 
 
+def test_logits_counter_reads_the_tied_table():
+    """A huge real-table row of a token absent from the input: the embedding stage stays clean,
+    the logits' bound (read from the head's weight, i.e. the table) is counted."""
+    model = _model().eval()
+    ids = _ids()
+    unused = sorted(set(range(VOCAB)) - set(ids.flatten().tolist()))[0]
+    model(ids)
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 0
+    with torch.no_grad():
+        model.embedding.weight[0, unused] = 3e4
+    model(ids)
+    by_stage = model.get_statistics()["nonfinite_by_stage"]
+    assert by_stage["logits"] == 1 and by_stage["embedding"] == 0
+
+
 # ------------------------------------------------------------------ checkpoints
 def test_state_dict_round_trip_keeps_the_tie():
     model, other = _model(seed=0), _model(seed=1)
