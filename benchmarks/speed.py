@@ -375,13 +375,13 @@ class Complex64Stage1(nn.Module):
 def gemm_flops_per_token(model: nn.Module) -> int:
     """Forward GEMM FLOPs per token: 2 x the real multiply-adds of every linear map (a complex
     d x d map is one real 2d x 2d GEMM); attention's S-dependent products are not counted."""
-    from muse.nn import ComplexLinear
+    from muse.nn import ComplexLinear, TiedRealHead
 
     total = 0
     for m in model.modules():
         if isinstance(m, ComplexLinear):
             total += 2 * (2 * m.in_features) * (2 * m.out_features)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear | TiedRealHead):
             total += 2 * m.in_features * m.out_features
         elif isinstance(m, Complex64Stage1):
             total += sum(2 * 4 * w.shape[0] * w.shape[1] for w in m.w)

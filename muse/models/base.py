@@ -4,6 +4,8 @@ A model defines ``embed`` (ids -> activations), ``blocks`` (called as ``block(x,
 ``stats`` a dict to fill with the block's diagnostics or None), ``final_norm``,
 ``head_input`` (activations -> the real (B, S, d) tensor the head reads; identity by
 default) and ``lm_head`` (a module with ``.weight`` (V, d) and ``.bias`` (V,) or None).
+``lm_head.weight`` is the one accessor of the head's weight (forward, the fused loss, the
+counters below): a parameter, or for a tied head a view of the token table.
 
 The counters live on the model's device and are updated without host syncs: slot 0
 counts forwards whose embedding held a NaN/Inf, slot i+1 layer i, the last slot forwards

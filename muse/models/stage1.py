@@ -13,6 +13,9 @@ and drop out as the seed's code does; ``docs/architecture.md`` lists where MUSE
 departs from that code and why.  The seed's names (``Phase3Stage1Config``,
 ``Phase3Stage1Block``, ``Phase3Stage1Model``, ``create_phase3_stage1_model``) are
 kept for seed scripts.
+
+``tie_head`` (variants only) makes the head's weight the real plane of the token table
+(:class:`muse.nn.TiedRealHead`): vocab x d_model fewer parameters, the head keeps its bias.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from muse.nn import (
     ComplexRecurrence,
     ModReLU,
     RealLinear,
+    TiedRealHead,
 )
 from muse.nn.embedding import EMBEDDING_INITS
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
@@ -79,6 +83,8 @@ class Stage1Config:
     lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
     conv_kernel: int = 0  # width of the recurrence's causal input convolution; 0 = none
     gate: bool = False  # the recurrence's complex output gate, modReLU(G x)
+    # variants only: the head's weight IS the real plane of the token table (weight tying, own bias)
+    tie_head: bool = False
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -156,7 +162,10 @@ def _check_variant_fields(config: Stage1Config) -> None:
     check_choice("lambda_kind", config.lambda_kind, LAMBDA_KINDS)
     check_int("conv_kernel", config.conv_kernel, min_value=0)
     check_type("gate", config.gate, bool, "a bool")
-
+    check_type("tie_head", config.tie_head, bool, "a bool")
+    if config.tie_head and config.is_seed_block:
+        raise ValueError("tie_head=True needs a variant block (mixer or ffn other than 'none'); "
+                         "the seed block keeps the seed's untied head")
 
 
 class Stage1Block(nn.Module):
@@ -304,8 +313,11 @@ class Stage1Model(LanguageModel):
                                           init=config.embedding_init, dropout_mode=config.dropout_mode)
         self.blocks = nn.ModuleList(_block(config, dt, device) for _ in range(config.n_layers))
         self.final_norm = ComplexLayerNorm(config.d_model, config.layer_norm_eps, dtype=dt, device=device)
-        self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device,
-                                  init=config.head_init)
+        if config.tie_head:
+            self.lm_head = TiedRealHead(self.embedding, init=config.head_init)
+        else:
+            self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device,
+                                      init=config.head_init)
 
     @property
     def vocab_size(self) -> int:
@@ -450,7 +462,8 @@ def expected_parameter_count(config: Stage1Config) -> int:
     block = 2 * (2 * d) + (2 * d * d + 2 * d) + d  # two LNs, complex linear + bias, modReLU bias
     if not config.is_seed_block:
         block = _variant_block_parameter_count(config)
-    return embedding + n * block + 2 * d + (d * v + v)
+    head = v if config.tie_head else d * v + v  # a tied head's weight is the embedding's real table
+    return embedding + n * block + 2 * d + head
 
 
 def expected_trainable_count(config: Stage1Config) -> int:

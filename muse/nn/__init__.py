@@ -1,9 +1,10 @@
 """Modules: complex ones are thin wrappers whose forward is one call into ``muse.complex``;
-``RealLinear`` and ``RealFeedForward`` serve the real LM heads and the real models."""
+``RealLinear`` and ``RealFeedForward`` serve the real LM heads and the real models;
+``TiedRealHead`` is a head tied to a ComplexEmbedding's real table."""
 
 from muse.nn.activation import ModReLU
 from muse.nn.dropout import ComplexDropout
-from muse.nn.embedding import ComplexEmbedding
+from muse.nn.embedding import ComplexEmbedding, TiedRealHead
 from muse.nn.feedforward import RealFeedForward
 from muse.nn.linear import ComplexLinear, RealLinear
 from muse.nn.mixers import ComplexRecurrence
@@ -11,5 +12,5 @@ from muse.nn.norm import ComplexLayerNorm
 
 __all__ = [
     "ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ComplexRecurrence", "ModReLU",
-    "RealFeedForward", "RealLinear",
+    "RealFeedForward", "RealLinear", "TiedRealHead",
 ]

@@ -18,6 +18,7 @@ from muse._checks import (
     check_type,
 )
 from muse.init import ZetaEmbedding, zeta_position_table
+from muse.nn.linear import HEAD_INITS, check_head_input
 
 #: Token-table init: "normal" = each part ~ N(0, 1/2), so E|z|^2 = 1; "zeta" = the zeta
 #: position pattern indexed by token id, row t = zeta_position_table row t, times zeta_scale
@@ -96,3 +97,48 @@ class ComplexEmbedding(nn.Module):
         return (f"vocab_size={self.vocab_size}, d_model={self.d_model}, max_seq_len={self.max_seq_len}, "
                 f"dropout={self.p}, initial_phase={self.initial_phase}, init={self.init}, "
                 f"dropout_mode={self.dropout_mode}")
+
+
+class TiedRealHead(nn.Module):
+    """An LM head whose (V, d) weight IS the real plane of a :class:`ComplexEmbedding`'s token
+    table (weight tying, Press & Wolf 2017); it owns only its bias (V,).
+
+    A Stage 1 head reads Re(final hidden), so scoring it against the real token table is the
+    natural tie.  ``weight`` is ``embedding.weight[0]``, a view read at each use (the table's
+    dtype, contiguous, no copy), so the one table parameter collects the gradients of both uses
+    and a state dict holds it once.  The embedding is referenced, not registered as a submodule:
+    its parameters stay named and counted under the embedding.  ``init`` (:data:`HEAD_INITS`)
+    sets the bias as :class:`RealLinear`'s does: "default" U(-1/sqrt(d), 1/sqrt(d)), "normal" 0.
+    """
+
+    def __init__(self, embedding: ComplexEmbedding, init: str = "default"):
+        super().__init__()
+        check_type("embedding", embedding, ComplexEmbedding, "a ComplexEmbedding")
+        self.init = check_choice("init", init, HEAD_INITS)
+        self.in_features, self.out_features = embedding.d_model, embedding.vocab_size
+        self.__dict__["embedding"] = embedding  # a plain reference: not a submodule, no second copy
+        table = embedding.weight
+        self.bias = nn.Parameter(torch.empty(embedding.vocab_size, dtype=table.dtype, device=table.device))
+        self.reset_parameters()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (V, d) real plane of the embedding's token table (a view)."""
+        return self.embedding.weight_real
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The bias only: the weight is the embedding's to initialise."""
+        if self.init == "default":
+            bound = 1 / self.in_features**0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        check_head_input(x, self.in_features, weight.dtype)
+        return C.gemm_linear(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied to the embedding's real plane"

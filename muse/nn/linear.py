@@ -92,10 +92,16 @@ class RealLinear(nn.Linear):
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have {self.in_features} features in its last dim, got shape {tuple(x.shape)}")
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but the layer holds {self.weight.dtype}")
+        check_head_input(x, self.in_features, self.weight.dtype)
         return C.gemm_linear(x, self.weight, self.bias)
+
+
+def check_head_input(x: object, in_features: int, dtype: torch.dtype) -> None:
+    """The input checks of a real head (:class:`RealLinear`, ``TiedRealHead``): a tensor with
+    ``in_features`` in its last dim, in the head's ``dtype``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have {in_features} features in its last dim, got shape {tuple(x.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the layer holds {dtype}")

@@ -12,7 +12,9 @@ Both skip (and count) any step whose gradients are not finite, so a NaN batch ne
 changes the weights and never goes unnoticed. Weight decay applies to the weight
 matrices of linear layers only; norms, biases, embeddings and the position table are
 not decayed (decaying an embedding shrinks rare tokens' rows, and decaying a norm gain
-pulls it towards 0 rather than towards its identity value 1).
+pulls it towards 0 rather than towards its identity value 1).  A head tied to the token
+table (Stage 1's ``tie_head``) owns no weight parameter: the table is one parameter, listed
+once, and not decayed, as an embedding (it holds the imaginary plane too, which only embeds).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def decay_parameter_names(model: nn.Module) -> set[str]:
 
     A linear layer is any module with ``in_features`` and ``out_features`` (``nn.Linear``,
     ``ComplexLinear``, ``RealLinear``), so planar complex weights (2, out, in) are covered
-    while planar complex biases (2, out), which are 2-D too, are not.
+    while planar complex biases (2, out), which are 2-D too, are not.  A tied head's ``weight``
+    is a view of the embedding table, not a parameter of its own, so it is not listed.
     """
     names = set()
     for mod_name, module in model.named_modules():

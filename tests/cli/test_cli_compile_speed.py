@@ -91,3 +91,12 @@ def test_cudagraph_variants_are_not_measured_on_cpu(tmp_path):
     rows = run_speed_benchmark(cfg, command="test")["models"]
     assert [r["status"] for r in rows] == ["not_measured", "not_measured"]
     assert all(r["autocast"] is None for r in rows)  # autocast is CUDA-only
+
+
+def test_a_tied_head_counts_the_head_gemm():
+    from benchmarks.speed import build
+
+    sizes = {"vocab_size": 64, "d_model": 16, "n_layers": 2}
+    tied = build("stage1", SpeedConfig(preset="mix-tiny", model_overrides={**sizes, "tie_head": True}), "cpu")
+    untied = build("stage1", SpeedConfig(preset="mix-tiny", model_overrides=sizes), "cpu")
+    assert gemm_flops_per_token(tied) == gemm_flops_per_token(untied) > 2 * 16 * 64

@@ -1,8 +1,9 @@
 """Causality of every registered language model: logits at positions <= t never see tokens after t.
 
 Parametrised over ``muse.models.MODELS``, so each model added to the registry is
-checked without touching this file.  Each model is built at its "tiny" preset in
-eval mode (no dropout), in float64 where ``.double()`` is supported.
+checked without touching this file, and over the variants in ``VARIANTS``.  Each model is
+built at its "tiny" preset (a variant at its own preset) in eval mode (no dropout), in
+float64 where ``.double()`` is supported.
 
 The check is exact (``torch.equal``): on CPU the same shapes run the same kernels
 with the same reduction order, and a causal model combines later positions only
@@ -20,15 +21,19 @@ from muse.models import MODELS, build_model
 
 SEQ = 40
 CUTS = [0, 1, SEQ // 2, SEQ - 2]
+# Variants beyond a model's "tiny" preset: id -> (model, preset, config overrides).
+VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True})}
 
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def _model(name: str):
-    """The tiny preset in eval mode, float64 if the model supports ``.double()``, else its own dtype."""
+    """The tiny preset (or the variant ``name`` of VARIANTS) in eval mode, float64 if the model
+    supports ``.double()``, else its own dtype."""
+    model_name, preset, overrides = VARIANTS.get(name, (name, "tiny", {}))
     torch.manual_seed(0)
-    model = build_model(name, "tiny").eval()
+    model = build_model(model_name, preset, **overrides).eval()
     probe = torch.zeros(1, 2, dtype=torch.long)
     try:
         model.double()
@@ -36,11 +41,11 @@ def _model(name: str):
             model(probe)
     except (RuntimeError, TypeError, NotImplementedError):
         torch.manual_seed(0)
-        model = build_model(name, "tiny").eval()
+        model = build_model(model_name, preset, **overrides).eval()
     return model
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+@pytest.fixture(scope="module", params=sorted(MODELS) + sorted(VARIANTS))
 def model(request):
     return _model(request.param)
 

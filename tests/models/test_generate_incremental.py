@@ -14,12 +14,15 @@ from muse.train.generate import generate, sample_next
 from muse.train.synthetic import repeated_sequence
 
 VOCAB = 97
-CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny"), ("phase2", "original-tiny")]
+CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny"), ("stage1", "mix-tiny+tied"),
+                                                      ("phase2", "original-tiny")]
 
 
 def _model(name: str, preset: str):
+    """``preset`` with the suffix "+tied": that preset with ``tie_head=True`` (the tied Stage 1 head)."""
+    preset, tied, _ = preset.partition("+tied")
     torch.manual_seed(0)
-    return build_model(name, preset, vocab_size=VOCAB).eval()
+    return build_model(name, preset, vocab_size=VOCAB, **({"tie_head": True} if tied else {})).eval()
 
 
 @pytest.mark.parametrize(("name", "preset"), CASES)

@@ -16,11 +16,15 @@ import torch
 from muse.models import build_model
 
 
-@pytest.mark.parametrize(("name", "backend"), [("stage1", "aot_eager"), ("phase2", "eager")])
-def test_model_compiles_fullgraph_and_matches_eager(name, backend):
+@pytest.mark.parametrize(("name", "preset", "extra", "backend"), [
+    ("stage1", "tiny", {}, "aot_eager"),
+    ("stage1", "mix-tiny", {"tie_head": True, "d_ffn": 32}, "aot_eager"),  # the head tied to the token table
+    ("phase2", "tiny", {}, "eager"),
+])
+def test_model_compiles_fullgraph_and_matches_eager(name, preset, extra, backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = build_model(name, "tiny", vocab_size=97, d_model=16, n_layers=1, max_seq_len=16, dropout=0.0)
+    model = build_model(name, preset, vocab_size=97, d_model=16, n_layers=1, max_seq_len=16, dropout=0.0, **extra)
     ids = torch.randint(0, 97, (2, 12))
     eager = model(ids)
     compiled = torch.compile(model, fullgraph=True, backend=backend)

@@ -14,10 +14,12 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name, preset", [("stage1", "mix-tiny"), ("gpt", "tiny"), ("phase2", "tiny")])
-def test_compiled_loss_equals_eager(name, preset):
+@pytest.mark.parametrize("name, preset, extra", [
+    ("stage1", "mix-tiny", {}), ("stage1", "mix-tiny", {"tie_head": True}), ("gpt", "tiny", {}), ("phase2", "tiny", {}),
+])
+def test_compiled_loss_equals_eager(name, preset, extra):
     torch.manual_seed(0)
-    model = build_model(name, preset, dropout=0.0)
+    model = build_model(name, preset, dropout=0.0, **extra)
     v = model.config.vocab_size
     ids, targets = torch.randint(0, v, (2, 40)), torch.randint(0, v, (2, 40))
     targets[0, :5] = -100  # ignored targets take the same path
