@@ -14,13 +14,15 @@ departs from that code and why.  The seed's names (``Phase3Stage1Config``,
 ``Phase3Stage1Block``, ``Phase3Stage1Model``, ``create_phase3_stage1_model``) are
 kept for seed scripts.
 
-``tie_head`` (variants only) makes the head's weight the real plane of the token table
+``tie_head`` (variants only) makes the head's weight the real plane of the token table (the head
+then reads Re(h) scaled by ``tied_head_scale(d)``, a power of two near d^-1/2)
 (:class:`muse.nn.TiedRealHead`): vocab x d_model fewer parameters, the head keeps its bias.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -339,7 +341,11 @@ class Stage1Model(LanguageModel):
         return self.embedding(input_ids, positions)  # (B, S, d) complex
 
     def head_input(self, z: C.ComplexTensor) -> torch.Tensor:
-        return z.real  # (B, S, d), the storage dtype
+        """Re(z) (B, S, d) in the storage dtype; with a tied head times :func:`tied_head_scale` (exact:
+        a power of two), so the logits start near unit scale whatever the token table's init."""
+        if self.config.tie_head:
+            return z.real * tied_head_scale(self.config.d_model)
+        return z.real
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: Stage1State | None = None
@@ -422,6 +428,13 @@ class Stage1Model(LanguageModel):
                 buffer.planes.copy_(value.planes)
         state.position.add_(1)
         return logits[:, -1]
+
+
+def tied_head_scale(d_model: int) -> float:
+    """2^-floor(log2(d) / 2), about d^-1/2 (T5's scale before a tied head): unit-variance Re(h)
+    against a token table of O(1) entries gives logits of O(1), not O(sqrt d) (std ~12 at d = 512,
+    N(0, 1/2) tables, unscaled)."""
+    return 2.0 ** -(int(math.log2(d_model)) // 2)
 
 
 def Phase3Stage1Config(vocab_size: int, d_model: int = 512, n_layers: int = 6, n_seq: int = 2048,  # noqa: N802

@@ -8,6 +8,8 @@ variant are checked in the files that parametrise those tests over models.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 
 from muse.cli import main
 from muse.models import Stage1Config, Stage1Model, build_model, make_config
-from muse.models.stage1 import expected_parameter_count, expected_trainable_count
+from muse.models.stage1 import expected_parameter_count, expected_trainable_count, tied_head_scale
 from muse.nn import TiedRealHead
 from muse.train import load_checkpoint, train
 from muse.train.checkpoint import model_from_checkpoint
@@ -95,7 +97,9 @@ def test_logits_are_real_hidden_times_the_real_table_plus_bias(use_complex32):
         logits = model(ids)
         h = model(ids, return_hidden=True)
         z = model.final_norm(model.blocks[1](model.blocks[0](model.embedding(ids))))
-    assert torch.equal(h, z.real)  # the head reads Re(final hidden)
+    scale = tied_head_scale(model.config.d_model)
+    assert scale == 2.0 ** -(int(math.log2(model.config.d_model)) // 2) and 0 < scale < 1
+    assert torch.equal(h, z.real * scale)  # the head reads Re(final hidden), scaled by a power of two
     ref = h.double() @ model.embedding.weight[0].double().T + model.lm_head.bias.double()
     assert logits.dtype == model.config.dtype
     # fp32 accumulation, one rounding to the storage dtype (half an ulp of each logit) in fp16
@@ -129,13 +133,15 @@ def test_fused_loss_equals_the_full_logits_loss(use_complex32):
 @pytest.mark.parametrize("loss", ["full", "fused"])
 def test_table_gradient_is_the_sum_of_both_uses(loss):
     """fp32 planes: the tied table's gradient equals, exactly, the embedding gradient plus the head
-    gradient of an untied model whose head weight is the real table (same values, same order)."""
+    gradient of an untied model whose head weight is the real table times the tied head's input scale
+    (the same logits; a power of two, so every product is the same up to that exact factor)."""
     tied = _model(dropout=0.0, use_complex32=False)
     torch.manual_seed(0)
     untied = build_model("stage1", "mix-tiny", **{**SMALL, "dropout": 0.0, "use_complex32": False})
+    scale = tied_head_scale(tied.config.d_model)
     with torch.no_grad():
         for name, p in untied.named_parameters():
-            source = tied.embedding.weight[0] if name == "lm_head.weight" else tied.get_parameter(name)
+            source = tied.embedding.weight[0] * scale if name == "lm_head.weight" else tied.get_parameter(name)
             p.copy_(source)
     ids, targets = _ids(), _ids(seed=2)
     for model in (tied, untied):
@@ -145,7 +151,7 @@ def test_table_gradient_is_the_sum_of_both_uses(loss):
             F.cross_entropy(model(ids).flatten(0, 1), targets.flatten()).backward()
     emb, head = untied.embedding.weight.grad, untied.lm_head.weight.grad
     assert head.abs().sum() > 0 and emb[0].abs().sum() > 0
-    assert torch.equal(tied.embedding.weight.grad[0], emb[0] + head)
+    assert torch.equal(tied.embedding.weight.grad[0], emb[0] + scale * head)
     assert torch.equal(tied.embedding.weight.grad[1], emb[1])
     assert torch.equal(tied.lm_head.bias.grad, untied.lm_head.bias.grad)
 
