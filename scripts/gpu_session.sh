@@ -22,6 +22,21 @@ BUDGET=(--tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --se
 # still returns the outputs of its finished steps (keep a phase's step limits under 600 s in all)
 pack() { tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 2>/dev/null; }
 step() { pack; echo; echo "=== $(date -u +%FT%TZ) $*"; }
+# sweep P LIMIT FILE: `muse train "${TRAIN[@]}" ARGS --out $OUT/NAME` for each line NAME|ARGS of FILE,
+# P at a time; whatever still runs after LIMIT seconds is killed (its log so far is kept)
+sweep() {
+  local p=$1 limit=$2 file=$3 name args
+  ( sleep "$limit"; pkill -f "muse train" ) & local killer=$!
+  while IFS='|' read -r name args; do
+    while [ "$(jobs -rp | wc -l)" -gt "$p" ]; do wait -n; done
+    mkdir -p "$OUT/$name"
+    # shellcheck disable=SC2086
+    ( python3 -m muse train "${TRAIN[@]}" $args --out "$OUT/$name" > "$OUT/$name/stdout.txt" 2>&1
+      echo "$name rc=$? $(date -u +%T)" ) &
+  done < "$file"
+  while [ "$(jobs -rp | wc -l)" -gt 1 ]; do wait -n; done
+  kill "$killer" 2>/dev/null
+}
 
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
@@ -348,7 +363,33 @@ s7a)
   timeout 290 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
     --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a" >&2; exit 2 ;;
+s7b)
+  step "ops as CUDA graphs: layer_norm, modrelu, complex linear (eager, kernels, compiled, compiled+kernels)"
+  timeout 90 python3 -c "from benchmarks.speed import time_ops; print(time_ops(4096, 512))" 2>&1 \
+    | grep -v Warning | tee "$OUT/ops.txt"
+  step "CUDA tests of the complex-linear kernel"
+  timeout 45 python3 -m pytest -q -n 8 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_complex_linear.py \
+    2>&1 | tee "$OUT/cuda-tests.txt" | tail -3
+  step "issue 12 sweep: the 4x budget trend and mix ablations, eager, 6 runs at a time on the one GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --seed 1337
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "x4-mix|--model stage1 --preset mix --tokens 6291456" \
+    "x4-phase2|--model phase2 --preset seed --tokens 6291456" \
+    "x4-gpt|--model gpt --preset seed --tokens 6291456" \
+    "x4-stage1-seed|--model stage1 --preset seed --tokens 6291456" \
+    "mix-tied|--model stage1 --preset mix --tokens 1572864 --model-arg tie_head=true" \
+    "mix-dropout0.2|--model stage1 --preset mix --tokens 1572864 --dropout 0.2" \
+    "mix-tied-dropout0.2|--model stage1 --preset mix --tokens 1572864 --model-arg tie_head=true --dropout 0.2" \
+    "mix-ffn-only|--model stage1 --preset mix --tokens 1572864 --model-arg mixer=none" \
+    "mix-real-lambda|--model stage1 --preset mix --tokens 1572864 --model-arg lambda_kind=real" \
+    "mix-dropout0.3|--model stage1 --preset mix --tokens 1572864 --dropout 0.3" \
+    "mix-tied-lr2e-3|--model stage1 --preset mix --tokens 1572864 --model-arg tie_head=true --lr 2e-3 --min-lr 2e-4" \
+    > "$OUT/runs.txt"
+  sweep 6 420 "$OUT/runs.txt"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
