@@ -360,24 +360,26 @@ class _VocabChunks:
         self.storage = hidden.dtype
         self.gemm_dtype = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
         self.h = hidden.to(self.gemm_dtype)
-        self.w = weight.to(self.gemm_dtype)
-        self.b = None if bias is None else bias.to(self.gemm_dtype)
+        # the weight and bias stay in their dtype and are converted a chunk at a time: no (V, d) copy
+        # in the GEMM dtype (fp16 weights on CPU, fp32 under autocast) is ever alive
+        self.w, self.b = weight, bias
         self._tail = None
 
     def __iter__(self):
         return ((v0, min(v0 + self.chunk, self.v)) for v0 in range(0, self.v, self.chunk))
 
     def weight_rows(self, v0: int) -> torch.Tensor:
+        """Rows v0.. of the weight in the GEMM dtype (the padded tail for the last chunk on CUDA)."""
         if self.pad and v0 + self.chunk > self.v:
             return self._padded(v0)[0]
-        return self.w[v0 : v0 + self.chunk]
+        return self.w[v0 : v0 + self.chunk].to(self.gemm_dtype)
 
     def _padded(self, v0: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tail is None:
             rows = self.v - v0
-            w = self.w.new_zeros(self.chunk, self.w.shape[1])
+            w = self.w.new_zeros(self.chunk, self.w.shape[1], dtype=self.gemm_dtype)
             w[:rows] = self.w[v0:]
-            b = self.w.new_full((self.chunk,), -torch.inf)
+            b = self.w.new_full((self.chunk,), -torch.inf, dtype=self.gemm_dtype)
             b[:rows] = 0.0 if self.b is None else self.b[v0:]
             self._tail = (w, b)
         return self._tail
@@ -386,9 +388,10 @@ class _VocabChunks:
         """(n,) logit of each token's target in the compute dtype: an fp32 dot product of d terms
         plus the bias, rounded once to the storage dtype (within the logits' bound of the GEMM's)."""
         acc = C.compute_dtype(self.storage)
-        z = (self.h.to(acc) * self.w[targets].to(acc)).sum(1)
+        gd = self.gemm_dtype  # the rows as the GEMM sees them (bf16 under autocast), then fp32
+        z = (self.h.to(acc) * self.w[targets].to(gd).to(acc)).sum(1)
         if self.b is not None:
-            z = z + self.b[targets].to(acc)
+            z = z + self.b[targets].to(gd).to(acc)
         return z.to(self.storage).to(acc)
 
     def logits(self, v0: int) -> torch.Tensor:
@@ -397,8 +400,11 @@ class _VocabChunks:
             w, b = self._padded(v0)
             z = torch.addmm(b, self.h, w.t())
         else:
-            w = self.w[v0 : v0 + self.chunk]
-            z = torch.mm(self.h, w.t()) if self.b is None else torch.addmm(self.b[v0 : v0 + self.chunk], self.h, w.t())
+            w = self.w[v0 : v0 + self.chunk].to(self.gemm_dtype)
+            if self.b is None:
+                z = torch.mm(self.h, w.t())
+            else:
+                z = torch.addmm(self.b[v0 : v0 + self.chunk].to(self.gemm_dtype), self.h, w.t())
         return z.to(self.storage)
 
 

@@ -232,6 +232,20 @@ def test_token_chunked_backward_runs_once():
         loss.backward()
 
 
+def test_fp16_weight_is_converted_a_chunk_at_a_time():
+    """On CPU the GEMMs run in fp32: each chunk's weight rows are converted, never the whole (V, d) table."""
+    n, d, v, chunk = 64, 64, 4096, 512
+    h, w, b, t = _case(n=n, d=d, v=v, ignore_every=0, dtype=torch.float16)
+    with LiveTensorBytes() as mem:
+        mem.track([h, w, b, t])
+        before = mem.current
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked").backward()
+    returned = (n * d + v * d + v) * 2 + n * d * 4 + n * (d + 8) * 4  # fp16 grads, fp32 d(hidden), fp32 [h | 1]
+    working = 3 * n * chunk * 4 + 2 * chunk * (d + 8) * 4  # a chunk's logits, dlogits, its fp32 rows and weight grad
+    assert mem.peak - before <= returned + working + 64 * 1024, mem.peak - before
+    assert working + 64 * 1024 < v * d * 4  # an fp32 copy of the table (1 MiB) would not fit
+
+
 def test_auto_chunk_size_fits_the_budget():
     mib64 = 64 * 2**20
     assert auto_chunk_size(50257, 2048, torch.float16, mib64) == 4096  # 64 MiB / (8 B x 2048) = 4096 rows
