@@ -15,6 +15,7 @@ Nothing is ever unpickled: loading is ``safetensors.torch.load_file`` and ``json
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -161,12 +162,32 @@ def check_compatible(ckpt: Checkpoint, model_name: str, model_config: dict, traj
     """ValueError unless the checkpoint's model and loss-curve settings equal this run's."""
     if ckpt.model_name != model_name:
         raise ValueError(f"checkpoint is a {ckpt.model_name!r} model, this run builds {model_name!r}")
-    diff = _diff(ckpt.model_config, model_config)
+    diff = _diff(_with_defaults(model_name, ckpt.model_config), model_config)
     if diff:
         raise ValueError(f"checkpoint model config differs from this run's: {diff}")
     diff = _diff({k: ckpt.train_config.get(k) for k in trajectory}, trajectory)
     if diff:
         raise ValueError(f"checkpoint training settings differ from this run's (resume needs the same): {diff}")
+
+
+def _with_defaults(model_name: str, saved: dict) -> dict:
+    """``saved`` with the model config's default for every field it lacks: a checkpoint written before a
+    field existed was built as that field's default builds (new fields default to the old behaviour),
+    which is also how :func:`model_from_checkpoint` rebuilds it."""
+    from muse.models.registry import MODELS
+
+    spec = MODELS.get(model_name)
+    if spec is None or not dataclasses.is_dataclass(spec.config_cls):
+        return saved
+    filled = dict(saved)
+    for f in dataclasses.fields(spec.config_cls):
+        if f.name in filled:
+            continue
+        if f.default is not dataclasses.MISSING:
+            filled[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            filled[f.name] = f.default_factory()
+    return filled
 
 
 def _diff(saved: dict, current: dict) -> str:

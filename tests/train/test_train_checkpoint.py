@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -89,6 +90,18 @@ def test_resume_refuses_another_model_config(trained, tmp_path):
                         model_overrides=dict(vocab_size=64, d_model=32, n_layers=1, max_seq_len=32, dropout=0.1))
     with pytest.raises(ValueError, match="model config differs.*d_model: checkpoint 16 vs run 32"):
         train(other, DATA)
+
+
+def test_a_field_added_after_the_checkpoint_compares_as_its_default(trained):
+    """A checkpoint written before a config field existed (the field missing from its model_config)
+    resumes when the run uses the field's default, and is refused when it does not."""
+    ck = ckpt_io.load_checkpoint(trained / "last.safetensors")
+    current = dict(ck.model_config)
+    old = dataclasses.replace(ck, model_config={k: v for k, v in current.items() if k != "tie_head"})
+    assert "tie_head" in current and current["tie_head"] is False
+    ckpt_io.check_compatible(old, ck.model_name, current, {})
+    with pytest.raises(ValueError, match="tie_head: checkpoint False vs run True"):
+        ckpt_io.check_compatible(old, ck.model_name, {**current, "tie_head": True}, {})
 
 
 def test_resume_refuses_other_training_settings(trained, tmp_path):
