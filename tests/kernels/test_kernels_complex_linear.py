@@ -23,13 +23,9 @@ import torch
 
 import muse.complex as C
 from muse import kernels
+from tests.kernels._launches import DEVICES, count_launches
 from verification import bounds
 from verification.ulp import F16, ulp
-
-CUDA = torch.cuda.is_available()
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
-                                                  pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]
 
 if not kernels.HAS_TRITON:
     pytest.skip("triton is not installed (pip install -e '.[triton]')", allow_module_level=True)
@@ -37,20 +33,9 @@ if not kernels.HAS_TRITON:
 
 @pytest.fixture
 def launches(monkeypatch, kernel_device):
-    """Kernels on (for CPU: the interpreter must be on, see verification.plugin); counts launches."""
-    if kernel_device == "cpu" and not kernels.interpreting():
-        pytest.skip("Triton kernels on CPU need TRITON_INTERPRET=1 before triton is imported")
-    monkeypatch.setenv(kernels.ENV, "1")
-    from muse.kernels import _triton
-
-    counts = {"complex_mm": 0}
-    fn = _triton.complex_mm
-
-    def counted(*args, **kw):
-        counts["complex_mm"] += 1
-        return fn(*args, **kw)
-
-    monkeypatch.setattr(_triton, "complex_mm", counted)
+    """Kernels on; counts the wrappers' launches (tests/kernels/_launches.py)."""
+    counts = count_launches(monkeypatch, kernel_device, ("complex_mm",))
+    counts["complex_mm"] = 0
     return counts
 
 

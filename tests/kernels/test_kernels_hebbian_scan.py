@@ -34,11 +34,8 @@ import torch
 from muse import kernels
 from muse.scan import hebbian_parallel, hebbian_parallel_with_state, hebbian_sequential
 from muse.scan.hebbian import hebbian_reference_with_state
+from tests.kernels._launches import DEVICES, count_launches
 
-CUDA = torch.cuda.is_available()
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
-                                                  pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]
 U = 2.0**-24
 BT = 16  # muse.kernels._triton.HEBB_CHUNK
 
@@ -48,22 +45,11 @@ if not kernels.HAS_TRITON:
 
 @pytest.fixture
 def launches(monkeypatch, kernel_device):
-    """Kernels on (for CPU: the interpreter must be on, see verification.plugin); counts launches."""
-    if kernel_device == "cpu" and not kernels.interpreting():
-        pytest.skip("Triton kernels on CPU need TRITON_INTERPRET=1 before triton is imported")
-    monkeypatch.setenv(kernels.ENV, "1")
+    """Kernels on; counts the wrappers' launches (tests/kernels/_launches.py)."""
+    counts = count_launches(monkeypatch, kernel_device, ("hebbian_forward", "hebbian_backward"))
     from muse.kernels import _triton
 
     assert _triton.HEBB_CHUNK == BT
-    counts: dict[str, int] = {}
-    for name in ("hebbian_forward", "hebbian_backward"):
-        fn = getattr(_triton, name)
-
-        def counted(*args, _fn=fn, _name=name):
-            counts[_name] = counts.get(_name, 0) + 1
-            return _fn(*args)
-
-        monkeypatch.setattr(_triton, name, counted)
     return counts
 
 

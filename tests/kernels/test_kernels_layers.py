@@ -13,11 +13,7 @@ import torch
 
 import muse.complex as C
 from muse import kernels
-
-CUDA = torch.cuda.is_available()
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
-                                                  pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]
+from tests.kernels._launches import DEVICES, count_launches
 
 if not kernels.HAS_TRITON:
     pytest.skip("triton is not installed (pip install -e '.[triton]')", allow_module_level=True)
@@ -25,21 +21,8 @@ if not kernels.HAS_TRITON:
 
 @pytest.fixture
 def launches(monkeypatch, kernel_device):
-    """Kernels on (for CPU: the interpreter must be on, see verification.plugin); counts launches."""
-    if kernel_device == "cpu" and not kernels.interpreting():
-        pytest.skip("Triton kernels on CPU need TRITON_INTERPRET=1 before triton is imported")
-    monkeypatch.setenv(kernels.ENV, "1")
-    from muse.kernels import _triton
-
-    counts: dict[str, int] = {}
-    for name in ("layer_norm_forward", "layer_norm_backward", "modrelu_forward", "modrelu_backward"):
-        fn = getattr(_triton, name)
-
-        def counted(*args, _fn=fn, _name=name):
-            counts[_name] = counts.get(_name, 0) + 1
-            return _fn(*args)
-
-        monkeypatch.setattr(_triton, name, counted)
+    """Kernels on; counts the wrappers' launches (tests/kernels/_launches.py)."""
+    counts = count_launches(monkeypatch, kernel_device, ("layer_norm_forward", "layer_norm_backward", "modrelu_forward", "modrelu_backward"))
     return counts
 
 
