@@ -23,8 +23,11 @@ their ratio.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -91,4 +94,23 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-__all__ = ["LiveTensorBytes"]
+__all__ = ["LiveTensorBytes", "allocator_peak_bytes"]
+
+
+def allocator_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak of the CPU allocator's allocated bytes above the start, over one ``fn()``.
+
+    torch.profiler's allocator events (``profile_memory=True``) see every allocation and free,
+    including those inside compiled code, which a dispatch-mode tracker cannot see; used to check
+    what a compiled graph holds.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("name") == "[memory]"]
+    if not events:
+        return 0
+    start = events[0]["args"]["Total Allocated"] - events[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in events) - start

@@ -1,5 +1,8 @@
 """Peak allocator bytes of the chunked LM loss (forward + backward), eager vs compiled as one graph (CPU).
 
+Each chunk loop is one opaque custom op under torch.compile (muse/train/loss.py), so compiled
+code holds one chunk at a time, as eager code does.
+
     python scripts/compiled_loss_memory.py --impl chunked-tokens --chunk 256
     python scripts/compiled_loss_memory.py --impl chunked --chunk 1024
 
@@ -10,26 +13,12 @@ free, including those inside compiled code, which a dispatch-mode tracker cannot
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-from pathlib import Path
 
 import torch
 
 import muse.complex as C
+from benchmarks.memory import allocator_peak_bytes
 from muse.train.loss import linear_cross_entropy
-
-
-def peak_bytes(fn, args) -> int:
-    """Peak of allocated bytes above the start, over one ``fn(*args).backward()``."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn(*args).backward()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("name") == "[memory]"]
-    start = events[0]["args"]["Total Allocated"] - events[0]["args"]["Bytes"]
-    return max(e["args"]["Total Allocated"] for e in events) - start
 
 
 def main() -> None:
@@ -54,7 +43,7 @@ def main() -> None:
     for mode, fn in (("eager", loss), ("compiled", torch.compile(loss, fullgraph=True))):
         fn(h, w, b, t).backward()  # warm-up (compiles)
         h.grad = w.grad = b.grad = None
-        peak = peak_bytes(fn, (h, w, b, t))
+        peak = allocator_peak_bytes(lambda: fn(h, w, b, t).backward())
         h.grad = w.grad = b.grad = None
         print(f"{args.impl}, chunk {args.chunk}, {mode}: peak {peak / 2**20:.1f} MiB above the start "
               f"(the full fp32 logits: {full / 2**20:.1f} MiB)")

@@ -25,6 +25,10 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
   for fp32 weights is the gradient itself (no extra memory), so ``auto`` picks it for fp32/fp64
   inputs where torch has no native loss and no autocast is on.
 
+Under ``torch.compile`` each chunk loop is one opaque custom op (``muse::lce_*``), so compiled
+code holds one chunk at a time as eager code does; traced as ordinary ops, inductor kept every
+chunk's logits alive together.
+
 :func:`lm_loss` keeps the full-logits loss for callers that already have logits.
 """
 
@@ -195,72 +199,60 @@ def _fused(fn):
     return _FUSED[fn]
 
 
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``.
+def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
+    """The vocabulary-chunked forward: (sum of the scored losses, per-token log-sum-exp), both in
+    the compute dtype; an online log-sum-exp over the chunks' logits (one pass, rescaled sums)."""
+    n = hidden.shape[0]
+    acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
+    chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
+    lse_step = _fused(_lse_step) if hidden.is_cuda else _lse_step
+    z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
+    z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
+    with C.fp32_accumulation(hidden.device):
+        for v0, _ in chunks:
+            z_max, z_sum = lse_step(chunks.logits(v0), z_max, z_sum)
+    lse = z_max + z_sum.log()
+    total = torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0).sum()
+    return total, lse
 
-    forward: per-token log-sum-exp over vocabulary chunks, online (one pass, rescaled sums).
-    backward: per chunk, dlogits = softmax - onehot (unscaled, fp32, rounded once to the GEMM
-    dtype), d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1] one GEMM over all tokens
-    (fp32 accumulation), d(hidden) summed over chunks in fp32; every gradient is multiplied by the incoming
-    gradient (and 1/count for a mean) in fp32 and rounded once.
+
+def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, need, gemm_dtype):
+    """The vocabulary-chunked backward: (d_hidden, d_weight, d_bias), None where not ``need``ed.
+
+    Per chunk, dlogits = softmax - onehot from the saved log-sum-exp (fp32, rounded once to the
+    GEMM dtype); d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1], one GEMM over all
+    tokens; d(hidden) sums over chunks in fp32; each is multiplied by ``scale`` in fp32 and
+    rounded once.
     """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
-        n = hidden.shape[0]
-        acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
-        scored = targets != ignore_index
-        safe_targets = torch.where(scored, targets, 0)
-        count = scored.sum()
-        chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
-        lse_step = _fused(_lse_step) if hidden.is_cuda else _lse_step
-        z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
-        z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
-        with C.fp32_accumulation(hidden.device):
-            for v0, _ in chunks:
-                z_max, z_sum = lse_step(chunks.logits(v0), z_max, z_sum)
-        lse = z_max + z_sum.log()
-        total = torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0).sum()
-        ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
-        ctx.setup = (chunk, need, count if scale_by_count else None, gemm_dtype)
-        return total / count if scale_by_count else total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        hidden, weight, bias, targets, scored, lse = ctx.saved_tensors
-        chunk, (need_h, need_w, need_b), count, gemm_dtype = ctx.setup
-        n, v = hidden.shape[0], weight.shape[0]
-        acc = C.compute_dtype(hidden.dtype)
-        scale = grad_out.to(acc)
-        if count is not None:
-            scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
-        chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
-        dlogits = _fused(_dlogits) if hidden.is_cuda else _dlogits
-        keep = scored.to(acc)
-        d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
-        alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
-        d_weight = alloc(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
-        d_bias = alloc(v, dtype=bias.dtype, device=bias.device) if need_b else None
-        if need_w or need_b:
-            rhs, ones_col = _with_ones(chunks.h, need_w) if need_b else (chunks.h, None)
-        with C.fp32_accumulation(hidden.device):
-            for v0, v1 in chunks if n else ():
-                col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
-                g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
-                if need_w or need_b:
-                    dwb = _mm_fp32(g.t(), rhs)[: v1 - v0].mul_(scale)
-                    if need_w:
-                        d_weight[v0:v1] = dwb[:, : hidden.shape[1]]
-                    if need_b:
-                        d_bias[v0:v1] = dwb[:, ones_col]
-                    del dwb
-                if need_h:
-                    d_hidden.add_(_mm_fp32(g, chunks.weight_rows(v0)))
-                del g  # before the next chunk's logits are allocated
-        if d_hidden is not None:
-            d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
-        return d_hidden, d_weight, d_bias, None, None, None, None, None, None
+    need_h, need_w, need_b = need
+    n, v = hidden.shape[0], weight.shape[0]
+    acc = C.compute_dtype(hidden.dtype)
+    chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
+    dlogits = _fused(_dlogits) if hidden.is_cuda else _dlogits
+    keep = scored.to(acc)
+    d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+    alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
+    d_weight = alloc(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
+    d_bias = alloc(v, dtype=bias.dtype, device=bias.device) if need_b else None
+    if need_w or need_b:
+        rhs, ones_col = _with_ones(chunks.h, need_w) if need_b else (chunks.h, None)
+    with C.fp32_accumulation(hidden.device):
+        for v0, v1 in chunks if n else ():
+            col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
+            g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
+            if need_w or need_b:
+                dwb = _mm_fp32(g.t(), rhs)[: v1 - v0].mul_(scale)
+                if need_w:
+                    d_weight[v0:v1] = dwb[:, : hidden.shape[1]]
+                if need_b:
+                    d_bias[v0:v1] = dwb[:, ones_col]
+                del dwb
+            if need_h:
+                d_hidden.add_(_mm_fp32(g, chunks.weight_rows(v0)))
+            del g  # before the next chunk's logits are allocated
+    if d_hidden is not None:
+        d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
+    return d_hidden, d_weight, d_bias
 
 
 def _token_chunk(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool
@@ -277,56 +269,163 @@ def _token_chunk(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad
     return loss, g.mul_(keep[:, None])
 
 
-class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``.
+def _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
+    """The token-chunked forward: (sum of the scored losses, d_hidden, d_weight, d_bias), the
+    gradients unscaled in the compute dtype (None where not ``need``ed).
 
-    forward: per chunk of tokens, all V logits (one GEMM, rounded to the storage dtype once), their
-    fp32 log-sum-exp and loss; when gradients are needed also dlogits = softmax - onehot (fp32,
-    rounded once to the GEMM dtype), that chunk's d(hidden) = dlogits W and its share of
-    d(weight) = dlogitsᵀ hidden and d(bias) = Σ dlogits, accumulated in fp32. backward multiplies
-    them by the incoming gradient (and 1/count for a mean) in fp32 and rounds once. Three GEMMs per
-    token, as with full logits; the saved gradients are scaled in place, so backward runs once.
+    Per chunk of tokens: all V logits (one GEMM, rounded to the storage dtype once), their fp32
+    log-sum-exp and loss, and when gradients are needed dlogits = softmax - onehot (fp32, rounded
+    once to the GEMM dtype), that chunk's d(hidden) = dlogits W and its share of
+    d(weight) = dlogitsᵀ hidden and d(bias) = Σ dlogits, accumulated in fp32.
+    """
+    n, d = hidden.shape
+    acc = C.compute_dtype(hidden.dtype)
+    need_h, need_w, need_b = need
+    want_grad = need_h or need_w or need_b
+    gd = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
+    h, w = hidden.to(gd), weight.to(gd)
+    b = None if bias is None else bias.to(gd)
+    d_hidden = torch.empty((n, d), dtype=acc, device=hidden.device) if need_h else None
+    d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    step = _fused(_token_chunk) if hidden.is_cuda else _token_chunk
+    total = torch.zeros((), dtype=acc, device=hidden.device)
+    with C.fp32_accumulation(hidden.device):
+        for t0 in range(0, n, chunk):
+            hc = h[t0 : t0 + chunk]
+            z = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())
+            part, g = step(z.to(hidden.dtype).to(acc), safe[t0 : t0 + chunk], keep[t0 : t0 + chunk], want_grad)
+            total = total + part
+            del z
+            if g is None:
+                continue
+            g = g.to(gd)
+            if need_h:
+                d_hidden[t0 : t0 + chunk] = _mm_fp32(g, w)
+            if need_w:
+                if g.dtype == acc:
+                    d_weight.addmm_(g.t(), hc)
+                else:
+                    d_weight.add_(_mm_fp32(g.t(), hc))
+            if need_b:
+                d_bias.add_(g.sum(0, dtype=acc))
+            del g  # before the next chunk's logits are allocated
+    return total, d_hidden, d_weight, d_bias
+
+
+# Each chunk loop is also a custom op: one opaque node for torch.compile. Traced as ordinary ops,
+# inductor schedules the unrolled chunks so that every chunk's logits are alive together (the
+# memory of the full logits, docs/training.md); as an opaque node the loop runs as in eager code,
+# one chunk alive at a time. Eager calls run the Python functions directly, so a dispatch-mode
+# tracker still sees every tensor. Gradients that are not needed come back as empty tensors.
+_NONE = (0,)
+
+
+def _none_to_empty(ref: torch.Tensor, *grads):
+    return tuple(ref.new_empty(_NONE) if g is None else g for g in grads)
+
+
+@torch.library.custom_op("muse::lce_vocab_forward", mutates_args=())
+def _vocab_forward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      safe_targets: torch.Tensor, scored: torch.Tensor, chunk: int,
+                      gemm_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
+
+
+@_vocab_forward_op.register_fake
+def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
+    acc = C.compute_dtype(hidden.dtype)
+    return hidden.new_empty((), dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
+
+
+@torch.library.custom_op("muse::lce_vocab_backward", mutates_args=())
+def _vocab_backward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       targets: torch.Tensor, scored: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
+                       chunk: int, need: list[bool], gemm_dtype: torch.dtype | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, tuple(need), gemm_dtype)
+    return _none_to_empty(hidden, *grads)
+
+
+@_vocab_backward_op.register_fake
+def _(hidden, weight, bias, targets, scored, lse, scale, chunk, need, gemm_dtype):
+    shapes = ((hidden, hidden.shape), (weight, weight.shape), (weight, weight.shape[:1]))  # bias: weight's dtype
+    return tuple(ref.new_empty(shape if want else _NONE) for (ref, shape), want in zip(shapes, need, strict=True))
+
+
+@torch.library.custom_op("muse::lce_token_forward", mutates_args=())
+def _token_forward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      safe: torch.Tensor, keep: torch.Tensor, chunk: int, need: list[bool],
+                      gemm_dtype: torch.dtype | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    total, *grads = _token_forward(hidden, weight, bias, safe, keep, chunk, tuple(need), gemm_dtype)
+    return (total, *_none_to_empty(keep, *grads))
+
+
+@_token_forward_op.register_fake
+def _(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
+    acc = C.compute_dtype(hidden.dtype)
+    shapes = (hidden.shape, weight.shape, weight.shape[:1])
+    return (keep.new_empty((), dtype=acc),
+            *(keep.new_empty(shape if want else _NONE, dtype=acc) for shape, want in zip(shapes, need, strict=True)))
+
+
+def _empty_to_none(grads, need):
+    return tuple(g if want else None for g, want in zip(grads, need, strict=True))
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``,
+    over vocabulary chunks (:func:`_vocab_forward`, :func:`_vocab_backward`)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
+        scored = targets != ignore_index
+        safe_targets = torch.where(scored, targets, 0)
+        count = scored.sum()
+        if torch.compiler.is_compiling():
+            total, lse = _vocab_forward_op(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
+        else:
+            total, lse = _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
+        ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
+        ctx.setup = (chunk, need, count if scale_by_count else None, gemm_dtype)
+        return total / count if scale_by_count else total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, scored, lse = ctx.saved_tensors
+        chunk, need, count, gemm_dtype = ctx.setup
+        scale = grad_out.to(C.compute_dtype(hidden.dtype))
+        if count is not None:
+            scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
+        args = (hidden, weight, bias, targets, scored, lse, scale, chunk)
+        if torch.compiler.is_compiling():
+            grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype), need)
+        else:
+            grads = _vocab_backward(*args, need, gemm_dtype)
+        return *grads, None, None, None, None, None, None
+
+
+class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``,
+    over token chunks with the gradients formed in forward (:func:`_token_forward`): three GEMMs per
+    token, as with full logits. backward multiplies them by the incoming gradient (and 1/count for
+    a mean) in fp32 and rounds once; the saved gradients are scaled in place, so it runs once.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
-        n, d = hidden.shape
-        acc = C.compute_dtype(hidden.dtype)
-        need_h, need_w, need_b = need
-        want_grad = need_h or need_w or need_b
         scored = targets != ignore_index
         safe = torch.where(scored, targets, 0)
-        keep = scored.to(acc)
+        keep = scored.to(C.compute_dtype(hidden.dtype))
         count = scored.sum()
-        gd = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
-        h, w = hidden.to(gd), weight.to(gd)
-        b = None if bias is None else bias.to(gd)
-        d_hidden = torch.empty((n, d), dtype=acc, device=hidden.device) if need_h else None
-        d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-        step = _fused(_token_chunk) if hidden.is_cuda else _token_chunk
-        total = torch.zeros((), dtype=acc, device=hidden.device)
-        with C.fp32_accumulation(hidden.device):
-            for t0 in range(0, n, chunk):
-                hc = h[t0 : t0 + chunk]
-                z = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())
-                part, g = step(z.to(hidden.dtype).to(acc), safe[t0 : t0 + chunk], keep[t0 : t0 + chunk], want_grad)
-                total = total + part
-                del z
-                if g is None:
-                    continue
-                g = g.to(gd)
-                if need_h:
-                    d_hidden[t0 : t0 + chunk] = _mm_fp32(g, w)
-                if need_w:
-                    if g.dtype == acc:
-                        d_weight.addmm_(g.t(), hc)
-                    else:
-                        d_weight.add_(_mm_fp32(g.t(), hc))
-                if need_b:
-                    d_bias.add_(g.sum(0, dtype=acc))
-                del g  # before the next chunk's logits are allocated
-        ctx.save_for_backward(d_hidden, d_weight, d_bias, count)
+        if torch.compiler.is_compiling():
+            total, *grads = _token_forward_op(hidden, weight, bias, safe, keep, chunk, list(need), gemm_dtype)
+            grads = _empty_to_none(grads, need)
+        else:
+            total, *grads = _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype)
+        ctx.save_for_backward(*grads, count)
         ctx.setup = (scale_by_count, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total / count if scale_by_count else total
 
