@@ -43,7 +43,7 @@ def main() -> None:
     for mode, fn in (("eager", loss), ("compiled", torch.compile(loss, fullgraph=True))):
         fn(h, w, b, t).backward()  # warm-up (compiles)
         h.grad = w.grad = b.grad = None
-        peak = allocator_peak_bytes(lambda: fn(h, w, b, t).backward())
+        peak = allocator_peak_bytes(lambda fn=fn: fn(h, w, b, t).backward())
         h.grad = w.grad = b.grad = None
         print(f"{args.impl}, chunk {args.chunk}, {mode}: peak {peak / 2**20:.1f} MiB above the start "
               f"(the full fp32 logits: {full / 2**20:.1f} MiB)")
