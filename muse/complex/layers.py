@@ -143,14 +143,22 @@ class _ModReLUFn(torch.autograd.Function):
             grad_x, grad_b = kernels.modrelu_bwd(planes, bias, grad)
             return grad_x, grad_b.to(bias.dtype)
         cd = compute_dtype(planes.dtype)
-        x = planes.to(cd)
+        double = torch.is_grad_enabled()  # a differentiable backward: no in-place ops on its graph
+        x = planes.to(cd, copy=not double)  # reused in place below: temporaries of two planes, not ten
         _, r_safe, b, active = _modrelu_parts(x, bias, planes.dtype)
         g = grad.to(cd)
-        u = x / r_safe  # unit phase e^{i theta}
-        ug = (u * g).sum(dim=0)  # Re(conj(u) g)
-        # f(z) = z + b u on the active set: J^T g = g + (b/r)(g - u Re(conj(u) g))
-        gx = torch.where(active, g + (b / r_safe) * (g - u * ug), torch.zeros_like(g))
-        gb = torch.where(active, ug, torch.zeros_like(ug))
+        # f(z) = z + b u on the active set (u = z/|z|): J^T g = g + (b/r)(g - u Re(conj(u) g)); in place,
+        # the same operations in the same order
+        if double:
+            u = x / r_safe
+            ug = (u * g).sum(dim=0)
+            gx = torch.where(active, g + (b / r_safe) * (g - u * ug), 0.0)
+            gb = torch.where(active, ug, 0.0)
+        else:
+            u = x.div_(r_safe)
+            ug = (u * g).sum(dim=0)
+            gx = u.mul_(ug).neg_().add_(g).mul_(b / r_safe).add_(g).masked_fill_(~active, 0.0)
+            gb = ug.masked_fill_(~active, 0.0)
         gb = gb.sum() if bias.dim() == 0 else _sum_rows(gb)
         return gx.to(planes.dtype), gb.to(bias.dtype)
 

@@ -649,16 +649,21 @@ _cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "
     _cmm_kernel)
 
 
+#: The split-K partial planes' memory: at most this many bytes (they sit on the backward's peak).
+SPLIT_K_BYTES = 8 * 2**20
+
+
 def _split_k(device: torch.device, m: int, n: int, k: int) -> int:
     """K slices for an output of too few 128 x 128 tiles to fill the GPU (the weight gradient of a linear
-    is (out, in), its K is every token): enough programs for one wave, slices of >= 512; 1 otherwise."""
+    is (out, in), its K is every token): enough programs for one wave, slices of >= 512, fp32 partial
+    planes within SPLIT_K_BYTES; 1 otherwise."""
     if device.type != "cuda" or interpreting():
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
     if 2 * tiles >= sms or k < 1024:
         return 1
-    return max(1, min(sms // tiles, k // 512, 16))
+    return max(1, min(sms // tiles, k // 512, 16, SPLIT_K_BYTES // (2 * m * n * 4)))
 
 
 def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool, conj_b: bool,
@@ -690,7 +695,9 @@ def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj
             *args, **flags)
     if split == 1:
         return out
-    total = target.sum(dim=0)
+    total = target[0]  # the partials summed in place: no further fp32 output
+    for part in target[1:]:
+        total += part
     if bias is not None:
         total += bias.float()[:, None, :]
     return out.copy_(total)

@@ -45,9 +45,9 @@ from muse._checks import check_float_tensor, check_int, check_same_device, check
 
 IGNORE_INDEX = -100
 IMPLS = ("auto", "torch-native", "chunked", "chunked-tokens")
-#: The chunked path's working set: 1/8 of what the full logits (fp16 + fp32 copy) would take,
+#: The chunked path's working set: 1/16 of what the full logits (fp16 + fp32 copy) would take,
 #: at least CHUNK_BUDGET_MIN_BYTES and at most CHUNK_BUDGET_MAX_BYTES.
-CHUNK_BUDGET_FRACTION = 8
+CHUNK_BUDGET_FRACTION = 16
 CHUNK_BUDGET_MIN_BYTES = 8 * 2**20
 CHUNK_BUDGET_MAX_BYTES = 1024 * 2**20
 _CUDA_ALIGN = 128  # CUDA vocabulary chunks: a multiple of this many rows
@@ -107,7 +107,7 @@ def loss_path(dtype: torch.dtype, impl: str = "auto", autocast: bool = False) ->
 
 
 def chunk_budget(vocab_size: int, n_tokens: int) -> int:
-    """Bytes the chunked path may use for one chunk: 1/8 of the full logits' 6 bytes per entry, clamped."""
+    """Bytes the chunked path may use for one chunk: 1/16 of the full logits' 6 bytes per entry, clamped."""
     full = 6 * vocab_size * max(n_tokens, 1)
     return min(max(full // CHUNK_BUDGET_FRACTION, CHUNK_BUDGET_MIN_BYTES), CHUNK_BUDGET_MAX_BYTES)
 

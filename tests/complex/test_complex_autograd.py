@@ -228,3 +228,25 @@ def test_modrelu_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradgradcheck(_modrelu_planes, (p, b))
     b0 = torch.tensor(0.25, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(_modrelu_planes, (p, b0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_modrelu_in_place_backward_equals_the_differentiable_one(dtype):
+    """The plain backward reuses its buffers in place (two planes of temporaries instead of ten); with
+    create_graph it builds the same formula out of place. Same operations, same order: equal bits,
+    including zeros, inactive entries and a bias that switches entries off."""
+    gen = torch.Generator().manual_seed(3)
+    planes = torch.randn(2, 64, 16, generator=gen).to(dtype)
+    planes[:, 0, 0] = 0.0
+    bias = (torch.randn(16, generator=gen) - 0.5).to(dtype)
+    grad = torch.randn(2, 64, 16, generator=gen).to(dtype)
+    results = []
+    for create_graph in (False, True):
+        x = planes.clone().requires_grad_()
+        b = bias.clone().requires_grad_()
+        out = C.modrelu(ComplexTensor(x), b).planes
+        gx, gb = torch.autograd.grad(out, (x, b), grad, create_graph=create_graph)
+        results.append((gx.detach(), gb.detach()))
+    for got, want in zip(results[0], results[1], strict=True):
+        assert torch.equal(got, want)
+    assert (results[0][0] == 0).any() and (results[0][0] != 0).any()

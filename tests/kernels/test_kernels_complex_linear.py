@@ -301,3 +301,21 @@ def test_linear_kernel_keeps_no_layer_norm_output(kernel_device, launches):
             y.planes.float().sum().backward()  # through the rebuilt norm output
             assert torch.isfinite(x.grad).all()
     assert launches["complex_mm"] == 3
+
+
+def test_split_k_partials_stay_within_their_memory_budget(monkeypatch):
+    """On a 132-SM GPU the weight gradient of a 1024 x 512 linear over 4096 tokens would take 4 K slices
+    (16 MiB of fp32 partial planes on the backward's peak); SPLIT_K_BYTES caps them."""
+    from types import SimpleNamespace
+
+    from muse.kernels import _triton
+
+    monkeypatch.setattr(_triton, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    for m, n, k in ((1024, 512, 4096), (512, 512, 2048), (512, 512, 8192), (64, 64, 65536)):
+        split = _triton._split_k(cuda, m, n, k)
+        assert split >= 2, (m, n, k, split)  # still enough programs to help
+        assert split * 2 * m * n * 4 <= _triton.SPLIT_K_BYTES, (m, n, k, split)
+    assert _triton._split_k(cuda, 4096, 4096, 4096) == 1  # enough tiles already
+    assert _triton._split_k(torch.device("cpu"), 64, 64, 65536) == 1

@@ -260,8 +260,8 @@ def test_auto_chunk_size_fits_the_budget():
         auto_chunk_size(100, 10, impl="auto")
 
 
-def test_chunk_budget_is_an_eighth_of_the_full_logits_within_limits():
-    assert chunk_budget(50257, 2048) == 6 * 50257 * 2048 // 8
+def test_chunk_budget_is_a_sixteenth_of_the_full_logits_within_limits():
+    assert chunk_budget(50257, 2048) == 6 * 50257 * 2048 // 16
     assert chunk_budget(50257, 16) == 8 * 2**20
     assert chunk_budget(50257, 10**6) == 1024 * 2**20
 
