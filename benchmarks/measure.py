@@ -73,7 +73,7 @@ def cuda_warm_up(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
 
 
 def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0,
-                loss: str = "fused", impl: str = "fused", record_peak: bool = False) -> dict:
+                loss: str = "fused", impl: str = "fused") -> dict:
     """Peak bytes over one forward + LM loss + backward, with the measure that exists here.
 
     Always: ``tracked_peak_bytes``, the peak of live tensor bytes (:class:`LiveTensorBytes`,
@@ -86,8 +86,6 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     earlier run left), and ``cuda_peak_bytes`` = raw - foreign, the step's own peak;
     ``agreement`` = tracked / cuda_peak. ``peak_bytes`` is the CUDA figure where it exists,
     else the tracked one; ``measure`` names it; ``before_bytes`` is the step's part alive before.
-    ``record_peak``: also ``at_peak``, the tensors alive at the tracked peak grouped by the op that
-    made them, shape and dtype, largest first ([MiB, op, shape, dtype]; "before": parameters, inputs).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -100,7 +98,7 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     cuda = device.type == "cuda"
     if cuda:
         cuda_before = cuda_warm_up(model, inputs, targets, loss, impl, device)
-    with LiveTensorBytes(record_peak) as tracker:
+    with LiveTensorBytes() as tracker:
         tracker.track([*model.parameters(), *model.buffers(), inputs, targets])
         tracked_before = tracker.current
         _loss(model, inputs, targets, loss, impl).backward()
@@ -119,9 +117,6 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     else:
         result.update(peak_bytes=tracker.peak, before_bytes=tracked_before, measure="live tensor bytes")
     result["peak_minus_before_bytes"] = result["peak_bytes"] - result["before_bytes"]
-    if record_peak:
-        result["at_peak"] = [[round(nbytes / 2**20, 2), op, list(shape), dtype] for (op, shape, dtype), nbytes
-                             in sorted(tracker.at_peak.items(), key=lambda kv: -kv[1])]
     model.zero_grad(set_to_none=True)
     return result
 

@@ -39,16 +39,11 @@ from muse.kernels.scratch import add_listener, remove_listener
 class LiveTensorBytes(TorchDispatchMode):
     """Tracks ``current`` and ``peak`` live storage bytes while active (``with LiveTensorBytes() as m``)."""
 
-    def __init__(self, record_peak: bool = False):
+    def __init__(self):
         super().__init__()
         self._live: dict[int, tuple[weakref.ref, int]] = {}  # id(storage) -> (weakref, nbytes)
         self.current = 0
         self.peak = 0
-        #: with ``record_peak``: what was alive at the peak, (op that made it, shape, dtype) -> bytes
-        self.at_peak: dict[tuple[str, tuple[int, ...], str], int] = {}
-        self._record = record_peak
-        self._origin: dict[int, tuple[str, tuple[int, ...], str]] = {}
-        self._op = "before"
 
     def track(self, tensors: Iterable[torch.Tensor | None]) -> None:
         """Count storages that already exist (parameters, buffers, gradients, inputs)."""
@@ -83,24 +78,16 @@ class LiveTensorBytes(TorchDispatchMode):
         ref = weakref.ref(storage, lambda _ref, key=key: self._free(key, _ref))
         self._live[key] = (ref, storage.nbytes())
         self.current += storage.nbytes()
-        if self._record:
-            self._origin[key] = (self._op, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-            if self.current > self.peak:
-                self.at_peak = {}
-                for k, (_, nbytes) in self._live.items():
-                    self.at_peak[self._origin[k]] = self.at_peak.get(self._origin[k], 0) + nbytes
         self.peak = max(self.peak, self.current)
 
     def _free(self, key: int, ref: weakref.ref) -> None:
         entry = self._live.get(key)
         if entry is not None and entry[0] is ref:
             del self._live[key]
-            self._origin.pop(key, None)
             self.current -= entry[1]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self._op = str(func)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._add(t)
