@@ -413,6 +413,34 @@ s8a)
       2>&1 | tail -1 | tee -a "$OUT/long-trials.jsonl"
   done
   ;;
+s8b)
+  step "issue 12 sweep: seeds of complex vs real lambda, Phase 2 seeds, weight decay and the short convolution on real lambda"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --seed 1337 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix-seed1|--model stage1 --preset mix --seed 1" \
+    "mix-real-seed1|--model stage1 --preset mix --model-arg lambda_kind=real --seed 1" \
+    "phase2-seed1|--model phase2 --preset seed --seed 1" \
+    "mix-seed2|--model stage1 --preset mix --seed 2" \
+    "mix-real-seed2|--model stage1 --preset mix --model-arg lambda_kind=real --seed 2" \
+    "phase2-seed2|--model phase2 --preset seed --seed 2" \
+    "mix-real-wd0.3|--model stage1 --preset mix --model-arg lambda_kind=real --weight-decay 0.3" \
+    "mix-real-wd1.0|--model stage1 --preset mix --model-arg lambda_kind=real --weight-decay 1.0" \
+    "mix-real-conv4|--model stage1 --preset mix --model-arg lambda_kind=real --model-arg conv_kernel=4" \
+    "mix-seed3|--model stage1 --preset mix --seed 3" \
+    "mix-real-seed3|--model stage1 --preset mix --model-arg lambda_kind=real --seed 3" \
+    "phase2-seed3|--model phase2 --preset seed --seed 3" \
+    > "$OUT/runs.txt"
+  sweep 6 480 "$OUT/runs.txt"
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  ;;
+s8c)
+  step "Stage 1 criteria with the mix Stage 1 at real lambda, Phase 2, references (the current tree)"
+  timeout 330 python3 -m muse bench stage1 --preset seed --stage1-preset mix --stage1-arg lambda_kind=real \
+    --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix-real" \
+    | sed -n '/all_pass/,$p' | head -40
+  ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c" >&2; exit 2 ;;
 esac
 step "pack"

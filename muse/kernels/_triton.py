@@ -645,8 +645,10 @@ def _cmm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_per,
     tl.store(c_ptrs + s_cp, acc_i.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn"])(
-    _cmm_kernel)
+# cache_results: the choice per shape is kept in Triton's on-disk cache, so a second process (a resumed
+# run, the other jobs of a sweep) does not spend the ~18 s of tuning again
+_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn"],
+                             cache_results=True)(_cmm_kernel)
 
 
 #: The split-K partial planes' memory: at most this many bytes (they sit on the backward's peak).
