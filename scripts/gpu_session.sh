@@ -391,27 +391,27 @@ s7b)
   ;;
 s8a)
   step "CUDA tests: the loss as custom ops (compiled, CUDA graphs), the complex-linear kernel, modReLU backward"
-  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/train/test_compiled_model_loss.py \
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/train/test_compiled_model_loss.py \
     tests/train/test_fused_loss.py tests/kernels/test_kernels_complex_linear.py tests/complex/test_complex_autograd.py \
     tests/kernels/test_kernels_layers.py > "$OUT/cuda-tests.txt" 2>&1; grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -8
-  step "the loss compiled vs eager on CUDA: peak above the start (seed shapes, B4 S1024)"
-  timeout 60 python3 scripts/compiled_loss_memory.py --device cuda --impl chunked --dtype float16 --tokens 4096 --d 512 \
-    --vocab 50257 --chunk 0 2>&1 | grep peak | tee "$OUT/compiled-loss-memory.txt"
-  timeout 60 python3 scripts/compiled_loss_memory.py --device cuda --impl chunked-tokens --dtype float32 --tokens 4096 \
-    --d 512 --vocab 50257 --chunk 0 2>&1 | grep peak | tee -a "$OUT/compiled-loss-memory.txt"
-  step "what is alive at the peak, B2 S1024, fused loss: Stage 1 mix, Stage 1 seed, Phase 2"
-  for m in "stage1 --preset mix" "stage1 --preset seed" "phase2 --preset seed"; do
-    # shellcheck disable=SC2086
-    timeout 60 python3 scripts/peak_composition.py --model $m --device cuda --batch 2 --seq 1024 2>&1 | head -16
-  done | tee "$OUT/peaks.txt"
   step "fused (each model's path) vs full logits: memory B2, compiled training with CUDA graphs B4"
   timeout 170 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --throughput-batch 4 \
     --steps 10 --compile --compile-mode reduce-overhead | tee "$OUT/loss-graphs.jsonl"
+  step "the loss compiled vs eager on CUDA: peak above the start (seed shapes, B4 S1024)"
+  timeout 50 python3 scripts/compiled_loss_memory.py --device cuda --impl chunked --dtype float16 --tokens 4096 --d 512 \
+    --vocab 50257 --chunk 0 2>&1 | grep peak | tee "$OUT/compiled-loss-memory.txt"
+  timeout 50 python3 scripts/compiled_loss_memory.py --device cuda --impl chunked-tokens --dtype float32 --tokens 4096 \
+    --d 512 --vocab 50257 --chunk 0 2>&1 | grep peak | tee -a "$OUT/compiled-loss-memory.txt"
   step "stability at S=8192: 100 random-input trials, Stage 1 mix (complex and real lambda)"
   for arg in lambda_kind=complex lambda_kind=real; do
-    timeout 60 python3 scripts/long_trials.py --preset mix --model-arg "$arg" --seq 8192 --trials 100 --device cuda \
+    timeout 50 python3 scripts/long_trials.py --preset mix --model-arg "$arg" --seq 8192 --trials 100 --device cuda \
       2>&1 | tail -1 | tee -a "$OUT/long-trials.jsonl"
   done
+  step "what is alive at the peak, B2 S1024, fused loss: Stage 1 mix, Phase 2, Stage 1 seed"
+  for m in "stage1 --preset mix" "phase2 --preset seed" "stage1 --preset seed"; do
+    # shellcheck disable=SC2086
+    timeout 40 python3 scripts/peak_composition.py --model $m --device cuda --batch 2 --seq 1024 2>&1 | head -16
+  done | tee "$OUT/peaks.txt"
   ;;
 s8b)
   step "Stage 1 criteria with the mix Stage 1 at real lambda (in the background, sharing the GPU with the sweep: its tok/s is not a speed measurement)"
