@@ -321,6 +321,12 @@ def _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
 _NONE = (0,)
 
 
+def _opaque() -> bool:
+    """True while torch.compile traces the loss and MUSE_LOSS_OPAQUE is not 0: the chunk loops are
+    then the custom ops below (MUSE_LOSS_OPAQUE=0 traces them as ordinary ops, for comparison)."""
+    return torch.compiler.is_compiling() and os.environ.get("MUSE_LOSS_OPAQUE", "1") != "0"
+
+
 def _none_to_empty(ref: torch.Tensor, *grads):
     return tuple(ref.new_empty(_NONE) if g is None else g for g in grads)
 
@@ -383,7 +389,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         scored = targets != ignore_index
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
-        if torch.compiler.is_compiling():
+        if _opaque():
             total, lse = _vocab_forward_op(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
         else:
             total, lse = _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
@@ -400,7 +406,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         if count is not None:
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
         args = (hidden, weight, bias, targets, scored, lse, scale, chunk)
-        if torch.compiler.is_compiling():
+        if _opaque():
             grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype), need)
         else:
             grads = _vocab_backward(*args, need, gemm_dtype)
@@ -420,7 +426,7 @@ class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
         safe = torch.where(scored, targets, 0)
         keep = scored.to(C.compute_dtype(hidden.dtype))
         count = scored.sum()
-        if torch.compiler.is_compiling():
+        if _opaque():
             total, *grads = _token_forward_op(hidden, weight, bias, safe, keep, chunk, list(need), gemm_dtype)
             grads = _empty_to_none(grads, need)
         else:
