@@ -440,7 +440,7 @@ s8b)
   ;;
 s8c)
   step "compiled training with CUDA graphs, Stage 1 seed B4: the loss's loops as custom ops vs traced, chunk budget 1/16 vs 1/8"
-  timeout 230 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 2>&1 \
+  timeout 200 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --variants 0,1,2 2>&1 \
     | grep "^{" | tee "$OUT/compiled-loss-speed.jsonl"
   ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c" >&2; exit 2 ;;
