@@ -7,7 +7,8 @@
 #                                   Phase 2 mixer-free and GPT reference runs), then Stage 1 'mix' trained the same way
 #   scripts/gpu_session.sh speed    muse bench speed at the seed preset, B=4, S=1024
 #   scripts/gpu_session.sh extra    CUDA tests again, Stage 1 compiled speed, the criteria with Stage 1 'mix', two mix ablations
-# Needs pre-tokenised WikiText-2 in .devcarry/ (muse data export --split valid|test --out ...).
+# Needs pre-tokenised WikiText-2 in .devcarry/ (muse data export --split valid|test --out ...), which is
+# gitignored: the device call must carry it (carry: [".devcarry"]) or every training run fails at once.
 # Runs write under runs/gpu/<phase>; the phase ends by packing them (without checkpoints) into
 # $OUT/<phase>.tgz (or ./gpu-out).
 set -uo pipefail
@@ -24,18 +25,19 @@ pack() { tar --exclude='*.safetensors' -czf "$FINAL_OUT/$PHASE.tgz" -C "$OUT" . 
 step() { pack; echo; echo "=== $(date -u +%FT%TZ) $*"; }
 # sweep P LIMIT FILE: `muse train "${TRAIN[@]}" ARGS --out $OUT/NAME` for each line NAME|ARGS of FILE,
 # P at a time; whatever still runs after LIMIT seconds is killed (its log so far is kept)
+# (each run gets a `timeout` to the common deadline: no background killer whose `sleep` would hold the
+# call's output open after the runs end; other background jobs of the phase count towards P)
 sweep() {
-  local p=$1 limit=$2 file=$3 name args
-  ( sleep "$limit"; pkill -f "muse train" ) & local killer=$!
+  local p=$1 limit=$2 file=$3 name args deadline=$(( $(date +%s) + $2 ))
   while IFS='|' read -r name args; do
-    while [ "$(jobs -rp | wc -l)" -gt "$p" ]; do wait -n; done
+    while [ "$(jobs -rp | wc -l)" -ge "$p" ]; do wait -n; done
     mkdir -p "$OUT/$name"
     # shellcheck disable=SC2086
-    ( python3 -m muse train "${TRAIN[@]}" $args --out "$OUT/$name" > "$OUT/$name/stdout.txt" 2>&1
+    ( timeout $(( deadline - $(date +%s) )) python3 -m muse train "${TRAIN[@]}" $args --out "$OUT/$name" \
+        > "$OUT/$name/stdout.txt" 2>&1
       echo "$name rc=$? $(date -u +%T)" ) &
   done < "$file"
-  while [ "$(jobs -rp | wc -l)" -gt 1 ]; do wait -n; done
-  kill "$killer" 2>/dev/null
+  wait
 }
 
 nvidia-smi -L
@@ -433,7 +435,7 @@ s8b)
     "mix-real-wd1.0|--model stage1 --preset mix --model-arg lambda_kind=real --weight-decay 1.0" \
     "mix-real-conv4|--model stage1 --preset mix --model-arg lambda_kind=real --model-arg conv_kernel=4" \
     > "$OUT/runs.txt"
-  sweep 7 480 "$OUT/runs.txt"  # 5 runs at a time: the count includes the killer and the criteria job
+  sweep 6 480 "$OUT/runs.txt"  # 5 runs at a time beside the criteria job
   wait
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   sed -n '/all_pass/,$p' "$OUT/bench-mix-real.txt" | head -40
