@@ -26,7 +26,7 @@ from muse.train.loss import linear_cross_entropy
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--impl", default="chunked-tokens", choices=["chunked", "chunked-tokens"])
+    p.add_argument("--impl", default="chunked-tokens", choices=["chunked", "chunked-tokens", "torch-native"])
     p.add_argument("--chunk", type=int, default=256,
                    help="tokens (chunked-tokens) or vocabulary rows (chunked); 0: the automatic size")
     p.add_argument("--tokens", type=int, default=2048)

@@ -558,7 +558,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if chunk_size is None:
         chunk_size = auto_chunk_size(weight.shape[0], max(h.shape[0], 1), hidden.dtype, impl=path)
     if path == "torch-native":  # our chunk size: its own CPU heuristic picked 1-row chunks (docs/training.md)
-        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size, chunking_method=None)
+        # under torch.compile torch forces allow_retain_graph=True with a warning, which fullgraph cannot
+        # trace: ask for it there (one gradient-sized allocation more; eager keeps the leaner default)
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size, chunking_method=None,
+                                                     allow_retain_graph=torch.compiler.is_compiling())
         with torch.autocast(hidden.device.type, enabled=False):
             loss = F.linear_cross_entropy(h, weight, t, linear_bias=bias, reduction=reduction,
                                           ignore_index=ignore_index, options=options)

@@ -36,6 +36,28 @@ def test_compiled_loss_equals_eager(name, preset, extra):
         torch.testing.assert_close(have[n], want[n], rtol=0, atol=0, msg=n)
 
 
+@pytest.mark.parametrize("name", ["gpt", "phase2"])
+def test_compiled_loss_with_the_automatic_path_for_fp32_heads(name):
+    """fp32 heads take ``auto``'s path (torch-native on torch >= 2.13, chunked-tokens before) inside a
+    fullgraph compile: torch's native loss warns under compile unless asked for allow_retain_graph,
+    and a warning is a graph break that fullgraph refuses."""
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", dropout=0.0)
+    v = model.config.vocab_size
+    ids, targets = torch.randint(0, v, (2, 40)), torch.randint(0, v, (2, 40))
+    eager = model_loss(model, ids, targets)
+    eager.backward()
+    want = _grads(model)
+    model.zero_grad(set_to_none=True)
+    got = compile_model_loss(model, backend="aot_eager")(ids, targets)
+    got.backward()
+    have = _grads(model)
+    torch.testing.assert_close(got.detach(), eager.detach())
+    assert have.keys() == want.keys() and want
+    for n in want:
+        torch.testing.assert_close(have[n], want[n], msg=n)
+
+
 def test_compile_model_loss_rejects_bad_arguments():
     model = build_model("stage1", "tiny")
     with pytest.raises(ValueError, match="backend must be one of"):
