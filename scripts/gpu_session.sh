@@ -444,6 +444,11 @@ s8c)
   step "compiled training with CUDA graphs, Stage 1 seed B4: the loss's loops as custom ops vs traced, chunk budget 1/16 vs 1/8"
   timeout 200 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --variants 0,1,2 2>&1 \
     | grep "^{" | tee "$OUT/compiled-loss-speed.jsonl"
+  for ops in none layer_norm layer_norm,modrelu; do
+    step "Stage 1 compiled with CUDA graphs, element-wise kernels inside the graph: $ops"
+    MUSE_KERNELS_IN_COMPILE=$ops timeout 120 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda \
+      --models stage1 --variants compiled+kernels+cudagraphs --out "$OUT/speed-$ops" 2>&1 | grep -E "^\| stage1"
+  done
   ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c" >&2; exit 2 ;;
 esac

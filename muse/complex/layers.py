@@ -54,7 +54,7 @@ class _LayerNormFn(torch.autograd.Function):
     def forward(ctx, planes, weight, bias, eps):
         ctx.save_for_backward(planes, weight, bias)
         ctx.eps = eps
-        if kernels.use_kernel(planes, weight, bias):
+        if kernels.use_kernel(planes, weight, bias, op="layer_norm"):
             return kernels.layer_norm_fwd(planes, weight, bias, eps)
         cd = compute_dtype(planes.dtype)
         c, rstd = _ln_stats(planes.to(cd), eps)
@@ -67,7 +67,7 @@ class _LayerNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         planes, weight, bias = ctx.saved_tensors
-        if not torch.is_grad_enabled() and kernels.use_kernel(planes, weight, bias, grad):
+        if not torch.is_grad_enabled() and kernels.use_kernel(planes, weight, bias, grad, op="layer_norm"):
             grad_x, sums = kernels.layer_norm_bwd(planes, weight, grad, ctx.eps)
             grad_w = None if weight is None else sums[0].to(weight.dtype)
             grad_b = None if bias is None else sums[1].to(bias.dtype)
@@ -128,7 +128,7 @@ class _ModReLUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes, bias):
         ctx.save_for_backward(planes, bias)
-        if kernels.use_kernel(planes, bias):
+        if kernels.use_kernel(planes, bias, op="modrelu"):
             return kernels.modrelu_fwd(planes, bias)
         cd = compute_dtype(planes.dtype)
         x = planes.to(cd)
@@ -139,7 +139,7 @@ class _ModReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         planes, bias = ctx.saved_tensors
-        if not torch.is_grad_enabled() and kernels.use_kernel(planes, bias, grad):
+        if not torch.is_grad_enabled() and kernels.use_kernel(planes, bias, grad, op="modrelu"):
             grad_x, grad_b = kernels.modrelu_bwd(planes, bias, grad)
             return grad_x, grad_b.to(bias.dtype)
         cd = compute_dtype(planes.dtype)

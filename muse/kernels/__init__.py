@@ -6,7 +6,10 @@ interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The
 cover float16 planes (LayerNorm, modReLU, the complex GEMM of ``linear``), complex64 (the BK-Core resolvent of
 :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`);
 every other case, and the reference for every kernel, is the PyTorch code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
-call; a compiled graph reads them once, when it is traced.
+call; a compiled graph reads them once, when it is traced.  Inside a compiled graph the element-wise
+ops (``layer_norm``, ``modrelu``) leave the work to the compiler, which fuses them with their
+neighbours; ``MUSE_KERNELS_IN_COMPILE=layer_norm,modrelu`` (a comma-separated list) lets the named
+ones use their kernels there too, to measure which is faster at model level.
 
 Each kernel is wrapped in a ``torch.library.custom_op`` (``muse::<name>``) with a fake
 implementation, so a model that uses kernels still compiles with ``fullgraph=True``.
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 import torch
 
 ENV = "MUSE_KERNELS"
+IN_COMPILE_ENV = "MUSE_KERNELS_IN_COMPILE"
 INTERPRET_ENV = "TRITON_INTERPRET"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -43,11 +47,13 @@ def enabled(*tensors: torch.Tensor, in_compile: bool = False) -> bool:
     return interpreting() or all(t.device.type == "cuda" for t in tensors)
 
 
-def use_kernel(planes: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    """``enabled`` for an op on float16 ``planes`` (the only storage the kernels cover)."""
+def use_kernel(planes: torch.Tensor, *others: torch.Tensor | None, op: str | None = None) -> bool:
+    """``enabled`` for an op on float16 ``planes`` (the only storage the kernels cover); inside a
+    compiled graph only when ``op`` is listed in ``MUSE_KERNELS_IN_COMPILE``."""
     if planes.dtype != torch.float16:
         return False
-    return enabled(planes, *(t for t in others if t is not None))
+    in_compile = op is not None and op in os.environ.get(IN_COMPILE_ENV, "").split(",")
+    return enabled(planes, *(t for t in others if t is not None), in_compile=in_compile)
 
 
 @contextlib.contextmanager
@@ -69,7 +75,7 @@ def environment(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-__all__ = ["ENV", "HAS_TRITON", "INTERPRET_ENV", "enabled", "environment", "interpreting", "use_kernel"]
+__all__ = ["ENV", "HAS_TRITON", "IN_COMPILE_ENV", "INTERPRET_ENV", "enabled", "environment", "interpreting", "use_kernel"]
 
 from muse.kernels.ops import (  # noqa: E402
     bk_green_bwd,

@@ -184,3 +184,25 @@ def test_compiled_graphs_use_the_pytorch_path(kernel_device, launches):
     with kernels.environment(MUSE_KERNELS="0"):
         ref = f(z.detach())
     assert _ulps(out.detach(), ref.detach()) <= 1.0
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_kernels_listed_in_compile_run_inside_compiled_graphs(kernel_device, launches):
+    """MUSE_KERNELS_IN_COMPILE names the element-wise ops whose kernels run inside a compiled graph
+    (forward and backward, as custom ops: no graph break); the others keep the compiler's code."""
+    from muse.nn import ComplexLayerNorm, ModReLU
+
+    torch._dynamo.reset()
+    norm, act = ComplexLayerNorm(8, device=kernel_device), ModReLU(8, device=kernel_device)
+
+    def f(p):
+        return act(norm(C.ComplexTensor(p))).planes
+
+    z = _rand(2, 4, 8, device=kernel_device, seed=9).requires_grad_(True)
+    with kernels.environment(MUSE_KERNELS_IN_COMPILE="layer_norm"):
+        out = torch.compile(f, fullgraph=True, backend="aot_eager")(z)
+    out.float().sum().backward()
+    assert launches == {"layer_norm_forward": 1, "layer_norm_backward": 1}
+    with kernels.environment(MUSE_KERNELS="0"):
+        ref = f(z.detach())
+    assert _ulps(out.detach(), ref.detach()) <= 1.0
