@@ -168,3 +168,28 @@ def test_compiled_loss_holds_one_chunk_at_a_time(impl, chunk):
     full = n * v * 4
     assert peaks["eager"] < full / 2
     assert peaks["compiled"] <= 1.25 * peaks["eager"], (peaks, full)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_loss_custom_ops_pass_opcheck(dtype):
+    """The chunk loops' custom ops: schema, fake implementations (shapes and dtypes, also for the
+    gradients not asked for) and AOT dispatch agree with the real ones (``torch.library.opcheck``)."""
+    import muse.train.loss as L
+
+    gen = torch.Generator().manual_seed(0)
+    n, d, v = 64, 16, 300
+    h, w, b = (torch.randn(*s, generator=gen).to(dtype) for s in ((n, d), (v, d), (v,)))
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[:5] = -100
+    scored = t != -100
+    safe = torch.where(scored, t, 0)
+    _, lse = L._vocab_forward_op(h, w, b, safe, scored, 128, None)
+    cases = [(L._vocab_forward_op, (h, w, b, safe, scored, 128, None)),
+             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None)),
+             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [True, True, False], None)),
+             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [False, False, True], None)),
+             (L._token_forward_op, (h, w, b, safe, scored.float(), 16, [True, True, True], None)),
+             (L._token_forward_op, (h, w, None, safe, scored.float(), 24, [False, True, False], None))]
+    for op, args in cases:
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
