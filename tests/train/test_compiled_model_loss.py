@@ -10,6 +10,15 @@ from muse.models import build_model
 from muse.train.loss import compile_model_loss, linear_cross_entropy, model_loss
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test traces afresh: dynamo's recompile limit (8 per code object) counts every model that
+    ``compile_model_loss``'s closure has been compiled for in the worker process, whichever test did it."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
