@@ -697,9 +697,11 @@ def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj
             *args, **flags)
     if split == 1:
         return out
-    total = target[0]  # the partials summed in place: no further fp32 output
-    for part in target[1:]:
-        total += part
+    step = 1  # the partials summed pairwise in place (ceil(log2 split) roundings; no further fp32 output)
+    while step < split:
+        target[0 : split - step : 2 * step] += target[step :: 2 * step]
+        step *= 2
+    total = target[0]
     if bias is not None:
         total += bias.float()[:, None, :]
     return out.copy_(total)
