@@ -441,14 +441,18 @@ s8b)
   sed -n '/all_pass/,$p' "$OUT/bench-mix-real.txt" | head -40
   ;;
 s8c)
-  step "compiled training with CUDA graphs, Stage 1 seed B4: the loss's loops as custom ops vs traced, chunk budget 1/16 vs 1/8"
-  timeout 200 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --variants 0,1,2 2>&1 \
-    | grep "^{" | tee "$OUT/compiled-loss-speed.jsonl"
-  for ops in none layer_norm layer_norm,modrelu; do
-    step "Stage 1 compiled with CUDA graphs, element-wise kernels inside the graph: $ops"
-    MUSE_KERNELS_IN_COMPILE=$ops timeout 120 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda \
-      --models stage1 --variants compiled+kernels+cudagraphs --out "$OUT/speed-$ops" 2>&1 | grep -E "^\| stage1"
-  done
+  step "CUDA tests and verify of the loss: chunk bodies as Triton kernels (default) and in PyTorch"
+  timeout 90 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_loss.py \
+    tests/train/test_fused_loss.py tests/train/test_compiled_model_loss.py > "$OUT/cuda-tests.txt" 2>&1
+  grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
+  MUSE_VERIFY_IMPL=eager,triton timeout 70 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" \
+    --out "$OUT/verify-loss" 2>&1 | tail -3
+  step "compiled training with CUDA graphs, Stage 1 seed B4: full logits vs the loss's loops as custom ops (bodies: Triton kernels, nested compile) vs traced; budgets 1/16, 1/8, 1/4"
+  timeout 280 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 \
+    --variants 0,1,2,3,4,5 --profile 1,2 2>&1 | grep "^{" | tee "$OUT/compiled-loss-speed.jsonl"
+  step "Phase 2 compiled with CUDA graphs, B4: full logits vs custom-op loops with Triton bodies"
+  timeout 100 python3 scripts/compiled_loss_speed.py --model phase2 --preset seed --batch 4 --seq 1024 \
+    --variants 0,1 2>&1 | grep "^{" | tee "$OUT/compiled-loss-speed-phase2.jsonl"
   ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c" >&2; exit 2 ;;
 esac

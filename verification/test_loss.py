@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from muse.train.loss import IGNORE_INDEX, auto_chunk_size, has_native, linear_cross_entropy
 from verification import bounds as B
 from verification.checks import check_close, real
+from muse import kernels
 from verification.harness import host, tensor
 
 REF_SLACK = 1 + 2.0**-20  # the float64 reference errs by <= gamma_(n+V+d) in 2**-53 units: far below
@@ -56,12 +57,21 @@ def _exact(h, w, b, targets):
     return x, p, np.where(scored, loss_tok, 0.0), scored
 
 
-def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale) -> None:
+def _kernels(impl: str) -> str:
+    """MUSE_KERNELS for the suite's ``impl``: the chunk bodies in PyTorch (eager) or in Triton."""
+    if impl == "compiled":
+        pytest.skip("the loss under torch.compile runs these same chunk loops as opaque custom ops "
+                    "(tests/train/test_compiled_model_loss.py checks it against eager)")
+    return "1" if impl == "triton" else "0"
+
+
+def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bodies: str = "eager") -> None:
     ht, wt = tensor(h, device).requires_grad_(), tensor(w, device).requires_grad_()
     bt = None if b is None else tensor(b, device).requires_grad_()
     tt = tensor(targets.astype(np.int64), device)
-    loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl)
-    (loss * scale).backward()
+    with kernels.environment(MUSE_KERNELS=_kernels(bodies)):
+        loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl)
+        (loss * scale).backward()
     x, p, loss_tok, scored = _exact(h, w, b, targets)
     count = int(scored.sum())
     grad_scale = scale / count if reduction == "mean" else scale
@@ -82,27 +92,28 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale) ->
         want_loss, e_loss = want_loss / count, e_loss / count * (1 + B.U) + B.U * abs(want_loss / count)
     args = [real("h", h), real("w", w), real("targets", targets)] + ([real("b", b)] if b is not None else [])
     call = f"linear_cross_entropy(h, w, targets, b, {reduction!r}, chunk_size={chunk}, impl={impl!r})"
-    check_close(f"linear_cross_entropy[{impl}] loss", device, host(loss), want_loss,
+    label = impl if bodies == "eager" else f"{impl}+{bodies}"
+    check_close(f"linear_cross_entropy[{label}] loss", device, host(loss), want_loss,
                 rtol=0, atol=REF_SLACK * e_loss, args=args, call=call)
     got = {"hidden": ht.grad, "weight": wt.grad, "bias": None if bt is None else bt.grad}
     for name, g in got.items():
         if g is None:
             continue
         assert g.dtype == ht.dtype, f"grad of {name} is {g.dtype}, expected {ht.dtype}"
-        check_close(f"linear_cross_entropy[{impl}] d{name}", device, host(g),
+        check_close(f"linear_cross_entropy[{label}] d{name}", device, host(g),
                     grad_scale * bound["grads"][name], rtol=0, atol=REF_SLACK * bound[name], args=args, call=call)
 
 
 @given(case=loss_case())
-def test_chunked_linear_cross_entropy_accuracy(device, case):
+def test_chunked_linear_cross_entropy_accuracy(device, impl, case):
     """Loss and d(hidden, weight, bias) within the derived bound (docs/numerics.md)."""
-    _check(device, "chunked", *case)
+    _check(device, "chunked", *case, bodies=impl)
 
 
 @given(case=loss_case())
-def test_token_chunked_linear_cross_entropy_accuracy(device, case):
+def test_token_chunked_linear_cross_entropy_accuracy(device, impl, case):
     """The chunked-tokens path (gradients formed in forward, token chunks) within the same derivation."""
-    _check(device, "chunked-tokens", *case)
+    _check(device, "chunked-tokens", *case, bodies=impl)
 
 
 @pytest.mark.skipif(not has_native(), reason=f"torch {torch.__version__} has no F.linear_cross_entropy")

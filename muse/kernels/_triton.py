@@ -16,6 +16,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from muse.kernels import interpreting
 from muse.kernels.scratch import scratch
@@ -233,6 +234,103 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     gb = scratch(part.sum(dim=0))
     return dx, gb if bias.dim() == 1 else scratch(gb.sum())
+
+
+# ----------------------------------------------------------- cross-entropy chunks
+# The element-wise work of muse.train.loss's chunk loops: rows of a (n, width) chunk of logits
+# (any float dtype, row stride ``stride``), fp32 arithmetic.  A tile is ROWS rows by BLOCK_W
+# columns.  exp is libdevice's expf on the GPU (the CUDA libm accuracy that docs/numerics.md
+# assumes; tl.exp is the faster ex2.approx form) and numpy's under the interpreter.
+def _ce_tile(width: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_W, num_warps) for rows of ``width`` logits: about 4096 elements per tile."""
+    block_w = min(triton.next_power_of_2(max(width, 1)), 4096)
+    return max(1, min(32, 4096 // block_w)), block_w, 8 if block_w >= 2048 else 4
+
+
+@triton.jit
+def _exp(x, INTERP: tl.constexpr):
+    if INTERP:
+        return tl.exp(x)
+    else:
+        return libdevice.exp(x)
+
+
+@triton.jit
+def _lse_rows_kernel(z_ptr, max_ptr, sum_ptr, n_rows, width, stride,
+                     INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    rmask = rows < n_rows
+    base = z_ptr + rows[:, None] * stride
+    cols = tl.arange(0, BLOCK_W)[None, :]
+    c_max = tl.full((ROWS,), float("-inf"), tl.float32)
+    c0 = 0
+    while c0 < width:  # pass 1: the chunk's max per row (while: the interpreter takes no range() of a runtime int)
+        mask = rmask[:, None] & (c0 + cols < width)
+        x = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        c_max = tl.maximum(c_max, tl.max(x, axis=1))
+        c0 += BLOCK_W
+    old_max = tl.load(max_ptr + rows, mask=rmask, other=0.0)
+    old_sum = tl.load(sum_ptr + rows, mask=rmask, other=0.0)
+    new_max = tl.maximum(old_max, c_max)
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a row of -inf so far: exp(-inf) = 0
+    c_sum = tl.zeros((ROWS,), tl.float32)
+    c0 = 0
+    while c0 < width:  # pass 2: sum of exp(z - new max), fp32
+        mask = rmask[:, None] & (c0 + cols < width)
+        x = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        c_sum += tl.sum(_exp(x - shift[:, None], INTERP), axis=1)
+        c0 += BLOCK_W
+    new_sum = old_sum * _exp(old_max - shift, INTERP) + c_sum
+    tl.store(max_ptr + rows, new_max, mask=rmask)
+    tl.store(sum_ptr + rows, new_sum, mask=rmask)
+
+
+@triton.jit
+def _softmax_grad_kernel(z_ptr, g_ptr, lse_ptr, col_ptr, keep_ptr, n_rows, width, stride_z, stride_g,
+                         INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols[None, :] < width)
+    x = tl.load(z_ptr + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    col = tl.load(col_ptr + rows, mask=rmask, other=-1)
+    keep = tl.load(keep_ptr + rows, mask=rmask, other=0.0)
+    p = _exp(x - lse[:, None], INTERP)
+    g = tl.where(cols[None, :] == col[:, None], p - 1.0, p) * keep[:, None]
+    tl.store(g_ptr + rows[:, None] * stride_g + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+def _row_major(z: torch.Tensor) -> torch.Tensor:
+    return z if z.stride(1) == 1 else z.contiguous()
+
+
+def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> None:
+    """One chunk of the online log-sum-exp, in place: row_max <- max(row_max, max_j z_ij) and
+    row_sum <- row_sum exp(old max - new max) + sum_j exp(z_ij - new max) (fp32 (n,) tensors)."""
+    z = scratch(_row_major(z), z)
+    n, width = z.shape
+    if n == 0 or width == 0:
+        return
+    rows, block_w, warps = _ce_tile(width)
+    _lse_rows_kernel[(triton.cdiv(n, rows),)](z, row_max, row_sum, n, width, z.stride(0),
+                                              INTERP=interpreting(), ROWS=rows, BLOCK_W=block_w, num_warps=warps)
+
+
+def softmax_grad(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """(exp(z - lse) - onehot(col)) * keep, computed in fp32 and rounded once to ``dtype``; col -1:
+    no target in this chunk.  Written over ``z`` when z is row-major of that dtype."""
+    z = scratch(_row_major(z), z)
+    n, width = z.shape
+    g = z if z.dtype == dtype else scratch(torch.empty(n, width, dtype=dtype, device=z.device))
+    if n == 0 or width == 0:
+        return g
+    rows, block_w, warps = _ce_tile(width)
+    grid = (triton.cdiv(n, rows), triton.cdiv(width, block_w))
+    _softmax_grad_kernel[grid](z, g, lse, col, keep, n, width, z.stride(0), g.stride(0),
+                               INTERP=interpreting(), ROWS=rows, BLOCK_W=block_w, num_warps=warps)
+    return g
 
 
 # ------------------------------------------------------------- BK-Core resolvent

@@ -125,4 +125,18 @@ def _(a, b, bias, conj_a, conj_b):
     return a.new_empty((2, a.shape[1], b.shape[2]))
 
 
-__all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "modrelu_bwd", "modrelu_fwd"]
+# The cross-entropy chunk bodies are plain functions, not custom ops: muse.train.loss calls them only
+# outside tracing (eager code, or inside its own custom ops, which torch.compile never looks into).
+def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> None:
+    """One chunk (n, width) of an online fp32 log-sum-exp, updating the (n,) fp32 row_max and row_sum in place."""
+    _k().lse_rows(z, row_max, row_sum)
+
+
+def softmax_grad(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """(exp(z - lse) - onehot(col)) * keep in fp32, rounded once to ``dtype`` (over z when it can)."""
+    return _k().softmax_grad(z, lse, col, keep, dtype)
+
+
+__all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
+           "softmax_grad"]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import muse.complex as C
+from muse import kernels
 from muse._checks import check_float_tensor, check_int, check_same_device, check_tensor, check_type
 
 IGNORE_INDEX = -100
@@ -199,13 +200,46 @@ def _fused(fn):
     return _FUSED[fn]
 
 
+def _use_kernels(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The chunk bodies run as Triton kernels (muse.kernels: lse_rows, softmax_grad) where kernels
+    are on (CUDA, or the interpreter; never while torch.compile traces) and the arithmetic is fp32."""
+    return hidden.dtype != torch.float64 and kernels.enabled(hidden, weight)
+
+
+def _lse_step_kernel(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_lse_step` as one Triton kernel, updating z_max and z_sum in place."""
+    kernels.lse_rows(z, z_max, z_sum)
+    return z_max, z_sum
+
+
+def _token_chunk_kernel(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_token_chunk` with the log-sum-exp and the softmax gradient as Triton kernels (the
+    gradient written over ``z``)."""
+    z_max = torch.full((z.shape[0],), -torch.inf, dtype=torch.float32, device=z.device)
+    z_sum = torch.zeros(z.shape[0], dtype=torch.float32, device=z.device)
+    kernels.lse_rows(z, z_max, z_sum)
+    lse = z_max + z_sum.log()
+    rows = torch.arange(z.shape[0], device=z.device)
+    loss = ((lse - z[rows, t]) * keep).sum()
+    return loss, kernels.softmax_grad(z, lse, t, keep, z.dtype) if want_grad else None
+
+
+def _chunk_body(hidden: torch.Tensor, weight: torch.Tensor, plain, kernel):
+    """The implementation of one chunk body: the Triton ``kernel``, else ``plain`` compiled on CUDA
+    (:func:`_fused`), else ``plain``."""
+    if _use_kernels(hidden, weight):
+        return kernel
+    return _fused(plain) if hidden.is_cuda else plain
+
+
 def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
     """The vocabulary-chunked forward: (sum of the scored losses, per-token log-sum-exp), both in
     the compute dtype; an online log-sum-exp over the chunks' logits (one pass, rescaled sums)."""
     n = hidden.shape[0]
     acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
-    lse_step = _fused(_lse_step) if hidden.is_cuda else _lse_step
+    lse_step = _chunk_body(hidden, weight, _lse_step, _lse_step_kernel)
     z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
     z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
     with C.fp32_accumulation(hidden.device):
@@ -228,7 +262,7 @@ def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, ne
     n, v = hidden.shape[0], weight.shape[0]
     acc = C.compute_dtype(hidden.dtype)
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
-    dlogits = _fused(_dlogits) if hidden.is_cuda else _dlogits
+    dlogits = _chunk_body(hidden, weight, _dlogits, kernels.softmax_grad)
     keep = scored.to(acc)
     d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
     alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
@@ -288,7 +322,7 @@ def _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
     d_hidden = torch.empty((n, d), dtype=acc, device=hidden.device) if need_h else None
     d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
     d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-    step = _fused(_token_chunk) if hidden.is_cuda else _token_chunk
+    step = _chunk_body(hidden, weight, _token_chunk, _token_chunk_kernel)
     total = torch.zeros((), dtype=acc, device=hidden.device)
     with C.fp32_accumulation(hidden.device):
         for t0 in range(0, n, chunk):
