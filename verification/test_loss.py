@@ -16,10 +16,10 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from muse import kernels
 from muse.train.loss import IGNORE_INDEX, auto_chunk_size, has_native, linear_cross_entropy
 from verification import bounds as B
 from verification.checks import check_close, real
-from muse import kernels
 from verification.harness import host, tensor
 
 REF_SLACK = 1 + 2.0**-20  # the float64 reference errs by <= gamma_(n+V+d) in 2**-53 units: far below
