@@ -257,36 +257,42 @@ def _exp(x, INTERP: tl.constexpr):
 
 @triton.jit
 def _lse_rows_kernel(z_ptr, max_ptr, sum_ptr, n_rows, width, stride,
-                     INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+                     INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr):
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     rmask = rows < n_rows
     base = z_ptr + rows[:, None] * stride
     cols = tl.arange(0, BLOCK_W)[None, :]
-    c_max = tl.full((ROWS,), float("-inf"), tl.float32)
-    c0 = 0
-    while c0 < width:  # pass 1: the chunk's max per row (while: the interpreter takes no range() of a runtime int)
-        mask = rmask[:, None] & (c0 + cols < width)
-        x = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        c_max = tl.maximum(c_max, tl.max(x, axis=1))
-        c0 += BLOCK_W
     old_max = tl.load(max_ptr + rows, mask=rmask, other=0.0)
     old_sum = tl.load(sum_ptr + rows, mask=rmask, other=0.0)
-    new_max = tl.maximum(old_max, c_max)
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a row of -inf so far: exp(-inf) = 0
-    c_sum = tl.zeros((ROWS,), tl.float32)
-    c0 = 0
-    while c0 < width:  # pass 2: sum of exp(z - new max), fp32
-        mask = rmask[:, None] & (c0 + cols < width)
-        x = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        c_sum += tl.sum(_exp(x - shift[:, None], INTERP), axis=1)
-        c0 += BLOCK_W
+    if ONE_TILE:  # the row fits one tile: read once, max and sum from registers
+        x = tl.load(base + cols, mask=rmask[:, None] & (cols < width), other=float("-inf")).to(tl.float32)
+        new_max = tl.maximum(old_max, tl.max(x, axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a row of -inf so far: exp(-inf) = 0
+        c_sum = tl.sum(_exp(x - shift[:, None], INTERP), axis=1)
+    else:
+        c_max = tl.full((ROWS,), float("-inf"), tl.float32)
+        c0 = 0
+        while c0 < width:  # pass 1: the chunk's max per row (while: the interpreter takes no range() of a runtime int)
+            mask = rmask[:, None] & (c0 + cols < width)
+            x = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            c_max = tl.maximum(c_max, tl.max(x, axis=1))
+            c0 += BLOCK_W
+        new_max = tl.maximum(old_max, c_max)
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        c_sum = tl.zeros((ROWS,), tl.float32)
+        c0 = 0
+        while c0 < width:  # pass 2: sum of exp(z - new max), fp32
+            mask = rmask[:, None] & (c0 + cols < width)
+            x = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            c_sum += tl.sum(_exp(x - shift[:, None], INTERP), axis=1)
+            c0 += BLOCK_W
     new_sum = old_sum * _exp(old_max - shift, INTERP) + c_sum
     tl.store(max_ptr + rows, new_max, mask=rmask)
     tl.store(sum_ptr + rows, new_sum, mask=rmask)
 
 
 @triton.jit
-def _softmax_grad_kernel(z_ptr, g_ptr, lse_ptr, col_ptr, keep_ptr, n_rows, width, stride_z, stride_g,
+def _softmax_grad_kernel(z_ptr, g_ptr, lse_ptr, t_ptr, keep_ptr, n_rows, width, stride_z, stride_g, offset,
                          INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -294,7 +300,7 @@ def _softmax_grad_kernel(z_ptr, g_ptr, lse_ptr, col_ptr, keep_ptr, n_rows, width
     mask = rmask[:, None] & (cols[None, :] < width)
     x = tl.load(z_ptr + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-    col = tl.load(col_ptr + rows, mask=rmask, other=-1)
+    col = tl.load(t_ptr + rows, mask=rmask, other=-1) - offset  # outside [0, width): no target here
     keep = tl.load(keep_ptr + rows, mask=rmask, other=0.0)
     p = _exp(x - lse[:, None], INTERP)
     g = tl.where(cols[None, :] == col[:, None], p - 1.0, p) * keep[:, None]
@@ -313,14 +319,15 @@ def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> N
     if n == 0 or width == 0:
         return
     rows, block_w, warps = _ce_tile(width)
-    _lse_rows_kernel[(triton.cdiv(n, rows),)](z, row_max, row_sum, n, width, z.stride(0),
-                                              INTERP=interpreting(), ROWS=rows, BLOCK_W=block_w, num_warps=warps)
+    _lse_rows_kernel[(triton.cdiv(n, rows),)](z, row_max, row_sum, n, width, z.stride(0), INTERP=interpreting(),
+                                              ROWS=rows, BLOCK_W=block_w, ONE_TILE=width <= block_w, num_warps=warps)
 
 
-def softmax_grad(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
-                 dtype: torch.dtype) -> torch.Tensor:
-    """(exp(z - lse) - onehot(col)) * keep, computed in fp32 and rounded once to ``dtype``; col -1:
-    no target in this chunk.  Written over ``z`` when z is row-major of that dtype."""
+def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                 dtype: torch.dtype, offset: int = 0) -> torch.Tensor:
+    """(exp(z - lse) - onehot(targets - offset)) * keep, computed in fp32 and rounded once to ``dtype``
+    (z: the logits of vocabulary rows offset..; a target outside them has no column here).  Written
+    over ``z`` when z is row-major of that dtype."""
     z = scratch(_row_major(z), z)
     n, width = z.shape
     g = z if z.dtype == dtype else scratch(torch.empty(n, width, dtype=dtype, device=z.device))
@@ -328,7 +335,7 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: to
         return g
     rows, block_w, warps = _ce_tile(width)
     grid = (triton.cdiv(n, rows), triton.cdiv(width, block_w))
-    _softmax_grad_kernel[grid](z, g, lse, col, keep, n, width, z.stride(0), g.stride(0),
+    _softmax_grad_kernel[grid](z, g, lse, targets, keep, n, width, z.stride(0), g.stride(0), offset,
                                INTERP=interpreting(), ROWS=rows, BLOCK_W=block_w, num_warps=warps)
     return g
 

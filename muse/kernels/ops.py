@@ -132,10 +132,11 @@ def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> N
     _k().lse_rows(z, row_max, row_sum)
 
 
-def softmax_grad(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
-                 dtype: torch.dtype) -> torch.Tensor:
-    """(exp(z - lse) - onehot(col)) * keep in fp32, rounded once to ``dtype`` (over z when it can)."""
-    return _k().softmax_grad(z, lse, col, keep, dtype)
+def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                 dtype: torch.dtype, offset: int = 0) -> torch.Tensor:
+    """(exp(z - lse) - onehot(targets - offset)) * keep in fp32 for the logits z of vocabulary rows
+    offset.., rounded once to ``dtype`` (over z when it can)."""
+    return _k().softmax_grad(z, lse, targets, keep, dtype, offset)
 
 
 __all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",

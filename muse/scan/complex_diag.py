@@ -21,7 +21,9 @@ state is kept in that dtype, and ``y`` is rounded once to ``out_dtype`` (default
   chunks of length L.  Inside a chunk, h = T x with the lower-triangular Toeplitz matrix
   T[k, j] = lambda^(k-j) (one batched GEMM per plane); the chunk-end states are then
   combined by a second, (n_c x n_c) Toeplitz product with entries lambda^(L m); finally each
-  position adds lambda^(k+1) times the state entering its chunk.  Every power lambda^n is
+  position adds lambda^(k+1) times the state entering its chunk.  Each distinct power (L + 1
+  within a chunk, n_c across chunks) is evaluated once and gathered into the Toeplitz matrices;
+  every power lambda^n is
   evaluated directly as exp(n (-exp(nu))) (cos(n omega) + i sin(n omega)) in float64 and
   rounded once to the compute dtype, so no error accumulates through repeated
   multiplication (in float32 the phase n*omega alone would be off by ~n*omega*2^-24, about
@@ -61,8 +63,8 @@ def decay_powers(nu: torch.Tensor, omega: torch.Tensor, n: torch.Tensor,
 
     Evaluated in float64 (n * omega is exact there for |n| < 2^29) and rounded once.  They depend on
     the parameters only, so with gradients on they are recomputed in backward rather than their
-    float64 intermediates kept (192 MiB at the ``mix`` preset's six layers; same values).  Eager
-    only: under torch.compile the partitioner decides what to recompute.
+    float64 intermediates kept (same values).  Eager only: under torch.compile the partitioner
+    decides what to recompute.
     """
     return recomputed(_decay_powers, nu, omega, n, dtype)
 
@@ -171,7 +173,10 @@ def _chunked_planes(xp: torch.Tensor, nu: torch.Tensor, omega: torch.Tensor, h0:
     # 1. inside each chunk: local_k = sum_{j <= k} lambda^(k-j) x_j
     k = torch.arange(chunk, device=dev)
     lag = k[:, None] - k[None, :]  # (L, L)
-    tr, ti = decay_powers(nu, omega, lag.clamp(min=0), cd)  # (L, L, D)
+    # the L + 1 distinct powers lambda^0 .. lambda^L (steps 1 and 3), gathered into the Toeplitz matrix:
+    # evaluating them on the (L, L) lag matrix itself made L times the float64 temporaries
+    powers_r, powers_i = decay_powers(nu, omega, torch.arange(chunk + 1, device=dev), cd)  # (L + 1, D)
+    tr, ti = powers_r[lag.clamp(min=0)], powers_i[lag.clamp(min=0)]  # (L, L, D)
     keep = (lag >= 0)[..., None]
     tr, ti = torch.where(keep, tr, 0.0), torch.where(keep, ti, 0.0)
     a = torch.einsum("kjd,pbcjd->pbckd", tr, xc)  # (2, B, nc, L, D): Tr x_re, Tr x_im
@@ -185,7 +190,8 @@ def _chunked_planes(xp: torch.Tensor, nu: torch.Tensor, omega: torch.Tensor, h0:
     m = ends.shape[2]
     c = torch.arange(m, device=dev)
     clag = c[:, None] - c[None, :]  # (m, m)
-    qr, qi = decay_powers(nu, omega, clag.clamp(min=0) * chunk, cd)  # (m, m, D)
+    qr, qi = decay_powers(nu, omega, c * chunk, cd)  # (m, D): lambda^(L c)
+    qr, qi = qr[clag.clamp(min=0)], qi[clag.clamp(min=0)]  # (m, m, D)
     ckeep = (clag >= 0)[..., None]
     qr, qi = torch.where(ckeep, qr, 0.0), torch.where(ckeep, qi, 0.0)
     a = torch.einsum("cgd,pbgd->pbcd", qr, ends)
@@ -197,7 +203,7 @@ def _chunked_planes(xp: torch.Tensor, nu: torch.Tensor, omega: torch.Tensor, h0:
         entering = torch.cat([states.new_zeros(2, batch, 1, channels), states[:, :, :-1]], dim=2)
 
     # 3. each position adds lambda^(k+1) times the state entering its chunk
-    pr, pi = decay_powers(nu, omega, k + 1, cd)  # (L, D)
+    pr, pi = powers_r[1:], powers_i[1:]  # (L, D): lambda^(k + 1)
     er, ei = entering[0][:, :, None], entering[1][:, :, None]  # (B, nc, 1, D)
     hr = local[0] + (pr * er - pi * ei)
     hi = local[1] + (pr * ei + pi * er)

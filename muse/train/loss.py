@@ -154,6 +154,18 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
+_ADDMM_OUT_DTYPE = "dtype" in torch.ops.aten.addmm.overloads()
+
+
+def _add_mm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` into the fp32 ``acc``: one GEMM whose epilogue adds acc (CUDA, 16-bit
+    operands: ``addmm(out_dtype=float32)``), else the fp32 product added in place; the same
+    rounding either way (the product accumulated in fp32, one rounding of the sum)."""
+    if a.is_cuda and _ADDMM_OUT_DTYPE and a.dtype in (torch.float16, torch.bfloat16) and acc.dtype == torch.float32:
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    return acc.add_(_mm_fp32(a, b))
+
+
 def _lse_step(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of the online log-sum-exp (z: logits in the storage dtype): the running per-row
     max and the sum of exp(z - max), the old sum rescaled by exp(old max - new max)."""
@@ -262,7 +274,8 @@ def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, ne
     n, v = hidden.shape[0], weight.shape[0]
     acc = C.compute_dtype(hidden.dtype)
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
-    dlogits = _chunk_body(hidden, weight, _dlogits, kernels.softmax_grad)
+    use_kernels = _use_kernels(hidden, weight)
+    dlogits = _fused(_dlogits) if hidden.is_cuda and not use_kernels else _dlogits
     keep = scored.to(acc)
     d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
     alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
@@ -272,8 +285,11 @@ def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, ne
         rhs, ones_col = _with_ones(chunks.h, need_w) if need_b else (chunks.h, None)
     with C.fp32_accumulation(hidden.device):
         for v0, v1 in chunks if n else ():
-            col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
-            g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
+            if use_kernels:  # the target's column found in the kernel
+                g = kernels.softmax_grad(chunks.logits(v0), lse, targets, keep, chunks.gemm_dtype, offset=v0)
+            else:
+                col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
+                g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
             if need_w or need_b:
                 dwb = _mm_fp32(g.t(), rhs)[: v1 - v0].mul_(scale)
                 if need_w:
@@ -282,7 +298,7 @@ def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, ne
                     d_bias[v0:v1] = dwb[:, ones_col]
                 del dwb
             if need_h:
-                d_hidden.add_(_mm_fp32(g, chunks.weight_rows(v0)))
+                d_hidden = _add_mm_fp32(d_hidden, g, chunks.weight_rows(v0))
             del g  # before the next chunk's logits are allocated
     if d_hidden is not None:
         d_hidden = d_hidden.mul_(scale).to(hidden.dtype)

@@ -52,15 +52,18 @@ def test_lse_rows_matches_the_pytorch_step_over_chunks(launches, kernel_device, 
 @pytest.mark.parametrize("dtype,gemm_dtype", [(torch.float16, torch.float16), (torch.float16, torch.float32),
                                               (torch.float32, torch.float32)])
 def test_softmax_grad_matches_the_pytorch_body(launches, kernel_device, dtype, gemm_dtype):
-    """softmax - onehot, zero for unscored rows, -1 only where the target lies in the chunk; written
-    over the logits when they already have the GEMM dtype (no second chunk-sized tensor)."""
-    n, width = 37, 300
+    """softmax - onehot, zero for unscored rows, -1 only where the target lies in this chunk (the
+    vocabulary rows offset..offset + width); written over the logits when they already have the
+    GEMM dtype (no second chunk-sized tensor)."""
+    n, width, offset = 37, 300, 600
     z = _logits(n, width, dtype, kernel_device)
     lse = torch.logsumexp(z.float(), 1) + 0.5  # any saved lse: this chunk is one of several
-    col = torch.randint(-1, width, (n,)).to(kernel_device)
+    targets = torch.randint(offset - 200, offset + width + 200, (n,)).to(kernel_device)
     keep = (torch.rand(n) > 0.3).float().to(kernel_device)
+    col = torch.where((targets >= offset) & (targets < offset + width), targets - offset, -1)
+    assert 0 < int((col >= 0).sum()) < n
     want = L._dlogits(z.clone(), lse, col, keep, gemm_dtype)
-    got = kernels.softmax_grad(z, lse, col, keep, gemm_dtype)
+    got = kernels.softmax_grad(z, lse, targets, keep, gemm_dtype, offset=offset)
     assert launches == {"softmax_grad": 1}
     assert got.dtype == gemm_dtype and (got.data_ptr() == z.data_ptr()) == (dtype == gemm_dtype)
     ulp = 2.0**-10 if gemm_dtype == torch.float16 else 2.0**-23

@@ -265,3 +265,30 @@ def test_zero_phase_is_two_real_recurrences(chunk):
         torch.testing.assert_close(state.planes, want[:, :, t], rtol=1e-12, atol=1e-12)
     real_only = C.ComplexTensor(torch.stack((x.planes[0], torch.zeros_like(x.planes[1]))))
     assert not complex_diag_scan(real_only, nu, omega, chunk_size=chunk)[0].planes[1].any()
+
+
+def test_each_power_is_evaluated_once_in_float64():
+    """The float64 work of the chunked scan, forward and backward, covers only the distinct powers
+    (L + 1 and n_c of them), never the (L, L) or (n_c, n_c) Toeplitz matrices themselves."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestFloat64(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    seq, chunk, channels = 256, 16, 8
+    nu, omega = _decay([0.5, 0.9, 0.99, 0.999] * 2)
+    nu.requires_grad_(True)
+    omega.requires_grad_(True)
+    x = _x((2, seq, channels))
+    with LargestFloat64() as mode:
+        y, _ = complex_diag_scan(x, nu, omega, chunk_size=chunk)
+        y.planes.sum().backward()
+    assert nu.grad is not None and omega.grad is not None
+    assert mode.largest == max(chunk + 1, seq // chunk) * channels  # L + 1 = 17 powers, n_c = 16 (was L² = 256)
