@@ -455,20 +455,18 @@ s8c)
     --variants 0,1 2>&1 | grep "^{" | tee "$OUT/compiled-loss-speed-phase2.jsonl"
   ;;
 s9a)
-  step "CUDA tests: loss kernels (target column in the kernel, one-tile log-sum-exp), fused loss, complex diagonal scan"
-  timeout 80 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_loss.py \
-    tests/train/test_fused_loss.py tests/scan/test_complex_diag_scan.py > "$OUT/cuda-tests.txt" 2>&1
+  step "CUDA tests: loss kernels (target column in the kernel, one-tile log-sum-exp), complex diagonal scan"
+  timeout 60 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_loss.py \
+    tests/scan/test_complex_diag_scan.py > "$OUT/cuda-tests.txt" 2>&1
   grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
-  MUSE_VERIFY_IMPL=eager,triton timeout 60 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" \
-    --out "$OUT/verify-loss" 2>&1 | tail -2
   step "compiled training with CUDA graphs, Stage 1 seed B4: full logits vs custom-op loops with Triton bodies, budgets 1/16 and 1/8"
-  TORCH_LOGS=perf_hints timeout 170 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 \
+  TORCH_LOGS=perf_hints timeout 150 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 \
     --variants 0,1,4 --profile 1 > "$OUT/compiled-loss-speed.log" 2>&1
   grep "^{" "$OUT/compiled-loss-speed.log" | tee "$OUT/compiled-loss-speed.jsonl"; grep -i "skipping cudagraph" "$OUT/compiled-loss-speed.log" | sort | uniq -c | head -5
   step "what is alive at the peak, B2 S1024, fused loss: Stage 1 mix (real lambda, powers gathered), Phase 2, Stage 1 seed"
   for m in "stage1 --preset mix" "phase2 --preset seed" "stage1 --preset seed"; do
     # shellcheck disable=SC2086
-    timeout 45 python3 scripts/peak_composition.py --model $m --device cuda --batch 2 --seq 1024 2>&1 | head -14
+    timeout 40 python3 scripts/peak_composition.py --model $m --device cuda --batch 2 --seq 1024 2>&1 | head -14
   done | tee "$OUT/peaks.txt"
   ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a" >&2; exit 2 ;;
