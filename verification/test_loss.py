@@ -17,7 +17,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from muse import kernels
-from muse.train.loss import IGNORE_INDEX, auto_chunk_size, has_native, linear_cross_entropy
+from muse.train.loss import IGNORE_INDEX, default_chunk_size, has_native, linear_cross_entropy
 from verification import bounds as B
 from verification.checks import check_close, real
 from verification.harness import host, tensor
@@ -72,6 +72,7 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bo
     with kernels.environment(MUSE_KERNELS=_kernels(bodies)):
         loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl)
         (loss * scale).backward()
+        default_chunk = default_chunk_size(ht, wt, impl)
     x, p, loss_tok, scored = _exact(h, w, b, targets)
     count = int(scored.sum())
     grad_scale = scale / count if reduction == "mean" else scale
@@ -80,7 +81,7 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bo
     n_vocab_chunk = chunk if impl == "chunked" and chunk else len(w)
     token_chunk = None
     if impl == "chunked-tokens":
-        token_chunk = chunk or auto_chunk_size(len(w), len(h), ht.dtype, impl=impl)
+        token_chunk = chunk or default_chunk
     bound = B.linear_cross_entropy_abs(h.astype(np.float64), w.astype(np.float64),
                                        None if b is None else b.astype(np.float64), targets, scored, x, p,
                                        loss_tok, h.dtype.type, grad_scale, fp16_gemm, n_vocab_chunk, device,

@@ -114,7 +114,8 @@ def chunk_budget(vocab_size: int, n_tokens: int) -> int:
 
 
 def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.float32,
-                    budget_bytes: int | None = None, impl: str = "chunked") -> int:
+                    budget_bytes: int | None = None, impl: str = "chunked", in_place: bool = False,
+                    d: int = 0) -> int:
     """The chunk size that fits ``budget_bytes`` (None: :func:`chunk_budget`).
 
     ``"chunked"``: vocabulary rows per chunk, all tokens at once (8 bytes per entry: fp16
@@ -122,6 +123,9 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
     a multiple of 128 when at least 128, never more than ``vocab_size``. ``"torch-native"``:
     tokens per chunk (6 or 4 bytes per entry); ``"chunked-tokens"``: tokens per chunk (8 bytes
     per entry, as ``"chunked"``); a multiple of 8 when at least 8, never more than ``n_tokens``.
+    ``in_place`` (the Triton chunk bodies, which write the gradient over the logits): ``"chunked"``
+    counts the logits in ``dtype`` plus each row's fp32 weight-gradient slice of ``d`` + 8 columns;
+    ``"chunked-tokens"`` counts 4 bytes per entry for fp32 logits (16-bit inputs keep 8).
     """
     if impl not in IMPLS[1:]:
         raise ValueError(f"impl must be one of {IMPLS[1:]}, got {impl!r}")
@@ -130,13 +134,26 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
     if impl == "torch-native":
         chunk, step, limit = budget // (vocab_size * (6 if half else 4)), 8, n_tokens
     elif impl == "chunked-tokens":
-        chunk, step, limit = budget // (vocab_size * 8), 8, n_tokens
+        chunk, step, limit = budget // (vocab_size * (4 if in_place and not half else 8)), 8, n_tokens
+    elif in_place:
+        row = max(n_tokens, 1) * torch.finfo(dtype).bits // 8 + 4 * (d + _BIAS_COLUMNS)
+        chunk, step, limit = budget // row, 128, vocab_size
     else:
         chunk, step, limit = budget // (max(n_tokens, 1) * 8), 128, vocab_size
     chunk = max(1, chunk)
     if chunk >= step:
         chunk -= chunk % step
     return max(1, min(chunk, limit))
+
+
+def default_chunk_size(hidden: torch.Tensor, weight: torch.Tensor, impl: str) -> int:
+    """What ``linear_cross_entropy`` uses when ``chunk_size`` is None: :func:`auto_chunk_size` for
+    hidden (..., d) and the (V, d) weight on path ``impl``, in place where the chunk bodies will run
+    as Triton kernels (also inside the loss's custom ops when torch.compile traces)."""
+    n, d = hidden.numel() // max(hidden.shape[-1], 1), hidden.shape[-1]
+    in_place = (impl != "torch-native" and hidden.dtype != torch.float64
+                and kernels.enabled(hidden, weight, in_compile=_opaque()))
+    return auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl, in_place=in_place, d=d)
 
 
 # torch.mm(..., out_dtype=) (an fp32 result of fp16 operands, CUDA): read once from the op's
@@ -606,7 +623,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(weight.shape[0], max(h.shape[0], 1), hidden.dtype, impl=path)
+        chunk_size = default_chunk_size(hidden, weight, path)
     if path == "torch-native":  # our chunk size: its own CPU heuristic picked 1-row chunks (docs/training.md)
         # under torch.compile torch forces allow_retain_graph=True with a warning, which fullgraph cannot
         # trace: ask for it there (one gradient-sized allocation more; eager keeps the leaner default)
@@ -676,6 +693,6 @@ def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", red
 
 __all__ = [
     "CHUNK_BUDGET_FRACTION", "CHUNK_BUDGET_MAX_BYTES", "CHUNK_BUDGET_MIN_BYTES", "IGNORE_INDEX", "IMPLS",
-    "auto_chunk_size", "chunk_budget", "compile_model_loss", "has_native", "linear_cross_entropy", "lm_loss",
+    "auto_chunk_size", "chunk_budget", "compile_model_loss", "default_chunk_size", "has_native", "linear_cross_entropy", "lm_loss",
     "loss_path", "model_loss",
 ]

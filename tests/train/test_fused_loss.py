@@ -324,3 +324,29 @@ def test_model_without_a_head_is_a_clear_error():
     with pytest.raises(TypeError, match="lm_head"):
         model_loss(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
 
+
+
+def test_in_place_chunk_bodies_get_wider_chunks_for_the_same_budget():
+    """With the Triton bodies the gradient overwrites the logits: a vocabulary chunk costs its fp16
+    logits plus its fp32 weight-gradient rows (d + 8 columns), a token chunk of fp32 logits 4 bytes
+    an entry; the plain bodies keep 8 bytes an entry."""
+    mib64 = 64 * 2**20
+    assert auto_chunk_size(50257, 2048, torch.float16, mib64) == 4096
+    rows = mib64 // (2048 * 2 + 4 * (512 + 8))  # 10,866 -> 10,752 (a multiple of 128)
+    assert auto_chunk_size(50257, 2048, torch.float16, mib64, in_place=True, d=512) == rows - rows % 128 == 10752
+    assert auto_chunk_size(50257, 4096, torch.float32, mib64, impl="chunked-tokens") == 160
+    assert auto_chunk_size(50257, 4096, torch.float32, mib64, impl="chunked-tokens", in_place=True) == 328
+    assert auto_chunk_size(50257, 4096, torch.float16, mib64, impl="chunked-tokens", in_place=True) == 160
+
+
+def test_the_default_chunk_follows_the_kernel_switch(monkeypatch):
+    """default_chunk_size counts in place exactly when the chunk bodies will be the Triton kernels."""
+    from muse import kernels
+    from muse.train.loss import default_chunk_size
+
+    h, w = torch.zeros(4096, 512, dtype=torch.float16), torch.zeros(50257, 512, dtype=torch.float16)
+    monkeypatch.setattr(kernels, "enabled", lambda *t, **kw: False)
+    plain = default_chunk_size(h, w, "chunked")
+    monkeypatch.setattr(kernels, "enabled", lambda *t, **kw: True)
+    assert default_chunk_size(h, w, "chunked") > 3 * plain
+    assert default_chunk_size(h.double(), w.double(), "chunked") == plain  # fp64: never the kernels
