@@ -456,7 +456,7 @@ s8c)
   ;;
 s9a)
   step "CUDA tests: loss kernels (target column in the kernel, one-tile log-sum-exp), complex diagonal scan"
-  timeout 60 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_loss.py \
+  timeout 50 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_loss.py \
     tests/scan/test_complex_diag_scan.py > "$OUT/cuda-tests.txt" 2>&1
   grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
   step "compiled training with CUDA graphs, Stage 1 seed B4: full logits vs custom-op loops with Triton bodies, budgets 1/16 and 1/8"
