@@ -109,3 +109,39 @@ def test_the_chunk_bodies_follow_the_kernel_switch(monkeypatch):
     assert L._chunk_body(x64, x64, L._lse_step, L._lse_step_kernel) is L._lse_step
     monkeypatch.setattr(kernels, "enabled", lambda *t, **kw: False)
     assert L._chunk_body(x32, x32, L._lse_step, L._lse_step_kernel) is L._lse_step
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_compiled_loss_runs_the_kernels_inside_its_custom_ops(launches, kernel_device):
+    """Under torch.compile the chunk loops are opaque custom ops whose bodies run at call time: the
+    kernels launch there, the chunk width is the in-place one (what the kernels will hold), and the
+    loss and gradients equal eager code's."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(2)
+    n, d, v = 24, 16, 300
+    h = torch.randn(n, d, generator=g).half().to(kernel_device)
+    w = (0.3 * torch.randn(v, d, generator=g)).half().to(kernel_device)
+    t = torch.randint(0, v, (n,), generator=g).to(kernel_device)
+    budget = 16 * (n * 2 + 4 * (d + 8))  # 16 vocabulary rows in place (2 with 8 bytes an entry)
+
+    def run(fn):
+        leaf = h.clone().requires_grad_()
+        wl = w.clone().requires_grad_()
+        loss = fn(leaf, wl)
+        loss.backward()
+        return loss.detach(), leaf.grad, wl.grad
+
+    def loss_fn(hh, ww):
+        return L.linear_cross_entropy(hh, ww, t, impl="chunked")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L, "chunk_budget", lambda vocab, tokens: budget)
+        mp.setattr(L, "CHUNK_BUDGET_MIN_BYTES", 0)
+        eager = run(loss_fn)
+        eager_launches = dict(launches)
+        launches.clear()
+        compiled = run(torch.compile(loss_fn, fullgraph=True))
+    rows = 128 if kernel_device == "cuda" else 16
+    assert eager_launches == launches == {"lse_rows": -(-v // rows), "softmax_grad": -(-v // rows)}
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
