@@ -149,9 +149,10 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
 def default_chunk_size(hidden: torch.Tensor, weight: torch.Tensor, impl: str) -> int:
     """What ``linear_cross_entropy`` uses when ``chunk_size`` is None: :func:`auto_chunk_size` for
     hidden (..., d) and the (V, d) weight on path ``impl``, in place where the chunk bodies will run
-    as Triton kernels (also inside the loss's custom ops when torch.compile traces)."""
+    as Triton kernels (also inside the loss's custom ops when torch.compile traces) and the gradient
+    can overwrite the logits (not under autocast, where the GEMMs take another dtype)."""
     n, d = hidden.numel() // max(hidden.shape[-1], 1), hidden.shape[-1]
-    in_place = (impl != "torch-native" and hidden.dtype != torch.float64
+    in_place = (impl != "torch-native" and hidden.dtype != torch.float64 and _autocast_gemm_dtype(hidden) is None
                 and kernels.enabled(hidden, weight, in_compile=_opaque()))
     return auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl, in_place=in_place, d=d)
 

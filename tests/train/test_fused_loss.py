@@ -350,3 +350,6 @@ def test_the_default_chunk_follows_the_kernel_switch(monkeypatch):
     monkeypatch.setattr(kernels, "enabled", lambda *t, **kw: True)
     assert default_chunk_size(h, w, "chunked") > 3 * plain
     assert default_chunk_size(h.double(), w.double(), "chunked") == plain  # fp64: never the kernels
+    h32, w32 = h.float(), w.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 GEMMs: the gradient cannot overwrite fp32 logits
+        assert default_chunk_size(h32, w32, "chunked") == auto_chunk_size(50257, 4096, torch.float32)
