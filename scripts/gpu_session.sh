@@ -469,7 +469,47 @@ s9a)
     timeout 40 python3 scripts/peak_composition.py --model $m --device cuda --batch 2 --seq 1024 2>&1 | head -14
   done | tee "$OUT/peaks.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a" >&2; exit 2 ;;
+s10a)
+  step "CUDA tests and verify of the loss after the last kernel changes (target column in the kernel, GEMM-epilogue d(hidden))"
+  timeout 50 python3 -m pytest -q -n 4 -p no:cacheprovider --tb=line --muse-device cuda tests/kernels/test_kernels_loss.py \
+    tests/train/test_fused_loss.py > "$OUT/cuda-tests.txt" 2>&1
+  grep -E "^/|^E |passed|failed" "$OUT/cuda-tests.txt" | tail -6
+  MUSE_VERIFY_IMPL=eager,triton timeout 60 python3 -m muse verify --profile ci --device cuda -n 4 -k "loss" \
+    --out "$OUT/verify-loss" 2>&1 | tail -3
+  step "Phase 2 compiled with CUDA graphs, B4: full logits vs the token-chunked loss (Triton bodies)"
+  timeout 90 python3 scripts/compiled_loss_speed.py --model phase2 --preset seed --batch 4 --seq 1024 \
+    --variants 0,1 2>&1 | grep "^{" | tee "$OUT/compiled-loss-speed-phase2.jsonl"
+  step "Stage 1 criteria with the mix Stage 1 (real lambda), Phase 2, references: the current tree, alone on the GPU"
+  timeout 370 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -40
+  ;;
+s10b)
+  step "what is alive at the peak, B2 S1024, fused loss: Stage 1 mix (powers gathered)"
+  timeout 80 python3 scripts/peak_composition.py --model stage1 --preset mix --device cuda --batch 2 --seq 1024 2>&1 \
+    | head -16 | tee "$OUT/peak-mix.txt"
+  step "Stage 1 criteria at the seed preset (in the background, sharing the GPU with the sweep: its tok/s are not speed figures)"
+  ( timeout 450 python3 -m muse bench stage1 --preset seed --references phase2_nomix,gpt --device cuda --no-compile \
+      "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-seed" > "$OUT/bench-seed.txt" 2>&1 ) &
+  step "issue 12 sweep: weight decay 1.0 for every model, more seeds of the GPT"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "phase2-wd1.0|--model phase2 --preset seed --weight-decay 1.0 --seed 1337" \
+    "gpt-wd1.0|--model gpt --preset seed --weight-decay 1.0 --seed 1337" \
+    "mix-wd1.0-seed1|--model stage1 --preset mix --weight-decay 1.0 --seed 1" \
+    "phase2-wd1.0-seed1|--model phase2 --preset seed --weight-decay 1.0 --seed 1" \
+    "gpt-seed1|--model gpt --preset seed --seed 1" \
+    "mix-wd1.0-seed2|--model stage1 --preset mix --weight-decay 1.0 --seed 2" \
+    "phase2-wd1.0-seed2|--model phase2 --preset seed --weight-decay 1.0 --seed 2" \
+    "gpt-seed2|--model gpt --preset seed --seed 2" \
+    > "$OUT/runs.txt"
+  sweep 6 440 "$OUT/runs.txt"  # 5 runs at a time beside the criteria job
+  wait
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  sed -n '/all_pass/,$p' "$OUT/bench-seed.txt" | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
