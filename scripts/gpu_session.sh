@@ -509,7 +509,36 @@ s10b)
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   sed -n '/all_pass/,$p' "$OUT/bench-seed.txt" | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b" >&2; exit 2 ;;
+s10c)
+  step "eager training throughput B4, fused vs full logits, both seed models, alone on the GPU (20 steps)"
+  timeout 100 python3 scripts/loss_memory.py --preset seed --device cuda --batch 2 --seq 1024 --throughput-batch 4 \
+    --steps 20 --impl chunked | tee "$OUT/loss-eager-b4.jsonl"
+  step "compiled Stage 1 seed training with CUDA graphs, B4: layer_norm and modReLU compiled vs as Triton kernels in the graph"
+  timeout 110 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --steps 20 \
+    --variants 0,1 2>&1 | grep "^{" | tee "$OUT/compiled-default.jsonl"
+  MUSE_KERNELS_IN_COMPILE=layer_norm,modrelu timeout 110 python3 scripts/compiled_loss_speed.py --model stage1 \
+    --preset seed --batch 4 --seq 1024 --steps 20 --variants 1 2>&1 | grep "^{" | tee "$OUT/compiled-ln-kernels.jsonl"
+  step "issue 12 sweep at weight decay 1.0: the mix Stage 1's width, state, learning rate, dropout, ring, positions"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --seed 1337 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  M="--model stage1 --preset mix --weight-decay 1.0"
+  printf '%s\n' \
+    "mix-wd3.0|--model stage1 --preset mix --weight-decay 3.0" \
+    "mix-wd1.0-dstate2048|$M --model-arg d_state=2048" \
+    "mix-wd1.0-dffn2048|$M --model-arg d_ffn=2048" \
+    "mix-wd1.0-dffn512|$M --model-arg d_ffn=512" \
+    "mix-wd1.0-dropout0|$M --dropout 0.0" \
+    "mix-wd1.0-lr2e-3|$M --lr 2e-3 --min-lr 2e-4" \
+    "mix-wd1.0-lr5e-4|$M --lr 5e-4 --min-lr 5e-5" \
+    "mix-wd1.0-rmax0.999|$M --model-arg r_max=0.999" \
+    "mix-wd1.0-zeta0.25|$M --model-arg zeta_scale=0.25" \
+    "phase2-wd3.0|--model phase2 --preset seed --weight-decay 3.0" \
+    > "$OUT/runs.txt"
+  sweep 6 300 "$OUT/runs.txt"
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
