@@ -538,7 +538,33 @@ s10c)
   sweep 6 300 "$OUT/runs.txt"
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c" >&2; exit 2 ;;
+s10d)
+  step "Stage 1 criteria with the mix Stage 1 at zeta_scale 0.25 (in the background beside the sweep: its tok/s are not speed figures)"
+  ( timeout 330 python3 -m muse bench stage1 --preset seed --stage1-preset mix --stage1-arg zeta_scale=0.25 \
+      --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix-zeta0.25" \
+      > "$OUT/bench-mix-zeta0.25.txt" 2>&1 ) &
+  step "issue 12 sweep: the position table's amplitude (zeta_scale) with weight decay, seeds; Phase 2 at 0.25"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  M="--model stage1 --preset mix --seed 1337"
+  printf '%s\n' \
+    "mix-wd1.0-zeta0|$M --weight-decay 1.0 --model-arg zeta_scale=0.0" \
+    "mix-wd1.0-zeta0.1|$M --weight-decay 1.0 --model-arg zeta_scale=0.1" \
+    "mix-wd1.0-zeta0.5|$M --weight-decay 1.0 --model-arg zeta_scale=0.5" \
+    "mix-wd3.0-zeta0.25|$M --weight-decay 3.0 --model-arg zeta_scale=0.25" \
+    "mix-wd3.0-zeta0.1|$M --weight-decay 3.0 --model-arg zeta_scale=0.1" \
+    "mix-wd1.0-zeta0.25-seed1|--model stage1 --preset mix --seed 1 --weight-decay 1.0 --model-arg zeta_scale=0.25" \
+    "mix-wd1.0-zeta0.25-seed2|--model stage1 --preset mix --seed 2 --weight-decay 1.0 --model-arg zeta_scale=0.25" \
+    "phase2-zeta0.25|--model phase2 --preset seed --seed 1337 --model-arg zeta_scale=0.25" \
+    "phase2-wd1.0-zeta0.25|--model phase2 --preset seed --seed 1337 --weight-decay 1.0 --model-arg zeta_scale=0.25" \
+    > "$OUT/runs.txt"
+  sweep 6 320 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  sed -n '/all_pass/,$p' "$OUT/bench-mix-zeta0.25.txt" | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
