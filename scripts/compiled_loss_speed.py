@@ -6,7 +6,8 @@ vs traced as ordinary ops, and with two chunk budgets: train tok/s and the step'
 Each variant is traced afresh (``torch._dynamo.reset()``); MUSE_LOSS_OPAQUE=0 traces the loops;
 the "full" variant is the full-logits loss, the ratio's reference, in the same process; the chunk
 bodies (log-sum-exp, softmax gradient) run as muse's Triton kernels or as nested torch.compile'd
-functions. Prints one JSON line per variant; ``--profile 1,2`` adds those variants' ten costliest GPU
+functions; the last variant also runs layer_norm and modReLU as Triton kernels inside the graph
+(MUSE_KERNELS_IN_COMPILE). Prints one JSON line per variant; ``--profile 1,2`` adds those variants' ten costliest GPU
 kernels (one compiled step without CUDA graphs, under torch.profiler) and how many launches were Triton.
 """
 
@@ -22,10 +23,11 @@ import muse.train.loss as L
 from benchmarks import measure
 from muse.models import build_model
 
-# (loops, MUSE_LOSS_OPAQUE, CHUNK_BUDGET_FRACTION, chunk bodies: Triton kernels or nested torch.compile)
-VARIANTS = (("full", "1", 16, "-"), ("custom-op", "1", 16, "kernels"), ("custom-op", "1", 16, "compiled"),
-            ("traced", "0", 16, "-"), ("custom-op", "1", 8, "kernels"), ("custom-op", "1", 4, "kernels"),
-            ("traced", "0", 8, "-"))
+# (loops, MUSE_LOSS_OPAQUE, CHUNK_BUDGET_FRACTION, chunk bodies: Triton kernels or nested torch.compile,
+#  MUSE_KERNELS_IN_COMPILE: the element-wise ops whose Triton kernels run inside the compiled graph)
+VARIANTS = (("full", "1", 16, "-", ""), ("custom-op", "1", 16, "kernels", ""), ("custom-op", "1", 16, "compiled", ""),
+            ("traced", "0", 16, "-", ""), ("custom-op", "1", 8, "kernels", ""), ("custom-op", "1", 4, "kernels", ""),
+            ("traced", "0", 8, "-", ""), ("custom-op", "1", 16, "kernels", "layer_norm,modrelu"))
 
 
 def main() -> None:
@@ -44,8 +46,9 @@ def main() -> None:
     use_kernels = L._use_kernels
     profiled = {int(i) for i in args.profile.split(",") if i}
     for i in map(int, args.variants.split(",")):
-        loops, opaque, fraction, bodies = VARIANTS[i]
+        loops, opaque, fraction, bodies, in_compile = VARIANTS[i]
         os.environ["MUSE_LOSS_OPAQUE"] = opaque
+        os.environ["MUSE_KERNELS_IN_COMPILE"] = in_compile
         L.CHUNK_BUDGET_FRACTION = fraction
         L._use_kernels = use_kernels if bodies != "compiled" else (lambda hidden, weight: False)
         torch._dynamo.reset()
@@ -58,7 +61,7 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() - before
         print(json.dumps({"model": args.model, "preset": args.preset, "batch": args.batch, "seq": args.seq,
                           "loops": loops, "chunk_budget_fraction": fraction, "chunk_bodies": bodies,
-                          "train_tok_s": round(tp["tokens_per_second"], 1),
+                          "kernels_in_compile": in_compile or "-", "train_tok_s": round(tp["tokens_per_second"], 1),
                           "peak_above_start_MiB (warm-up, compile and graph pools included)": round(peak / 2**20, 1)}),
               flush=True)
         if i in profiled:

@@ -564,7 +564,12 @@ s10d)
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   sed -n '/all_pass/,$p' "$OUT/bench-mix-zeta0.25.txt" | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d" >&2; exit 2 ;;
+s10e)
+  step "Stage 1 criteria with the mix Stage 1, both presets at zeta_scale 0.25 (Phase 2's default now), alone on the GPU"
+  timeout 245 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --eval-every 0 --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -32
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
