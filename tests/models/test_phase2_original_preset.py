@@ -22,7 +22,7 @@ def test_original_presets_hold_the_original_values():
     assert ORIGINAL == dict(
         bk_channels=1, bk_z=0.1 + 0.1j, bk_norm=False, bk_shift=0.0, bk_coupling=0.01, bk_dissipation=False,
         hebbian_eta=0.1, hebbian_norm=False, hebbian_q_scale=False, hebbian_shared_decay=True,
-        hebbian_gamma_min=0.001, mixer_bias=False, head_bias=False, init="zeta",
+        hebbian_gamma_min=0.001, mixer_bias=False, head_bias=False, init="zeta", zeta_scale=1.0,
     )
 
 
