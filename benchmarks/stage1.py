@@ -34,7 +34,7 @@ import torch
 
 from benchmarks import criteria as crit
 from benchmarks import measure
-from muse._checks import check_int, check_type
+from muse._checks import check_float, check_int, check_type
 from muse._io import atomic_write_text, check_output_dir, write_report_json
 from muse.train.loss import loss_path
 from muse.train.runlog import environment
@@ -63,6 +63,7 @@ class Stage1BenchConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup: int = 20
+    weight_decay: float = 0.1  # AdamW weight decay on linear weights, every run
     eval_every: int | None = None  # periodic eval (the eval curve) every N steps; None: 8 per run; 0: off
     eval_curve_tokens: int = 16_384  # targets scored by each periodic eval
     eval_stride: int | None = None  # final-eval window stride, the same for every run; None: half a window
@@ -91,9 +92,13 @@ class Stage1BenchConfig:
     compile: bool | None = None  # training under torch.compile; None: on for CUDA, off for CPU
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
     stage1_overrides: dict = field(default_factory=dict)  # Stage 1 only (e.g. mixer="recurrence")
+    phase2_overrides: dict = field(default_factory=dict)  # Phase 2 and its mixer-free reference (e.g. zeta_scale)
 
     def __post_init__(self):
         check_type("preset", self.preset, str, "a preset name")
+        check_float("weight_decay", self.weight_decay, min_value=0.0)
+        for name in ("model_overrides", "stage1_overrides", "phase2_overrides"):
+            check_type(name, getattr(self, name), dict, "a dict of config fields")
         for name in ("batch_size", "memory_batch", "throughput_batch", "throughput_steps", "trials",
                      "trial_batch", "trial_seq"):
             check_int(name, getattr(self, name), min_value=1)
@@ -121,8 +126,8 @@ def _run_spec(cfg: Stage1BenchConfig, run: str) -> tuple[str, str, dict]:
     """(registry model, preset, config overrides) of benchmark run ``run``."""
     model, extra = REFERENCES.get(run, (run, {}))
     preset = cfg.stage1_preset if run == "stage1" and cfg.stage1_preset else cfg.preset
-    stage1 = cfg.stage1_overrides if run == "stage1" else {}
-    return model, preset, {**cfg.model_overrides, **extra, **stage1}
+    own = cfg.stage1_overrides if run == "stage1" else cfg.phase2_overrides if model == "phase2" else {}
+    return model, preset, {**cfg.model_overrides, **own, **extra}
 
 
 def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
@@ -135,7 +140,7 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
     eval_every = max(1, steps // 8) if cfg.eval_every is None else cfg.eval_every
     return TrainConfig(
         model=model, preset=preset, model_overrides=overrides, seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
+        batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
         tokens=None if cfg.max_steps is not None else cfg.tokens,
         max_steps=cfg.max_steps, eval_every=eval_every, eval_tokens=cfg.eval_curve_tokens,
         final_eval_tokens=cfg.final_eval_tokens, eval_stride=cfg.eval_stride or max(1, seq // 2),
@@ -173,6 +178,7 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
     final = results.get("final_eval") or {}
     record = {
         "model": results["model"]["name"], "preset": results["model"]["preset"],
+        "overrides": _run_spec(cfg, run)[2],
         "eval_ppl": final.get("ppl"), "eval_loss": final.get("loss"),
         "eval_tokens_scored": final.get("tokens_scored"),
         "eval_stride": results["train_config"]["eval_stride"],
@@ -375,6 +381,7 @@ def format_markdown(report: dict) -> str:
               "|---|" + "---|" * len(names)]
     rows = [
         ("model (preset)", lambda n, r, m: f"{r.get('model', n)} ({r.get('preset', 'n/a')})"),
+        ("config overrides", lambda n, r, m: ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "none"),
         ("parameters", lambda n, r, m: f"{r['parameters']:,}"),
         ("tokens trained", lambda n, r, m: f"{r['tokens_trained']:,}"),
         ("eval PPL", lambda n, r, m: _fmt(r["eval_ppl"], ".2f")),

@@ -42,6 +42,10 @@ def register(sub) -> None:
     g.add_argument("--stage1-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a Stage 1 config field for the Stage 1 model only, e.g. mixer=recurrence "
                         "(VALUE parsed as JSON, else a string); repeatable")
+    g.add_argument("--phase2-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Phase 2 config field for Phase 2 and its mixer-free reference only, e.g. "
+                        "zeta_scale=1.0; repeatable")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
     g.add_argument("--references", help="comma-separated reference runs trained the same way "
@@ -90,6 +94,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+STAGE1_ONLY = ("stage1_arg", "phase2_arg", "weight_decay", "stage1_preset", "references")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp")
 
 
@@ -118,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         given["compile"] = args.compile
     if args.stage1_arg:
         given["stage1_overrides"] = parse_key_values(args.stage1_arg, "--stage1-arg")
+    if args.phase2_arg:
+        given["phase2_overrides"] = parse_key_values(args.phase2_arg, "--phase2-arg")
     cfg = Stage1BenchConfig(**given)
     report = run_stage1_benchmark(cfg, command=shlex.join(["muse", *sys.argv[1:]]))
     print(format_markdown(report))
@@ -127,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
 def run_speed(args: argparse.Namespace) -> int:
     import shlex
     import sys
+
+    stage1_only = [f"--{k.replace('_', '-')}" for k in STAGE1_ONLY if getattr(args, k, None) not in (None, [])]
+    if stage1_only:
+        raise ValueError(f"{', '.join(stage1_only)}: options of `muse bench stage1`, not of `muse bench speed`")
 
     from benchmarks.speed import SpeedConfig, format_markdown, run_speed_benchmark
 

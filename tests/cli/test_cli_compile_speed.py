@@ -77,6 +77,14 @@ def test_speed_only_options_are_refused_by_bench_stage1(capsys):
     assert "--variants, --amp: options of `muse bench speed`" in err
 
 
+def test_stage1_only_options_are_refused_by_bench_speed(capsys):
+    from muse.cli import main
+
+    assert main(["bench", "speed", "--phase2-arg", "zeta_scale=1.0", "--weight-decay", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--phase2-arg, --weight-decay: options of `muse bench stage1`" in err
+
+
 def test_speed_config_checks_amp_and_knows_the_kernels_cudagraphs_variant():
     with pytest.raises(ValueError, match="amp must be one of"):
         SpeedConfig(amp="fp8")

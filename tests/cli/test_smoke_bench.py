@@ -116,7 +116,7 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     rc = main(["bench", "stage1", "--preset", "tiny", "--device", "cpu", "--max-steps", "2", "--batch-size", "2",
                "--seq-len", "32", "--warmup", "1", "--tokens-npy", str(train), "--eval-tokens-npy", str(test),
                "--final-eval-tokens", "256", "--trials", "2", "--throughput-steps", "1", "--memory-seq", "32",
-               "--out", str(out), "--require-pass"])
+               "--phase2-arg", "zeta_scale=0.5", "--weight-decay", "0.3", "--out", str(out), "--require-pass"])
     assert rc == 1  # 2 steps cannot beat the unigram model
     report = json.loads((out / "report.json").read_text())
     assert report["all_pass"] is False
@@ -128,7 +128,12 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
         assert mem["measure"] == "live tensor bytes" and mem["cuda_peak_bytes"] is None
         assert mem["before_bytes"] < mem["peak_bytes"] < full["peak_bytes"]
     assert report["runs"]["phase2"]["tokens_trained"] == report["runs"]["stage1"]["tokens_trained"] == 128
-    assert (out / "report.md").read_text().startswith("# Stage 1 criteria report")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Stage 1 criteria report")
+    assert "| config overrides | zeta_scale=0.5 | none |" in md  # Phase 2 and Stage 1 columns, in that order
+    assert report["runs"]["phase2"]["overrides"] == {"zeta_scale": 0.5} and report["runs"]["stage1"]["overrides"] == {}
+    assert report["config"]["weight_decay"] == 0.3
+    assert json.loads((out / "phase2" / "results.json").read_text())["train_config"]["weight_decay"] == 0.3
     assert (out / "stage1" / "results.json").exists() and (out / "phase2" / "loss.png").exists()
 
 

@@ -140,6 +140,26 @@ def test_bench_applies_stage1_overrides_to_stage1_only(tmp_path):
         parse_key_values(["mixer"], "--stage1-arg")
 
 
+def test_bench_applies_phase2_overrides_and_weight_decay(tmp_path):
+    """--phase2-arg reaches Phase 2 and its mixer-free reference (which stays mixer-free), nothing else;
+    --weight-decay reaches every run's trainer."""
+    from benchmarks.stage1 import Stage1BenchConfig, _train_config
+
+    cfg = Stage1BenchConfig(phase2_overrides={"zeta_scale": 1.0, "mixers": ["bk"]},
+                            stage1_overrides={"zeta_scale": 0.5}, weight_decay=1.0)
+    runs = {r: _train_config(cfg, r, tmp_path) for r in ("phase2", "phase2_nomix", "stage1", "gpt")}
+    assert runs["phase2"].model_overrides == {"zeta_scale": 1.0, "mixers": ["bk"]}
+    assert runs["phase2_nomix"].model_overrides == {"zeta_scale": 1.0, "mixers": ()}
+    assert runs["stage1"].model_overrides == {"zeta_scale": 0.5}
+    assert runs["gpt"].model_overrides == {}
+    assert {r.weight_decay for r in runs.values()} == {1.0}
+    assert Stage1BenchConfig().weight_decay == 0.1
+    with pytest.raises(ValueError, match="weight_decay"):
+        Stage1BenchConfig(weight_decay=-0.1)
+    with pytest.raises(TypeError, match="phase2_overrides"):
+        Stage1BenchConfig(phase2_overrides=["zeta_scale=1"])
+
+
 def test_real_lambda_variant_drops_omega_and_steps_like_forward():
     real, complex_ = _model(lambda_kind="real"), _model(lambda_kind="complex")
     n_layers, d_state = real.config.n_layers, real.config.d_model
