@@ -569,7 +569,38 @@ s10e)
   timeout 245 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
     --no-compile "${DATA[@]}" "${BUDGET[@]}" --eval-every 0 --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -32
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e" >&2; exit 2 ;;
+s11a)
+  step "Stage 1 criteria with the current presets (mix Stage 1 and Phase 2 both at zeta_scale 0.25), alone on the GPU"
+  timeout 300 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -40
+  step "Stage 1 mix and Phase 2 compiled with CUDA graphs: layer_norm/modReLU kernels in the graph, alternating"
+  timeout 150 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --steps 20 \
+    --variants 1,7,1,7 2>&1 | grep "^{" | tee "$OUT/compiled-ln-kernels.jsonl"
+  ;;
+s11b)
+  step "Stage 1 criteria at weight decay 1.0, current presets (in the background beside the sweep: its tok/s are not speed figures)"
+  ( timeout 450 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
+      --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 1.0 --out "$OUT/bench-mix-wd1.0" > "$OUT/bench-mix-wd1.0.txt" 2>&1 ) &
+  step "issue 12 sweep: seeds and position amplitudes at the budget (wd 0.1), both models"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix-seed1|--model stage1 --preset mix --seed 1" \
+    "phase2-seed1|--model phase2 --preset seed --seed 1" \
+    "mix-seed2|--model stage1 --preset mix --seed 2" \
+    "phase2-seed2|--model phase2 --preset seed --seed 2" \
+    "mix-zeta0.1|--model stage1 --preset mix --seed 1337 --model-arg zeta_scale=0.1" \
+    "phase2-zeta0.1|--model phase2 --preset seed --seed 1337 --model-arg zeta_scale=0.1" \
+    "mix-zeta0|--model stage1 --preset mix --seed 1337 --model-arg zeta_scale=0.0" \
+    "phase2-zeta0|--model phase2 --preset seed --seed 1337 --model-arg zeta_scale=0.0" \
+    > "$OUT/runs.txt"
+  sweep 6 440 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  sed -n '/all_pass/,$p' "$OUT/bench-mix-wd1.0.txt" | head -30
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
