@@ -600,7 +600,25 @@ s11b)
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   sed -n '/all_pass/,$p' "$OUT/bench-mix-wd1.0.txt" | head -30
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b" >&2; exit 2 ;;
+s12a)
+  step "ComplexRetention tests on CUDA (the Hebbian Triton kernel behind the layer)"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/nn/test_complex_retention.py 2>&1 | tail -3
+  step "issue 12: the content-addressed complex mixer (ComplexRetention) in the mix Stage 1, at the budget"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix|--model stage1 --preset mix" \
+    "retention|--model stage1 --preset mix --model-arg mixer=retention" \
+    "hybrid|--model stage1 --preset mix --model-arg mixer=hybrid" \
+    "retention-zeta|--model stage1 --preset mix --model-arg mixer=retention --model-arg phase_init=zeta" \
+    "retention-h4|--model stage1 --preset mix --model-arg mixer=retention --model-arg n_heads=4" \
+    "retention-nophase|--model stage1 --preset mix --model-arg mixer=retention --model-arg phase_init=none" \
+    > "$OUT/runs.txt"
+  sweep 6 500 "$OUT/runs.txt"
+  grep -H "final eval PPL\|tokens/s\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

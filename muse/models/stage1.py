@@ -37,13 +37,14 @@ from muse.nn import (
     ComplexLayerNorm,
     ComplexLinear,
     ComplexRecurrence,
+    ComplexRetention,
     ModReLU,
     RealLinear,
     TiedRealHead,
 )
 from muse.nn.embedding import EMBEDDING_INITS
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
-from muse.nn.mixers import LAMBDA_KINDS, OMEGA_INITS
+from muse.nn.mixers import LAMBDA_KINDS, OMEGA_INITS, PHASE_INITS
 
 
 @dataclass
@@ -75,7 +76,9 @@ class Stage1Config:
     # dropout masks: "independent" = separate masks for the real and imaginary parts; "shared" = one per entry
     dropout_mode: str = "independent"
     # Variants (the seed is mixer "none", ffn "none"); see Stage1MixBlock.
-    mixer: str = "none"  # "none" | "recurrence" (ComplexRecurrence, muse.nn.mixers)
+    # "none" | "recurrence" (ComplexRecurrence) | "retention" (ComplexRetention) | "hybrid" (recurrence in
+    # even layers, retention in odd ones); muse.nn.mixers
+    mixer: str = "none"
     ffn: str = "none"  # "none" (the seed's ComplexLinear d->d + modReLU) | "complex" (d->d_ffn->d)
     d_ffn: int | None = None  # hidden width of the complex FFN; None: 2 * d_model
     d_state: int | None = None  # recurrence state channels; None: d_model
@@ -84,7 +87,10 @@ class Stage1Config:
     omega_init: str = "zeta"  # "zeta" | "uniform": phases of lambda
     lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
     conv_kernel: int = 0  # width of the recurrence's causal input convolution; 0 = none
-    gate: bool = False  # the recurrence's complex output gate, modReLU(G x)
+    gate: bool = False  # the mixers' complex output gate, modReLU(G x)
+    n_heads: int = 8  # retention heads
+    d_key: int | None = None  # retention's complex query/key width (all heads); None: d_model // 2
+    phase_init: str = "geometric"  # retention's key phases: "geometric" (RoPE's) | "zeta" | "none"
     # variants only: the head's weight IS the real plane of the token table (weight tying, own bias)
     tie_head: bool = False
 
@@ -112,7 +118,7 @@ class Stage1Config:
 
     @property
     def mixes_tokens(self) -> bool:
-        """Only the recurrence mixes positions; the seed's block sees one token and position at a time."""
+        """Only a mixer mixes positions; the seed's block sees one token and position at a time."""
         return self.mixer != "none"
 
     @property
@@ -145,8 +151,20 @@ PRESETS: dict[str, dict] = {
     "mix-tiny": dict(d_model=64, n_layers=2, max_seq_len=128, **{**_MIX, "d_ffn": 128}),
 }
 
-MIXERS = ("none", "recurrence")
+MIXERS = ("none", "recurrence", "retention", "hybrid")
 FFNS = ("none", "complex")
+
+
+def _d_key(config: Stage1Config) -> int:
+    """Retention's complex query/key width over all heads."""
+    return config.d_key if config.d_key is not None else max(config.d_model // 2, config.n_heads)
+
+
+def mixer_kind(config: Stage1Config, layer: int) -> str:
+    """The mixer of block ``layer``: "hybrid" alternates recurrence (even layers) and retention (odd)."""
+    if config.mixer == "hybrid":
+        return "recurrence" if layer % 2 == 0 else "retention"
+    return config.mixer
 
 
 def _check_variant_fields(config: Stage1Config) -> None:
@@ -169,6 +187,15 @@ def _check_variant_fields(config: Stage1Config) -> None:
     check_choice("lambda_kind", config.lambda_kind, LAMBDA_KINDS)
     check_int("conv_kernel", config.conv_kernel, min_value=0)
     check_type("gate", config.gate, bool, "a bool")
+    check_int("n_heads", config.n_heads, min_value=1)
+    if config.d_key is not None:
+        check_int("d_key", config.d_key, min_value=1)
+    check_choice("phase_init", config.phase_init, PHASE_INITS)
+    if config.mixer in ("retention", "hybrid"):
+        for name, width in (("d_model", config.d_model), ("d_key", _d_key(config))):
+            if width % config.n_heads:
+                raise ValueError(f"{name} ({width}) must be divisible by n_heads ({config.n_heads}) "
+                                 f"for mixer {config.mixer!r}")
     check_type("tie_head", config.tie_head, bool, "a bool")
     if config.tie_head and config.is_seed_block:
         raise ValueError("tie_head=True needs a variant block (mixer or ffn other than 'none'); "
@@ -230,18 +257,24 @@ class SeedChannelMap(nn.Module):
 class Stage1MixBlock(nn.Module):
     """Pre-norm variant block: z + mixer(LN(z)), then z + ffn(LN(z)); dropout on each branch.
 
-    ``mixer "recurrence"``: a :class:`ComplexRecurrence` (the only part that mixes positions,
-    causally).  ``ffn "complex"``: :class:`ComplexFeedForward`; ``ffn "none"`` keeps the seed's
+    The mixer (:func:`mixer_kind`) is the only part that mixes positions, causally: a
+    :class:`ComplexRecurrence` (a diagonal state) or a :class:`ComplexRetention` (a content-addressed
+    matrix state).  ``ffn "complex"``: :class:`ComplexFeedForward`; ``ffn "none"`` keeps the seed's
     per-token map (ComplexLinear d -> d + modReLU), so every variant has a nonlinearity.  The
     model's final LayerNorm closes the pre-norm stack.
     """
 
-    def __init__(self, config: Stage1Config, dtype: torch.dtype = torch.float16, device=None):
+    def __init__(self, config: Stage1Config, dtype: torch.dtype = torch.float16, device=None, layer: int = 0):
         super().__init__()
         d, eps = config.d_model, config.layer_norm_eps
         self.mixer = None
-        if config.mixer == "recurrence":
+        kind = mixer_kind(config, layer)
+        if kind != "none":
             self.mixer_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
+        if kind == "retention":
+            self.mixer = ComplexRetention(d, config.n_heads, _d_key(config), config.phase_init, gate=config.gate,
+                                          dtype=dtype, device=device)
+        elif kind == "recurrence":
             self.mixer = ComplexRecurrence(d, config.d_state, config.r_min, config.r_max, config.omega_init,
                                            dtype=dtype, device=device, lambda_kind=config.lambda_kind,
                                            conv_kernel=config.conv_kernel, gate=config.gate)
@@ -272,12 +305,12 @@ class Stage1MixBlock(nn.Module):
         return None if self.mixer is None else self.mixer.initial_state(batch_size)
 
 
-def _block(config: Stage1Config, dtype: torch.dtype, device) -> nn.Module:
+def _block(config: Stage1Config, dtype: torch.dtype, device, layer: int) -> nn.Module:
     """The seed's block for the seed configuration, a pre-norm Stage1MixBlock for the variants."""
     if config.is_seed_block:
         return Stage1Block(config.d_model, config.dropout, config.layer_norm_eps, dtype, device,
                            linear_init=config.linear_init, dropout_mode=config.dropout_mode)
-    return Stage1MixBlock(config, dtype, device)
+    return Stage1MixBlock(config, dtype, device, layer)
 
 
 @dataclass
@@ -318,7 +351,7 @@ class Stage1Model(LanguageModel):
                                           config.dropout, config.zeta_scale, config.initial_phase,
                                           dtype=dt, device=device, trainable_positions=config.trainable_positions,
                                           init=config.embedding_init, dropout_mode=config.dropout_mode)
-        self.blocks = nn.ModuleList(_block(config, dt, device) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(_block(config, dt, device, i) for i in range(config.n_layers))
         self.final_norm = ComplexLayerNorm(config.d_model, config.layer_norm_eps, dtype=dt, device=device)
         if config.tie_head:
             self.lm_head = TiedRealHead(self.embedding, init=config.head_init)
@@ -477,11 +510,11 @@ def expected_parameter_count(config: Stage1Config) -> int:
     """Closed form of the parameter count (checks the module tree in tests)."""
     v, d, n, s = config.vocab_size, config.d_model, config.n_layers, config.max_seq_len
     embedding = 2 * v * d + s * d
-    block = 2 * (2 * d) + (2 * d * d + 2 * d) + d  # two LNs, complex linear + bias, modReLU bias
+    blocks = n * (2 * (2 * d) + (2 * d * d + 2 * d) + d)  # two LNs, complex linear + bias, modReLU bias
     if not config.is_seed_block:
-        block = _variant_block_parameter_count(config)
+        blocks = sum(_variant_block_parameter_count(config, i) for i in range(n))
     head = v if config.tie_head else d * v + v  # a tied head's weight is the embedding's real table
-    return embedding + n * block + 2 * d + head
+    return embedding + blocks + 2 * d + head
 
 
 def expected_trainable_count(config: Stage1Config) -> int:
@@ -490,10 +523,15 @@ def expected_trainable_count(config: Stage1Config) -> int:
     return expected_parameter_count(config) - frozen
 
 
-def _variant_block_parameter_count(config: Stage1Config) -> int:
+def _variant_block_parameter_count(config: Stage1Config, layer: int) -> int:
     d = config.d_model
     count = 2 * d  # the FFN's LayerNorm
-    if config.mixer == "recurrence":
+    kind = mixer_kind(config, layer)
+    if kind == "retention":
+        width = 2 * _d_key(config) + d + (d if config.gate else 0) + config.n_heads  # q, k, v, G, decay
+        count += 2 * d + (2 * d * width + 2 * width) + 2 * d * d + d  # LayerNorm, proj + bias, out, norm gain
+        count += d if config.gate else 0  # the gate's modReLU bias
+    if kind == "recurrence":
         n = config.d_state or d
         phases = n if config.lambda_kind == "complex" else 0  # a real lambda's omega = 0 is a buffer
         count += 2 * d + 2 * (2 * d * n) + d + n + phases  # LayerNorm, B and C (no bias), D, nu, omega
@@ -511,5 +549,6 @@ def _variant_block_parameter_count(config: Stage1Config) -> int:
 __all__ = [
     "FFNS", "MIXERS", "PRESETS", "ComplexFeedForward", "Phase3Stage1Block", "SeedChannelMap", "Stage1MixBlock", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
     "Stage1Config", "Stage1DecodeState", "Stage1Model", "Stage1State", "create_phase3_stage1_model", "expected_parameter_count",
+    "mixer_kind",
     "expected_trainable_count",
 ]

@@ -7,10 +7,10 @@ from muse.nn.dropout import ComplexDropout
 from muse.nn.embedding import ComplexEmbedding, TiedRealHead
 from muse.nn.feedforward import RealFeedForward
 from muse.nn.linear import ComplexLinear, RealLinear
-from muse.nn.mixers import ComplexRecurrence
+from muse.nn.mixers import ComplexRecurrence, ComplexRetention
 from muse.nn.norm import ComplexLayerNorm
 
 __all__ = [
-    "ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ComplexRecurrence", "ModReLU",
+    "ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ComplexRecurrence", "ComplexRetention", "ModReLU",
     "RealFeedForward", "RealLinear", "TiedRealHead",
 ]

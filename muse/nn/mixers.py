@@ -472,4 +472,172 @@ class ComplexRecurrence(nn.Module):
                 f"gate={self.gated}")
 
 
-__all__ = ["LAMBDA_KINDS", "OMEGA_INITS", "BKCore", "ComplexRecurrence", "DissipativeHebbian", "HeadRMSNorm"]
+#: ComplexRetention's key phases omega: "geometric" (RoPE's base^(-j/d_head) spectrum), "zeta" (the first
+#: d_head Riemann zeta zeros scaled into (0, pi], as ComplexRecurrence's omega), "none" (omega = 0).
+PHASE_INITS = ("geometric", "zeta", "none")
+
+
+def _rotate(planes: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(re + i im) * (cos + i sin) on planes (2, ...) with cos, sin broadcasting against one plane."""
+    re, im = planes[0], planes[1]
+    return torch.stack((re * cos - im * sin, re * sin + im * cos))
+
+
+class ComplexRetention(nn.Module):
+    """Decayed complex linear attention (retention; Sun et al. 2023, RetNet): a content-addressed mixer.
+
+    Per head, with complex query, key and value q_t, k_t (d_key / n_heads channels), v_t (d_model / n_heads):
+
+        S_t = a_t R S_{t-1} + k_t [Re v_t, Im v_t]^T,   y_t = Re(q_t^H S_t) / sqrt(2 d_head_key)
+
+    a complex matrix state S (key channels x the value's two planes).  R = diag(exp(i omega)) turns each
+    key channel by a fixed phase per step, so the score of key s at query t is
+    Re(conj(q_t) . k_s exp(i omega (t - s))): content and relative position, as RoPE's rotation
+    (``phase_init``).  a_t = exp(-softplus(Re(w . x_t + b))) in (0, 1) is a decay per head and token
+    (Phase 2's dissipative Hebbian rule, in complex form), starting at RetNet's retentions 1 - 2^(-5-h).
+    The read-out is RMS-normalised per head with a real gain per value channel (phase-equivariant),
+    multiplied by the complex gate modReLU(G x) with ``gate``, and mapped back by ``out_proj``.
+
+    It runs as real decayed linear attention (:func:`muse.scan.hebbian_parallel_with_state`, its Triton
+    kernel on CUDA) on the concatenated planes of q and k turned by exp(-i omega t) (local positions
+    t = 1..S of each call), so the state entering a call is the physical S and the state leaving it is
+    turned by exp(i omega S): no absolute position is needed to continue a sequence.  The projections
+    are one :class:`ComplexLinear` (q, k, v, G and the decay's pre-activation); the scan, the norm and
+    the state are float32 (float64 for a float64 layer), inputs and outputs planar ``dtype``.  Causal.
+    """
+
+    def __init__(self, d_model: int, n_heads: int = 8, d_key: int | None = None, phase_init: str = "geometric",
+                 gate: bool = True, chunk_size: int | None = 128, eps: float = 1e-6,
+                 dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.d_model = check_int("d_model", d_model, min_value=1)
+        self.n_heads = check_int("n_heads", n_heads, min_value=1)
+        self.d_key = max(d_model // 2, n_heads) if d_key is None else check_int("d_key", d_key, min_value=1)
+        for name, width in (("d_model", self.d_model), ("d_key", self.d_key)):
+            if width % self.n_heads:
+                raise ValueError(f"{name} ({width}) must be divisible by n_heads ({self.n_heads})")
+        self.phase_init = check_choice("phase_init", phase_init, PHASE_INITS)
+        check_type("gate", gate, bool, "a bool")
+        self.gated = gate
+        self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
+        self.eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+        dtype = check_float_dtype("dtype", dtype)
+        param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.dk, self.dv = self.d_key // self.n_heads, self.d_model // self.n_heads
+        widths = (self.d_key, self.d_key, self.d_model, self.d_model if gate else 0, self.n_heads)
+        self.splits = widths  # q, k, v, G x, decay pre-activation
+        self.proj = ComplexLinear(d_model, sum(widths), dtype=dtype, device=device)
+        self.out_proj = ComplexLinear(d_model, d_model, bias=False, dtype=dtype, device=device)
+        self.norm_weight = nn.Parameter(torch.ones(d_model, dtype=param_dtype, device=device))
+        self.gate_act = ModReLU(d_model, dtype=dtype, device=device) if gate else None
+        # a constant of the architecture, as RoPE's frequencies: not trained, not saved
+        self.register_buffer("omega", torch.zeros(self.dk, dtype=param_dtype, device=device), persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+        self.out_proj.reset_parameters()
+        self.norm_weight.fill_(1.0)
+        if self.gate_act is not None:
+            self.gate_act.bias.zero_()
+        h = torch.arange(self.n_heads, dtype=torch.float64)
+        gamma = -torch.log1p(-torch.exp2(-5.0 - h))  # exp(-gamma) = 1 - 2^(-5-h)
+        self.proj.bias[0, -self.n_heads:].copy_(_inverse_softplus(gamma).to(self.proj.bias.dtype))
+        n, dev = self.dk, self.omega.device
+        if self.phase_init == "geometric":
+            omega = 10000.0 ** (-torch.arange(n, dtype=torch.float64) / n)
+        elif self.phase_init == "zeta":
+            zeros = zeta_zeros(n)
+            omega = math.pi * zeros / zeros[-1]
+        else:
+            omega = torch.zeros(n, dtype=torch.float64)
+        self.omega.copy_(omega.to(dev))
+
+    def _check_input(self, x: C.ComplexTensor) -> None:
+        check_type("x", x, C.ComplexTensor, "a ComplexTensor of shape (B, S, d_model)")
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (B, S, d_model) with d_model={self.d_model}, got {tuple(x.shape)}")
+        if x.dtype != self.proj.weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer holds {self.proj.weight.dtype}")
+
+    def _check_state(self, state: C.ComplexTensor | None, batch: int) -> None:
+        if state is None:
+            return
+        check_type("initial_state", state, C.ComplexTensor, "a ComplexTensor from initial_state()")
+        shape = (batch, self.n_heads, self.dk, 2 * self.dv)
+        if tuple(state.shape) != shape or state.dtype != self.norm_weight.dtype:
+            raise ValueError(f"initial_state must have shape {shape} and dtype {self.norm_weight.dtype}, got "
+                             f"{tuple(state.shape)} and {state.dtype}")
+
+    def _phases(self, s: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of -omega t for t = 1..s, (s, d_head_key): angles formed in float64, rounded once."""
+        t = torch.arange(1, s + 1, dtype=torch.float64, device=self.omega.device)
+        angle = -t[:, None] * self.omega.to(torch.float64)
+        return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+
+    def _heads(self, planes: torch.Tensor, width: int) -> torch.Tensor:
+        two, b, s, _ = planes.shape
+        return planes.reshape(two, b, s, self.n_heads, width).transpose(2, 3)  # (2, B, H, S, w)
+
+    def _mix(self, p: torch.Tensor, w0: torch.Tensor | None, with_state: bool):
+        """Projected fp16 planes (2, B, S, F) -> normalised read-out planes (2, B, S, d) in p's dtype, and
+        the final state planes (2, B, H, dk, 2 dv) (None without ``with_state``)."""
+        rdt = _recurrence_dtype(p)
+        q, k, v, _, a = torch.split(p, self.splits, dim=-1)
+        b, s = p.shape[1], p.shape[2]
+        cos, sin = self._phases(s, rdt)
+        q = _rotate(self._heads(q.to(rdt), self.dk), cos, sin)  # (2, B, H, S, dk)
+        k = _rotate(self._heads(k.to(rdt), self.dk), cos, sin)
+        v = self._heads(v.to(rdt), self.dv)  # (2, B, H, S, dv)
+        qr = torch.cat((q[0], q[1]), dim=-1) / math.sqrt(2 * self.dk)  # (B, H, S, 2 dk): Re(q^H k) = qr . kr
+        kr = torch.cat((k[0], k[1]), dim=-1)
+        vr = torch.cat((v[0], v[1]), dim=-1)  # (B, H, S, 2 dv)
+        log_decay = -F.softplus(a[0].to(rdt)).transpose(1, 2).contiguous()  # (B, H, S), < 0
+        state = None
+        if with_state:
+            w = None if w0 is None else torch.cat((w0[0], w0[1]), dim=-2)  # (B, H, 2 dk, 2 dv)
+            y, w = hebbian_parallel_with_state(qr, kr, vr, log_decay, 1.0, self.chunk_size, w)
+            w = w.reshape(b, self.n_heads, 2, self.dk, 2 * self.dv).movedim(2, 0)  # (2, B, H, dk, 2 dv)
+            turn = self.omega.to(torch.float64) * s
+            state = _rotate(w, torch.cos(turn).to(rdt)[:, None], torch.sin(turn).to(rdt)[:, None])  # times exp(i omega S)
+        else:
+            y = hebbian_parallel(qr, kr, vr, log_decay, 1.0, self.chunk_size)  # (B, H, S, 2 dv)
+        y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        y = y.reshape(b, self.n_heads, s, 2, self.dv).permute(3, 0, 2, 1, 4).reshape(2, b, s, self.d_model)
+        return (y * self.norm_weight.to(rdt)).to(p.dtype), state
+
+    def forward(self, x: C.ComplexTensor) -> C.ComplexTensor:
+        """x (B, S, d_model) -> y (B, S, d_model), from a zero state."""
+        self._check_input(x)
+        return self._run(x, None, False)[0]
+
+    def forward_with_state(self, x: C.ComplexTensor, initial_state: C.ComplexTensor | None = None
+                           ) -> tuple[C.ComplexTensor, C.ComplexTensor]:
+        """(y, the state after the last token (B, H, dk, 2 dv) in the state dtype); ``initial_state``
+        the state the tokens before x left (None: zeros)."""
+        self._check_input(x)
+        self._check_state(initial_state, x.shape[0])
+        return self._run(x, initial_state, True)
+
+    def _run(self, x: C.ComplexTensor, initial_state: C.ComplexTensor | None, with_state: bool):
+        p = self.proj(x).planes  # (2, B, S, F)
+        w0 = None if initial_state is None else initial_state.planes
+        with _no_autocast(p):
+            y, state = recomputed(self._mix, p, w0, with_state)
+        if self.gate_act is not None:
+            g = p[..., 2 * self.d_key + self.d_model:2 * self.d_key + 2 * self.d_model]
+            y = recomputed(_gated, y, g, self.gate_act.bias)
+        return self.out_proj(C.ComplexTensor(y)), None if state is None else C.ComplexTensor(state)
+
+    def initial_state(self, batch_size: int) -> C.ComplexTensor:
+        """A zero state (batch_size, n_heads, d_head_key, 2 d_head) in the state dtype."""
+        return C.ComplexTensor(self.norm_weight.new_zeros(2, batch_size, self.n_heads, self.dk, 2 * self.dv))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, d_key={self.d_key}, "
+                f"phase_init={self.phase_init!r}, gate={self.gated}, chunk_size={self.chunk_size}")
+
+
+__all__ = ["LAMBDA_KINDS", "OMEGA_INITS", "PHASE_INITS", "BKCore", "ComplexRecurrence", "ComplexRetention",
+           "DissipativeHebbian", "HeadRMSNorm"]
