@@ -618,7 +618,28 @@ s12a)
   sweep 6 500 "$OUT/runs.txt"
   grep -H "final eval PPL\|tokens/s\|peak" "$OUT"/*/stdout.txt | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a" >&2; exit 2 ;;
+s12b)
+  step "Stage 1 criteria with the current presets (mix Stage 1 and Phase 2 both at zeta_scale 0.25; in the background beside the seeds: its tok/s are not speed figures)"
+  ( timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
+      --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" > "$OUT/bench-mix.txt" 2>&1 ) &
+  step "issue 12: seeds 1 and 2 of mix, hybrid, retention and Phase 2 at the budget"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=1
+  : > "$OUT/runs.txt"
+  for seed in 1 2; do
+    printf '%s\n' \
+      "mix-seed$seed|--model stage1 --preset mix --seed $seed" \
+      "hybrid-seed$seed|--model stage1 --preset mix --model-arg mixer=hybrid --seed $seed" \
+      "retention-seed$seed|--model stage1 --preset mix --model-arg mixer=retention --seed $seed" \
+      "phase2-seed$seed|--model phase2 --preset seed --seed $seed" >> "$OUT/runs.txt"
+  done
+  sweep 9 530 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  sed -n '/all_pass/,$p' "$OUT/bench-mix.txt" | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
