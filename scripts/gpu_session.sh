@@ -639,7 +639,30 @@ s12b)
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   sed -n '/all_pass/,$p' "$OUT/bench-mix.txt" | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b" >&2; exit 2 ;;
+s12c)
+  step "Stage 1 criteria at weight decay 3.0 for every run, current presets (in the background beside the sweep)"
+  ( timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
+      --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix-wd3" > "$OUT/bench-mix-wd3.txt" 2>&1 ) &
+  step "issue 12: weight decay 3.0 for both models, seeds and the position amplitude"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=1
+  printf '%s\n' \
+    "phase2-wd3-seed1|--model phase2 --preset seed --seed 1" \
+    "phase2-wd3-seed2|--model phase2 --preset seed --seed 2" \
+    "mix-wd3-seed1|--model stage1 --preset mix --seed 1" \
+    "mix-wd3-seed2|--model stage1 --preset mix --seed 2" \
+    "mix-wd3-zeta0.1|--model stage1 --preset mix --seed 1337 --model-arg zeta_scale=0.1" \
+    "mix-wd3-zeta0.1-seed1|--model stage1 --preset mix --seed 1 --model-arg zeta_scale=0.1" \
+    "phase2-wd3-zeta0.1|--model phase2 --preset seed --seed 1337 --model-arg zeta_scale=0.1" \
+    "hybrid-wd3|--model stage1 --preset mix --seed 1337 --model-arg mixer=hybrid" \
+    > "$OUT/runs.txt"
+  sweep 9 530 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  sed -n '/all_pass/,$p' "$OUT/bench-mix-wd3.txt" | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
