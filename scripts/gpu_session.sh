@@ -662,7 +662,24 @@ s12c)
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   sed -n '/all_pass/,$p' "$OUT/bench-mix-wd3.txt" | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c" >&2; exit 2 ;;
+s12d)
+  step "issue 12: weight decay 3.0: the GPT reference, more seeds at zeta 0.1, retention"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=1
+  printf '%s\n' \
+    "gpt-wd3|--model gpt --preset seed --seed 1337" \
+    "gpt-wd3-seed1|--model gpt --preset seed --seed 1" \
+    "phase2-wd3-zeta0.1-seed1|--model phase2 --preset seed --seed 1 --model-arg zeta_scale=0.1" \
+    "phase2-wd3-zeta0.1-seed2|--model phase2 --preset seed --seed 2 --model-arg zeta_scale=0.1" \
+    "mix-wd3-zeta0.1-seed2|--model stage1 --preset mix --seed 2 --model-arg zeta_scale=0.1" \
+    "retention-wd3|--model stage1 --preset mix --seed 1337 --model-arg mixer=retention" \
+    "seed-wd3|--model stage1 --preset seed --seed 1337" \
+    > "$OUT/runs.txt"
+  sweep 8 400 "$OUT/runs.txt"
+  grep -H "final eval PPL" "$OUT"/*/stdout.txt
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
