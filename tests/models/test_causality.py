@@ -22,7 +22,9 @@ from muse.models import MODELS, build_model
 SEQ = 40
 CUTS = [0, 1, SEQ // 2, SEQ - 2]
 # Variants beyond a model's "tiny" preset: id -> (model, preset, config overrides).
-VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True})}
+VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True}),
+            "stage1-retention": ("stage1", "mix-tiny", {"mixer": "retention"}),
+            "stage1-hybrid": ("stage1", "mix-tiny", {"mixer": "hybrid", "n_heads": 2})}
 
 
 pytestmark = pytest.mark.usefixtures("_one_thread")

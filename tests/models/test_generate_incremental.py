@@ -15,14 +15,17 @@ from muse.train.synthetic import repeated_sequence
 
 VOCAB = 97
 CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny"), ("stage1", "mix-tiny+tied"),
+                                                      ("stage1", "mix-tiny+retention"), ("stage1", "mix-tiny+hybrid"),
                                                       ("phase2", "original-tiny")]
+SUFFIXES = {"+tied": {"tie_head": True}, "+retention": {"mixer": "retention"}, "+hybrid": {"mixer": "hybrid"}}
 
 
 def _model(name: str, preset: str):
-    """``preset`` with the suffix "+tied": that preset with ``tie_head=True`` (the tied Stage 1 head)."""
-    preset, tied, _ = preset.partition("+tied")
+    """``preset`` with a suffix of SUFFIXES ("+tied": the tied Stage 1 head; "+retention", "+hybrid": the
+    content-addressed mixer in every / every other layer): that preset with those overrides."""
+    preset, plus, suffix = preset.partition("+")
     torch.manual_seed(0)
-    return build_model(name, preset, vocab_size=VOCAB, **({"tie_head": True} if tied else {})).eval()
+    return build_model(name, preset, vocab_size=VOCAB, **SUFFIXES.get(plus + suffix, {})).eval()
 
 
 @pytest.mark.parametrize(("name", "preset"), CASES)

@@ -19,6 +19,7 @@ from muse.models import build_model
 @pytest.mark.parametrize(("name", "preset", "extra", "backend"), [
     ("stage1", "tiny", {}, "aot_eager"),
     ("stage1", "mix-tiny", {"tie_head": True, "d_ffn": 32}, "aot_eager"),  # the head tied to the token table
+    ("stage1", "mix-tiny", {"mixer": "hybrid", "n_heads": 2}, "aot_eager"),  # recurrence and retention
     ("phase2", "tiny", {}, "eager"),
 ])
 def test_model_compiles_fullgraph_and_matches_eager(name, preset, extra, backend):

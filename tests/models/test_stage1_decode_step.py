@@ -22,6 +22,9 @@ def _model(preset: str):
     if preset == "mix-tiny+tied":  # the head's weight is the token table's real plane
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, tie_head=True).eval()
+    if preset in ("mix-tiny+retention", "mix-tiny+hybrid"):  # the matrix state of ComplexRetention
+        torch.manual_seed(0)
+        return build_model("stage1", "mix-tiny", vocab_size=VOCAB, mixer=preset.partition("+")[2]).eval()
     torch.manual_seed(0)
     return build_model("stage1", preset, vocab_size=VOCAB).eval()
 
@@ -30,7 +33,8 @@ def _ids(b: int = 2, s: int = 25) -> torch.Tensor:
     return torch.randint(0, VOCAB, (b, s), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+conv", "mix-tiny+tied"])
+@pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+conv", "mix-tiny+tied", "mix-tiny+retention",
+                                    "mix-tiny+hybrid"])
 def test_decode_step_equals_step_and_the_full_forward(preset):
     model = _model(preset)
     ids = _ids()
@@ -69,7 +73,7 @@ def test_decode_buffers_from_none_start_at_zero_like_step():
         assert torch.equal(model.decode_step(ids[:, t:t + 1].clone(), state), want[:, -1])
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+tied"])
+@pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+tied", "mix-tiny+hybrid"])
 def test_decode_step_compiles_fullgraph_with_in_place_state(preset):
     """aot_eager traces with dynamo + AOTAutograd (a graph break or host sync would fail fullgraph)."""
     torch._dynamo.reset()

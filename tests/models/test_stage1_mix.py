@@ -1,4 +1,5 @@
-"""Stage 1 variants (mixer "recurrence", ffn "complex"): the seed stays exact, the variants mix causally and train."""
+"""Stage 1 variants (mixer "recurrence" | "retention" | "hybrid", ffn "complex"): the seed stays exact, the
+variants mix causally and train."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from muse.models.stage1 import (
     Stage1MixBlock,
     expected_parameter_count,
 )
-from muse.nn import ComplexRecurrence
+from muse.nn import ComplexRecurrence, ComplexRetention
 from muse.scan.complex_diag import decay_powers
 from muse.train import MixedPrecisionOptimizer
 
@@ -45,28 +46,38 @@ def test_mix_presets():
     assert (mix.embedding_init, mix.gate, mix.conv_kernel) == ("normal", True, 0)
     # the criteria runs printed these counts (docs/experiments.md): real lambda, and complex (d_state omegas more)
     assert (mix.omega_init, mix.lambda_kind) == ("zeta", "real")
+    # the position table at a tenth of its amplitude, in both presets (docs/experiments.md, section 9)
+    assert mix.zeta_scale == 0.1 and make_config("phase2", "seed").zeta_scale == 0.1
     assert expected_parameter_count(mix) == 99_842_641
     assert expected_parameter_count(make_config("stage1", "mix", lambda_kind="complex")) == 99_845_713
     small = make_config("stage1", "mix-tiny")
     assert (small.d_model, small.n_layers, small.mixer, small.ffn) == (64, 2, "recurrence", "complex")
 
 
-@pytest.mark.parametrize("mixer, ffn", [("recurrence", "complex"), ("recurrence", "none"), ("none", "complex")])
-def test_variant_blocks_and_parameter_count(mixer, ffn):
-    model = _model("tiny", mixer=mixer, ffn=ffn, d_state=48, d_ffn=96)
-    block = model.blocks[0]
-    assert type(block) is Stage1MixBlock
-    assert isinstance(block.mixer, ComplexRecurrence) == (mixer == "recurrence")
-    assert isinstance(block.ffn, ComplexFeedForward if ffn == "complex" else SeedChannelMap)
+@pytest.mark.parametrize("mixer, ffn, gate", [("recurrence", "complex", False), ("recurrence", "none", False),
+                                              ("none", "complex", False), ("retention", "complex", False),
+                                              ("retention", "none", True), ("hybrid", "complex", True)])
+def test_variant_blocks_and_parameter_count(mixer, ffn, gate):
+    model = _model("tiny", mixer=mixer, ffn=ffn, d_state=48, d_ffn=96, gate=gate, n_heads=4, d_key=16)
+    kinds = {"none": (None, None), "recurrence": (ComplexRecurrence,) * 2, "retention": (ComplexRetention,) * 2,
+             "hybrid": (ComplexRecurrence, ComplexRetention)}[mixer]  # layers 0 and 1 (hybrid alternates)
+    for block, kind in zip(model.blocks, kinds, strict=True):
+        assert type(block) is Stage1MixBlock
+        assert (block.mixer is None) if kind is None else type(block.mixer) is kind
+        assert isinstance(block.ffn, ComplexFeedForward if ffn == "complex" else SeedChannelMap)
+    if mixer in ("retention", "hybrid"):
+        retention = model.blocks[1].mixer
+        assert (retention.n_heads, retention.d_key, retention.gated) == (4, 16, gate)
     assert model.num_parameters() == expected_parameter_count(model.config)
     logits = model(torch.randint(0, VOCAB, (2, 20)))
     assert logits.shape == (2, 20, VOCAB) and logits.dtype == torch.float16 and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("lambda_kind", ["complex", "real"])
+@pytest.mark.parametrize("overrides", [dict(lambda_kind="complex"), dict(lambda_kind="real"),
+                                       dict(mixer="retention"), dict(mixer="hybrid", n_heads=2)])
 @pytest.mark.parametrize("dtype", [None, torch.float64])
-def test_mix_is_causal_bit_for_bit(dtype, lambda_kind):
-    model = _model(dtype=dtype, lambda_kind=lambda_kind)
+def test_mix_is_causal_bit_for_bit(dtype, overrides):
+    model = _model(dtype=dtype, **overrides)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (2, 48), generator=gen)
     with torch.no_grad():
@@ -79,9 +90,10 @@ def test_mix_is_causal_bit_for_bit(dtype, lambda_kind):
             assert not torch.equal(out[:, t + 1:], ref[:, t + 1:]), t
 
 
-def test_mix_mixes_tokens():
+@pytest.mark.parametrize("mixer", ["recurrence", "retention", "hybrid"])
+def test_mix_mixes_tokens(mixer):
     """Changing token s < t changes the logits at t (the seed model cannot: it is per-token)."""
-    model = _model(dtype=torch.float64)
+    model = _model(dtype=torch.float64, mixer=mixer)
     seed = _model("tiny", dtype=torch.float64)
     ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -118,6 +130,8 @@ def test_mix_tiny_trains_on_cpu():
     ("d_ffn", 0, ValueError), ("d_state", 1.5, TypeError), ("r_max", 1.0, ValueError),
     ("r_min", -0.1, ValueError), ("omega_init", "random", ValueError),
     ("lambda_kind", "imaginary", ValueError), ("lambda_kind", None, TypeError),
+    ("n_heads", 0, ValueError), ("d_key", 0, ValueError), ("phase_init", "rope", ValueError),
+    ("phase_init", 2, TypeError),
 ])
 def test_variant_config_validation(field, value, exc):
     with pytest.raises(exc, match=field):
@@ -153,7 +167,7 @@ def test_bench_applies_phase2_overrides_and_weight_decay(tmp_path):
     assert runs["stage1"].model_overrides == {"zeta_scale": 0.5}
     assert runs["gpt"].model_overrides == {}
     assert {r.weight_decay for r in runs.values()} == {1.0}
-    assert Stage1BenchConfig().weight_decay == 0.1
+    assert Stage1BenchConfig().weight_decay == 3.0  # the budget's regime (docs/experiments.md, section 9)
     with pytest.raises(ValueError, match="weight_decay"):
         Stage1BenchConfig(weight_decay=-0.1)
     with pytest.raises(TypeError, match="phase2_overrides"):
@@ -211,3 +225,13 @@ def test_cli_model_args_set_the_recurrence_ablation_fields():
     config = make_config(cfg.model, cfg.preset, **cfg.model_overrides)
     assert (config.lambda_kind, config.r_min, config.r_max, config.mixer) == ("real", 0.5, 0.99, "recurrence")
     assert expected_parameter_count(config) == 99_845_713 - 6 * 512
+
+
+@pytest.mark.parametrize(("mixer", "overrides", "needle"), [
+    ("retention", dict(n_heads=3), r"d_model \(512\) must be divisible by n_heads \(3\)"),
+    ("hybrid", dict(d_key=100), r"d_key \(100\) must be divisible by n_heads \(8\)"),
+])
+def test_retention_head_sizes_are_checked_by_name(mixer, overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        Stage1Config(mixer=mixer, **overrides)
+    Stage1Config(mixer="recurrence", **overrides)  # only the retention mixers have heads
