@@ -680,9 +680,9 @@ s12d)
   grep -H "final eval PPL" "$OUT"/*/stdout.txt
   ;;
 s12e)
-  step "Stage 1 criteria with the current defaults (mix and Phase 2 at zeta_scale 0.1, weight decay 3.0), alone on the GPU"
+  step "Stage 1 criteria with the current defaults (mix and Phase 2 at zeta_scale 0.1), weight decay 3.0, alone on the GPU"
   timeout 400 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
-    --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -45
+    --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -45
   ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e" >&2; exit 2 ;;
 esac

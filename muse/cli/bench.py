@@ -45,7 +45,7 @@ def register(sub) -> None:
     g.add_argument("--phase2-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a Phase 2 config field for Phase 2 and its mixer-free reference only, e.g. "
                         "zeta_scale=1.0; repeatable")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 3.0)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1; the GPU budget's runs use 3.0)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
     g.add_argument("--references", help="comma-separated reference runs trained the same way "
