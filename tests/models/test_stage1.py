@@ -398,7 +398,7 @@ def test_build_model_applies_preset_and_overrides():
     (lambda: build_model("gpt2"), ValueError, "gpt2"),
     (lambda: make_config("stage1", "huge"), ValueError, "huge"),
     (lambda: build_model("stage1", "huge"), ValueError, "preset"),
-    (lambda: make_config("stage1", n_heads=4), ValueError, "n_heads"),
+    (lambda: make_config("stage1", n_kv_heads=4), ValueError, "n_kv_heads"),
     (lambda: build_model("stage1", dmodel=4), ValueError, "dmodel"),
     (lambda: make_config(3), TypeError, "name"),
     (lambda: make_config("stage1", d_model=-2), ValueError, "d_model"),
