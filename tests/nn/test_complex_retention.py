@@ -13,6 +13,7 @@ import muse.complex as C
 from muse import kernels
 from muse.init import zeta_zeros
 from muse.nn import ComplexRetention
+from tests.kernels._launches import DEVICES, count_launches
 
 D, H = 16, 2
 
@@ -167,33 +168,15 @@ def test_fp16_training_step_is_finite_at_long_length():
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-@pytest.fixture
-def hebbian_kernel_launches(monkeypatch):
-    if not kernels.HAS_TRITON:
-        pytest.skip("triton is not installed")
-    if not torch.cuda.is_available() and not kernels.interpreting():
-        pytest.skip("Triton kernels on CPU need TRITON_INTERPRET=1 before triton is imported")
-    monkeypatch.setenv(kernels.ENV, "1")
-    from muse.kernels import _triton
-
-    counts: dict[str, int] = {}
-    for name in ("hebbian_forward", "hebbian_backward"):
-        fn = getattr(_triton, name)
-
-        def counted(*args, _fn=fn, _name=name, **kw):
-            counts[_name] = counts.get(_name, 0) + 1
-            return _fn(*args, **kw)
-
-        monkeypatch.setattr(_triton, name, counted)
-    return counts
-
-
-def test_triton_scan_agrees_with_the_pytorch_form(hebbian_kernel_launches, monkeypatch):
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_triton_scan_agrees_with_the_pytorch_form(kernel_device, monkeypatch):
     """The layer's scan through the Triton kernel (CUDA, or the CPU interpreter): outputs, states and
     gradients within 1e-3 of the largest entry of the PyTorch form's (fp16 planes in and out)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    layer = _layer().to(device)
-    x = _x((2, 40, D)).planes.to(device)
+    if not kernels.HAS_TRITON:
+        pytest.skip("triton is not installed")
+    launches = count_launches(monkeypatch, kernel_device, ("hebbian_forward", "hebbian_backward"))
+    layer = _layer().to(kernel_device)
+    x = _x((2, 40, D)).planes.to(kernel_device)
 
     def run():
         planes = x.clone().requires_grad_(True)
@@ -205,10 +188,10 @@ def test_triton_scan_agrees_with_the_pytorch_form(hebbian_kernel_launches, monke
 
     with_kernel = run()
     launched = {"hebbian_forward": 2, "hebbian_backward": 1}  # the scan region reruns in backward (recomputed)
-    assert hebbian_kernel_launches == launched
+    assert launches == launched
     monkeypatch.setenv(kernels.ENV, "0")
     reference = run()
-    assert hebbian_kernel_launches == launched
+    assert launches == launched
     for got, want in zip(with_kernel, reference, strict=True):
         assert float((got - want).abs().max()) <= 1e-3 * float(want.abs().max()) + 1e-3, float((got - want).abs().max())
 
