@@ -55,6 +55,12 @@ def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.expm1(y))
 
 
+def _retnet_rates(n_heads: int) -> torch.Tensor:
+    """Decay rates Gamma_h (float64) with exp(-Gamma_h) = 1 - 2^(-5-h): RetNet's per-head retentions."""
+    h = torch.arange(n_heads, dtype=torch.float64)
+    return -torch.log1p(-torch.exp2(-5.0 - h))
+
+
 class BKCore(nn.Module):
     """Causal non-Hermitian resolvent features: x (B, S, d) -> Linear(norm(Re G, Im G)) (B, S, d).
 
@@ -185,8 +191,7 @@ class DissipativeHebbian(nn.Module):
         """Bias b_h with exp(-(softplus(b_h) + gamma_min) dt) = 1 - 2^(-5-h); no-op without a bias."""
         if self.gamma.bias is None:
             return
-        h = torch.arange(self.gamma.out_features, dtype=torch.float64)
-        gamma = -torch.log1p(-torch.exp2(-5.0 - h)) / self.dt - self.gamma_min  # (H,)
+        gamma = _retnet_rates(self.gamma.out_features) / self.dt - self.gamma_min  # (H,)
         gamma = gamma.clamp_min(1e-8)
         self.gamma.bias.copy_(_inverse_softplus(gamma).to(self.gamma.bias.dtype))
 
@@ -541,9 +546,8 @@ class ComplexRetention(nn.Module):
         self.norm_weight.fill_(1.0)
         if self.gate_act is not None:
             self.gate_act.bias.zero_()
-        h = torch.arange(self.n_heads, dtype=torch.float64)
-        gamma = -torch.log1p(-torch.exp2(-5.0 - h))  # exp(-gamma) = 1 - 2^(-5-h)
-        self.proj.bias[0, -self.n_heads:].copy_(_inverse_softplus(gamma).to(self.proj.bias.dtype))
+        rates = _inverse_softplus(_retnet_rates(self.n_heads))  # the decay's pre-activation bias
+        self.proj.bias[0, -self.n_heads:].copy_(rates.to(self.proj.bias.dtype))
         n, dev = self.dk, self.omega.device
         if self.phase_init == "geometric":
             omega = 10000.0 ** (-torch.arange(n, dtype=torch.float64) / n)
