@@ -244,9 +244,12 @@ def _compute_planes(p: torch.Tensor) -> torch.Tensor:
     return p.to(C.compute_dtype(p.dtype))
 
 
-def _mul_planes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """C.mul on planes (b may be a real tensor): the gate's and the skip's products."""
-    return C.mul(C.ComplexTensor(a), b if b.dim() < a.dim() else C.ComplexTensor(b)).planes
+def _mul_planes(a: torch.Tensor, b: torch.Tensor | C.ComplexTensor) -> torch.Tensor:
+    """C.mul on planes (b a real tensor of fewer dims, planes, or a ComplexTensor): the gate's, the skip's and
+    the retention's turns."""
+    if isinstance(b, torch.Tensor) and b.dim() >= a.dim():
+        b = C.ComplexTensor(b)
+    return C.mul(C.ComplexTensor(a), b).planes
 
 
 def _gated(h: torch.Tensor, g: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -482,12 +485,6 @@ class ComplexRecurrence(nn.Module):
 PHASE_INITS = ("geometric", "zeta", "none")
 
 
-def _rotate(planes: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """(re + i im) * (cos + i sin) on planes (2, ...) with cos, sin broadcasting against one plane."""
-    re, im = planes[0], planes[1]
-    return torch.stack((re * cos - im * sin, re * sin + im * cos))
-
-
 class ComplexRetention(nn.Module):
     """Decayed complex linear attention (retention; Sun et al. 2023, RetNet): a content-addressed mixer.
 
@@ -574,11 +571,11 @@ class ComplexRetention(nn.Module):
             raise ValueError(f"initial_state must have shape {shape} and dtype {self.norm_weight.dtype}, got "
                              f"{tuple(state.shape)} and {state.dtype}")
 
-    def _phases(self, s: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of -omega t for t = 1..s, (s, d_head_key): angles formed in float64, rounded once."""
-        t = torch.arange(1, s + 1, dtype=torch.float64, device=self.omega.device)
-        angle = -t[:, None] * self.omega.to(torch.float64)
-        return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+    def _turns(self, steps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Planes of exp(i omega t) for each t in ``steps`` (float64), (2, len, d_head_key): angles formed
+        in float64, rounded once."""
+        angle = steps[:, None] * self.omega.to(torch.float64)
+        return torch.stack((torch.cos(angle), torch.sin(angle))).to(dtype)
 
     def _heads(self, planes: torch.Tensor, width: int) -> torch.Tensor:
         two, b, s, _ = planes.shape
@@ -590,9 +587,9 @@ class ComplexRetention(nn.Module):
         rdt = _recurrence_dtype(p)
         q, k, v, _, a = torch.split(p, self.splits, dim=-1)
         b, s = p.shape[1], p.shape[2]
-        cos, sin = self._phases(s, rdt)
-        q = _rotate(self._heads(q.to(rdt), self.dk), cos, sin)  # (2, B, H, S, dk)
-        k = _rotate(self._heads(k.to(rdt), self.dk), cos, sin)
+        back = C.ComplexTensor(self._turns(-torch.arange(1, s + 1, dtype=torch.float64, device=p.device), rdt))
+        q = _mul_planes(self._heads(q.to(rdt), self.dk), back)  # (2, B, H, S, dk), q_t exp(-i omega t)
+        k = _mul_planes(self._heads(k.to(rdt), self.dk), back)
         v = self._heads(v.to(rdt), self.dv)  # (2, B, H, S, dv)
         qr = torch.cat((q[0], q[1]), dim=-1) / math.sqrt(2 * self.dk)  # (B, H, S, 2 dk): Re(q^H k) = qr . kr
         kr = torch.cat((k[0], k[1]), dim=-1)
@@ -603,8 +600,8 @@ class ComplexRetention(nn.Module):
             w = None if w0 is None else torch.cat((w0[0], w0[1]), dim=-2)  # (B, H, 2 dk, 2 dv)
             y, w = hebbian_parallel_with_state(qr, kr, vr, log_decay, 1.0, self.chunk_size, w)
             w = w.reshape(b, self.n_heads, 2, self.dk, 2 * self.dv).movedim(2, 0)  # (2, B, H, dk, 2 dv)
-            turn = self.omega.to(torch.float64) * s
-            state = _rotate(w, torch.cos(turn).to(rdt)[:, None], torch.sin(turn).to(rdt)[:, None])  # times exp(i omega S)
+            turn = self._turns(torch.full((1,), float(s), dtype=torch.float64, device=p.device), rdt)
+            state = _mul_planes(w, C.ComplexTensor(turn.transpose(1, 2)))  # times exp(i omega S), (dk, 1) per plane
         else:
             y = hebbian_parallel(qr, kr, vr, log_decay, 1.0, self.chunk_size)  # (B, H, S, 2 dv)
         y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + self.eps)
