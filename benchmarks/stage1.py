@@ -359,6 +359,13 @@ def _agreement(m: dict) -> str:
     return f"{m['memory']['agreement']:.3f}, {m['memory_full_logits']['agreement']:.3f}"
 
 
+def _recipe_line(cfg: dict) -> str:
+    """The training settings every run shared (the command line omits the defaults)."""
+    budget = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg['tokens']:,} tokens"
+    return (f"- training, every run: {budget}, batch {cfg['batch_size']}, lr {cfg['lr']:g} -> {cfg['min_lr']:g} "
+            f"(warmup {cfg['warmup']}), weight decay {cfg['weight_decay']:g}, seed {cfg['seed']}")
+
+
 def format_markdown(report: dict) -> str:
     """The report as Markdown: provenance, criteria table, measurements."""
     env, runs, meas = report["environment"], report["runs"], report["measurements"]
@@ -371,6 +378,7 @@ def format_markdown(report: dict) -> str:
         f"- training text: WikiText-2 `{report['data']['train_split']}` "
         f"({report['data']['train_tokens']:,} tokens); eval: `{report['data']['eval_split']}` "
         f"({report['data']['eval_tokens']:,} tokens)",
+        _recipe_line(report["config"]),
     ]
     lines += [f"- **{w}**" for w in report["data"]["warnings"]]
     lines += ["", f"**all_pass: {str(report['all_pass']).lower()}**"
