@@ -35,6 +35,7 @@ from muse.scan import (
     bk_green_scan,
     complex_diag_scan,
     complex_diag_step,
+    complex_retention,
     hebbian_parallel,
     hebbian_parallel_with_state,
 )
@@ -244,12 +245,9 @@ def _compute_planes(p: torch.Tensor) -> torch.Tensor:
     return p.to(C.compute_dtype(p.dtype))
 
 
-def _mul_planes(a: torch.Tensor, b: torch.Tensor | C.ComplexTensor) -> torch.Tensor:
-    """C.mul on planes (b a real tensor of fewer dims, planes, or a ComplexTensor): the gate's, the skip's and
-    the retention's turns."""
-    if isinstance(b, torch.Tensor) and b.dim() >= a.dim():
-        b = C.ComplexTensor(b)
-    return C.mul(C.ComplexTensor(a), b).planes
+def _mul_planes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """C.mul on planes (b may be a real tensor): the gate's and the skip's products."""
+    return C.mul(C.ComplexTensor(a), b if b.dim() < a.dim() else C.ComplexTensor(b)).planes
 
 
 def _gated(h: torch.Tensor, g: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -571,12 +569,6 @@ class ComplexRetention(nn.Module):
             raise ValueError(f"initial_state must have shape {shape} and dtype {self.norm_weight.dtype}, got "
                              f"{tuple(state.shape)} and {state.dtype}")
 
-    def _turns(self, steps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Planes of exp(i omega t) for each t in ``steps`` (float64), (2, len, d_head_key): angles formed
-        in float64, rounded once."""
-        angle = steps[:, None] * self.omega.to(torch.float64)
-        return torch.stack((torch.cos(angle), torch.sin(angle))).to(dtype)
-
     def _heads(self, planes: torch.Tensor, width: int) -> torch.Tensor:
         two, b, s, _ = planes.shape
         return planes.reshape(two, b, s, self.n_heads, width).transpose(2, 3)  # (2, B, H, S, w)
@@ -587,26 +579,16 @@ class ComplexRetention(nn.Module):
         rdt = _recurrence_dtype(p)
         q, k, v, _, a = torch.split(p, self.splits, dim=-1)
         b, s = p.shape[1], p.shape[2]
-        back = C.ComplexTensor(self._turns(-torch.arange(1, s + 1, dtype=torch.float64, device=p.device), rdt))
-        q = _mul_planes(self._heads(q.to(rdt), self.dk), back)  # (2, B, H, S, dk), q_t exp(-i omega t)
-        k = _mul_planes(self._heads(k.to(rdt), self.dk), back)
-        v = self._heads(v.to(rdt), self.dv)  # (2, B, H, S, dv)
-        qr = torch.cat((q[0], q[1]), dim=-1) / math.sqrt(2 * self.dk)  # (B, H, S, 2 dk): Re(q^H k) = qr . kr
-        kr = torch.cat((k[0], k[1]), dim=-1)
-        vr = torch.cat((v[0], v[1]), dim=-1)  # (B, H, S, 2 dv)
+        q = C.ComplexTensor(self._heads(q.to(rdt), self.dk) / math.sqrt(2 * self.dk))  # (B, H, S, dk)
+        k = C.ComplexTensor(self._heads(k.to(rdt), self.dk))
+        v = C.ComplexTensor(self._heads(v.to(rdt), self.dv))  # (B, H, S, dv)
         log_decay = -F.softplus(a[0].to(rdt)).transpose(1, 2).contiguous()  # (B, H, S), < 0
-        state = None
-        if with_state:
-            w = None if w0 is None else torch.cat((w0[0], w0[1]), dim=-2)  # (B, H, 2 dk, 2 dv)
-            y, w = hebbian_parallel_with_state(qr, kr, vr, log_decay, 1.0, self.chunk_size, w)
-            w = w.reshape(b, self.n_heads, 2, self.dk, 2 * self.dv).movedim(2, 0)  # (2, B, H, dk, 2 dv)
-            turn = self._turns(torch.full((1,), float(s), dtype=torch.float64, device=p.device), rdt)
-            state = _mul_planes(w, C.ComplexTensor(turn.transpose(1, 2)))  # times exp(i omega S), (dk, 1) per plane
-        else:
-            y = hebbian_parallel(qr, kr, vr, log_decay, 1.0, self.chunk_size)  # (B, H, S, 2 dv)
-        y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        y = y.reshape(b, self.n_heads, s, 2, self.dv).permute(3, 0, 2, 1, 4).reshape(2, b, s, self.d_model)
-        return (y * self.norm_weight.to(rdt)).to(p.dtype), state
+        y, state = complex_retention(q, k, v, log_decay, self.omega, None if w0 is None else C.ComplexTensor(w0),
+                                     with_state, self.chunk_size)
+        y = y.planes  # (2, B, H, S, dv)
+        y = y * torch.rsqrt(y.pow(2).mean(dim=(0, -1), keepdim=True) + self.eps)  # RMS over the head's 2 dv reals
+        y = y.transpose(2, 3).reshape(2, b, s, self.d_model)
+        return (y * self.norm_weight.to(rdt)).to(p.dtype), None if state is None else state.planes
 
     def forward(self, x: C.ComplexTensor) -> C.ComplexTensor:
         """x (B, S, d_model) -> y (B, S, d_model), from a zero state."""

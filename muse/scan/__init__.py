@@ -1,7 +1,8 @@
 """Recurrences as pure functions: a sequential reference beside each parallel/chunked form.
 
 ``bk``: the causal BK-Core resolvent scan; ``hebbian``: decayed causal linear attention;
-``complex_diag``: the complex diagonal linear recurrence of Stage 1's token mixer.
+``complex_diag``: the complex diagonal linear recurrence of Stage 1's token mixer; ``retention``: decayed
+complex linear attention with turning keys (Stage 1's content-addressed mixer).
 Imports ``muse._checks``, the kernel switch of ``muse.kernels`` and torch; the mixer modules in :mod:`muse.nn.mixers` call these.
 """
 
@@ -23,9 +24,10 @@ from muse.scan.hebbian import (
     hebbian_sequential,
     segment_sum,
 )
+from muse.scan.retention import complex_retention, complex_retention_sequential
 
 __all__ = [
     "bk_diagonal", "bk_green_adjoint", "bk_green_scan", "bk_green_sequential", "complex_diag_scan", "complex_diag_scan_sequential",
-    "complex_diag_step", "hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential",
+    "complex_diag_step", "complex_retention", "complex_retention_sequential", "hebbian_parallel", "hebbian_parallel_with_state", "hebbian_sequential",
     "moebius_prefix_products", "segment_sum",
 ]
