@@ -684,7 +684,18 @@ s12e)
   timeout 400 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt --device cuda \
     --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix" | sed -n '/all_pass/,$p' | head -45
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e" >&2; exit 2 ;;
+s13a)
+  step "Stage 1 criteria of the current presets at weight decay 3.0, seeds 1 and 2 (side by side: tok/s are not speed figures)"
+  SEEDLESS=(--tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20)
+  for seed in 1 2; do
+    ( timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
+        --no-compile "${DATA[@]}" "${SEEDLESS[@]}" --seed $seed --weight-decay 3.0 --out "$OUT/bench-mix-seed$seed" \
+        > "$OUT/bench-mix-seed$seed.txt" 2>&1 ) &
+  done
+  wait
+  for seed in 1 2; do sed -n '/all_pass/,/planar layout/p' "$OUT/bench-mix-seed$seed.txt"; done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
