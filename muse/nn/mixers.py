@@ -498,10 +498,10 @@ class ComplexRetention(nn.Module):
     The read-out is RMS-normalised per head with a real gain per value channel (phase-equivariant),
     multiplied by the complex gate modReLU(G x) with ``gate``, and mapped back by ``out_proj``.
 
-    It runs as real decayed linear attention (:func:`muse.scan.hebbian_parallel_with_state`, its Triton
-    kernel on CUDA) on the concatenated planes of q and k turned by exp(-i omega t) (local positions
-    t = 1..S of each call), so the state entering a call is the physical S and the state leaving it is
-    turned by exp(i omega S): no absolute position is needed to continue a sequence.  The projections
+    The scan is :func:`muse.scan.complex_retention`: real decayed linear attention (the Hebbian scan,
+    its Triton kernel on CUDA) on the concatenated planes of q and k turned by exp(-i omega t) (local
+    positions t = 1..S of each call), so the state entering a call is the physical S and the state
+    leaving it is turned by exp(i omega S): no absolute position is needed to continue a sequence.  The projections
     are one :class:`ComplexLinear` (q, k, v, G and the decay's pre-activation); the scan, the norm and
     the state are float32 (float64 for a float64 layer), inputs and outputs planar ``dtype``.  Causal.
     """
@@ -524,9 +524,9 @@ class ComplexRetention(nn.Module):
         dtype = check_float_dtype("dtype", dtype)
         param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.dk, self.dv = self.d_key // self.n_heads, self.d_model // self.n_heads
-        widths = (self.d_key, self.d_key, self.d_model, self.d_model if gate else 0, self.n_heads)
-        self.splits = widths  # q, k, v, G x, decay pre-activation
-        self.proj = ComplexLinear(d_model, sum(widths), dtype=dtype, device=device)
+        # the projection's parts: q, k, v, G x, the decay's pre-activation
+        self.splits = (self.d_key, self.d_key, self.d_model, self.d_model if gate else 0, self.n_heads)
+        self.proj = ComplexLinear(d_model, sum(self.splits), dtype=dtype, device=device)
         self.out_proj = ComplexLinear(d_model, d_model, bias=False, dtype=dtype, device=device)
         self.norm_weight = nn.Parameter(torch.ones(d_model, dtype=param_dtype, device=device))
         self.gate_act = ModReLU(d_model, dtype=dtype, device=device) if gate else None
