@@ -69,6 +69,9 @@ class _LayerNormFn(torch.autograd.Function):
         planes, weight, bias = ctx.saved_tensors
         if not torch.is_grad_enabled() and kernels.use_kernel(planes, weight, bias, grad, op="layer_norm"):
             grad_x, sums = kernels.layer_norm_bwd(planes, weight, grad, ctx.eps)
+            dtypes = {t.dtype for t in (weight, bias) if t is not None}
+            if len(dtypes) == 1:  # one rounding of both rows, one kernel
+                sums = sums.to(dtypes.pop())
             grad_w = None if weight is None else sums[0].to(weight.dtype)
             grad_b = None if bias is None else sums[1].to(bias.dtype)
             return grad_x, grad_w, grad_b, None

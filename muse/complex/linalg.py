@@ -156,7 +156,7 @@ class _LinearKernel(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = kernels.complex_mm(g2.transpose(1, 2), xp.reshape(2, rows, in_f), None, False, True)
         if bp is not None and ctx.needs_input_grad[2]:
-            gb = g2.float().sum(dim=1).to(bp.dtype)
+            gb = g2.sum(dim=1, dtype=torch.float32).to(bp.dtype)  # fp32 accumulation, no fp32 copy of dy
         return gx, gw, gb
 
 

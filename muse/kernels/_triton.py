@@ -21,19 +21,29 @@ from triton.language.extra import libdevice
 from muse.kernels import interpreting
 from muse.kernels.scratch import scratch
 
+#: Launch shape of each element-wise kernel: (elements per plane in a tile, num_warps), and for the
+#: persistent backward kernels the programs per SM.  The fastest of ``scripts/kernel_sweep.py``'s grid
+#: on the H200 at 4096 rows of d = 512 (docs/performance.md, eleventh session); small tiles and many
+#: programs in flight win, as the ops are bound by memory latency at this size.
+TILES = {"layer_norm_fwd": (1024, 2), "layer_norm_bwd": (1024, 2), "modrelu_fwd": (512, 2), "modrelu_bwd": (512, 4)}
+PROGRAMS_PER_SM = {"layer_norm_bwd": 8, "modrelu_bwd": 8}
 
-def _tile(d: int) -> tuple[int, int, int]:
-    """(ROWS, BLOCK_D, num_warps): a tile of about 2048 elements per plane, whole rows."""
+
+def _tile(d: int, kernel: str) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_D, num_warps) of ``kernel`` (a key of TILES): whole rows, about the set number of
+    elements per plane (at least one row), and enough warps that a thread holds at most 16 elements of
+    a row per plane."""
+    elements, warps = TILES[kernel]
     block_d = triton.next_power_of_2(max(d, 1))
-    rows = max(1, min(16, 2048 // block_d))
-    warps = 8 if block_d >= 4096 else 4
-    return rows, block_d, warps
+    rows = max(1, min(16, elements // block_d))
+    return rows, block_d, max(warps, min(8, block_d // 512))
 
 
-def _programs(device: torch.device, tiles: int) -> int:
-    """Grid of a persistent backward kernel: two programs per SM (4 under the interpreter)."""
+def _programs(device: torch.device, tiles: int, kernel: str) -> int:
+    """Grid of a persistent backward kernel: PROGRAMS_PER_SM[kernel] per SM (4 programs under the interpreter)."""
     if device.type == "cuda" and not interpreting():
-        return max(1, min(tiles, 2 * torch.cuda.get_device_properties(device).multi_processor_count))
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(tiles, PROGRAMS_PER_SM[kernel] * sms))
     return max(1, min(tiles, 4))
 
 
@@ -118,7 +128,7 @@ def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: 
     y = scratch(torch.empty_like(x))
     if n_rows == 0:
         return y
-    rows, block_d, warps = _tile(d)
+    rows, block_d, warps = _tile(d, "layer_norm_fwd")
     _ln_forward_kernel[(triton.cdiv(n_rows, rows),)](
         x, x if weight is None else weight, x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
         HAS_W=weight is not None, HAS_B=bias is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
@@ -133,9 +143,9 @@ def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad:
     dx = scratch(torch.empty_like(x))
     if n_rows == 0:
         return dx, scratch(torch.zeros(2, d, dtype=torch.float32, device=x.device))
-    rows, block_d, warps = _tile(d)
+    rows, block_d, warps = _tile(d, "layer_norm_bwd")
     tiles = triton.cdiv(n_rows, rows)
-    progs = _programs(x.device, tiles)
+    progs = _programs(x.device, tiles, "layer_norm_bwd")
     part = scratch(torch.empty(progs, 2, d, dtype=torch.float32, device=x.device))
     _ln_backward_kernel[(progs,)](x, x if weight is None else weight, g, dx, part, n_rows, d, n_rows * d, eps, tiles, progs,
                       HAS_W=weight is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
@@ -211,7 +221,7 @@ def modrelu_forward(planes: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     y = scratch(torch.empty_like(x))
     if n_rows == 0:
         return y
-    rows, block_d, warps = _tile(d)
+    rows, block_d, warps = _tile(d, "modrelu_fwd")
     _modrelu_forward_kernel[(triton.cdiv(n_rows, rows),)](
         x, scratch(bias.contiguous(), bias), y, n_rows, d, n_rows * d,
         BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
@@ -226,9 +236,9 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
     dx = scratch(torch.empty_like(x))
     if n_rows == 0:
         return dx, scratch(torch.zeros(bias.shape, dtype=torch.float32, device=x.device))
-    rows, block_d, warps = _tile(d)
+    rows, block_d, warps = _tile(d, "modrelu_bwd")
     tiles = triton.cdiv(n_rows, rows)
-    progs = _programs(x.device, tiles)
+    progs = _programs(x.device, tiles, "modrelu_bwd")
     part = scratch(torch.empty(progs, d, dtype=torch.float32, device=x.device))
     _modrelu_backward_kernel[(progs,)](x, scratch(bias.contiguous(), bias), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
@@ -768,9 +778,11 @@ def _split_k(device: torch.device, m: int, n: int, k: int) -> int:
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
-    if 2 * tiles >= sms or k < 1024:
+    if k < 1024:
         return 1
-    return max(1, min(sms // tiles, k // 512, 16, SPLIT_K_BYTES // (2 * m * n * 4)))
+    # a quarter of a wave of 128 x 128 tiles: at 16 tiles (512 x 512, K = 4096) on the H200 split 2
+    # took 24.2 µs, 4 26.5, 1 34.8, 8 36.1 (the partials' traffic and sums outgrow the added programs)
+    return max(1, min(sms // (4 * tiles), k // 512, 16, SPLIT_K_BYTES // (2 * m * n * 4)))
 
 
 def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool, conj_b: bool,

@@ -304,8 +304,8 @@ def test_linear_kernel_keeps_no_layer_norm_output(kernel_device, launches):
 
 
 def test_split_k_partials_stay_within_their_memory_budget(monkeypatch):
-    """On a 132-SM GPU the weight gradient of a 1024 x 512 linear over 4096 tokens would take 4 K slices
-    (16 MiB of fp32 partial planes on the backward's peak); SPLIT_K_BYTES caps them."""
+    """On a 132-SM GPU the weight gradient of a small output splits K (about a quarter wave of 128 x 128
+    tiles), never with more fp32 partial planes than SPLIT_K_BYTES allows."""
     from types import SimpleNamespace
 
     from muse.kernels import _triton
@@ -313,9 +313,13 @@ def test_split_k_partials_stay_within_their_memory_budget(monkeypatch):
     monkeypatch.setattr(_triton, "interpreting", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
-    for m, n, k in ((1024, 512, 4096), (512, 512, 2048), (512, 512, 8192), (64, 64, 65536)):
+    for m, n, k, expected in ((512, 512, 4096, 2), (512, 512, 8192, 2), (1024, 512, 4096, 1), (64, 64, 65536, 16),
+                              (2048, 2048, 65536, 1)):
         split = _triton._split_k(cuda, m, n, k)
-        assert split >= 2, (m, n, k, split)  # still enough programs to help
-        assert split * 2 * m * n * 4 <= _triton.SPLIT_K_BYTES, (m, n, k, split)
+        assert split == expected, (m, n, k, split)
+        assert split == 1 or split * 2 * m * n * 4 <= _triton.SPLIT_K_BYTES, (m, n, k, split)  # 1: no partials
+    monkeypatch.setattr(_triton, "SPLIT_K_BYTES", 2**20)  # 512 x 512 fp32 partial planes are 2 MiB each
+    assert _triton._split_k(cuda, 512, 512, 4096) == 1
     assert _triton._split_k(cuda, 4096, 4096, 4096) == 1  # enough tiles already
+    assert _triton._split_k(cuda, 64, 64, 512) == 1  # K too short to split
     assert _triton._split_k(torch.device("cpu"), 64, 64, 65536) == 1

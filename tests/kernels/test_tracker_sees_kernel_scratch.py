@@ -223,8 +223,8 @@ def test_tracker_peak_over_layer_norm_backward_includes_the_partial_rows(interpr
     planes = torch.randn(2, rows, d, generator=g).half()
     weight = torch.randn(2, d, generator=g).half()
     grad = torch.randn(2, d, rows, generator=g).half().transpose(1, 2)  # not contiguous: copied
-    n_rows_tile, _, _ = interpreter._tile(d)
-    progs = interpreter._programs(planes.device, math.ceil(rows / n_rows_tile))
+    n_rows_tile, _, _ = interpreter._tile(d, "layer_norm_bwd")
+    progs = interpreter._programs(planes.device, math.ceil(rows / n_rows_tile), "layer_norm_bwd")
     with LiveTensorBytes() as mem:
         mem.track([planes, weight, grad])
         before = mem.current
