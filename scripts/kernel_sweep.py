@@ -27,7 +27,8 @@ def _pct(nbytes: int, seconds: float, copy_gbps: float) -> str:
     return f"{seconds * 1e6:8.1f} µs {gbps:7,.0f} GB/s {100 * gbps / copy_gbps:4.0f} %"
 
 
-def elementwise(rows: int, d: int, timer: Timer, dev: torch.device, quick: bool) -> None:
+def elementwise(rows: int, d: int, timer: Timer, dev: torch.device, quick: bool) -> dict:
+    """Time each kernel over its grid of launch shapes; returns the fastest shape of each."""
     gen = torch.Generator().manual_seed(0)
     nbytes = 2 * rows * d * 2
 
@@ -46,25 +47,54 @@ def elementwise(rows: int, d: int, timer: Timer, dev: torch.device, quick: bool)
            "modrelu_bwd": lambda x, g: K.modrelu_backward(x, b, g)}
     sets1 = _rotation(lambda: (planes(),), dev, nbytes)
     sets2 = _rotation(lambda: (planes(), planes()), dev, 2 * nbytes)
-    elements = (1024, 2048, 4096) if quick else (512, 1024, 2048, 4096, 8192)
-    warps = (4, 8) if quick else (1, 2, 4, 8)
-    saved = dict(K.TILES), dict(K.PROGRAMS_PER_SM)
+    elements = (512, 1024, 2048) if quick else (512, 1024, 2048, 4096, 8192)
+    warps = (1, 2, 4) if quick else (1, 2, 4, 8)
+    best = {}
+    saved = dict(K.TILES), dict(K.PROGRAMS_PER_SM), dict(K.PREFETCH)
     try:
         for name, fn in fwd.items():
             print(f"\n{name} (reads and writes {nbytes >> 20} MiB): elements per plane in a tile, warps")
             for e, wp in itertools.product(elements, warps):
                 K.TILES[name] = (e, wp)
-                print(f"  {e:5d} {wp}: {_pct(2 * nbytes, graph_seconds(timer, fn, sets1, dev), copy_gbps)}")
+                t = graph_seconds(timer, fn, sets1, dev)
+                best[name] = min(best.get(name, (t, (e, wp))), (t, (e, wp)))
+                print(f"  {e:5d} {wp}: {_pct(2 * nbytes, t, copy_gbps)}")
         for name, fn in bwd.items():
             print(f"\n{name} with its partial-sum reduction (reads 2, writes 1 planar tensor):"
-                  " elements, warps, programs per SM")
-            for e, wp, p in itertools.product(elements, warps, (2, 4, 8) if quick else (1, 2, 4, 8, 16)):
+                  " elements, warps, programs per SM, next tile prefetched")
+            for e, wp, p, pre in itertools.product(elements, warps, (4, 8, 16) if quick else (1, 2, 4, 8, 16),
+                                                   (False, True)):
                 K.TILES[name] = (e, wp)
                 K.PROGRAMS_PER_SM[name] = p
-                print(f"  {e:5d} {wp} {p:2d}: {_pct(3 * nbytes, graph_seconds(timer, fn, sets2, dev), copy_gbps)}")
+                K.PREFETCH[name] = pre
+                t = graph_seconds(timer, fn, sets2, dev)
+                best[name] = min(best.get(name, (t, (e, wp, p, pre))), (t, (e, wp, p, pre)))
+                print(f"  {e:5d} {wp} {p:2d} {pre!s:5}: {_pct(3 * nbytes, t, copy_gbps)}")
     finally:
         K.TILES.update(saved[0])
         K.PROGRAMS_PER_SM.update(saved[1])
+        K.PREFETCH.update(saved[2])
+    print("\nfastest: " + "; ".join(f"{k} {v[1]} {v[0] * 1e6:.1f} µs" for k, v in best.items()))
+    return {k: v[1] for k, v in best.items()}
+
+
+def apply(best: dict) -> None:
+    """Set the kernels' launch shapes to ``best`` (from :func:`elementwise`)."""
+    for name, shape in best.items():
+        K.TILES[name] = shape[:2]
+        if len(shape) > 2:
+            K.PROGRAMS_PER_SM[name], K.PREFETCH[name] = shape[2], shape[3]
+
+
+def op_rows_now(rows: int, d: int, timer: Timer, dev: torch.device) -> None:
+    """The benchmark's own eager-kernel op rows (``muse bench speed``) with the launch shapes as set now."""
+    from benchmarks.speed import SpeedConfig, ceilings, op_rows
+
+    cfg = SpeedConfig(device="cuda", variants=("kernels",))
+    for r in op_rows(cfg, dev, timer, rows, d, ceilings(cfg, dev, timer), ("kernels",)):
+        if r["op"] != "complex_linear" and r["status"] == "measured":
+            print(f"  {r['op']} kernels: fwd {r['fwd_s'] * 1e6:.1f} µs ({r['fwd_pct_copy_same']:.0f} % of the same-size copy),"
+                  f" fwd+bwd {r['fwd_bwd_s'] * 1e6:.1f} µs ({r['fwd_bwd_pct_copy_same']:.0f} %)")
 
 
 def linear_backward(rows: int, d: int, timer: Timer, dev: torch.device) -> None:
@@ -116,7 +146,11 @@ def main() -> None:
     timer = Timer(dev)
     print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}; {timer.method} of CUDA graphs, per call")
     if args.part in ("all", "elementwise"):
-        elementwise(args.rows, args.d, timer, dev, args.quick)
+        print("\nop rows (autograd fwd+bwd through the custom ops) with the launch shapes of muse.kernels:")
+        op_rows_now(args.rows, args.d, timer, dev)
+        apply(elementwise(args.rows, args.d, timer, dev, args.quick))
+        print("op rows with the fastest launch shapes above:")
+        op_rows_now(args.rows, args.d, timer, dev)
     if args.part in ("all", "linear"):
         linear_backward(args.rows, args.d, timer, dev)
 

@@ -27,6 +27,7 @@ from muse.kernels.scratch import scratch
 #: programs in flight win, as the ops are bound by memory latency at this size.
 TILES = {"layer_norm_fwd": (1024, 2), "layer_norm_bwd": (1024, 2), "modrelu_fwd": (512, 2), "modrelu_bwd": (512, 4)}
 PROGRAMS_PER_SM = {"layer_norm_bwd": 8, "modrelu_bwd": 8}
+PREFETCH = {"layer_norm_bwd": False, "modrelu_bwd": False}
 
 
 def _tile(d: int, kernel: str) -> tuple[int, int, int]:
@@ -74,8 +75,22 @@ def _ln_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
 
 
 @triton.jit
+def _row_tile(tile, n_rows, d, cols, cmask, ROWS: tl.constexpr):
+    """(mask, offsets) of row tile ``tile``: masked out entirely past the last row."""
+    rows = (tile * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    return (rows < n_rows) & cmask, rows * d + cols
+
+
+@triton.jit
+def _load_pair(x_ptr, g_ptr, off, mask, plane):
+    """Both planes of x and of g at ``off``, as stored (fp16)."""
+    return (tl.load(x_ptr + off, mask=mask, other=0.0), tl.load(x_ptr + plane + off, mask=mask, other=0.0),
+            tl.load(g_ptr + off, mask=mask, other=0.0), tl.load(g_ptr + plane + off, mask=mask, other=0.0))
+
+
+@triton.jit
 def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane, eps, n_tiles, n_progs,
-                        HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                        HAS_W: tl.constexpr, PREFETCH: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)[None, :]
     cmask = cols < d
@@ -84,20 +99,24 @@ def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane,
     acc_w = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
     tile = pid
-    while tile < n_tiles:  # tiles pid, pid + n_progs, ...
-        rows = (tile * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
-        mask = (rows < n_rows) & cmask
-        off = rows * d + cols
-        re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+    mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
+    xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, off, mask, plane)
+    while tile < n_tiles:  # tiles pid, pid + n_progs, ...; x and g of each loaded together
+        mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
+        nxt = tile + n_progs
+        n_mask, n_off = _row_tile(nxt, n_rows, d, cols, cmask, ROWS)
+        if PREFETCH:  # the next tile's loads in flight while this one computes
+            pxr, pxi, pgr, pgi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        re = xr.to(tl.float32)
+        im = xi.to(tl.float32)
         c_re = tl.where(mask, re - (tl.sum(re, axis=1) / d)[:, None], 0.0)
         c_im = tl.where(mask, im - (tl.sum(im, axis=1) / d)[:, None], 0.0)
         var = tl.sum(c_re * c_re + c_im * c_im, axis=1) / d
         rstd = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))[:, None]
         n_re = c_re * rstd
         n_im = c_im * rstd
-        g_re = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        g_im = tl.load(g_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        g_re = gr.to(tl.float32)
+        g_im = gi.to(tl.float32)
         acc_w += tl.sum(g_re * n_re + g_im * n_im, axis=0)
         acc_b += tl.sum(g_re, axis=0)
         h_re = g_re
@@ -110,7 +129,11 @@ def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane,
         dx_im = rstd * (h_im - (tl.sum(h_im, axis=1) / d)[:, None] - n_im * m2)
         tl.store(dx_ptr + off, dx_re.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(dx_ptr + plane + off, dx_im.to(dx_ptr.dtype.element_ty), mask=mask)
-        tile += n_progs
+        if PREFETCH:
+            xr, xi, gr, gi = pxr, pxi, pgr, pgi
+        else:
+            xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        tile = nxt
     pcols = tl.arange(0, BLOCK_D)
     tl.store(part_ptr + pid * 2 * d + pcols, acc_w, mask=pcols < d)
     tl.store(part_ptr + pid * 2 * d + d + pcols, acc_b, mask=pcols < d)
@@ -148,7 +171,8 @@ def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad:
     progs = _programs(x.device, tiles, "layer_norm_bwd")
     part = scratch(torch.empty(progs, 2, d, dtype=torch.float32, device=x.device))
     _ln_backward_kernel[(progs,)](x, x if weight is None else weight, g, dx, part, n_rows, d, n_rows * d, eps, tiles, progs,
-                      HAS_W=weight is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+                      HAS_W=weight is not None, PREFETCH=PREFETCH["layer_norm_bwd"], ROWS=rows, BLOCK_D=block_d,
+                      num_warps=warps)
     return dx, scratch(part.sum(dim=0))
 
 
@@ -178,7 +202,8 @@ def _modrelu_forward_kernel(x_ptr, b_ptr, y_ptr, n_rows, d, plane,
 
 @triton.jit
 def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane, n_tiles, n_progs,
-                             BIAS_VEC: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                             BIAS_VEC: tl.constexpr, PREFETCH: tl.constexpr, ROWS: tl.constexpr,
+                             BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)[None, :]
     cmask = cols < d
@@ -188,14 +213,18 @@ def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, p
         b = tl.load(b_ptr).to(tl.float32)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     tile = pid
+    mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
+    xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, off, mask, plane)
     while tile < n_tiles:  # tiles pid, pid + n_progs, ...
-        rows = (tile * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
-        mask = (rows < n_rows) & cmask
-        off = rows * d + cols
-        re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
-        g_re = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        g_im = tl.load(g_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
+        nxt = tile + n_progs
+        n_mask, n_off = _row_tile(nxt, n_rows, d, cols, cmask, ROWS)
+        if PREFETCH:  # the next tile's loads in flight while this one computes
+            pxr, pxi, pgr, pgi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        re = xr.to(tl.float32)
+        im = xi.to(tl.float32)
+        g_re = gr.to(tl.float32)
+        g_im = gi.to(tl.float32)
         r = tl.math.sqrt_rn(re * re + im * im)
         nonzero = r > 0
         r_safe = tl.where(nonzero, r, 1.0)
@@ -210,7 +239,11 @@ def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, p
         tl.store(dx_ptr + off, dx_re.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(dx_ptr + plane + off, dx_im.to(dx_ptr.dtype.element_ty), mask=mask)
         acc += tl.sum(tl.where(active & mask, ug, 0.0), axis=0)
-        tile += n_progs
+        if PREFETCH:
+            xr, xi, gr, gi = pxr, pxi, pgr, pgi
+        else:
+            xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        tile = nxt
     pcols = tl.arange(0, BLOCK_D)
     tl.store(part_ptr + pid * d + pcols, acc, mask=pcols < d)
 
@@ -241,7 +274,8 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
     progs = _programs(x.device, tiles, "modrelu_bwd")
     part = scratch(torch.empty(progs, d, dtype=torch.float32, device=x.device))
     _modrelu_backward_kernel[(progs,)](x, scratch(bias.contiguous(), bias), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
-                           BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+                           BIAS_VEC=bias.dim() == 1, PREFETCH=PREFETCH["modrelu_bwd"], ROWS=rows, BLOCK_D=block_d,
+                           num_warps=warps)
     gb = scratch(part.sum(dim=0))
     return dx, gb if bias.dim() == 1 else scratch(gb.sum())
 

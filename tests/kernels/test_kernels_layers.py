@@ -81,7 +81,7 @@ def _check_against_reference(fn, z, params, launches, names):
         assert k_err <= 2.0**-10, (k_err, e_err)
 
 
-SHAPES = [(3, 17), (5,), (2, 3, 64), (1, 130), (37, 8)]
+SHAPES = [(3, 17), (5,), (2, 3, 64), (1, 130), (37, 8), (300, 8)]  # (300, 8): several row tiles per backward program
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
