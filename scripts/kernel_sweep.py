@@ -50,7 +50,7 @@ def elementwise(rows: int, d: int, timer: Timer, dev: torch.device, quick: bool)
     elements = (512, 1024, 2048) if quick else (512, 1024, 2048, 4096, 8192)
     warps = (1, 2, 4) if quick else (1, 2, 4, 8)
     best = {}
-    saved = dict(K.TILES), dict(K.PROGRAMS_PER_SM), dict(K.PREFETCH)
+    saved = dict(K.TILES), dict(K.PROGRAMS_PER_SM)
     try:
         for name, fn in fwd.items():
             print(f"\n{name} (reads and writes {nbytes >> 20} MiB): elements per plane in a tile, warps")
@@ -61,19 +61,16 @@ def elementwise(rows: int, d: int, timer: Timer, dev: torch.device, quick: bool)
                 print(f"  {e:5d} {wp}: {_pct(2 * nbytes, t, copy_gbps)}")
         for name, fn in bwd.items():
             print(f"\n{name} with its partial-sum reduction (reads 2, writes 1 planar tensor):"
-                  " elements, warps, programs per SM, next tile prefetched")
-            for e, wp, p, pre in itertools.product(elements, warps, (4, 8, 16) if quick else (1, 2, 4, 8, 16),
-                                                   (False, True)):
+                  " elements, warps, programs per SM")
+            for e, wp, p in itertools.product(elements, warps, (4, 8, 16) if quick else (1, 2, 4, 8, 16)):
                 K.TILES[name] = (e, wp)
                 K.PROGRAMS_PER_SM[name] = p
-                K.PREFETCH[name] = pre
                 t = graph_seconds(timer, fn, sets2, dev)
-                best[name] = min(best.get(name, (t, (e, wp, p, pre))), (t, (e, wp, p, pre)))
-                print(f"  {e:5d} {wp} {p:2d} {pre!s:5}: {_pct(3 * nbytes, t, copy_gbps)}")
+                best[name] = min(best.get(name, (t, (e, wp, p))), (t, (e, wp, p)))
+                print(f"  {e:5d} {wp} {p:2d}: {_pct(3 * nbytes, t, copy_gbps)}")
     finally:
         K.TILES.update(saved[0])
         K.PROGRAMS_PER_SM.update(saved[1])
-        K.PREFETCH.update(saved[2])
     print("\nfastest: " + "; ".join(f"{k} {v[1]} {v[0] * 1e6:.1f} µs" for k, v in best.items()))
     return {k: v[1] for k, v in best.items()}
 
@@ -83,7 +80,7 @@ def apply(best: dict) -> None:
     for name, shape in best.items():
         K.TILES[name] = shape[:2]
         if len(shape) > 2:
-            K.PROGRAMS_PER_SM[name], K.PREFETCH[name] = shape[2], shape[3]
+            K.PROGRAMS_PER_SM[name] = shape[2]
 
 
 def op_rows_now(rows: int, d: int, timer: Timer, dev: torch.device) -> None:

