@@ -695,7 +695,18 @@ s13a)
   wait
   for seed in 1 2; do sed -n '/all_pass/,/planar layout/p' "$OUT/bench-mix-seed$seed.txt"; done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a" >&2; exit 2 ;;
+s14a)
+  step "CUDA tests of the kernels (the backward kernels' next-tile prefetch, launch shapes of 0b51fbe)"
+  timeout 120 python3 -m pytest --muse-device cuda tests/kernels -q -p no:cacheprovider 2>&1 | tail -3
+  step "the complex linear's backward pieces, db variants included"
+  timeout 90 python3 scripts/kernel_sweep.py --part linear | tee "$OUT/linear.txt"
+  step "compiled Stage 1 training with CUDA graphs, B4: layer_norm and modReLU compiled (1) vs their kernels in the graph (7), alternating"
+  for preset in seed mix; do
+    timeout 200 python3 scripts/compiled_loss_speed.py --model stage1 --preset $preset --batch 4 --seq 1024 --steps 20 \
+      --variants 1,7,1,7 2>&1 | grep "^{" | tee "$OUT/compiled-kernels-$preset.jsonl"
+  done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -128,6 +128,10 @@ def linear_backward(rows: int, d: int, timer: Timer, dev: torch.device) -> None:
     print(f"  db as g.float().sum(1): {t * 1e6:.1f} µs")
     t = graph_seconds(timer, lambda x, g: g.sum(dim=1, dtype=torch.float32).half(), sets, dev)
     print(f"  db as g.sum(1, dtype=float32): {t * 1e6:.1f} µs")
+    if rows % 64 == 0:  # two stages: 64 row blocks summed in parallel, then their fp32 sums
+        t = graph_seconds(timer, lambda x, g: g.view(2, 64, rows // 64, d).sum(dim=2, dtype=torch.float32)
+                          .sum(dim=1).half(), sets, dev)
+        print(f"  db in two stages (64 row blocks): {t * 1e6:.1f} µs")
 
 
 def main() -> None:
