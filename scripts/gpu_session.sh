@@ -700,11 +700,12 @@ s14a)
   timeout 120 python3 -m pytest --muse-device cuda tests/kernels -q -p no:cacheprovider 2>&1 | tail -3
   step "the complex linear's backward pieces, db variants included"
   timeout 90 python3 scripts/kernel_sweep.py --part linear | tee "$OUT/linear.txt"
-  step "compiled Stage 1 training with CUDA graphs, B4: layer_norm and modReLU compiled (1) vs their kernels in the graph (7), alternating"
-  for preset in seed mix; do
-    timeout 200 python3 scripts/compiled_loss_speed.py --model stage1 --preset $preset --batch 4 --seq 1024 --steps 20 \
-      --variants 1,7,1,7 2>&1 | grep "^{" | tee "$OUT/compiled-kernels-$preset.jsonl"
-  done
+  step "compiled Stage 1 seed training with CUDA graphs, B4: layer_norm and modReLU compiled (1) vs their kernels in the graph (7), alternating"
+  timeout 200 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --steps 20 \
+    --variants 1,7,1 2>&1 | grep "^{" | tee "$OUT/compiled-kernels-seed.jsonl"
+  step "muse bench speed, Stage 1 vs GPT compiled with CUDA graphs (the fused loss as it is now)"
+  timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled+cudagraphs --out "$OUT/speed" 2>&1 | tail -30
   ;;
 *) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a" >&2; exit 2 ;;
 esac
