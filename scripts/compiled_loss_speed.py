@@ -6,8 +6,8 @@ vs traced as ordinary ops, and with two chunk budgets: train tok/s and the step'
 Each variant is traced afresh (``torch._dynamo.reset()``); MUSE_LOSS_OPAQUE=0 traces the loops;
 the "full" variant is the full-logits loss, the ratio's reference, in the same process; the chunk
 bodies (log-sum-exp, softmax gradient) run as muse's Triton kernels or as nested torch.compile'd
-functions; the last variant also runs layer_norm and modReLU as Triton kernels inside the graph
-(MUSE_KERNELS_IN_COMPILE). Prints one JSON line per variant; ``--profile 1,2`` adds those variants' ten costliest GPU
+functions; every variant sets MUSE_KERNELS_IN_COMPILE: the last runs layer_norm and modReLU as Triton
+kernels inside the graph (the library's default since the twelfth session), the others leave them to the compiler. Prints one JSON line per variant; ``--profile 1,2`` adds those variants' ten costliest GPU
 kernels (one compiled step without CUDA graphs, under torch.profiler) and how many launches were Triton.
 """
 
@@ -61,7 +61,7 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() - before
         print(json.dumps({"model": args.model, "preset": args.preset, "batch": args.batch, "seq": args.seq,
                           "loops": loops, "chunk_budget_fraction": fraction, "chunk_bodies": bodies,
-                          "kernels_in_compile": in_compile or "-", "train_tok_s": round(tp["tokens_per_second"], 1),
+                          "kernels_in_compile": in_compile or "none", "train_tok_s": round(tp["tokens_per_second"], 1),
                           "peak_above_start_MiB (warm-up, compile and graph pools included)": round(peak / 2**20, 1)}),
               flush=True)
         if i in profiled:

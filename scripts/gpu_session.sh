@@ -707,7 +707,38 @@ s14a)
   timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled+cudagraphs --out "$OUT/speed" 2>&1 | tail -30
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a" >&2; exit 2 ;;
+s15a)
+  step "CUDA tests: the complex linear (third accumulator, sum_rows for db) and the layer kernels (next-tile prefetch)"
+  timeout 170 python3 -m pytest --muse-device cuda -n 4 tests/kernels/test_kernels_complex_linear.py \
+    tests/kernels/test_kernels_layers.py -q -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/cuda-tests.txt"
+  step "the complex linear's pieces: the third accumulator vs the negated tile, dW per split-K, db forms"
+  timeout 130 python3 scripts/kernel_sweep.py --part linear 2>&1 | tee "$OUT/linear.txt"
+  step "the complex linear's op rows (muse bench speed's), kernels and compiled + kernels"
+  timeout 80 python3 -c "from benchmarks.speed import time_complex_linear as t; print(t(variants=('kernels', 'compiled+kernels')))" \
+    2>&1 | tail -4 | tee "$OUT/linear-rows.txt"
+  step "numerics of linear on CUDA under eager and triton"
+  MUSE_VERIFY_IMPL=eager,triton timeout 170 python3 -m muse verify --profile ci --device cuda -n 4 -k linear \
+    --out "$OUT/verify-cuda" 2>&1 | tail -12
+  ;;
+s15b)
+  step "CUDA tests: sum_rows (one-shot finishing kernel) and the complex linear through the kernels"
+  timeout 100 python3 -m pytest --muse-device cuda -n 4 tests/kernels/test_kernels_complex_linear.py -k "sum_rows or linear_kernel" \
+    -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/cuda-tests.txt"
+  step "the complex linear's pieces again (sum_rows launch shapes)"
+  timeout 100 python3 scripts/kernel_sweep.py --part linear 2>&1 | tee "$OUT/linear.txt"
+  step "the complex linear's op rows, kernels and compiled + kernels"
+  timeout 60 python3 -c "from benchmarks.speed import time_complex_linear as t; print(t(variants=('kernels', 'compiled+kernels')))" \
+    2>&1 | tail -4 | tee "$OUT/linear-rows.txt"
+  step "muse bench speed, Stage 1 vs GPT: eager kernels and compiled with CUDA graphs"
+  timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants kernels,compiled+cudagraphs --out "$OUT/speed" 2>&1 | tail -30
+  ;;
+s15c)
+  step "compiled Stage 1 training with CUDA graphs, B4: full-logits loss (0), the fused loss (1), with layer_norm and modReLU kernels in the graph (7); profile of 1"
+  timeout 380 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --steps 20 \
+    --variants 0,1,7 --profile 1 2>&1 | grep -v Warning | tail -40 | tee "$OUT/compiled-stage1.txt"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

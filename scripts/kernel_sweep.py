@@ -111,10 +111,19 @@ def linear_backward(rows: int, d: int, timer: Timer, dev: torch.device) -> None:
     t_real = graph_seconds(timer, lambda: torch.mm(a, bm), [()], dev)
     print(f"\ncomplex linear {rows} x {d} -> {d} backward pieces; one real {rows} x {2 * d} x {2 * d} GEMM:"
           f" {t_real * 1e6:.1f} µs")
-    t = graph_seconds(timer, lambda x, g: K.complex_mm(x, wp.transpose(1, 2), None, False, False), sets, dev)
-    print(f"  forward (no bias): {t * 1e6:.1f} µs, {flop / t / 1e12:.0f} TFLOP/s")
-    t = graph_seconds(timer, lambda x, g: K.complex_mm(g, wp, None, False, True), sets, dev)
-    print(f"  dx = dy conj(W): {t * 1e6:.1f} µs, {flop / t / 1e12:.0f} TFLOP/s")
+    saved = K.CMM_NEG_ACC
+    try:
+        for neg in (True, False):
+            K.CMM_NEG_ACC = neg
+            how = "minus terms in their own accumulator" if neg else "on a negated A tile"
+            t = graph_seconds(timer, lambda x, g: K.complex_mm(x, wp.transpose(1, 2), None, False, False), sets, dev)
+            print(f"  forward (no bias), {how}: {t * 1e6:.1f} µs, {flop / t / 1e12:.0f} TFLOP/s")
+            t = graph_seconds(timer, lambda x, g: K.complex_mm(g, wp, None, False, True), sets, dev)
+            print(f"  dx = dy conj(W), {how}: {t * 1e6:.1f} µs, {flop / t / 1e12:.0f} TFLOP/s")
+            t = graph_seconds(timer, lambda x, g: K.complex_mm(g.transpose(1, 2), x, None, False, True), sets, dev)
+            print(f"  dW (default split), {how}: {t * 1e6:.1f} µs, {flop / t / 1e12:.0f} TFLOP/s")
+    finally:
+        K.CMM_NEG_ACC = saved
     for out_f, in_f in ((d, d), (2 * d, d), (d, 2 * d)):  # the mix preset's linears: d -> d, the FFN's d <-> 2d
         xs = _rotation(lambda i=in_f, o=out_f: (planes(rows, i), planes(rows, o)), dev, 2 * rows * (in_f + out_f) * 2)
         f = 8 * rows * in_f * out_f
@@ -132,6 +141,15 @@ def linear_backward(rows: int, d: int, timer: Timer, dev: torch.device) -> None:
         t = graph_seconds(timer, lambda x, g: g.view(2, 64, rows // 64, d).sum(dim=2, dtype=torch.float32)
                           .sum(dim=1).half(), sets, dev)
         print(f"  db in two stages (64 row blocks): {t * 1e6:.1f} µs")
+    saved = K.TILES["sum_rows"], K.PROGRAMS_PER_SM["sum_rows"], K.SUM_FINISH_COLS
+    try:
+        for e, wps, p, fc in itertools.product((4096, 8192), (2, 4), (1, 2, 4), (16, 64)):
+            K.TILES["sum_rows"], K.PROGRAMS_PER_SM["sum_rows"], K.SUM_FINISH_COLS = (e, wps), p, fc
+            t = graph_seconds(timer, lambda x, g: K.sum_rows(g, torch.float16), sets, dev)
+            print(f"  db as sum_rows (elements {e}, warps {wps}, programs per SM {p}, finishing columns {fc}):"
+                  f" {t * 1e6:.1f} µs")
+    finally:
+        K.TILES["sum_rows"], K.PROGRAMS_PER_SM["sum_rows"], K.SUM_FINISH_COLS = saved
 
 
 def main() -> None:

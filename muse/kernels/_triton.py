@@ -25,8 +25,9 @@ from muse.kernels.scratch import scratch
 #: persistent backward kernels the programs per SM.  The fastest of ``scripts/kernel_sweep.py``'s grid
 #: on the H200 at 4096 rows of d = 512 (docs/performance.md, eleventh session); small tiles and many
 #: programs in flight win, as the ops are bound by memory latency at this size.
-TILES = {"layer_norm_fwd": (1024, 1), "layer_norm_bwd": (512, 1), "modrelu_fwd": (512, 4), "modrelu_bwd": (512, 4)}
-PROGRAMS_PER_SM = {"layer_norm_bwd": 8, "modrelu_bwd": 8}
+TILES = {"layer_norm_fwd": (1024, 1), "layer_norm_bwd": (512, 1), "modrelu_fwd": (512, 4), "modrelu_bwd": (512, 4),
+         "sum_rows": (4096, 2)}
+PROGRAMS_PER_SM = {"layer_norm_bwd": 8, "modrelu_bwd": 8, "sum_rows": 4}
 
 
 def _tile(d: int, kernel: str) -> tuple[int, int, int]:
@@ -268,6 +269,64 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     gb = scratch(part.sum(dim=0))
     return dx, gb if bias.dim() == 1 else scratch(gb.sum())
+
+
+# ------------------------------------------------------------------ row sums
+# The sums over rows of planes (2, n_rows, d) (a complex linear's bias gradient: dy's rows): a few
+# programs per SM each add their row tiles into an fp32 (ROWS, BLOCK_D) accumulator per plane and write
+# its column sums as one partial row; a second kernel sums the partial rows in a fixed order (so the
+# result is deterministic) and rounds once, each program loading all of them for its columns at once
+# (a loop over them was latency-bound: 12.4 µs for the pair at 4096 x 512 on the H200; at once, 9.2 µs).
+SUM_FINISH_COLS = 16  # columns of the partial rows per finishing program
+
+
+@triton.jit
+def _sum_rows_kernel(g_ptr, part_ptr, n_rows, d, plane, n_tiles, n_progs, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    cmask = cols < d
+    acc_r = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    acc_i = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    tile = pid
+    while tile < n_tiles:  # tiles pid, pid + n_progs, ...
+        mask, off = _row_tile(tile, n_rows, d, cols, cmask, ROWS)
+        acc_r += tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        acc_i += tl.load(g_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+        tile += n_progs
+    pcols = tl.arange(0, BLOCK_D)
+    tl.store(part_ptr + pid * 2 * d + pcols, tl.sum(acc_r, axis=0), mask=pcols < d)
+    tl.store(part_ptr + pid * 2 * d + d + pcols, tl.sum(acc_i, axis=0), mask=pcols < d)
+
+
+@triton.jit
+def _sum_partials_kernel(part_ptr, out_ptr, n_parts, width, P: tl.constexpr, BLOCK: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    acc = tl.zeros((P, BLOCK), dtype=tl.float32)
+    start = 0
+    while start < n_parts:
+        rows = start + tl.arange(0, P)
+        mask = (rows < n_parts)[:, None] & (cols < width)[None, :]
+        acc += tl.load(part_ptr + rows.to(tl.int64)[:, None] * width + cols[None, :], mask=mask, other=0.0)
+        start += P
+    tl.store(out_ptr + cols, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=cols < width)
+
+
+def sum_rows(planes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(2, d): the sums over all rows of planes (2, ..., d), accumulated in fp32 and rounded once to ``dtype``."""
+    g = scratch(planes.contiguous(), planes)
+    n_rows, d = _rows(g)
+    out = scratch(torch.empty((2, d), dtype=dtype, device=g.device))
+    if n_rows == 0 or d == 0:
+        return out.zero_()
+    rows, block_d, warps = _tile(d, "sum_rows")
+    tiles = triton.cdiv(n_rows, rows)
+    progs = _programs(g.device, tiles, "sum_rows")
+    part = scratch(torch.empty((progs, 2 * d), dtype=torch.float32, device=g.device))
+    _sum_rows_kernel[(progs,)](g, part, n_rows, d, n_rows * d, tiles, progs, ROWS=rows, BLOCK_D=block_d,
+                               num_warps=warps)
+    _sum_partials_kernel[(triton.cdiv(2 * d, SUM_FINISH_COLS),)](
+        part, out, progs, 2 * d, P=min(triton.next_power_of_2(progs), 1024), BLOCK=SUM_FINISH_COLS, num_warps=4)
+    return out
 
 
 # ----------------------------------------------------------- cross-entropy chunks
@@ -692,14 +751,16 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
 # ------------------------------------------------------------------ complex GEMM
 # C = op(A) @ op(B) (+ bias) on planar operands: A (2, M, K), B (2, K, N), any strides (a transposed view
 # is a stride swap, no copy), op = identity or conjugation.  Each program computes one (BLOCK_M, BLOCK_N)
-# tile of both output planes with four tl.dot per K step into two fp32 accumulators; the minus sign of
-# the real part (and the conjugations) ride on a negated copy of the A tile's imaginary part in
-# registers (exact in fp16) and one final sign flip of the imaginary accumulator, so no separate
-# product sums are formed and rounded.  The bias is added in fp32 and the result rounded once.
+# tile of both output planes with four tl.dot per K step into three fp32 accumulators: the product that
+# enters with a minus sign (which one depends on the conjugations) is summed in its own accumulator and
+# subtracted once after the loop, and one final sign flip of the imaginary accumulator finishes a
+# conjugated B, so nothing is rounded before the end.  The bias is added in fp32 and the result rounded once.
+# (``CMM_NEG_ACC = False``: the minus sign rides on a negated copy of the A tile in registers instead;
+# ptxas for sm_90a then serialises the wgmma pipeline of the 64-wide forward and dx configurations.)
 # Split-K (a second grid axis, for outputs too small to fill the GPU, such as the weight gradient)
 # writes fp32 partials that the host sums in fp32 before the one rounding.
 # Hopper: shared memory per stage is 2 (BM + BN) BK fp16 elements (64 KiB at 128 x 128 x 64, three
-# stages fit the H200's 227 KiB); the two accumulators take 2 BM BN / (32 num_warps) registers a thread.
+# stages fit the H200's 227 KiB); the three accumulators take 3 BM BN / (32 num_warps) registers a thread.
 # Triton 3.6 for sm_90a (tests/kernels/test_kernels_complex_mm_sm90_build.py; ptxas -v by hand): every
 # config below lowers to wgmma with cp.async pipelining, 123-192 KiB of shared memory; 128 x 128 tiles
 # take 218-255 registers (0-36 bytes spilled), 128 x 64 at 8 warps 130-164 (none; at 4 warps it
@@ -712,13 +773,18 @@ CMM_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_stages=4, num_warps=4),
 ]
 CMM_INTERPRET_BLOCK = 16  # the interpreter's one tile size (small: several tiles and K steps at test sizes)
+#: The minus-signed products in a third accumulator (True) or on a negated A tile (False).  H200, 4096 x 512
+#: -> 512: forward 17.4 / 17.7 µs, dx 16.8 / 17.7, dW 22.9 / 24.7 (scripts/kernel_sweep.py, twelfth session)
+CMM_NEG_ACC = True
 CMM_GROUP_M = 8  # tiles walked in groups of 8 rows of tiles, so neighbouring programs share operands in L2
 
 
 @triton.jit
-def _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, idx, k_lo, k_per, K, acc_r, acc_i, SAME_SIGN: tl.constexpr):
-    """One K step of both accumulators.  With s = +-1 the product of the two conjugations' signs:
-    re += ar br - s ai bi, im += ar bi + s ai br (the caller flips im at the end when B is conjugated)."""
+def _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, idx, k_lo, k_per, K, acc_r, acc_i, acc_n,
+              SAME_SIGN: tl.constexpr, NEG_ACC: tl.constexpr):
+    """One K step of the accumulators.  With s = +-1 the product of the two conjugations' signs:
+    re = sum ar br - s sum ai bi, im = sum ar bi + s sum ai br (the caller flips im at the end when B is
+    conjugated); the minus-signed product goes to ``acc_n`` (NEG_ACC) or rides on a negated A tile."""
     k_in = (idx < k_per) & (k_lo + idx < K)
     ar = tl.load(a_ptrs, mask=k_in[None, :], other=0.0)
     ai = tl.load(a_ptrs + s_ap, mask=k_in[None, :], other=0.0)
@@ -727,18 +793,25 @@ def _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, idx, k_lo, k_per, K, acc_r, acc_i, SAM
     acc_r = tl.dot(ar, br, acc_r)
     acc_i = tl.dot(ar, bi, acc_i)
     if SAME_SIGN:
-        acc_r = tl.dot(-ai, bi, acc_r)
+        if NEG_ACC:
+            acc_n = tl.dot(ai, bi, acc_n)
+        else:
+            acc_r = tl.dot(-ai, bi, acc_r)
         acc_i = tl.dot(ai, br, acc_i)
     else:
         acc_r = tl.dot(ai, bi, acc_r)
-        acc_i = tl.dot(-ai, br, acc_i)
-    return acc_r, acc_i
+        if NEG_ACC:
+            acc_n = tl.dot(ai, br, acc_n)
+        else:
+            acc_i = tl.dot(-ai, br, acc_i)
+    return acc_r, acc_i, acc_n
 
 
 @triton.jit
 def _cmm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_per,
                 s_ap, s_am, s_ak, s_bp, s_bk, s_bn, s_biasp, s_biasn, s_cs, s_cp, s_cm, s_cn,
                 CONJ_A: tl.constexpr, CONJ_B: tl.constexpr, HAS_BIAS: tl.constexpr, WHILE_LOOP: tl.constexpr,
+                NEG_ACC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -758,21 +831,27 @@ def _cmm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_per,
     b_ptrs = b_ptr + (k_lo + rk).to(tl.int64)[:, None] * s_bk + (rn % N).to(tl.int64)[None, :] * s_bn
     acc_r = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_i = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_n = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n_steps = tl.cdiv(k_per, BLOCK_K)  # this program's slice [k_lo, k_lo + k_per) of K
     if WHILE_LOOP:  # the interpreter (numpy 2) cannot take range() of a runtime int
         step = 0
         while step < n_steps:
-            acc_r, acc_i = _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, step * BLOCK_K + rk, k_lo, k_per, K, acc_r, acc_i,
-                                     CONJ_A == CONJ_B)
+            acc_r, acc_i, acc_n = _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, step * BLOCK_K + rk, k_lo, k_per, K,
+                                            acc_r, acc_i, acc_n, CONJ_A == CONJ_B, NEG_ACC)
             a_ptrs += BLOCK_K * s_ak
             b_ptrs += BLOCK_K * s_bk
             step += 1
     else:  # a for loop: software-pipelined over num_stages
         for step in range(0, n_steps):
-            acc_r, acc_i = _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, step * BLOCK_K + rk, k_lo, k_per, K, acc_r, acc_i,
-                                     CONJ_A == CONJ_B)
+            acc_r, acc_i, acc_n = _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, step * BLOCK_K + rk, k_lo, k_per, K,
+                                            acc_r, acc_i, acc_n, CONJ_A == CONJ_B, NEG_ACC)
             a_ptrs += BLOCK_K * s_ak
             b_ptrs += BLOCK_K * s_bk
+    if NEG_ACC:
+        if CONJ_A == CONJ_B:
+            acc_r -= acc_n
+        else:
+            acc_i -= acc_n
     if CONJ_B:
         acc_i = -acc_i
     if HAS_BIAS:
@@ -780,13 +859,15 @@ def _cmm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_per,
         acc_i += tl.load(bias_ptr + s_biasp + rn * s_biasn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     c_ptrs = c_ptr + pid_k * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn.to(tl.int64)[None, :] * s_cn
     mask = (rm < M)[:, None] & (rn < N)[None, :]
-    tl.store(c_ptrs, acc_r.to(c_ptr.dtype.element_ty), mask=mask)
-    tl.store(c_ptrs + s_cp, acc_i.to(c_ptr.dtype.element_ty), mask=mask)
+    # stored through a select (the same values): straight from the accumulators, an fp32 store (the split-K
+    # partials) made ptxas for sm_90a serialise the wgmma pipeline of the 128 x 128 configurations
+    tl.store(c_ptrs, tl.where(mask, acc_r, 0.0).to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptrs + s_cp, tl.where(mask, acc_i, 0.0).to(c_ptr.dtype.element_ty), mask=mask)
 
 
 # cache_results: the choice per shape is kept in Triton's on-disk cache, so a second process (a resumed
 # run, the other jobs of a sweep) does not spend the ~18 s of tuning again
-_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn"],
+_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn", "NEG_ACC"],
                              cache_results=True)(_cmm_kernel)
 
 
@@ -828,7 +909,7 @@ def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj
             *((0, 0) if in_kernel_bias is None else in_kernel_bias.stride()),
             target.stride(0) if split > 1 else 0, *target.stride()[-3:])
     flags = {"CONJ_A": conj_a, "CONJ_B": conj_b, "HAS_BIAS": in_kernel_bias is not None,
-             "WHILE_LOOP": interpreting(), "GROUP_M": CMM_GROUP_M}
+             "WHILE_LOOP": interpreting(), "NEG_ACC": CMM_NEG_ACC, "GROUP_M": CMM_GROUP_M}
     if interpreting():
         blk = CMM_INTERPRET_BLOCK
         grid = (triton.cdiv(m, blk) * triton.cdiv(n, blk), split)

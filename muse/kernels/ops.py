@@ -125,6 +125,18 @@ def _(a, b, bias, conj_a, conj_b):
     return a.new_empty((2, a.shape[1], b.shape[2]))
 
 
+@torch.library.custom_op("muse::sum_rows", mutates_args=())
+def sum_rows(planes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(2, d): the sums over all rows of planes (2, ..., d) in fp32, rounded once to ``dtype`` (a complex
+    linear's bias gradient)."""
+    return _k().sum_rows(planes, dtype)
+
+
+@sum_rows.register_fake
+def _(planes, dtype):
+    return planes.new_empty((2, planes.shape[-1]), dtype=dtype)
+
+
 # The cross-entropy chunk bodies are plain functions, not custom ops: muse.train.loss calls them only
 # outside tracing (eager code, or inside its own custom ops, which torch.compile never looks into).
 def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> None:
@@ -140,4 +152,4 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
 
 
 __all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
-           "softmax_grad"]
+           "softmax_grad", "sum_rows"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from muse import kernels
 from muse._io import atomic_write_text
 
 
@@ -99,6 +100,7 @@ def environment(device: torch.device) -> dict:
         "python_version": platform.python_version(),
         "device": str(device),
         "device_name": name,
+        "kernels": kernels.settings(),
     }
 
 

@@ -6,7 +6,7 @@ Bounds (docs/numerics.md, "GEMM: matmul and linear"; verification/bounds.py): ev
 a sum of n exact products (and the bias), accumulated in fp32 and rounded once, so
 abs(out - exact) <= ``bounds.mixed``(abs(exact), ``bounds.gemm_abs``(S, n)) with S the sum of the
 absolute values of the terms: n = 2 K + 1 with a bias (forward, K = in), n = 2 out for dx = dy conj(W),
-n = 2 rows for dW = dy^T conj(x); db is an fp32 sum of the rows (``bounds.sum_abs``).  The "exact" value
+n = 2 rows for dW = dy^T conj(x); db (muse.kernels.sum_rows) is an fp32 sum of the rows (``bounds.sum_abs``).  The "exact" value
 is float64 arithmetic on the fp16 inputs (exact products, float64 sums: 2 n 2**-53 S more, added).
 The PyTorch path's dW sums two separately rounded fp16 halves (dy_r^T x_r and dy_i^T x_i, each at most S
 in magnitude: 0.5 ulp(S + E) + E each), then rounds their sum once more; the two paths are compared
@@ -34,8 +34,8 @@ if not kernels.HAS_TRITON:
 @pytest.fixture
 def launches(monkeypatch, kernel_device):
     """Kernels on; counts the wrappers' launches (tests/kernels/_launches.py)."""
-    counts = count_launches(monkeypatch, kernel_device, ("complex_mm",))
-    counts["complex_mm"] = 0
+    counts = count_launches(monkeypatch, kernel_device, ("complex_mm", "sum_rows"))
+    counts["complex_mm"] = counts["sum_rows"] = 0
     return counts
 
 
@@ -79,9 +79,13 @@ def _within(got: torch.Tensor, exact: np.ndarray, bound: np.ndarray, what: str) 
 @pytest.mark.parametrize("conj_a", [False, True])
 @pytest.mark.parametrize("conj_b", [False, True])
 @pytest.mark.parametrize("split_k", [1, 3])
-def test_complex_mm_conj_flags_views_and_split_k(kernel_device, conj_a, conj_b, split_k, launches):
-    """op(a) @ op(b) + bias on transposed views (a's K and b's N dims strided), K = 150 in 3 slices."""
+@pytest.mark.parametrize("neg_acc", [True, False], ids=["neg_acc", "negated_tile"])
+def test_complex_mm_conj_flags_views_and_split_k(kernel_device, conj_a, conj_b, split_k, neg_acc, launches, monkeypatch):
+    """op(a) @ op(b) + bias on transposed views (a's K and b's N dims strided), K = 150 in 3 slices; the
+    minus-signed products in their own accumulator or on a negated A tile."""
     from muse.kernels import _triton
+
+    monkeypatch.setattr(_triton, "CMM_NEG_ACC", neg_acc)
 
     m, k, n = 21, 150, 19
     a = _rand(2, k, m, device=kernel_device, seed=1).transpose(1, 2)  # (2, M, K), M contiguous
@@ -92,6 +96,27 @@ def test_complex_mm_conj_flags_views_and_split_k(kernel_device, conj_a, conj_b, 
     exact, s = exact + _np(bias)[:, None, :], s + np.abs(_np(bias))[:, None, :]
     _within(out, exact, _gemm_bound(exact, s, 2 * k + 1, kernel_device), "complex_mm")
     assert launches["complex_mm"] == 1
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("lead,d", [((300,), 8), ((7, 50), 33), ((1,), 5), ((0,), 4)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_sum_rows_within_the_bound_and_deterministic(kernel_device, lead, d, dtype, launches):
+    """The bias gradient's kernel: the fp32 sum over every row of both planes, rounded once to ``dtype``, within
+    ``bounds.sum_abs`` of the float64 sum; several row tiles per program (300 rows), programs' partial rows
+    summed by the second kernel, ragged columns, no rows (zeros); two calls give the same bits."""
+    from muse.kernels import _triton
+
+    g = _rand(2, *lead, d, device=kernel_device, seed=7)
+    got = _triton.sum_rows(g, dtype)
+    assert got.dtype == dtype and got.shape == (2, d)
+    g2 = _np(g).reshape(2, -1, d)
+    exact = g2.sum(axis=1)
+    rows = g2.shape[1]
+    e = bounds.sum_abs(np.abs(g2).sum(axis=1), max(rows, 1)) + 2 * rows * 2.0**-53 * np.abs(g2).sum(axis=1)
+    bound = bounds.mixed(exact, e) if dtype == torch.float16 else e  # fp32: the accumulator itself
+    _within(got, exact, bound, "sum_rows")
+    assert torch.equal(_triton.sum_rows(g, dtype), got)
 
 
 def _linear_case(lead, fin, fout, with_bias, device, seed=0):
@@ -149,8 +174,9 @@ def test_linear_kernel_forward_and_gradients_within_the_bound(kernel_device, lea
     x, w, b, dy = _linear_case(lead, fin, fout, with_bias, kernel_device)
     k_out, k_grads = _run_linear(x, w, b, dy, kernels_on=True)
     assert launches["complex_mm"] == 3  # y, dx, dW
+    assert launches["sum_rows"] == with_bias  # db
     e_out, e_grads = _run_linear(x, w, b, dy, kernels_on=False)
-    assert launches["complex_mm"] == 3
+    assert launches["complex_mm"] == 3 and launches["sum_rows"] == with_bias
     names = ["y", "dx", "dW", "db"][:1 + len(k_grads)]
     for name, got_k, got_e, (exact, bound, bound_torch) in zip(names, [k_out, *k_grads], [e_out, *e_grads],
                                                                _linear_exact(x, w, b, dy, kernel_device), strict=True):

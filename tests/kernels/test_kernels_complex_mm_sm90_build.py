@@ -1,7 +1,8 @@
 """The complex GEMM kernel builds for an H100/H200 (sm_90) without a GPU, for every autotune config and
 the three layouts ``linear`` launches (forward, dx, dW): Triton's NVIDIA backend lowers it to PTX and
 ptxas to a cubin, and the PTX shows what the speed depends on -- wgmma (Hopper tensor cores) and
-cp.async loads (the software pipeline), within the H200's 227 KiB of shared memory.  The build gets the
+cp.async loads (the software pipeline), within the H200's 227 KiB of shared memory; and ptxas -v keeps the
+wgmma pipeline asynchronous (it reports when it serialises it).  The build gets the
 divisibility hints a real launch gets (16-byte aligned pointers, sizes and strides multiples of 16:
 without them Triton cannot pipeline the loads).  It runs in a subprocess without ``TRITON_INTERPRET``:
 Triton fixes interpreter mode when it is first imported."""
@@ -24,14 +25,19 @@ if not kernels.HAS_TRITON:
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = """
 import json
+import os
+import re
+import subprocess
+import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from muse.kernels import _triton
 
 NAMES = ["a_ptr", "b_ptr", "bias_ptr", "c_ptr", "M", "N", "K", "k_per", "s_ap", "s_am", "s_ak", "s_bp", "s_bk", "s_bn",
          "s_biasp", "s_biasn", "s_cs", "s_cp", "s_cm", "s_cn"]
-FLAGS = ["CONJ_A", "CONJ_B", "HAS_BIAS", "WHILE_LOOP", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"]
+FLAGS = ["CONJ_A", "CONJ_B", "HAS_BIAS", "WHILE_LOOP", "NEG_ACC", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"]
 # (flags, the strides equal to 1 (Triton specialises them), output dtype): y = x W^T + b, dx = dy conj(W),
 # dW = dy^T conj(x) into the fp32 split-K partials
 CASES = {"forward": (dict(CONJ_A=False, CONJ_B=False, HAS_BIAS=True), ("s_ak", "s_bk", "s_biasn", "s_cn"), "*fp16"),
@@ -43,14 +49,23 @@ for case, (flags, ones, out) in CASES.items():
         signature = {n: "i32" for n in NAMES}
         signature.update(a_ptr="*fp16", b_ptr="*fp16", bias_ptr="*fp16", c_ptr=out)
         signature.update({n: "constexpr" for n in (*ones, *FLAGS)})
-        constexprs = dict(flags, WHILE_LOOP=False, GROUP_M=_triton.CMM_GROUP_M, **cfg.kwargs, **{n: 1 for n in ones})
+        constexprs = dict(flags, WHILE_LOOP=False, NEG_ACC=_triton.CMM_NEG_ACC, GROUP_M=_triton.CMM_GROUP_M, **cfg.kwargs, **{n: 1 for n in ones})
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(NAMES) if signature[n] != "constexpr"}
         src = ASTSource(fn=_triton._cmm_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
         ptx = k.asm["ptx"]
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(ptx)
+        report = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                                capture_output=True, text=True).stderr  # Triton's bundled ptxas
+        os.unlink(f.name)
+        regs = re.search(r"Used (\\d+) registers", report)
+        spill = re.search(r"(\\d+) bytes spill stores", report)
         found.append({"case": case, "config": str(cfg), "cubin": len(k.asm["cubin"]) > 0,
-                      "wgmma": "wgmma.mma_async" in ptx, "cp_async": "cp.async" in ptx, "shared": k.metadata.shared})
+                      "wgmma": "wgmma.mma_async" in ptx, "cp_async": "cp.async" in ptx, "shared": k.metadata.shared,
+                      "serialized": "serialized" in report, "registers": regs and int(regs.group(1)),
+                      "spilled": spill and int(spill.group(1))})
 print(json.dumps(found))
 """
 
@@ -66,3 +81,4 @@ def test_complex_mm_builds_for_sm90_with_wgmma_and_a_pipeline():
     for f in found:
         assert f["cubin"] and f["wgmma"] and f["cp_async"], f
         assert f["shared"] <= 227 * 1024, f
+        assert not f["serialized"], f  # a negated operand tile, or an fp32 store straight from the accumulators

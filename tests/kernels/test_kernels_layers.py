@@ -166,9 +166,9 @@ def test_float32_planes_use_the_reference(kernel_device, launches):
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
-def test_compiled_graphs_use_the_pytorch_path(kernel_device, launches):
-    """Inside torch.compile the switch is off (the compiler's fusion beat the kernels on the H200,
-    docs/performance.md): no kernel launches, no graph break, the same result."""
+def test_compiled_graphs_without_listed_ops_use_the_pytorch_path(kernel_device, launches):
+    """Inside torch.compile with MUSE_KERNELS_IN_COMPILE empty the element-wise kernels stay off (the
+    compiler fuses the ops): no kernel launches, no graph break, the same result."""
     from muse.nn import ComplexLayerNorm, ModReLU
 
     torch._dynamo.reset()
@@ -178,7 +178,8 @@ def test_compiled_graphs_use_the_pytorch_path(kernel_device, launches):
         return act(norm(C.ComplexTensor(p))).planes
 
     z = _rand(2, 4, 8, device=kernel_device, seed=9).requires_grad_(True)
-    out = torch.compile(f, fullgraph=True, backend="aot_eager")(z)
+    with kernels.environment(MUSE_KERNELS_IN_COMPILE=""):
+        out = torch.compile(f, fullgraph=True, backend="aot_eager")(z)
     out.float().sum().backward()
     assert launches == {}
     with kernels.environment(MUSE_KERNELS="0"):
@@ -206,3 +207,18 @@ def test_kernels_listed_in_compile_run_inside_compiled_graphs(kernel_device, lau
     with kernels.environment(MUSE_KERNELS="0"):
         ref = f(z.detach())
     assert _ulps(out.detach(), ref.detach()) <= 1.0
+
+
+def test_in_compile_default_lists_layer_norm_and_modrelu_and_an_empty_list_none(monkeypatch):
+    """Unset, MUSE_KERNELS_IN_COMPILE means layer_norm and modrelu (the measured default); set to the empty
+    string it names nothing; reports record the value in force."""
+    monkeypatch.setenv(kernels.INTERPRET_ENV, "1")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    planes = torch.zeros(2, 1, 4, dtype=torch.float16)
+    with kernels.environment(MUSE_KERNELS_IN_COMPILE=None, MUSE_KERNELS=None):
+        assert kernels.use_kernel(planes, op="layer_norm") and kernels.use_kernel(planes, op="modrelu")
+        assert not kernels.use_kernel(planes, op="sum_rows")
+        assert kernels.settings()["MUSE_KERNELS_IN_COMPILE"] == "layer_norm,modrelu"
+    with kernels.environment(MUSE_KERNELS_IN_COMPILE=""):
+        assert not kernels.use_kernel(planes, op="layer_norm") and not kernels.use_kernel(planes, op="modrelu")
+        assert kernels.settings()["MUSE_KERNELS_IN_COMPILE"] == ""
