@@ -425,10 +425,10 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
                    "parameters": sum(p.numel() for p in model.parameters()), "autocast": amp if autocast else None,
                    "loss_path": loss_path(model.lm_head.weight.dtype, autocast=autocast)}
-            complex_model = name in ("stage1", "phase2")
-            if "kernels" in variant and not (complex_model and kernels.enabled(inputs)):
-                out.append({**row, "status": "not_measured",
-                            "reason": "no kernels for this model" if not complex_model else "kernels are off here"})
+            # every model's training step runs the loss's chunk-body kernels; Stage 1 and Phase 2 also
+            # their own (complex GEMM, element-wise ops, scans). Variants without "kernels" turn all off.
+            if "kernels" in variant and not kernels.enabled(inputs):
+                out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
                 continue
             if variant.endswith("cudagraphs") and (device.type != "cuda" or cfg.compile_backend != "inductor"):
                 out.append({**row, "status": "not_measured", "reason": "CUDA graphs need CUDA and inductor"})

@@ -738,7 +738,12 @@ s15c)
   timeout 380 python3 scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 --steps 20 \
     --variants 0,1,7 --profile 1 2>&1 | grep -v Warning | tail -40 | tee "$OUT/compiled-stage1.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c" >&2; exit 2 ;;
+s16a)
+  step "muse bench speed, Stage 1 vs GPT with kernels on (the GPT's: the loss's chunk bodies), compiled with CUDA graphs, one process"
+  timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled+kernels+cudagraphs,compiled+cudagraphs --out "$OUT/speed" 2>&1 | tail -14
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
