@@ -272,22 +272,27 @@ def test_linear_kernel_double_backward_takes_the_pytorch_path(kernel_device, lau
 @pytest.mark.parametrize("kernel_device", DEVICES)
 def test_linear_kernel_runs_inside_torch_compile(kernel_device, launches):
     """fullgraph=True traces the custom op (fake implementation); forward and backward launch the kernel
-    and give the eager kernel path's bits."""
+    and give the eager kernel path's bits.  The bias gradient is the compiler's reduction there (sum_rows
+    only in eager code): both within db's bound."""
     torch._dynamo.reset()
     x, w, b, dy = _linear_case((2, 3), 16, 9, True, kernel_device, seed=9)
 
-    def f(xp, wp):
-        return C.linear(C.ComplexTensor(xp), C.ComplexTensor(wp), C.ComplexTensor(b)).planes
+    def f(xp, wp, bp):
+        return C.linear(C.ComplexTensor(xp), C.ComplexTensor(wp), C.ComplexTensor(bp)).planes
 
-    xc, wc = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    out = torch.compile(f, fullgraph=True, backend="aot_eager")(xc, wc)
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(*leaves)
     out.backward(dy)
-    assert launches["complex_mm"] == 3
-    xe, we = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    ref = f(xe, we)
+    assert launches["complex_mm"] == 3 and launches["sum_rows"] == 0
+    eager = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    ref = f(*eager)
     ref.backward(dy)
+    assert launches["complex_mm"] == 6 and launches["sum_rows"] == 1
     assert torch.equal(out.detach(), ref.detach())
-    assert torch.equal(xc.grad, xe.grad) and torch.equal(wc.grad, we.grad)
+    assert torch.equal(leaves[0].grad, eager[0].grad) and torch.equal(leaves[1].grad, eager[1].grad)
+    db_exact, db_bound, _ = _linear_exact(x, w, b, dy, kernel_device)[3]
+    for got in (leaves[2].grad, eager[2].grad):
+        _within(got, db_exact, db_bound, "db")
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES[1:])  # cuda only
