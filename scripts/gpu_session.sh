@@ -739,6 +739,9 @@ s15c)
     --variants 0,1,7 --profile 1 2>&1 | grep -v Warning | tail -40 | tee "$OUT/compiled-stage1.txt"
   ;;
 s16a)
+  step "the complex linear's op rows with sum_rows' final launch shape (eager kernels, compiled + kernels)"
+  timeout 60 python3 -c "from benchmarks.speed import time_complex_linear as t; print(t(variants=('kernels', 'compiled+kernels')))" \
+    2>&1 | tail -4 | tee "$OUT/linear-rows.txt"
   step "muse bench speed, Stage 1 vs GPT with kernels on (the GPT's: the loss's chunk bodies), compiled with CUDA graphs, one process"
   timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled+kernels+cudagraphs,compiled+cudagraphs --out "$OUT/speed" 2>&1 | tail -14
