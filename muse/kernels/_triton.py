@@ -761,10 +761,10 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
 # writes fp32 partials that the host sums in fp32 before the one rounding.
 # Hopper: shared memory per stage is 2 (BM + BN) BK fp16 elements (64 KiB at 128 x 128 x 64, three
 # stages fit the H200's 227 KiB); the three accumulators take 3 BM BN / (32 num_warps) registers a thread.
-# Triton 3.6 for sm_90a (tests/kernels/test_kernels_complex_mm_sm90_build.py; ptxas -v by hand): every
-# config below lowers to wgmma with cp.async pipelining, 123-192 KiB of shared memory; 128 x 128 tiles
-# take 218-255 registers (0-36 bytes spilled), 128 x 64 at 8 warps 130-164 (none; at 4 warps it
-# spilled up to 332 bytes), 64 x 128 at 4 warps 246-255 (none), 64 x 64 138-166.
+# Triton 3.6 for sm_90a (tests/kernels/test_kernels_complex_mm_sm90_build.py runs ptxas -v): every
+# config below lowers to wgmma with cp.async pipelining, 123-192 KiB of shared memory, and no config of
+# the forward, dx or dW is serialised; with three accumulators 128 x 128 tiles take 242-255 registers
+# (no spills), 128 x 64 at 8 warps 159-161, 64 x 128 at 4 warps 255 (dx spills 4 bytes), 64 x 64 160-162.
 CMM_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_stages=4, num_warps=8),
@@ -774,7 +774,8 @@ CMM_CONFIGS = [
 ]
 CMM_INTERPRET_BLOCK = 16  # the interpreter's one tile size (small: several tiles and K steps at test sizes)
 #: The minus-signed products in a third accumulator (True) or on a negated A tile (False).  H200, 4096 x 512
-#: -> 512: forward 17.4 / 17.7 µs, dx 16.8 / 17.7, dW 22.9 / 24.7 (scripts/kernel_sweep.py, twelfth session)
+#: -> 512, two runs: forward 17.3-17.4 / 16.9 µs, dx 16.7 / 17.4, dW (split 2) 22.2 / 23.7
+#: (scripts/kernel_sweep.py --part linear, twelfth session)
 CMM_NEG_ACC = True
 CMM_GROUP_M = 8  # tiles walked in groups of 8 rows of tiles, so neighbouring programs share operands in L2
 
