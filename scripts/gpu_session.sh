@@ -746,7 +746,17 @@ s16a)
   timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
     --variants compiled+kernels+cudagraphs,compiled+cudagraphs --out "$OUT/speed" 2>&1 | tail -14
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a" >&2; exit 2 ;;
+s16b)
+  step "(branch finish) CUDA tests of the layer kernels and sum_rows with the finishing kernel"
+  timeout 150 python3 -m pytest --muse-device cuda -n 4 tests/kernels/test_kernels_layers.py tests/kernels/test_kernels_complex_linear.py \
+    -k "not benchmark_shape" -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/cuda-tests.txt"
+  step "(branch finish) op rows with the partial rows summed by the finishing kernel vs torch's sum and cast, alternating"
+  timeout 120 python3 scripts/kernel_sweep.py --part ops 2>&1 | tee "$OUT/ops.txt"
+  step "(branch finish) numerics of layer_norm and modReLU on CUDA under triton"
+  MUSE_VERIFY_IMPL=eager,triton timeout 170 python3 -m muse verify --profile ci --device cuda -n 4 -k "layer_norm or modrelu" \
+    --out "$OUT/verify-cuda" 2>&1 | tail -3
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

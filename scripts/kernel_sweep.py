@@ -1,6 +1,6 @@
 """Launch shapes of the element-wise kernels, and the complex linear's backward pieces, timed on one GPU.
 
-    python3 scripts/kernel_sweep.py [--rows 4096] [--d 512] [--quick] [--part all|elementwise|linear]
+    python3 scripts/kernel_sweep.py [--rows 4096] [--d 512] [--quick] [--part all|elementwise|linear|ops]
 
 Every figure is a CUDA graph of the calls over inputs rotated beyond L2, replayed under
 ``triton.testing.do_bench`` (median), per call (``benchmarks.speed.graph_seconds``), so the host is out.
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="fewer launch shapes")
-    ap.add_argument("--part", choices=("all", "elementwise", "linear"), default="all")
+    ap.add_argument("--part", choices=("all", "elementwise", "linear", "ops"), default="all")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_sweep.py times CUDA kernels: no CUDA device here")
@@ -172,6 +172,19 @@ def main() -> None:
         op_rows_now(args.rows, args.d, timer, dev)
     if args.part in ("all", "linear"):
         linear_backward(args.rows, args.d, timer, dev)
+    if args.part == "ops":  # the partial sums' last step as a kernel or as torch's sum and cast, alternating
+        saved = K.PARTIALS_BY_KERNEL
+        try:
+            for by_kernel in (True, False, True, False):
+                K.PARTIALS_BY_KERNEL = by_kernel
+                print(f"\nop rows, partial rows summed by {'the finishing kernel' if by_kernel else 'torch'}:")
+                op_rows_now(args.rows, args.d, timer, dev)
+                t = graph_seconds(timer, lambda g: K.sum_rows(g, torch.float16),
+                                  _rotation(lambda: (torch.randn(2, args.rows, args.d, device=dev).half(),), dev,
+                                            4 * args.rows * args.d), dev)
+                print(f"  sum_rows (db): {t * 1e6:.1f} µs")
+        finally:
+            K.PARTIALS_BY_KERNEL = saved
 
 
 if __name__ == "__main__":

@@ -68,10 +68,10 @@ class _LayerNormFn(torch.autograd.Function):
     def backward(ctx, grad):
         planes, weight, bias = ctx.saved_tensors
         if not torch.is_grad_enabled() and kernels.use_kernel(planes, weight, bias, grad, op="layer_norm"):
-            grad_x, sums = kernels.layer_norm_bwd(planes, weight, grad, ctx.eps)
             dtypes = {t.dtype for t in (weight, bias) if t is not None}
-            if len(dtypes) == 1:  # one rounding of both rows, one kernel
-                sums = sums.to(dtypes.pop())
+            # one parameter dtype: both rows rounded once to it by the kernel that sums them
+            grad_x, sums = kernels.layer_norm_bwd(planes, weight, grad, ctx.eps,
+                                                  dtypes.pop() if len(dtypes) == 1 else torch.float32)
             grad_w = None if weight is None else sums[0].to(weight.dtype)
             grad_b = None if bias is None else sums[1].to(bias.dtype)
             return grad_x, grad_w, grad_b, None
@@ -143,8 +143,7 @@ class _ModReLUFn(torch.autograd.Function):
     def backward(ctx, grad):
         planes, bias = ctx.saved_tensors
         if not torch.is_grad_enabled() and kernels.use_kernel(planes, bias, grad, op="modrelu"):
-            grad_x, grad_b = kernels.modrelu_bwd(planes, bias, grad)
-            return grad_x, grad_b.to(bias.dtype)
+            return kernels.modrelu_bwd(planes, bias, grad)
         cd = compute_dtype(planes.dtype)
         double = torch.is_grad_enabled()  # a differentiable backward: no in-place ops on its graph
         x = planes.to(cd, copy=not double)  # reused in place below: temporaries of two planes, not ten

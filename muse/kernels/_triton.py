@@ -156,20 +156,21 @@ def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: 
 
 
 def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
-                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, sums) with sums (2, d) fp32: row 0 sum_rows <g, n> (weight), row 1 sum_rows g_re (bias)."""
+                        eps: float, sums_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, sums) with sums (2, d), summed in fp32 and rounded once to ``sums_dtype``: row 0
+    sum_rows <g, n> (weight), row 1 sum_rows g_re (bias)."""
     x, g = scratch(planes.contiguous(), planes), scratch(grad.contiguous(), grad)
     n_rows, d = _rows(x)
     dx = scratch(torch.empty_like(x))
     if n_rows == 0:
-        return dx, scratch(torch.zeros(2, d, dtype=torch.float32, device=x.device))
+        return dx, scratch(torch.zeros(2, d, dtype=sums_dtype, device=x.device))
     rows, block_d, warps = _tile(d, "layer_norm_bwd")
     tiles = triton.cdiv(n_rows, rows)
     progs = _programs(x.device, tiles, "layer_norm_bwd")
     part = scratch(torch.empty(progs, 2, d, dtype=torch.float32, device=x.device))
     _ln_backward_kernel[(progs,)](x, x if weight is None else weight, g, dx, part, n_rows, d, n_rows * d, eps, tiles, progs,
                       HAS_W=weight is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
-    return dx, scratch(part.sum(dim=0))
+    return dx, sum_partials(part.view(progs, 2 * d), sums_dtype).view(2, d)
 
 
 
@@ -255,20 +256,21 @@ def modrelu_forward(planes: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_bias in fp32): grad_bias has bias's shape, (d,) or ()."""
+    """(grad_x, grad_bias): grad_bias has bias's shape, (d,) or (), and dtype, summed in fp32 and rounded once."""
     x, g = scratch(planes.contiguous(), planes), scratch(grad.contiguous(), grad)
     n_rows, d = _rows(x)
     dx = scratch(torch.empty_like(x))
     if n_rows == 0:
-        return dx, scratch(torch.zeros(bias.shape, dtype=torch.float32, device=x.device))
+        return dx, scratch(torch.zeros(bias.shape, dtype=bias.dtype, device=x.device))
     rows, block_d, warps = _tile(d, "modrelu_bwd")
     tiles = triton.cdiv(n_rows, rows)
     progs = _programs(x.device, tiles, "modrelu_bwd")
     part = scratch(torch.empty(progs, d, dtype=torch.float32, device=x.device))
     _modrelu_backward_kernel[(progs,)](x, scratch(bias.contiguous(), bias), g, dx, part, n_rows, d, n_rows * d, tiles, progs,
                            BIAS_VEC=bias.dim() == 1, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
-    gb = scratch(part.sum(dim=0))
-    return dx, gb if bias.dim() == 1 else scratch(gb.sum())
+    if bias.dim() == 1:
+        return dx, sum_partials(part, bias.dtype)
+    return dx, scratch(part.sum().to(bias.dtype))
 
 
 # ------------------------------------------------------------------ row sums
@@ -278,6 +280,9 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 # result is deterministic) and rounds once, each program loading all of them for its columns at once
 # (a loop over them was latency-bound: 12.4 µs for the pair at 4096 x 512 on the H200; at once, 9.2 µs).
 SUM_FINISH_COLS = 16  # columns of the partial rows per finishing program
+#: The partial rows summed by the finishing kernel (True) or by torch's sum and a cast (False; the form
+#: before the twelfth session, kept to time both in one process: scripts/kernel_sweep.py --part ops)
+PARTIALS_BY_KERNEL = True
 
 
 @triton.jit
@@ -315,17 +320,26 @@ def sum_rows(planes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(2, d): the sums over all rows of planes (2, ..., d), accumulated in fp32 and rounded once to ``dtype``."""
     g = scratch(planes.contiguous(), planes)
     n_rows, d = _rows(g)
-    out = scratch(torch.empty((2, d), dtype=dtype, device=g.device))
     if n_rows == 0 or d == 0:
-        return out.zero_()
+        return scratch(torch.zeros((2, d), dtype=dtype, device=g.device))
     rows, block_d, warps = _tile(d, "sum_rows")
     tiles = triton.cdiv(n_rows, rows)
     progs = _programs(g.device, tiles, "sum_rows")
     part = scratch(torch.empty((progs, 2 * d), dtype=torch.float32, device=g.device))
     _sum_rows_kernel[(progs,)](g, part, n_rows, d, n_rows * d, tiles, progs, ROWS=rows, BLOCK_D=block_d,
                                num_warps=warps)
-    _sum_partials_kernel[(triton.cdiv(2 * d, SUM_FINISH_COLS),)](
-        part, out, progs, 2 * d, P=min(triton.next_power_of_2(progs), 1024), BLOCK=SUM_FINISH_COLS, num_warps=4)
+    return sum_partials(part, dtype).view(2, d)
+
+
+def sum_partials(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(width,): the column sums of fp32 partial rows (n_parts, width), in one fixed order, rounded once to
+    ``dtype`` (the last step of every kernel here that writes per-program partial sums)."""
+    if not PARTIALS_BY_KERNEL:
+        return scratch(part.sum(dim=0).to(dtype))
+    n_parts, width = part.shape
+    out = scratch(torch.empty(width, dtype=dtype, device=part.device))
+    _sum_partials_kernel[(triton.cdiv(width, SUM_FINISH_COLS),)](
+        part, out, n_parts, width, P=min(triton.next_power_of_2(n_parts), 1024), BLOCK=SUM_FINISH_COLS, num_warps=4)
     return out
 
 

@@ -24,16 +24,17 @@ def _(planes, weight, bias, eps):
 
 @torch.library.custom_op("muse::layer_norm_bwd", mutates_args=())
 def layer_norm_bwd(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
-                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, sums (2, d) fp32): sums[0] reduces to grad_weight, sums[1] to grad_bias."""
-    return _k().layer_norm_backward(planes, weight, grad, eps)
+                   eps: float, sums_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, sums (2, d) in ``sums_dtype``, summed in fp32, rounded once): sums[0] is grad_weight,
+    sums[1] grad_bias."""
+    return _k().layer_norm_backward(planes, weight, grad, eps, sums_dtype)
 
 
 @layer_norm_bwd.register_fake
-def _(planes, weight, grad, eps):
+def _(planes, weight, grad, eps, sums_dtype):
     d = planes.shape[-1] if planes.dim() > 1 else 1
     return (torch.empty_like(planes, memory_format=torch.contiguous_format),
-            planes.new_empty((2, d), dtype=torch.float32))
+            planes.new_empty((2, d), dtype=sums_dtype))
 
 
 @torch.library.custom_op("muse::modrelu_fwd", mutates_args=())
@@ -49,14 +50,13 @@ def _(planes, bias):
 
 @torch.library.custom_op("muse::modrelu_bwd", mutates_args=())
 def modrelu_bwd(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_bias in fp32 with bias's shape)."""
+    """(grad_x, grad_bias with bias's shape and dtype, summed in fp32, rounded once)."""
     return _k().modrelu_backward(planes, bias, grad)
 
 
 @modrelu_bwd.register_fake
 def _(planes, bias, grad):
-    return (torch.empty_like(planes, memory_format=torch.contiguous_format),
-            bias.new_empty(bias.shape, dtype=torch.float32))
+    return (torch.empty_like(planes, memory_format=torch.contiguous_format), torch.empty_like(bias))
 
 
 @torch.library.custom_op("muse::bk_green_fwd", mutates_args=())

@@ -119,6 +119,26 @@ def test_sum_rows_within_the_bound_and_deterministic(kernel_device, lead, d, dty
     assert torch.equal(_triton.sum_rows(g, dtype), got)
 
 
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("by_kernel", [True, False], ids=["finishing_kernel", "torch_sum"])
+@pytest.mark.parametrize("n_parts,width", [(3, 40), (1, 7), (1500, 33)], ids=str)
+def test_sum_partials_both_forms_within_the_bound(kernel_device, by_kernel, n_parts, width, launches, monkeypatch):
+    """The last step of every partial-sum kernel (LayerNorm's and modReLU's parameter gradients, sum_rows):
+    the column sums of fp32 partial rows rounded once to fp16, by the finishing kernel (more rows than one
+    load at 1,500) or by torch's sum and a cast; each within ``bounds.sum_abs`` of the float64 sum."""
+    from muse.kernels import _triton
+
+    monkeypatch.setattr(_triton, "PARTIALS_BY_KERNEL", by_kernel)
+    g = torch.Generator().manual_seed(11)
+    part = torch.randn(n_parts, width, generator=g).to(kernel_device)
+    got = _triton.sum_partials(part, torch.float16)
+    assert got.dtype == torch.float16 and got.shape == (width,)
+    p = _np(part)
+    exact = p.sum(axis=0)
+    e = bounds.sum_abs(np.abs(p).sum(axis=0), n_parts) + 2 * n_parts * 2.0**-53 * np.abs(p).sum(axis=0)
+    _within(got, exact, bounds.mixed(exact, e), "sum_partials")
+
+
 def _linear_case(lead, fin, fout, with_bias, device, seed=0):
     x = _rand(2, *lead, fin, device=device, seed=seed)
     w = _rand(2, fout, fin, device=device, scale=fin**-0.5, seed=seed + 1)

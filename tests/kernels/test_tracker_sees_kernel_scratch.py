@@ -228,7 +228,7 @@ def test_tracker_peak_over_layer_norm_backward_includes_the_partial_rows(interpr
     with LiveTensorBytes() as mem:
         mem.track([planes, weight, grad])
         before = mem.current
-        dx, sums = kernels.layer_norm_bwd(planes, weight, grad, 1e-5)
+        dx, sums = kernels.layer_norm_bwd(planes, weight, grad, 1e-5, torch.float32)
     assert _bytes(dx, sums) == 2 * rows * d * 2 + 2 * d * F32
     # grad's copy and the per-program partial rows live with the outputs
     assert mem.peak == before + 2 * rows * d * 2 + progs * 2 * d * F32 + _bytes(dx, sums)
