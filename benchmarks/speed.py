@@ -39,7 +39,8 @@ from muse._checks import check_int, check_type
 from muse._io import write_report_json
 from muse.models.compile import compile_model, resolve_compile
 
-VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs")
+VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs",
+            "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 
@@ -151,7 +152,11 @@ def ceilings(cfg: SpeedConfig, device: torch.device, timer: Timer) -> dict:
 
 # ---------------------------------------------------------------------- ops
 def _impl_env(variant: str):
-    return kernels.environment(MUSE_KERNELS="1" if "kernels" in variant else "0")
+    """The variant's switches: MUSE_KERNELS, and MUSE_LOSS_OPAQUE=0 for ``traced-loss`` (the compiler traces
+    the loss's chunk loops, as before they became custom ops: faster for some models, holds every chunk's
+    logits; the other variants run the default opaque loss)."""
+    return kernels.environment(MUSE_KERNELS="1" if "kernels" in variant else "0",
+                               MUSE_LOSS_OPAQUE="0" if "traced-loss" in variant else None)
 
 
 def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: int, ceil: dict,
@@ -180,7 +185,7 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
     copy_same = 2 * nbytes / t_copy / 1e9
     out = []
     for name, fn, params in (("layer_norm", ln, (w, bvec)), ("modrelu", mr, (bvec,))):
-        for variant in (v for v in variants if not v.endswith("cudagraphs")):  # ops: timed as CUDA graphs anyway
+        for variant in (v for v in variants if "cudagraphs" not in v and "traced-loss" not in v):  # ops: CUDA graphs anyway, no loss
             row = {"op": name, "variant": variant, "rows": rows, "d": d, "dtype": str(dt).replace("torch.", ""),
                    "timing": "CUDA graph of the calls over the rotation, per call" if device.type == "cuda"
                    else "per call", "copy_same_bytes_GBps": copy_same}
@@ -430,12 +435,12 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             if "kernels" in variant and not kernels.enabled(inputs):
                 out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
                 continue
-            if variant.endswith("cudagraphs") and (device.type != "cuda" or cfg.compile_backend != "inductor"):
+            if "cudagraphs" in variant and (device.type != "cuda" or cfg.compile_backend != "inductor"):
                 out.append({**row, "status": "not_measured", "reason": "CUDA graphs need CUDA and inductor"})
                 continue
             torch._dynamo.reset()
             compiled = variant.startswith("compiled")
-            mode = "reduce-overhead" if variant.endswith("cudagraphs") else None
+            mode = "reduce-overhead" if "cudagraphs" in variant else None
             net = compile_model(model, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else model
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
             loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode) if compiled

@@ -756,7 +756,15 @@ s16b)
   MUSE_VERIFY_IMPL=eager,triton timeout 170 python3 -m muse verify --profile ci --device cuda -n 4 -k "layer_norm or modrelu" \
     --out "$OUT/verify-cuda" 2>&1 | tail -3
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b" >&2; exit 2 ;;
+s17a)
+  step "muse bench speed, Stage 1 vs GPT, kernels + CUDA graphs, the loss opaque (default) and traced by the compiler, one process"
+  timeout 330 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss --out "$OUT/speed" 2>&1 | tail -12
+  step "profile: compiled inference, Stage 1 beside the GPT"
+  timeout 150 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections infer > "$OUT/profile.log" 2>&1
+  grep -E "compiled inference|FAILED" "$OUT/profile/infer.txt"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -1,6 +1,7 @@
-"""Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding.
+"""Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding,
+compiled inference of Stage 1 beside the GPT.
 
-    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode]
+    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer]
 
 Each section writes ``<out>/<section>.txt`` (timings and torch.profiler tables). A diagnostic
 script for deciding what to optimise; the numbers that go into docs come from
@@ -261,8 +262,31 @@ def _decode_one(w, preset: str) -> None:
                 w(f"{preset} {label} graph: FAILED\n{traceback.format_exc()[-1500:]}")
 
 
+def sec_infer(w):
+    """Compiled inference (default mode) of Stage 1 seed and the GPT reference (bf16 autocast, as
+    ``muse bench speed`` runs it), B4 S1024: time and the kernel table of each, side by side."""
+    b, s = 4, 1024
+    ids = torch.randint(0, 50257, (b, s), device=DEV)
+    for name in ("stage1", "gpt"):
+        torch.manual_seed(0)
+        model = build_model(name, "seed", device=DEV).eval()
+        net = torch.compile(model, fullgraph=True)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "gpt")
+
+        def infer(net=net, amp=amp):
+            with torch.no_grad(), amp:
+                net(ids)
+        infer()
+        infer()
+        ms = bench(infer, 10)
+        w(f"[{name}] compiled inference: {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s")
+        w(table(infer, n=3, rows=30))
+        del model, net
+        torch._dynamo.reset()
+
+
 SECTIONS = {"linear": sec_linear, "loss": sec_loss, "compiled": sec_compiled, "phase2": sec_phase2,
-            "decode": sec_decode}
+            "decode": sec_decode, "infer": sec_infer}
 
 
 def main() -> None:

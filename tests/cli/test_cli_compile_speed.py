@@ -7,6 +7,7 @@ not_measured with a reason, or failed with the error); it asserts no timing.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -91,6 +92,23 @@ def test_speed_config_checks_amp_and_knows_the_kernels_cudagraphs_variant():
     assert SpeedConfig(amp="bf16", variants=("compiled+kernels+cudagraphs",)).amp == "bf16"
 
 
+def test_the_traced_loss_variant_runs_and_sets_only_its_switch(tmp_path, monkeypatch):
+    from benchmarks.speed import _impl_env
+
+    monkeypatch.setenv("MUSE_LOSS_OPAQUE", "1")
+    cfg = SpeedConfig(preset="tiny", batch_size=1, seq_len=8, device="cpu", models=("stage1",),
+                      model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
+                      variants=("compiled", "compiled+traced-loss"), compile_backend="eager", cpu_repeats=1,
+                      copy_mib=4, gemm_size=64, out=str(tmp_path))
+    rows = run_speed_benchmark(cfg, command="test")["models"]
+    assert [r["status"] for r in rows] == ["measured", "measured"]
+    with _impl_env("compiled+kernels+cudagraphs+traced-loss"):  # what the loss reads while it is traced
+        assert os.environ["MUSE_LOSS_OPAQUE"] == "0" and os.environ["MUSE_KERNELS"] == "1"
+    with _impl_env("compiled+cudagraphs"):
+        assert "MUSE_LOSS_OPAQUE" not in os.environ and os.environ["MUSE_KERNELS"] == "0"
+    assert os.environ["MUSE_LOSS_OPAQUE"] == "1"
+
+
 def test_cudagraph_variants_are_not_measured_on_cpu(tmp_path):
     cfg = SpeedConfig(preset="tiny", batch_size=1, seq_len=8, device="cpu", models=("phase2",),
                       model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
@@ -108,3 +126,11 @@ def test_a_tied_head_counts_the_head_gemm():
     tied = build("stage1", SpeedConfig(preset="mix-tiny", model_overrides={**sizes, "tie_head": True}), "cpu")
     untied = build("stage1", SpeedConfig(preset="mix-tiny", model_overrides=sizes), "cpu")
     assert gemm_flops_per_token(tied) == gemm_flops_per_token(untied) > 2 * 16 * 64
+
+
+def test_the_cli_lists_every_speed_variant():
+    from benchmarks.speed import MODEL_ROWS as ROWS
+    from benchmarks.speed import VARIANTS as ALL
+    from muse.cli.bench import MODEL_ROWS, MORE_VARIANTS, VARIANTS
+
+    assert sorted(VARIANTS + MORE_VARIANTS) == sorted(ALL) and MODEL_ROWS == ROWS

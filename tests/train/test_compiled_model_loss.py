@@ -202,3 +202,27 @@ def test_the_loss_custom_ops_pass_opcheck(dtype):
     for op, args in cases:
         result = torch.library.opcheck(op, args)
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+@pytest.mark.parametrize("value, custom_ops", [("1", True), (None, True), ("0", False)])
+def test_muse_loss_opaque_switches_between_custom_ops_and_traced_loops(monkeypatch, value, custom_ops):
+    """Compiled, the loss's chunk loops are the muse::lce_* custom ops unless MUSE_LOSS_OPAQUE=0."""
+    if value is None:
+        monkeypatch.delenv("MUSE_LOSS_OPAQUE", raising=False)
+    else:
+        monkeypatch.setenv("MUSE_LOSS_OPAQUE", value)
+    torch.manual_seed(0)
+    model = build_model("stage1", "tiny", vocab_size=64, d_model=16, n_layers=1)
+    ids = torch.randint(0, 64, (1, 9))
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for m in gm.modules() if hasattr(m, "graph") for n in m.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    loss = torch.compile(lambda i, t: model_loss(model, i, t), backend=backend, fullgraph=True)(ids[:, :-1], ids[:, 1:])
+    loss.backward()
+    ops = {t for t in seen if t.startswith("muse.lce_")}
+    assert (ops == {"muse.lce_vocab_forward.default", "muse.lce_vocab_backward.default"}) == custom_ops, ops
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
