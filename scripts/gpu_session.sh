@@ -764,7 +764,22 @@ s17a)
   timeout 150 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections infer > "$OUT/profile.log" 2>&1
   grep -E "compiled inference|FAILED" "$OUT/profile/infer.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a" >&2; exit 2 ;;
+s17b)
+  step "muse bench speed, Stage 1 vs GPT, kernels + CUDA graphs, the loss opaque and traced (the traced loss's addmm fixed for torch 2.11), one process"
+  timeout 330 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss --out "$OUT/speed" 2>&1 | tail -8
+  step "inductor's code for compiled Stage 1 inference: what the head's extra kernel is"
+  TORCH_LOGS=output_code timeout 120 python3 -c "
+import torch
+from muse.models import build_model
+m = build_model('stage1', 'seed', device='cuda').eval()
+f = torch.compile(m, fullgraph=True)
+with torch.no_grad():
+    f(torch.randint(0, 50257, (4, 1024), device='cuda'))
+" > "$OUT/output_code.txt" 2>&1
+  grep -n "addmm_t\|extern_kernels\|def call" "$OUT/output_code.txt" | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -178,8 +178,12 @@ _ADDMM_OUT_DTYPE = "dtype" in torch.ops.aten.addmm.overloads()
 def _add_mm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``acc + a @ b`` into the fp32 ``acc``: one GEMM whose epilogue adds acc (CUDA, 16-bit
     operands: ``addmm(out_dtype=float32)``), else the fp32 product added in place; the same
-    rounding either way (the product accumulated in fp32, one rounding of the sum)."""
+    rounding either way (the product accumulated in fp32, one rounding of the sum).  Traced by the
+    compiler (MUSE_LOSS_OPAQUE=0) it is ``acc + mm(out_dtype=float32)``, which inductor fuses: torch 2.11
+    cannot trace ``addmm(out_dtype=)`` (its addmm decomposition takes out_dtype for beta)."""
     if a.is_cuda and _ADDMM_OUT_DTYPE and a.dtype in (torch.float16, torch.bfloat16) and acc.dtype == torch.float32:
+        if torch.compiler.is_compiling():
+            return acc + _mm_fp32(a, b)
         return torch.addmm(acc, a, b, out_dtype=torch.float32)
     return acc.add_(_mm_fp32(a, b))
 
