@@ -779,7 +779,23 @@ with torch.no_grad():
 " > "$OUT/output_code.txt" 2>&1
   grep -n "addmm_t\|extern_kernels\|def call" "$OUT/output_code.txt" | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b" >&2; exit 2 ;;
+s17c)
+  step "issue 12: weight decay on the embedding tables too (--decay-embeddings, nanoGPT's rule), at the budget, six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix|--model stage1 --preset mix --weight-decay 3.0" \
+    "mix-emb|--model stage1 --preset mix --weight-decay 3.0 --decay-embeddings" \
+    "phase2|--model phase2 --preset seed --weight-decay 3.0" \
+    "phase2-emb|--model phase2 --preset seed --weight-decay 3.0 --decay-embeddings" \
+    "gpt-emb|--model gpt --preset seed --weight-decay 3.0 --decay-embeddings" \
+    "mix-emb-wd1|--model stage1 --preset mix --weight-decay 1.0 --decay-embeddings" \
+    > "$OUT/runs.txt"
+  sweep 6 480 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

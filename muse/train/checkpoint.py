@@ -165,7 +165,11 @@ def check_compatible(ckpt: Checkpoint, model_name: str, model_config: dict, traj
     diff = _diff(_with_defaults(model_name, ckpt.model_config), model_config)
     if diff:
         raise ValueError(f"checkpoint model config differs from this run's: {diff}")
-    diff = _diff({k: ckpt.train_config.get(k) for k in trajectory}, trajectory)
+    from muse.train.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()  # a setting added after the checkpoint was written: its default
+    saved = {k: ckpt.train_config[k] if k in ckpt.train_config else defaults.get(k) for k in trajectory}
+    diff = _diff(saved, trajectory)
     if diff:
         raise ValueError(f"checkpoint training settings differ from this run's (resume needs the same): {diff}")
 

@@ -16,7 +16,7 @@ COMPILE_MODES = (None, "reduce-overhead")
 # Fields that decide the loss curve: a resumed run must use the same values.
 TRAJECTORY_FIELDS = (
     "model", "preset", "model_overrides", "seq_len", "batch_size", "grad_accum", "lr", "min_lr",
-    "warmup", "weight_decay", "betas", "eps", "clip", "tokens", "max_steps", "seed", "amp",
+    "warmup", "weight_decay", "decay_embeddings", "betas", "eps", "clip", "tokens", "max_steps", "seed", "amp",
     "train_split", "init_scale", "growth_interval",
 )
 
@@ -35,6 +35,7 @@ class TrainConfig:
     min_lr: float = 6e-5  # cosine floor
     warmup: int = 100  # steps of linear warmup
     weight_decay: float = 0.1  # linear-layer weights only (see muse.train.optim)
+    decay_embeddings: bool = False  # also decay the embedding tables (nanoGPT's rule)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     clip: float = 1.0  # global grad-norm clip on fp32 grads; 0 disables
@@ -84,6 +85,7 @@ class TrainConfig:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         check_int("warmup", self.warmup, min_value=0)
         check_float("weight_decay", self.weight_decay, min_value=0.0)
+        check_type("decay_embeddings", self.decay_embeddings, bool, "a bool")
         check_type("betas", self.betas, (tuple, list), "a pair of floats")
         if len(self.betas) != 2:
             raise ValueError(f"betas must have two entries, got {len(self.betas)}")

@@ -30,17 +30,22 @@ from muse._checks import check_float, check_type
 from muse.train.scaler import DynamicLossScaler
 
 
-def decay_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the parameters that get weight decay: ``weight`` of every linear layer.
+def decay_parameter_names(model: nn.Module, embeddings: bool = False) -> set[str]:
+    """Names of the parameters that get weight decay: ``weight`` of every linear layer, and with
+    ``embeddings`` also of every embedding table (``nn.Embedding``, ``ComplexEmbedding``; nanoGPT's
+    rule: every matrix of a matmul or a lookup, no bias or norm gain).
 
     A linear layer is any module with ``in_features`` and ``out_features`` (``nn.Linear``,
     ``ComplexLinear``, ``RealLinear``), so planar complex weights (2, out, in) are covered
     while planar complex biases (2, out), which are 2-D too, are not.  A tied head's ``weight``
     is a view of the embedding table, not a parameter of its own, so it is not listed.
     """
+    from muse.nn import ComplexEmbedding
+
     names = set()
     for mod_name, module in model.named_modules():
-        if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        table = embeddings and isinstance(module, (nn.Embedding, ComplexEmbedding))
+        if table or (hasattr(module, "in_features") and hasattr(module, "out_features")):
             weight = getattr(module, "weight", None)
             if isinstance(weight, nn.Parameter) and weight.requires_grad:
                 names.add(f"{mod_name}.weight" if mod_name else "weight")

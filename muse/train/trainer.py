@@ -187,7 +187,7 @@ class Trainer:
 
     def _make_optimizer(self):
         cfg, named = self.cfg, list(self.model.named_parameters())
-        decay = decay_parameter_names(self.model)
+        decay = decay_parameter_names(self.model, embeddings=cfg.decay_embeddings)
         no_decay = {n for n, _ in named if n not in decay}
         kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, no_decay=no_decay)
         if self.fp16:

@@ -104,6 +104,18 @@ def test_a_field_added_after_the_checkpoint_compares_as_its_default(trained):
         ckpt_io.check_compatible(old, ck.model_name, {**current, "tie_head": True}, {})
 
 
+def test_a_training_setting_added_after_the_checkpoint_compares_as_its_default(trained, tmp_path):
+    ck = load_checkpoint(trained / "last.safetensors")
+    assert ck.train_config["decay_embeddings"] is False
+    old = dataclasses.replace(ck, train_config={k: v for k, v in ck.train_config.items() if k != "decay_embeddings"})
+    ckpt_io.check_compatible(old, ck.model_name, dict(ck.model_config), {"decay_embeddings": False, "lr": ck.train_config["lr"]})
+    with pytest.raises(ValueError, match="decay_embeddings"):
+        ckpt_io.check_compatible(old, ck.model_name, dict(ck.model_config), {"decay_embeddings": True})
+    other = tiny_config(str(tmp_path), max_steps=3, decay_embeddings=True, resume=str(trained / "last.safetensors"))
+    with pytest.raises(ValueError, match="training settings differ.*decay_embeddings"):
+        train(other, DATA)
+
+
 def test_resume_refuses_other_training_settings(trained, tmp_path):
     other = tiny_config(str(tmp_path), max_steps=3, lr=5e-3, resume=str(trained / "last.safetensors"))
     with pytest.raises(ValueError, match="training settings differ.*lr"):

@@ -190,6 +190,34 @@ def test_full_precision_skips_nonfinite_steps():
     assert not opt.step(1.0).skipped and torch.all(w < 1)
 
 
+@pytest.mark.parametrize("name, tables", [("stage1", {"embedding.weight"}),
+                                           ("phase2", {"token_embedding.weight"}),
+                                           ("gpt", {"token_embedding.weight", "position_embedding.weight"})])
+def test_decay_embeddings_adds_the_trainable_tables_and_nothing_else(name, tables):
+    model = build_model(name, "tiny", vocab_size=32, d_model=8, n_layers=1, max_seq_len=8)
+    linear = decay_parameter_names(model)
+    both = decay_parameter_names(model, embeddings=True)
+    assert both - linear == tables and linear < both
+    params = dict(model.named_parameters())
+    assert all(params[n].requires_grad for n in both)  # Stage 1's frozen zeta table is not listed
+    if name == "stage1":
+        assert not params["embedding.position.weight"].requires_grad
+
+
+def test_decay_embeddings_is_checked_and_reaches_the_optimizer(tmp_path, monkeypatch):
+    import muse.train.trainer as T
+    from muse.train import TrainConfig, train
+    from muse.train.synthetic import synthetic_data, tiny_config
+
+    with pytest.raises(TypeError, match="decay_embeddings"):
+        TrainConfig(decay_embeddings="yes")
+    seen = []
+    monkeypatch.setattr(T, "decay_parameter_names",
+                        lambda model, embeddings=False: seen.append(embeddings) or decay_parameter_names(model, embeddings))
+    train(tiny_config(str(tmp_path), max_steps=2, decay_embeddings=True), synthetic_data())
+    assert seen == [True]
+
+
 def test_weight_decay_only_on_linear_weights():
     model = build_model("stage1", "tiny", vocab_size=32, d_model=8, n_layers=2, max_seq_len=8)
     assert decay_parameter_names(model) == {"blocks.0.linear.weight", "blocks.1.linear.weight", "lm_head.weight"}
