@@ -795,7 +795,23 @@ s17c)
   sweep 6 480 "$OUT/runs.txt"
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c" >&2; exit 2 ;;
+s17d)
+  step "issue 12: depth and width of the mix Stage 1 and of Phase 2 at the budget (weight decay 3.0), six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337 --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix-l4|--model stage1 --preset mix --model-arg n_layers=4" \
+    "mix-l8|--model stage1 --preset mix --model-arg n_layers=8" \
+    "mix-d384|--model stage1 --preset mix --model-arg d_model=384 --model-arg d_ffn=768" \
+    "mix-d768|--model stage1 --preset mix --model-arg d_model=768 --model-arg d_ffn=1536" \
+    "phase2-l4|--model phase2 --preset seed --model-arg n_layers=4" \
+    "phase2-d384|--model phase2 --preset seed --model-arg d_model=384" \
+    > "$OUT/runs.txt"
+  sweep 6 420 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
