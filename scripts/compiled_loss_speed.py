@@ -1,7 +1,7 @@
 """Compiled training (model + loss as one graph, CUDA graphs) with the loss's chunk loops as custom ops
 vs traced as ordinary ops, and with two chunk budgets: train tok/s and the step's CUDA peak.
 
-    python scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024
+    python scripts/compiled_loss_speed.py --model stage1 --preset seed --batch 4 --seq 1024 [--impls fused,chunked-tokens]
 
 Each variant is traced afresh (``torch._dynamo.reset()``); MUSE_LOSS_OPAQUE=0 traces the loops;
 the "full" variant is the full-logits loss, the ratio's reference, in the same process; the chunk
@@ -39,13 +39,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--variants", default="0,1,2,3,4,5", help="indices into " + str(VARIANTS))
     p.add_argument("--profile", default="", help="indices of the variants whose costliest kernels to list")
+    p.add_argument("--impls", default="fused", help="comma-separated loss paths, each run over every variant "
+                   "(fused: the model's own; chunked: vocabulary chunks, 4 head GEMMs; chunked-tokens: token "
+                   "chunks with the gradients formed in forward, 3 head GEMMs)")
     args = p.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = build_model(args.model, args.preset, device=dev)
     use_kernels = L._use_kernels
     profiled = {int(i) for i in args.profile.split(",") if i}
-    for i in map(int, args.variants.split(",")):
+    runs = [(impl, int(i)) for impl in args.impls.split(",") for i in args.variants.split(",")]
+    for impl, i in runs:
         loops, opaque, fraction, bodies, in_compile = VARIANTS[i]
         os.environ["MUSE_LOSS_OPAQUE"] = opaque
         os.environ["MUSE_KERNELS_IN_COMPILE"] = in_compile
@@ -56,26 +60,26 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         loss = "full" if loops == "full" else "fused"
-        tp = measure.throughput(model, args.batch, args.seq, dev, args.steps, warmup=2, loss=loss, impl="fused",
+        tp = measure.throughput(model, args.batch, args.seq, dev, args.steps, warmup=2, loss=loss, impl=impl,
                                 compiled=True, compile_mode="reduce-overhead")
         peak = torch.cuda.max_memory_allocated() - before
         print(json.dumps({"model": args.model, "preset": args.preset, "batch": args.batch, "seq": args.seq,
-                          "loops": loops, "chunk_budget_fraction": fraction, "chunk_bodies": bodies,
+                          "impl": measure.resolve_impl(model.lm_head.weight.dtype, impl), "loops": loops, "chunk_budget_fraction": fraction, "chunk_bodies": bodies,
                           "kernels_in_compile": in_compile or "none", "train_tok_s": round(tp["tokens_per_second"], 1),
                           "peak_above_start_MiB (warm-up, compile and graph pools included)": round(peak / 2**20, 1)}),
               flush=True)
         if i in profiled:
             torch._dynamo.reset()
             print(json.dumps({"loops": loops, "chunk_budget_fraction": fraction, "chunk_bodies": bodies,
-                              **kernel_profile(model, args.batch, args.seq, dev, loss)}), flush=True)
+                              **kernel_profile(model, args.batch, args.seq, dev, loss, impl)}), flush=True)
 
 
-def kernel_profile(model, batch: int, seq: int, dev: torch.device, loss: str) -> dict:
+def kernel_profile(model, batch: int, seq: int, dev: torch.device, loss: str, impl: str = "fused") -> dict:
     """One compiled training step (no CUDA graphs) after two warm-up steps, under torch.profiler:
     the ten kernels with the most GPU time, and how many launches were inductor/triton kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = measure._compiled_step(model, loss, measure.resolve_impl(model.lm_head.weight.dtype, "fused"))
+    step = measure._compiled_step(model, loss, measure.resolve_impl(model.lm_head.weight.dtype, impl))
     inputs = torch.randint(0, model.config.vocab_size, (batch, seq), device=dev)
     model.train()
     for _ in range(2):
