@@ -527,6 +527,8 @@ def run_speed_benchmark(cfg: SpeedConfig, command: str = "") -> dict:
         "models": model_rows(dataclasses.replace(cfg, variants=variants), device, timer, ceil),
         "skipped_variants": sorted(set(cfg.variants) - set(variants)),
     }
+    report["versus_gpt"] = {m: versus(report["models"], m, "gpt") for m in ("stage1", "phase2", "complex64")
+                            if m in cfg.models and "gpt" in cfg.models}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.out) if cfg.out else Path("runs") / f"bench-speed-{cfg.preset}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
@@ -534,6 +536,23 @@ def run_speed_benchmark(cfg: SpeedConfig, command: str = "") -> dict:
     (out / "report.md").write_text(format_markdown(report), encoding="utf-8")
     report["out"] = str(out)
     return report
+
+
+def versus(rows: list[dict], model: str, reference: str) -> dict:
+    """``model``'s tokens/s over ``reference``'s, inference and fwd+bwd, each model at its fastest
+    measured variant of ``rows`` (issue 11 compares Stage 1 with the GPT this way: neither side's
+    slower rows count). A ratio is None where either model has no measured row."""
+    out = {}
+    for key, name in (("infer_tok_s", "inference"), ("train_tok_s", "fwd_bwd")):
+        best = {}
+        for m in (model, reference):
+            measured = [r for r in rows if r["model"] == m and r["status"] == "measured"]
+            best[m] = max(measured, key=lambda r: r[key]) if measured else None
+        a, b = best[model], best[reference]
+        out[name] = {"ratio": a[key] / b[key] if a and b else None,
+                     f"{model}_variant": a["variant"] if a else None, f"{reference}_variant": b["variant"] if b else None,
+                     f"{model}_tok_s": a[key] if a else None, f"{reference}_tok_s": b[key] if b else None}
+    return out
 
 
 def _can_compile(cfg: SpeedConfig, device: torch.device) -> bool:
@@ -592,6 +611,11 @@ def format_markdown(report: dict) -> str:
         lines.append(f"| {r['model']} | {r['variant']}{amp} | "
                      f"{_f(r['infer_tok_s'])} | {_f(r['train_tok_s'])} | {_f(r['compile_s'], '.1f')} | "
                      f"{r['infer_pct_gemm']:.1f} | {r['train_pct_gemm']:.1f} |")
+    for model, vs in report.get("versus_gpt", {}).items():
+        parts = [f"{name} {v['ratio']:.2f}× ({v[model + '_variant']} vs {v['gpt_variant']})"
+                 for name, v in (("inference", vs["inference"]), ("fwd+bwd", vs["fwd_bwd"])) if v["ratio"] is not None]
+        if parts:
+            lines += ["", f"{model} / gpt, each at its fastest measured variant: " + "; ".join(parts) + "."]
     if report["skipped_variants"]:
         lines += ["", f"Not run here: {', '.join(report['skipped_variants'])} (inductor compiles only where "
                       "--compile is the default; pass compile_backend to force)."]
@@ -599,4 +623,4 @@ def format_markdown(report: dict) -> str:
 
 
 __all__ = ["Complex64Stage1", "MODEL_ROWS", "SpeedConfig", "VARIANTS", "complex_linear_rows", "format_markdown",
-           "gemm_flops_per_token", "graph_seconds", "run_speed_benchmark", "time_complex_linear"]
+           "gemm_flops_per_token", "graph_seconds", "run_speed_benchmark", "time_complex_linear", "versus"]

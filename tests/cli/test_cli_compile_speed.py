@@ -59,6 +59,9 @@ def test_speed_benchmark_writes_a_report_on_cpu(tmp_path):
         assert r["status"] in ("measured", "not_measured", "failed")
         assert r["status"] == "measured" or r["reason"]
     assert "| stage1 | eager |" in md and report["out"] == str(tmp_path)
+    best = max(r["train_tok_s"] for r in data["models"] if r["model"] == "stage1" and r["status"] == "measured")
+    assert data["versus_gpt"]["stage1"]["fwd_bwd"]["stage1_tok_s"] == best
+    assert data["versus_gpt"]["stage1"]["fwd_bwd"]["ratio"] > 0 and "stage1 / gpt, each at its fastest" in md
 
 
 def test_complex64_twin_counts_the_same_gemm_flops_as_stage1():
@@ -134,3 +137,18 @@ def test_the_cli_lists_every_speed_variant():
     from muse.cli.bench import MODEL_ROWS, MORE_VARIANTS, VARIANTS
 
     assert sorted(VARIANTS + MORE_VARIANTS) == sorted(ALL) and MODEL_ROWS == ROWS
+
+
+def test_versus_takes_each_model_at_its_fastest_measured_row():
+    from benchmarks.speed import versus
+
+    def row(model, variant, infer, train, status="measured"):
+        return {"model": model, "variant": variant, "infer_tok_s": infer, "train_tok_s": train, "status": status}
+
+    rows = [row("stage1", "a", 500.0, 100.0), row("stage1", "b", 400.0, 120.0),
+            row("gpt", "a", 250.0, 60.0), row("gpt", "traced", 240.0, 80.0),
+            row("gpt", "broken", 1e9, 1e9, status="failed")]
+    vs = versus(rows, "stage1", "gpt")
+    assert vs["inference"]["ratio"] == 2.0 and vs["inference"]["stage1_variant"] == "a"
+    assert vs["fwd_bwd"]["ratio"] == 1.5 and (vs["fwd_bwd"]["stage1_variant"], vs["fwd_bwd"]["gpt_variant"]) == ("b", "traced")
+    assert versus(rows, "phase2", "gpt")["inference"]["ratio"] is None
