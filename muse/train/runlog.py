@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -74,16 +75,33 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, title: str = "
 
 
 def git_commit(repo: Path | None = None) -> dict:
-    """HEAD commit and whether the working tree has changes (read-only git calls)."""
+    """HEAD commit, whether the working tree has changes, and :func:`tree_digest` (read-only git calls)."""
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return {"commit": head, "dirty": bool(dirty)}
+        return {"commit": head, "dirty": bool(dirty), "tree_sha256": tree_digest(repo)}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
+        return {"commit": "unknown", "dirty": None, "tree_sha256": None}
+
+
+def tree_digest(repo: Path | None = None) -> str:
+    """sha256 over the path and bytes of every file git would carry from ``repo`` (tracked, plus untracked
+    files that are not ignored), in path order.  It names the tree a run used even where HEAD is stale or
+    the tree is dirty (a copy of the working tree laid over an older ``.git``): the same value on a clean
+    checkout of a commit identifies it.  Raises ``subprocess.SubprocessError`` outside a git work tree."""
+    repo = Path(repo or Path(__file__).resolve().parents[2])
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                            capture_output=True, timeout=30, check=True).stdout
+    digest = hashlib.sha256()
+    for name in sorted({n for n in listed.decode("utf-8", "surrogateescape").split("\0") if n}):
+        path = repo / name
+        if path.is_file() and not path.is_symlink():
+            digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def environment(device: torch.device) -> dict:
