@@ -60,6 +60,7 @@ class SpeedConfig:
     gemm_size: int | None = None  # None: 8192 on CUDA, 512 on CPU
     seed: int = 0
     out: str | None = None
+    ops: bool = True  # False: models only (no op rows)
     amp: str | None = None  # autocast on CUDA for the fp32 models other than the GPT (which always runs bf16)
 
     def __post_init__(self):
@@ -68,6 +69,7 @@ class SpeedConfig:
         if self.seq_len is not None:
             check_int("seq_len", self.seq_len, min_value=1)
         check_int("cpu_repeats", self.cpu_repeats, min_value=1)
+        check_type("ops", self.ops, bool, "a bool")
         if self.amp is not None and self.amp not in AMP:
             raise ValueError(f"amp must be one of {sorted(AMP)} or None, got {self.amp!r}")
         self.models, self.variants = tuple(self.models), tuple(self.variants)
@@ -523,7 +525,7 @@ def run_speed_benchmark(cfg: SpeedConfig, command: str = "") -> dict:
         "benchmark": "speed", "command": command, "environment": environment(device),
         "triton": _triton_version(), "kernels_enabled_on_device": kernels.enabled(torch.empty(0, device=device)),
         "timing": timer.method, "config": dataclasses.asdict(cfg), "ceilings": ceil,
-        "ops": op_rows(cfg, device, timer, rows, s1.d_model, ceil, variants),
+        "ops": op_rows(cfg, device, timer, rows, s1.d_model, ceil, variants) if cfg.ops else [],
         "models": model_rows(dataclasses.replace(cfg, variants=variants), device, timer, ceil),
         "skipped_variants": sorted(set(cfg.variants) - set(variants)),
     }
@@ -582,12 +584,17 @@ def format_markdown(report: dict) -> str:
         f"- ceilings: copy {ceil['copy_GBps']:,.1f} GB/s; GEMM {ceil['gemm_TFLOPs']:,.4g} TFLOP/s "
         f"({ceil['gemm_dtype']}, n = {ceil['gemm_size']})", "",
         "## Ops", "",
-        "Ops are timed as CUDA graphs of their calls (GPU work, no host dispatch); % copy is against the "
-        "ceiling, % same-size copy against a copy of the op's forward bytes timed the same way.", "",
-        "| op | variant | fwd µs | fwd GB/s (% copy; % same-size copy) | fwd+bwd µs "
-        "| fwd+bwd GB/s (% copy; % same-size copy) |",
-        "|---|---|---:|---:|---:|---:|",
     ]
+    if not report["ops"]:
+        lines.append("Not run (`--no-ops`).")
+    else:
+        lines += [
+            "Ops are timed as CUDA graphs of their calls (GPU work, no host dispatch); % copy is against the "
+            "ceiling, % same-size copy against a copy of the op's forward bytes timed the same way.", "",
+            "| op | variant | fwd µs | fwd GB/s (% copy; % same-size copy) | fwd+bwd µs "
+            "| fwd+bwd GB/s (% copy; % same-size copy) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
     for r in report["ops"]:
         if r["op"] == "complex_linear":
             continue

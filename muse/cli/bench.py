@@ -87,6 +87,8 @@ def register(sub) -> None:
     s.add_argument("--compile-backend", choices=["inductor", "aot_eager", "eager"],
                    help="torch.compile backend of the compiled variants (default inductor)")
     s.add_argument("--cpu-repeats", type=int, help="timed repeats per measurement on CPU (default 3)")
+    s.add_argument("--no-ops", action="store_true", default=None,
+                   help="models only: skip the op rows (layer_norm, modReLU, the complex linear), a minute or more on CUDA")
     s.add_argument("--amp", choices=["bf16", "fp16"],
                    help="autocast on CUDA for fp32 models other than the GPT, which always runs bf16 (Phase 2)")
     add_compile_flag(p)
@@ -97,7 +99,7 @@ def register(sub) -> None:
 
 
 STAGE1_ONLY = ("stage1_arg", "phase2_arg", "weight_decay", "stage1_preset", "references")
-SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp")
+SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,6 +147,8 @@ def run_speed(args: argparse.Namespace) -> int:
 
     given = {k: getattr(args, k) for k in ("preset", "batch_size", "seq_len", "device", "seed", "out",
                                            "compile_backend", "cpu_repeats", "amp") if getattr(args, k) is not None}
+    if args.no_ops:
+        given["ops"] = False
     overrides = {k: getattr(args, k) for k in ("vocab_size", "d_model", "n_layers") if getattr(args, k) is not None}
     if args.dropout is not None:
         overrides["dropout"] = args.dropout

@@ -152,3 +152,19 @@ def test_versus_takes_each_model_at_its_fastest_measured_row():
     assert vs["inference"]["ratio"] == 2.0 and vs["inference"]["stage1_variant"] == "a"
     assert vs["fwd_bwd"]["ratio"] == 1.5 and (vs["fwd_bwd"]["stage1_variant"], vs["fwd_bwd"]["gpt_variant"]) == ("b", "traced")
     assert versus(rows, "phase2", "gpt")["inference"]["ratio"] is None
+
+
+def test_no_ops_runs_the_models_only(tmp_path, capsys):
+    from muse.cli import main
+
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", "--preset", "tiny", "--device", "cpu", "--batch-size", "1", "--seq-len", "8",
+                 "--vocab-size", "64", "--d-model", "16", "--n-layers", "1", "--models", "stage1",
+                 "--variants", "eager", "--cpu-repeats", "1", "--no-ops", "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["ops"] == [] and data["models"][0]["status"] == "measured"
+    assert "Not run (`--no-ops`)." in (out / "report.md").read_text()
+    with pytest.raises(TypeError, match="ops"):
+        SpeedConfig(ops="no")
+    assert main(["bench", "stage1", "--no-ops"]) == 2
+    assert "--no-ops: options of `muse bench speed`" in capsys.readouterr().err
