@@ -281,7 +281,8 @@ def modrelu_backward(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tenso
 # (a loop over them was latency-bound: 12.4 µs for the pair at 4096 x 512 on the H200; at once, 9.2 µs).
 SUM_FINISH_COLS = 16  # columns of the partial rows per finishing program
 #: The partial rows summed by the finishing kernel (True) or by torch's sum and a cast (False; the form
-#: before the twelfth session, kept to time both in one process: scripts/kernel_sweep.py --part ops)
+#: before the thirteenth session, kept to time both in one process: scripts/kernel_sweep.py --part ops;
+#: on the H200 the kernel made LayerNorm's fwd+bwd 18.5 µs against 25.1, modReLU's 22.4 against 28.5)
 PARTIALS_BY_KERNEL = True
 
 
