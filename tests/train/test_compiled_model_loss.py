@@ -23,10 +23,14 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("opaque", ["1", "0"], ids=["custom-ops", "traced-loops"])
 @pytest.mark.parametrize("name, preset, extra", [
     ("stage1", "mix-tiny", {}), ("stage1", "mix-tiny", {"tie_head": True}), ("gpt", "tiny", {}), ("phase2", "tiny", {}),
 ])
-def test_compiled_loss_equals_eager(name, preset, extra):
+def test_compiled_loss_equals_eager(name, preset, extra, opaque, monkeypatch):
+    """Both compiled forms of the loss (MUSE_LOSS_OPAQUE: the chunk loops as custom ops or traced, the
+    benchmark's ``traced-loss`` variants) give eager's loss and gradients, bit for bit."""
+    monkeypatch.setenv("MUSE_LOSS_OPAQUE", opaque)
     torch.manual_seed(0)
     model = build_model(name, preset, dropout=0.0, **extra)
     v = model.config.vocab_size
