@@ -811,7 +811,15 @@ s17d)
   sweep 6 420 "$OUT/runs.txt"
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d" >&2; exit 2 ;;
+s18a)
+  step "the head GEMM's forms (is the pass over the weight before it inductor's padding?)"
+  timeout 150 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections head > "$OUT/profile.log" 2>&1
+  grep -E " ms|FAILED" "$OUT/profile/head.txt" | grep -v "^ *[a-z_:]*  " | head -12
+  step "a second process for the fair ratio: Stage 1 and the GPT each at its fastest, model rows only"
+  timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss --out "$OUT/speed" 2>&1 | tail -9
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -1,7 +1,7 @@
 """Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding,
-compiled inference of Stage 1 beside the GPT.
+compiled inference of Stage 1 beside the GPT, the head GEMM's forms.
 
-    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer]
+    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,head]
 
 Each section writes ``<out>/<section>.txt`` (timings and torch.profiler tables). A diagnostic
 script for deciding what to optimise; the numbers that go into docs come from
@@ -285,8 +285,50 @@ def sec_infer(w):
         torch._dynamo.reset()
 
 
+def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
+    """Stage 1's head alone (4096 x 512 -> 50,257, fp16, bias) as the model runs it and in the forms that
+    could avoid the pass over the weight seen before its GEMM in compiled inference (thirteenth session):
+    eager, compiled, compiled without inductor's shape padding, mm then the bias, a weight stored padded
+    to a multiple of 64 rows; the GPT's bf16 head without bias beside it. Times are CUDA-event medians."""
+    import torch._inductor.config as inductor_config
+
+    x = torch.randn(n, d, device=DEV).half()
+    wt = (torch.randn(v, d, device=DEV) / d**0.5).half()
+    b = torch.zeros(v, device=DEV).half()
+    vp = -(-v // 64) * 64
+    wp, bp = torch.zeros(vp, d, device=DEV).half(), torch.zeros(vp, device=DEV).half()
+    wp[:v], bp[:v] = wt, b
+
+    def head(a, weight, bias):
+        return C.gemm_linear(a, weight, bias)
+
+    def padded(a, weight, bias):
+        return C.gemm_linear(a, weight, bias)[:, :v]
+
+    def mm_bias(a, weight, bias):
+        return C.gemm_linear(a, weight, None) + bias
+
+    rows = [("eager", head, (x, wt, b)), (f"eager, weight padded to {vp} rows", padded, (x, wp, bp))]
+    for label, fn, args in rows:
+        with torch.no_grad():
+            w(f"{label}: {bench(lambda fn=fn, args=args: fn(*args)):.4f} ms")
+    for label, fn, args, pad in (("compiled", head, (x, wt, b), True),
+                                 ("compiled, shape_padding off", head, (x, wt, b), False),
+                                 ("compiled, mm then bias", mm_bias, (x, wt, b), True),
+                                 (f"compiled, weight padded to {vp} rows", padded, (x, wp, bp), True)):
+        torch._dynamo.reset()
+        with inductor_config.patch(shape_padding=pad), torch.no_grad():
+            f = torch.compile(fn, fullgraph=True)
+            f(*args)
+            w(f"{label}: {bench(lambda f=f, args=args: f(*args)):.4f} ms")
+            if label == "compiled":
+                w(table(lambda f=f, args=args: f(*args), n=5, rows=6))
+    xb, wb = x.bfloat16(), wt.bfloat16()
+    w(f"GPT's head, bf16, no bias, eager: {bench(lambda: F.linear(xb, wb)):.4f} ms")
+
+
 SECTIONS = {"linear": sec_linear, "loss": sec_loss, "compiled": sec_compiled, "phase2": sec_phase2,
-            "decode": sec_decode, "infer": sec_infer}
+            "decode": sec_decode, "infer": sec_infer, "head": sec_head}
 
 
 def main() -> None:
