@@ -180,7 +180,7 @@ def _add_mm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     operands: ``addmm(out_dtype=float32)``), else the fp32 product added in place; the same
     rounding either way (the product accumulated in fp32, one rounding of the sum).  Traced by the
     compiler (MUSE_LOSS_OPAQUE=0) it is ``acc + mm(out_dtype=float32)``, which inductor fuses: torch 2.11
-    cannot trace ``addmm(out_dtype=)`` (its addmm decomposition takes out_dtype for beta)."""
+    cannot trace ``addmm(out_dtype=)`` (it multiplies the dtype as if it were beta)."""
     if a.is_cuda and _ADDMM_OUT_DTYPE and a.dtype in (torch.float16, torch.bfloat16) and acc.dtype == torch.float32:
         if torch.compiler.is_compiling():
             return acc + _mm_fp32(a, b)
