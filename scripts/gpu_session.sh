@@ -819,7 +819,23 @@ s18a)
   timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
     --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss --out "$OUT/speed" 2>&1 | tail -9
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a" >&2; exit 2 ;;
+s19a)
+  step "issue 12: the decay per token (Griffin's RG-LRU form, decay=input) on the mix Stage 1 at the budget, six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "sel|--model stage1 --preset mix --seed 1337 --model-arg decay=input" \
+    "sel-s1|--model stage1 --preset mix --seed 1 --model-arg decay=input" \
+    "sel-s2|--model stage1 --preset mix --seed 2 --model-arg decay=input" \
+    "sel-c2|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg decay_scale=2" \
+    "sel-griffin|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg r_min=0.987 --model-arg r_max=0.9999" \
+    "sel-conv4|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg conv_kernel=4" \
+    > "$OUT/runs.txt"
+  sweep 6 480 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -44,7 +44,7 @@ from muse.nn import (
 )
 from muse.nn.embedding import EMBEDDING_INITS
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
-from muse.nn.mixers import LAMBDA_KINDS, OMEGA_INITS, PHASE_INITS
+from muse.nn.mixers import DECAY_KINDS, LAMBDA_KINDS, OMEGA_INITS, PHASE_INITS
 
 
 @dataclass
@@ -87,6 +87,8 @@ class Stage1Config:
     omega_init: str = "zeta"  # "zeta" | "uniform": phases of lambda
     lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
     conv_kernel: int = 0  # width of the recurrence's causal input convolution; 0 = none
+    decay: str = "static"  # "static" | "input" (per-token decay from the input, Griffin's RG-LRU; real lambda)
+    decay_scale: float = 8.0  # c in a_t = lambda^(c sigmoid(.)) for decay "input" (Griffin's 8)
     gate: bool = False  # the mixers' complex output gate, modReLU(G x)
     n_heads: int = 8  # retention heads
     d_key: int | None = None  # retention's complex query/key width (all heads); None: d_model // 2
@@ -187,6 +189,11 @@ def _check_variant_fields(config: Stage1Config) -> None:
         raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {config.omega_init!r}")
     check_choice("lambda_kind", config.lambda_kind, LAMBDA_KINDS)
     check_int("conv_kernel", config.conv_kernel, min_value=0)
+    check_choice("decay", config.decay, DECAY_KINDS)
+    check_float("decay_scale", config.decay_scale, min_value=0.0, min_inclusive=False)
+    if config.decay == "input" and config.lambda_kind != "real" and config.mixer in ("recurrence", "hybrid"):
+        raise ValueError("decay='input' needs lambda_kind='real', got lambda_kind="
+                         f"{config.lambda_kind!r}")
     check_type("gate", config.gate, bool, "a bool")
     check_int("n_heads", config.n_heads, min_value=1)
     if config.d_key is not None:
@@ -278,7 +285,8 @@ class Stage1MixBlock(nn.Module):
         elif kind == "recurrence":
             self.mixer = ComplexRecurrence(d, config.d_state, config.r_min, config.r_max, config.omega_init,
                                            dtype=dtype, device=device, lambda_kind=config.lambda_kind,
-                                           conv_kernel=config.conv_kernel, gate=config.gate)
+                                           conv_kernel=config.conv_kernel, gate=config.gate, decay=config.decay,
+                                           decay_scale=config.decay_scale)
         self.ffn_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
         if config.ffn == "complex":
             self.ffn = ComplexFeedForward(d, config.d_ffn or 2 * d, dtype=dtype, device=device)
@@ -539,6 +547,8 @@ def _variant_block_parameter_count(config: Stage1Config, layer: int) -> int:
         count += 2 * config.conv_kernel * n  # the complex convolution weights
         if config.gate:
             count += (2 * d * n + 2 * n) + n  # G + bias, the gate's modReLU bias
+        if config.decay == "input":
+            count += 2 * d * n + 2 * n  # A + bias
     if config.ffn == "complex":
         m = config.d_ffn or 2 * d
         count += (2 * d * m + 2 * m) + m + (2 * m * d + 2 * d)  # up + bias, modReLU bias, down + bias

@@ -38,6 +38,8 @@ from muse.scan import (
     complex_retention,
     hebbian_parallel,
     hebbian_parallel_with_state,
+    selective_diag_scan,
+    selective_diag_step,
 )
 
 
@@ -239,6 +241,8 @@ class DissipativeHebbian(nn.Module):
 OMEGA_INITS = ("zeta", "uniform")
 #: ComplexRecurrence's lambda: "complex" (a trained phase omega) or "real" (omega fixed at 0).
 LAMBDA_KINDS = ("complex", "real")
+#: ComplexRecurrence's decay: "static" (lambda per channel) or "input" (per token, from the input: Griffin's RG-LRU).
+DECAY_KINDS = ("static", "input")
 
 
 def _compute_planes(p: torch.Tensor) -> torch.Tensor:
@@ -285,6 +289,11 @@ class ComplexRecurrence(nn.Module):
     everything else stay complex.  A separate switch rather than an ``omega_init`` value because
     it changes what trains, not how it starts.
 
+    ``decay="input"`` (needs a real lambda) makes the decay a function of the token, as Griffin's
+    RG-LRU (De et al. 2024) and Mamba do: a_t = lambda^(c r_t) with r_t = sigmoid(Re(A x_t)), A a
+    ComplexLinear d_model -> d_state with bias and c = ``decay_scale`` (Griffin's 8), and the input
+    gain gamma_t = sqrt(1 - a_t^2) per token; the scan is :func:`muse.scan.selective_diag_scan`.
+
     nu and omega are float32 parameters whatever ``dtype`` is (fp16 cannot hold |lambda| =
     0.999: its spacing below 1 is 4.9e-4); the state is float32 too.  Inputs and outputs are
     planar ComplexTensors of ``dtype``.  Causal: y_t depends on x_1..x_t only.
@@ -293,7 +302,7 @@ class ComplexRecurrence(nn.Module):
     def __init__(self, d_model: int, d_state: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
                  omega_init: str = "zeta", max_phase: float = math.pi, chunk_size: int | None = None,
                  dtype: torch.dtype = torch.float16, device=None, lambda_kind: str = "complex",
-                 conv_kernel: int = 0, gate: bool = False):
+                 conv_kernel: int = 0, gate: bool = False, decay: str = "static", decay_scale: float = 8.0):
         super().__init__()
         self.d_model = check_int("d_model", d_model, min_value=1)
         self.d_state = d_model if d_state is None else check_int("d_state", d_state, min_value=1)
@@ -306,6 +315,11 @@ class ComplexRecurrence(nn.Module):
             raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {omega_init!r}")
         self.omega_init = omega_init
         self.lambda_kind = check_choice("lambda_kind", lambda_kind, LAMBDA_KINDS)
+        self.decay_kind = check_choice("decay", decay, DECAY_KINDS)
+        self.decay_scale = check_float("decay_scale", decay_scale, min_value=0.0, min_inclusive=False)
+        if self.decay_kind == "input" and self.lambda_kind != "real":
+            raise ValueError("decay='input' needs lambda_kind='real' (a per-token decay of a real lambda), "
+                             f"got lambda_kind={lambda_kind!r}")
         self.max_phase = check_float("max_phase", max_phase, min_value=0.0, min_inclusive=False)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
         self.conv_kernel = check_int("conv_kernel", conv_kernel, min_value=0)
@@ -330,6 +344,9 @@ class ComplexRecurrence(nn.Module):
         if self.gated:
             self.gate_proj = ComplexLinear(d_model, self.d_state, dtype=dtype, device=device)
             self.gate_act = ModReLU(self.d_state, dtype=dtype, device=device)
+        self.decay_proj = None
+        if self.decay_kind == "input":
+            self.decay_proj = ComplexLinear(d_model, self.d_state, dtype=dtype, device=device)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -354,6 +371,8 @@ class ComplexRecurrence(nn.Module):
         if self.gate_proj is not None:
             self.gate_proj.reset_parameters()
             self.gate_act.bias.zero_()
+        if self.decay_proj is not None:
+            self.decay_proj.reset_parameters()
 
     def decay(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(|lambda|, arg lambda) per state channel, in the parameter dtype."""
@@ -363,28 +382,48 @@ class ComplexRecurrence(nn.Module):
         """sqrt(1 - |lambda|^2) = sqrt(-expm1(-2 exp(nu))): accurate as |lambda| -> 1."""
         return torch.sqrt(-torch.expm1(-2.0 * torch.exp(self.nu)))
 
-    def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None) -> tuple[C.ComplexTensor, torch.Tensor | None]:
-        """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), and the
-        convolution's new window: the last K - 1 inputs (2, ..., K - 1, d_state), None without one."""
-        u, window = recomputed(self._scaled_drive, self.in_proj(x).planes, past)
-        return C.ComplexTensor(u), window
+    def _rate(self, x: C.ComplexTensor) -> torch.Tensor | None:
+        """Re(A x), the pre-sigmoid rate of the per-token decay (fp16, (..., S, n)); None for a static decay."""
+        return None if self.decay_proj is None else self.decay_proj(x).planes[0]
 
-    def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None):
+    def log_decay(self, rate: torch.Tensor) -> torch.Tensor:
+        """log a_t = -c sigmoid(rate) exp(nu) <= 0 in the state dtype, from the rate of :meth:`_rate`."""
+        return -self.decay_scale * torch.sigmoid(rate.to(self.nu.dtype)) * torch.exp(self.nu)
+
+    def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None
+               ) -> tuple[C.ComplexTensor, torch.Tensor | None, torch.Tensor | None]:
+        """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), the
+        convolution's new window (the last K - 1 inputs (2, ..., K - 1, d_state), None without one) and the
+        per-token log-decay (None for a static decay)."""
+        u, window, log_a = recomputed(self._scaled_drive, self.in_proj(x).planes, past, self._rate(x))
+        return C.ComplexTensor(u), window, log_a
+
+    def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None,
+              rate: torch.Tensor | None):
         """The fp16 planes of B x -> (h (2, ..., S, n) in u's dtype, final state, convolution window):
         drive and scan as one region, so backward keeps u and reruns both rather than store fp32 states."""
-        d, window = self._scaled_drive(u, past)
-        h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega,
-                                     initial_state=None if h0 is None else C.ComplexTensor(h0),
-                                     output_final_state=True, out_dtype=u.dtype, chunk_size=self.chunk_size)
+        d, window, log_a = self._scaled_drive(u, past, rate)
+        h0 = None if h0 is None else C.ComplexTensor(h0)
+        if log_a is None:
+            h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega, initial_state=h0,
+                                         output_final_state=True, out_dtype=u.dtype, chunk_size=self.chunk_size)
+        else:
+            h, state = selective_diag_scan(C.ComplexTensor(d), log_a, initial_state=h0, output_final_state=True,
+                                           out_dtype=u.dtype, chunk_size=self.chunk_size)
         return h.planes, state.planes, window
 
-    def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, and the convolution window."""
+    def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None, rate: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, the convolution window and the
+        per-token log-decay (gamma_t = sqrt(1 - a_t^2) then; None and the static gamma otherwise)."""
         u = u.to(self.nu.dtype)  # (2, ..., S, n)
         window = None
         if self.conv_weight is not None:
             u, window = self._conv(u, past)
-        return u * self.gamma(), window
+        if rate is None:
+            return u * self.gamma(), window, None
+        log_a = self.log_decay(rate)
+        return u * torch.sqrt(-torch.expm1(2.0 * log_a)), window, log_a
 
     def _conv(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise complex convolution of the planes u (2, ..., S, n) after the K - 1 inputs
@@ -447,7 +486,8 @@ class ComplexRecurrence(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"x must have shape (..., seq, d_model), got {tuple(x.shape)}")
         h0, past = self._split_state(initial_state)
-        h, state, window = recomputed(self._scan, self.in_proj(x).planes, None if h0 is None else h0.planes, past)
+        h, state, window = recomputed(self._scan, self.in_proj(x).planes, None if h0 is None else h0.planes, past,
+                                      self._rate(x))
         return self._readout(C.ComplexTensor(h), x), self._join_state(C.ComplexTensor(state), window)
 
     def initial_state(self, *batch: int) -> C.ComplexTensor:
@@ -468,14 +508,18 @@ class ComplexRecurrence(nn.Module):
         h0, past = self._split_state(state)
         if past is not None:
             past = past.to(self.nu.dtype)
-        u, window = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
-        h = complex_diag_step(C.ComplexTensor(u.planes[..., 0, :]), self.nu, self.omega, h0)
+        u, window, log_a = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
+        u = C.ComplexTensor(u.planes[..., 0, :])
+        if log_a is None:
+            h = complex_diag_step(u, self.nu, self.omega, h0)
+        else:
+            h = selective_diag_step(u, log_a[..., 0, :], h0)
         return self._readout(h, x_t), self._join_state(h, window)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
                 f"omega_init={self.omega_init!r}, lambda_kind={self.lambda_kind!r}, conv_kernel={self.conv_kernel}, "
-                f"gate={self.gated}")
+                f"gate={self.gated}, decay={self.decay_kind!r}, decay_scale={self.decay_scale}")
 
 
 #: ComplexRetention's key phases omega: "geometric" (RoPE's base^(-j/d_head) spectrum), "zeta" (the first
