@@ -835,7 +835,16 @@ s19a)
   sweep 6 480 "$OUT/runs.txt"
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a" >&2; exit 2 ;;
+s19b)
+  step "CUDA tests of the selective scan kernels and of the input-decay Stage 1"
+  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_selective_scan.py \
+    tests/scan/test_selective_diag_scan.py tests/models/test_stage1_decode_step.py 2>&1 | tail -4
+  step "Stage 1 criteria, the mix with decay=input (kernels on), weight decay 3.0, alone on the GPU"
+  timeout 420 python3 -m muse bench stage1 --preset seed --stage1-preset mix --stage1-arg decay=input \
+    --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+    --out "$OUT/bench-sel" | sed -n '/all_pass/,$p' | head -45
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

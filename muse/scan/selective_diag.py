@@ -20,7 +20,11 @@ compute dtype (float32, or float64 for float64 x).  Arithmetic in that dtype, y 
   nothing overflows however strong the decay); the states entering the chunks follow from the chunk totals
   by the same segment sums over chunks.  Causal bit for bit: masked entries are exact zeros.
 
-Pure torch (autograd, CPU and CUDA); compiles with ``torch.compile``.
+Pure torch (autograd, CPU and CUDA); compiles with ``torch.compile``.  Where ``muse.kernels.enabled`` picks it
+(float32 on CUDA, or Triton's interpreter; also inside torch.compile), :func:`selective_diag_scan` runs one
+Triton kernel forward and one backward instead (``muse.kernels.selective_scan_fwd`` / ``_bwd``: the sequential
+recurrence per lane, no (L x L) matrices, so memory is that of the inputs and outputs); the chunked PyTorch
+form is the CPU path and the reference.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 import torch
 
 import muse.complex as C
+from muse import kernels
 from muse._checks import check_float_tensor, check_int, check_type
 from muse.scan.hebbian import segment_sum
 
@@ -115,6 +120,8 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     seq = x.shape[-2]
     if seq == 0:
         return _finish(x.planes.to(cd), h0, out_dtype, output_final_state)
+    if cd == torch.float32 and kernels.enabled(x.planes, log_decay, in_compile=True):
+        return _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state)
     chunk = min(chunk, seq)
     n_chunks = -(-seq // chunk)
     pad = n_chunks * chunk - seq
@@ -139,6 +146,48 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     y = y + torch.exp(from_start) * states[..., :-1].unsqueeze(-1)
     y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., :seq].transpose(-1, -2)  # (2, ..., S, D)
     return _finish(y, states[..., -1], out_dtype, output_final_state)
+
+
+def _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state):
+    """The Triton kernels on the batch dims flattened: (2, B, S, D) planes, (B, S, D) log-decays."""
+    seq, d = x.shape[-2], x.shape[-1]
+    batch = math.prod(x.shape[:-2])
+    xp = x.planes.to(torch.float32).reshape(2, batch, seq, d)
+    w0 = None if initial_state is None else h0.reshape(2, batch, d)
+    y, hs = _SelectiveKernel.apply(xp, log_decay.reshape(batch, seq, d), w0)
+    return _finish(y.reshape(2, *x.shape), hs.reshape(2, *x.shape[:-2], d), out_dtype, output_final_state)
+
+
+class _SelectiveKernel(torch.autograd.Function):
+    """The Triton kernels with autograd: (y, h_S) in float32.  A backward that must itself be differentiable
+    (create_graph=True) differentiates the chunked PyTorch form instead."""
+
+    @staticmethod
+    def forward(ctx, xp, log_decay, h0):
+        y, hs = kernels.selective_scan_fwd(xp, log_decay, h0)
+        ctx.save_for_backward(xp, log_decay, h0, y)
+        return y, hs
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_state):
+        xp, log_decay, h0, y = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_grads(xp, log_decay, h0, grad_y, grad_state)
+        dx, dl, dh0 = kernels.selective_scan_bwd(log_decay, y, h0, grad_y, grad_state)
+        return dx, dl, None if h0 is None else dh0
+
+
+def _reference_grads(xp, log_decay, h0, grad_y, grad_state):
+    """(dx, d log_decay, dh_0) by autograd of the chunked PyTorch form, with create_graph."""
+    with kernels.environment(**{kernels.ENV: "0"}):
+        state = None if h0 is None else C.ComplexTensor(h0)
+        y, hs = selective_diag_scan(C.ComplexTensor(xp), log_decay, state, output_final_state=True,
+                                    out_dtype=torch.float32)
+    inputs = [t for t in (xp, log_decay, h0) if t is not None and t.requires_grad]
+    found = torch.autograd.grad([y.planes, hs.planes], inputs, [grad_y, grad_state], create_graph=True,
+                                allow_unused=True) if inputs else []
+    by_id = {id(t): (torch.zeros_like(t) if g is None else g) for t, g in zip(inputs, found, strict=True)}
+    return tuple(None if t is None else by_id.get(id(t)) for t in (xp, log_decay, h0))
 
 
 __all__ = ["DEFAULT_CHUNK", "selective_diag_scan", "selective_diag_scan_sequential", "selective_diag_step"]
