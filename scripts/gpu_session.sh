@@ -844,7 +844,30 @@ s19b)
     --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
     --out "$OUT/bench-sel" | sed -n '/all_pass/,$p' | head -45
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b" >&2; exit 2 ;;
+s19c)
+  step "issue 12: the decay per token with no full-size rate kept for backward (decay_rank=32: low-rank, Mamba's dt; decay=drive: from B x): two criteria runs and four training runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  for v in "rank32|--stage1-arg decay=input --stage1-arg decay_rank=32" "drive|--stage1-arg decay=drive"; do
+    name=${v%%|*}; args=${v#*|}
+    # shellcheck disable=SC2086
+    ( timeout 520 python3 -m muse bench stage1 --preset seed --stage1-preset mix $args --references phase2_nomix \
+        --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-$name" \
+        > "$OUT/bench-$name.txt" 2>&1; echo "bench-$name rc=$?" ) &
+  done
+  printf '%s\n' \
+    "rank32-s1|--model stage1 --preset mix --seed 1 --model-arg decay=input --model-arg decay_rank=32" \
+    "rank128|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg decay_rank=128" \
+    "drive-s1|--model stage1 --preset mix --seed 1 --model-arg decay=drive" \
+    "drive-s2|--model stage1 --preset mix --seed 2 --model-arg decay=drive" \
+    > "$OUT/runs.txt"
+  sweep 6 500 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  for name in rank32 drive; do sed -n '/all_pass/,/planar layout/p' "$OUT/bench-$name.txt"; grep "eval PPL\|peak memory fwd" "$OUT/bench-$name.txt"; done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

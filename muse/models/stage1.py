@@ -88,7 +88,8 @@ class Stage1Config:
     lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
     conv_kernel: int = 0  # width of the recurrence's causal input convolution; 0 = none
     decay: str = "static"  # "static" | "input" (per-token decay from the input, Griffin's RG-LRU; real lambda)
-    decay_scale: float = 8.0  # c in a_t = lambda^(c sigmoid(.)) for decay "input" (Griffin's 8)
+    decay_scale: float = 8.0  # c in a_t = lambda^(c sigmoid(.)) for decay "input"/"drive" (Griffin's 8)
+    decay_rank: int = 0  # decay "input": 0 = a full d -> d_state projection, r > 0 = low-rank through r
     gate: bool = False  # the mixers' complex output gate, modReLU(G x)
     n_heads: int = 8  # retention heads
     d_key: int | None = None  # retention's complex query/key width (all heads); None: d_model // 2
@@ -191,8 +192,9 @@ def _check_variant_fields(config: Stage1Config) -> None:
     check_int("conv_kernel", config.conv_kernel, min_value=0)
     check_choice("decay", config.decay, DECAY_KINDS)
     check_float("decay_scale", config.decay_scale, min_value=0.0, min_inclusive=False)
-    if config.decay == "input" and config.lambda_kind != "real" and config.mixer in ("recurrence", "hybrid"):
-        raise ValueError("decay='input' needs lambda_kind='real', got lambda_kind="
+    check_int("decay_rank", config.decay_rank, min_value=0)
+    if config.decay != "static" and config.lambda_kind != "real" and config.mixer in ("recurrence", "hybrid"):
+        raise ValueError(f"decay={config.decay!r} needs lambda_kind='real', got lambda_kind="
                          f"{config.lambda_kind!r}")
     check_type("gate", config.gate, bool, "a bool")
     check_int("n_heads", config.n_heads, min_value=1)
@@ -286,7 +288,7 @@ class Stage1MixBlock(nn.Module):
             self.mixer = ComplexRecurrence(d, config.d_state, config.r_min, config.r_max, config.omega_init,
                                            dtype=dtype, device=device, lambda_kind=config.lambda_kind,
                                            conv_kernel=config.conv_kernel, gate=config.gate, decay=config.decay,
-                                           decay_scale=config.decay_scale)
+                                           decay_scale=config.decay_scale, decay_rank=config.decay_rank)
         self.ffn_norm = ComplexLayerNorm(d, eps, dtype=dtype, device=device)
         if config.ffn == "complex":
             self.ffn = ComplexFeedForward(d, config.d_ffn or 2 * d, dtype=dtype, device=device)
@@ -547,8 +549,11 @@ def _variant_block_parameter_count(config: Stage1Config, layer: int) -> int:
         count += 2 * config.conv_kernel * n  # the complex convolution weights
         if config.gate:
             count += (2 * d * n + 2 * n) + n  # G + bias, the gate's modReLU bias
+        r = config.decay_rank
         if config.decay == "input":
-            count += 2 * d * n + 2 * n  # A + bias
+            count += (2 * d * r + r * n + n) if r else (2 * d * n + 2 * n)  # A (low-rank: A1, A2 + bias) + bias
+        if config.decay == "drive":
+            count += 3 * n  # w (complex) and b per channel
     if config.ffn == "complex":
         m = config.d_ffn or 2 * d
         count += (2 * d * m + 2 * m) + m + (2 * m * d + 2 * d)  # up + bias, modReLU bias, down + bias

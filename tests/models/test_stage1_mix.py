@@ -75,6 +75,8 @@ def test_variant_blocks_and_parameter_count(mixer, ffn, gate):
 
 @pytest.mark.parametrize("overrides", [dict(lambda_kind="complex"), dict(lambda_kind="real"),
                                        dict(lambda_kind="real", decay="input"),
+                                       dict(lambda_kind="real", decay="input", decay_rank=8),
+                                       dict(lambda_kind="real", decay="drive"),
                                        dict(mixer="retention"), dict(mixer="hybrid", n_heads=2)])
 @pytest.mark.parametrize("dtype", [None, torch.float64])
 def test_mix_is_causal_bit_for_bit(dtype, overrides):
@@ -133,6 +135,7 @@ def test_mix_tiny_trains_on_cpu():
     ("lambda_kind", "imaginary", ValueError), ("lambda_kind", None, TypeError),
     ("n_heads", 0, ValueError), ("d_key", 0, ValueError), ("phase_init", "rope", ValueError),
     ("phase_init", 2, TypeError), ("decay", "dynamic", ValueError), ("decay_scale", 0.0, ValueError),
+    ("decay_rank", -1, ValueError),
 ])
 def test_variant_config_validation(field, value, exc):
     with pytest.raises(exc, match=field):
