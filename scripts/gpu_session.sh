@@ -867,7 +867,22 @@ s19c)
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   for name in rank32 drive; do sed -n '/all_pass/,/planar layout/p' "$OUT/bench-$name.txt"; grep "eval PPL\|peak memory fwd" "$OUT/bench-$name.txt"; done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c" >&2; exit 2 ;;
+s19d)
+  step "issue 12: the mix preset with the low-rank per-token decay (decay_rank 32): seed 2 at the budget, in the background"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' "mix-s2|--model stage1 --preset mix --seed 2" > "$OUT/runs.txt"
+  ( sweep 1 230 "$OUT/runs.txt" ) &
+  step "CUDA tests of the selective scan kernels and of the input-decay Stage 1"
+  timeout 100 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_selective_scan.py \
+    tests/scan/test_selective_diag_scan.py tests/models/test_stage1_decode_step.py 2>&1 | tail -4
+  step "generation speed of the mix preset (fast path: compiled step in a CUDA graph)"
+  timeout 120 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix --paths fast 2>&1 | tail -8
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
