@@ -147,7 +147,7 @@ PRESETS: dict[str, dict] = {
     # parameter count of a GPT's d -> 4d -> d MLP (8 d^2).  The recurrence's ring [0, 0.99], normal
     # token tables and the output gate are the best of the sweep in docs/experiments.md (section 4);
     # a real lambda beat the complex one in three seeds of three at this size and at tiny size
-    # (section 7; `--model-arg lambda_kind=complex` restores the complex decay).  The zeta position
+    # (section 7; `--model-arg lambda_kind=complex --model-arg decay=static` restores the complex decay).  The zeta position
     # table at a tenth of its amplitude lets the token (RMS 0.7 per part) dominate (a quarter: 12 % lower
     # test PPL at this size, 7 % at tiny size, section 8; a tenth: 0.9 % lower again, three seeds, section 9).
     # The mixer is the recurrence: ComplexRetention ("retention", "hybrid") scored worse (section 9).

@@ -26,7 +26,11 @@ from muse.scan.hebbian import (
     segment_sum,
 )
 from muse.scan.retention import complex_retention, complex_retention_sequential
-from muse.scan.selective_diag import selective_diag_scan, selective_diag_scan_sequential, selective_diag_step
+from muse.scan.selective_diag import (
+    selective_diag_scan,
+    selective_diag_scan_sequential,
+    selective_diag_step,
+)
 
 __all__ = [
     "bk_diagonal", "bk_green_adjoint", "bk_green_scan", "bk_green_sequential", "complex_diag_scan", "complex_diag_scan_sequential",
