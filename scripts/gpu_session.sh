@@ -819,7 +819,70 @@ s18a)
   timeout 300 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
     --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss --out "$OUT/speed" 2>&1 | tail -9
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a" >&2; exit 2 ;;
+s19a)
+  step "issue 12: the decay per token (Griffin's RG-LRU form, decay=input) on the mix Stage 1 at the budget, six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "sel|--model stage1 --preset mix --seed 1337 --model-arg decay=input" \
+    "sel-s1|--model stage1 --preset mix --seed 1 --model-arg decay=input" \
+    "sel-s2|--model stage1 --preset mix --seed 2 --model-arg decay=input" \
+    "sel-c2|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg decay_scale=2" \
+    "sel-griffin|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg r_min=0.987 --model-arg r_max=0.9999" \
+    "sel-conv4|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg conv_kernel=4" \
+    > "$OUT/runs.txt"
+  sweep 6 480 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+s19b)
+  step "CUDA tests of the selective scan kernels and of the input-decay Stage 1"
+  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_selective_scan.py \
+    tests/scan/test_selective_diag_scan.py tests/models/test_stage1_decode_step.py 2>&1 | tail -4
+  step "Stage 1 criteria, the mix with decay=input (kernels on), weight decay 3.0, alone on the GPU"
+  timeout 420 python3 -m muse bench stage1 --preset seed --stage1-preset mix --stage1-arg decay=input \
+    --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+    --out "$OUT/bench-sel" | sed -n '/all_pass/,$p' | head -45
+  ;;
+s19c)
+  step "issue 12: the decay per token with no full-size rate kept for backward (decay_rank=32: low-rank, Mamba's dt; decay=drive: from B x): two criteria runs and four training runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  for v in "rank32|--stage1-arg decay=input --stage1-arg decay_rank=32" "drive|--stage1-arg decay=drive"; do
+    name=${v%%|*}; args=${v#*|}
+    # shellcheck disable=SC2086
+    ( timeout 520 python3 -m muse bench stage1 --preset seed --stage1-preset mix $args --references phase2_nomix \
+        --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-$name" \
+        > "$OUT/bench-$name.txt" 2>&1; echo "bench-$name rc=$?" ) &
+  done
+  printf '%s\n' \
+    "rank32-s1|--model stage1 --preset mix --seed 1 --model-arg decay=input --model-arg decay_rank=32" \
+    "rank128|--model stage1 --preset mix --seed 1337 --model-arg decay=input --model-arg decay_rank=128" \
+    "drive-s1|--model stage1 --preset mix --seed 1 --model-arg decay=drive" \
+    "drive-s2|--model stage1 --preset mix --seed 2 --model-arg decay=drive" \
+    > "$OUT/runs.txt"
+  sweep 6 500 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  for name in rank32 drive; do sed -n '/all_pass/,/planar layout/p' "$OUT/bench-$name.txt"; grep "eval PPL\|peak memory fwd" "$OUT/bench-$name.txt"; done
+  ;;
+s19d)
+  step "issue 12: the mix preset with the low-rank per-token decay (decay_rank 32): seed 2 at the budget, in the background"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' "mix-s2|--model stage1 --preset mix --seed 2" > "$OUT/runs.txt"
+  ( sweep 1 230 "$OUT/runs.txt" ) &
+  step "CUDA tests of the selective scan kernels and of the input-decay Stage 1"
+  timeout 100 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_selective_scan.py \
+    tests/scan/test_selective_diag_scan.py tests/models/test_stage1_decode_step.py 2>&1 | tail -4
+  step "generation speed of the mix preset (fast path: compiled step in a CUDA graph)"
+  timeout 120 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix --paths fast 2>&1 | tail -8
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

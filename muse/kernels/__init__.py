@@ -5,7 +5,8 @@ importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's
 interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
 cover float16 planes (LayerNorm, modReLU, the complex GEMM of ``linear``), the chunk bodies of the
 loss (:mod:`muse.train.loss`: log-sum-exp and softmax gradient of fp16/bf16/fp32 logits), complex64
-(the BK-Core resolvent of :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`);
+(the BK-Core resolvent of :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`,
+the selective diagonal scan of :mod:`muse.scan.selective_diag`);
 every other case, and the reference for every kernel, is the PyTorch code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
 call; a compiled graph reads them once, when it is traced.  Inside a compiled graph an element-wise op
 runs its kernel only when ``MUSE_KERNELS_IN_COMPILE`` (a comma-separated list; unset:
@@ -101,9 +102,11 @@ from muse.kernels.ops import (  # noqa: E402
     lse_rows,
     modrelu_bwd,
     modrelu_fwd,
+    selective_scan_bwd,
+    selective_scan_fwd,
     softmax_grad,
     sum_rows,
 )
 
 __all__ += ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows",
-            "modrelu_bwd", "modrelu_fwd", "softmax_grad", "sum_rows"]
+            "modrelu_bwd", "modrelu_fwd", "selective_scan_bwd", "selective_scan_fwd", "softmax_grad", "sum_rows"]

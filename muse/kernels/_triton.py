@@ -763,6 +763,110 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), dw0.reshape(*q.shape[:-2], d_k, d_v)
 
 
+# ------------------------------------------------------- selective diagonal scan
+# h_t = exp(l_t) h_{t-1} + x_t per (batch, channel) lane and plane (muse.scan.selective_diag): one program
+# per batch row and block of SEL_BLOCK channels walks the sequence, the state in fp32 registers; the loads
+# of one step are SEL_BLOCK contiguous channels.  Backward walks it in reverse: G_t = dy_t + a_{t+1} G_{t+1}
+# (+ dh_S at the end), dx_t = G_t, dl_t = a_t Re(conj(G_t) h_{t-1}) (h_{t-1} the forward's output at t - 1,
+# or h_0), dh_0 = a_0 G_0.  Memory: the inputs and outputs only, against the chunked form's
+# (L x L) decay matrix per chunk and channel.  exp as in the cross-entropy kernels (_exp).
+SEL_BLOCK = 32
+
+
+@triton.jit
+def _sel_forward_kernel(x_ptr, l_ptr, h0_ptr, y_ptr, hs_ptr, n_steps, n, plane, state_plane,
+                        HAS_H0: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = c < n
+    if HAS_H0:
+        hr = tl.load(h0_ptr + b * n + c, mask=mask, other=0.0)
+        hi = tl.load(h0_ptr + state_plane + b * n + c, mask=mask, other=0.0)
+    else:
+        hr = tl.zeros((BLOCK,), dtype=tl.float32)
+        hi = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = b * n_steps * n + c
+    t = 0
+    while t < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
+        off = base + t * n
+        a = _exp(tl.load(l_ptr + off, mask=mask, other=0.0), INTERP)
+        hr = a * hr + tl.load(x_ptr + off, mask=mask, other=0.0)
+        hi = a * hi + tl.load(x_ptr + plane + off, mask=mask, other=0.0)
+        tl.store(y_ptr + off, hr, mask=mask)
+        tl.store(y_ptr + plane + off, hi, mask=mask)
+        t += 1
+    tl.store(hs_ptr + b * n + c, hr, mask=mask)
+    tl.store(hs_ptr + state_plane + b * n + c, hi, mask=mask)
+
+
+@triton.jit
+def _sel_backward_kernel(l_ptr, y_ptr, h0_ptr, dy_ptr, dhs_ptr, dx_ptr, dl_ptr, dh0_ptr, n_steps, n, plane,
+                         state_plane, HAS_H0: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = c < n
+    carry_r = tl.load(dhs_ptr + b * n + c, mask=mask, other=0.0)  # a_{t+1} G_{t+1}, at first dh_S
+    carry_i = tl.load(dhs_ptr + state_plane + b * n + c, mask=mask, other=0.0)
+    if HAS_H0:
+        h0r = tl.load(h0_ptr + b * n + c, mask=mask, other=0.0)
+        h0i = tl.load(h0_ptr + state_plane + b * n + c, mask=mask, other=0.0)
+    else:
+        h0r = tl.zeros((BLOCK,), dtype=tl.float32)
+        h0i = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = b * n_steps * n + c
+    t = n_steps - 1
+    while t >= 0:
+        off = base + t * n
+        gr = tl.load(dy_ptr + off, mask=mask, other=0.0) + carry_r
+        gi = tl.load(dy_ptr + plane + off, mask=mask, other=0.0) + carry_i
+        tl.store(dx_ptr + off, gr, mask=mask)
+        tl.store(dx_ptr + plane + off, gi, mask=mask)
+        first = t == 0
+        pmask = mask & (t > 0)
+        pr = tl.where(first, h0r, tl.load(y_ptr + off - n, mask=pmask, other=0.0))
+        pi = tl.where(first, h0i, tl.load(y_ptr + plane + off - n, mask=pmask, other=0.0))
+        a = _exp(tl.load(l_ptr + off, mask=mask, other=0.0), INTERP)
+        tl.store(dl_ptr + off, a * (gr * pr + gi * pi), mask=mask)
+        carry_r = a * gr
+        carry_i = a * gi
+        t -= 1
+    tl.store(dh0_ptr + b * n + c, carry_r, mask=mask)
+    tl.store(dh0_ptr + state_plane + b * n + c, carry_i, mask=mask)
+
+
+def selective_scan_forward(x: torch.Tensor, log_decay: torch.Tensor, initial_state: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (2, B, S, n), log_decay (B, S, n), h_0 (2, B, n) or None, float32 -> (y (2, B, S, n), h_S (2, B, n))."""
+    _, batch, n_steps, n = x.shape
+    xx, ll = scratch(x.contiguous(), x), scratch(log_decay.contiguous(), log_decay)
+    h0 = None if initial_state is None else scratch(initial_state.contiguous(), initial_state)
+    y = scratch(torch.empty_like(xx))
+    hs = scratch(x.new_empty((2, batch, n)))
+    if batch and n:
+        _sel_forward_kernel[(batch, triton.cdiv(n, SEL_BLOCK))](
+            xx, ll, xx if h0 is None else h0, y, hs, n_steps, n, batch * n_steps * n, batch * n,
+            HAS_H0=h0 is not None, INTERP=interpreting(), BLOCK=SEL_BLOCK, num_warps=1)
+    return y, hs
+
+
+def selective_scan_backward(log_decay: torch.Tensor, y: torch.Tensor, initial_state: torch.Tensor | None,
+                            grad_y: torch.Tensor, grad_state: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx (2, B, S, n), d log_decay (B, S, n), dh_0 (2, B, n)) given the forward's y and dy, dh_S."""
+    _, batch, n_steps, n = y.shape
+    ll, yy = scratch(log_decay.contiguous(), log_decay), scratch(y.contiguous(), y)
+    dy, dhs = scratch(grad_y.contiguous(), grad_y), scratch(grad_state.contiguous(), grad_state)
+    h0 = None if initial_state is None else scratch(initial_state.contiguous(), initial_state)
+    dx = scratch(torch.empty_like(yy))
+    dl = scratch(torch.empty_like(ll))
+    dh0 = scratch(yy.new_zeros((2, batch, n)))
+    if batch and n:
+        _sel_backward_kernel[(batch, triton.cdiv(n, SEL_BLOCK))](
+            ll, yy, yy if h0 is None else h0, dy, dhs, dx, dl, dh0, n_steps, n, batch * n_steps * n, batch * n,
+            HAS_H0=h0 is not None, INTERP=interpreting(), BLOCK=SEL_BLOCK, num_warps=1)
+    return dx, dl, dh0
+
+
 # ------------------------------------------------------------------ complex GEMM
 # C = op(A) @ op(B) (+ bias) on planar operands: A (2, M, K), B (2, K, N), any strides (a transposed view
 # is a stride swap, no copy), op = identity or conjugation.  Each program computes one (BLOCK_M, BLOCK_N)

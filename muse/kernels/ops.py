@@ -112,6 +112,33 @@ def _(q, k, v, log_decay, eta, initial_state, grad_y, grad_state):
             torch.empty_like(v, memory_format=torch.contiguous_format), state)
 
 
+@torch.library.custom_op("muse::selective_scan_fwd", mutates_args=())
+def selective_scan_fwd(x: torch.Tensor, log_decay: torch.Tensor, initial_state: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h_S) of h_t = exp(l_t) h_{t-1} + x_t: x (2, B, S, n), log_decay (B, S, n), h_0 (2, B, n) or None
+    (0), float32."""
+    return _k().selective_scan_forward(x, log_decay, initial_state)
+
+
+@selective_scan_fwd.register_fake
+def _(x, log_decay, initial_state):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((2, x.shape[1], x.shape[3]))
+
+
+@torch.library.custom_op("muse::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd(log_decay: torch.Tensor, y: torch.Tensor, initial_state: torch.Tensor | None,
+                       grad_y: torch.Tensor, grad_state: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, d log_decay, dh_0) of the selective scan, float32, from its output y."""
+    return _k().selective_scan_backward(log_decay, y, initial_state, grad_y, grad_state)
+
+
+@selective_scan_bwd.register_fake
+def _(log_decay, y, initial_state, grad_y, grad_state):
+    return (torch.empty_like(y, memory_format=torch.contiguous_format),
+            torch.empty_like(log_decay, memory_format=torch.contiguous_format), y.new_empty((2, y.shape[1], y.shape[3])))
+
+
 @torch.library.custom_op("muse::complex_mm", mutates_args=())
 def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool,
                conj_b: bool) -> torch.Tensor:
@@ -151,5 +178,5 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
     return _k().softmax_grad(z, lse, targets, keep, dtype, offset)
 
 
-__all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
+__all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
            "softmax_grad", "sum_rows"]

@@ -38,6 +38,8 @@ from muse.scan import (
     complex_retention,
     hebbian_parallel,
     hebbian_parallel_with_state,
+    selective_diag_scan,
+    selective_diag_step,
 )
 
 
@@ -239,6 +241,9 @@ class DissipativeHebbian(nn.Module):
 OMEGA_INITS = ("zeta", "uniform")
 #: ComplexRecurrence's lambda: "complex" (a trained phase omega) or "real" (omega fixed at 0).
 LAMBDA_KINDS = ("complex", "real")
+#: ComplexRecurrence's decay: "static" (lambda per channel), "input" (per token, from the input: Griffin's RG-LRU) or
+#: "drive" (per token, from each channel's own drive B x: no extra activation memory).
+DECAY_KINDS = ("static", "input", "drive")
 
 
 def _compute_planes(p: torch.Tensor) -> torch.Tensor:
@@ -285,6 +290,15 @@ class ComplexRecurrence(nn.Module):
     everything else stay complex.  A separate switch rather than an ``omega_init`` value because
     it changes what trains, not how it starts.
 
+    ``decay="input"`` (needs a real lambda) makes the decay a function of the token, as Griffin's
+    RG-LRU (De et al. 2024) and Mamba do: a_t = lambda^(c r_t) with r_t = sigmoid(Re(A x_t)), A a
+    ComplexLinear d_model -> d_state with bias and c = ``decay_scale`` (Griffin's 8), and the input
+    gain gamma_t = sqrt(1 - a_t^2) per token; the scan is :func:`muse.scan.selective_diag_scan`.
+    ``decay_rank`` = r > 0 makes A low-rank, as Mamba's dt projection: Re(A1 x) (A1 d_model -> r, complex, no
+    bias) then a real r -> d_state linear with bias inside the scan's recomputed region, so backward keeps
+    r values a token instead of d_state.  ``decay="drive"`` takes the rate from the channel's own drive,
+    r_t = Re(w (B x_t)) + b with complex w and real b per state channel: nothing more to keep for backward.
+
     nu and omega are float32 parameters whatever ``dtype`` is (fp16 cannot hold |lambda| =
     0.999: its spacing below 1 is 4.9e-4); the state is float32 too.  Inputs and outputs are
     planar ComplexTensors of ``dtype``.  Causal: y_t depends on x_1..x_t only.
@@ -293,7 +307,8 @@ class ComplexRecurrence(nn.Module):
     def __init__(self, d_model: int, d_state: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
                  omega_init: str = "zeta", max_phase: float = math.pi, chunk_size: int | None = None,
                  dtype: torch.dtype = torch.float16, device=None, lambda_kind: str = "complex",
-                 conv_kernel: int = 0, gate: bool = False):
+                 conv_kernel: int = 0, gate: bool = False, decay: str = "static", decay_scale: float = 8.0,
+                 decay_rank: int = 0):
         super().__init__()
         self.d_model = check_int("d_model", d_model, min_value=1)
         self.d_state = d_model if d_state is None else check_int("d_state", d_state, min_value=1)
@@ -306,6 +321,12 @@ class ComplexRecurrence(nn.Module):
             raise ValueError(f"omega_init must be one of {OMEGA_INITS}, got {omega_init!r}")
         self.omega_init = omega_init
         self.lambda_kind = check_choice("lambda_kind", lambda_kind, LAMBDA_KINDS)
+        self.decay_kind = check_choice("decay", decay, DECAY_KINDS)
+        self.decay_scale = check_float("decay_scale", decay_scale, min_value=0.0, min_inclusive=False)
+        self.decay_rank = check_int("decay_rank", decay_rank, min_value=0)
+        if self.decay_kind != "static" and self.lambda_kind != "real":
+            raise ValueError(f"decay={decay!r} needs lambda_kind='real' (a per-token decay of a real lambda), "
+                             f"got lambda_kind={lambda_kind!r}")
         self.max_phase = check_float("max_phase", max_phase, min_value=0.0, min_inclusive=False)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
         self.conv_kernel = check_int("conv_kernel", conv_kernel, min_value=0)
@@ -330,6 +351,15 @@ class ComplexRecurrence(nn.Module):
         if self.gated:
             self.gate_proj = ComplexLinear(d_model, self.d_state, dtype=dtype, device=device)
             self.gate_act = ModReLU(self.d_state, dtype=dtype, device=device)
+        self.decay_proj = self.decay_up = self.decay_weight = self.decay_bias = None
+        if self.decay_kind == "input" and self.decay_rank:
+            self.decay_proj = ComplexLinear(d_model, self.decay_rank, bias=False, dtype=dtype, device=device)
+            self.decay_up = nn.Linear(self.decay_rank, self.d_state, dtype=param_dtype, device=device)
+        elif self.decay_kind == "input":
+            self.decay_proj = ComplexLinear(d_model, self.d_state, dtype=dtype, device=device)
+        elif self.decay_kind == "drive":  # (2, n): w per channel; b per channel
+            self.decay_weight = nn.Parameter(torch.empty(2, self.d_state, dtype=param_dtype, device=device))
+            self.decay_bias = nn.Parameter(torch.empty(self.d_state, dtype=param_dtype, device=device))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -354,6 +384,13 @@ class ComplexRecurrence(nn.Module):
         if self.gate_proj is not None:
             self.gate_proj.reset_parameters()
             self.gate_act.bias.zero_()
+        if self.decay_proj is not None:
+            self.decay_proj.reset_parameters()
+        if self.decay_up is not None:
+            self.decay_up.reset_parameters()
+        if self.decay_weight is not None:  # rate std ~ |B x| / sqrt(2) at init, like the full projection's
+            self.decay_weight.normal_(0.0, 0.5)
+            self.decay_bias.zero_()
 
     def decay(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(|lambda|, arg lambda) per state channel, in the parameter dtype."""
@@ -363,28 +400,59 @@ class ComplexRecurrence(nn.Module):
         """sqrt(1 - |lambda|^2) = sqrt(-expm1(-2 exp(nu))): accurate as |lambda| -> 1."""
         return torch.sqrt(-torch.expm1(-2.0 * torch.exp(self.nu)))
 
-    def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None) -> tuple[C.ComplexTensor, torch.Tensor | None]:
-        """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), and the
-        convolution's new window: the last K - 1 inputs (2, ..., K - 1, d_state), None without one."""
-        u, window = recomputed(self._scaled_drive, self.in_proj(x).planes, past)
-        return C.ComplexTensor(u), window
+    def _rate(self, x: C.ComplexTensor) -> torch.Tensor | None:
+        """What the scan's region needs for the per-token rate: Re(A x) (fp16, (..., S, n); (..., S, r) when
+        low-rank); None for a static decay or one from the drive."""
+        return None if self.decay_proj is None else self.decay_proj(x).planes[0]
 
-    def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None):
+    def _region_rate(self, u: torch.Tensor, src: torch.Tensor | None) -> torch.Tensor | None:
+        """The pre-sigmoid rate (..., S, n) inside the scan's region, from the drive planes u and :meth:`_rate`."""
+        if self.decay_weight is not None:
+            w, uu = self.decay_weight, u.to(self.decay_weight.dtype)
+            return w[0] * uu[0] - w[1] * uu[1] + self.decay_bias
+        if self.decay_up is not None:
+            return F.linear(src.to(self.decay_up.weight.dtype), self.decay_up.weight, self.decay_up.bias)
+        return src
+
+    def log_decay(self, rate: torch.Tensor) -> torch.Tensor:
+        """log a_t = -c sigmoid(rate) exp(nu) <= 0 in the state dtype, from the rate of :meth:`_rate`."""
+        return -self.decay_scale * torch.sigmoid(rate.to(self.nu.dtype)) * torch.exp(self.nu)
+
+    def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None
+               ) -> tuple[C.ComplexTensor, torch.Tensor | None, torch.Tensor | None]:
+        """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), the
+        convolution's new window (the last K - 1 inputs (2, ..., K - 1, d_state), None without one) and the
+        per-token log-decay (None for a static decay)."""
+        u, window, log_a = recomputed(self._scaled_drive, self.in_proj(x).planes, past, self._rate(x))
+        return C.ComplexTensor(u), window, log_a
+
+    def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None,
+              rate: torch.Tensor | None):
         """The fp16 planes of B x -> (h (2, ..., S, n) in u's dtype, final state, convolution window):
         drive and scan as one region, so backward keeps u and reruns both rather than store fp32 states."""
-        d, window = self._scaled_drive(u, past)
-        h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega,
-                                     initial_state=None if h0 is None else C.ComplexTensor(h0),
-                                     output_final_state=True, out_dtype=u.dtype, chunk_size=self.chunk_size)
+        d, window, log_a = self._scaled_drive(u, past, rate)
+        h0 = None if h0 is None else C.ComplexTensor(h0)
+        if log_a is None:
+            h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega, initial_state=h0,
+                                         output_final_state=True, out_dtype=u.dtype, chunk_size=self.chunk_size)
+        else:
+            h, state = selective_diag_scan(C.ComplexTensor(d), log_a, initial_state=h0, output_final_state=True,
+                                           out_dtype=u.dtype, chunk_size=self.chunk_size)
         return h.planes, state.planes, window
 
-    def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, and the convolution window."""
+    def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None, src: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, the convolution window and the
+        per-token log-decay (gamma_t = sqrt(1 - a_t^2) then; None and the static gamma otherwise)."""
+        rate = self._region_rate(u, src) if self.decay_kind != "static" else None
         u = u.to(self.nu.dtype)  # (2, ..., S, n)
         window = None
         if self.conv_weight is not None:
             u, window = self._conv(u, past)
-        return u * self.gamma(), window
+        if rate is None:
+            return u * self.gamma(), window, None
+        log_a = self.log_decay(rate)
+        return u * torch.sqrt(-torch.expm1(2.0 * log_a)), window, log_a
 
     def _conv(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise complex convolution of the planes u (2, ..., S, n) after the K - 1 inputs
@@ -447,7 +515,8 @@ class ComplexRecurrence(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"x must have shape (..., seq, d_model), got {tuple(x.shape)}")
         h0, past = self._split_state(initial_state)
-        h, state, window = recomputed(self._scan, self.in_proj(x).planes, None if h0 is None else h0.planes, past)
+        h, state, window = recomputed(self._scan, self.in_proj(x).planes, None if h0 is None else h0.planes, past,
+                                      self._rate(x))
         return self._readout(C.ComplexTensor(h), x), self._join_state(C.ComplexTensor(state), window)
 
     def initial_state(self, *batch: int) -> C.ComplexTensor:
@@ -468,14 +537,19 @@ class ComplexRecurrence(nn.Module):
         h0, past = self._split_state(state)
         if past is not None:
             past = past.to(self.nu.dtype)
-        u, window = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
-        h = complex_diag_step(C.ComplexTensor(u.planes[..., 0, :]), self.nu, self.omega, h0)
+        u, window, log_a = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
+        u = C.ComplexTensor(u.planes[..., 0, :])
+        if log_a is None:
+            h = complex_diag_step(u, self.nu, self.omega, h0)
+        else:
+            h = selective_diag_step(u, log_a[..., 0, :], h0)
         return self._readout(h, x_t), self._join_state(h, window)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
                 f"omega_init={self.omega_init!r}, lambda_kind={self.lambda_kind!r}, conv_kernel={self.conv_kernel}, "
-                f"gate={self.gated}")
+                f"gate={self.gated}, decay={self.decay_kind!r}, decay_scale={self.decay_scale}, "
+                f"decay_rank={self.decay_rank}")
 
 
 #: ComplexRetention's key phases omega: "geometric" (RoPE's base^(-j/d_head) spectrum), "zeta" (the first

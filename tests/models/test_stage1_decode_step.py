@@ -19,6 +19,9 @@ def _model(preset: str):
     if preset == "mix-tiny+conv":  # the recurrence's convolution window rides in the state
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, conv_kernel=4).eval()
+    if preset == "mix-tiny+input-decay":  # the decay per token (Griffin's RG-LRU form)
+        torch.manual_seed(0)
+        return build_model("stage1", "mix-tiny", vocab_size=VOCAB, decay="input").eval()
     if preset == "mix-tiny+tied":  # the head's weight is the token table's real plane
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, tie_head=True).eval()
@@ -34,7 +37,7 @@ def _ids(b: int = 2, s: int = 25) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+conv", "mix-tiny+tied", "mix-tiny+retention",
-                                    "mix-tiny+hybrid"])
+                                    "mix-tiny+hybrid", "mix-tiny+input-decay"])
 def test_decode_step_equals_step_and_the_full_forward(preset):
     model = _model(preset)
     ids = _ids()
@@ -73,7 +76,7 @@ def test_decode_buffers_from_none_start_at_zero_like_step():
         assert torch.equal(model.decode_step(ids[:, t:t + 1].clone(), state), want[:, -1])
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+tied", "mix-tiny+hybrid"])
+@pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+tied", "mix-tiny+hybrid", "mix-tiny+input-decay"])
 def test_decode_step_compiles_fullgraph_with_in_place_state(preset):
     """aot_eager traces with dynamo + AOTAutograd (a graph break or host sync would fail fullgraph)."""
     torch._dynamo.reset()

@@ -48,10 +48,16 @@ def test_mix_presets():
     assert (mix.omega_init, mix.lambda_kind) == ("zeta", "real")
     # the position table at a tenth of its amplitude, in both presets (docs/experiments.md, section 9)
     assert mix.zeta_scale == 0.1 and make_config("phase2", "seed").zeta_scale == 0.1
-    assert expected_parameter_count(mix) == 99_842_641
-    assert expected_parameter_count(make_config("stage1", "mix", lambda_kind="complex")) == 99_845_713
+    # the decay per token through a rank-d/16 projection (docs/experiments.md, section 11)
+    assert (mix.decay, mix.decay_rank, mix.decay_scale) == ("input", 32, 8.0)
+    assert expected_parameter_count(mix) == 100_140_625
+    assert expected_parameter_count(make_config("stage1", "mix", decay="static")) == 99_842_641
+    assert expected_parameter_count(make_config("stage1", "mix", decay="static", lambda_kind="complex")) == 99_845_713
+    with pytest.raises(ValueError, match="decay='input' needs lambda_kind='real'"):
+        make_config("stage1", "mix", lambda_kind="complex")
     small = make_config("stage1", "mix-tiny")
     assert (small.d_model, small.n_layers, small.mixer, small.ffn) == (64, 2, "recurrence", "complex")
+    assert (small.decay, small.decay_rank) == ("input", 4)
 
 
 @pytest.mark.parametrize("mixer, ffn, gate", [("recurrence", "complex", False), ("recurrence", "none", False),
@@ -73,7 +79,10 @@ def test_variant_blocks_and_parameter_count(mixer, ffn, gate):
     assert logits.shape == (2, 20, VOCAB) and logits.dtype == torch.float16 and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("overrides", [dict(lambda_kind="complex"), dict(lambda_kind="real"),
+@pytest.mark.parametrize("overrides", [dict(lambda_kind="complex", decay="static"), dict(lambda_kind="real", decay="static"),
+                                       dict(lambda_kind="real", decay="input"),
+                                       dict(lambda_kind="real", decay="input", decay_rank=8),
+                                       dict(lambda_kind="real", decay="drive"),
                                        dict(mixer="retention"), dict(mixer="hybrid", n_heads=2)])
 @pytest.mark.parametrize("dtype", [None, torch.float64])
 def test_mix_is_causal_bit_for_bit(dtype, overrides):
@@ -131,7 +140,8 @@ def test_mix_tiny_trains_on_cpu():
     ("r_min", -0.1, ValueError), ("omega_init", "random", ValueError),
     ("lambda_kind", "imaginary", ValueError), ("lambda_kind", None, TypeError),
     ("n_heads", 0, ValueError), ("d_key", 0, ValueError), ("phase_init", "rope", ValueError),
-    ("phase_init", 2, TypeError),
+    ("phase_init", 2, TypeError), ("decay", "dynamic", ValueError), ("decay_scale", 0.0, ValueError),
+    ("decay_rank", -1, ValueError),
 ])
 def test_variant_config_validation(field, value, exc):
     with pytest.raises(exc, match=field):
@@ -175,7 +185,7 @@ def test_bench_applies_phase2_overrides_and_weight_decay(tmp_path):
 
 
 def test_real_lambda_variant_drops_omega_and_steps_like_forward():
-    real, complex_ = _model(lambda_kind="real"), _model(lambda_kind="complex")
+    real, complex_ = _model(lambda_kind="real", decay="static"), _model(lambda_kind="complex", decay="static")
     n_layers, d_state = real.config.n_layers, real.config.d_model
     assert real.num_parameters() == expected_parameter_count(real.config)
     assert complex_.num_parameters() - real.num_parameters() == n_layers * d_state
@@ -224,7 +234,7 @@ def test_cli_model_args_set_the_recurrence_ablation_fields():
     cfg = config_from_args(args)
     config = make_config(cfg.model, cfg.preset, **cfg.model_overrides)
     assert (config.lambda_kind, config.r_min, config.r_max, config.mixer) == ("real", 0.5, 0.99, "recurrence")
-    assert expected_parameter_count(config) == 99_845_713 - 6 * 512
+    assert expected_parameter_count(config) == 100_140_625
 
 
 @pytest.mark.parametrize(("mixer", "overrides", "needle"), [

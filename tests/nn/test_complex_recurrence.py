@@ -176,7 +176,9 @@ def test_real_lambda_keeps_zero_phase_through_a_training_step():
     assert not im.any() and (re > 0).all()
 
 
-VARIANTS = [dict(conv_kernel=4), dict(gate=True), dict(conv_kernel=4, gate=True), dict(conv_kernel=1)]
+VARIANTS = [dict(conv_kernel=4), dict(gate=True), dict(conv_kernel=4, gate=True), dict(conv_kernel=1),
+            dict(lambda_kind="real", decay="input"), dict(lambda_kind="real", decay="input", conv_kernel=3, gate=True),
+            dict(lambda_kind="real", decay="input", decay_rank=4), dict(lambda_kind="real", decay="drive", gate=True)]
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=str)
@@ -249,3 +251,58 @@ def test_conv_and_gate_bad_arguments():
         layer.forward_with_state(x, C.ComplexTensor(torch.zeros(2, 2, 16)))
     with pytest.raises(TypeError, match="initial_state must be a ComplexTensor"):
         layer.forward_with_state(x, torch.zeros(2, 2, 3, 16))
+
+
+def test_input_decay_is_lambda_to_a_gated_power_with_its_own_gain():
+    """decay="input": a_t = lambda^(c sigmoid(Re(A x_t))) and gamma_t = sqrt(1 - a_t^2), checked against the
+    definition run step by step in float64 (lambda real)."""
+    layer = _layer(torch.float64, lambda_kind="real", decay="input", decay_scale=2.0, d_state=5)
+    assert layer.decay_proj.weight.shape == (2, 5, 16) and layer.decay_proj.bias is not None
+    x = _x((2, 11, 16), torch.float64)
+    u = layer.in_proj(x).planes
+    r = torch.sigmoid(layer.decay_proj(x).planes[0])
+    a = torch.exp(-torch.exp(layer.nu.double())) ** (2.0 * r)  # (B, S, n)
+    h = torch.zeros(2, 2, 5, dtype=torch.float64)
+    want = []
+    for t in range(11):
+        h = a[:, t] * h + torch.sqrt(1 - a[:, t] ** 2) * u[:, :, t]
+        want.append(h)
+    got = layer._scan(u, None, None, layer._rate(x))[0]
+    torch.testing.assert_close(got, torch.stack(want, dim=-2), rtol=1e-12, atol=1e-12)
+    assert "decay='input'" in repr(layer) and "decay_scale=2.0" in repr(layer)
+
+
+@pytest.mark.parametrize("kw", [dict(decay="input"), dict(decay="input", decay_rank=3), dict(decay="drive")], ids=str)
+def test_input_decay_trains_every_parameter(kw):
+    layer = _layer(torch.float64, lambda_kind="real", d_state=6, **kw)
+    layer(_x((2, 12, 16), torch.float64)).planes.square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_low_rank_and_drive_rates_match_their_definitions():
+    x = _x((2, 9, 16), torch.float64)
+    low = _layer(torch.float64, lambda_kind="real", decay="input", decay_rank=3, d_state=5)
+    assert low.decay_proj.weight.shape == (2, 3, 16) and low.decay_proj.bias is None
+    assert low.decay_up.weight.shape == (5, 3)
+    u = low.in_proj(x).planes
+    z = low.decay_proj(x).planes[0]
+    torch.testing.assert_close(low._region_rate(u, low._rate(x)), z @ low.decay_up.weight.T + low.decay_up.bias)
+    drive = _layer(torch.float64, lambda_kind="real", decay="drive", d_state=5)
+    assert drive._rate(x) is None and drive.decay_weight.shape == (2, 5)
+    u = drive.in_proj(x).planes
+    want = (torch.complex(drive.decay_weight[0], drive.decay_weight[1]) * torch.complex(u[0], u[1])).real
+    torch.testing.assert_close(drive._region_rate(u, None), want + drive.decay_bias)
+
+
+def test_input_decay_bad_arguments():
+    with pytest.raises(ValueError, match="decay must be one of"):
+        ComplexRecurrence(4, decay="dynamic")
+    with pytest.raises(ValueError, match="decay='input' needs lambda_kind='real'"):
+        ComplexRecurrence(4, decay="input")
+    with pytest.raises(ValueError, match="decay='drive' needs lambda_kind='real'"):
+        ComplexRecurrence(4, decay="drive")
+    with pytest.raises(ValueError, match="decay_rank"):
+        ComplexRecurrence(4, lambda_kind="real", decay="input", decay_rank=-1)
+    with pytest.raises(ValueError, match="decay_scale"):
+        ComplexRecurrence(4, lambda_kind="real", decay="input", decay_scale=0.0)

@@ -1,0 +1,193 @@
+"""Diagonal linear recurrence with a decay per token (a selective scan): sequential and chunked forms.
+
+Per channel d and position t, with a real log-decay l_t <= 0 given per token (Griffin's RG-LRU and
+Mamba make it a function of the input; Stage 1's ``ComplexRecurrence(decay="input")`` does),
+
+    h_t = exp(l_t) h_{t-1} + x_t,   h_{-1} = initial_state (0 if None),
+
+and the output is y_t = h_t.  Unrolled: h_t = sum_{s <= t} exp(sum_{s < r <= t} l_r) x_s + exp(sum_{r <= t} l_r) h_{-1}.
+x and h are complex (planar); the decay is real, so the two planes run the same real recurrence.
+
+Signature as :mod:`muse.scan.complex_diag`:
+``y, final_state = op(x, log_decay, initial_state=None, output_final_state=False, out_dtype=None)``; ``x`` a
+planar :class:`~muse.complex.ComplexTensor` (..., S, D), ``log_decay`` a real (..., S, D) tensor of the
+compute dtype (float32, or float64 for float64 x).  Arithmetic in that dtype, y rounded once to ``out_dtype``.
+
+* :func:`selective_diag_scan_sequential` -- the definition, one step per token.
+* :func:`selective_diag_scan` -- chunks of L tokens.  Inside a chunk, h = T x with
+  T[k, j] = exp(sum_{j < r <= k} l_r) for j <= k and an exact 0 above the diagonal (the segment sums of
+  :func:`muse.scan.hebbian.segment_sum`, each a short sum of its own terms, so every exponent is <= 0 and
+  nothing overflows however strong the decay); the states entering the chunks follow from the chunk totals
+  by the same segment sums over chunks.  Causal bit for bit: masked entries are exact zeros.
+
+Pure torch (autograd, CPU and CUDA); compiles with ``torch.compile``.  Where ``muse.kernels.enabled`` picks it
+(float32 on CUDA, or Triton's interpreter; also inside torch.compile), :func:`selective_diag_scan` runs one
+Triton kernel forward and one backward instead (``muse.kernels.selective_scan_fwd`` / ``_bwd``: the sequential
+recurrence per lane, no (L x L) matrices, so memory is that of the inputs and outputs); the chunked PyTorch
+form is the CPU path and the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import muse.complex as C
+from muse import kernels
+from muse._checks import check_float_tensor, check_int, check_type
+from muse.scan.hebbian import segment_sum
+
+DEFAULT_CHUNK = 32
+
+
+def _check_args(x, log_decay, initial_state, output_final_state, out_dtype):
+    check_type("x", x, C.ComplexTensor, "a ComplexTensor of shape (..., seq, channels)")
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (..., seq, channels), got {tuple(x.shape)}")
+    check_float_tensor("log_decay", log_decay)
+    if tuple(log_decay.shape) != tuple(x.shape):
+        raise ValueError(f"log_decay must have x's shape {tuple(x.shape)}, got {tuple(log_decay.shape)}")
+    cd = C.compute_dtype(x.dtype)
+    if log_decay.dtype != cd:
+        raise TypeError(f"log_decay must be {cd} (x's compute dtype), got {log_decay.dtype}")
+    if log_decay.device != x.device:
+        raise ValueError(f"x is on {x.device} but log_decay is on {log_decay.device}; move them to the same device")
+    if initial_state is not None:
+        check_type("initial_state", initial_state, C.ComplexTensor, "a ComplexTensor or None")
+        want = (*x.shape[:-2], x.shape[-1])
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state must have shape {want} (x's batch dims and channels), "
+                             f"got {tuple(initial_state.shape)}")
+        if initial_state.device != x.device:
+            raise ValueError(f"x is on {x.device} but initial_state is on {initial_state.device}")
+    check_type("output_final_state", output_final_state, bool, "a bool")
+    if out_dtype is None:
+        return x.dtype
+    check_type("out_dtype", out_dtype, torch.dtype, "a torch.dtype")
+    if out_dtype not in (torch.float16, torch.float32, torch.float64):
+        raise TypeError(f"out_dtype must be float16, float32 or float64, got {out_dtype}")
+    return out_dtype
+
+
+def _h0(initial_state: C.ComplexTensor | None, x: C.ComplexTensor, cd: torch.dtype) -> torch.Tensor:
+    if initial_state is None:
+        return x.planes.new_zeros(2, *x.shape[:-2], x.shape[-1], dtype=cd)
+    return initial_state.planes.to(cd)
+
+
+def _finish(y: torch.Tensor, h_last: torch.Tensor, out_dtype: torch.dtype, output_final_state: bool):
+    return C.ComplexTensor(y.to(out_dtype)), C.ComplexTensor(h_last) if output_final_state else None
+
+
+def selective_diag_scan_sequential(x: C.ComplexTensor, log_decay: torch.Tensor,
+                                   initial_state: C.ComplexTensor | None = None,
+                                   output_final_state: bool = False, out_dtype: torch.dtype | None = None):
+    """Reference: h_t = exp(l_t) h_{t-1} + x_t, one step per token; returns (y, final_state or None)."""
+    out_dtype = _check_args(x, log_decay, initial_state, output_final_state, out_dtype)
+    cd = log_decay.dtype
+    xp = x.planes.to(cd)  # (2, ..., S, D)
+    a = torch.exp(log_decay)
+    h = _h0(initial_state, x, cd)
+    outs = []
+    for t in range(x.shape[-2]):
+        h = a[..., t, :] * h + xp[..., t, :]
+        outs.append(h)
+    y = torch.stack(outs, dim=-2) if outs else xp.new_zeros(xp.shape)
+    return _finish(y, h, out_dtype, output_final_state)
+
+
+def selective_diag_step(x: C.ComplexTensor, log_decay: torch.Tensor,
+                        state: C.ComplexTensor | None = None) -> C.ComplexTensor:
+    """One step h = exp(l) state + x for x and l (..., D); returns the new state in the compute dtype."""
+    check_type("x", x, C.ComplexTensor, "a ComplexTensor of shape (..., channels)")
+    if x.ndim < 1:
+        raise ValueError("x must have a channel dimension, got a 0-d ComplexTensor")
+    check_float_tensor("log_decay", log_decay)
+    _, h = selective_diag_scan_sequential(x.unsqueeze(-2), log_decay.unsqueeze(-2), initial_state=state,
+                                          output_final_state=True, out_dtype=C.compute_dtype(x.dtype))
+    return h
+
+
+def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_state: C.ComplexTensor | None = None,
+                        output_final_state: bool = False, out_dtype: torch.dtype | None = None,
+                        chunk_size: int | None = None):
+    """The chunked form of :func:`selective_diag_scan_sequential` (chunks of ``chunk_size``, default 32)."""
+    out_dtype = _check_args(x, log_decay, initial_state, output_final_state, out_dtype)
+    chunk = DEFAULT_CHUNK if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
+    cd = log_decay.dtype
+    h0 = _h0(initial_state, x, cd)  # (2, ..., D)
+    seq = x.shape[-2]
+    if seq == 0:
+        return _finish(x.planes.to(cd), h0, out_dtype, output_final_state)
+    if cd == torch.float32 and kernels.enabled(x.planes, log_decay, in_compile=True):
+        return _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state)
+    chunk = min(chunk, seq)
+    n_chunks = -(-seq // chunk)
+    pad = n_chunks * chunk - seq
+    # channels before positions: v (2, ..., D, S), l (..., D, S); padding after the end cannot reach back
+    v = torch.nn.functional.pad(x.planes.to(cd).transpose(-1, -2), (0, pad))
+    lt = torch.nn.functional.pad(log_decay.transpose(-1, -2), (0, pad))
+    vc = v.reshape(*v.shape[:-1], n_chunks, chunk)  # (2, ..., D, N, L)
+    lc = lt.reshape(*lt.shape[:-1], n_chunks, chunk)  # (..., D, N, L)
+
+    decay = torch.exp(segment_sum(lc))  # (..., D, N, L_t, L_s), exact zeros for s > t
+    y = (decay @ vc.unsqueeze(-1)).squeeze(-1)  # (2, ..., D, N, L): in-chunk sums from a zero state
+
+    # the decay from position s to its chunk's end (reversed cumsum: each entry sums only its own terms)
+    to_end = torch.flip(torch.cumsum(torch.flip(lc[..., 1:], (-1,)), dim=-1), (-1,))
+    to_end = torch.cat([to_end, torch.zeros_like(lc[..., :1])], dim=-1)  # (..., D, N, L)
+    added = (torch.exp(to_end) * vc).sum(dim=-1)  # (2, ..., D, N): what each chunk adds to the state
+    # states S_0 = h0, S_{m+1} = exp(total_m) S_m + added_m, as one segment-sum product over N + 1 entries
+    totals = torch.cat([torch.zeros_like(lc[..., :1, 0]), lc.sum(dim=-1)], dim=-1)  # (..., D, N + 1)
+    entries = torch.cat([h0.unsqueeze(-1), added], dim=-1)  # (2, ..., D, N + 1)
+    states = (torch.exp(segment_sum(totals)) @ entries.unsqueeze(-1)).squeeze(-1)  # (2, ..., D, N + 1)
+    from_start = torch.cumsum(lc, dim=-1)  # (..., D, N, L): decay of the entering state up to t
+    y = y + torch.exp(from_start) * states[..., :-1].unsqueeze(-1)
+    y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., :seq].transpose(-1, -2)  # (2, ..., S, D)
+    return _finish(y, states[..., -1], out_dtype, output_final_state)
+
+
+def _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state):
+    """The Triton kernels on the batch dims flattened: (2, B, S, D) planes, (B, S, D) log-decays."""
+    seq, d = x.shape[-2], x.shape[-1]
+    batch = math.prod(x.shape[:-2])
+    xp = x.planes.to(torch.float32).reshape(2, batch, seq, d)
+    w0 = None if initial_state is None else h0.reshape(2, batch, d)
+    y, hs = _SelectiveKernel.apply(xp, log_decay.reshape(batch, seq, d), w0)
+    return _finish(y.reshape(2, *x.shape), hs.reshape(2, *x.shape[:-2], d), out_dtype, output_final_state)
+
+
+class _SelectiveKernel(torch.autograd.Function):
+    """The Triton kernels with autograd: (y, h_S) in float32.  A backward that must itself be differentiable
+    (create_graph=True) differentiates the chunked PyTorch form instead."""
+
+    @staticmethod
+    def forward(ctx, xp, log_decay, h0):
+        y, hs = kernels.selective_scan_fwd(xp, log_decay, h0)
+        ctx.save_for_backward(xp, log_decay, h0, y)
+        return y, hs
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_state):
+        xp, log_decay, h0, y = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_grads(xp, log_decay, h0, grad_y, grad_state)
+        dx, dl, dh0 = kernels.selective_scan_bwd(log_decay, y, h0, grad_y, grad_state)
+        return dx, dl, None if h0 is None else dh0
+
+
+def _reference_grads(xp, log_decay, h0, grad_y, grad_state):
+    """(dx, d log_decay, dh_0) by autograd of the chunked PyTorch form, with create_graph."""
+    with kernels.environment(**{kernels.ENV: "0"}):
+        state = None if h0 is None else C.ComplexTensor(h0)
+        y, hs = selective_diag_scan(C.ComplexTensor(xp), log_decay, state, output_final_state=True,
+                                    out_dtype=torch.float32)
+    inputs = [t for t in (xp, log_decay, h0) if t is not None and t.requires_grad]
+    found = torch.autograd.grad([y.planes, hs.planes], inputs, [grad_y, grad_state], create_graph=True,
+                                allow_unused=True) if inputs else []
+    by_id = {id(t): (torch.zeros_like(t) if g is None else g) for t, g in zip(inputs, found, strict=True)}
+    return tuple(None if t is None else by_id.get(id(t)) for t in (xp, log_decay, h0))
+
+
+__all__ = ["DEFAULT_CHUNK", "selective_diag_scan", "selective_diag_scan_sequential", "selective_diag_step"]

@@ -1,0 +1,122 @@
+"""The Triton kernels of the selective diagonal scan (muse.scan.selective_diag on float32) against the
+chunked PyTorch form in float64 (CPU: Triton's interpreter).
+
+Bound: the kernel is the sequential recurrence, h_t = a_t h_{t-1} + x_t with a_t = exp(l_t) (libdevice's
+expf, e ulps: verification.bounds.LIBM_ULPS), so |h_t - exact| <= gamma_{(e + 2)(t + 1)} sum_s a(s..t) |x_s| in
+first order; the tests use ((e + 2) S + 8) u M_t with M_t that magnitude sum (float64), plus 2^-120 M_t for what float32 flushes
+to zero (exp(ld) below its smallest normal), and the same count over |dy| for the gradients
+(the reverse recurrence G_t = dy_t + a_{t+1} G_{t+1} has the same form; dl_t adds two products and a
+sum).  Every case checks that the kernels ran.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import muse.complex as C
+from muse import kernels
+from muse.scan import selective_diag_scan
+from tests.kernels._launches import DEVICES, count_launches
+from verification.bounds import LIBM_ULPS
+
+U = 2.0**-24
+TINY = 2.0**-120  # float32 underflow: exp(ld) below the smallest normal (a decay of exp(-157) is 0 there)
+
+if not kernels.HAS_TRITON:
+    pytest.skip("triton is not installed (pip install -e '.[triton]')", allow_module_level=True)
+
+
+@pytest.fixture
+def launches(monkeypatch, kernel_device):
+    return count_launches(monkeypatch, kernel_device, ("selective_scan_forward", "selective_scan_backward"))
+
+
+def _inputs(lead, s, d, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((2, *lead, s, d), generator=g, dtype=torch.float64)
+    rates = torch.tensor([1e-3, 0.05, 0.5, 4.0, 200.0], dtype=torch.float64)[torch.arange(d) % 5]
+    ld = -(1.0 - torch.rand((*lead, s, d), generator=g, dtype=torch.float64)) * rates
+    h0 = torch.randn((2, *lead, d), generator=g, dtype=torch.float64)
+    return tuple(t.float().double().to(device) for t in (x, ld, h0))  # exact in float32: one set of inputs
+
+
+def _magnitude(x, ld, h0):
+    """M_t = sum_s a(s..t) (|Re x_s| + |Im x_s|) + a(0..t) |h0|_1, float64 (x (2, ..., S, D))."""
+    a = torch.exp(ld)
+    m = h0.abs().sum(0)
+    xs = x.abs().sum(0)
+    out = []
+    for t in range(x.shape[-2]):
+        m = a[..., t, :] * m + xs[..., t, :]
+        out.append(m)
+    return torch.stack(out, dim=-2)
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("lead, s, d, with_h0", [((2,), 37, 40, True), ((1, 3), 16, 5, False), ((2,), 1, 33, True)])
+def test_forward_and_gradients_match_the_chunked_form(launches, kernel_device, lead, s, d, with_h0):
+    x, ld, h0 = _inputs(lead, s, d, 0, kernel_device)
+    h0 = h0 if with_h0 else None
+    x32 = x.float().requires_grad_(True)
+    l32 = ld.float().requires_grad_(True)
+    h32 = None if h0 is None else h0.float().requires_grad_(True)
+    y, hs = selective_diag_scan(C.ComplexTensor(x32), l32, None if h32 is None else C.ComplexTensor(h32),
+                                output_final_state=True, out_dtype=torch.float32)
+    assert launches == {"selective_scan_forward": 1}
+    g = torch.Generator().manual_seed(5)
+    dy = torch.randn(y.planes.shape, generator=g, dtype=torch.float64).to(kernel_device)
+    dhs = torch.randn(hs.planes.shape, generator=g, dtype=torch.float64).to(kernel_device)
+    torch.autograd.backward([y.planes, hs.planes], [dy.float(), dhs.float()])
+    assert launches == {"selective_scan_forward": 1, "selective_scan_backward": 1}
+
+    with kernels.environment(**{kernels.ENV: "0"}):
+        xr, lr = x.clone().requires_grad_(True), ld.clone().requires_grad_(True)
+        hr = None if h0 is None else h0.clone().requires_grad_(True)
+        yr, hsr = selective_diag_scan(C.ComplexTensor(xr), lr, None if hr is None else C.ComplexTensor(hr),
+                                      output_final_state=True, chunk_size=8)
+        torch.autograd.backward([yr.planes, hsr.planes], [dy, dhs])
+    zero = torch.zeros_like(x[0, ..., 0, :])
+    mag = _magnitude(x, ld, zero.unsqueeze(0).expand(2, *zero.shape) if h0 is None else h0)
+    eps = ((LIBM_ULPS[kernel_device]["exp"] + 2) * s + 8) * U  # docs/numerics.md: gamma_((e+2)(t+1)), e = expf's ulps
+    assert ((y.planes.double() - yr.planes).abs() <= eps * mag + TINY * mag).all()
+    assert ((hs.planes.double() - hsr.planes).abs() <= (eps + TINY) * mag[..., -1, :]).all()
+    # gradients: the reverse recurrence over |dy| (and |dh_S|), the same form
+    rev = _magnitude(dy.flip(-2), ld.flip(-2).roll(1, -2), dhs).flip(-2)
+    assert ((x32.grad.double() - xr.grad).abs() <= (eps + TINY) * rev).all()
+    prev = torch.cat([(zero if h0 is None else h0.abs().sum(0)).unsqueeze(-2), mag[..., :-1, :]], dim=-2)
+    assert ((l32.grad.double() - lr.grad).abs() <= (2 * eps * torch.exp(ld) + TINY) * rev * prev).all()
+    if h0 is not None:
+        torch.testing.assert_close(h32.grad.double(), hr.grad, rtol=eps * 4, atol=eps * float(rev.max()))
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_kernel_is_causal_bit_for_bit_and_finite_for_strong_decays(launches, kernel_device):
+    x, ld, _ = _inputs((2,), 50, 7, 1, kernel_device)
+    x, ld = x.float(), ld.float() * 50  # decays down to exp(-10^4) per token
+    y, _ = selective_diag_scan(C.ComplexTensor(x), ld)
+    assert torch.isfinite(y.planes).all()
+    for t in (0, 20, 48):
+        xc, lc = x.clone(), ld.clone()
+        xc[..., t + 1:, :] += 1.0
+        lc[..., t + 1:, :] *= 0.5
+        y2, _ = selective_diag_scan(C.ComplexTensor(xc), lc)
+        assert torch.equal(y.planes[..., : t + 1, :], y2.planes[..., : t + 1, :])
+    assert launches["selective_scan_forward"] == 4
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_double_backward_equals_the_pytorch_form(launches, kernel_device):
+    """create_graph=True: the first backward differentiates the PyTorch form, so second derivatives exist."""
+    x, ld, _ = _inputs((1,), 6, 3, 2, kernel_device)
+    grads = []
+    for env in ("1", "0"):
+        with kernels.environment(**{kernels.ENV: env}):
+            xp, lp = x.float().requires_grad_(True), ld.float().clamp(min=-3).requires_grad_(True)
+            y, _ = selective_diag_scan(C.ComplexTensor(xp), lp)
+            (gl,) = torch.autograd.grad(y.planes.square().sum(), lp, create_graph=True)
+            gl.sum().backward()
+            grads.append((gl.detach(), xp.grad, lp.grad))
+    assert launches["selective_scan_forward"] == 1
+    for got, want in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,96 @@
+"""The selective diagonal scan (muse.scan.selective_diag_scan) in float32 against the float64 definition.
+
+Bound (docs/numerics.md, "Selective diagonal recurrence"): per component of y_t and of the final state,
+
+    |got - exact| <= eps M + (2 S + 8) 2^-53 M,
+    eps = max(gamma_((e + 2) S + 2),  gamma_(2L + N + 3 + 3e) + gamma_(L + N) (Lambda_S + 2 Lambda_c)),
+
+the first for the Triton kernel (the sequential recurrence), the second for the chunked PyTorch form
+(chunks of L, N of them; Lambda_c the largest sum of |l| over one chunk, Lambda_S over the sequence;
+the decays are exp of segment sums whose exponents are off by at most gamma times those sums), e the
+device's expf error in ulps (verification.bounds.LIBM_ULPS), M_t = sum_s a(s..t) |x_s|_1 + a(0..t) |h_0|_1
+(float64) and the last term the float64 loop's own error; plus 2^-100 absolute for float32 underflow (as the
+constant-decay scan's bound).  Inputs are fp16 values (as the layer's
+projections give) and decays up to 8 nats a step, computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from muse.scan import selective_diag_scan, selective_diag_scan_sequential
+from muse.scan.selective_diag import DEFAULT_CHUNK
+from verification import strategies as vs
+from verification.bounds import LIBM_ULPS, device_kind
+from verification.checks import check_close
+from verification.harness import ct, planes, tensor
+
+U = 2.0**-24
+UNDERFLOW = 2.0**-100  # absolute: decayed values below float32's normal range lose relative precision
+
+
+def _gamma(n: float) -> float:
+    return n * U / (1 - n * U)
+
+
+@st.composite
+def selective_case(draw):
+    b, s, d = draw(st.integers(1, 2)), draw(st.integers(1, 40)), draw(st.integers(1, 5))
+    band = draw(st.sampled_from(["small", "mixed"]))
+    x = draw(vs.complex_arrays((b, s, d), band=band))
+    h0 = draw(st.none() | vs.complex_arrays((b, d), band=band))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([0.0, 1e-3, 0.1, 2.0, 8.0]))
+    log_decay = (-rng.uniform(0.0, scale, (b, s, d))).astype(np.float32)
+    chunk = draw(st.sampled_from([None, 1, 4, 16]))
+    return x, h0, log_decay, chunk
+
+
+def _weights(x, h0, log_decay):
+    """M for y (b, S, d) and for the final state (b, d), float64."""
+    a = np.exp(log_decay.astype(np.float64))
+    xa = np.abs(x.astype(np.float64)).sum(0)
+    m = np.zeros(xa.shape[::2]) if h0 is None else np.abs(h0.astype(np.float64)).sum(0)
+    out = np.empty_like(xa)
+    for t in range(xa.shape[1]):
+        m = a[:, t] * m + xa[:, t]
+        out[:, t] = m
+    return out, m
+
+
+def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str) -> float:
+    e = LIBM_ULPS[device_kind(device)]["exp"]
+    size = min(DEFAULT_CHUNK if chunk is None else chunk, s)
+    n = math.ceil(s / size)
+    ld = np.abs(log_decay.astype(np.float64))
+    pad = (-s) % size
+    lam_c = float(np.pad(ld, [(0, 0), (0, pad), (0, 0)]).reshape(ld.shape[0], n, size, -1).sum(2).max())
+    lam_s = float(ld.sum(1).max())
+    chunked = _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
+    return max(_gamma((e + 2) * s + 2), chunked)
+
+
+@given(case=selective_case())
+def test_selective_diag_scan_accuracy(device, case):
+    """float32 y and final state within eps M of the float64 definition (mixed, per component)."""
+    x, h0, log_decay, chunk = case
+    s = x.shape[-2]
+    y, state = selective_diag_scan(ct(x.astype(np.float32), device), tensor(log_decay, device),
+                                   None if h0 is None else ct(h0.astype(np.float32), device),
+                                   output_final_state=True, out_dtype=torch.float32, chunk_size=chunk)
+    y64, s64 = selective_diag_scan_sequential(ct(x.astype(np.float64), "cpu"),
+                                              torch.from_numpy(log_decay.astype(np.float64)),
+                                              None if h0 is None else ct(h0.astype(np.float64), "cpu"),
+                                              output_final_state=True)
+    m_y, m_s = _weights(x, h0, log_decay)
+    tol = _eps(s, chunk, log_decay, device) + (2 * s + 8) * 2.0**-53
+    call = f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}), S={s}"
+    check_close("selective_diag_scan", device, planes(y), planes(y64), rtol=0.0,
+                atol=np.broadcast_to(tol * m_y + UNDERFLOW, (2, *m_y.shape)), call=call)
+    check_close("selective_diag_scan_state", device, planes(state), planes(s64), rtol=0.0,
+                atol=np.broadcast_to(tol * m_s + UNDERFLOW, (2, *m_s.shape)), call=call)
