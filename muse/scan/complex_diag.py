@@ -90,6 +90,13 @@ def _check_args(x, nu, omega, initial_state, output_final_state, out_dtype):
                              f"got {tuple(p.shape)}")
         if p.device != x.device:
             raise ValueError(f"x is on {x.device} but {name} is on {p.device}; move them to the same device")
+    return check_state_and_out_dtype(x, initial_state, output_final_state, out_dtype)
+
+
+def check_state_and_out_dtype(x: C.ComplexTensor, initial_state, output_final_state, out_dtype) -> torch.dtype:
+    """The arguments every diagonal scan shares, checked by name: ``initial_state`` (None or a ComplexTensor of
+    x's batch dims and channels, on x's device), ``output_final_state`` (bool), ``out_dtype`` (None: x's)."""
+    channels = x.shape[-1]
     if initial_state is not None:
         check_type("initial_state", initial_state, C.ComplexTensor, "a ComplexTensor or None")
         want = (*x.shape[:-2], channels)

@@ -36,6 +36,7 @@ import torch
 import muse.complex as C
 from muse import kernels
 from muse._checks import check_float_tensor, check_int, check_type
+from muse.scan.complex_diag import check_state_and_out_dtype
 from muse.scan.hebbian import segment_sum
 
 DEFAULT_CHUNK = 32
@@ -53,21 +54,7 @@ def _check_args(x, log_decay, initial_state, output_final_state, out_dtype):
         raise TypeError(f"log_decay must be {cd} (x's compute dtype), got {log_decay.dtype}")
     if log_decay.device != x.device:
         raise ValueError(f"x is on {x.device} but log_decay is on {log_decay.device}; move them to the same device")
-    if initial_state is not None:
-        check_type("initial_state", initial_state, C.ComplexTensor, "a ComplexTensor or None")
-        want = (*x.shape[:-2], x.shape[-1])
-        if tuple(initial_state.shape) != want:
-            raise ValueError(f"initial_state must have shape {want} (x's batch dims and channels), "
-                             f"got {tuple(initial_state.shape)}")
-        if initial_state.device != x.device:
-            raise ValueError(f"x is on {x.device} but initial_state is on {initial_state.device}")
-    check_type("output_final_state", output_final_state, bool, "a bool")
-    if out_dtype is None:
-        return x.dtype
-    check_type("out_dtype", out_dtype, torch.dtype, "a torch.dtype")
-    if out_dtype not in (torch.float16, torch.float32, torch.float64):
-        raise TypeError(f"out_dtype must be float16, float32 or float64, got {out_dtype}")
-    return out_dtype
+    return check_state_and_out_dtype(x, initial_state, output_final_state, out_dtype)
 
 
 def _h0(initial_state: C.ComplexTensor | None, x: C.ComplexTensor, cd: torch.dtype) -> torch.Tensor:
