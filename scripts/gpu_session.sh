@@ -882,7 +882,23 @@ s19d)
   wait
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d" >&2; exit 2 ;;
+s20a)
+  step "verify on CUDA: the selective scan (the Triton kernel) against its float64 definition"
+  timeout 120 python3 -m muse verify --profile ci --device cuda -n 4 -k selective --out "$OUT/verify-selective" 2>&1 | tail -6
+  step "stability at S=8192: 100 random-input trials, the mix preset (the per-token decay, the kernel)"
+  timeout 120 python3 scripts/long_trials.py --preset mix --seq 8192 --trials 100 --device cuda 2>&1 | tail -1 \
+    | tee "$OUT/long-trials.jsonl"
+  step "speed of the mix preset, model rows only (and of the constant-decay mix when _mixold/ holds d9c6c8c's tree:"
+  echo "   git archive d9c6c8c --prefix=_mixold/ | tar -x, before the call)"
+  timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda --models stage1 --no-ops \
+    --variants eager,compiled+kernels+cudagraphs --out "$OUT/speed-mix" 2>&1 | grep "^| stage1"
+  if [ -d _mixold ]; then
+    ( cd _mixold && PYTHONPATH=. timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
+        --models stage1 --no-ops --variants eager,compiled+kernels+cudagraphs --out "$OUT/speed-mixold" 2>&1 \
+        | grep "^| stage1" )
+  fi
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
