@@ -415,7 +415,7 @@ class ComplexRecurrence(nn.Module):
         return src
 
     def log_decay(self, rate: torch.Tensor) -> torch.Tensor:
-        """log a_t = -c sigmoid(rate) exp(nu) <= 0 in the state dtype, from the rate of :meth:`_rate`."""
+        """log a_t = -c sigmoid(rate) exp(nu) <= 0 in the state dtype, from the pre-sigmoid rate of :meth:`_region_rate`."""
         return -self.decay_scale * torch.sigmoid(rate.to(self.nu.dtype)) * torch.exp(self.nu)
 
     def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None
@@ -427,10 +427,10 @@ class ComplexRecurrence(nn.Module):
         return C.ComplexTensor(u), window, log_a
 
     def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None,
-              rate: torch.Tensor | None):
+              src: torch.Tensor | None):
         """The fp16 planes of B x -> (h (2, ..., S, n) in u's dtype, final state, convolution window):
         drive and scan as one region, so backward keeps u and reruns both rather than store fp32 states."""
-        d, window, log_a = self._scaled_drive(u, past, rate)
+        d, window, log_a = self._scaled_drive(u, past, src)
         h0 = None if h0 is None else C.ComplexTensor(h0)
         if log_a is None:
             h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega, initial_state=h0,
