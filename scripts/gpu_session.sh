@@ -898,7 +898,18 @@ s20a)
         | grep "^| stage1" )
   fi
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a" >&2; exit 2 ;;
+s20b)
+  step "issue 12: the per-token decay's range c (decay_scale 16 and 32) on the mix preset at the budget, three seeds, six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  for c in 16 32; do for seed in 1337 1 2; do
+    echo "c$c-s$seed|--model stage1 --preset mix --seed $seed --model-arg decay_scale=$c"
+  done; done > "$OUT/runs.txt"
+  sweep 6 480 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
