@@ -888,6 +888,8 @@ s20a)
   step "stability at S=8192: 100 random-input trials, the mix preset (the per-token decay, the kernel)"
   timeout 120 python3 scripts/long_trials.py --preset mix --seq 8192 --trials 100 --device cuda 2>&1 | tail -1 \
     | tee "$OUT/long-trials.jsonl"
+  ;;
+s20c)
   step "speed of the mix preset, model rows only (and of the constant-decay mix when _mixold/ holds d9c6c8c's tree:"
   echo "   git archive d9c6c8c --prefix=_mixold/ | tar -x, before the call)"
   timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda --models stage1 --no-ops \
@@ -909,7 +911,7 @@ s20b)
   sweep 6 480 "$OUT/runs.txt"
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
