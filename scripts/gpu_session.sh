@@ -911,7 +911,34 @@ s20b)
   sweep 6 480 "$OUT/runs.txt"
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c" >&2; exit 2 ;;
+s21a)
+  step "the tiled selective-scan kernel: CUDA tests and verify, beside one mix training run at the budget (seed 1337)"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' "tiled-s1337|--model stage1 --preset mix --seed 1337" > "$OUT/runs.txt"
+  ( sweep 1 240 "$OUT/runs.txt" ) &
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_selective_scan.py \
+    tests/scan/test_selective_diag_scan.py tests/models/test_stage1_decode_step.py 2>&1 | tail -3
+  timeout 90 python3 -m muse verify --profile ci --device cuda -n 4 -k selective --out "$OUT/verify-selective" 2>&1 \
+    | grep "numerics report\|selective_diag"
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt
+  step "the kernels alone: this tree, then the sequential kernel's (_selold/ from git archive 9e34ffb, when present)"
+  timeout 60 python3 scripts/bench_selective_scan.py | tee "$OUT/kernel-tiled.jsonl"
+  if [ -d _selold ]; then
+    ( cd _selold && PYTHONPATH=. timeout 60 python3 ../scripts/bench_selective_scan.py | tee "$OUT/kernel-seq.jsonl" )
+  fi
+  step "speed of the mix preset, this tree, then _selold/"
+  timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda --models stage1 --no-ops \
+    --variants eager,compiled+kernels+cudagraphs --out "$OUT/speed-mix" 2>&1 | grep "^| stage1"
+  if [ -d _selold ]; then
+    ( cd _selold && PYTHONPATH=. timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
+        --models stage1 --no-ops --variants eager,compiled+kernels+cudagraphs --out "$OUT/speed-selold" 2>&1 \
+        | grep "^| stage1" )
+  fi
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

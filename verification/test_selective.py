@@ -3,9 +3,9 @@
 Bound (docs/numerics.md, "Selective diagonal recurrence"): per component of y_t and of the final state,
 
     |got - exact| <= eps M + (2 S + 8) 2^-53 M,
-    eps = max(gamma_((e + 2) S + 2),  gamma_(2L + N + 3 + 3e) + gamma_(L + N) (Lambda_S + 2 Lambda_c)),
+    eps = max(gamma_((e + 2) S + 2 ceil(S / T) + 2),  gamma_(2L + N + 3 + 3e) + gamma_(L + N) (Lambda_S + 2 Lambda_c)),
 
-the first for the Triton kernel (the sequential recurrence), the second for the chunked PyTorch form
+the first for the Triton kernel (the recurrence scanned in tiles of T tokens), the second for the chunked PyTorch form
 (chunks of L, N of them; Lambda_c the largest sum of |l| over one chunk, Lambda_S over the sequence;
 the decays are exp of segment sums whose exponents are off by at most gamma times those sums), e the
 device's expf error in ulps (verification.bounds.LIBM_ULPS), M_t = sum_s a(s..t) |x_s|_1 + a(0..t) |h_0|_1
@@ -23,6 +23,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from muse import kernels
 from muse.scan import selective_diag_scan, selective_diag_scan_sequential
 from muse.scan.selective_diag import DEFAULT_CHUNK
 from verification import strategies as vs
@@ -72,7 +73,7 @@ def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str) -> float
     lam_c = float(np.pad(ld, [(0, 0), (0, pad), (0, 0)]).reshape(ld.shape[0], n, size, -1).sum(2).max())
     lam_s = float(ld.sum(1).max())
     chunked = _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
-    return max(_gamma((e + 2) * s + 2), chunked)
+    return max(_gamma((e + 2) * s + 2 * math.ceil(s / kernels.SELECTIVE_TILE) + 2), chunked)
 
 
 @given(case=selective_case())

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from muse.kernels import interpreting
+from muse.kernels import SELECTIVE_TILE, interpreting
 from muse.kernels.scratch import scratch
 
 #: Launch shape of each element-wise kernel: (elements per plane in a tile, num_warps), and for the
@@ -765,73 +765,106 @@ def hebbian_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
 
 # ------------------------------------------------------- selective diagonal scan
 # h_t = exp(l_t) h_{t-1} + x_t per (batch, channel) lane and plane (muse.scan.selective_diag): one program
-# per batch row and block of SEL_BLOCK channels walks the sequence, the state in fp32 registers; the loads
-# of one step are SEL_BLOCK contiguous channels.  Backward walks it in reverse: G_t = dy_t + a_{t+1} G_{t+1}
-# (+ dh_S at the end), dx_t = G_t, dl_t = a_t Re(conj(G_t) h_{t-1}) (h_{t-1} the forward's output at t - 1,
-# or h_0), dh_0 = a_0 G_0.  Memory: the inputs and outputs only, against the chunked form's
-# (L x L) decay matrix per chunk and channel.  exp as in the cross-entropy kernels (_exp).
+# per batch row and block of SEL_BLOCK channels walks the sequence in tiles of SEL_CHUNK tokens.  Each tile
+# is one (SEL_CHUNK, SEL_BLOCK) load per input (contiguous channels), an associative scan down the tokens of
+# the pairs (a, x) under (a1, x1) . (a2, x2) = (a1 a2, a2 x1 + x2), which gives each token the product P_t of
+# the tile's decays up to it and the tile's own sum s_t, then h_t = s_t + P_t h_in with the state h_in that
+# entered the tile (fp32, carried in registers to the next tile).  Backward is the same scan over the tokens
+# reversed: G_t = dy_t + a_{t+1} G_{t+1} (G_S = dh_S), dx_t = G_t, dl_t = a_t Re(conj(G_t) h_{t-1})
+# (h_{t-1} the forward's output at t - 1, or h_0), dh_0 = a_0 G_0.  Memory: the inputs and outputs only,
+# against the chunked PyTorch form's (L x L) decay matrix per chunk and channel.  exp as in the
+# cross-entropy kernels (_exp).
 SEL_BLOCK = 32
+SEL_CHUNK = SELECTIVE_TILE
+
+
+@triton.jit
+def _sel_combine(a1, r1, i1, a2, r2, i2):
+    return a1 * a2, a2 * r1 + r2, a2 * i1 + i2
+
+
+@triton.jit
+def _sel_last_row(v, rows, BT: tl.constexpr):
+    return tl.sum(tl.where(rows[:, None] == BT - 1, v, 0.0), axis=0)
 
 
 @triton.jit
 def _sel_forward_kernel(x_ptr, l_ptr, h0_ptr, y_ptr, hs_ptr, n_steps, n, plane, state_plane,
-                        HAS_H0: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr):
+                        HAS_H0: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, BT: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = c < n
+    cmask = c < n
+    rows = tl.arange(0, BT)
     if HAS_H0:
-        hr = tl.load(h0_ptr + b * n + c, mask=mask, other=0.0)
-        hi = tl.load(h0_ptr + state_plane + b * n + c, mask=mask, other=0.0)
+        hr = tl.load(h0_ptr + b * n + c, mask=cmask, other=0.0)
+        hi = tl.load(h0_ptr + state_plane + b * n + c, mask=cmask, other=0.0)
     else:
         hr = tl.zeros((BLOCK,), dtype=tl.float32)
         hi = tl.zeros((BLOCK,), dtype=tl.float32)
-    base = b * n_steps * n + c
-    t = 0
-    while t < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
-        off = base + t * n
-        a = _exp(tl.load(l_ptr + off, mask=mask, other=0.0), INTERP)
-        hr = a * hr + tl.load(x_ptr + off, mask=mask, other=0.0)
-        hi = a * hi + tl.load(x_ptr + plane + off, mask=mask, other=0.0)
-        tl.store(y_ptr + off, hr, mask=mask)
-        tl.store(y_ptr + plane + off, hi, mask=mask)
-        t += 1
-    tl.store(hs_ptr + b * n + c, hr, mask=mask)
-    tl.store(hs_ptr + state_plane + b * n + c, hi, mask=mask)
+    base = b * n_steps * n
+    t0 = 0
+    while t0 < n_steps:  # a while loop: the interpreter cannot take range() of a runtime int
+        t = t0 + rows
+        off = base + t[:, None] * n + c[None, :]
+        m = (t[:, None] < n_steps) & cmask[None, :]
+        a = _exp(tl.load(l_ptr + off, mask=m, other=0.0), INTERP)  # rows past the end: a = 1, x = 0
+        xr = tl.load(x_ptr + off, mask=m, other=0.0)
+        xi = tl.load(x_ptr + plane + off, mask=m, other=0.0)
+        p, sr, si = tl.associative_scan((a, xr, xi), 0, _sel_combine)
+        yr = sr + p * hr[None, :]
+        yi = si + p * hi[None, :]
+        tl.store(y_ptr + off, yr, mask=m)
+        tl.store(y_ptr + plane + off, yi, mask=m)
+        hr = _sel_last_row(yr, rows, BT)
+        hi = _sel_last_row(yi, rows, BT)
+        t0 += BT
+    tl.store(hs_ptr + b * n + c, hr, mask=cmask)
+    tl.store(hs_ptr + state_plane + b * n + c, hi, mask=cmask)
 
 
 @triton.jit
 def _sel_backward_kernel(l_ptr, y_ptr, h0_ptr, dy_ptr, dhs_ptr, dx_ptr, dl_ptr, dh0_ptr, n_steps, n, plane,
-                         state_plane, HAS_H0: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr):
+                         state_plane, HAS_H0: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+                         BT: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = c < n
-    carry_r = tl.load(dhs_ptr + b * n + c, mask=mask, other=0.0)  # a_{t+1} G_{t+1}, at first dh_S
-    carry_i = tl.load(dhs_ptr + state_plane + b * n + c, mask=mask, other=0.0)
+    cmask = c < n
+    rows = tl.arange(0, BT)
+    gr_in = tl.load(dhs_ptr + b * n + c, mask=cmask, other=0.0)  # G of the token after the tile; at first dh_S
+    gi_in = tl.load(dhs_ptr + state_plane + b * n + c, mask=cmask, other=0.0)
     if HAS_H0:
-        h0r = tl.load(h0_ptr + b * n + c, mask=mask, other=0.0)
-        h0i = tl.load(h0_ptr + state_plane + b * n + c, mask=mask, other=0.0)
+        h0r = tl.load(h0_ptr + b * n + c, mask=cmask, other=0.0)
+        h0i = tl.load(h0_ptr + state_plane + b * n + c, mask=cmask, other=0.0)
     else:
         h0r = tl.zeros((BLOCK,), dtype=tl.float32)
         h0i = tl.zeros((BLOCK,), dtype=tl.float32)
-    base = b * n_steps * n + c
-    t = n_steps - 1
-    while t >= 0:
-        off = base + t * n
-        gr = tl.load(dy_ptr + off, mask=mask, other=0.0) + carry_r
-        gi = tl.load(dy_ptr + plane + off, mask=mask, other=0.0) + carry_i
-        tl.store(dx_ptr + off, gr, mask=mask)
-        tl.store(dx_ptr + plane + off, gi, mask=mask)
-        first = t == 0
-        pmask = mask & (t > 0)
-        pr = tl.where(first, h0r, tl.load(y_ptr + off - n, mask=pmask, other=0.0))
-        pi = tl.where(first, h0i, tl.load(y_ptr + plane + off - n, mask=pmask, other=0.0))
-        a = _exp(tl.load(l_ptr + off, mask=mask, other=0.0), INTERP)
-        tl.store(dl_ptr + off, a * (gr * pr + gi * pi), mask=mask)
-        carry_r = a * gr
-        carry_i = a * gi
-        t -= 1
-    tl.store(dh0_ptr + b * n + c, carry_r, mask=mask)
-    tl.store(dh0_ptr + state_plane + b * n + c, carry_i, mask=mask)
+    base = b * n_steps * n
+    t0 = ((n_steps - 1) // BT) * BT
+    while t0 >= 0:
+        t = t0 + BT - 1 - rows  # row 0 is the tile's last token: the scan runs backwards in time
+        off = base + t[:, None] * n + c[None, :]
+        m = (t[:, None] < n_steps) & cmask[None, :]
+        mn = (t[:, None] + 1 < n_steps) & cmask[None, :]
+        a_next = _exp(tl.load(l_ptr + off + n, mask=mn, other=0.0), INTERP)  # a_{t+1}; 1 past the end
+        dyr = tl.load(dy_ptr + off, mask=m, other=0.0)
+        dyi = tl.load(dy_ptr + plane + off, mask=m, other=0.0)
+        p, sr, si = tl.associative_scan((a_next, dyr, dyi), 0, _sel_combine)
+        gr = sr + p * gr_in[None, :]
+        gi = si + p * gi_in[None, :]
+        tl.store(dx_ptr + off, gr, mask=m)
+        tl.store(dx_ptr + plane + off, gi, mask=m)
+        first = t[:, None] == 0
+        mp = m & (t[:, None] > 0)
+        pr = tl.where(first, h0r[None, :], tl.load(y_ptr + off - n, mask=mp, other=0.0))
+        pi = tl.where(first, h0i[None, :], tl.load(y_ptr + plane + off - n, mask=mp, other=0.0))
+        a = _exp(tl.load(l_ptr + off, mask=m, other=0.0), INTERP)
+        tl.store(dl_ptr + off, a * (gr * pr + gi * pi), mask=m)
+        gr_in = _sel_last_row(gr, rows, BT)  # G at the tile's first token
+        gi_in = _sel_last_row(gi, rows, BT)
+        t0 -= BT
+    a0 = _exp(tl.load(l_ptr + base + c, mask=cmask, other=0.0), INTERP)
+    tl.store(dh0_ptr + b * n + c, a0 * gr_in, mask=cmask)
+    tl.store(dh0_ptr + state_plane + b * n + c, a0 * gi_in, mask=cmask)
 
 
 def selective_scan_forward(x: torch.Tensor, log_decay: torch.Tensor, initial_state: torch.Tensor | None
@@ -845,7 +878,7 @@ def selective_scan_forward(x: torch.Tensor, log_decay: torch.Tensor, initial_sta
     if batch and n:
         _sel_forward_kernel[(batch, triton.cdiv(n, SEL_BLOCK))](
             xx, ll, xx if h0 is None else h0, y, hs, n_steps, n, batch * n_steps * n, batch * n,
-            HAS_H0=h0 is not None, INTERP=interpreting(), BLOCK=SEL_BLOCK, num_warps=1)
+            HAS_H0=h0 is not None, INTERP=interpreting(), BLOCK=SEL_BLOCK, BT=SEL_CHUNK, num_warps=4)
     return y, hs
 
 
@@ -863,7 +896,7 @@ def selective_scan_backward(log_decay: torch.Tensor, y: torch.Tensor, initial_st
     if batch and n:
         _sel_backward_kernel[(batch, triton.cdiv(n, SEL_BLOCK))](
             ll, yy, yy if h0 is None else h0, dy, dhs, dx, dl, dh0, n_steps, n, batch * n_steps * n, batch * n,
-            HAS_H0=h0 is not None, INTERP=interpreting(), BLOCK=SEL_BLOCK, num_warps=1)
+            HAS_H0=h0 is not None, INTERP=interpreting(), BLOCK=SEL_BLOCK, BT=SEL_CHUNK, num_warps=4)
     return dx, dl, dh0
 
 

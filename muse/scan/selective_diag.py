@@ -22,9 +22,9 @@ compute dtype (float32, or float64 for float64 x).  Arithmetic in that dtype, y 
 
 Pure torch (autograd, CPU and CUDA); compiles with ``torch.compile``.  Where ``muse.kernels.enabled`` picks it
 (float32 on CUDA, or Triton's interpreter; also inside torch.compile), :func:`selective_diag_scan` runs one
-Triton kernel forward and one backward instead (``muse.kernels.selective_scan_fwd`` / ``_bwd``: the sequential
-recurrence per lane, no (L x L) matrices, so memory is that of the inputs and outputs); the chunked PyTorch
-form is the CPU path and the reference.
+Triton kernel forward and one backward instead (``muse.kernels.selective_scan_fwd`` / ``_bwd``: per lane, an
+associative scan over tiles of tokens with the state carried between tiles, no (L x L) matrices, so memory is
+that of the inputs and outputs); the chunked PyTorch form is the CPU path and the reference.
 """
 
 from __future__ import annotations

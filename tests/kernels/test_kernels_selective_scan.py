@@ -1,15 +1,18 @@
 """The Triton kernels of the selective diagonal scan (muse.scan.selective_diag on float32) against the
 chunked PyTorch form in float64 (CPU: Triton's interpreter).
 
-Bound: the kernel is the sequential recurrence, h_t = a_t h_{t-1} + x_t with a_t = exp(l_t) (libdevice's
-expf, e ulps: verification.bounds.LIBM_ULPS), so |h_t - exact| <= gamma_{(e + 2)(t + 1)} sum_s a(s..t) |x_s| in
-first order; the tests use ((e + 2) S + 8) u M_t with M_t that magnitude sum (float64), plus 2^-120 M_t for what float32 flushes
+Bound: the kernel scans h_t = a_t h_{t-1} + x_t with a_t = exp(l_t) (libdevice's expf, e ulps:
+verification.bounds.LIBM_ULPS) in tiles of T tokens, so |h_t - exact| <= gamma_{(e + 2)(t + 1) + 2 ceil((t + 1) / T)}
+sum_s a(s..t) |x_s| in first order (docs/numerics.md); the tests use ((e + 2) S + 2 ceil(S / T) + 8) u M_t with M_t
+that magnitude sum (float64), plus 2^-120 M_t for what float32 flushes
 to zero (exp(ld) below its smallest normal), and the same count over |dy| for the gradients
 (the reverse recurrence G_t = dy_t + a_{t+1} G_{t+1} has the same form; dl_t adds two products and a
 sum).  Every case checks that the kernels ran.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -54,8 +57,12 @@ def _magnitude(x, ld, h0):
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("tile", [8, kernels.SELECTIVE_TILE])
 @pytest.mark.parametrize("lead, s, d, with_h0", [((2,), 37, 40, True), ((1, 3), 16, 5, False), ((2,), 1, 33, True)])
-def test_forward_and_gradients_match_the_chunked_form(launches, kernel_device, lead, s, d, with_h0):
+def test_forward_and_gradients_match_the_chunked_form(launches, monkeypatch, kernel_device, tile, lead, s, d,
+                                                      with_h0):
+    """Tiles of 8 tokens: several tiles, a ragged last one (S = 37) and an exact fit (S = 16)."""
+    monkeypatch.setattr("muse.kernels._triton.SEL_CHUNK", tile)
     x, ld, h0 = _inputs(lead, s, d, 0, kernel_device)
     h0 = h0 if with_h0 else None
     x32 = x.float().requires_grad_(True)
@@ -78,7 +85,8 @@ def test_forward_and_gradients_match_the_chunked_form(launches, kernel_device, l
         torch.autograd.backward([yr.planes, hsr.planes], [dy, dhs])
     zero = torch.zeros_like(x[0, ..., 0, :])
     mag = _magnitude(x, ld, zero.unsqueeze(0).expand(2, *zero.shape) if h0 is None else h0)
-    eps = ((LIBM_ULPS[kernel_device]["exp"] + 2) * s + 8) * U  # docs/numerics.md: gamma_((e+2)(t+1)), e = expf's ulps
+    # docs/numerics.md: gamma_((e+2)(t+1) + 2 ceil((t+1)/T)), e = expf's ulps
+    eps = ((LIBM_ULPS[kernel_device]["exp"] + 2) * s + 2 * math.ceil(s / tile) + 8) * U
     assert ((y.planes.double() - yr.planes).abs() <= eps * mag + TINY * mag).all()
     assert ((hs.planes.double() - hsr.planes).abs() <= (eps + TINY) * mag[..., -1, :]).all()
     # gradients: the reverse recurrence over |dy| (and |dh_S|), the same form
