@@ -2,11 +2,13 @@
 
     python scripts/bench_selective_scan.py                       # CUDA: B 4 and 8, S 1024, d_state 512
     python scripts/bench_selective_scan.py --batch 8 --seq 4096
+    python scripts/bench_selective_scan.py --block 8 --block 16 --block 32 --tile 32 --tile 64 --tile 128
 
 Times ``muse.kernels.selective_scan_fwd`` and ``_bwd`` (float32 planes, log-decays of a few tenths of a nat a
 token, as the layer gives) with ``triton.testing.do_bench`` (median), and the bytes they move against the
 device's copy bandwidth measured in the same process, so a change of kernel can be judged by running this
-script in both trees.  Prints one JSON line per shape.
+script in both trees.  ``--block`` / ``--tile`` sweep the kernels' channels per program and tokens per tile
+(``muse.kernels._triton.SEL_BLOCK`` / ``SEL_CHUNK``; powers of two).  Prints one JSON line per shape and setting.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, action="append")
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--state", type=int, default=512)
+    p.add_argument("--block", type=int, action="append", help="channels per program (default: the kernel's)")
+    p.add_argument("--tile", type=int, action="append", help="tokens per tile (default: the kernel's)")
     args = p.parse_args()
     if not torch.cuda.is_available() or not kernels.HAS_TRITON:
         raise SystemExit("needs a CUDA GPU and triton")
@@ -52,10 +56,19 @@ def main() -> None:
     copy_ms = do_bench(big.clone, return_mode="median")
     copy_gbs = round(2 * big.numel() * 4 / copy_ms / 1e6, 1)
     del big
+    from muse.kernels import _triton
+
     for batch in args.batch or [4, 8]:
-        row = time_shape(batch, args.seq, args.state, do_bench)
-        print(json.dumps({**row, "copy_GBps": copy_gbs, "device": torch.cuda.get_device_name(),
-                          "torch": torch.__version__}), flush=True)
+        for block in args.block or [None]:
+            for tile in args.tile or [None]:
+                if block is not None:
+                    _triton.SEL_BLOCK = block
+                if tile is not None:
+                    _triton.SEL_CHUNK = tile
+                row = time_shape(batch, args.seq, args.state, do_bench)
+                setting = {"block": _triton.SEL_BLOCK, "tile": getattr(_triton, "SEL_CHUNK", None)}
+                print(json.dumps({**row, **setting, "copy_GBps": copy_gbs,
+                                  "device": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
 
 
 if __name__ == "__main__":

@@ -938,7 +938,12 @@ s21a)
         | grep "^| stage1" )
   fi
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a" >&2; exit 2 ;;
+s22a)
+  step "the tiled selective scan's channels per program and tokens per tile (B 4 and 8, S 1024, d_state 512)"
+  timeout 240 python3 scripts/bench_selective_scan.py --block 8 --block 16 --block 32 --tile 32 --tile 64 --tile 128 \
+    | tee "$OUT/selective-sweep.jsonl"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
