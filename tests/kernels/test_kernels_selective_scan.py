@@ -99,7 +99,10 @@ def test_forward_and_gradients_match_the_chunked_form(launches, monkeypatch, ker
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
-def test_kernel_is_causal_bit_for_bit_and_finite_for_strong_decays(launches, kernel_device):
+@pytest.mark.parametrize("tile", [8, kernels.SELECTIVE_TILE])
+def test_kernel_is_causal_bit_for_bit_and_finite_for_strong_decays(launches, monkeypatch, kernel_device, tile):
+    """Changes after t inside t's tile (tile 64) and in later tiles (tile 8) leave y up to t bit-identical."""
+    monkeypatch.setattr("muse.kernels._triton.SEL_CHUNK", tile)
     x, ld, _ = _inputs((2,), 50, 7, 1, kernel_device)
     x, ld = x.float(), ld.float() * 50  # decays down to exp(-10^4) per token
     y, _ = selective_diag_scan(C.ComplexTensor(x), ld)
