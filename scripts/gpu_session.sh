@@ -943,7 +943,55 @@ s22a)
   timeout 240 python3 scripts/bench_selective_scan.py --block 8 --block 16 --block 32 --tile 32 --tile 64 --tile 128 \
     | tee "$OUT/selective-sweep.jsonl"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a" >&2; exit 2 ;;
+s22b)
+  step "issue 12: the same token budget in more, smaller steps (batch 4: 384 steps, batch 2: 768), mix and Phase 2, seed 1337, weight decay scaled with the batch (lr x wd x steps fixed), six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --min-lr 1e-4 --eval-stride 512 --eval-every 0
+         --ckpt-every 0 --no-progress --seed 1337)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix-b4|--model stage1 --preset mix --batch-size 4 --lr 1e-3 --warmup 40 --weight-decay 1.5" \
+    "mix-b2|--model stage1 --preset mix --batch-size 2 --lr 1e-3 --warmup 80 --weight-decay 0.75" \
+    "phase2-b4|--model phase2 --preset seed --batch-size 4 --lr 1e-3 --warmup 40 --weight-decay 1.5" \
+    "phase2-b2|--model phase2 --preset seed --batch-size 2 --lr 1e-3 --warmup 80 --weight-decay 0.75" \
+    "mix-b2-lr5|--model stage1 --preset mix --batch-size 2 --lr 5e-4 --min-lr 5e-5 --warmup 80 --weight-decay 1.5" \
+    "phase2-b2-lr5|--model phase2 --preset seed --batch-size 2 --lr 5e-4 --min-lr 5e-5 --warmup 80 --weight-decay 1.5" \
+    > "$OUT/runs.txt"
+  sweep 6 520 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+s22d)
+  step "issue 12: the same token budget in fewer, larger steps (batch 16: 96 steps, batch 32: 48), mix and Phase 2, seed 1337, weight decay scaled with the batch, four runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --lr 1e-3 --min-lr 1e-4 --eval-stride 512
+         --eval-every 0 --ckpt-every 0 --no-progress --seed 1337)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix-b16|--model stage1 --preset mix --batch-size 16 --warmup 10 --weight-decay 6.0" \
+    "mix-b32|--model stage1 --preset mix --batch-size 32 --warmup 5 --weight-decay 12.0" \
+    "phase2-b16|--model phase2 --preset seed --batch-size 16 --warmup 10 --weight-decay 6.0" \
+    "phase2-b32|--model phase2 --preset seed --batch-size 32 --warmup 5 --weight-decay 12.0" \
+    > "$OUT/runs.txt"
+  sweep 4 520 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  ;;
+s23a)
+  step "the selective scan kernel's launch: 32 channels x 64 tokens (before) against 16 x 128 (now), alternating, twice"
+  for rep in 1 2; do for bt in "32 64" "16 128"; do set -- $bt
+    timeout 60 python3 scripts/bench_selective_scan.py --block "$1" --tile "$2" | tee -a "$OUT/selective-ab.jsonl"
+  done; done
+  step "CUDA tests and verify of the selective scan at the new launch"
+  timeout 120 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_selective_scan.py \
+    tests/scan/test_selective_diag_scan.py tests/models/test_stage1_decode_step.py 2>&1 | tail -3
+  timeout 90 python3 -m muse verify --profile ci --device cuda -n 4 -k selective --out "$OUT/verify-selective" 2>&1 \
+    | grep "numerics report\|selective_diag"
+  step "speed of the mix preset at the new launch"
+  timeout 200 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda --models stage1 --no-ops \
+    --variants eager,compiled+kernels+cudagraphs --out "$OUT/speed-mix" 2>&1 | grep "^| stage1"
+  ;;
+s22c)
+  step "the complex linear's backward pieces (dx, dW per split-K, db: torch's sums, a ones-row GEMM, sum_rows)"
+  timeout 200 python3 scripts/kernel_sweep.py --part linear | tee "$OUT/linear-pieces.txt"
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -137,6 +137,14 @@ def linear_backward(rows: int, d: int, timer: Timer, dev: torch.device) -> None:
     print(f"  db as g.float().sum(1): {t * 1e6:.1f} µs")
     t = graph_seconds(timer, lambda x, g: g.sum(dim=1, dtype=torch.float32).half(), sets, dev)
     print(f"  db as g.sum(1, dtype=float32): {t * 1e6:.1f} µs")
+    ones = torch.ones(2, 1, rows, dtype=torch.float16, device=dev)  # db as a GEMM: cuBLAS accumulates in fp32
+    t = graph_seconds(timer, lambda x, g: torch.bmm(ones, g), sets, dev)
+    print(f"  db as bmm(ones row, dy), fp16 out: {t * 1e6:.1f} µs")
+    try:
+        t = graph_seconds(timer, lambda x, g: torch.bmm(ones, g, out_dtype=torch.float32).half(), sets, dev)
+        print(f"  db as bmm(ones row, dy, out_dtype=float32): {t * 1e6:.1f} µs")
+    except (RuntimeError, TypeError, NotImplementedError) as e:
+        print(f"  db as bmm(..., out_dtype=float32): not available ({type(e).__name__})")
     if rows % 64 == 0:  # two stages: 64 row blocks summed in parallel, then their fp32 sums
         t = graph_seconds(timer, lambda x, g: g.view(2, 64, rows // 64, d).sum(dim=2, dtype=torch.float32)
                           .sum(dim=1).half(), sets, dev)

@@ -34,7 +34,7 @@ IN_COMPILE_ENV = "MUSE_KERNELS_IN_COMPILE"
 IN_COMPILE_DEFAULT = "layer_norm,modrelu"
 INTERPRET_ENV = "TRITON_INTERPRET"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-SELECTIVE_TILE = 64  # tokens per tile of the selective scan kernels (their error bound counts the tiles)
+SELECTIVE_TILE = 128  # tokens per tile of the selective scan kernels (their error bound counts the tiles)
 
 
 def interpreting() -> bool:
