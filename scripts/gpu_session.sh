@@ -987,11 +987,23 @@ s23a)
   timeout 200 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda --models stage1 --no-ops \
     --variants eager,compiled+kernels+cudagraphs --out "$OUT/speed-mix" 2>&1 | grep "^| stage1"
   ;;
+s23b)
+  step "where eager time goes: one fwd+bwd of the mix and seed Stage 1 under torch.profiler"
+  timeout 70 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections eager 2>&1 | grep "eager fwd+bwd\|FAILED"
+  step "Stage 1 criteria, the mix preset at the selective kernel's new launch, alone on the GPU"
+  timeout 400 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
+    --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix" \
+    | sed -n '/all_pass/,/planar layout/p' | head -30
+  grep -h "eval PPL\|peak memory fwd" "$OUT"/bench-mix/*.md 2>/dev/null | head -6
+  step "stability at S=8192: 100 random-input trials, the mix preset"
+  timeout 100 python3 scripts/long_trials.py --preset mix --seq 8192 --trials 100 --device cuda 2>&1 | tail -1 \
+    | tee "$OUT/long-trials.jsonl"
+  ;;
 s22c)
   step "the complex linear's backward pieces (dx, dW per split-K, db: torch's sums, a ones-row GEMM, sum_rows)"
   timeout 200 python3 scripts/kernel_sweep.py --part linear | tee "$OUT/linear-pieces.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

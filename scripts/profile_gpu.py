@@ -1,7 +1,7 @@
 """Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding,
 compiled inference of Stage 1 beside the GPT, the head GEMM's forms.
 
-    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,head]
+    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,head,eager]
 
 Each section writes ``<out>/<section>.txt`` (timings and torch.profiler tables). A diagnostic
 script for deciding what to optimise; the numbers that go into docs come from
@@ -200,6 +200,34 @@ def sec_phase2(w):
     w(table(f, n=2, rows=35, sort="cpu_time_total"))
 
 
+def sec_eager(w):
+    """Eager fwd+bwd (fused loss, kernels on) of the mix and seed Stage 1 at B4 S1024: GPU time against host
+    time, launches per step, and the ops that cost the host most (is eager launch-bound, and on what?)."""
+    for preset in ("mix", "seed"):
+        torch.manual_seed(0)
+        model = build_model("stage1", preset, device=DEV)
+        ids = torch.randint(0, 50257, (4, 1025), device=DEV)
+        inp, tgt = ids[:, :-1], ids[:, 1:]
+        model.train()
+
+        def f():
+            model_loss(model, inp, tgt).backward()
+        f()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            f()
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        w(f"stage1 {preset} eager fwd+bwd: {bench(f, 5):.3f} ms a step, host {cpu_time(f, 3):.3f} ms, "
+          f"GPU kernels {gpu_us / 1e3:.3f} ms in {launches} launches")
+        w(table(f, n=1, rows=40, sort="cpu_time_total"))
+        w(table(f, n=1, rows=25, sort="self_cpu_time_total"))
+        del model
+        torch.cuda.empty_cache()
+
+
 def sec_decode(w):
     for preset in ("mix", "seed"):
         _decode_one(w, preset)
@@ -328,7 +356,8 @@ def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
 
 
 SECTIONS = {"linear": sec_linear, "loss": sec_loss, "compiled": sec_compiled, "phase2": sec_phase2,
-            "decode": sec_decode, "infer": sec_infer, "head": sec_head}
+            "decode": sec_decode, "infer": sec_infer, "head": sec_head,
+            "eager": sec_eager}
 
 
 def main() -> None:
