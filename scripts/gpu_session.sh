@@ -999,11 +999,21 @@ s23b)
   timeout 100 python3 scripts/long_trials.py --preset mix --seq 8192 --trials 100 --device cuda 2>&1 | tail -1 \
     | tee "$OUT/long-trials.jsonl"
   ;;
+s23c)
+  step "eager host overhead: the kernels' direct call (this tree) against the custom op every call (_old/, when present)"
+  timeout 60 python3 scripts/launch_overhead.py | tee "$OUT/launch-overhead.jsonl"
+  for tree in . _old .; do [ -d "$tree" ] || continue
+    ( cd "$tree" && PYTHONPATH=. timeout 80 python3 scripts/profile_gpu.py --out "$OUT/profile-$tree" --sections eager 2>&1 \
+        | grep "eager fwd+bwd\|FAILED" | sed "s|^|$tree: |" )
+  done
+  step "CUDA tests of the kernels (the direct call's bits included)"
+  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels 2>&1 | tail -3
+  ;;
 s22c)
   step "the complex linear's backward pieces (dx, dW per split-K, db: torch's sums, a ones-row GEMM, sum_rows)"
   timeout 200 python3 scripts/kernel_sweep.py --part linear | tee "$OUT/linear-pieces.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

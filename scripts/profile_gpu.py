@@ -204,28 +204,31 @@ def sec_eager(w):
     """Eager fwd+bwd (fused loss, kernels on) of the mix and seed Stage 1 at B4 S1024: GPU time against host
     time, launches per step, and the ops that cost the host most (is eager launch-bound, and on what?)."""
     for preset in ("mix", "seed"):
-        torch.manual_seed(0)
-        model = build_model("stage1", preset, device=DEV)
-        ids = torch.randint(0, 50257, (4, 1025), device=DEV)
-        inp, tgt = ids[:, :-1], ids[:, 1:]
-        model.train()
+        _eager_one(w, preset)
+        torch.cuda.empty_cache()
 
-        def f():
-            model_loss(model, inp, tgt).backward()
+
+def _eager_one(w, preset: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("stage1", preset, device=DEV)
+    ids = torch.randint(0, 50257, (4, 1025), device=DEV)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    model.train()
+
+    def f():
+        model_loss(model, inp, tgt).backward()
+    f()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         f()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            f()
-            torch.cuda.synchronize()
-        events = prof.key_averages()
-        launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-        gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-        w(f"stage1 {preset} eager fwd+bwd: {bench(f, 5):.3f} ms a step, host {cpu_time(f, 3):.3f} ms, "
-          f"GPU kernels {gpu_us / 1e3:.3f} ms in {launches} launches")
-        w(table(f, n=1, rows=40, sort="cpu_time_total"))
-        w(table(f, n=1, rows=25, sort="self_cpu_time_total"))
-        del model
-        torch.cuda.empty_cache()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    w(f"stage1 {preset} eager fwd+bwd: {bench(f, 5):.3f} ms a step, host {cpu_time(f, 3):.3f} ms, "
+      f"GPU kernels {gpu_us / 1e3:.3f} ms in {launches} launches")
+    w(table(f, n=1, rows=40, sort="cpu_time_total"))
+    w(table(f, n=1, rows=25, sort="self_cpu_time_total"))
 
 
 def sec_decode(w):

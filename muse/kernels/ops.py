@@ -1,7 +1,16 @@
 """The kernels as ``torch.library`` custom ops (``muse::*``): opaque to torch.compile, with fake
-implementations for tracing, so a model that runs kernels still compiles with ``fullgraph=True``."""
+implementations for tracing, so a model that runs kernels still compiles with ``fullgraph=True``.
+
+Each public function here calls its Triton wrapper directly where the custom op adds nothing: eager, grad
+mode off (inside MUSE's autograd functions), no dispatch mode and no functorch transform active.  On the
+H200's host the custom op's dispatch cost 40-47 µs a call on top of a 50-110 µs wrapper (docs/performance.md,
+sixteenth session); everywhere else (tracing, fake tensors, memory trackers, grad mode) the call goes
+through the custom op as before."""
+
+import functools
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 def _k():
@@ -10,7 +19,28 @@ def _k():
     return _triton
 
 
-@torch.library.custom_op("muse::layer_norm_fwd", mutates_args=())
+def _direct() -> bool:
+    """True where a kernel may skip its custom op: eager code outside any tracing or dispatch mode, grad mode off."""
+    return (not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+            and _get_current_dispatch_mode() is None and not torch._C._are_functorch_transforms_active())
+
+
+def _kernel_op(name: str):
+    """``torch.library.custom_op(name)`` of the decorated function, called directly where :func:`_direct`
+    allows; the returned function keeps ``register_fake`` and exposes the custom op as ``.op``."""
+    def wrap(fn):
+        op = torch.library.custom_op(name, fn, mutates_args=())
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return fn(*args, **kwargs) if _direct() else op(*args, **kwargs)
+        call.op = op
+        call.register_fake = op.register_fake
+        return call
+    return wrap
+
+
+@_kernel_op("muse::layer_norm_fwd")
 def layer_norm_fwd(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:
     """Complex LayerNorm forward of float16 planes (2, ..., d): fp32 statistics, one rounding."""
@@ -22,7 +52,7 @@ def _(planes, weight, bias, eps):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("muse::layer_norm_bwd", mutates_args=())
+@_kernel_op("muse::layer_norm_bwd")
 def layer_norm_bwd(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
                    eps: float, sums_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, sums (2, d) in ``sums_dtype``, summed in fp32, rounded once): sums[0] is grad_weight,
@@ -37,7 +67,7 @@ def _(planes, weight, grad, eps, sums_dtype):
             planes.new_empty((2, d), dtype=sums_dtype))
 
 
-@torch.library.custom_op("muse::modrelu_fwd", mutates_args=())
+@_kernel_op("muse::modrelu_fwd")
 def modrelu_fwd(planes: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """modReLU forward of float16 planes with a (d,) or 0-d bias: fp32, one rounding."""
     return _k().modrelu_forward(planes, bias)
@@ -48,7 +78,7 @@ def _(planes, bias):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("muse::modrelu_bwd", mutates_args=())
+@_kernel_op("muse::modrelu_bwd")
 def modrelu_bwd(planes: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_bias with bias's shape and dtype, summed in fp32, rounded once)."""
     return _k().modrelu_backward(planes, bias, grad)
@@ -59,7 +89,7 @@ def _(planes, bias, grad):
     return (torch.empty_like(planes, memory_format=torch.contiguous_format), torch.empty_like(bias))
 
 
-@torch.library.custom_op("muse::bk_green_fwd", mutates_args=())
+@_kernel_op("muse::bk_green_fwd")
 def bk_green_fwd(a: torch.Tensor, z_re: float, z_im: float, initial_state: torch.Tensor | None) -> torch.Tensor:
     """BK-Core resolvent G_i = 1 / ((a_i - z) - G_{i-1}) of complex64 a (..., S), G_0 = initial_state
     (...) or 0: a sequential fp32 loop per lane."""
@@ -71,7 +101,7 @@ def _(a, z_re, z_im, initial_state):
     return torch.empty_like(a, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("muse::bk_green_bwd", mutates_args=())
+@_kernel_op("muse::bk_green_bwd")
 def bk_green_bwd(g: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_a (..., S), grad_G0 (...)) of the BK-Core resolvent from its output G and grad_G (complex64)."""
     return _k().bk_green_backward(g, grad)
@@ -82,7 +112,7 @@ def _(g, grad):
     return torch.empty_like(g, memory_format=torch.contiguous_format), g.new_empty(g.shape[:-1])
 
 
-@torch.library.custom_op("muse::hebbian_fwd", mutates_args=())
+@_kernel_op("muse::hebbian_fwd")
 def hebbian_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
                 initial_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, W_S) of W_t = exp(l_t) W_{t-1} + eta k_t v_t^T, y_t = q_t^T W_t from W_0 = initial_state
@@ -96,7 +126,7 @@ def _(q, k, v, log_decay, eta, initial_state):
             q.new_empty((*q.shape[:-2], q.shape[-1], v.shape[-1])))
 
 
-@torch.library.custom_op("muse::hebbian_bwd", mutates_args=())
+@_kernel_op("muse::hebbian_bwd")
 def hebbian_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, eta: float,
                 initial_state: torch.Tensor | None, grad_y: torch.Tensor, grad_state: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,7 +142,7 @@ def _(q, k, v, log_decay, eta, initial_state, grad_y, grad_state):
             torch.empty_like(v, memory_format=torch.contiguous_format), state)
 
 
-@torch.library.custom_op("muse::selective_scan_fwd", mutates_args=())
+@_kernel_op("muse::selective_scan_fwd")
 def selective_scan_fwd(x: torch.Tensor, log_decay: torch.Tensor, initial_state: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, h_S) of h_t = exp(l_t) h_{t-1} + x_t: x (2, B, S, n), log_decay (B, S, n), h_0 (2, B, n) or None
@@ -125,7 +155,7 @@ def _(x, log_decay, initial_state):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((2, x.shape[1], x.shape[3]))
 
 
-@torch.library.custom_op("muse::selective_scan_bwd", mutates_args=())
+@_kernel_op("muse::selective_scan_bwd")
 def selective_scan_bwd(log_decay: torch.Tensor, y: torch.Tensor, initial_state: torch.Tensor | None,
                        grad_y: torch.Tensor, grad_state: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,7 +169,7 @@ def _(log_decay, y, initial_state, grad_y, grad_state):
             torch.empty_like(log_decay, memory_format=torch.contiguous_format), y.new_empty((2, y.shape[1], y.shape[3])))
 
 
-@torch.library.custom_op("muse::complex_mm", mutates_args=())
+@_kernel_op("muse::complex_mm")
 def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool,
                conj_b: bool) -> torch.Tensor:
     """Planes (2, M, N) of op(a) @ op(b) + bias for float16 planes a (2, M, K), b (2, K, N) of any strides
@@ -152,7 +182,7 @@ def _(a, b, bias, conj_a, conj_b):
     return a.new_empty((2, a.shape[1], b.shape[2]))
 
 
-@torch.library.custom_op("muse::sum_rows", mutates_args=())
+@_kernel_op("muse::sum_rows")
 def sum_rows(planes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(2, d): the sums over all rows of planes (2, ..., d) in fp32, rounded once to ``dtype`` (a complex
     linear's bias gradient)."""

@@ -357,12 +357,10 @@ def test_linear_kernel_keeps_no_layer_norm_output(kernel_device, launches):
 def test_split_k_partials_stay_within_their_memory_budget(monkeypatch):
     """On a 132-SM GPU the weight gradient of a small output splits K (about a quarter wave of 128 x 128
     tiles), never with more fp32 partial planes than SPLIT_K_BYTES allows."""
-    from types import SimpleNamespace
-
     from muse.kernels import _triton
 
     monkeypatch.setattr(_triton, "interpreting", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(_triton, "_sms", lambda device: 132)
     cuda = torch.device("cuda")
     for m, n, k, expected in ((512, 512, 4096, 2), (512, 512, 8192, 2), (1024, 512, 4096, 1), (64, 64, 65536, 16),
                               (2048, 2048, 65536, 1)):
