@@ -242,7 +242,9 @@ def complex_linear_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ro
                         variants: tuple[str, ...]) -> list[dict]:
     """Complex linear (rows x d -> d, with bias) fwd and fwd+bwd per variant (eager: the PyTorch block GEMM;
     kernels: muse.kernels.complex_mm) against one real GEMM of the block size (rows x 2d x 2d) and a real
-    linear's fwd+bwd (three such GEMMs), all timed as CUDA graphs (:func:`graph_seconds`)."""
+    linear's fwd+bwd (three such GEMMs), all timed as CUDA graphs (:func:`graph_seconds`).  Like for like
+    too: the complex linear without bias against the real one without, and with bias against the real
+    linear with a bias (whose gradient is one more reduction over the rows on both sides)."""
     dt = torch.float16
     gen = torch.Generator().manual_seed(cfg.seed)
     wc = (torch.randn(2, d, d, generator=gen) / math.sqrt(d)).to(device, dt).requires_grad_(True)
@@ -258,18 +260,24 @@ def complex_linear_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ro
     def real(grad=False):
         return torch.randn(rows, 2 * d, generator=gen).to(device, dt).requires_grad_(grad)
 
+    def lin_nobias(p):
+        return C.linear(C.ComplexTensor(p), C.ComplexTensor(wc)).planes
+
     wr = torch.randn(2 * d, 2 * d, generator=gen).to(device, dt).requires_grad_(True)
+    br = torch.zeros(2 * d, dtype=dt, device=device, requires_grad=True)
     with torch.no_grad():
         t_r = graph_seconds(timer, lambda x: F.linear(x, wr), _rotation(lambda: (real(),), device, nbytes), device)
     t_rb = graph_seconds(timer, lambda x, g: torch.autograd.grad(F.linear(x, wr), (x, wr), g),
                          _rotation(lambda: (real(True), real()), device, 2 * nbytes), device)
+    t_rbb = graph_seconds(timer, lambda x, g: torch.autograd.grad(F.linear(x, wr, br), (x, wr, br), g),
+                          _rotation(lambda: (real(True), real()), device, 2 * nbytes), device)
     flops = 2 * rows * (2 * d) ** 2
     out = []
     for variant in ("eager", "kernels", "compiled", "compiled+kernels"):
         if variant != "eager" and variant not in variants:
             continue
         row = {"op": "complex_linear", "variant": variant, "rows": rows, "d": d, "real_gemm_s": t_r,
-               "real_fwd_bwd_s": t_rb, "timing": "CUDA graph of the calls over the rotation, per call"
+               "real_fwd_bwd_s": t_rb, "real_fwd_bwd_bias_s": t_rbb, "timing": "CUDA graph of the calls over the rotation, per call"
                if device.type == "cuda" else "per call"}
         if "kernels" in variant and not kernels.use_kernel(bc):
             out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
@@ -277,17 +285,22 @@ def complex_linear_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ro
         if variant.startswith("compiled"):
             torch._dynamo.reset()  # dynamo caches by code object and the switch is read when it traces
         f = compile_model_fn(lin, cfg) if variant.startswith("compiled") else lin
+        f_nb = compile_model_fn(lin_nobias, cfg) if variant.startswith("compiled") else lin_nobias
         try:
             with _impl_env(variant):
                 with torch.no_grad():
                     t_c = graph_seconds(timer, f, _rotation(lambda: (planes(),), device, nbytes), device)
                 t_cb = graph_seconds(timer, lambda p, g, f=f: torch.autograd.grad(f(p), (p, wc, bc), g),
                                      _rotation(lambda: (planes(True), planes()), device, 2 * nbytes), device)
+                t_cbn = graph_seconds(timer, lambda p, g, f=f_nb: torch.autograd.grad(f(p), (p, wc), g),
+                                      _rotation(lambda: (planes(True), planes()), device, 2 * nbytes), device)
         except Exception as exc:  # a failed variant is reported, the others still run
             out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300]})
             continue
         out.append({**row, "status": "measured", "fwd_s": t_c, "fwd_bwd_s": t_cb,
                     "pct_of_real_gemm": 100 * t_r / t_c, "pct_of_real_fwd_bwd": 100 * t_rb / t_cb,
+                    "fwd_bwd_nobias_s": t_cbn, "pct_like_for_like_nobias": 100 * t_rb / t_cbn,
+                    "pct_like_for_like_bias": 100 * t_rbb / t_cb,
                     "TFLOPs": flops / t_c / 1e12, "fwd_bwd_TFLOPs": 3 * flops / t_cb / 1e12})
     return out
 
@@ -337,7 +350,9 @@ def _complex_linear_line(r: dict) -> str:
     return (f"{head}: fwd {r['fwd_s'] * 1e6:,.1f} µs, {r['TFLOPs']:.4g} TFLOP/s, {r['pct_of_real_gemm']:.0f} % of one "
             f"real {r['rows']} x {2 * r['d']} x {2 * r['d']} GEMM ({r['real_gemm_s'] * 1e6:,.1f} µs); fwd+bwd "
             f"{r['fwd_bwd_s'] * 1e6:,.1f} µs, {r['pct_of_real_fwd_bwd']:.0f} % of that real linear's fwd+bwd "
-            f"({r['real_fwd_bwd_s'] * 1e6:,.1f} µs).")
+            f"({r['real_fwd_bwd_s'] * 1e6:,.1f} µs); like for like: without bias {r['fwd_bwd_nobias_s'] * 1e6:,.1f} µs, "
+            f"{r['pct_like_for_like_nobias']:.0f} % of the real linear's, with bias {r['pct_like_for_like_bias']:.0f} % "
+            f"of the real linear with bias ({r['real_fwd_bwd_bias_s'] * 1e6:,.1f} µs).")
 
 
 def compile_model_fn(fn, cfg: SpeedConfig):

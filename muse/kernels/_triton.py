@@ -1086,10 +1086,11 @@ def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj
     if split == 1:
         return out
     step = 1  # the partials summed pairwise in place (ceil(log2 split) roundings; no further fp32 output)
-    while step < split:
+    while 2 * step < split:
         target[0 : split - step : 2 * step] += target[step :: 2 * step]
         step *= 2
-    total = target[0]
-    if bias is not None:
-        total += bias.float()[:, None, :]
+    if bias is None:  # the last pair's fp32 sum rounded once straight into the output: one launch, not two
+        return torch.add(target[0], target[step], out=out)
+    total = target[0] + target[step]
+    total += bias.float()[:, None, :]
     return out.copy_(total)

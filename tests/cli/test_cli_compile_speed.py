@@ -47,6 +47,11 @@ def test_speed_benchmark_writes_a_report_on_cpu(tmp_path):
     assert ops[("layer_norm", "eager")]["status"] == "measured" and ops[("modrelu", "compiled")]["fwd_s"] > 0
     assert ops[("complex_linear", "eager")]["pct_of_real_gemm"] > 0
     assert ops[("complex_linear", "eager")]["pct_of_real_fwd_bwd"] > 0
+    lin = ops[("complex_linear", "eager")]  # like for like: bias against bias, none against none
+    assert lin["fwd_bwd_nobias_s"] > 0 and lin["real_fwd_bwd_bias_s"] > 0
+    assert lin["pct_like_for_like_bias"] == 100 * lin["real_fwd_bwd_bias_s"] / lin["fwd_bwd_s"]
+    assert lin["pct_like_for_like_nobias"] == 100 * lin["real_fwd_bwd_s"] / lin["fwd_bwd_nobias_s"]
+    assert "like for like" in md
     # CPU tensors run kernels only under the interpreter, which test sessions start with MUSE_KERNELS=0
     assert ops[("complex_linear", "kernels")]["status"] == "not_measured"
     assert ops[("complex_linear", "compiled")]["fwd_s"] > 0  # the compiled op has its own row
