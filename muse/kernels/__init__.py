@@ -17,7 +17,9 @@ twelfth session); the bias-gradient sum (``sum_rows``) is faster as the compiler
 ``MUSE_KERNELS_IN_COMPILE=`` (empty) leaves every element-wise op to the compiler.
 
 Each kernel is wrapped in a ``torch.library.custom_op`` (``muse::<name>``) with a fake
-implementation, so a model that uses kernels still compiles with ``fullgraph=True``.
+implementation, so a model that uses kernels still compiles with ``fullgraph=True``; eager calls with
+grad mode off (inside MUSE's autograd functions) and nothing tracing or watching skip the custom op's
+dispatch and call the Triton wrapper directly (:mod:`muse.kernels.ops`).
 """
 
 from __future__ import annotations
