@@ -3,7 +3,8 @@
 Bound (docs/numerics.md, "Selective diagonal recurrence"): per component of y_t and of the final state,
 
     |got - exact| <= eps M + (2 S + 8) 2^-53 M,
-    eps = max(gamma_((e + 2) S + 2 ceil(S / T) + 2),  gamma_(2L + N + 3 + 3e) + gamma_(L + N) (Lambda_S + 2 Lambda_c)),
+    eps = gamma_((e + 2) S + 2 ceil(S / T) + 2)  (impl triton),
+    eps = gamma_(2L + N + 3 + 3e) + gamma_(L + N) (Lambda_S + 2 Lambda_c)  (impl eager and compiled),
 
 the first for the Triton kernel (the recurrence scanned in tiles of T tokens), the second for the chunked PyTorch form
 (chunks of L, N of them; Lambda_c the largest sum of |l| over one chunk, Lambda_S over the sequence;
@@ -29,7 +30,7 @@ from muse.scan.selective_diag import DEFAULT_CHUNK
 from verification import strategies as vs
 from verification.bounds import LIBM_ULPS, device_kind
 from verification.checks import check_close
-from verification.harness import ct, planes, tensor
+from verification.harness import ct, impl_label, planes, run, tensor
 
 U = 2.0**-24
 UNDERFLOW = 2.0**-100  # absolute: decayed values below float32's normal range lose relative precision
@@ -64,34 +65,43 @@ def _weights(x, h0, log_decay):
     return out, m
 
 
-def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str) -> float:
+def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: str) -> float:
+    """The bound's relative factor for ``impl``: the Triton kernel's (tiles of T) or the chunked form's (eager,
+    compiled)."""
     e = LIBM_ULPS[device_kind(device)]["exp"]
+    if impl == "triton":
+        return _gamma((e + 2) * s + 2 * math.ceil(s / kernels.SELECTIVE_TILE) + 2)
     size = min(DEFAULT_CHUNK if chunk is None else chunk, s)
     n = math.ceil(s / size)
     ld = np.abs(log_decay.astype(np.float64))
     pad = (-s) % size
     lam_c = float(np.pad(ld, [(0, 0), (0, pad), (0, 0)]).reshape(ld.shape[0], n, size, -1).sum(2).max())
     lam_s = float(ld.sum(1).max())
-    chunked = _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
-    return max(_gamma((e + 2) * s + 2 * math.ceil(s / kernels.SELECTIVE_TILE) + 2), chunked)
+    return _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
+
+
+def _scan(x, log_decay, h0, chunk):
+    """The op as the suite calls it (one function, so the compiled implementation keeps one graph per pattern)."""
+    return selective_diag_scan(x, log_decay, h0, output_final_state=True, out_dtype=torch.float32, chunk_size=chunk)
 
 
 @given(case=selective_case())
-def test_selective_diag_scan_accuracy(device, case):
-    """float32 y and final state within eps M of the float64 definition (mixed, per component)."""
+def test_selective_diag_scan_accuracy(device, impl, case):
+    """float32 y and final state within eps M of the float64 definition (mixed, per component), under each
+    implementation: eager (the chunked PyTorch form), compiled (that form under torch.compile), triton (the kernels)."""
     x, h0, log_decay, chunk = case
     s = x.shape[-2]
-    y, state = selective_diag_scan(ct(x.astype(np.float32), device), tensor(log_decay, device),
-                                   None if h0 is None else ct(h0.astype(np.float32), device),
-                                   output_final_state=True, out_dtype=torch.float32, chunk_size=chunk)
+    y, state = run(impl, _scan, ct(x.astype(np.float32), device), tensor(log_decay, device),
+                   None if h0 is None else ct(h0.astype(np.float32), device), chunk)
     y64, s64 = selective_diag_scan_sequential(ct(x.astype(np.float64), "cpu"),
                                               torch.from_numpy(log_decay.astype(np.float64)),
                                               None if h0 is None else ct(h0.astype(np.float64), "cpu"),
                                               output_final_state=True)
     m_y, m_s = _weights(x, h0, log_decay)
-    tol = _eps(s, chunk, log_decay, device) + (2 * s + 8) * 2.0**-53
+    tol = _eps(s, chunk, log_decay, device, impl) + (2 * s + 8) * 2.0**-53
     call = f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}), S={s}"
-    check_close("selective_diag_scan", device, planes(y), planes(y64), rtol=0.0,
+    label = impl_label(device, impl)
+    check_close("selective_diag_scan", label, planes(y), planes(y64), rtol=0.0,
                 atol=np.broadcast_to(tol * m_y + UNDERFLOW, (2, *m_y.shape)), call=call)
-    check_close("selective_diag_scan_state", device, planes(state), planes(s64), rtol=0.0,
+    check_close("selective_diag_scan_state", label, planes(state), planes(s64), rtol=0.0,
                 atol=np.broadcast_to(tol * m_s + UNDERFLOW, (2, *m_s.shape)), call=call)

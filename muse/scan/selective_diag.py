@@ -110,7 +110,7 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     if cd == torch.float32 and kernels.enabled(x.planes, log_decay, in_compile=True):
         return _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state)
     chunk = min(chunk, seq)
-    n_chunks = -(-seq // chunk)
+    n_chunks = (seq + chunk - 1) // chunk  # not -(-seq // chunk): traced with a dynamic length, that form broke inductor
     pad = n_chunks * chunk - seq
     # channels before positions: v (2, ..., D, S), l (..., D, S); padding after the end cannot reach back
     v = torch.nn.functional.pad(x.planes.to(cd).transpose(-1, -2), (0, pad))

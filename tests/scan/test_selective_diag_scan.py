@@ -132,3 +132,16 @@ def test_bad_input_is_named():
         selective_diag_scan(x, ld, out_dtype=torch.int32)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., seq, channels\)"):
         selective_diag_scan(_x((3,)), torch.zeros(3))
+
+
+def test_compiled_chunked_form_survives_a_change_of_shape(monkeypatch):
+    """torch.compile (inductor) re-traces with dynamic sizes when the shape changes; the chunked form then still
+    compiles and agrees with eager (its chunk count as -(-S // L) made inductor fail here: 'Invalid ranges')."""
+    monkeypatch.setenv("MUSE_KERNELS", "0")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, ld: selective_diag_scan(x, ld, output_final_state=True), fullgraph=True)
+    for batch, seq, d in ((1, 26, 4), (2, 33, 4)):  # the second call is the dynamic-shape graph
+        x, ld = _x((batch, seq, d)), _log_decay((batch, seq, d))
+        (y, h), (y0, h0) = compiled(x, ld), selective_diag_scan(x, ld, output_final_state=True)
+        torch.testing.assert_close(y.planes, y0.planes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h.planes, h0.planes, rtol=1e-5, atol=1e-5)
