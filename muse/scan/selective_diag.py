@@ -125,14 +125,17 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     to_end = torch.flip(torch.cumsum(torch.flip(lc[..., 1:], (-1,)), dim=-1), (-1,))
     to_end = torch.cat([to_end, torch.zeros_like(lc[..., :1])], dim=-1)  # (..., D, N, L)
     added = (torch.exp(to_end) * vc).sum(dim=-1)  # (2, ..., D, N): what each chunk adds to the state
-    # states S_0 = h0, S_{m+1} = exp(total_m) S_m + added_m, as one segment-sum product over N + 1 entries
-    totals = torch.cat([torch.zeros_like(lc[..., :1, 0]), lc.sum(dim=-1)], dim=-1)  # (..., D, N + 1)
-    entries = torch.cat([h0.unsqueeze(-1), added], dim=-1)  # (2, ..., D, N + 1)
-    states = (torch.exp(segment_sum(totals)) @ entries.unsqueeze(-1)).squeeze(-1)  # (2, ..., D, N + 1)
+    # the state after chunk m, S_(m+1) = exp(total_m) S_m + added_m from S_0 = h0: a segment-sum product over the
+    # N chunks plus h0 decayed by the running totals (N entries, not N + 1 with h0 among them: traced with a
+    # dynamic length, the (N + 1)^2 matrix's sizes broke inductor's value ranges)
+    totals = lc.sum(dim=-1)  # (..., D, N)
+    after = (torch.exp(segment_sum(totals)) @ added.unsqueeze(-1)).squeeze(-1)  # (2, ..., D, N)
+    after = after + torch.exp(torch.cumsum(totals, dim=-1)) * h0.unsqueeze(-1)
+    entering = torch.cat([h0.unsqueeze(-1), after[..., :-1]], dim=-1)  # (2, ..., D, N): S_0 .. S_(N-1)
     from_start = torch.cumsum(lc, dim=-1)  # (..., D, N, L): decay of the entering state up to t
-    y = y + torch.exp(from_start) * states[..., :-1].unsqueeze(-1)
+    y = y + torch.exp(from_start) * entering.unsqueeze(-1)
     y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., :seq].transpose(-1, -2)  # (2, ..., S, D)
-    return _finish(y, states[..., -1], out_dtype, output_final_state)
+    return _finish(y, after[..., -1], out_dtype, output_final_state)
 
 
 def _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state):
