@@ -1013,7 +1013,25 @@ s22c)
   step "the complex linear's backward pieces (dx, dW per split-K, db: torch's sums, a ones-row GEMM, sum_rows)"
   timeout 200 python3 scripts/kernel_sweep.py --part linear | tee "$OUT/linear-pieces.txt"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c" >&2; exit 2 ;;
+s24a)
+  step "the whole numerics suite on CUDA under eager, compiled and triton (the selective scan's per-implementation bounds included)"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 420 python3 -m muse verify --profile ci --device cuda -n 8 \
+    --out "$OUT/verify-cuda" 2>&1 | tail -12
+  grep -h "selective" "$OUT"/verify-cuda/*.md 2>/dev/null | head -12
+  step "CUDA tests of the kernels and scans"
+  timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider --muse-device cuda tests/kernels tests/scan 2>&1 | tail -3
+  ;;
+s24b)
+  step "the whole numerics suite on CUDA under eager, compiled and triton, the retention bound with its underflow term"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 480 python3 -m muse verify --profile ci --device cuda -n 12 \
+    --out "$OUT/verify-cuda" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
+  grep -h "retention\|FAILED" "$OUT"/verify-cuda/report.md 2>/dev/null | head -12
+  ;;
+s24c)
+  step "CUDA tests of the kernels and scans"
+  timeout 420 python3 -m pytest -q -n 12 -p no:cacheprovider --muse-device cuda tests/kernels tests/scan 2>&1 | tail -4
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
