@@ -140,6 +140,14 @@ class LanguageModel(nn.Module):
         ids = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)  # (B, S)
         return self(ids)[:, -input_ids.shape[1]:], ContextCache(ids)
 
+    def check_layer_cache(self, cache, cls: type, name: str) -> None:
+        """A recurrent model's ``cache``: None or a ``cls`` (``name`` in the error) with one entry per block."""
+        if cache is None:
+            return
+        check_type("cache", cache, cls, f"a {name} or None")
+        if len(cache.layers) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+
     def check_step(self, input_ids: object, cache) -> torch.Tensor:
         """``input_ids`` (B, T >= 1) as int64, checked against ``cache`` (its ``length`` and
         ``batch_size``, or None) and ``max_seq_len``: the checks every :meth:`step` shares."""

@@ -289,10 +289,7 @@ class Phase2Model(LanguageModel):
         ``max_seq_len`` (ValueError beyond).  Returns a new state; the one passed in is left
         unchanged.  Runs without gradients; call ``eval()`` first, or dropout applies.
         """
-        if cache is not None:
-            check_type("cache", cache, Phase2State, "a Phase2State or None")
-            if len(cache.layers) != len(self.blocks):
-                raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+        self.check_layer_cache(cache, Phase2State, "Phase2State")
         input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
         past = 0 if cache is None else cache.length

@@ -410,10 +410,7 @@ class Stage1Model(LanguageModel):
         ``max_seq_len`` (the position table's rows; ValueError beyond).  Returns a new state; the
         one passed in is left unchanged.  Runs without gradients; call ``eval()`` first.
         """
-        if cache is not None:
-            check_type("cache", cache, Stage1State, "a Stage1State or None")
-            if len(cache.layers) != len(self.blocks):
-                raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+        self.check_layer_cache(cache, Stage1State, "Stage1State")
         input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
         past = 0 if cache is None else cache.length
