@@ -1031,7 +1031,26 @@ s24c)
   step "CUDA tests of the kernels and scans"
   timeout 420 python3 -m pytest -q -n 12 -p no:cacheprovider --muse-device cuda tests/kernels tests/scan 2>&1 | tail -4
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c" >&2; exit 2 ;;
+s24d)
+  step "issue 12: the learning rate of the current presets at lr x wd fixed (2e-3 / 1.5 and 5e-4 / 6.0), mix and Phase 2, and a longer warm-up for mix, seed 1337, six runs sharing the GPU; the complex diagonal scan's verify under eager and compiled beside them"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --eval-stride 512 --eval-every 0
+         --ckpt-every 0 --no-progress --seed 1337)
+  export OMP_NUM_THREADS=2
+  ( MUSE_VERIFY_IMPL=eager,compiled timeout 300 python3 -m muse verify --profile ci --device cuda -n 2 \
+      -k complex_diag_scan_accuracy --out "$OUT/verify-cdiag" > "$OUT/verify-cdiag.txt" 2>&1 ) &
+  printf '%s\n' \
+    "mix-lr2|--model stage1 --preset mix --lr 2e-3 --min-lr 2e-4 --warmup 20 --weight-decay 1.5" \
+    "mix-lr05|--model stage1 --preset mix --lr 5e-4 --min-lr 5e-5 --warmup 20 --weight-decay 6.0" \
+    "mix-wu40|--model stage1 --preset mix --lr 1e-3 --min-lr 1e-4 --warmup 40 --weight-decay 3.0" \
+    "phase2-lr2|--model phase2 --preset seed --lr 2e-3 --min-lr 2e-4 --warmup 20 --weight-decay 1.5" \
+    "phase2-lr05|--model phase2 --preset seed --lr 5e-4 --min-lr 5e-5 --warmup 20 --weight-decay 6.0" \
+    > "$OUT/runs.txt"
+  sweep 6 330 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
+  grep "numerics report\|complex_diag_scan \|passed" "$OUT/verify-cdiag.txt" "$OUT"/verify-cdiag/report.md 2>/dev/null | head -8
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
