@@ -21,7 +21,7 @@ from muse.data import eval_windows
 from muse.data.batches import IGNORE_INDEX
 from muse.train.checkpoint import model_from_checkpoint
 
-THETAS = (2.0, 5.0, 10.0, 20.0, 40.0)
+THETAS = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 LAMS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)
 
 
