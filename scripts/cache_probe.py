@@ -47,6 +47,12 @@ def window_terms(model, inputs: torch.Tensor, targets: torch.Tensor):
     return lp, out
 
 
+def mixed_ppl(lp: torch.Tensor, pc: list[torch.Tensor], sl: slice, k: int, lam: float) -> float:
+    """Perplexity over ``sl`` of (1 - lam) p_model + lam p_cache at THETAS[k]."""
+    mix = (1 - lam) * lp[sl].exp() + lam * pc[k][sl]
+    return math.exp(-mix.log().mean().item())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+")
@@ -72,17 +78,13 @@ def main() -> None:
         pc = [torch.cat(c).double() for c in caches]
         half = lp.numel() // 2
 
-        def ppl(sl, k, lam):
-            mix = (1 - lam) * lp[sl].exp() + lam * pc[k][sl]
-            return math.exp(-mix.log().mean().item())
-
         tune = slice(0, half)
         test = slice(half, None)
-        best = min(itertools.product(range(len(THETAS)), LAMS), key=lambda kl: ppl(tune, *kl))
+        best = min(itertools.product(range(len(THETAS)), LAMS), key=lambda kl: mixed_ppl(lp, pc, tune, *kl))
         row = {"run": run, "targets": int(lp.numel()), "ppl_all": math.exp(-lp.mean().item()),
-               "ppl_second_half": ppl(test, 0, 0.0), "theta": THETAS[best[0]], "lam": best[1],
-               "ppl_second_half_cache": ppl(test, *best), "ppl_first_half": ppl(tune, 0, 0.0),
-               "ppl_first_half_cache": ppl(tune, *best)}
+               "ppl_second_half": mixed_ppl(lp, pc, test, 0, 0.0), "theta": THETAS[best[0]], "lam": best[1],
+               "ppl_second_half_cache": mixed_ppl(lp, pc, test, *best),
+               "ppl_first_half": mixed_ppl(lp, pc, tune, 0, 0.0), "ppl_first_half_cache": mixed_ppl(lp, pc, tune, *best)}
         row["reduction"] = 1 - row["ppl_second_half_cache"] / row["ppl_second_half"]
         print(json.dumps(row))
         results.append(row)
