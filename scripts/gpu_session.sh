@@ -421,7 +421,7 @@ s8b)
       --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix-real" \
       > "$OUT/bench-mix-real.txt" 2>&1 ) &
   step "issue 12 sweep: seeds of complex vs real lambda, Phase 2 seeds, weight decay and the short convolution on real lambda"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --seed 1337 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -491,7 +491,7 @@ s10b)
   ( timeout 450 python3 -m muse bench stage1 --preset seed --references phase2_nomix,gpt --device cuda --no-compile \
       "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-seed" > "$OUT/bench-seed.txt" 2>&1 ) &
   step "issue 12 sweep: weight decay 1.0 for every model, more seeds of the GPT"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -519,7 +519,7 @@ s10c)
   MUSE_KERNELS_IN_COMPILE=layer_norm,modrelu timeout 110 python3 scripts/compiled_loss_speed.py --model stage1 \
     --preset seed --batch 4 --seq 1024 --steps 20 --variants 1 2>&1 | grep "^{" | tee "$OUT/compiled-ln-kernels.jsonl"
   step "issue 12 sweep at weight decay 1.0: the mix Stage 1's width, state, learning rate, dropout, ring, positions"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --seed 1337 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=2
   M="--model stage1 --preset mix --weight-decay 1.0"
@@ -544,7 +544,7 @@ s10d)
       --references phase2_nomix,gpt --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix-zeta0.25" \
       > "$OUT/bench-mix-zeta0.25.txt" 2>&1 ) &
   step "issue 12 sweep: the position table's amplitude (zeta_scale) with weight decay, seeds; Phase 2 at 0.25"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=2
   M="--model stage1 --preset mix --seed 1337"
@@ -582,7 +582,7 @@ s11b)
   ( timeout 450 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
       --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 1.0 --out "$OUT/bench-mix-wd1.0" > "$OUT/bench-mix-wd1.0.txt" 2>&1 ) &
   step "issue 12 sweep: seeds and position amplitudes at the budget (wd 0.1), both models"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -604,7 +604,7 @@ s12a)
   step "ComplexRetention tests on CUDA (the Hebbian Triton kernel behind the layer)"
   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/nn/test_complex_retention.py 2>&1 | tail -3
   step "issue 12: the content-addressed complex mixer (ComplexRetention) in the mix Stage 1, at the budget"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -623,7 +623,7 @@ s12b)
   ( timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
       --no-compile "${DATA[@]}" "${BUDGET[@]}" --out "$OUT/bench-mix" > "$OUT/bench-mix.txt" 2>&1 ) &
   step "issue 12: seeds 1 and 2 of mix, hybrid, retention and Phase 2 at the budget"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=1
   : > "$OUT/runs.txt"
@@ -644,7 +644,7 @@ s12c)
   ( timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix --device cuda \
       --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix-wd3" > "$OUT/bench-mix-wd3.txt" 2>&1 ) &
   step "issue 12: weight decay 3.0 for both models, seeds and the position amplitude"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=1
   printf '%s\n' \
@@ -664,7 +664,7 @@ s12c)
   ;;
 s12d)
   step "issue 12: weight decay 3.0: the GPT reference, more seeds at zeta 0.1, retention"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=1
   printf '%s\n' \
@@ -781,7 +781,7 @@ with torch.no_grad():
   ;;
 s17c)
   step "issue 12: weight decay on the embedding tables too (--decay-embeddings, nanoGPT's rule), at the budget, six runs sharing the GPU"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -797,7 +797,7 @@ s17c)
   ;;
 s17d)
   step "issue 12: depth and width of the mix Stage 1 and of Phase 2 at the budget (weight decay 3.0), six runs sharing the GPU"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337 --weight-decay 3.0)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -821,7 +821,7 @@ s18a)
   ;;
 s19a)
   step "issue 12: the decay per token (Griffin's RG-LRU form, decay=input) on the mix Stage 1 at the budget, six runs sharing the GPU"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=2
   printf '%s\n' \
@@ -846,7 +846,7 @@ s19b)
   ;;
 s19c)
   step "issue 12: the decay per token with no full-size rate kept for backward (decay_rank=32: low-rank, Mamba's dt; decay=drive: from B x): two criteria runs and four training runs sharing the GPU"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=2
   for v in "rank32|--stage1-arg decay=input --stage1-arg decay_rank=32" "drive|--stage1-arg decay=drive"; do
@@ -869,7 +869,7 @@ s19c)
   ;;
 s19d)
   step "issue 12: the mix preset with the low-rank per-token decay (decay_rank 32): seed 2 at the budget, in the background"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=2
   printf '%s\n' "mix-s2|--model stage1 --preset mix --seed 2" > "$OUT/runs.txt"
@@ -902,7 +902,7 @@ s20c)
   ;;
 s20b)
   step "issue 12: the per-token decay's range c (decay_scale 16 and 32) on the mix preset at the budget, three seeds, six runs sharing the GPU"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=2
   for c in 16 32; do for seed in 1337 1 2; do
@@ -913,7 +913,7 @@ s20b)
   ;;
 s21a)
   step "the tiled selective-scan kernel: CUDA tests and verify, beside one mix training run at the budget (seed 1337)"
-  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --weight-decay 3.0)
   export OMP_NUM_THREADS=2
   printf '%s\n' "tiled-s1337|--model stage1 --preset mix --seed 1337" > "$OUT/runs.txt"
@@ -1050,7 +1050,45 @@ s24d)
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -40
   grep "numerics report\|complex_diag_scan \|passed" "$OUT/verify-cdiag.txt" "$OUT"/verify-cdiag/report.md 2>/dev/null | head -8
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d" >&2; exit 2 ;;
+s25a)
+  step "issue 12: the learned copy path (pointer_dim 64) on mix, Phase 2 and the GPT at the budget, beside each without it, seed 1337, six runs sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --seed 1337)
+  export OMP_NUM_THREADS=2
+  printf '%s\n' \
+    "mix-ptr|--model stage1 --preset mix --model-arg pointer_dim=64" \
+    "phase2-ptr|--model phase2 --preset seed --model-arg pointer_dim=64" \
+    "mix|--model stage1 --preset mix" \
+    "phase2|--model phase2 --preset seed" \
+    "gpt-ptr|--model gpt --preset seed --model-arg pointer_dim=64" \
+    "gpt|--model gpt --preset seed" \
+    > "$OUT/runs.txt"
+  sweep 6 420 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak\|parameters" "$OUT"/*/stdout.txt | head -40
+  ;;
+s25b)
+  step "issue 12: Stage 1 criteria for mix + the copy path, against Phase 2 as the seed defines it and against Phase 2 with the same copy path; seeds 1 and 2 of mix and Phase 2 with it; six processes sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  for ref in plain ptr; do
+    extra=(); [ "$ref" = ptr ] && extra=(--phase2-arg pointer_dim=64)
+    ( timeout 520 python3 -m muse bench stage1 --preset seed --stage1-preset mix --stage1-arg pointer_dim=64 \
+        "${extra[@]}" --references none --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+        --out "$OUT/bench-mixptr-vs-$ref" > "$OUT/bench-mixptr-vs-$ref.txt" 2>&1; echo "bench $ref rc=$?" ) &
+  done
+  printf '%s\n' \
+    "mix-ptr-s1|--model stage1 --preset mix --model-arg pointer_dim=64 --seed 1" \
+    "mix-ptr-s2|--model stage1 --preset mix --model-arg pointer_dim=64 --seed 2" \
+    "phase2-ptr-s1|--model phase2 --preset seed --model-arg pointer_dim=64 --seed 1" \
+    "phase2-ptr-s2|--model phase2 --preset seed --model-arg pointer_dim=64 --seed 2" \
+    > "$OUT/runs.txt"
+  sweep 4 500 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -20
+  for ref in plain ptr; do echo "--- vs $ref"; sed -n '/all_pass/,/planar layout/p' "$OUT/bench-mixptr-vs-$ref.txt" | head -30; done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -7,6 +7,11 @@ default) and ``lm_head`` (a module with ``.weight`` (V, d) and ``.bias`` (V,) or
 ``lm_head.weight`` is the one accessor of the head's weight (forward, the fused loss, the
 counters below): a parameter, or for a tied head a view of the token table.
 
+A config with ``pointer_dim > 0`` adds ``pointer`` (:class:`muse.nn.PointerMixture`, the learned
+copy path over the window; None otherwise): ``forward`` then returns the mixture's
+log-probabilities, the loss (:func:`muse.train.model_loss`) mixes the head's per-token loss with
+it, and :meth:`step` is the whole-context fallback.
+
 The counters live on the model's device and are updated without host syncs: slot 0
 counts forwards whose embedding held a NaN/Inf, slot i+1 layer i, the last slot forwards
 whose logits are not proven finite (below) — under ``return_hidden=True`` forwards whose
@@ -30,6 +35,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_int, check_token_ids, check_type
+from muse.nn.pointer import PointerMixture
 
 
 @dataclass
@@ -64,6 +70,14 @@ class LanguageModel(nn.Module):
         self.register_buffer("_forward_count", torch.zeros((), dtype=torch.long, device=device), persistent=False)
         self.register_buffer("_nonfinite_count", torch.zeros(config.n_layers + 2, dtype=torch.long, device=device),
                              persistent=False)
+        self.pointer: PointerMixture | None = None
+
+    def build_pointer(self, device=None) -> None:
+        """Adds the copy path when ``config.pointer_dim > 0``; each model calls it last in ``__init__``,
+        after its own initialisation (which would otherwise reset the pointer's linears)."""
+        dim = getattr(self.config, "pointer_dim", 0)
+        if dim:
+            self.pointer = PointerMixture(self.config.d_model, dim, device=device)
 
     @classmethod
     def upgrade_key(cls, name: str) -> str:
@@ -115,6 +129,8 @@ class LanguageModel(nn.Module):
             h = out
             out = self.lm_head(h)  # (B, S, V)
             self._count_logits_unproven(h, out.dtype)
+            if self.pointer is not None:
+                out = self.pointer.log_probs(h, input_ids, out)  # (B, S, V) fp32 log-probabilities
         if not return_diagnostics:
             return out
         diag["final_norm"] = activation_statistics(x)
@@ -132,13 +148,24 @@ class LanguageModel(nn.Module):
         O(1)-per-token path override it (the GPT's KV cache, Stage 1's and Phase 2's recurrent
         states); every override takes and returns its own cache and gives the logits of
         ``forward`` on the whole sequence (up to rounding).  The context is capped at ``max_seq_len`` (ValueError
-        beyond).  Runs without gradients; call ``eval()`` first, or dropout applies.
+        beyond).  Runs without gradients; call ``eval()`` first, or dropout applies.  A model with a
+        ``pointer`` always decodes here (every override starts with :meth:`uses_context_step`).
         """
         if cache is not None:
             check_type("cache", cache, ContextCache, "a ContextCache or None")
         input_ids = self.check_step(input_ids, cache)
         ids = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)  # (B, S)
         return self(ids)[:, -input_ids.shape[1]:], ContextCache(ids)
+
+    def uses_context_step(self, cache) -> bool:
+        """True when this model decodes through :meth:`LanguageModel.step` (it has a ``pointer``, which
+        reads every earlier position of the window); a recurrent cache is then a TypeError."""
+        if self.pointer is None:
+            return False
+        if cache is not None and not isinstance(cache, ContextCache):
+            raise TypeError(f"cache must be a ContextCache or None for a model with a pointer, "
+                            f"got {type(cache).__name__}")
+        return True
 
     def check_layer_cache(self, cache, cls: type, name: str) -> None:
         """A recurrent model's ``cache``: None or a ``cls`` (``name`` in the error) with one entry per block."""
@@ -251,6 +278,12 @@ def activation_statistics(x) -> dict:
             "abs_max": xf.abs().max().item() if xf.numel() else 0.0,
             "nonfinite": int((~torch.isfinite(xf)).sum().item()),
         }
+
+
+def pointer_parameter_count(config) -> int:
+    """Parameters of the copy path a config asks for (0 without one)."""
+    dim = getattr(config, "pointer_dim", 0)
+    return PointerMixture.parameter_count(config.d_model, dim) if dim else 0
 
 
 def check_config_sizes(config, *, heads: bool = False) -> None:

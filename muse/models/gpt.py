@@ -31,12 +31,13 @@ from torch import nn
 
 from muse._checks import (
     check_float,
+    check_int,
     check_probability,
     check_tensor,
     check_token_ids,
     check_type,
 )
-from muse.models.base import LanguageModel, check_config_sizes
+from muse.models.base import LanguageModel, check_config_sizes, pointer_parameter_count
 from muse.nn import RealFeedForward
 
 
@@ -53,9 +54,11 @@ class GPTConfig:
     dropout: float = 0.1  # embedding, attention weights, both residual branches
     bias: bool = True  # biases in the linears and LayerNorms (GPT-2 has them); the head never has one
     layer_norm_eps: float = 1e-5
+    pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
 
     def __post_init__(self):
         check_config_sizes(self, heads=True)
+        check_int("pointer_dim", self.pointer_dim, min_value=0)
         check_probability("dropout", self.dropout)
         check_type("bias", self.bias, bool, "a bool")
         check_float("layer_norm_eps", self.layer_norm_eps, min_value=0.0, min_inclusive=False)
@@ -187,6 +190,7 @@ class GPTModel(LanguageModel):
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, bias=config.bias, device=device)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False, device=device)
         self.reset_parameters()
+        self.build_pointer(device)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -202,6 +206,8 @@ class GPTModel(LanguageModel):
         for block in self.blocks:
             block.attn.proj.weight.normal_(0.0, residual_std)
             block.mlp.proj.weight.normal_(0.0, residual_std)
+        if self.pointer is not None:
+            self.pointer.reset_parameters()
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Token + position embeddings, then dropout: (B, S) ids -> (B, S, d)."""
@@ -223,6 +229,8 @@ class GPTModel(LanguageModel):
         cache; the one passed in is left unchanged.  Runs without gradients; call
         ``eval()`` first, or dropout applies as in training.
         """
+        if self.uses_context_step(cache):
+            return super().step(input_ids, cache)
         past_len = 0
         if cache is not None:
             check_type("cache", cache, KVCache, "a KVCache or None")
@@ -248,7 +256,7 @@ def expected_parameter_count(config: GPTConfig) -> int:
     hidden, b = config.ffn_mult * d, int(config.bias)
     norm = d + b * d
     block = 2 * norm + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * hidden + b * hidden) + (hidden * d + b * d)
-    return v * d + s * d + n * block + norm + d * v
+    return v * d + s * d + n * block + norm + d * v + pointer_parameter_count(config)
 
 
 __all__ = [

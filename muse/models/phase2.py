@@ -45,7 +45,7 @@ from muse._checks import (
     check_type,
 )
 from muse.init import ZetaEmbedding, ZetaInitializer
-from muse.models.base import LanguageModel, check_config_sizes
+from muse.models.base import LanguageModel, check_config_sizes, pointer_parameter_count
 from muse.nn import RealFeedForward
 from muse.nn.mixers import BKCore, DissipativeHebbian, HeadRMSNorm
 
@@ -82,9 +82,11 @@ class Phase2Config:
     dropout: float = 0.1
     zeta_scale: float = 0.1  # amplitude of the fixed zeta position table (the original's: 1.0)
     layer_norm_eps: float = 1e-5
+    pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
 
     def __post_init__(self):
         check_config_sizes(self, heads=True)
+        check_int("pointer_dim", self.pointer_dim, min_value=0)
         check_int("bk_channels", self.bk_channels, min_value=1)
         self.bk_z = check_shift("bk_z", self.bk_z)
         check_float("bk_shift", self.bk_shift)
@@ -131,8 +133,8 @@ class Phase2Config:
 
     @property
     def mixes_tokens(self) -> bool:
-        """False for ``mixers=()``: embedding + FFN blocks see one position at a time."""
-        return bool(self.mixers)
+        """False for ``mixers=()`` without a copy path: embedding + FFN blocks see one position at a time."""
+        return bool(self.mixers) or self.pointer_dim > 0
 
     def to_dict(self) -> dict:
         """Plain JSON-ready fields: bk_z as [re, im], mixers as a list (both accepted back)."""
@@ -223,6 +225,7 @@ class Phase2Model(LanguageModel):
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, device=device)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=config.head_bias, device=device)
         self.reset_parameters()
+        self.build_pointer(device)
 
     @classmethod
     def upgrade_key(cls, name: str) -> str:
@@ -260,6 +263,8 @@ class Phase2Model(LanguageModel):
                     mixer.reset_gamma_bias()
             block.ffn.proj.weight.normal_(0.0, 0.02 / math.sqrt(n_branches))
         self.token_embedding.weight.normal_(0.0, 1.0)
+        if self.pointer is not None:
+            self.pointer.reset_parameters()
 
     @torch.no_grad()
     def _reset_zeta(self) -> None:
@@ -276,6 +281,8 @@ class Phase2Model(LanguageModel):
         self.lm_head.weight.normal_(0.0, 0.02)
         if self.lm_head.bias is not None:
             self.lm_head.bias.zero_()
+        if self.pointer is not None:
+            self.pointer.reset_parameters()
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: Phase2State | None = None
@@ -289,6 +296,8 @@ class Phase2Model(LanguageModel):
         ``max_seq_len`` (ValueError beyond).  Returns a new state; the one passed in is left
         unchanged.  Runs without gradients; call ``eval()`` first, or dropout applies.
         """
+        if self.uses_context_step(cache):
+            return super().step(input_ids, cache)
         self.check_layer_cache(cache, Phase2State, "Phase2State")
         input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
@@ -320,7 +329,7 @@ def expected_parameter_count(config: Phase2Config) -> int:
         "hebbian": 3 * (d * d + bias * d) + (d * h_gamma + bias * h_gamma) + d * int(config.hebbian_norm) + (d * d + d),
     }
     block = sum(2 * d + mixer[m] for m in config.mixers) + 2 * d + (d * hidden + hidden) + (hidden * d + d)
-    return v * d + n * block + 2 * d + (d * v + v * int(config.head_bias))
+    return v * d + n * block + 2 * d + (d * v + v * int(config.head_bias)) + pointer_parameter_count(config)
 
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_choice, check_float, check_int, check_probability, check_type
-from muse.models.base import LanguageModel
+from muse.models.base import LanguageModel, pointer_parameter_count
 from muse.nn import (
     ComplexDropout,
     ComplexEmbedding,
@@ -96,6 +96,7 @@ class Stage1Config:
     phase_init: str = "geometric"  # retention's key phases: "geometric" (RoPE's) | "zeta" | "none"
     # variants only: the head's weight IS the real plane of the token table (weight tying, own bias)
     tie_head: bool = False
+    pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -113,6 +114,7 @@ class Stage1Config:
         check_choice("linear_init", self.linear_init, LINEAR_INITS)
         check_choice("head_init", self.head_init, HEAD_INITS)
         check_choice("dropout_mode", self.dropout_mode, C.DROPOUT_MODES)
+        check_int("pointer_dim", self.pointer_dim, min_value=0)
         _check_variant_fields(self)
 
     @property
@@ -121,8 +123,8 @@ class Stage1Config:
 
     @property
     def mixes_tokens(self) -> bool:
-        """Only a mixer mixes positions; the seed's block sees one token and position at a time."""
-        return self.mixer != "none"
+        """Only a mixer or the copy path mixes positions; the seed's block sees one token and position at a time."""
+        return self.mixer != "none" or self.pointer_dim > 0
 
     @property
     def is_seed_block(self) -> bool:
@@ -372,6 +374,7 @@ class Stage1Model(LanguageModel):
         else:
             self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device,
                                       init=config.head_init)
+        self.build_pointer(device)
 
     @property
     def vocab_size(self) -> int:
@@ -410,6 +413,8 @@ class Stage1Model(LanguageModel):
         ``max_seq_len`` (the position table's rows; ValueError beyond).  Returns a new state; the
         one passed in is left unchanged.  Runs without gradients; call ``eval()`` first.
         """
+        if self.uses_context_step(cache):
+            return super().step(input_ids, cache)
         self.check_layer_cache(cache, Stage1State, "Stage1State")
         input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
@@ -434,6 +439,8 @@ class Stage1Model(LanguageModel):
         """Buffers for :meth:`decode_step`: a copy of ``cache`` (the state :meth:`step` left after
         the prompt), or with None zero states at position 0; on the model's device."""
         batch_size = check_int("batch_size", batch_size, min_value=1)
+        if self.pointer is not None:
+            raise ValueError("a Stage 1 model with a pointer (pointer_dim > 0) has no static decoding path; use step")
         if cache is not None:
             check_type("cache", cache, Stage1State, "a Stage1State or None")
             if cache.batch_size != batch_size or len(cache.layers) != len(self.blocks):
@@ -525,7 +532,7 @@ def expected_parameter_count(config: Stage1Config) -> int:
     if not config.is_seed_block:
         blocks = sum(_variant_block_parameter_count(config, i) for i in range(n))
     head = v if config.tie_head else d * v + v  # a tied head's weight is the embedding's real table
-    return embedding + blocks + 2 * d + head
+    return embedding + blocks + 2 * d + head + pointer_parameter_count(config)
 
 
 def expected_trainable_count(config: Stage1Config) -> int:

@@ -1,6 +1,7 @@
 """Modules: complex ones are thin wrappers whose forward is one call into ``muse.complex``;
 ``RealLinear`` and ``RealFeedForward`` serve the real LM heads and the real models;
-``TiedRealHead`` is a head tied to a ComplexEmbedding's real table."""
+``TiedRealHead`` is a head tied to a ComplexEmbedding's real table; ``PointerMixture`` is any
+model's optional copy path over its window."""
 
 from muse.nn.activation import ModReLU
 from muse.nn.dropout import ComplexDropout
@@ -9,8 +10,9 @@ from muse.nn.feedforward import RealFeedForward
 from muse.nn.linear import ComplexLinear, RealLinear
 from muse.nn.mixers import ComplexRecurrence, ComplexRetention
 from muse.nn.norm import ComplexLayerNorm
+from muse.nn.pointer import PointerMixture
 
 __all__ = [
     "ComplexDropout", "ComplexEmbedding", "ComplexLayerNorm", "ComplexLinear", "ComplexRecurrence", "ComplexRetention", "ModReLU",
-    "RealFeedForward", "RealLinear", "TiedRealHead",
+    "PointerMixture", "RealFeedForward", "RealLinear", "TiedRealHead",
 ]

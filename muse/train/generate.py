@@ -51,8 +51,10 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 def has_static_step(model: LanguageModel) -> bool:
-    """Whether ``model`` offers the static decoding interface (``decode_buffers``, ``decode_step``)."""
-    return callable(getattr(model, "decode_step", None)) and callable(getattr(model, "decode_buffers", None))
+    """Whether ``model`` offers the static decoding interface (``decode_buffers``, ``decode_step``);
+    a model with a ``pointer`` does not (it decodes over the whole context)."""
+    return (callable(getattr(model, "decode_step", None)) and callable(getattr(model, "decode_buffers", None))
+            and getattr(model, "pointer", None) is None)
 
 
 def resolve_fast(fast: bool | None, model: LanguageModel, device: torch.device | str) -> bool:

@@ -77,8 +77,8 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     )
 
 
-def _check_reduction(reduction: object) -> None:
-    if reduction not in ("mean", "sum"):
+def _check_reduction(reduction: object, allow_none: bool = False) -> None:
+    if reduction not in (("mean", "sum", "none") if allow_none else ("mean", "sum")):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
@@ -268,8 +268,8 @@ def _chunk_body(hidden: torch.Tensor, weight: torch.Tensor, plain, kernel):
 
 
 def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
-    """The vocabulary-chunked forward: (sum of the scored losses, per-token log-sum-exp), both in
-    the compute dtype; an online log-sum-exp over the chunks' logits (one pass, rescaled sums)."""
+    """The vocabulary-chunked forward: (per-token losses, 0 where not scored; per-token log-sum-exp),
+    both in the compute dtype; an online log-sum-exp over the chunks' logits (one pass, rescaled sums)."""
     n = hidden.shape[0]
     acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
@@ -280,15 +280,15 @@ def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype
         for v0, _ in chunks:
             z_max, z_sum = lse_step(chunks.logits(v0), z_max, z_sum)
     lse = z_max + z_sum.log()
-    total = torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0).sum()
-    return total, lse
+    return torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0), lse
 
 
-def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, need, gemm_dtype):
+def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype):
     """The vocabulary-chunked backward: (d_hidden, d_weight, d_bias), None where not ``need``ed.
 
-    Per chunk, dlogits = softmax - onehot from the saved log-sum-exp (fp32, rounded once to the
-    GEMM dtype); d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1], one GEMM over all
+    Per chunk, dlogits = (softmax - onehot) * keep from the saved log-sum-exp (fp32, rounded once
+    to the GEMM dtype; ``keep`` per token: 0 where not scored, else 1 or that token's incoming
+    gradient); d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1], one GEMM over all
     tokens; d(hidden) sums over chunks in fp32; each is multiplied by ``scale`` in fp32 and
     rounded once.
     """
@@ -298,7 +298,7 @@ def _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, ne
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
     use_kernels = _use_kernels(hidden, weight)
     dlogits = _fused(_dlogits) if hidden.is_cuda and not use_kernels else _dlogits
-    keep = scored.to(acc)
+    keep = keep.to(acc)
     d_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
     alloc = torch.zeros if n == 0 else torch.empty  # every row is written below when n > 0
     d_weight = alloc(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
@@ -413,20 +413,20 @@ def _vocab_forward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 @_vocab_forward_op.register_fake
 def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
     acc = C.compute_dtype(hidden.dtype)
-    return hidden.new_empty((), dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
+    return hidden.new_empty(hidden.shape[0], dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
 
 
 @torch.library.custom_op("muse::lce_vocab_backward", mutates_args=())
 def _vocab_backward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       targets: torch.Tensor, scored: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
+                       targets: torch.Tensor, keep: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
                        chunk: int, need: list[bool], gemm_dtype: torch.dtype | None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _vocab_backward(hidden, weight, bias, targets, scored, lse, scale, chunk, tuple(need), gemm_dtype)
+    grads = _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, tuple(need), gemm_dtype)
     return _none_to_empty(hidden, *grads)
 
 
 @_vocab_backward_op.register_fake
-def _(hidden, weight, bias, targets, scored, lse, scale, chunk, need, gemm_dtype):
+def _(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype):
     shapes = ((hidden, hidden.shape), (weight, weight.shape), (weight, weight.shape[:1]))  # bias: weight's dtype
     return tuple(ref.new_empty(shape if want else _NONE) for (ref, shape), want in zip(shapes, need, strict=True))
 
@@ -453,31 +453,39 @@ def _empty_to_none(grads, need):
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Sum (or mean) over scored tokens of the cross-entropies of ``hidden @ weight.T + bias``,
-    over vocabulary chunks (:func:`_vocab_forward`, :func:`_vocab_backward`)."""
+    """The cross-entropies of ``hidden @ weight.T + bias`` over vocabulary chunks
+    (:func:`_vocab_forward`, :func:`_vocab_backward`): their sum or mean over the scored tokens,
+    or (``reduction`` "none") one per token, 0 where not scored."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, reduction, need, gemm_dtype):
         scored = targets != ignore_index
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
         if _opaque():
-            total, lse = _vocab_forward_op(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
+            per, lse = _vocab_forward_op(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
         else:
-            total, lse = _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
+            per, lse = _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
         ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
-        ctx.setup = (chunk, need, count if scale_by_count else None, gemm_dtype)
-        return total / count if scale_by_count else total
+        ctx.setup = (chunk, need, count, reduction, gemm_dtype)
+        if reduction == "none":
+            return per
+        return per.sum() / count if reduction == "mean" else per.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         hidden, weight, bias, targets, scored, lse = ctx.saved_tensors
-        chunk, need, count, gemm_dtype = ctx.setup
-        scale = grad_out.to(C.compute_dtype(hidden.dtype))
-        if count is not None:
+        chunk, need, count, reduction, gemm_dtype = ctx.setup
+        acc = C.compute_dtype(hidden.dtype)
+        keep = scored.to(acc)
+        if reduction == "none":  # each token's own incoming gradient
+            keep, scale = keep * grad_out.to(acc), torch.ones((), dtype=acc, device=hidden.device)
+        else:
+            scale = grad_out.to(acc)
+        if reduction == "mean":
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
-        args = (hidden, weight, bias, targets, scored, lse, scale, chunk)
+        args = (hidden, weight, bias, targets, keep, lse, scale, chunk)
         if _opaque():
             grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype), need)
         else:
@@ -594,7 +602,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     ``hidden`` (..., d) and ``targets`` (...) with the same leading shape; ``weight`` (V, d),
     ``bias`` (V,) or None, all of one floating dtype on one device. Targets equal to
     ``ignore_index`` are not scored; ``"mean"`` averages over the scored tokens (NaN when
-    none is), ``"sum"`` adds them. ``chunk_size``: vocabulary rows per chunk for ``"chunked"``
+    none is), ``"sum"`` adds them, ``"none"`` returns each token's loss (shape of ``targets``, 0
+    where not scored; ``"chunked-tokens"`` then runs as ``"chunked"``, whose backward takes a
+    gradient per token). ``chunk_size``: vocabulary rows per chunk for ``"chunked"``
     (rounded up to a multiple of 128 on CUDA), tokens per chunk for ``"torch-native"`` and
     ``"chunked-tokens"``; None: :func:`auto_chunk_size` from :func:`chunk_budget`. ``impl``:
     ``"auto"`` or one of the three paths
@@ -620,7 +630,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          f"got {tuple(targets.shape)}")
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    _check_reduction(reduction)
+    _check_reduction(reduction, allow_none=True)
     check_int("ignore_index", ignore_index)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, min_value=1)
@@ -637,13 +647,22 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         with torch.autocast(hidden.device.type, enabled=False):
             loss = F.linear_cross_entropy(h, weight, t, linear_bias=bias, reduction=reduction,
                                           ignore_index=ignore_index, options=options)
-        return loss if loss.dtype == torch.float64 else loss.float()
+        loss = loss if loss.dtype == torch.float64 else loss.float()
+        return loss.reshape(targets.shape) if reduction == "none" else loss
     grad = torch.is_grad_enabled()
     need = (grad and hidden.requires_grad, grad and weight.requires_grad,
             grad and bias is not None and bias.requires_grad)
-    fn = _TokenChunkedLinearCrossEntropy if path == "chunked-tokens" else _ChunkedLinearCrossEntropy
-    return fn.apply(h, weight, bias, t, ignore_index, chunk_size, reduction == "mean", need,
-                    _autocast_gemm_dtype(hidden))
+    if reduction == "none":  # per-token gradients: only the vocabulary-chunked backward takes them
+        if path == "chunked-tokens":
+            path, chunk_size = "chunked", default_chunk_size(hidden, weight, "chunked")
+        out = _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, reduction, need,
+                                               _autocast_gemm_dtype(hidden))
+        return out.reshape(targets.shape)
+    if path == "chunked-tokens":
+        return _TokenChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size,
+                                                     reduction == "mean", need, _autocast_gemm_dtype(hidden))
+    return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, reduction, need,
+                                            _autocast_gemm_dtype(hidden))
 
 
 def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
@@ -657,7 +676,9 @@ def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
 
 def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
                reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
-    """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)`` + its ``lm_head``.
+    """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)`` + its ``lm_head``,
+    mixed with the copy path's when the model has a ``pointer`` (the head's loss per token, then
+    :meth:`muse.nn.PointerMixture.nll`).
 
     ``model`` may be wrapped in DistributedDataParallel (its forward runs through the
     wrapper, the head is read from ``model.module``).
@@ -668,8 +689,16 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
     if not isinstance(head, torch.nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise TypeError(f"model must have an lm_head module with a .weight; {type(core).__name__} has none")
     hidden = model(input_ids, return_hidden=True)
-    return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
-                                chunk_size=chunk_size, impl=impl)
+    pointer = getattr(core, "pointer", None)
+    if pointer is None:
+        return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
+                                    chunk_size=chunk_size, impl=impl)
+    _check_reduction(reduction)
+    vocab_nll = linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), "none",
+                                     chunk_size=chunk_size, impl=impl)
+    nll = pointer.nll(hidden, input_ids, targets, vocab_nll, IGNORE_INDEX)
+    total = nll.sum()
+    return total / (targets != IGNORE_INDEX).sum() if reduction == "mean" else total
 
 
 def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", reduction: str = "mean",

@@ -24,7 +24,12 @@ CUTS = [0, 1, SEQ // 2, SEQ - 2]
 # Variants beyond a model's "tiny" preset: id -> (model, preset, config overrides).
 VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True}),
             "stage1-retention": ("stage1", "mix-tiny", {"mixer": "retention"}),
-            "stage1-hybrid": ("stage1", "mix-tiny", {"mixer": "hybrid", "n_heads": 2})}
+            "stage1-hybrid": ("stage1", "mix-tiny", {"mixer": "hybrid", "n_heads": 2}),
+            # the learned copy path (muse.nn.PointerMixture) on every model, and on the seed's block
+            "stage1-mix-pointer": ("stage1", "mix-tiny", {"pointer_dim": 8}),
+            "stage1-seed-pointer": ("stage1", "tiny", {"pointer_dim": 8}),
+            "phase2-pointer": ("phase2", "tiny", {"pointer_dim": 8}),
+            "gpt-pointer": ("gpt", "tiny", {"pointer_dim": 8})}
 
 
 pytestmark = pytest.mark.usefixtures("_one_thread")

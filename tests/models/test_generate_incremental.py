@@ -16,8 +16,10 @@ from muse.train.synthetic import repeated_sequence
 VOCAB = 97
 CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny"), ("stage1", "mix-tiny+tied"),
                                                       ("stage1", "mix-tiny+retention"), ("stage1", "mix-tiny+hybrid"),
-                                                      ("phase2", "original-tiny")]
-SUFFIXES = {"+tied": {"tie_head": True}, "+retention": {"mixer": "retention"}, "+hybrid": {"mixer": "hybrid"}}
+                                                      ("phase2", "original-tiny"), ("stage1", "mix-tiny+pointer"),
+                                                      ("phase2", "tiny+pointer"), ("gpt", "tiny+pointer")]
+SUFFIXES = {"+tied": {"tie_head": True}, "+retention": {"mixer": "retention"}, "+hybrid": {"mixer": "hybrid"},
+            "+pointer": {"pointer_dim": 8}}
 
 
 def _model(name: str, preset: str):

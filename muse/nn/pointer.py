@@ -1,0 +1,121 @@
+"""A learned copy path: the neural cache / pointer-sentinel mixture over the model's own window.
+
+    p(w | t) = (1 - g_t) p_vocab(w | t) + g_t Σ_{j < t, x_{j+1} = w} a_tj
+
+``p_vocab`` is the LM head's softmax; ``a_t`` the softmax over the window's earlier positions
+j < t of θ cos(q_t, k_j) with q = W_q h, k = W_k h (h the head's input, (B, S, d)); the gate
+g_t = sigmoid(w_g · h_t + b_g), 0 at t = 0 where no earlier position exists. Position j offers
+the token after it, x_{j+1}, which the model has read by t > j: causal by construction, and the
+distribution sums to 1. This is Grave et al. (2017)'s continuous cache with its θ, λ learned and
+λ made a function of h_t as in Merity et al. (2017)'s pointer sentinel. W_q and W_k start equal,
+so the initial scores are the training-free cache's cos(h_t, h_j) seen through one random
+projection. Parameters and arithmetic are fp32 whatever the model's storage dtype (d_key·2d + d + 2
+values); the scores are the cost: O(S²) work per window, computed in blocks of query rows that
+backward recomputes, so no (B, S, S) tensor is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from muse._checks import check_int
+
+_MASKED = -30000.0  # a finite "minus infinity" for the scores: an empty row stays NaN-free
+
+
+class PointerMixture(nn.Module):
+    """The copy path of a language model (module docstring); ``d_key`` the width of q and k."""
+
+    def __init__(self, d_model: int, d_key: int = 64, *, theta: float = 20.0, gate: float = 0.1, device=None):
+        super().__init__()
+        check_int("d_model", d_model, min_value=1)
+        check_int("d_key", d_key, min_value=1)
+        self.query = nn.Linear(d_model, d_key, bias=False, device=device, dtype=torch.float32)
+        self.key = nn.Linear(d_model, d_key, bias=False, device=device, dtype=torch.float32)
+        self.log_theta = nn.Parameter(torch.full((), math.log(theta), device=device))
+        self.gate = nn.Linear(d_model, 1, device=device, dtype=torch.float32)
+        self._theta0, self._gate0 = theta, gate
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """W_q = W_k ~ N(0, 1/d), θ at its initial value, the gate's weight 0 and bias logit(gate)."""
+        if self.query.weight.is_meta:
+            return
+        self.query.weight.normal_(0.0, self.query.in_features ** -0.5)
+        self.key.weight.copy_(self.query.weight)
+        self.log_theta.fill_(math.log(self._theta0))
+        self.gate.weight.zero_()
+        self.gate.bias.fill_(math.log(self._gate0 / (1 - self._gate0)))
+
+    @staticmethod
+    def parameter_count(d_model: int, d_key: int) -> int:
+        return 2 * d_model * d_key + 1 + d_model + 1
+
+    def _features(self, h: torch.Tensor):
+        """h (B, S, d) -> unit queries and keys (B, S, d_key), θ, log(1 - g) and log g (B, S); fp32 (fp64
+        for fp64 h)."""
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        h = h.to(acc)
+        q = nn.functional.normalize(nn.functional.linear(h, self.query.weight.to(acc)), dim=-1)
+        k = nn.functional.normalize(nn.functional.linear(h, self.key.weight.to(acc)), dim=-1)
+        gate = nn.functional.linear(h, self.gate.weight.to(acc), self.gate.bias.to(acc))[..., 0]
+        first = torch.arange(h.shape[1], device=h.device) == 0  # no earlier position: g = 0
+        log_g = torch.where(first, -math.inf, nn.functional.logsigmoid(gate))
+        log_1mg = torch.where(first, 0.0, nn.functional.logsigmoid(-gate))
+        return q, k, self.log_theta.to(acc).exp(), log_1mg, log_g
+
+    @staticmethod
+    def _log_a(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor, t0: int) -> torch.Tensor:
+        """log a for the query rows t0.. (q: (B, R, d_key)) over keys 0 .. t0 + R - 1: (B, R, t0 + R);
+        ``_MASKED``-ish (weight exactly 0 once times g) at j >= t."""
+        t1 = t0 + q.shape[1]
+        s = torch.matmul(q, k[:, :t1].transpose(-1, -2)) * theta
+        earlier = torch.arange(t1, device=q.device)[None, :] < torch.arange(t0, t1, device=q.device)[:, None]
+        s = torch.where(earlier, s, _MASKED)
+        return s - torch.logsumexp(s, dim=-1, keepdim=True)
+
+    @classmethod
+    def _nll_rows(cls, q, k, theta, log_1mg, log_g, nxt, targets, vocab_nll, t0: int) -> torch.Tensor:
+        """-log p(target) for the query rows t0.. (every argument but k and nxt cut to those rows)."""
+        log_a = cls._log_a(q, k, theta, t0)
+        match = nxt[:, None, : log_a.shape[-1]] == targets[:, :, None]  # (B, R, j): j offers the target
+        copy = torch.where(match, log_a, -math.inf)
+        terms = torch.cat([(log_1mg - vocab_nll.to(log_1mg.dtype))[..., None], log_g[..., None] + copy], dim=-1)
+        return -torch.logsumexp(terms, dim=-1)
+
+    def nll(self, h: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, vocab_nll: torch.Tensor,
+            ignore_index: int = -100, block: int = 256) -> torch.Tensor:
+        """-log p(target) per token (B, S) fp32 (fp64 for fp64 ``h``), 0 where ``targets`` is ``ignore_index``, from the head
+        input ``h`` (B, S, d), the window's ``input_ids`` (B, S), and the head's own -log p_vocab(target).
+
+        Query rows go in blocks of ``block``, each recomputed in backward (activation checkpointing):
+        the (B, block, S) scores are the largest tensor alive, and none is kept for backward."""
+        q, k, theta, log_1mg, log_g = self._features(h)
+        nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)  # x_{j+1}; column S-1 is never earlier
+        rows = []
+        for t0 in range(0, h.shape[1], block):
+            cut = slice(t0, t0 + block)
+            args = (q[:, cut], k, theta, log_1mg[:, cut], log_g[:, cut], nxt, targets[:, cut], vocab_nll[:, cut], t0)
+            if torch.is_grad_enabled():
+                rows.append(checkpoint(self._nll_rows, *args, use_reentrant=False))
+            else:
+                rows.append(self._nll_rows(*args))
+        nll = torch.cat(rows, dim=1)
+        return torch.where(targets == ignore_index, 0.0, nll)
+
+    def log_probs(self, h: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The mixture's log-probabilities (B, S, V) fp32 (fp64 for fp64 ``h``) from the head's ``logits`` (B, S, V)."""
+        q, k, theta, log_1mg, log_g = self._features(h)
+        log_a = self._log_a(q, k, theta, 0)
+        nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+        cache = torch.zeros(logits.shape, dtype=q.dtype, device=logits.device)
+        cache.scatter_add_(-1, nxt[:, None, :].expand(-1, h.shape[1], -1), log_a.exp())
+        vocab = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_1mg[..., None]
+        present = cache > 0  # log 0 = -inf without the NaN gradient of log at 0
+        log_cache = torch.where(present, cache.clamp_min(torch.finfo(cache.dtype).tiny).log(), -math.inf)
+        return torch.logaddexp(vocab, log_g[..., None] + log_cache)

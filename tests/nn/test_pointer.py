@@ -1,0 +1,189 @@
+"""The learned copy path (``muse.nn.PointerMixture``, config field ``pointer_dim``) on every model.
+
+Its distribution against a direct per-position evaluation of the definition, normalisation, the
+loss path (``model_loss``) against the forward's log-probabilities, gradients (float64 gradcheck),
+parameter counts, decoding fallbacks and the config checks.  Causality, incremental decoding and
+fullgraph compilation of pointer models are in the files that parametrise those over variants.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from muse.models import build_model, make_config
+from muse.models.base import ContextCache
+from muse.models.gpt import expected_parameter_count as gpt_count
+from muse.models.phase2 import expected_parameter_count as phase2_count
+from muse.models.stage1 import Stage1State
+from muse.models.stage1 import expected_parameter_count as stage1_count
+from muse.nn import PointerMixture
+from muse.train.generate import has_static_step
+from muse.train.loss import IGNORE_INDEX, model_loss
+
+pytestmark = pytest.mark.usefixtures("_one_thread")
+
+VOCAB = 97
+MODELS = [("stage1", "mix-tiny"), ("stage1", "tiny"), ("phase2", "tiny"), ("gpt", "tiny")]
+
+
+def _model(name: str, preset: str, dim: int = 8, double: bool = True):
+    torch.manual_seed(0)
+    model = build_model(name, preset, vocab_size=VOCAB, pointer_dim=dim).eval()
+    with torch.no_grad():  # a gate that depends on h, so every parameter matters
+        model.pointer.gate.weight.normal_(0.0, 0.3)
+    return model.double() if double and name != "stage1" else model
+
+
+def _ids(b: int = 2, s: int = 24, seed: int = 1) -> torch.Tensor:
+    ids = torch.randint(0, VOCAB, (b, s), generator=torch.Generator().manual_seed(seed))
+    ids[:, s // 2:] = ids[:, : s - s // 2]  # repeats: the copy path has something to find
+    return ids
+
+
+def _definition(pointer: PointerMixture, h: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """p(w | t) position by position, in float64, from the module's parameters (no masking tricks)."""
+    h, logits = h.double(), logits.double()
+    wq, wk = pointer.query.weight.double(), pointer.key.weight.double()
+    theta = pointer.log_theta.double().exp()
+    out = torch.empty(logits.shape, dtype=torch.float64)
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            p_vocab = torch.softmax(logits[b, t], dim=-1)
+            if t == 0:
+                out[b, t] = p_vocab
+                continue
+            g = torch.sigmoid(h[b, t] @ pointer.gate.weight.double()[0] + pointer.gate.bias.double()[0])
+            q = torch.nn.functional.normalize(wq @ h[b, t], dim=0)
+            k = torch.nn.functional.normalize(h[b, :t] @ wk.T, dim=-1)
+            a = torch.softmax(theta * (k @ q), dim=0)  # over j < t
+            p_copy = torch.zeros(logits.shape[-1], dtype=torch.float64)
+            for j in range(t):
+                p_copy[ids[b, j + 1]] += a[j]
+            out[b, t] = (1 - g) * p_vocab + g * p_copy
+    return out
+
+
+@pytest.mark.parametrize(("name", "preset"), MODELS)
+def test_forward_is_the_definition_and_sums_to_one(name, preset):
+    model = _model(name, preset)
+    ids = _ids()
+    with torch.no_grad():
+        h = model(ids, return_hidden=True)
+        logits = model.lm_head(h)
+        log_p = model(ids)
+    ref = _definition(model.pointer, h, ids, logits)
+    tol = 1e-12 if log_p.dtype == torch.float64 else 1e-5
+    assert (log_p.double().exp() - ref).abs().max().item() <= tol
+    assert (log_p.double().exp().sum(-1) - 1).abs().max().item() <= tol * 10
+    head = torch.log_softmax(logits.double(), dim=-1)[:, 0]
+    assert (log_p[:, 0].double() - head).abs().max().item() <= tol  # t = 0: nothing to copy, the head alone
+
+
+@pytest.mark.parametrize(("name", "preset"), MODELS)
+@pytest.mark.parametrize("block", [5, 256])
+def test_loss_path_equals_the_forward_log_probabilities(name, preset, block, monkeypatch):
+    model = _model(name, preset)
+    ids = _ids()
+    targets = torch.cat([ids[:, 1:], torch.randint(0, VOCAB, (2, 1))], dim=1)
+    targets[0, 3] = targets[1, 0] = IGNORE_INDEX
+    with torch.no_grad():
+        log_p = model(ids).double()
+    picked = -log_p.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    keep = targets != IGNORE_INDEX
+    ref = picked[keep].mean()
+    nll = PointerMixture.nll
+    monkeypatch.setattr(PointerMixture, "nll", lambda self, *a, **k: nll(self, *a, **{**k, "block": block}))
+    loss = model_loss(model, ids, targets)
+    tol = 1e-12 if name != "stage1" else 2e-3  # Stage 1: fp16 head input, the two paths round differently
+    assert abs(loss.item() - ref.item()) <= tol
+    total = model_loss(model, ids, targets, reduction="sum")
+    assert abs(total.item() - picked[keep].sum().item()) <= tol * keep.sum().item()
+
+
+def test_loss_gradients_equal_the_forward_path_and_are_finite():
+    """Backward through the checkpointed blocks gives the forward path's gradients (float64)."""
+    model = _model("gpt", "tiny")
+    ids = _ids()
+    targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+    model_loss(model, ids, targets).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    log_p = model(ids)
+    (-log_p.gather(-1, targets[..., None]).mean()).backward()
+    for n, p in model.named_parameters():
+        assert torch.isfinite(got[n]).all(), n
+        assert (got[n] - p.grad).abs().max().item() <= 1e-10 * (1 + p.grad.abs().max().item()), n
+    assert model.pointer.log_theta.grad.abs().item() > 0 and model.pointer.query.weight.grad.abs().max() > 0
+
+
+def test_nll_passes_gradcheck():
+    torch.manual_seed(0)
+    pointer = PointerMixture(6, 4).double()
+    with torch.no_grad():
+        pointer.gate.weight.normal_(0.0, 0.5)
+    h = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
+    vocab_nll = (torch.rand(2, 7, dtype=torch.float64) * 3).requires_grad_()
+    ids = torch.tensor([[1, 2, 1, 2, 3, 1, 2], [4, 4, 4, 0, 1, 4, 0]])
+    targets = torch.cat([ids[:, 1:], torch.tensor([[2], [4]])], dim=1)
+    assert torch.autograd.gradcheck(lambda x, v: pointer.nll(x, ids, targets, v, block=3), (h, vocab_nll))
+
+
+def test_copying_lowers_the_loss_of_a_repeated_text():
+    """On a window that repeats itself, the copy path (given weight) puts mass on the right tokens:
+    the second half's loss falls below the head's alone; a token not yet seen gets none of it."""
+    model = _model("gpt", "tiny")
+    with torch.no_grad():
+        model.pointer.gate.weight.zero_()
+        model.pointer.gate.bias.fill_(0.0)  # g = 1/2
+        model.pointer.log_theta.fill_(math.log(50.0))
+    ids = torch.randint(0, VOCAB, (1, 32), generator=torch.Generator().manual_seed(3))
+    ids[:, 16:] = ids[:, :16]
+    targets = torch.cat([ids[:, 1:], ids[:, 1:2]], dim=1)
+    with torch.no_grad():
+        log_p = model(ids).gather(-1, targets[..., None])[0, :, 0]
+        h = model(ids, return_hidden=True)
+        head = torch.log_softmax(model.lm_head(h), dim=-1).gather(-1, targets[..., None])[0, :, 0]
+    assert (log_p[16:] - head[16:]).mean() > 1.0  # about log of g * (a share of the mass) / p_head
+    for t in range(1, 32):  # a target no earlier position offers gets exactly the head's mass times 1 - g
+        if targets[0, t] not in ids[0, 1 : t + 1]:
+            assert abs(log_p[t].item() - (head[t].item() + math.log(0.5))) <= 1e-12
+
+
+@pytest.mark.parametrize(("name", "count"), [("stage1", stage1_count), ("phase2", phase2_count), ("gpt", gpt_count)])
+def test_parameter_count_and_config_checks(name, count):
+    preset = "mix-tiny" if name == "stage1" else "tiny"
+    config = make_config(name, preset, pointer_dim=8)
+    model = build_model(name, preset, pointer_dim=8)
+    assert model.num_parameters() == count(config)
+    plain = make_config(name, preset)
+    assert count(config) - count(plain) == PointerMixture.parameter_count(config.d_model, 8) == 2 * 8 * config.d_model + config.d_model + 2
+    assert build_model(name, preset).pointer is None
+    with pytest.raises(ValueError, match="pointer_dim"):
+        make_config(name, preset, pointer_dim=-1)
+    with pytest.raises(TypeError, match="pointer_dim"):
+        make_config(name, preset, pointer_dim="8")
+
+
+def test_pointer_models_decode_over_the_context_and_refuse_a_recurrent_cache():
+    model = _model("stage1", "mix-tiny", double=False)
+    assert not has_static_step(model) and has_static_step(build_model("stage1", "mix-tiny", vocab_size=VOCAB))
+    logits, cache = model.step(_ids()[:, :4])
+    assert isinstance(cache, ContextCache) and cache.length == 4
+    with pytest.raises(ValueError, match="static decoding"):
+        model.decode_buffers(2)
+    with pytest.raises(TypeError, match="ContextCache"):
+        model.step(_ids()[:, :1], Stage1State([None] * len(model.blocks), 4, 2))
+
+
+def test_module_checks_its_arguments_and_starts_as_the_training_free_cache():
+    with pytest.raises(ValueError, match="d_key"):
+        PointerMixture(8, 0)
+    with pytest.raises(TypeError, match="d_model"):
+        PointerMixture(8.0, 4)
+    pointer = PointerMixture(16, 4)
+    assert torch.equal(pointer.query.weight, pointer.key.weight)  # scores start as cos of one projection
+    assert math.isclose(torch.sigmoid(pointer.gate.bias).item(), 0.1, rel_tol=1e-6)
+    assert torch.count_nonzero(pointer.gate.weight) == 0
