@@ -10,7 +10,7 @@ counters below): a parameter, or for a tied head a view of the token table.
 A config with ``pointer_dim > 0`` adds ``pointer`` (:class:`muse.nn.PointerMixture`, the learned
 copy path over the window; None otherwise): ``forward`` then returns the mixture's
 log-probabilities, the loss (:func:`muse.train.model_loss`) mixes the head's per-token loss with
-it, and :meth:`step` is the whole-context fallback.
+it, and :meth:`step` carries the window's keys beside the model's own cache (:class:`PointerCache`).
 
 The counters live on the model's device and are updated without host syncs: slot 0
 counts forwards whose embedding held a NaN/Inf, slot i+1 layer i, the last slot forwards
@@ -36,6 +36,24 @@ from torch import nn
 import muse.complex as C
 from muse._checks import check_int, check_token_ids, check_type
 from muse.nn.pointer import PointerMixture
+
+
+@dataclass
+class PointerCache:
+    """The decoding state of a model with a copy path: the model's own cache (``inner``), the unit keys
+    (B, length, d_key) and the ids (B, length) of the window so far."""
+
+    inner: object
+    keys: torch.Tensor
+    ids: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids.shape[0]
 
 
 @dataclass
@@ -139,33 +157,44 @@ class LanguageModel(nn.Module):
         return out, diag
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, cache: ContextCache | None = None
-             ) -> tuple[torch.Tensor, ContextCache]:
+    def step(self, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
         """Incremental decoding: logits (B, T, V) of ``input_ids`` (B, T) placed after ``cache``.
+
+        ``cache=None`` starts at position 0; each later call passes the cache the previous call
+        returned (a new object; the one passed in is left unchanged).  The logits equal those of
+        ``forward`` on the whole sequence (up to rounding).  The head applied to
+        :meth:`step_hidden`, the model's own incremental path; with a ``pointer`` the copy path over
+        a :class:`PointerCache` (the model's cache plus the window's unit keys and ids: O(window)
+        work and memory per token).  The context is capped at ``max_seq_len`` (ValueError beyond).
+        Runs without gradients; call ``eval()`` first, or dropout applies.
+        """
+        if self.pointer is None:
+            h, cache = self.step_hidden(input_ids, cache)
+            return self.lm_head(h), cache
+        if cache is not None:
+            check_type("cache", cache, PointerCache, "a PointerCache or None (the model has a pointer)")
+        h, inner = self.step_hidden(input_ids, None if cache is None else cache.inner)
+        past = 0 if cache is None else cache.length
+        ids = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)
+        q, k, theta, log_1mg, log_g = self.pointer.project(h, past)
+        keys = k if cache is None else torch.cat([cache.keys, k], dim=1)
+        logits = self.pointer.mix(q, keys, theta, log_1mg, log_g, ids, self.lm_head(h), past)
+        return logits, PointerCache(inner, keys, ids)
+
+    def step_hidden(self, input_ids: torch.Tensor, cache: ContextCache | None = None
+                    ) -> tuple[torch.Tensor, ContextCache]:
+        """The head input (B, T, d) of ``input_ids`` (B, T) placed after ``cache``, and the new cache.
 
         The fallback for a model without a recurrent state or KV cache: it re-runs ``forward``
         over the whole context, O(S) work per new token at context length S.  Models with an
         O(1)-per-token path override it (the GPT's KV cache, Stage 1's and Phase 2's recurrent
-        states); every override takes and returns its own cache and gives the logits of
-        ``forward`` on the whole sequence (up to rounding).  The context is capped at ``max_seq_len`` (ValueError
-        beyond).  Runs without gradients; call ``eval()`` first, or dropout applies.  A model with a
-        ``pointer`` always decodes here (every override starts with :meth:`uses_context_step`).
+        states), taking and returning their own cache.
         """
         if cache is not None:
             check_type("cache", cache, ContextCache, "a ContextCache or None")
         input_ids = self.check_step(input_ids, cache)
         ids = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)  # (B, S)
-        return self(ids)[:, -input_ids.shape[1]:], ContextCache(ids)
-
-    def uses_context_step(self, cache) -> bool:
-        """True when this model decodes through :meth:`LanguageModel.step` (it has a ``pointer``, which
-        reads every earlier position of the window); a recurrent cache is then a TypeError."""
-        if self.pointer is None:
-            return False
-        if cache is not None and not isinstance(cache, ContextCache):
-            raise TypeError(f"cache must be a ContextCache or None for a model with a pointer, "
-                            f"got {type(cache).__name__}")
-        return True
+        return self(ids, return_hidden=True)[:, -input_ids.shape[1]:], ContextCache(ids)
 
     def check_layer_cache(self, cache, cls: type, name: str) -> None:
         """A recurrent model's ``cache``: None or a ``cls`` (``name`` in the error) with one entry per block."""

@@ -220,17 +220,16 @@ class GPTModel(LanguageModel):
         return self.embedding_dropout(x)
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        """Incremental decoding: logits (B, T, vocab) of ``input_ids`` (B, T) placed after ``cache``.
+    def step_hidden(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Incremental decoding (:meth:`LanguageModel.step` adds the head): the head input (B, T, d)
+        of ``input_ids`` (B, T) placed after ``cache``.
 
         ``cache=None`` starts at position 0 (a prompt of any length T is one call); each
-        later call appends T >= 1 tokens at positions ``cache.length ..``.  The logits
+        later call appends T >= 1 tokens at positions ``cache.length ..``.  The outputs
         equal those of ``forward`` on the whole sequence (up to rounding).  Returns a new
         cache; the one passed in is left unchanged.  Runs without gradients; call
         ``eval()`` first, or dropout applies as in training.
         """
-        if self.uses_context_step(cache):
-            return super().step(input_ids, cache)
         past_len = 0
         if cache is not None:
             check_type("cache", cache, KVCache, "a KVCache or None")
@@ -247,7 +246,7 @@ class GPTModel(LanguageModel):
             x, (k, v) = block.step(x, past)
             keys.append(k)
             values.append(v)
-        return self.lm_head(self.final_norm(x)), KVCache(keys, values, past_len + t, b)
+        return self.final_norm(x), KVCache(keys, values, past_len + t, b)
 
 
 def expected_parameter_count(config: GPTConfig) -> int:

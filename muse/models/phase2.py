@@ -285,19 +285,18 @@ class Phase2Model(LanguageModel):
             self.pointer.reset_parameters()
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, cache: Phase2State | None = None
-             ) -> tuple[torch.Tensor, Phase2State]:
-        """Incremental decoding: logits (B, T, vocab) of ``input_ids`` (B, T) placed after ``cache``.
+    def step_hidden(self, input_ids: torch.Tensor, cache: Phase2State | None = None
+                    ) -> tuple[torch.Tensor, Phase2State]:
+        """Incremental decoding (:meth:`LanguageModel.step` adds the head): the head input (B, T, d)
+        of ``input_ids`` (B, T) placed after ``cache``.
 
         O(1) work and memory per token: every part but the mixers is per token (the zeta position
         row is read at the absolute position ``cache.length``), BK-Core carries its last resolvent
-        entry and the Hebbian its fast weights (:class:`Phase2State`).  The logits equal those of
+        entry and the Hebbian its fast weights (:class:`Phase2State`).  The outputs equal those of
         ``forward`` on the whole sequence up to the scans' rounding.  The context is capped at
         ``max_seq_len`` (ValueError beyond).  Returns a new state; the one passed in is left
         unchanged.  Runs without gradients; call ``eval()`` first, or dropout applies.
         """
-        if self.uses_context_step(cache):
-            return super().step(input_ids, cache)
         self.check_layer_cache(cache, Phase2State, "Phase2State")
         input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
@@ -308,8 +307,7 @@ class Phase2Model(LanguageModel):
         for i, block in enumerate(self.blocks):
             x, states = block.step(x, None if cache is None else cache.layers[i])
             layers.append(states)
-        logits = self.lm_head(self.head_input(self.final_norm(x)))  # (B, T, vocab)
-        return logits, Phase2State(layers, past + t, b)
+        return self.head_input(self.final_norm(x)), Phase2State(layers, past + t, b)
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         input_ids = check_token_ids("input_ids", input_ids, self.config.vocab_size, self.config.max_seq_len)

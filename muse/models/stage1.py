@@ -403,37 +403,36 @@ class Stage1Model(LanguageModel):
         return z.real
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, cache: Stage1State | None = None
-             ) -> tuple[torch.Tensor, Stage1State]:
-        """Incremental decoding: logits (B, T, vocab) of ``input_ids`` (B, T) placed after ``cache``.
+    def step_hidden(self, input_ids: torch.Tensor, cache: Stage1State | None = None
+                    ) -> tuple[torch.Tensor, Stage1State]:
+        """Incremental decoding (:meth:`LanguageModel.step` adds the head): the head input (B, T, d)
+        of ``input_ids`` (B, T) placed after ``cache``.
 
         O(1) work per token: the seed's block is per-token (a new token needs only itself at its
-        position), and the recurrence carries its (B, d_state) state per layer.  The logits equal
+        position), and the recurrence carries its (B, d_state) state per layer.  The outputs equal
         those of ``forward`` on the whole sequence up to rounding.  The context is capped at
         ``max_seq_len`` (the position table's rows; ValueError beyond).  Returns a new state; the
         one passed in is left unchanged.  Runs without gradients; call ``eval()`` first.
         """
-        if self.uses_context_step(cache):
-            return super().step(input_ids, cache)
         self.check_layer_cache(cache, Stage1State, "Stage1State")
         input_ids = self.check_step(input_ids, cache)
         b, t = input_ids.shape
         past = 0 if cache is None else cache.length
         positions = torch.arange(past, past + t, device=input_ids.device)  # (T,)
-        logits, layers = self._advance(input_ids, positions, [None] * len(self.blocks) if cache is None
-                                       else cache.layers)
-        return logits, Stage1State(layers, past + t, b)
+        h, layers = self._advance(input_ids, positions, [None] * len(self.blocks) if cache is None
+                                  else cache.layers)
+        return h, Stage1State(layers, past + t, b)
 
     def _advance(self, input_ids: torch.Tensor, positions: torch.Tensor, layers: list
                  ) -> tuple[torch.Tensor, list]:
-        """The body of :meth:`step` and :meth:`decode_step`: ids (B, T) at ``positions`` (T,) after
-        the per-layer ``layers`` states -> (logits (B, T, vocab), the states after the ids)."""
+        """The body of :meth:`step_hidden` and :meth:`decode_step`: ids (B, T) at ``positions`` (T,) after
+        the per-layer ``layers`` states -> (the head input (B, T, d), the states after the ids)."""
         z = self.embed(input_ids, positions)
         new = []
         for block, state in zip(self.blocks, layers, strict=True):
             z, state = block.step(z, state)
             new.append(state)
-        return self.lm_head(self.head_input(self.final_norm(z))), new
+        return self.head_input(self.final_norm(z)), new
 
     def decode_buffers(self, batch_size: int, cache: Stage1State | None = None) -> Stage1DecodeState:
         """Buffers for :meth:`decode_step`: a copy of ``cache`` (the state :meth:`step` left after
@@ -478,12 +477,12 @@ class Stage1Model(LanguageModel):
                              f"token), got {tuple(input_ids.shape)}")
         if input_ids.device != state.position.device:
             raise ValueError(f"input_ids is on {input_ids.device} but the state on {state.position.device}")
-        logits, new = self._advance(input_ids, state.position, state.layers)
+        h, new = self._advance(input_ids, state.position, state.layers)
         for buffer, value in zip(state.layers, new, strict=True):
             if buffer is not None:
                 buffer.planes.copy_(value.planes)
         state.position.add_(1)
-        return logits[:, -1]
+        return self.lm_head(h)[:, -1]
 
 
 def tied_head_scale(d_model: int) -> float:

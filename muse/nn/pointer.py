@@ -56,15 +56,15 @@ class PointerMixture(nn.Module):
     def parameter_count(d_model: int, d_key: int) -> int:
         return 2 * d_model * d_key + 1 + d_model + 1
 
-    def _features(self, h: torch.Tensor):
-        """h (B, S, d) -> unit queries and keys (B, S, d_key), θ, log(1 - g) and log g (B, S); fp32 (fp64
-        for fp64 h)."""
+    def project(self, h: torch.Tensor, t0: int = 0):
+        """h (B, R, d) of the positions t0 .. t0 + R - 1 -> unit queries and keys (B, R, d_key), θ,
+        log(1 - g) and log g (B, R); fp32 (fp64 for fp64 h).  g = 0 at position 0."""
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         h = h.to(acc)
         q = nn.functional.normalize(nn.functional.linear(h, self.query.weight.to(acc)), dim=-1)
         k = nn.functional.normalize(nn.functional.linear(h, self.key.weight.to(acc)), dim=-1)
         gate = nn.functional.linear(h, self.gate.weight.to(acc), self.gate.bias.to(acc))[..., 0]
-        first = torch.arange(h.shape[1], device=h.device) == 0  # no earlier position: g = 0
+        first = torch.arange(t0, t0 + h.shape[1], device=h.device) == 0  # no earlier position: g = 0
         log_g = torch.where(first, -math.inf, nn.functional.logsigmoid(gate))
         log_1mg = torch.where(first, 0.0, nn.functional.logsigmoid(-gate))
         return q, k, self.log_theta.to(acc).exp(), log_1mg, log_g
@@ -79,6 +79,12 @@ class PointerMixture(nn.Module):
         s = torch.where(earlier, s, _MASKED)
         return s - torch.logsumexp(s, dim=-1, keepdim=True)
 
+    @staticmethod
+    def _offers(ids: torch.Tensor) -> torch.Tensor:
+        """The token each position j offers, x_{j+1} (B, L); the last column (no successor yet) is
+        never an earlier position of any query, so its value is unused."""
+        return torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
+
     @classmethod
     def _nll_rows(cls, q, k, theta, log_1mg, log_g, nxt, targets, vocab_nll, t0: int) -> torch.Tensor:
         """-log p(target) for the query rows t0.. (every argument but k and nxt cut to those rows)."""
@@ -90,13 +96,14 @@ class PointerMixture(nn.Module):
 
     def nll(self, h: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, vocab_nll: torch.Tensor,
             ignore_index: int = -100, block: int = 256) -> torch.Tensor:
-        """-log p(target) per token (B, S) fp32 (fp64 for fp64 ``h``), 0 where ``targets`` is ``ignore_index``, from the head
-        input ``h`` (B, S, d), the window's ``input_ids`` (B, S), and the head's own -log p_vocab(target).
+        """-log p(target) per token (B, S) fp32 (fp64 for fp64 ``h``), 0 where ``targets`` is
+        ``ignore_index``, from the head input ``h`` (B, S, d), the window's ``input_ids`` (B, S), and the
+        head's own -log p_vocab(target).
 
         Query rows go in blocks of ``block``, each recomputed in backward (activation checkpointing):
         the (B, block, S) scores are the largest tensor alive, and none is kept for backward."""
-        q, k, theta, log_1mg, log_g = self._features(h)
-        nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)  # x_{j+1}; column S-1 is never earlier
+        q, k, theta, log_1mg, log_g = self.project(h)
+        nxt = self._offers(input_ids)
         rows = []
         for t0 in range(0, h.shape[1], block):
             cut = slice(t0, t0 + block)
@@ -108,14 +115,21 @@ class PointerMixture(nn.Module):
         nll = torch.cat(rows, dim=1)
         return torch.where(targets == ignore_index, 0.0, nll)
 
-    def log_probs(self, h: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The mixture's log-probabilities (B, S, V) fp32 (fp64 for fp64 ``h``) from the head's ``logits`` (B, S, V)."""
-        q, k, theta, log_1mg, log_g = self._features(h)
-        log_a = self._log_a(q, k, theta, 0)
-        nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+    def mix(self, q, keys, theta, log_1mg, log_g, ids: torch.Tensor, logits: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        """The mixture's log-probabilities (B, R, V) for the positions t0 .. t0 + R - 1, from their
+        :meth:`project` terms, the keys (B, >= t0 + R, d_key) and ids (B, >= t0 + R) of the window
+        from position 0, and the head's ``logits`` (B, R, V)."""
+        log_a = self._log_a(q, keys, theta, t0)  # (B, R, t0 + R)
+        nxt = self._offers(ids[:, : log_a.shape[-1]])
         cache = torch.zeros(logits.shape, dtype=q.dtype, device=logits.device)
-        cache.scatter_add_(-1, nxt[:, None, :].expand(-1, h.shape[1], -1), log_a.exp())
+        cache.scatter_add_(-1, nxt[:, None, :].expand(-1, q.shape[1], -1), log_a.exp())
         vocab = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_1mg[..., None]
         present = cache > 0  # log 0 = -inf without the NaN gradient of log at 0
         log_cache = torch.where(present, cache.clamp_min(torch.finfo(cache.dtype).tiny).log(), -math.inf)
         return torch.logaddexp(vocab, log_g[..., None] + log_cache)
+
+    def log_probs(self, h: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The mixture's log-probabilities (B, S, V) fp32 (fp64 for fp64 ``h``) from the head input
+        ``h`` (B, S, d), the window's ``input_ids`` and the head's ``logits`` (B, S, V)."""
+        q, k, theta, log_1mg, log_g = self.project(h)
+        return self.mix(q, k, theta, log_1mg, log_g, input_ids, logits)

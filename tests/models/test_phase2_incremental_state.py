@@ -125,10 +125,11 @@ def test_step_refuses_bad_input():
 
 
 def test_the_context_fallback_still_matches_phase2_step():
-    """:meth:`LanguageModel.step` (re-runs the forward; no model uses it now) gives the same logits."""
+    """:meth:`LanguageModel.step_hidden` (re-runs the forward; no model uses it now) gives the same logits."""
     model, ids = _model("tiny", {}), _ids()
-    logits, cache = LanguageModel.step(model, ids[:, :5])
-    logits2, cache = LanguageModel.step(model, ids[:, 5:9], cache)
+    h, cache = LanguageModel.step_hidden(model, ids[:, :5])
+    h2, cache = LanguageModel.step_hidden(model, ids[:, 5:9], cache)
+    logits, logits2 = model.lm_head(h), model.lm_head(h2)
     fast, state = model.step(ids[:, :5])
     fast2, _ = model.step(ids[:, 5:9], state)
     assert isinstance(cache, ContextCache) and cache.length == 9

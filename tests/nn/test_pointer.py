@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from muse.models import build_model, make_config
-from muse.models.base import ContextCache
+from muse.models.base import PointerCache
 from muse.models.gpt import expected_parameter_count as gpt_count
 from muse.models.phase2 import expected_parameter_count as phase2_count
 from muse.models.stage1 import Stage1State
@@ -167,15 +167,18 @@ def test_parameter_count_and_config_checks(name, count):
         make_config(name, preset, pointer_dim="8")
 
 
-def test_pointer_models_decode_over_the_context_and_refuse_a_recurrent_cache():
+def test_pointer_models_decode_with_a_pointer_cache_and_refuse_other_caches():
     model = _model("stage1", "mix-tiny", double=False)
     assert not has_static_step(model) and has_static_step(build_model("stage1", "mix-tiny", vocab_size=VOCAB))
     logits, cache = model.step(_ids()[:, :4])
-    assert isinstance(cache, ContextCache) and cache.length == 4
+    assert isinstance(cache, PointerCache) and isinstance(cache.inner, Stage1State)
+    assert cache.length == cache.inner.length == 4 and cache.keys.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="static decoding"):
         model.decode_buffers(2)
-    with pytest.raises(TypeError, match="ContextCache"):
-        model.step(_ids()[:, :1], Stage1State([None] * len(model.blocks), 4, 2))
+    with pytest.raises(TypeError, match="PointerCache"):
+        model.step(_ids()[:, :1], cache.inner)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.step(torch.zeros(2, model.max_seq_len, dtype=torch.long), cache)
 
 
 def test_module_checks_its_arguments_and_starts_as_the_training_free_cache():
