@@ -43,6 +43,14 @@ def measure(model, prompt: torch.Tensor, n: int, fast: bool, compile: bool | Non
             "memory_allocated_MiB_at_10pct_and_end": [round(m / 2**20, 1) for m in mem]}
 
 
+def _value(text: str):
+    """A --model-arg value: JSON where it parses, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -50,9 +58,12 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--models", default="stage1:mix,stage1,gpt,phase2")
     p.add_argument("--paths", default="step,fast", help="comma-separated: step (eager loop), fast (static step)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config field for every model built (VALUE parsed as JSON), e.g. pointer_dim=64")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the fast path's step (default: on for CUDA, off for CPU)")
     args = p.parse_args()
+    overrides = {k: _value(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
     dev = torch.device(args.device)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     for spec in args.models.split(","):
@@ -61,7 +72,7 @@ def main() -> None:
         if preset == "mix" and args.preset != "seed":
             preset = "mix-tiny"
         torch.manual_seed(0)
-        model = build_model(name, preset, device=dev).eval()
+        model = build_model(name, preset, device=dev, **overrides).eval()
         prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=dev)
         n = min(args.tokens, model.config.max_seq_len - 16)
         for path in args.paths.split(","):
@@ -71,7 +82,8 @@ def main() -> None:
                 torch.cuda.empty_cache()
             with torch.no_grad():
                 row = measure(model, prompt, n, fast=path == "fast", compile=args.compile)
-            print(json.dumps({"model": name, "preset": preset, "device": device_name, **row}), flush=True)
+            print(json.dumps({"model": name, "preset": preset, "overrides": overrides, "device": device_name, **row}),
+                  flush=True)
 
 
 if __name__ == "__main__":
