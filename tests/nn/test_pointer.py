@@ -21,7 +21,7 @@ from muse.models.stage1 import Stage1State
 from muse.models.stage1 import expected_parameter_count as stage1_count
 from muse.nn import PointerMixture
 from muse.train.generate import has_static_step
-from muse.train.loss import IGNORE_INDEX, model_loss
+from muse.train.loss import IGNORE_INDEX, compile_model_loss, model_loss
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
 
@@ -190,3 +190,22 @@ def test_module_checks_its_arguments_and_starts_as_the_training_free_cache():
     assert torch.equal(pointer.query.weight, pointer.key.weight)  # scores start as cos of one projection
     assert math.isclose(torch.sigmoid(pointer.gate.bias).item(), 0.1, rel_tol=1e-6)
     assert torch.count_nonzero(pointer.gate.weight) == 0
+
+
+def test_the_compiled_loss_traces_the_checkpointed_blocks_in_one_graph():
+    """``compile_model_loss`` (fullgraph) over a pointer model: the loss and every gradient of eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model("stage1", "mix-tiny", vocab_size=VOCAB, d_model=16, n_layers=1, max_seq_len=16,
+                        dropout=0.0, pointer_dim=8, d_ffn=32)
+    ids, targets = torch.randint(0, VOCAB, (2, 12)), torch.randint(0, VOCAB, (2, 12))
+    eager = model_loss(model, ids, targets)
+    eager.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    loss = compile_model_loss(model, backend="aot_eager")(ids, targets)
+    loss.backward()
+    assert torch.equal(loss.detach(), eager.detach())
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.grad, want[n]), n
