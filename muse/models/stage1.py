@@ -30,7 +30,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_choice, check_float, check_int, check_probability, check_type
-from muse.models.base import LanguageModel, pointer_parameter_count
+from muse.models.base import LanguageModel, PointerCache, pointer_parameter_count
 from muse.nn import (
     ComplexDropout,
     ComplexEmbedding,
@@ -343,11 +343,14 @@ class Stage1State:
 class Stage1DecodeState:
     """Static decoding buffers of :meth:`Stage1Model.decode_step`, updated in place each token:
     each layer's recurrence state (as in :class:`Stage1State`) and ``position``, a (1,) int64
-    tensor on the model's device holding where the next token sits."""
+    tensor on the model's device holding where the next token sits; with a pointer, the window's
+    unit keys (B, max_seq_len, d_key) and ids (B, max_seq_len), written at ``position``."""
 
     layers: list[C.ComplexTensor | None]
     position: torch.Tensor
     batch_size: int
+    pointer_keys: torch.Tensor | None = None
+    pointer_ids: torch.Tensor | None = None
 
 
 class Stage1Model(LanguageModel):
@@ -434,12 +437,15 @@ class Stage1Model(LanguageModel):
             new.append(state)
         return self.head_input(self.final_norm(z)), new
 
-    def decode_buffers(self, batch_size: int, cache: Stage1State | None = None) -> Stage1DecodeState:
+    def decode_buffers(self, batch_size: int, cache: Stage1State | PointerCache | None = None) -> Stage1DecodeState:
         """Buffers for :meth:`decode_step`: a copy of ``cache`` (the state :meth:`step` left after
-        the prompt), or with None zero states at position 0; on the model's device."""
+        the prompt; a :class:`PointerCache` for a model with a pointer), or with None zero states at
+        position 0; on the model's device."""
         batch_size = check_int("batch_size", batch_size, min_value=1)
-        if self.pointer is not None:
-            raise ValueError("a Stage 1 model with a pointer (pointer_dim > 0) has no static decoding path; use step")
+        window = None
+        if self.pointer is not None and cache is not None:
+            check_type("cache", cache, PointerCache, "a PointerCache or None (the model has a pointer)")
+            window, cache = cache, cache.inner
         if cache is not None:
             check_type("cache", cache, Stage1State, "a Stage1State or None")
             if cache.batch_size != batch_size or len(cache.layers) != len(self.blocks):
@@ -453,7 +459,15 @@ class Stage1Model(LanguageModel):
                 state.planes.copy_(cache.layers[i].planes)
             layers.append(state)
         past = 0 if cache is None else cache.length
-        return Stage1DecodeState(layers, torch.full((1,), past, dtype=torch.long, device=device), batch_size)
+        state = Stage1DecodeState(layers, torch.full((1,), past, dtype=torch.long, device=device), batch_size)
+        if self.pointer is not None:
+            d_key = self.pointer.query.out_features
+            state.pointer_keys = torch.zeros(batch_size, self.max_seq_len, d_key, device=device)
+            state.pointer_ids = torch.zeros(batch_size, self.max_seq_len, dtype=torch.long, device=device)
+            if window is not None:
+                state.pointer_keys[:, :past] = window.keys
+                state.pointer_ids[:, :past] = window.ids
+        return state
 
     @torch.no_grad()
     def decode_step(self, input_ids: torch.Tensor, state: Stage1DecodeState) -> torch.Tensor:
@@ -481,8 +495,15 @@ class Stage1Model(LanguageModel):
         for buffer, value in zip(state.layers, new, strict=True):
             if buffer is not None:
                 buffer.planes.copy_(value.planes)
+        logits = self.lm_head(h)
+        if self.pointer is not None:
+            q, k, theta, log_1mg, log_g = self.pointer.project(h, state.position)
+            state.pointer_keys.index_copy_(1, state.position, k)
+            state.pointer_ids.index_copy_(1, state.position, input_ids)
+            logits = self.pointer.mix(q, state.pointer_keys, theta, log_1mg, log_g, state.pointer_ids, logits,
+                                      state.position)
         state.position.add_(1)
-        return self.lm_head(h)[:, -1]
+        return logits[:, -1]
 
 
 def tied_head_scale(d_model: int) -> float:

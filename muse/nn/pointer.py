@@ -56,26 +56,27 @@ class PointerMixture(nn.Module):
     def parameter_count(d_model: int, d_key: int) -> int:
         return 2 * d_model * d_key + 1 + d_model + 1
 
-    def project(self, h: torch.Tensor, t0: int = 0):
+    def project(self, h: torch.Tensor, t0: int | torch.Tensor = 0):
         """h (B, R, d) of the positions t0 .. t0 + R - 1 -> unit queries and keys (B, R, d_key), θ,
-        log(1 - g) and log g (B, R); fp32 (fp64 for fp64 h).  g = 0 at position 0."""
+        log(1 - g) and log g (B, R); fp32 (fp64 for fp64 h).  g = 0 at position 0.  ``t0``: an int,
+        or a (1,) int64 tensor (static decoding: no host sync)."""
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         h = h.to(acc)
         q = nn.functional.normalize(nn.functional.linear(h, self.query.weight.to(acc)), dim=-1)
         k = nn.functional.normalize(nn.functional.linear(h, self.key.weight.to(acc)), dim=-1)
         gate = nn.functional.linear(h, self.gate.weight.to(acc), self.gate.bias.to(acc))[..., 0]
-        first = torch.arange(t0, t0 + h.shape[1], device=h.device) == 0  # no earlier position: g = 0
+        first = torch.arange(h.shape[1], device=h.device) + t0 == 0  # no earlier position: g = 0
         log_g = torch.where(first, -math.inf, nn.functional.logsigmoid(gate))
         log_1mg = torch.where(first, 0.0, nn.functional.logsigmoid(-gate))
         return q, k, self.log_theta.to(acc).exp(), log_1mg, log_g
 
     @staticmethod
-    def _log_a(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor, t0: int) -> torch.Tensor:
-        """log a for the query rows t0.. (q: (B, R, d_key)) over keys 0 .. t0 + R - 1: (B, R, t0 + R);
-        ``_MASKED``-ish (weight exactly 0 once times g) at j >= t."""
-        t1 = t0 + q.shape[1]
-        s = torch.matmul(q, k[:, :t1].transpose(-1, -2)) * theta
-        earlier = torch.arange(t1, device=q.device)[None, :] < torch.arange(t0, t1, device=q.device)[:, None]
+    def _log_a(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor, t0: int | torch.Tensor) -> torch.Tensor:
+        """log a for the query rows t0.. (q: (B, R, d_key)) over the keys k (B, L, d_key) of positions
+        0 .. L - 1: (B, R, L); ``_MASKED``-ish (weight exactly 0 once times g) at j >= t."""
+        s = torch.matmul(q, k.transpose(-1, -2)) * theta
+        rows = torch.arange(q.shape[1], device=q.device) + t0
+        earlier = torch.arange(k.shape[1], device=q.device)[None, :] < rows[:, None]
         s = torch.where(earlier, s, _MASKED)
         return s - torch.logsumexp(s, dim=-1, keepdim=True)
 
@@ -88,8 +89,9 @@ class PointerMixture(nn.Module):
     @classmethod
     def _nll_rows(cls, q, k, theta, log_1mg, log_g, nxt, targets, vocab_nll, t0: int) -> torch.Tensor:
         """-log p(target) for the query rows t0.. (every argument but k and nxt cut to those rows)."""
-        log_a = cls._log_a(q, k, theta, t0)
-        match = nxt[:, None, : log_a.shape[-1]] == targets[:, :, None]  # (B, R, j): j offers the target
+        t1 = t0 + q.shape[1]
+        log_a = cls._log_a(q, k[:, :t1], theta, t0)
+        match = nxt[:, None, :t1] == targets[:, :, None]  # (B, R, j): j offers the target
         copy = torch.where(match, log_a, -math.inf)
         terms = torch.cat([(log_1mg - vocab_nll.to(log_1mg.dtype))[..., None], log_g[..., None] + copy], dim=-1)
         return -torch.logsumexp(terms, dim=-1)
@@ -115,12 +117,14 @@ class PointerMixture(nn.Module):
         nll = torch.cat(rows, dim=1)
         return torch.where(targets == ignore_index, 0.0, nll)
 
-    def mix(self, q, keys, theta, log_1mg, log_g, ids: torch.Tensor, logits: torch.Tensor, t0: int = 0) -> torch.Tensor:
+    def mix(self, q, keys, theta, log_1mg, log_g, ids: torch.Tensor, logits: torch.Tensor,
+            t0: int | torch.Tensor = 0) -> torch.Tensor:
         """The mixture's log-probabilities (B, R, V) for the positions t0 .. t0 + R - 1, from their
-        :meth:`project` terms, the keys (B, >= t0 + R, d_key) and ids (B, >= t0 + R) of the window
-        from position 0, and the head's ``logits`` (B, R, V)."""
-        log_a = self._log_a(q, keys, theta, t0)  # (B, R, t0 + R)
-        nxt = self._offers(ids[:, : log_a.shape[-1]])
+        :meth:`project` terms, the keys (B, L, d_key) and ids (B, L) of the window from position 0
+        (L >= t0 + R; later entries are masked, so static buffers work), and the head's ``logits``
+        (B, R, V)."""
+        log_a = self._log_a(q, keys, theta, t0)  # (B, R, L)
+        nxt = self._offers(ids)
         cache = torch.zeros(logits.shape, dtype=q.dtype, device=logits.device)
         cache.scatter_add_(-1, nxt[:, None, :].expand(-1, q.shape[1], -1), log_a.exp())
         vocab = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_1mg[..., None]

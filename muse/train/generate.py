@@ -51,10 +51,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 def has_static_step(model: LanguageModel) -> bool:
-    """Whether ``model`` offers the static decoding interface (``decode_buffers``, ``decode_step``);
-    a model with a ``pointer`` does not (it decodes over the whole context)."""
-    return (callable(getattr(model, "decode_step", None)) and callable(getattr(model, "decode_buffers", None))
-            and getattr(model, "pointer", None) is None)
+    """Whether ``model`` offers the static decoding interface (``decode_buffers``, ``decode_step``)."""
+    return callable(getattr(model, "decode_step", None)) and callable(getattr(model, "decode_buffers", None))
 
 
 def resolve_fast(fast: bool | None, model: LanguageModel, device: torch.device | str) -> bool:
@@ -141,12 +139,17 @@ class StaticDecoder:
                                    "(muse generate --no-fast)") from exc
         synchronize(device)
 
+    def _buffers(self) -> list[torch.Tensor]:
+        """Every tensor the step updates in place: the position, the recurrence states, the pointer's window."""
+        state = self.state
+        window = [t for t in (getattr(state, "pointer_keys", None), getattr(state, "pointer_ids", None)) if t is not None]
+        return [state.position] + [s.planes for s in state.layers if s is not None] + window
+
     def _values(self) -> list[torch.Tensor]:
-        return [self.state.position.clone()] + [s.planes.clone() for s in self.state.layers if s is not None]
+        return [t.clone() for t in self._buffers()]
 
     def _restore(self, values: list[torch.Tensor]) -> None:
-        targets = [self.state.position] + [s.planes for s in self.state.layers if s is not None]
-        for target, value in zip(targets, values, strict=True):
+        for target, value in zip(self._buffers(), values, strict=True):
             target.copy_(value)
 
     @torch.no_grad()

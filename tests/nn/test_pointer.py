@@ -20,7 +20,7 @@ from muse.models.phase2 import expected_parameter_count as phase2_count
 from muse.models.stage1 import Stage1State
 from muse.models.stage1 import expected_parameter_count as stage1_count
 from muse.nn import PointerMixture
-from muse.train.generate import has_static_step
+from muse.train.generate import generate
 from muse.train.loss import IGNORE_INDEX, compile_model_loss, model_loss
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
@@ -169,16 +169,17 @@ def test_parameter_count_and_config_checks(name, count):
 
 def test_pointer_models_decode_with_a_pointer_cache_and_refuse_other_caches():
     model = _model("stage1", "mix-tiny", double=False)
-    assert not has_static_step(model) and has_static_step(build_model("stage1", "mix-tiny", vocab_size=VOCAB))
     logits, cache = model.step(_ids()[:, :4])
     assert isinstance(cache, PointerCache) and isinstance(cache.inner, Stage1State)
     assert cache.length == cache.inner.length == 4 and cache.keys.shape == (2, 4, 8)
-    with pytest.raises(ValueError, match="static decoding"):
-        model.decode_buffers(2)
     with pytest.raises(TypeError, match="PointerCache"):
         model.step(_ids()[:, :1], cache.inner)
+    with pytest.raises(TypeError, match="PointerCache"):
+        model.decode_buffers(2, cache.inner)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.step(torch.zeros(2, model.max_seq_len, dtype=torch.long), cache)
+    state = model.decode_buffers(2, cache)  # the static path's window: max_seq_len slots
+    assert state.pointer_keys.shape == (2, model.max_seq_len, 8) and torch.equal(state.pointer_ids[:, :4], cache.ids)
 
 
 def test_module_checks_its_arguments_and_starts_as_the_training_free_cache():
@@ -209,3 +210,12 @@ def test_the_compiled_loss_traces_the_checkpointed_blocks_in_one_graph():
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert torch.equal(p.grad, want[n]), n
+
+
+def test_fast_generation_follows_the_incremental_loop():
+    """The static path (``generate(fast=True)``: decode_step on buffers) picks the greedy tokens of ``step``."""
+    model = _model("stage1", "mix-tiny", double=False)
+    prompt = _ids(1, 6)
+    slow = torch.stack(list(generate(model, prompt, 12, temperature=0.0, fast=False)), dim=1)
+    fast = torch.stack(list(generate(model, prompt, 12, temperature=0.0, fast=True)), dim=1)
+    assert torch.equal(slow, fast)
