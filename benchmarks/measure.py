@@ -19,7 +19,7 @@ from torch import nn
 import muse.complex as C
 from benchmarks.memory import LiveTensorBytes
 from muse._checks import check_int
-from muse.train.loss import IMPLS, linear_cross_entropy, lm_loss, loss_path, model_loss
+from muse.train.loss import IMPLS, head_loss, lm_loss, loss_path, model_loss
 
 
 def _random_batch(vocab: int, batch: int, seq: int, device: torch.device, gen: torch.Generator):
@@ -181,7 +181,8 @@ def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device
                      grad_range: tuple[float, float] = (1e-6, 1e3), seed: int = 0) -> dict:
     """Forward + backward on ``trials`` random inputs: non-finite rate and gradient-norm range.
 
-    The loss is :func:`muse.train.loss.model_loss` (the training loss). A trial is
+    The loss is the training loss (:func:`muse.train.loss.head_loss` of the forward's head input,
+    as :func:`muse.train.loss.model_loss` computes it; the copy path's too). A trial is
     non-finite when the head's input, the loss or any gradient holds NaN/Inf. Every
     parameter's gradient norm is checked in every trial; the extremes and offenders are returned.
     """
@@ -194,7 +195,7 @@ def stability_trials(model: nn.Module, trials: int, batch: int, seq: int, device
         inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
         model.zero_grad(set_to_none=True)
         hidden = model(inputs, return_hidden=True)
-        loss = linear_cross_entropy(hidden, model.lm_head.weight, targets, model.lm_head.bias)
+        loss = head_loss(model, hidden, inputs, targets)
         loss.backward()
         finite = bool(torch.isfinite(hidden).all()) and bool(torch.isfinite(loss))
         for name, p in model.named_parameters():

@@ -676,20 +676,31 @@ def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
 
 def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
                reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
-    """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)`` + its ``lm_head``,
-    mixed with the copy path's when the model has a ``pointer`` (the head's loss per token, then
-    :meth:`muse.nn.PointerMixture.nll`).
+    """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)``, then :func:`head_loss`.
 
     ``model`` may be wrapped in DistributedDataParallel (its forward runs through the
     wrapper, the head is read from ``model.module``).
     """
     check_type("model", model, torch.nn.Module, "an nn.Module")
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    _head(core)
+    return head_loss(core, model(input_ids, return_hidden=True), input_ids, targets, reduction, impl, chunk_size)
+
+
+def _head(core: torch.nn.Module) -> torch.nn.Module:
     head = getattr(core, "lm_head", None)
     if not isinstance(head, torch.nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise TypeError(f"model must have an lm_head module with a .weight; {type(core).__name__} has none")
-    hidden = model(input_ids, return_hidden=True)
-    pointer = getattr(core, "pointer", None)
+    return head
+
+
+def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor,
+              reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
+    """The LM loss from the head input ``hidden`` (B, S, d) that ``model(input_ids, return_hidden=True)``
+    gave: the fused loss of its ``lm_head``, mixed with the copy path's when the model has a
+    ``pointer`` (the head's loss per token, then :meth:`muse.nn.PointerMixture.nll`)."""
+    head = _head(model)
+    pointer = getattr(model, "pointer", None)
     if pointer is None:
         return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
                                     chunk_size=chunk_size, impl=impl)
@@ -727,6 +738,7 @@ def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", red
 
 __all__ = [
     "CHUNK_BUDGET_FRACTION", "CHUNK_BUDGET_MAX_BYTES", "CHUNK_BUDGET_MIN_BYTES", "IGNORE_INDEX", "IMPLS",
-    "auto_chunk_size", "chunk_budget", "compile_model_loss", "default_chunk_size", "has_native", "linear_cross_entropy", "lm_loss",
+    "auto_chunk_size", "chunk_budget", "compile_model_loss", "default_chunk_size", "has_native", "head_loss",
+    "linear_cross_entropy", "lm_loss",
     "loss_path", "model_loss",
 ]
