@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from muse.cli.train import parse_key_values
 from muse.models import build_model
 from muse.models.compile import synchronize
 from muse.train.generate import generate, has_static_step
@@ -43,14 +44,6 @@ def measure(model, prompt: torch.Tensor, n: int, fast: bool, compile: bool | Non
             "memory_allocated_MiB_at_10pct_and_end": [round(m / 2**20, 1) for m in mem]}
 
 
-def _value(text: str):
-    """A --model-arg value: JSON where it parses, else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -63,7 +56,7 @@ def main() -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the fast path's step (default: on for CUDA, off for CPU)")
     args = p.parse_args()
-    overrides = {k: _value(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
+    overrides = parse_key_values(args.model_arg)
     dev = torch.device(args.device)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     for spec in args.models.split(","):

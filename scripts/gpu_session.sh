@@ -1093,7 +1093,24 @@ s25b)
   timeout 100 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix \
     --paths fast | tee -a "$OUT/gen-speed.jsonl"
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b" >&2; exit 2 ;;
+s25c)
+  step "issue 12: Stage 1 criteria of the mix-copy preset against Phase 2 as the seed defines it and against Phase 2 with the same copy path (each with its mixer-free reference), and the stability trials of mix-copy at S = 1024 and 8192, all sharing the GPU"
+  export OMP_NUM_THREADS=2
+  for ref in plain ptr; do
+    extra=(); [ "$ref" = ptr ] && extra=(--phase2-arg pointer_dim=64)
+    ( timeout 560 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy "${extra[@]}" \
+        --references phase2_nomix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+        --out "$OUT/bench-mixcopy-vs-$ref" > "$OUT/bench-mixcopy-vs-$ref.txt" 2>&1; echo "bench $ref rc=$?" ) &
+  done
+  ( timeout 300 python3 scripts/long_trials.py --preset mix-copy --seq 8192 --trials 100 --device cuda \
+      > "$OUT/long-trials-8192.jsonl" 2>&1; timeout 200 python3 scripts/long_trials.py --preset mix-copy --seq 1024 \
+      --trials 100 --batch 2 --device cuda > "$OUT/long-trials-1024.jsonl" 2>&1 ) &
+  wait
+  tail -n 1 "$OUT"/long-trials-*.jsonl
+  for ref in plain ptr; do echo "--- vs $ref"; sed -n '/all_pass/,/planar layout/p' "$OUT/bench-mixcopy-vs-$ref.txt" | head -30
+    grep "eval PPL\|peak memory" "$OUT/bench-mixcopy-vs-$ref/report.md" | head -4; done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
