@@ -358,3 +358,82 @@ __all__ = [
     "layer_norm_abs", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs", "one_rounding", "sum_abs",
     "ulp_bound",
 ]
+
+
+# ------------------------------------------------------- the copy path (PointerMixture)
+def _lse_rel(n_terms: int, value_range: float, device) -> tuple[float, float]:
+    """(psi, lambda_log) of an fp32 log-sum-exp of ``n_terms`` max-shifted terms spanning
+    ``value_range`` (the linear cross-entropy's step 2 with one chunk)."""
+    lam = libm_rel("exp", device)
+    phi = (1 + lam) * math.exp(U * value_range) - 1
+    return (1 + phi) * (1 + gamma(max(n_terms - 1, 1))) - 1, libm_rel("log", device)
+
+
+def _lse_abs(n_terms: int, value_range: float, lse: float, device) -> float:
+    """|computed lse - lse of the computed inputs| for the fp32 log-sum-exp above."""
+    psi, lam_log = _lse_rel(n_terms, value_range, device)
+    return -math.log(1 - psi) + lam_log * (math.log(max(n_terms, 1)) + psi) + U * abs(lse)
+
+
+def _unit_vector_err(x: np.ndarray, err: np.ndarray, n: int) -> np.ndarray:
+    """Per row of x (rows, n): a bound of the 2-norm error of the fp32 unit vector computed from x^,
+    |x^ - x| <= err elementwise (sum of squares, sqrt, division): 2||err||/||x|| + (gamma_n/2 + 2u)(1 + .)."""
+    norm = np.linalg.norm(x, axis=-1)
+    e = np.linalg.norm(err, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(norm > 0, 2 * e / norm, np.inf)
+    return rel + (gamma(n) / 2 + 2 * U) * (1 + rel)
+
+
+def pointer_nll_abs(h: np.ndarray, wq: np.ndarray, wk: np.ndarray, theta: float, wg: np.ndarray, bg: float,
+                    ids: np.ndarray, targets: np.ndarray, vocab_nll: np.ndarray, exact: dict,
+                    device="cpu") -> np.ndarray:
+    """|computed - exact| bound of ``PointerMixture.nll`` per position (fp32 arithmetic, one row).
+
+    ``h`` (S, d), ``wq``/``wk`` (dk, d), ``wg`` (d,), ``bg``, θ = exp(log θ) as the module holds it,
+    ``vocab_nll`` (S,) the head's per-token losses (exact fp32 inputs), ``exact`` the float64
+    intermediates of ``verification.test_pointer._exact``.  Steps (docs/numerics.md, "Copy path"):
+    q, k, gate as fp32 GEMMs; the unit vectors' error; the cosine (a dk-term dot product of unit
+    vectors); s = θ cos with θ = exp(.) (libm) and one rounding; log a = s - lse(s) over the earlier
+    positions; log g, log(1 - g) as log-sigmoids (Lipschitz 1, exp and log1p errors); the mixture's
+    terms one rounding each; nll = -lse(terms), 1-Lipschitz plus its own rounding.
+    """
+    s_len, d = h.shape
+    dk = wq.shape[0]
+    habs = np.abs(h)
+    e_q = gemm_abs(habs @ np.abs(wq).T, d, device)  # (S, dk)
+    e_k = gemm_abs(habs @ np.abs(wk).T, d, device)
+    u_q = _unit_vector_err(exact["q"], e_q, dk)  # (S,)
+    u_k = _unit_vector_err(exact["k"], e_k, dk)
+    m_dot = gamma(gemm_terms(dk, device))
+    d_cos = u_q[:, None] + u_k[None, :] + u_q[:, None] * u_k[None, :] + m_dot * (1 + u_q[:, None]) * (1 + u_k[None, :])
+    lam = libm_rel("exp", device)
+    cos = exact["cos"]
+    e_s = theta * (1 + lam) * (1 + U) * d_cos + (lam * (1 + U) + U) * theta * np.abs(cos)  # (S, S)
+    e_gate = gemm_abs(habs @ np.abs(wg) + abs(bg), d + 1, device)  # (S,)
+    lam_log = libm_rel("log", device)
+    out = np.zeros(s_len)
+    for t in range(s_len):
+        log_1mg, log_g = exact["log_1mg"][t], exact["log_g"][t]
+        e_lg = e_gate[t] + lam + lam_log + 2 * U * (abs(log_g) + 1) if t else 0.0
+        e_l1 = e_gate[t] + lam + lam_log + 2 * U * (abs(log_1mg) + 1) if t else 0.0
+        terms_err = [e_l1 + U * abs(exact["terms0"][t]) * (1 + U) + U * abs(vocab_nll[t])]
+        values = [exact["terms0"][t]]
+        if t:
+            s_row = exact["s"][t, :t]
+            e_row = e_s[t, :t]
+            lse = exact["lse_s"][t]
+            e_lse = float(e_row.max()) + _lse_abs(t, float(s_row.max() - s_row.min()) + 2 * float(e_row.max()), lse,
+                                                  device)
+            for j in range(t):
+                if ids[j + 1] == targets[t]:
+                    log_a = s_row[j] - lse
+                    e_log_a = e_row[j] + e_lse + U * (abs(log_a) + e_row[j] + e_lse)
+                    term = log_g + log_a
+                    values.append(term)
+                    terms_err.append(e_lg + e_log_a + U * (abs(term) + e_lg + e_log_a))
+        e_max = max(terms_err)
+        vals = np.array(values)
+        out[t] = e_max + _lse_abs(len(values), float(vals.max() - vals.min()) + 2 * e_max, exact["nll"][t], device)
+        out[t] += U * (abs(exact["nll"][t]) + out[t])
+    return out
