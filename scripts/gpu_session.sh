@@ -1110,7 +1110,18 @@ s25c)
   for ref in plain ptr; do echo "--- vs $ref"; sed -n '/all_pass/,/planar layout/p' "$OUT/bench-mixcopy-vs-$ref.txt" | head -30
     grep "eval PPL\|peak memory" "$OUT/bench-mixcopy-vs-$ref/report.md" | head -4; done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c" >&2; exit 2 ;;
+s25d)
+  step "the copy path's numerics property on CUDA"
+  MUSE_VERIFY_IMPL=eager timeout 120 python3 -m muse verify --profile ci --device cuda -n 2 -k pointer \
+    --out "$OUT/verify-pointer" 2>&1 | grep "numerics report\|passed\|failed" | tail -3
+  grep -h "pointer" "$OUT"/verify-pointer/report.md 2>/dev/null | head -4
+  step "speed of mix with and without the copy path, compiled with CUDA graphs, B 4, S 1024, one after the other"
+  for preset in mix-copy mix; do
+    timeout 200 python3 -m muse bench speed --preset "$preset" --batch-size 4 --device cuda \
+      --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$preset" 2>&1 | grep "^| stage1\|Error\|error" | head -6
+  done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
