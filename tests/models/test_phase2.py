@@ -97,8 +97,8 @@ def test_config_to_dict_is_json_and_round_trips():
 
 def test_presets_match_stage1_names():
     """The sizes the bench trains at one preset name exist for both models; Phase 2 also has its
-    'original' presets, Stage 1 its variant presets (mix, mix-tiny)."""
-    assert set(PRESETS) - {"original", "original-tiny"} == set(STAGE1_PRESETS) - {"mix", "mix-tiny"}
+    'original' presets, Stage 1 its variant presets (mix, mix-copy and their tiny twins)."""
+    assert set(PRESETS) - {"original", "original-tiny"} == set(STAGE1_PRESETS) - {"mix", "mix-tiny", "mix-copy", "mix-copy-tiny"}
     assert PRESETS["tiny"] == dict(d_model=64, n_layers=2, max_seq_len=128, n_heads=4)
     assert (PRESETS["seed"]["d_model"], PRESETS["seed"]["n_layers"], PRESETS["seed"]["max_seq_len"]) == (512, 6, 1024)
 
