@@ -22,18 +22,23 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from muse._checks import check_int
+from muse._checks import check_float, check_int
 
 _MASKED = -30000.0  # a finite "minus infinity" for the scores: an empty row stays NaN-free
 
 
 class PointerMixture(nn.Module):
-    """The copy path of a language model (module docstring); ``d_key`` the width of q and k."""
+    """The copy path of a language model (module docstring); ``d_key`` the width of q and k, ``theta`` the
+    initial θ and ``gate`` the initial g (the training-free cache's best values at tiny size: 20, 0.1)."""
 
     def __init__(self, d_model: int, d_key: int = 64, *, theta: float = 20.0, gate: float = 0.1, device=None):
         super().__init__()
         check_int("d_model", d_model, min_value=1)
         check_int("d_key", d_key, min_value=1)
+        check_float("theta", theta, min_value=0.0, min_inclusive=False)
+        check_float("gate", gate, min_value=0.0, min_inclusive=False)
+        if gate >= 1:
+            raise ValueError(f"gate must be < 1 (the initial copy weight), got {gate}")
         self.query = nn.Linear(d_model, d_key, bias=False, device=device, dtype=torch.float32)
         self.key = nn.Linear(d_model, d_key, bias=False, device=device, dtype=torch.float32)
         self.log_theta = nn.Parameter(torch.full((), math.log(theta), device=device))

@@ -187,6 +187,10 @@ def test_module_checks_its_arguments_and_starts_as_the_training_free_cache():
         PointerMixture(8, 0)
     with pytest.raises(TypeError, match="d_model"):
         PointerMixture(8.0, 4)
+    with pytest.raises(ValueError, match="theta"):
+        PointerMixture(8, 4, theta=0.0)
+    with pytest.raises(ValueError, match="gate"):
+        PointerMixture(8, 4, gate=1.0)
     pointer = PointerMixture(16, 4)
     assert torch.equal(pointer.query.weight, pointer.key.weight)  # scores start as cos of one projection
     assert math.isclose(torch.sigmoid(pointer.gate.bias).item(), 0.1, rel_tol=1e-6)
