@@ -20,8 +20,11 @@ from muse.models.phase2 import expected_parameter_count as phase2_count
 from muse.models.stage1 import Stage1State
 from muse.models.stage1 import expected_parameter_count as stage1_count
 from muse.nn import PointerMixture
+from muse.train import load_checkpoint, train
+from muse.train.checkpoint import model_from_checkpoint
 from muse.train.generate import generate
 from muse.train.loss import IGNORE_INDEX, compile_model_loss, model_loss
+from muse.train.synthetic import synthetic_data, tiny_config
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
 
@@ -223,3 +226,23 @@ def test_fast_generation_follows_the_incremental_loop():
     slow = torch.stack(list(generate(model, prompt, 12, temperature=0.0, fast=False)), dim=1)
     fast = torch.stack(list(generate(model, prompt, 12, temperature=0.0, fast=True)), dim=1)
     assert torch.equal(slow, fast)
+
+
+def test_trained_checkpoint_round_trip_and_exact_resume(tmp_path):
+    """The trainer saves the copy path with the model; a resumed run ends where the uninterrupted one does."""
+    overrides = dict(vocab_size=64, d_model=16, n_layers=1, max_seq_len=32, dropout=0.1, d_ffn=32, pointer_dim=4)
+    kw = dict(preset="mix-tiny", model_overrides=overrides, max_steps=5)
+    data = synthetic_data()
+    train(tiny_config(str(tmp_path / "a"), stop_after=3, **kw), data)
+    path = tmp_path / "a" / "last.safetensors"
+    ck = load_checkpoint(path)
+    assert ck.model_config["pointer_dim"] == 4 and "model.pointer.log_theta" in ck.tensors
+    model, _ = model_from_checkpoint(path)
+    assert torch.equal(model.pointer.query.weight, ck.tensors["model.pointer.query.weight"])
+    train(tiny_config(str(tmp_path / "b"), resume=str(path), **kw), data)
+    train(tiny_config(str(tmp_path / "c"), **kw), data)
+    resumed = load_checkpoint(tmp_path / "b" / "last.safetensors").prefixed("model.")
+    straight = load_checkpoint(tmp_path / "c" / "last.safetensors").prefixed("model.")
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        assert torch.equal(resumed[name], straight[name]), name

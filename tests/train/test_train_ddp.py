@@ -46,8 +46,11 @@ def _losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in open(out / "log.jsonl") if '"train"' in line]
 
 
-@pytest.mark.parametrize("model", [[], ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--model-arg", "tie_head=true"]],
-                         ids=["seed-block", "mix-tied"])  # mix-tied: the one table gets both uses' gradients
+@pytest.mark.parametrize("model", [[], ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--model-arg", "tie_head=true"],
+                                   ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--model-arg", "pointer_dim=8"]],
+                         ids=["seed-block", "mix-tied", "mix-pointer"])
+# mix-tied: the one table gets both uses' gradients; mix-pointer: the copy path's parameters are used
+# outside the DDP-wrapped forward (in the loss), as the head's are
 def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, model):
     common = _common(tmp_path) + ["--dropout", "0", *model]  # dropout masks differ between layouts
     assert main([*common, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
@@ -59,7 +62,7 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, model):
     res = json.loads((tmp_path / "two" / "results.json").read_text())
     assert res["world_size"] == 2 and res["tokens_per_step"] == 8 * 32
     saved = load_file(tmp_path / "two" / "last.safetensors")
-    assert ("model.lm_head.weight" in saved) == (not model)  # a tied head saves no weight of its own
+    assert ("model.lm_head.weight" in saved) == ("tie_head=true" not in model)  # a tied head saves no weight of its own
 
 
 def test_two_rank_resume_is_bitwise(tmp_path):
