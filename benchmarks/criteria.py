@@ -122,10 +122,24 @@ def gradient_norms(trials: dict | None) -> Criterion:
     threshold = f"every parameter's gradient norm in [{lo:g}, {hi:g}] in every trial"
     if not trials:
         return Criterion("gradient norms", NOT_MEASURED, "no trials", threshold)
-    ok = not trials["grad_offenders"]
-    return Criterion("gradient norms", PASS if ok else FAIL,
-                     f"min {trials['grad_norm_min']:.3e}, max {trials['grad_norm_max']:.3e}, "
-                     f"{len(trials['grad_offenders'])} parameter(s) outside", threshold)
+    offenders = trials["grad_offenders"]
+    value = (f"min {trials['grad_norm_min']:.3e}, max {trials['grad_norm_max']:.3e}, "
+             f"{len(offenders)} parameter(s) outside")
+    if offenders:  # name the first few and their first offending trial: an exact 0 reads differently from a blow-up
+        if isinstance(offenders, dict):  # name -> [(trial, norm), ...] (benchmarks.measure.stability_trials)
+            named = [f"{name} ({_norm_text(cases[0][1])} in trial {cases[0][0]})"
+                     for name, cases in list(offenders.items())[:3]]
+        else:
+            named = [str(name) for name in list(offenders)[:3]]
+        value += ": " + ", ".join(named) + (", ..." if len(offenders) > 3 else "")
+    return Criterion("gradient norms", FAIL if offenders else PASS, value, threshold)
+
+
+def _norm_text(value) -> str:
+    """A gradient norm for the report: 3 significant digits, or "non-finite" (None once through JSON)."""
+    if value is None or not math.isfinite(value):
+        return "non-finite"
+    return f"{value:.3g}"
 
 
 def planar(layout: dict | None) -> Criterion:
