@@ -78,3 +78,14 @@ def test_eval_targets_and_config_validation():
         Stage1BenchConfig(references="gpt")
     with pytest.raises(ValueError, match="eval_stride"):
         Stage1BenchConfig(eval_stride=0)
+
+
+def test_gradient_norm_row_names_its_offenders_and_their_values():
+    """An exactly zero gradient (a copy path with nothing to copy) and a non-finite one are told apart."""
+    from benchmarks.criteria import gradient_norms
+
+    row = gradient_norms({"grad_norm_min": 0.0, "grad_norm_max": 7.2,
+                          "grad_offenders": {"pointer.log_theta": [[1, 0.0], [2, 0.0]], "w": [[4, None]]}})
+    assert row.status == "fail"
+    assert "2 parameter(s) outside: pointer.log_theta (0 in trial 1), w (non-finite in trial 4)" in row.value
+    assert gradient_norms({"grad_norm_min": 0.1, "grad_norm_max": 7.2, "grad_offenders": {}}).status == "pass"
