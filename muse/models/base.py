@@ -38,8 +38,22 @@ from muse._checks import check_int, check_token_ids, check_type
 from muse.nn.pointer import PointerMixture
 
 
+class _TokensSoFar:
+    """``length`` and ``batch_size`` of a decoding state that keeps every id so far in ``ids`` (B, length)."""
+
+    ids: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids.shape[0]
+
+
 @dataclass
-class PointerCache:
+class PointerCache(_TokensSoFar):
     """The decoding state of a model with a copy path: the model's own cache (``inner``), the unit keys
     (B, length, d_key) and the ids (B, length) of the window so far."""
 
@@ -47,28 +61,12 @@ class PointerCache:
     keys: torch.Tensor
     ids: torch.Tensor
 
-    @property
-    def length(self) -> int:
-        return self.ids.shape[1]
-
-    @property
-    def batch_size(self) -> int:
-        return self.ids.shape[0]
-
 
 @dataclass
-class ContextCache:
-    """The fallback decoding state of :meth:`LanguageModel.step`: every token so far, (B, length)."""
+class ContextCache(_TokensSoFar):
+    """The fallback decoding state of :meth:`LanguageModel.step_hidden`: every token so far, (B, length)."""
 
     ids: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return self.ids.shape[1]
-
-    @property
-    def batch_size(self) -> int:
-        return self.ids.shape[0]
 
 
 class LanguageModel(nn.Module):
