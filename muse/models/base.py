@@ -93,7 +93,8 @@ class LanguageModel(nn.Module):
         after its own initialisation (which would otherwise reset the pointer's linears)."""
         dim = getattr(self.config, "pointer_dim", 0)
         if dim:
-            self.pointer = PointerMixture(self.config.d_model, dim, device=device)
+            self.pointer = PointerMixture(self.config.d_model, dim, mode=getattr(self.config, "pointer_mode", "cache"),
+                                          device=device)
 
     @classmethod
     def upgrade_key(cls, name: str) -> str:
@@ -174,9 +175,9 @@ class LanguageModel(nn.Module):
         h, inner = self.step_hidden(input_ids, None if cache is None else cache.inner)
         past = 0 if cache is None else cache.length
         ids = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)
-        q, k, theta, log_1mg, log_g = self.pointer.project(h, past)
+        q, k, theta, gate = self.pointer.project(h)
         keys = k if cache is None else torch.cat([cache.keys, k], dim=1)
-        logits = self.pointer.mix(q, keys, theta, log_1mg, log_g, ids, self.lm_head(h), past)
+        logits = self.pointer.mix(q, keys, theta, gate, ids, self.lm_head(h), past)
         return logits, PointerCache(inner, keys, ids)
 
     def step_hidden(self, input_ids: torch.Tensor, cache: ContextCache | None = None

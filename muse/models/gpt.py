@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from muse._checks import (
+    check_choice,
     check_float,
     check_int,
     check_probability,
@@ -39,6 +40,7 @@ from muse._checks import (
 )
 from muse.models.base import LanguageModel, check_config_sizes, pointer_parameter_count
 from muse.nn import RealFeedForward
+from muse.nn.pointer import MODES as POINTER_MODES
 
 
 @dataclass
@@ -55,10 +57,12 @@ class GPTConfig:
     bias: bool = True  # biases in the linears and LayerNorms (GPT-2 has them); the head never has one
     layer_norm_eps: float = 1e-5
     pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
+    pointer_mode: str = "cache"  # its mixture: "cache" (a gate of h) | "sentinel" (the head competes with the positions)
 
     def __post_init__(self):
         check_config_sizes(self, heads=True)
         check_int("pointer_dim", self.pointer_dim, min_value=0)
+        check_choice("pointer_mode", self.pointer_mode, POINTER_MODES)
         check_probability("dropout", self.dropout)
         check_type("bias", self.bias, bool, "a bool")
         check_float("layer_norm_eps", self.layer_norm_eps, min_value=0.0, min_inclusive=False)

@@ -48,6 +48,7 @@ from muse.init import ZetaEmbedding, ZetaInitializer
 from muse.models.base import LanguageModel, check_config_sizes, pointer_parameter_count
 from muse.nn import RealFeedForward
 from muse.nn.mixers import BKCore, DissipativeHebbian, HeadRMSNorm
+from muse.nn.pointer import MODES as POINTER_MODES
 
 INITS = ("gpt2", "zeta")
 
@@ -83,10 +84,12 @@ class Phase2Config:
     zeta_scale: float = 0.1  # amplitude of the fixed zeta position table (the original's: 1.0)
     layer_norm_eps: float = 1e-5
     pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
+    pointer_mode: str = "cache"  # its mixture: "cache" (a gate of h) | "sentinel" (the head competes with the positions)
 
     def __post_init__(self):
         check_config_sizes(self, heads=True)
         check_int("pointer_dim", self.pointer_dim, min_value=0)
+        check_choice("pointer_mode", self.pointer_mode, POINTER_MODES)
         check_int("bk_channels", self.bk_channels, min_value=1)
         self.bk_z = check_shift("bk_z", self.bk_z)
         check_float("bk_shift", self.bk_shift)

@@ -45,6 +45,7 @@ from muse.nn import (
 from muse.nn.embedding import EMBEDDING_INITS
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
 from muse.nn.mixers import DECAY_KINDS, LAMBDA_KINDS, OMEGA_INITS, PHASE_INITS
+from muse.nn.pointer import MODES as POINTER_MODES
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Stage1Config:
     # variants only: the head's weight IS the real plane of the token table (weight tying, own bias)
     tie_head: bool = False
     pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
+    pointer_mode: str = "cache"  # its mixture: "cache" (a gate of h) | "sentinel" (the head competes with the positions)
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -115,6 +117,7 @@ class Stage1Config:
         check_choice("head_init", self.head_init, HEAD_INITS)
         check_choice("dropout_mode", self.dropout_mode, C.DROPOUT_MODES)
         check_int("pointer_dim", self.pointer_dim, min_value=0)
+        check_choice("pointer_mode", self.pointer_mode, POINTER_MODES)
         _check_variant_fields(self)
 
     @property
@@ -503,10 +506,10 @@ class Stage1Model(LanguageModel):
                 buffer.planes.copy_(value.planes)
         logits = self.lm_head(h)
         if self.pointer is not None:
-            q, k, theta, log_1mg, log_g = self.pointer.project(h, state.position)
+            q, k, theta, gate = self.pointer.project(h)
             state.pointer_keys.index_copy_(1, state.position, k)
             state.pointer_ids.index_copy_(1, state.position, input_ids)
-            logits = self.pointer.mix(q, state.pointer_keys, theta, log_1mg, log_g, state.pointer_ids, logits,
+            logits = self.pointer.mix(q, state.pointer_keys, theta, gate, state.pointer_ids, logits,
                                       state.position)
         state.position.add_(1)
         return logits[:, -1]

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from muse._checks import check_float, check_int
+from muse._checks import check_choice, check_float, check_int
 
+MODES = ("cache", "sentinel")
 _MASKED = -30000.0  # a finite "minus infinity" for the scores: an empty row stays NaN-free
 
 
@@ -31,8 +32,11 @@ class PointerMixture(nn.Module):
     """The copy path of a language model (module docstring); ``d_key`` the width of q and k, ``theta`` the
     initial θ and ``gate`` the initial g (the training-free cache's best values at tiny size: 20, 0.1)."""
 
-    def __init__(self, d_model: int, d_key: int = 64, *, theta: float = 20.0, gate: float = 0.1, device=None):
+    def __init__(self, d_model: int, d_key: int = 64, *, theta: float = 20.0, gate: float = 0.1,
+                 mode: str = "cache", device=None):
         super().__init__()
+        check_choice("mode", mode, MODES)
+        self.mode = mode
         check_int("d_model", d_model, min_value=1)
         check_int("d_key", d_key, min_value=1)
         check_float("theta", theta, min_value=0.0, min_inclusive=False)
@@ -55,35 +59,45 @@ class PointerMixture(nn.Module):
         self.key.weight.copy_(self.query.weight)
         self.log_theta.fill_(math.log(self._theta0))
         self.gate.weight.zero_()
-        self.gate.bias.fill_(math.log(self._gate0 / (1 - self._gate0)))
+        bias = math.log((1 - self._gate0) / self._gate0)  # "sentinel": the head's share 1 - g when every cos is 1
+        self.gate.bias.fill_(bias + self._theta0 if self.mode == "sentinel" else -bias)
 
     @staticmethod
     def parameter_count(d_model: int, d_key: int) -> int:
         return 2 * d_model * d_key + 1 + d_model + 1
 
-    def project(self, h: torch.Tensor, t0: int | torch.Tensor = 0):
-        """h (B, R, d) of the positions t0 .. t0 + R - 1 -> unit queries and keys (B, R, d_key), θ,
-        log(1 - g) and log g (B, R); fp32 (fp64 for fp64 h).  g = 0 at position 0.  ``t0``: an int,
-        or a (1,) int64 tensor (static decoding: no host sync)."""
+    def project(self, h: torch.Tensor):
+        """h (B, R, d) -> unit queries and keys (B, R, d_key), θ and the gate's logit (B, R); fp32 (fp64
+        for fp64 h)."""
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         h = h.to(acc)
         q = nn.functional.normalize(nn.functional.linear(h, self.query.weight.to(acc)), dim=-1)
         k = nn.functional.normalize(nn.functional.linear(h, self.key.weight.to(acc)), dim=-1)
         gate = nn.functional.linear(h, self.gate.weight.to(acc), self.gate.bias.to(acc))[..., 0]
-        first = torch.arange(h.shape[1], device=h.device) + t0 == 0  # no earlier position: g = 0
-        log_g = torch.where(first, -math.inf, nn.functional.logsigmoid(gate))
-        log_1mg = torch.where(first, 0.0, nn.functional.logsigmoid(-gate))
-        return q, k, self.log_theta.to(acc).exp(), log_1mg, log_g
+        return q, k, self.log_theta.to(acc).exp(), gate
 
-    @staticmethod
-    def _log_a(q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor, t0: int | torch.Tensor) -> torch.Tensor:
-        """log a for the query rows t0.. (q: (B, R, d_key)) over the keys k (B, L, d_key) of positions
-        0 .. L - 1: (B, R, L); ``_MASKED``-ish (weight exactly 0 once times g) at j >= t."""
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, theta: torch.Tensor, gate: torch.Tensor,
+                 t0: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the query rows at positions t0 .. (q (B, R, d_key), gate (B, R)) over the keys k (B, L, d_key)
+        of positions 0 .. L - 1: log of the head's weight (B, R) and of each earlier position's copy
+        weight (B, R, L), ``_MASKED``-ish (exactly 0 once exponentiated) at j >= t.  ``t0``: an int, or a
+        (1,) int64 tensor (static decoding: no host sync).
+
+        "cache": 1 - g and g·softmax_j(s), g = sigmoid(gate), 0 at position 0.  "sentinel": one softmax
+        over [gate + log t, s_j for j < t] (the sentinel's share is the head's weight)."""
         s = torch.matmul(q, k.transpose(-1, -2)) * theta
         rows = torch.arange(q.shape[1], device=q.device) + t0
         earlier = torch.arange(k.shape[1], device=q.device)[None, :] < rows[:, None]
         s = torch.where(earlier, s, _MASKED)
-        return s - torch.logsumexp(s, dim=-1, keepdim=True)
+        lse = torch.logsumexp(s, dim=-1)
+        if self.mode == "sentinel":
+            sentinel = gate + rows.clamp_min(1).to(gate.dtype).log()
+            z = torch.logaddexp(sentinel, lse)
+            return sentinel - z, s - z[..., None]
+        first = rows == 0  # no earlier position: g = 0
+        log_g = torch.where(first, -math.inf, nn.functional.logsigmoid(gate))
+        log_1mg = torch.where(first, 0.0, nn.functional.logsigmoid(-gate))
+        return log_1mg, log_g[..., None] + s - lse[..., None]
 
     @staticmethod
     def _offers(ids: torch.Tensor) -> torch.Tensor:
@@ -91,14 +105,13 @@ class PointerMixture(nn.Module):
         never an earlier position of any query, so its value is unused."""
         return torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
 
-    @classmethod
-    def _nll_rows(cls, q, k, theta, log_1mg, log_g, nxt, targets, vocab_nll, t0: int) -> torch.Tensor:
+    def _nll_rows(self, q, k, theta, gate, nxt, targets, vocab_nll, t0: int) -> torch.Tensor:
         """-log p(target) for the query rows t0.. (every argument but k and nxt cut to those rows)."""
         t1 = t0 + q.shape[1]
-        log_a = cls._log_a(q, k[:, :t1], theta, t0)
+        log_vocab, log_copy = self._weights(q, k[:, :t1], theta, gate, t0)
         match = nxt[:, None, :t1] == targets[:, :, None]  # (B, R, j): j offers the target
-        copy = torch.where(match, log_a, -math.inf)
-        terms = torch.cat([(log_1mg - vocab_nll.to(log_1mg.dtype))[..., None], log_g[..., None] + copy], dim=-1)
+        copy = torch.where(match, log_copy, -math.inf)
+        terms = torch.cat([(log_vocab - vocab_nll.to(log_vocab.dtype))[..., None], copy], dim=-1)
         return -torch.logsumexp(terms, dim=-1)
 
     def nll(self, h: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, vocab_nll: torch.Tensor,
@@ -109,12 +122,12 @@ class PointerMixture(nn.Module):
 
         Query rows go in blocks of ``block``, each recomputed in backward (activation checkpointing):
         the (B, block, S) scores are the largest tensor alive, and none is kept for backward."""
-        q, k, theta, log_1mg, log_g = self.project(h)
+        q, k, theta, gate = self.project(h)
         nxt = self._offers(input_ids)
         rows = []
         for t0 in range(0, h.shape[1], block):
             cut = slice(t0, t0 + block)
-            args = (q[:, cut], k, theta, log_1mg[:, cut], log_g[:, cut], nxt, targets[:, cut], vocab_nll[:, cut], t0)
+            args = (q[:, cut], k, theta, gate[:, cut], nxt, targets[:, cut], vocab_nll[:, cut], t0)
             if torch.is_grad_enabled():
                 rows.append(checkpoint(self._nll_rows, *args, use_reentrant=False))
             else:
@@ -122,23 +135,23 @@ class PointerMixture(nn.Module):
         nll = torch.cat(rows, dim=1)
         return torch.where(targets == ignore_index, 0.0, nll)
 
-    def mix(self, q, keys, theta, log_1mg, log_g, ids: torch.Tensor, logits: torch.Tensor,
+    def mix(self, q, keys, theta, gate, ids: torch.Tensor, logits: torch.Tensor,
             t0: int | torch.Tensor = 0) -> torch.Tensor:
         """The mixture's log-probabilities (B, R, V) for the positions t0 .. t0 + R - 1, from their
-        :meth:`project` terms, the keys (B, L, d_key) and ids (B, L) of the window from position 0
+        :meth:`project` terms (q, gate), the keys (B, L, d_key) and ids (B, L) of the window from position 0
         (L >= t0 + R; later entries are masked, so static buffers work), and the head's ``logits``
         (B, R, V)."""
-        log_a = self._log_a(q, keys, theta, t0)  # (B, R, L)
+        log_vocab, log_copy = self._weights(q, keys, theta, gate, t0)  # (B, R), (B, R, L)
         nxt = self._offers(ids)
         cache = torch.zeros(logits.shape, dtype=q.dtype, device=logits.device)
-        cache.scatter_add_(-1, nxt[:, None, :].expand(-1, q.shape[1], -1), log_a.exp())
-        vocab = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_1mg[..., None]
+        cache.scatter_add_(-1, nxt[:, None, :].expand(-1, q.shape[1], -1), log_copy.exp())
+        vocab = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_vocab[..., None]
         present = cache > 0  # log 0 = -inf without the NaN gradient of log at 0
         log_cache = torch.where(present, cache.clamp_min(torch.finfo(cache.dtype).tiny).log(), -math.inf)
-        return torch.logaddexp(vocab, log_g[..., None] + log_cache)
+        return torch.logaddexp(vocab, log_cache)
 
     def log_probs(self, h: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The mixture's log-probabilities (B, S, V) fp32 (fp64 for fp64 ``h``) from the head input
         ``h`` (B, S, d), the window's ``input_ids`` and the head's ``logits`` (B, S, V)."""
-        q, k, theta, log_1mg, log_g = self.project(h)
-        return self.mix(q, k, theta, log_1mg, log_g, input_ids, logits)
+        q, k, theta, gate = self.project(h)
+        return self.mix(q, k, theta, gate, input_ids, logits)

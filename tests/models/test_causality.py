@@ -29,7 +29,8 @@ VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True}),
             "stage1-mix-pointer": ("stage1", "mix-tiny", {"pointer_dim": 8}),
             "stage1-seed-pointer": ("stage1", "tiny", {"pointer_dim": 8}),
             "phase2-pointer": ("phase2", "tiny", {"pointer_dim": 8}),
-            "gpt-pointer": ("gpt", "tiny", {"pointer_dim": 8})}
+            "gpt-pointer": ("gpt", "tiny", {"pointer_dim": 8}),
+            "stage1-mix-sentinel": ("stage1", "mix-tiny", {"pointer_dim": 8, "pointer_mode": "sentinel"})}
 
 
 pytestmark = pytest.mark.usefixtures("_one_thread")

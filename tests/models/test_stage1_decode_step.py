@@ -25,9 +25,10 @@ def _model(preset: str):
     if preset == "mix-tiny+tied":  # the head's weight is the token table's real plane
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, tie_head=True).eval()
-    if preset == "mix-tiny+pointer":  # the copy path: the window's keys and ids in static buffers
+    if preset in ("mix-tiny+pointer", "mix-tiny+sentinel"):  # the copy path: the window in static buffers
         torch.manual_seed(0)
-        return build_model("stage1", "mix-tiny", vocab_size=VOCAB, pointer_dim=8).eval()
+        mode = "sentinel" if preset.endswith("sentinel") else "cache"
+        return build_model("stage1", "mix-tiny", vocab_size=VOCAB, pointer_dim=8, pointer_mode=mode).eval()
     if preset in ("mix-tiny+retention", "mix-tiny+hybrid"):  # the matrix state of ComplexRetention
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, mixer=preset.partition("+")[2]).eval()
@@ -40,7 +41,7 @@ def _ids(b: int = 2, s: int = 25) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+conv", "mix-tiny+tied", "mix-tiny+retention",
-                                    "mix-tiny+hybrid", "mix-tiny+input-decay", "mix-tiny+pointer"])
+                                    "mix-tiny+hybrid", "mix-tiny+input-decay", "mix-tiny+pointer", "mix-tiny+sentinel"])
 def test_decode_step_equals_step_and_the_full_forward(preset):
     model = _model(preset)
     ids = _ids()

@@ -32,9 +32,9 @@ VOCAB = 97
 MODELS = [("stage1", "mix-tiny"), ("stage1", "tiny"), ("phase2", "tiny"), ("gpt", "tiny")]
 
 
-def _model(name: str, preset: str, dim: int = 8, double: bool = True):
+def _model(name: str, preset: str, dim: int = 8, double: bool = True, mode: str = "cache"):
     torch.manual_seed(0)
-    model = build_model(name, preset, vocab_size=VOCAB, pointer_dim=dim).eval()
+    model = build_model(name, preset, vocab_size=VOCAB, pointer_dim=dim, pointer_mode=mode).eval()
     with torch.no_grad():  # a gate that depends on h, so every parameter matters
         model.pointer.gate.weight.normal_(0.0, 0.3)
     return model.double() if double and name != "stage1" else model
@@ -51,6 +51,7 @@ def _definition(pointer: PointerMixture, h: torch.Tensor, ids: torch.Tensor, log
     h, logits = h.double(), logits.double()
     wq, wk = pointer.query.weight.double(), pointer.key.weight.double()
     theta = pointer.log_theta.double().exp()
+    wg, bg = pointer.gate.weight.double()[0], pointer.gate.bias.double()[0]
     out = torch.empty(logits.shape, dtype=torch.float64)
     for b in range(ids.shape[0]):
         for t in range(ids.shape[1]):
@@ -58,20 +59,25 @@ def _definition(pointer: PointerMixture, h: torch.Tensor, ids: torch.Tensor, log
             if t == 0:
                 out[b, t] = p_vocab
                 continue
-            g = torch.sigmoid(h[b, t] @ pointer.gate.weight.double()[0] + pointer.gate.bias.double()[0])
             q = torch.nn.functional.normalize(wq @ h[b, t], dim=0)
             k = torch.nn.functional.normalize(h[b, :t] @ wk.T, dim=-1)
-            a = torch.softmax(theta * (k @ q), dim=0)  # over j < t
+            if pointer.mode == "cache":  # g = sigmoid(gate), a = softmax over j < t
+                g = torch.sigmoid(h[b, t] @ wg + bg)
+                a = g * torch.softmax(theta * (k @ q), dim=0)
+            else:  # one softmax over [gate + log t, scores]: the head's share first
+                w = torch.softmax(torch.cat([(h[b, t] @ wg + bg + math.log(t))[None], theta * (k @ q)]), dim=0)
+                g, a = 1 - w[0], w[1:]
             p_copy = torch.zeros(logits.shape[-1], dtype=torch.float64)
             for j in range(t):
                 p_copy[ids[b, j + 1]] += a[j]
-            out[b, t] = (1 - g) * p_vocab + g * p_copy
+            out[b, t] = (1 - g) * p_vocab + p_copy
     return out
 
 
+@pytest.mark.parametrize("mode", ["cache", "sentinel"])
 @pytest.mark.parametrize(("name", "preset"), MODELS)
-def test_forward_is_the_definition_and_sums_to_one(name, preset):
-    model = _model(name, preset)
+def test_forward_is_the_definition_and_sums_to_one(name, preset, mode):
+    model = _model(name, preset, mode=mode)
     ids = _ids()
     with torch.no_grad():
         h = model(ids, return_hidden=True)
@@ -85,10 +91,11 @@ def test_forward_is_the_definition_and_sums_to_one(name, preset):
     assert (log_p[:, 0].double() - head).abs().max().item() <= tol  # t = 0: nothing to copy, the head alone
 
 
+@pytest.mark.parametrize("mode", ["cache", "sentinel"])
 @pytest.mark.parametrize(("name", "preset"), MODELS)
 @pytest.mark.parametrize("block", [5, 256])
-def test_loss_path_equals_the_forward_log_probabilities(name, preset, block, monkeypatch):
-    model = _model(name, preset)
+def test_loss_path_equals_the_forward_log_probabilities(name, preset, block, mode, monkeypatch):
+    model = _model(name, preset, mode=mode)
     ids = _ids()
     targets = torch.cat([ids[:, 1:], torch.randint(0, VOCAB, (2, 1))], dim=1)
     targets[0, 3] = targets[1, 0] = IGNORE_INDEX
@@ -122,9 +129,10 @@ def test_loss_gradients_equal_the_forward_path_and_are_finite():
     assert model.pointer.log_theta.grad.abs().item() > 0 and model.pointer.query.weight.grad.abs().max() > 0
 
 
-def test_nll_passes_gradcheck():
+@pytest.mark.parametrize("mode", ["cache", "sentinel"])
+def test_nll_passes_gradcheck(mode):
     torch.manual_seed(0)
-    pointer = PointerMixture(6, 4).double()
+    pointer = PointerMixture(6, 4, mode=mode).double()
     with torch.no_grad():
         pointer.gate.weight.normal_(0.0, 0.5)
     h = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
@@ -194,6 +202,10 @@ def test_module_checks_its_arguments_and_starts_as_the_training_free_cache():
         PointerMixture(8, 4, theta=0.0)
     with pytest.raises(ValueError, match="gate"):
         PointerMixture(8, 4, gate=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        PointerMixture(8, 4, mode="pointer")
+    with pytest.raises(ValueError, match="pointer_mode"):
+        make_config("gpt", "tiny", pointer_dim=8, pointer_mode="pointer")
     pointer = PointerMixture(16, 4)
     assert torch.equal(pointer.query.weight, pointer.key.weight)  # scores start as cos of one projection
     assert math.isclose(torch.sigmoid(pointer.gate.bias).item(), 0.1, rel_tol=1e-6)
@@ -246,3 +258,23 @@ def test_trained_checkpoint_round_trip_and_exact_resume(tmp_path):
     assert resumed.keys() == straight.keys()
     for name in straight:
         assert torch.equal(resumed[name], straight[name]), name
+
+
+def test_sentinel_scores_always_get_a_gradient_and_start_at_the_cache_s_share():
+    """"sentinel": the copy scores compete with the head for the mass, so θ, W_q and W_k get a gradient even
+    when no earlier position offers the target (the "cache" mixture's is then exactly 0); with every cosine 1,
+    the head's share starts at 1 - 0.1 whatever t."""
+    ids = torch.arange(24)[None] % VOCAB  # no token repeats: nothing to copy
+    targets = torch.cat([ids[:, 1:], ids[:, :1] + 30], dim=1)
+    grads = {}
+    for mode in ("cache", "sentinel"):
+        model = _model("gpt", "tiny", mode=mode)
+        model.train(False)
+        model_loss(model, ids, targets).backward()
+        grads[mode] = model.pointer.log_theta.grad.abs().item()
+    assert grads["cache"] == 0.0 and grads["sentinel"] > 0.0
+    pointer = PointerMixture(4, 2, mode="sentinel").double()
+    h = torch.ones(1, 6, 4, dtype=torch.float64)  # identical rows: every cosine is 1
+    q, k, theta, gate = pointer.project(h)
+    log_vocab, _ = pointer._weights(q, k, theta, gate, 0)
+    assert torch.allclose(log_vocab[0, 1:].exp(), torch.full((5,), 0.9, dtype=torch.float64))
