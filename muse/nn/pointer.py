@@ -142,13 +142,19 @@ class PointerMixture(nn.Module):
         (L >= t0 + R; later entries are masked, so static buffers work), and the head's ``logits``
         (B, R, V)."""
         log_vocab, log_copy = self._weights(q, keys, theta, gate, t0)  # (B, R), (B, R, L)
-        nxt = self._offers(ids)
-        cache = torch.zeros(logits.shape, dtype=q.dtype, device=logits.device)
-        cache.scatter_add_(-1, nxt[:, None, :].expand(-1, q.shape[1], -1), log_copy.exp())
-        vocab = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_vocab[..., None]
-        present = cache > 0  # log 0 = -inf without the NaN gradient of log at 0
-        log_cache = torch.where(present, cache.clamp_min(torch.finfo(cache.dtype).tiny).log(), -math.inf)
-        return torch.logaddexp(vocab, log_cache)
+        nxt = self._offers(ids)  # (B, L)
+        out = torch.log_softmax(logits.to(q.dtype), dim=-1) + log_vocab[..., None]
+        # the copy mass of each offered token, added at that token only (not over the whole vocabulary):
+        # position j's column carries the mass of every position offering the same token, and only the first
+        # of them writes it (a later duplicate adds 0), so each token is counted once
+        same = nxt[:, :, None] == nxt[:, None, :]  # (B, L, L)
+        mass = torch.matmul(log_copy.exp(), same.to(q.dtype))  # (B, R, L)
+        first = ~same.tril(-1).any(-1)  # (B, L): no earlier position offers j's token
+        index = nxt[:, None, :].expand(-1, q.shape[1], -1)
+        old = out.gather(-1, index)
+        log_mass = torch.where(mass > 0, mass.clamp_min(torch.finfo(mass.dtype).tiny).log(), -math.inf)
+        delta = torch.where(first[:, None, :], torch.logaddexp(old, log_mass) - old, 0.0)
+        return out.scatter_add(-1, index, delta)
 
     def log_probs(self, h: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The mixture's log-probabilities (B, S, V) fp32 (fp64 for fp64 ``h``) from the head input
