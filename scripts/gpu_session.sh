@@ -1121,7 +1121,36 @@ s25d)
       --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$preset" 2>&1 | grep "^| stage1\|Error\|error" | head -6
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d" >&2; exit 2 ;;
+s26a)
+  step "issue 12: Stage 1 criteria of mix-copy in the sentinel form against Phase 2 as the seed defines it (with its mixer-free reference); seeds 1 and 2 of it and Phase 2 with the sentinel copy path; four processes sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=2
+  ( timeout 500 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy --stage1-arg pointer_mode=sentinel \
+      --references phase2_nomix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+      --out "$OUT/bench-sentinel" > "$OUT/bench-sentinel.txt" 2>&1; echo "bench rc=$?" ) &
+  printf '%s\n' \
+    "sent-s1|--model stage1 --preset mix-copy --model-arg pointer_mode=sentinel --seed 1" \
+    "sent-s2|--model stage1 --preset mix-copy --model-arg pointer_mode=sentinel --seed 2" \
+    "phase2-sent|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1337" \
+    > "$OUT/runs.txt"
+  sweep 4 450 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -20
+  sed -n '/all_pass/,/planar layout/p' "$OUT/bench-sentinel.txt" | head -30
+  grep "eval PPL\|peak memory\|offender" "$OUT/bench-sentinel/report.md" | head -8
+  step "generation speed of mix-copy (sparse mixture since d556e59), the static step in a CUDA graph, alone on the GPU"
+  timeout 120 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix-copy \
+    --paths fast | tee "$OUT/gen-speed.jsonl"
+  ;;
+s26b)
+  step "speed of mix-copy (sparse mixture) and mix, compiled with CUDA graphs, B 4, S 1024, one after the other"
+  for preset in mix-copy mix; do
+    timeout 240 python3 -m muse bench speed --preset "$preset" --batch-size 4 --device cuda \
+      --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$preset" 2>&1 | grep "^| stage1\|Error\|error" | head -6
+  done
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
