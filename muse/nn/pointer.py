@@ -28,6 +28,15 @@ MODES = ("cache", "sentinel")
 _MASKED = -30000.0  # a finite "minus infinity" for the scores: an empty row stays NaN-free
 
 
+def log_mean_exp_cos(theta: float, d: int) -> float:
+    """log E[exp(θ c)], c the cosine of two independent uniform directions in d dimensions (density
+    ∝ (1 - c²)^((d-3)/2)): log(Γ(d/2) (2/θ)^(d/2-1) I_(d/2-1)(θ)); cosh θ at d = 1."""
+    from scipy.special import gammaln, ive
+
+    nu = d / 2 - 1
+    return float(gammaln(d / 2) + nu * math.log(2 / theta) + math.log(ive(nu, theta)) + theta)
+
+
 class PointerMixture(nn.Module):
     """The copy path of a language model (module docstring); ``d_key`` the width of q and k, ``theta`` the
     initial θ and ``gate`` the initial g (the training-free cache's best values at tiny size: 20, 0.1)."""
@@ -52,15 +61,19 @@ class PointerMixture(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """W_q = W_k ~ N(0, 1/d), θ at its initial value, the gate's weight 0 and bias logit(gate)."""
+        """W_q = W_k ~ N(0, 1/d), θ at its initial value, the gate's weight 0 and bias logit(gate); "sentinel":
+        the bias that gives the head 1 - gate of the mass over a window of random unit keys (so the scores start
+        with a gradient the size of the cache's, not e^-θ times smaller)."""
         if self.query.weight.is_meta:
             return
         self.query.weight.normal_(0.0, self.query.in_features ** -0.5)
         self.key.weight.copy_(self.query.weight)
         self.log_theta.fill_(math.log(self._theta0))
         self.gate.weight.zero_()
-        bias = math.log((1 - self._gate0) / self._gate0)  # "sentinel": the head's share 1 - g when every cos is 1
-        self.gate.bias.fill_(bias + self._theta0 if self.mode == "sentinel" else -bias)
+        bias = math.log((1 - self._gate0) / self._gate0)
+        if self.mode == "sentinel":  # the head's share 1 - g on average over random unit keys
+            bias += log_mean_exp_cos(self._theta0, self.query.out_features)
+        self.gate.bias.fill_(bias if self.mode == "sentinel" else -bias)
 
     @staticmethod
     def parameter_count(d_model: int, d_key: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from muse.models.phase2 import expected_parameter_count as phase2_count
 from muse.models.stage1 import Stage1State
 from muse.models.stage1 import expected_parameter_count as stage1_count
 from muse.nn import PointerMixture
+from muse.nn.pointer import log_mean_exp_cos
 from muse.train import load_checkpoint, train
 from muse.train.checkpoint import model_from_checkpoint
 from muse.train.generate import generate
@@ -262,8 +264,8 @@ def test_trained_checkpoint_round_trip_and_exact_resume(tmp_path):
 
 def test_sentinel_scores_always_get_a_gradient_and_start_at_the_cache_s_share():
     """"sentinel": the copy scores compete with the head for the mass, so θ, W_q and W_k get a gradient even
-    when no earlier position offers the target (the "cache" mixture's is then exactly 0); with every cosine 1,
-    the head's share starts at 1 - 0.1 whatever t."""
+    when no earlier position offers the target (the "cache" mixture's is then exactly 0); over a long window
+    of random keys the head's share starts at 1 - 0.1, the cache's."""
     ids = torch.arange(24)[None] % VOCAB  # no token repeats: nothing to copy
     targets = torch.cat([ids[:, 1:], ids[:, :1] + 30], dim=1)
     grads = {}
@@ -273,8 +275,25 @@ def test_sentinel_scores_always_get_a_gradient_and_start_at_the_cache_s_share():
         model_loss(model, ids, targets).backward()
         grads[mode] = model.pointer.log_theta.grad.abs().item()
     assert grads["cache"] == 0.0 and grads["sentinel"] > 0.0
-    pointer = PointerMixture(4, 2, mode="sentinel").double()
-    h = torch.ones(1, 6, 4, dtype=torch.float64)  # identical rows: every cosine is 1
+    torch.manual_seed(0)
+    pointer = PointerMixture(64, 64, mode="sentinel").double()
+    with torch.no_grad():
+        pointer.query.weight.copy_(torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64))[0])
+        pointer.key.weight.copy_(pointer.query.weight)
+    h = torch.randn(1, 4096, 64, dtype=torch.float64)  # an orthogonal W: the keys are uniform directions
     q, k, theta, gate = pointer.project(h)
     log_vocab, _ = pointer._weights(q, k, theta, gate, 0)
-    assert torch.allclose(log_vocab[0, 1:].exp(), torch.full((5,), 0.9, dtype=torch.float64))
+    share = log_vocab[0, 1024:].exp().mean().item()
+    assert abs(share - 0.9) < 0.02, share
+
+
+@pytest.mark.parametrize("theta", [0.5, 5.0, 20.0])
+def test_log_mean_exp_cos_matches_closed_forms(theta):
+    """The sentinel's initial bias: log E[exp(θ c)] for the cosine c of random directions; closed forms at
+    d = 1 (c = ±1: cosh θ) and d = 3 (c uniform on [-1, 1]: sinh θ / θ), quadrature in mpmath at d = 2, 8, 64."""
+    assert log_mean_exp_cos(theta, 1) == pytest.approx(math.log(math.cosh(theta)), rel=1e-12)
+    assert log_mean_exp_cos(theta, 3) == pytest.approx(math.log(math.sinh(theta) / theta), rel=1e-12)
+    for d in (2, 8, 64):  # c = cos φ, φ with density ∝ sin^(d-2) φ on [0, π]
+        num = mpmath.quad(lambda p, d=d: mpmath.exp(theta * mpmath.cos(p)) * mpmath.sin(p) ** (d - 2), [0, mpmath.pi])
+        den = mpmath.quad(lambda p, d=d: mpmath.sin(p) ** (d - 2), [0, mpmath.pi])
+        assert log_mean_exp_cos(theta, d) == pytest.approx(float(mpmath.log(num / den)), rel=1e-10)
