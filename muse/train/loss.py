@@ -698,16 +698,19 @@ def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Ten
               reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
     """The LM loss from the head input ``hidden`` (B, S, d) that ``model(input_ids, return_hidden=True)``
     gave: the fused loss of its ``lm_head``, mixed with the copy path's when the model has a
-    ``pointer`` (the head's loss per token, then :meth:`muse.nn.PointerMixture.nll`)."""
+    ``pointer`` (the head's loss per token, then :meth:`muse.nn.PointerMixture.nll`). ``reduction`` as
+    in :func:`linear_cross_entropy`; ``"none"``: each token's loss (B, S) fp32, 0 where ignored."""
     head = _head(model)
     pointer = getattr(model, "pointer", None)
     if pointer is None:
         return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
                                     chunk_size=chunk_size, impl=impl)
-    _check_reduction(reduction)
+    _check_reduction(reduction, allow_none=True)
     vocab_nll = linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), "none",
                                      chunk_size=chunk_size, impl=impl)
     nll = pointer.nll(hidden, input_ids, targets, vocab_nll, IGNORE_INDEX)
+    if reduction == "none":
+        return nll
     total = nll.sum()
     return total / (targets != IGNORE_INDEX).sum() if reduction == "mean" else total
 

@@ -115,6 +115,22 @@ def test_loss_path_equals_the_forward_log_probabilities(name, preset, block, mod
     assert abs(total.item() - picked[keep].sum().item()) <= tol * keep.sum().item()
 
 
+@pytest.mark.parametrize("name", ["stage1", "gpt"])
+def test_loss_per_token_adds_up_to_the_sum(name):
+    """reduction="none" gives each target's loss (0 where ignored), as for a model without the copy path."""
+    model = _model(name, "mix-tiny" if name == "stage1" else "tiny", double=False)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 12, (2, 20), generator=gen)
+    targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+    targets[0, :5] = IGNORE_INDEX
+    with torch.no_grad():
+        each = model_loss(model, ids, targets, reduction="none")
+        total = model_loss(model, ids, targets, reduction="sum")
+    assert each.shape == targets.shape and each.dtype == torch.float32
+    assert torch.all(each[0, :5] == 0) and torch.all(each[targets != IGNORE_INDEX] > 0)
+    torch.testing.assert_close(each.sum(), total)
+
+
 def test_loss_gradients_equal_the_forward_path_and_are_finite():
     """Backward through the checkpointed blocks gives the forward path's gradients (float64)."""
     model = _model("gpt", "tiny")
