@@ -1122,21 +1122,32 @@ s25d)
   done
   ;;
 s26a)
-  step "issue 12: Stage 1 criteria of mix-copy in the sentinel form against Phase 2 as the seed defines it (with its mixer-free reference); seeds 1 and 2 of it and Phase 2 with the sentinel copy path; four processes sharing the GPU"
+  step "issue 12: Stage 1 criteria of mix-copy in the sentinel form against Phase 2 as the seed defines it (with its mixer-free reference); seeds 1 and 2 of it, Phase 2 with the sentinel copy path, and mix-copy, mix, Phase 2 with and without the copy path for the loss breakdown; eight processes sharing the GPU"
   TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=2
-  ( timeout 500 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy --stage1-arg pointer_mode=sentinel \
+  ( timeout 420 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy --stage1-arg pointer_mode=sentinel \
       --references phase2_nomix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
       --out "$OUT/bench-sentinel" > "$OUT/bench-sentinel.txt" 2>&1; echo "bench rc=$?" ) &
   printf '%s\n' \
     "sent-s1|--model stage1 --preset mix-copy --model-arg pointer_mode=sentinel --seed 1" \
     "sent-s2|--model stage1 --preset mix-copy --model-arg pointer_mode=sentinel --seed 2" \
     "phase2-sent|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1337" \
+    "mixcopy|--model stage1 --preset mix-copy --seed 1337" \
+    "phase2-ptr|--model phase2 --preset seed --model-arg pointer_dim=64 --seed 1337" \
+    "mix|--model stage1 --preset mix --seed 1337" \
+    "phase2|--model phase2 --preset seed --seed 1337" \
     > "$OUT/runs.txt"
-  sweep 4 450 "$OUT/runs.txt"
+  sweep 8 420 "$OUT/runs.txt"
   wait
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -20
+  step "where Stage 1 and Phase 2 differ: the test loss per target by bucket, with and without the copy path"
+  for pair in "mixcopy phase2-ptr" "mix phase2"; do
+    set -- $pair
+    timeout 75 python3 scripts/loss_breakdown.py "stage1=$OUT/$1/last.safetensors" "phase2=$OUT/$2/last.safetensors" \
+      --eval-tokens-npy .devcarry/wikitext2-test.npy --train-tokens-npy .devcarry/wikitext2-valid.npy --stride 512 --batch-size 16 \
+      --device cuda --out "$OUT/breakdown-$1.json" | tee "$OUT/breakdown-$1.md"
+  done
   sed -n '/all_pass/,/planar layout/p' "$OUT/bench-sentinel.txt" | head -30
   grep "eval PPL\|peak memory\|offender" "$OUT/bench-sentinel/report.md" | head -8
   step "generation speed of mix-copy (sparse mixture since d556e59), the static step in a CUDA graph, alone on the GPU"

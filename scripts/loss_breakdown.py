@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from muse.data import eval_windows
+from muse.data import batched, eval_windows
 from muse.train.checkpoint import model_from_checkpoint
 from muse.train.loss import IGNORE_INDEX, model_loss
 
@@ -33,16 +33,18 @@ FREQ_EDGES = (1, 10, 100, 1000)  # training-text counts: 0, 1-9, 10-99, 100-999,
 
 
 @torch.no_grad()
-def per_target_loss(model, tokens: np.ndarray, seq_len: int, stride: int, device: torch.device) -> np.ndarray:
+def per_target_loss(model, tokens: np.ndarray, seq_len: int, stride: int, device: torch.device,
+                    batch_size: int = 8) -> np.ndarray:
     """Loss of every target tokens[1:] (index i: the target tokens[i + 1]), float64; NaN where not scored."""
     out = np.full(tokens.shape[0] - 1, np.nan)
     model.eval()
-    for k, (inputs, targets, _) in enumerate(eval_windows(tokens, seq_len, stride)):
-        begin = k * stride
-        each = model_loss(model, inputs.to(device), targets.to(device), reduction="none")[0].double().cpu()
-        keep = targets[0] != IGNORE_INDEX
-        idx = begin + torch.nonzero(keep)[:, 0].numpy()
-        out[idx] = each[keep].numpy()
+    first = 0  # index of the batch's first window; window k starts at token k * stride
+    for inputs, targets, _ in batched(eval_windows(tokens, seq_len, stride), batch_size):
+        each = model_loss(model, inputs.to(device), targets.to(device), reduction="none").double().cpu()
+        for row in range(inputs.shape[0]):
+            keep = targets[row] != IGNORE_INDEX
+            out[(first + row) * stride + torch.nonzero(keep)[:, 0].numpy()] = each[row][keep].numpy()
+        first += inputs.shape[0]
     return out
 
 
@@ -67,6 +69,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=None, help="default: the smallest max_seq_len of the models")
     p.add_argument("--stride", type=int, default=None, help="default: --seq-len (non-overlapping windows)")
     p.add_argument("--lookback", type=int, default=None, help="default: --seq-len")
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out")
     args = p.parse_args()
@@ -83,7 +86,8 @@ def main() -> None:
     seq_len = args.seq_len or min(m.config.max_seq_len for m in models.values())
     stride = args.stride or seq_len
     lookback = args.lookback or seq_len
-    losses = {name: per_target_loss(m, tokens, seq_len, stride, device) for name, m in models.items()}
+    losses = {name: per_target_loss(m, tokens, seq_len, stride, device, args.batch_size)
+              for name, m in models.items()}
     buckets = {"all": np.ones(tokens.shape[0] - 1, dtype=bool)}
     ctx = in_context(tokens, lookback)
     buckets[f"in the last {lookback} tokens"] = ctx
