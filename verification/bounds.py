@@ -396,7 +396,8 @@ def pointer_nll_abs(h: np.ndarray, wq: np.ndarray, wk: np.ndarray, theta: float,
     q, k, gate as fp32 GEMMs; the unit vectors' error; the cosine (a dk-term dot product of unit
     vectors); s = θ cos with θ = exp(.) (libm) and one rounding; log a = s - lse(s) over the earlier
     positions; log g, log(1 - g) as log-sigmoids (Lipschitz 1, exp and log1p errors); the mixture's
-    terms one rounding each; nll = -lse(terms), 1-Lipschitz plus its own rounding.
+    terms one rounding each; nll = -lse(terms), 1-Lipschitz plus its own rounding.  "sentinel" (``exact["mode"]``):
+    the head's log weight gate + log t - z and the copy terms s_j - z, z = logaddexp(gate + log t, lse(s)).
     """
     s_len, d = h.shape
     dk = wq.shape[0]
@@ -412,21 +413,38 @@ def pointer_nll_abs(h: np.ndarray, wq: np.ndarray, wk: np.ndarray, theta: float,
     e_s = theta * (1 + lam) * (1 + U) * d_cos + (lam * (1 + U) + U) * theta * np.abs(cos)  # (S, S)
     e_gate = gemm_abs(habs @ np.abs(wg) + abs(bg), d + 1, device)  # (S,)
     lam_log = libm_rel("log", device)
+    sentinel = exact["mode"] == "sentinel"
     out = np.zeros(s_len)
     for t in range(s_len):
         log_1mg, log_g = exact["log_1mg"][t], exact["log_g"][t]
         e_lg = e_gate[t] + lam + lam_log + 2 * U * (abs(log_g) + 1) if t else 0.0
         e_l1 = e_gate[t] + lam + lam_log + 2 * U * (abs(log_1mg) + 1) if t else 0.0
-        terms_err = [e_l1 + U * abs(exact["terms0"][t]) * (1 + U) + U * abs(vocab_nll[t])]
-        values = [exact["terms0"][t]]
         if t:
             s_row = exact["s"][t, :t]
             e_row = e_s[t, :t]
             lse = exact["lse_s"][t]
             e_lse = float(e_row.max()) + _lse_abs(t, float(s_row.max() - s_row.min()) + 2 * float(e_row.max()), lse,
                                                   device)
+        if sentinel and t:  # z = logaddexp(gate + log t, lse): 1-Lipschitz in its inputs plus its rounding
+            sent, z = exact["sentinel"][t], exact["z"][t]
+            e_sent = e_gate[t] + lam_log * math.log(t) + U * (abs(sent) + e_gate[t] + lam_log * math.log(t))
+            e_in = max(e_sent, e_lse)
+            e_z = e_in + _lse_abs(2, abs(sent - lse) + 2 * e_in, z, device)
+            e_v = e_sent + e_z + U * (abs(sent - z) + e_sent + e_z)  # log of the head's weight
+            terms_err = [e_v + U * (abs(exact["terms0"][t]) + e_v)]
+        elif sentinel:  # position 0: the head's weight is exactly 1
+            terms_err = [U * abs(exact["terms0"][t])]
+        else:
+            terms_err = [e_l1 + U * abs(exact["terms0"][t]) * (1 + U) + U * abs(vocab_nll[t])]
+        values = [exact["terms0"][t]]
+        if t:
             for j in range(t):
                 if ids[j + 1] == targets[t]:
+                    if sentinel:
+                        term = s_row[j] - exact["z"][t]
+                        values.append(term)
+                        terms_err.append(e_row[j] + e_z + U * (abs(term) + e_row[j] + e_z))
+                        continue
                     log_a = s_row[j] - lse
                     e_log_a = e_row[j] + e_lse + U * (abs(log_a) + e_row[j] + e_lse)
                     term = log_g + log_a
