@@ -1155,6 +1155,10 @@ s26a)
     --paths fast | tee "$OUT/gen-speed.jsonl"
   ;;
 s26b)
+  step "the copy path's numerics property on CUDA, both mixtures (cache and sentinel)"
+  MUSE_VERIFY_IMPL=eager timeout 120 python3 -m muse verify --profile ci --device cuda -n 2 -k pointer \
+    --out "$OUT/verify-pointer" 2>&1 | grep "numerics report\|passed\|failed" | tail -3
+  grep -h "pointer" "$OUT"/verify-pointer/report.md 2>/dev/null | head -4
   step "speed of mix-copy (sparse mixture) and mix, compiled with CUDA graphs, B 4, S 1024, one after the other"
   for preset in mix-copy mix; do
     timeout 240 python3 -m muse bench speed --preset "$preset" --batch-size 4 --device cuda \
