@@ -30,11 +30,27 @@ _MASKED = -30000.0  # a finite "minus infinity" for the scores: an empty row sta
 
 def log_mean_exp_cos(theta: float, d: int) -> float:
     """log E[exp(θ c)], c the cosine of two independent uniform directions in d dimensions (density
-    ∝ (1 - c²)^((d-3)/2)): log(Γ(d/2) (2/θ)^(d/2-1) I_(d/2-1)(θ)); cosh θ at d = 1."""
+    ∝ (1 - c²)^((d-3)/2)): log(Γ(d/2) (2/θ)^(d/2-1) I_(d/2-1)(θ)); cosh θ at d = 1. Where the scaled Bessel
+    function underflows (large d), :func:`_log_mean_exp_cos_quadrature`."""
     from scipy.special import gammaln, ive
 
     nu = d / 2 - 1
-    return float(gammaln(d / 2) + nu * math.log(2 / theta) + math.log(ive(nu, theta)) + theta)
+    value = float(ive(nu, theta))
+    if not 0 < value < math.inf:
+        return _log_mean_exp_cos_quadrature(theta, d)
+    return float(gammaln(d / 2) + nu * math.log(2 / theta) + math.log(value) + theta)
+
+
+def _log_mean_exp_cos_quadrature(theta: float, d: int, points: int = 20001) -> float:
+    """The same for d >= 2 in log space: c = cos φ, φ on [0, π] with weight sin^(d-2) φ (trapezoid rule)."""
+    import numpy as np
+    from scipy.special import logsumexp
+
+    phi = np.linspace(0.0, math.pi, points)
+    with np.errstate(divide="ignore"):  # sin φ = 0 at the ends: weight 0 for d > 2
+        log_w = np.zeros(points) if d == 2 else (d - 2) * np.log(np.sin(phi))
+    log_w[[0, -1]] += math.log(0.5)  # the trapezoid rule's end weights
+    return float(logsumexp(log_w + theta * np.cos(phi)) - logsumexp(log_w))
 
 
 class PointerMixture(nn.Module):

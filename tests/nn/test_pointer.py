@@ -21,7 +21,7 @@ from muse.models.phase2 import expected_parameter_count as phase2_count
 from muse.models.stage1 import Stage1State
 from muse.models.stage1 import expected_parameter_count as stage1_count
 from muse.nn import PointerMixture
-from muse.nn.pointer import log_mean_exp_cos
+from muse.nn.pointer import _log_mean_exp_cos_quadrature, log_mean_exp_cos
 from muse.train import load_checkpoint, train
 from muse.train.checkpoint import model_from_checkpoint
 from muse.train.generate import generate
@@ -313,3 +313,16 @@ def test_log_mean_exp_cos_matches_closed_forms(theta):
         num = mpmath.quad(lambda p, d=d: mpmath.exp(theta * mpmath.cos(p)) * mpmath.sin(p) ** (d - 2), [0, mpmath.pi])
         den = mpmath.quad(lambda p, d=d: mpmath.sin(p) ** (d - 2), [0, mpmath.pi])
         assert log_mean_exp_cos(theta, d) == pytest.approx(float(mpmath.log(num / den)), rel=1e-10)
+
+
+def test_log_mean_exp_cos_holds_at_large_widths():
+    """Where I_(d/2-1)(θ) underflows (d_key >= 1024 at θ = 20) the log-space quadrature takes over: it agrees with
+    the Bessel form where both work, and at large d approaches θ²/(2d) (c is then about normal, variance 1/d); a
+    sentinel copy path that wide builds."""
+    for d in (2, 8, 64, 512):
+        assert _log_mean_exp_cos_quadrature(20.0, d) == pytest.approx(log_mean_exp_cos(20.0, d), rel=1e-6)
+    for d in (1024, 4096, 65536):
+        assert log_mean_exp_cos(20.0, d) == pytest.approx(200.0 / d, rel=0.02)
+    pointer = PointerMixture(8, 1024, mode="sentinel")
+    assert math.isfinite(pointer.gate.bias.item())
+
