@@ -236,6 +236,9 @@ def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndar
     return e_re, e_im
 
 
+ETA32 = 2.0**-149  # fp32's smallest subnormal: the absolute error of a result that underflows
+
+
 def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, targets: np.ndarray,
                              scored: np.ndarray, x: np.ndarray, p: np.ndarray, loss_tok: np.ndarray,
                              storage, scale: float, fp16_gemm: bool, vocab_chunk: int,
@@ -264,6 +267,9 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
        over V terms in ceil(V / vocab_chunk) fp32 GEMMs summed in fp32, d(weight) one GEMM over
        n terms, d(bias) one more column of that GEMM (hidden with a column of ones); then
        scaled (one rounding) and rounded to the storage dtype (u_s |y| + eta_s).
+       Below fp32's normal range a result's error is absolute, not relative: ETA32 = 2^-149 (the
+       subnormal spacing) on each probability (exp underflows for z' - lse < -103), on the
+       gradient GEMMs (n + V terms at most) and on the scaling.
        ``token_chunk`` (the chunked-tokens path, whose ``vocab_chunk`` is V): d(weight) and
        d(bias) are K_t = ceil(n / token_chunk) GEMMs (or fp32 column sums) of token_chunk terms
        added in fp32, so their sums use gamma(m(token_chunk) + K_t) instead.
@@ -296,7 +302,7 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     g = p.copy()
     g[np.arange(n), np.where(scored, targets, 0)] -= 1.0
     g[~scored] = 0.0
-    e_g = rho[:, None] * p + u * (np.abs(g) + rho[:, None] * p)
+    e_g = rho[:, None] * p + u * (np.abs(g) + rho[:, None] * p) + ETA32  # ETA32: exp's result underflows
     if fp16_gemm:
         e_g = e_g + 2.0**-11 * (np.abs(g) + e_g) + 2.0**-25
     e_g[~scored] = 0.0
@@ -314,8 +320,8 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     grads = {"hidden": g @ w, "weight": g.T @ h, "bias": g.sum(axis=0)}
     out = {"loss": np.array(e_loss)}
     for name, (exact_err, abs_terms, g_sum) in raw.items():
-        err = exact_err + g_sum * abs_terms
-        scaled = abs(scale) * (err * (1 + u) ** 2 + np.abs(grads[name]) * ((1 + u) ** 2 - 1))
+        err = exact_err + g_sum * abs_terms + (n + v) * ETA32  # products and partial sums in the subnormal range
+        scaled = abs(scale) * (err * (1 + u) ** 2 + np.abs(grads[name]) * ((1 + u) ** 2 - 1)) + ETA32
         out[name] = scaled + u_s * (abs(scale) * np.abs(grads[name]) + scaled) + eta_s
     out["grads"] = grads
     return out
