@@ -13,6 +13,16 @@ device's expf error in ulps (verification.bounds.LIBM_ULPS), M_t = sum_s a(s..t)
 (float64) and the last term the float64 loop's own error; plus 2^-100 absolute for float32 underflow (as the
 constant-decay scan's bound).  Inputs are fp16 values (as the layer's
 projections give) and decays up to 8 nats a step, computed in float32.
+
+With a per-token phase theta (drawn half the time, up to 30 rad a token) the op scans the counter-rotated inputs
+and turns the result back; the bound becomes
+
+    2 eps M + 2 sqrt(2) (gamma_2 + delta) M + (4 S + 8) 2^-53 M,
+    delta = 2 pi u + e_trig u + (S + 4) 2^-53 Theta_S,
+
+delta the error of each cos / sin of the running angle (its float64 sum off by (S + 4) 2^-53 Theta_S, Theta_S the
+largest sum of |theta| over the sequence, reduced mod 2 pi and rounded to float32, then e_trig ulps of cos / sin),
+gamma_2 each rotation's two roundings, sqrt(2) the 1-norm growth of a turned complex number (docs/numerics.md).
 """
 
 from __future__ import annotations
@@ -50,7 +60,9 @@ def selective_case(draw):
     scale = draw(st.sampled_from([0.0, 1e-3, 0.1, 2.0, 8.0]))
     log_decay = (-rng.uniform(0.0, scale, (b, s, d))).astype(np.float32)
     chunk = draw(st.sampled_from([None, 1, 4, 16]))
-    return x, h0, log_decay, chunk
+    turn = draw(st.sampled_from([None, 0.1, 3.0, 30.0]))
+    phase = None if turn is None else rng.uniform(-turn, turn, (b, s, d)).astype(np.float32)
+    return x, h0, log_decay, chunk, phase
 
 
 def _weights(x, h0, log_decay):
@@ -80,26 +92,39 @@ def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: st
     return _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
 
 
-def _scan(x, log_decay, h0, chunk):
+def _phase_tol(eps: float, s: int, phase: np.ndarray, device: str) -> float:
+    """The rotated form's relative factor from the real scan's eps (the module docstring)."""
+    e_trig = max(LIBM_ULPS[device_kind(device)][f] for f in ("sin", "cos"))
+    theta = float(np.abs(phase.astype(np.float64)).sum(1).max())
+    delta = 2 * math.pi * U + e_trig * U + (s + 4) * 2.0**-53 * theta
+    return 2 * eps + 2 * math.sqrt(2) * (_gamma(2) + delta) + (4 * s + 8) * 2.0**-53
+
+
+def _scan(x, log_decay, h0, chunk, phase):
     """The op as the suite calls it (one function, so the compiled implementation keeps one graph per pattern)."""
-    return selective_diag_scan(x, log_decay, h0, output_final_state=True, out_dtype=torch.float32, chunk_size=chunk)
+    return selective_diag_scan(x, log_decay, h0, output_final_state=True, out_dtype=torch.float32, chunk_size=chunk,
+                               phase=phase)
 
 
 @given(case=selective_case())
 def test_selective_diag_scan_accuracy(device, impl, case):
     """float32 y and final state within eps M of the float64 definition (mixed, per component), under each
     implementation: eager (the chunked PyTorch form), compiled (that form under torch.compile), triton (the kernels)."""
-    x, h0, log_decay, chunk = case
+    x, h0, log_decay, chunk, phase = case
     s = x.shape[-2]
     y, state = run(impl, _scan, ct(x.astype(np.float32), device), tensor(log_decay, device),
-                   None if h0 is None else ct(h0.astype(np.float32), device), chunk)
+                   None if h0 is None else ct(h0.astype(np.float32), device), chunk,
+                   None if phase is None else tensor(phase, device))
     y64, s64 = selective_diag_scan_sequential(ct(x.astype(np.float64), "cpu"),
                                               torch.from_numpy(log_decay.astype(np.float64)),
                                               None if h0 is None else ct(h0.astype(np.float64), "cpu"),
-                                              output_final_state=True)
+                                              output_final_state=True,
+                                              phase=None if phase is None else torch.from_numpy(phase.astype(np.float64)))
     m_y, m_s = _weights(x, h0, log_decay)
-    tol = _eps(s, chunk, log_decay, device, impl) + (2 * s + 8) * 2.0**-53
-    call = f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}), S={s}"
+    eps = _eps(s, chunk, log_decay, device, impl)
+    tol = eps + (2 * s + 8) * 2.0**-53 if phase is None else _phase_tol(eps, s, phase, device)
+    call = (f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}, "
+            f"phase={'None' if phase is None else 'theta'}), S={s}")
     label = impl_label(device, impl)
     check_close("selective_diag_scan", label, planes(y), planes(y64), rtol=0.0,
                 atol=np.broadcast_to(tol * m_y + UNDERFLOW, (2, *m_y.shape)), call=call)

@@ -88,7 +88,8 @@ class Stage1Config:
     omega_init: str = "zeta"  # "zeta" | "uniform": phases of lambda
     lambda_kind: str = "complex"  # "complex" | "real" (omega fixed at 0, not trained): the real-lambda ablation
     conv_kernel: int = 0  # width of the recurrence's causal input convolution; 0 = none
-    decay: str = "static"  # "static" | "input" (per-token decay from the input, Griffin's RG-LRU; real lambda)
+    decay: str = "static"  # "static" | "input" (per-token decay from the input, Griffin's RG-LRU; with a complex
+    # lambda the same power turns the state, Mamba-3's data-dependent rotation) | "drive" (the rate from the drive)
     decay_scale: float = 8.0  # c in a_t = lambda^(c sigmoid(.)) for decay "input"/"drive" (Griffin's 8)
     decay_rank: int = 0  # decay "input": 0 = a full d -> d_state projection, r > 0 = low-rank through r
     gate: bool = False  # the mixers' complex output gate, modReLU(G x)
@@ -207,9 +208,6 @@ def _check_variant_fields(config: Stage1Config) -> None:
     check_choice("decay", config.decay, DECAY_KINDS)
     check_float("decay_scale", config.decay_scale, min_value=0.0, min_inclusive=False)
     check_int("decay_rank", config.decay_rank, min_value=0)
-    if config.decay != "static" and config.lambda_kind != "real" and config.mixer in ("recurrence", "hybrid"):
-        raise ValueError(f"decay={config.decay!r} needs lambda_kind='real', got lambda_kind="
-                         f"{config.lambda_kind!r}")
     check_type("gate", config.gate, bool, "a bool")
     check_int("n_heads", config.n_heads, min_value=1)
     if config.d_key is not None:

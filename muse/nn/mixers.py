@@ -290,10 +290,13 @@ class ComplexRecurrence(nn.Module):
     everything else stay complex.  A separate switch rather than an ``omega_init`` value because
     it changes what trains, not how it starts.
 
-    ``decay="input"`` (needs a real lambda) makes the decay a function of the token, as Griffin's
+    ``decay="input"`` makes the decay a function of the token, as Griffin's
     RG-LRU (De et al. 2024) and Mamba do: a_t = lambda^(c r_t) with r_t = sigmoid(Re(A x_t)), A a
     ComplexLinear d_model -> d_state with bias and c = ``decay_scale`` (Griffin's 8), and the input
-    gain gamma_t = sqrt(1 - a_t^2) per token; the scan is :func:`muse.scan.selective_diag_scan`.
+    gain gamma_t = sqrt(1 - |a_t|^2) per token; the scan is :func:`muse.scan.selective_diag_scan`.  With a
+    complex lambda the same power turns the state too, by c r_t omega per token (Mamba-3's data-dependent
+    rotation, which lets a diagonal recurrence count and track parity where a positive real decay cannot);
+    omega then starts in (0, max_phase / c], so one token turns the state by at most max_phase at init.
     ``decay_rank`` = r > 0 makes A low-rank, as Mamba's dt projection: Re(A1 x) (A1 d_model -> r, complex, no
     bias) then a real r -> d_state linear with bias inside the scan's recomputed region, so backward keeps
     r values a token instead of d_state.  ``decay="drive"`` takes the rate from the channel's own drive,
@@ -324,9 +327,6 @@ class ComplexRecurrence(nn.Module):
         self.decay_kind = check_choice("decay", decay, DECAY_KINDS)
         self.decay_scale = check_float("decay_scale", decay_scale, min_value=0.0, min_inclusive=False)
         self.decay_rank = check_int("decay_rank", decay_rank, min_value=0)
-        if self.decay_kind != "static" and self.lambda_kind != "real":
-            raise ValueError(f"decay={decay!r} needs lambda_kind='real' (a per-token decay of a real lambda), "
-                             f"got lambda_kind={lambda_kind!r}")
         self.max_phase = check_float("max_phase", max_phase, min_value=0.0, min_inclusive=False)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
         self.conv_kernel = check_int("conv_kernel", conv_kernel, min_value=0)
@@ -374,9 +374,9 @@ class ComplexRecurrence(nn.Module):
             self.omega.zero_()
         elif self.omega_init == "zeta":
             zeros = zeta_zeros(n).to(dev)
-            self.omega.copy_(self.max_phase * zeros / zeros[-1])
+            self.omega.copy_(self._omega_max() * zeros / zeros[-1])
         else:
-            self.omega.copy_(self.max_phase * (1.0 - torch.rand(n, dtype=torch.float64, device=dev)))
+            self.omega.copy_(self._omega_max() * (1.0 - torch.rand(n, dtype=torch.float64, device=dev)))
         self.skip.copy_(torch.randn(self.d_model, dtype=torch.float32, device=dev))
         if self.conv_weight is not None:  # nn.Conv1d's depthwise default, U(-1/sqrt(K), 1/sqrt(K)) per part
             bound = 1.0 / math.sqrt(self.conv_kernel)
@@ -391,6 +391,10 @@ class ComplexRecurrence(nn.Module):
         if self.decay_weight is not None:  # rate std ~ |B x| / sqrt(2) at init, like the full projection's
             self.decay_weight.normal_(0.0, 0.5)
             self.decay_bias.zero_()
+
+    def _omega_max(self) -> float:
+        """The top of omega's initial range: max_phase, over c when the per-token power scales the phase too."""
+        return self.max_phase if self.decay_kind == "static" else self.max_phase / self.decay_scale
 
     def decay(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(|lambda|, arg lambda) per state channel, in the parameter dtype."""
@@ -414,45 +418,48 @@ class ComplexRecurrence(nn.Module):
             return F.linear(src.to(self.decay_up.weight.dtype), self.decay_up.weight, self.decay_up.bias)
         return src
 
-    def log_decay(self, rate: torch.Tensor) -> torch.Tensor:
-        """log a_t = -c sigmoid(rate) exp(nu) <= 0 in the state dtype, from the pre-sigmoid rate of :meth:`_region_rate`."""
-        return -self.decay_scale * torch.sigmoid(rate.to(self.nu.dtype)) * torch.exp(self.nu)
+    def log_decay(self, rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log |a_t|, arg a_t) of a_t = lambda^(c sigmoid(rate)) in the state dtype, from the pre-sigmoid rate of
+        :meth:`_region_rate`: -c sigmoid(rate) exp(nu) <= 0 and c sigmoid(rate) omega (None for a real lambda)."""
+        power = self.decay_scale * torch.sigmoid(rate.to(self.nu.dtype))
+        return -power * torch.exp(self.nu), (power * self.omega if self.lambda_kind == "complex" else None)
 
     def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None
                ) -> tuple[C.ComplexTensor, torch.Tensor | None, torch.Tensor | None]:
         """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), the
-        convolution's new window (the last K - 1 inputs (2, ..., K - 1, d_state), None without one) and the
-        per-token log-decay (None for a static decay)."""
-        u, window, log_a = recomputed(self._scaled_drive, self.in_proj(x).planes, past, self._rate(x))
-        return C.ComplexTensor(u), window, log_a
+        convolution's new window (the last K - 1 inputs (2, ..., K - 1, d_state), None without one), the
+        per-token log-decay (None for a static decay) and phase (None unless per-token and complex)."""
+        u, window, log_a, phase = recomputed(self._scaled_drive, self.in_proj(x).planes, past, self._rate(x))
+        return C.ComplexTensor(u), window, log_a, phase
 
     def _scan(self, u: torch.Tensor, h0: torch.Tensor | None, past: torch.Tensor | None,
               src: torch.Tensor | None):
         """The fp16 planes of B x -> (h (2, ..., S, n) in u's dtype, final state, convolution window):
         drive and scan as one region, so backward keeps u and reruns both rather than store fp32 states."""
-        d, window, log_a = self._scaled_drive(u, past, src)
+        d, window, log_a, phase = self._scaled_drive(u, past, src)
         h0 = None if h0 is None else C.ComplexTensor(h0)
         if log_a is None:
             h, state = complex_diag_scan(C.ComplexTensor(d), self.nu, self.omega, initial_state=h0,
                                          output_final_state=True, out_dtype=u.dtype, chunk_size=self.chunk_size)
         else:
             h, state = selective_diag_scan(C.ComplexTensor(d), log_a, initial_state=h0, output_final_state=True,
-                                           out_dtype=u.dtype, chunk_size=self.chunk_size)
+                                           out_dtype=u.dtype, chunk_size=self.chunk_size, phase=phase)
         return h.planes, state.planes, window
 
     def _scaled_drive(self, u: torch.Tensor, past: torch.Tensor | None, src: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """The fp16 planes of B x -> gamma * conv(B x) in the state dtype, the convolution window and the
-        per-token log-decay (gamma_t = sqrt(1 - a_t^2) then; None and the static gamma otherwise)."""
+        per-token log-decay and phase (gamma_t = sqrt(1 - |a_t|^2) then; None, None and the static gamma
+        otherwise)."""
         rate = self._region_rate(u, src) if self.decay_kind != "static" else None
         u = u.to(self.nu.dtype)  # (2, ..., S, n)
         window = None
         if self.conv_weight is not None:
             u, window = self._conv(u, past)
         if rate is None:
-            return u * self.gamma(), window, None
-        log_a = self.log_decay(rate)
-        return u * torch.sqrt(-torch.expm1(2.0 * log_a)), window, log_a
+            return u * self.gamma(), window, None, None
+        log_a, phase = self.log_decay(rate)
+        return u * torch.sqrt(-torch.expm1(2.0 * log_a)), window, log_a, phase
 
     def _conv(self, u: torch.Tensor, past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise complex convolution of the planes u (2, ..., S, n) after the K - 1 inputs
@@ -537,12 +544,12 @@ class ComplexRecurrence(nn.Module):
         h0, past = self._split_state(state)
         if past is not None:
             past = past.to(self.nu.dtype)
-        u, window, log_a = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
+        u, window, log_a, phase = self._drive(C.ComplexTensor(x_t.planes[..., None, :]), past)
         u = C.ComplexTensor(u.planes[..., 0, :])
         if log_a is None:
             h = complex_diag_step(u, self.nu, self.omega, h0)
         else:
-            h = selective_diag_step(u, log_a[..., 0, :], h0)
+            h = selective_diag_step(u, log_a[..., 0, :], h0, None if phase is None else phase[..., 0, :])
         return self._readout(h, x_t), self._join_state(h, window)
 
     def extra_repr(self) -> str:

@@ -2,7 +2,7 @@
 
 ``bk``: the causal BK-Core resolvent scan; ``hebbian``: decayed causal linear attention;
 ``complex_diag``: the complex diagonal linear recurrence of Stage 1's token mixer; ``selective_diag``: the same
-recurrence with a real decay per token (its ``decay="input"`` option); ``retention``: decayed
+recurrence with a real decay (and optionally a phase) per token (its ``decay="input"`` option); ``retention``: decayed
 complex linear attention with turning keys (Stage 1's content-addressed mixer).
 Imports ``muse._checks``, the kernel switch of ``muse.kernels`` and torch; the mixer modules in :mod:`muse.nn.mixers` call these.
 """

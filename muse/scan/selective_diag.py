@@ -8,6 +8,12 @@ Mamba make it a function of the input; Stage 1's ``ComplexRecurrence(decay="inpu
 and the output is y_t = h_t.  Unrolled: h_t = sum_{s <= t} exp(sum_{s < r <= t} l_r) x_s + exp(sum_{r <= t} l_r) h_{-1}.
 x and h are complex (planar); the decay is real, so the two planes run the same real recurrence.
 
+``phase`` (a real theta_t per token, optional) makes the decay complex, h_t = exp(l_t + i theta_t) h_{t-1} + x_t (a
+per-token rotation of the state, Mamba-3's data-dependent rotation).  The parallel form runs the real recurrence on
+the counter-rotated inputs: with Phi_t = sum_{r <= t} theta_r, g_t = exp(-i Phi_t) h_t obeys
+g_t = exp(l_t) g_{t-1} + exp(-i Phi_t) x_t from g_{-1} = h_{-1}, and h_t = exp(i Phi_t) g_t.  Phi is summed in float64
+and reduced mod 2 pi before the rotations are taken in the compute dtype, so its rounding does not grow with S.
+
 Signature as :mod:`muse.scan.complex_diag`:
 ``y, final_state = op(x, log_decay, initial_state=None, output_final_state=False, out_dtype=None)``; ``x`` a
 planar :class:`~muse.complex.ComplexTensor` (..., S, D), ``log_decay`` a real (..., S, D) tensor of the
@@ -42,19 +48,37 @@ from muse.scan.hebbian import segment_sum
 DEFAULT_CHUNK = 32
 
 
-def _check_args(x, log_decay, initial_state, output_final_state, out_dtype):
+def _check_per_token(name: str, t: object, x: C.ComplexTensor) -> None:
+    check_float_tensor(name, t)
+    if tuple(t.shape) != tuple(x.shape):
+        raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    cd = C.compute_dtype(x.dtype)
+    if t.dtype != cd:
+        raise TypeError(f"{name} must be {cd} (x's compute dtype), got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"x is on {x.device} but {name} is on {t.device}; move them to the same device")
+
+
+def _check_args(x, log_decay, initial_state, output_final_state, out_dtype, phase=None):
     check_type("x", x, C.ComplexTensor, "a ComplexTensor of shape (..., seq, channels)")
     if x.ndim < 2:
         raise ValueError(f"x must have shape (..., seq, channels), got {tuple(x.shape)}")
-    check_float_tensor("log_decay", log_decay)
-    if tuple(log_decay.shape) != tuple(x.shape):
-        raise ValueError(f"log_decay must have x's shape {tuple(x.shape)}, got {tuple(log_decay.shape)}")
-    cd = C.compute_dtype(x.dtype)
-    if log_decay.dtype != cd:
-        raise TypeError(f"log_decay must be {cd} (x's compute dtype), got {log_decay.dtype}")
-    if log_decay.device != x.device:
-        raise ValueError(f"x is on {x.device} but log_decay is on {log_decay.device}; move them to the same device")
+    _check_per_token("log_decay", log_decay, x)
+    if phase is not None:
+        _check_per_token("phase", phase, x)
     return check_state_and_out_dtype(x, initial_state, output_final_state, out_dtype)
+
+
+def _turn(p: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The planes p (2, ...) times exp(i angle), given cos and sin of the angle."""
+    return torch.stack((cos * p[0] - sin * p[1], sin * p[0] + cos * p[1]))
+
+
+def rotations(phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos Phi, sin Phi) of Phi_t = sum_{r <= t} phase_r along the sequence (dim -2), in phase's dtype: summed in
+    float64 and reduced mod 2 pi first, so each angle is within a rounding of 2 pi of its exact value."""
+    total = torch.remainder(torch.cumsum(phase.to(torch.float64), dim=-2), 2.0 * math.pi).to(phase.dtype)
+    return torch.cos(total), torch.sin(total)
 
 
 def _h0(initial_state: C.ComplexTensor | None, x: C.ComplexTensor, cd: torch.dtype) -> torch.Tensor:
@@ -69,39 +93,50 @@ def _finish(y: torch.Tensor, h_last: torch.Tensor, out_dtype: torch.dtype, outpu
 
 def selective_diag_scan_sequential(x: C.ComplexTensor, log_decay: torch.Tensor,
                                    initial_state: C.ComplexTensor | None = None,
-                                   output_final_state: bool = False, out_dtype: torch.dtype | None = None):
-    """Reference: h_t = exp(l_t) h_{t-1} + x_t, one step per token; returns (y, final_state or None)."""
-    out_dtype = _check_args(x, log_decay, initial_state, output_final_state, out_dtype)
+                                   output_final_state: bool = False, out_dtype: torch.dtype | None = None,
+                                   phase: torch.Tensor | None = None):
+    """Reference: h_t = exp(l_t + i phase_t) h_{t-1} + x_t (phase None: 0), one step per token; returns
+    (y, final_state or None)."""
+    out_dtype = _check_args(x, log_decay, initial_state, output_final_state, out_dtype, phase)
     cd = log_decay.dtype
     xp = x.planes.to(cd)  # (2, ..., S, D)
     a = torch.exp(log_decay)
     h = _h0(initial_state, x, cd)
+    turn = None if phase is None else (torch.cos(phase), torch.sin(phase))
     outs = []
     for t in range(x.shape[-2]):
-        h = a[..., t, :] * h + xp[..., t, :]
+        prev = h if turn is None else _turn(h, turn[0][..., t, :], turn[1][..., t, :])
+        h = a[..., t, :] * prev + xp[..., t, :]
         outs.append(h)
     y = torch.stack(outs, dim=-2) if outs else xp.new_zeros(xp.shape)
     return _finish(y, h, out_dtype, output_final_state)
 
 
 def selective_diag_step(x: C.ComplexTensor, log_decay: torch.Tensor,
-                        state: C.ComplexTensor | None = None) -> C.ComplexTensor:
-    """One step h = exp(l) state + x for x and l (..., D); returns the new state in the compute dtype."""
+                        state: C.ComplexTensor | None = None, phase: torch.Tensor | None = None) -> C.ComplexTensor:
+    """One step h = exp(l + i phase) state + x for x, l and phase (..., D); returns the new state in the compute
+    dtype."""
     check_type("x", x, C.ComplexTensor, "a ComplexTensor of shape (..., channels)")
     if x.ndim < 1:
         raise ValueError("x must have a channel dimension, got a 0-d ComplexTensor")
     check_float_tensor("log_decay", log_decay)
+    if phase is not None:
+        check_float_tensor("phase", phase)
+        phase = phase.unsqueeze(-2)
     _, h = selective_diag_scan_sequential(x.unsqueeze(-2), log_decay.unsqueeze(-2), initial_state=state,
-                                          output_final_state=True, out_dtype=C.compute_dtype(x.dtype))
+                                          output_final_state=True, out_dtype=C.compute_dtype(x.dtype), phase=phase)
     return h
 
 
 def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_state: C.ComplexTensor | None = None,
                         output_final_state: bool = False, out_dtype: torch.dtype | None = None,
-                        chunk_size: int | None = None):
-    """The chunked form of :func:`selective_diag_scan_sequential` (chunks of ``chunk_size``, default 32)."""
-    out_dtype = _check_args(x, log_decay, initial_state, output_final_state, out_dtype)
+                        chunk_size: int | None = None, phase: torch.Tensor | None = None):
+    """The chunked form of :func:`selective_diag_scan_sequential` (chunks of ``chunk_size``, default 32); with
+    ``phase``, the real scan of the counter-rotated inputs, turned back (the module docstring)."""
+    out_dtype = _check_args(x, log_decay, initial_state, output_final_state, out_dtype, phase)
     chunk = DEFAULT_CHUNK if chunk_size is None else check_int("chunk_size", chunk_size, min_value=1)
+    if phase is not None:
+        return _rotated_scan(x, log_decay, initial_state, output_final_state, out_dtype, chunk, phase)
     cd = log_decay.dtype
     h0 = _h0(initial_state, x, cd)  # (2, ..., D)
     seq = x.shape[-2]
@@ -136,6 +171,20 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     y = y + torch.exp(from_start) * entering.unsqueeze(-1)
     y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., :seq].transpose(-1, -2)  # (2, ..., S, D)
     return _finish(y, after[..., -1], out_dtype, output_final_state)
+
+
+def _rotated_scan(x, log_decay, initial_state, output_final_state, out_dtype, chunk, phase):
+    """h = exp(i Phi) g, g the real-decay scan of exp(-i Phi) x from g_{-1} = h_{-1}."""
+    cd = log_decay.dtype
+    if x.shape[-2] == 0:
+        return _finish(x.planes.to(cd), _h0(initial_state, x, cd), out_dtype, output_final_state)
+    cos, sin = rotations(phase)
+    back = C.ComplexTensor(_turn(x.planes.to(cd), cos, -sin))
+    g, g_last = selective_diag_scan(back, log_decay, initial_state, output_final_state=True, out_dtype=cd,
+                                    chunk_size=chunk)
+    y = _turn(g.planes, cos, sin)
+    h_last = _turn(g_last.planes, cos[..., -1, :], sin[..., -1, :])
+    return _finish(y, h_last, out_dtype, output_final_state)
 
 
 def _kernel_scan(x, log_decay, initial_state, h0, out_dtype, output_final_state):
@@ -180,4 +229,4 @@ def _reference_grads(xp, log_decay, h0, grad_y, grad_state):
     return tuple(None if t is None else by_id.get(id(t)) for t in (xp, log_decay, h0))
 
 
-__all__ = ["DEFAULT_CHUNK", "selective_diag_scan", "selective_diag_scan_sequential", "selective_diag_step"]
+__all__ = ["DEFAULT_CHUNK", "rotations", "selective_diag_scan", "selective_diag_scan_sequential", "selective_diag_step"]

@@ -131,3 +131,27 @@ def test_double_backward_equals_the_pytorch_form(launches, kernel_device):
     assert launches["selective_scan_forward"] == 1
     for got, want in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_phase_runs_the_kernel_on_the_counter_rotated_inputs(launches, kernel_device):
+    """With a per-token phase the kernels scan exp(-i Phi) x and the result is turned back: the same values and
+    gradients as the PyTorch form, within the kernel's bound widened by the two rotations (a few ulps of M)."""
+    x, ld, h0 = _inputs((2,), 37, 10, 3, kernel_device)
+    ph = (3.0 * torch.randn(ld.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)).float().double()
+    ph = ph.to(kernel_device)
+    got = []
+    for env in ("1", "0"):
+        with kernels.environment(**{kernels.ENV: env}):
+            xp, lp, pp = (t.float().requires_grad_(True) for t in (x, ld, ph))
+            y, hs = selective_diag_scan(C.ComplexTensor(xp), lp, C.ComplexTensor(h0.float()), output_final_state=True,
+                                        phase=pp)
+            (y.planes.sum() + hs.planes.square().sum()).backward()
+            got.append((y.planes.detach(), hs.planes.detach(), xp.grad, lp.grad, pp.grad))
+    assert launches == {"selective_scan_forward": 1, "selective_scan_backward": 1}
+    mag = _magnitude(x, ld, h0)
+    eps = ((LIBM_ULPS[kernel_device]["exp"] + 2) * 37 + 2 * math.ceil(37 / kernels.SELECTIVE_TILE) + 40) * U
+    assert ((got[0][0].double() - got[1][0].double()).abs() <= 2 * eps * mag).all()
+    assert ((got[0][1].double() - got[1][1].double()).abs() <= 2 * eps * mag[..., -1, :]).all()
+    for a, b in zip(got[0][2:], got[1][2:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))

@@ -25,6 +25,8 @@ CUTS = [0, 1, SEQ // 2, SEQ - 2]
 VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True}),
             "stage1-retention": ("stage1", "mix-tiny", {"mixer": "retention"}),
             "stage1-hybrid": ("stage1", "mix-tiny", {"mixer": "hybrid", "n_heads": 2}),
+            # a complex lambda under the per-token decay: the state turns by a token-dependent angle
+            "stage1-mix-rotation": ("stage1", "mix-tiny", {"lambda_kind": "complex"}),
             # the learned copy path (muse.nn.PointerMixture) on every model, and on the seed's block
             "stage1-mix-pointer": ("stage1", "mix-tiny", {"pointer_dim": 8}),
             "stage1-seed-pointer": ("stage1", "tiny", {"pointer_dim": 8}),

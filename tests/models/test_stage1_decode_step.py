@@ -22,6 +22,9 @@ def _model(preset: str):
     if preset == "mix-tiny+input-decay":  # the decay per token (Griffin's RG-LRU form)
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, decay="input").eval()
+    if preset == "mix-tiny+rotation":  # a complex lambda under the per-token power: the state turns per token
+        torch.manual_seed(0)
+        return build_model("stage1", "mix-tiny", vocab_size=VOCAB, lambda_kind="complex").eval()
     if preset == "mix-tiny+tied":  # the head's weight is the token table's real plane
         torch.manual_seed(0)
         return build_model("stage1", "mix-tiny", vocab_size=VOCAB, tie_head=True).eval()
@@ -41,7 +44,8 @@ def _ids(b: int = 2, s: int = 25) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+conv", "mix-tiny+tied", "mix-tiny+retention",
-                                    "mix-tiny+hybrid", "mix-tiny+input-decay", "mix-tiny+pointer", "mix-tiny+sentinel"])
+                                    "mix-tiny+hybrid", "mix-tiny+input-decay", "mix-tiny+pointer", "mix-tiny+sentinel",
+                                    "mix-tiny+rotation"])
 def test_decode_step_equals_step_and_the_full_forward(preset):
     model = _model(preset)
     ids = _ids()
@@ -89,7 +93,7 @@ def test_decode_buffers_from_none_start_at_zero_like_step():
 
 
 @pytest.mark.parametrize("preset", ["tiny", "mix-tiny", "mix-tiny+tied", "mix-tiny+hybrid", "mix-tiny+input-decay",
-                                    "mix-tiny+pointer"])
+                                    "mix-tiny+pointer", "mix-tiny+rotation"])
 def test_decode_step_compiles_fullgraph_with_in_place_state(preset):
     """aot_eager traces with dynamo + AOTAutograd (a graph break or host sync would fail fullgraph)."""
     torch._dynamo.reset()

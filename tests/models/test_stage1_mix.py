@@ -53,8 +53,8 @@ def test_mix_presets():
     assert expected_parameter_count(mix) == 100_140_625
     assert expected_parameter_count(make_config("stage1", "mix", decay="static")) == 99_842_641
     assert expected_parameter_count(make_config("stage1", "mix", decay="static", lambda_kind="complex")) == 99_845_713
-    with pytest.raises(ValueError, match="decay='input' needs lambda_kind='real'"):
-        make_config("stage1", "mix", lambda_kind="complex")
+    # the per-token power with a complex lambda: d_state omegas a layer more
+    assert expected_parameter_count(make_config("stage1", "mix", lambda_kind="complex")) == 100_140_625 + 6 * 512
     small = make_config("stage1", "mix-tiny")
     assert (small.d_model, small.n_layers, small.mixer, small.ffn) == (64, 2, "recurrence", "complex")
     assert (small.decay, small.decay_rank) == ("input", 4)

@@ -178,7 +178,8 @@ def test_real_lambda_keeps_zero_phase_through_a_training_step():
 
 VARIANTS = [dict(conv_kernel=4), dict(gate=True), dict(conv_kernel=4, gate=True), dict(conv_kernel=1),
             dict(lambda_kind="real", decay="input"), dict(lambda_kind="real", decay="input", conv_kernel=3, gate=True),
-            dict(lambda_kind="real", decay="input", decay_rank=4), dict(lambda_kind="real", decay="drive", gate=True)]
+            dict(lambda_kind="real", decay="input", decay_rank=4), dict(lambda_kind="real", decay="drive", gate=True),
+            dict(decay="input"), dict(decay="input", decay_rank=4, gate=True, conv_kernel=2), dict(decay="drive")]
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=str)
@@ -272,9 +273,29 @@ def test_input_decay_is_lambda_to_a_gated_power_with_its_own_gain():
     assert "decay='input'" in repr(layer) and "decay_scale=2.0" in repr(layer)
 
 
+def test_input_decay_with_a_complex_lambda_turns_the_state_by_the_same_power():
+    """decay="input", complex lambda: a_t = lambda^(c r_t) = exp(c r_t (-exp(nu) + i omega)), gain
+    sqrt(1 - |a_t|^2), against the definition in complex128; omega starts in (0, max_phase / c]."""
+    layer = _layer(torch.float64, decay="input", decay_scale=2.0, d_state=5)
+    assert layer.omega.requires_grad and 0 < float(layer.omega.min()) and float(layer.omega.max()) <= math.pi / 2 + 1e-12
+    x = _x((2, 11, 16), torch.float64)
+    u = layer.in_proj(x).planes
+    r = torch.sigmoid(layer.decay_proj(x).planes[0])
+    a = torch.exp(2.0 * r * torch.complex(-torch.exp(layer.nu.double()), layer.omega.double()))  # (B, S, n)
+    h = torch.zeros(2, 5, dtype=torch.complex128)
+    want = []
+    for t in range(11):
+        h = a[:, t] * h + torch.sqrt(1 - a[:, t].abs() ** 2) * torch.complex(u[0, :, t], u[1, :, t])
+        want.append(h)
+    want = torch.stack(want, dim=-2)
+    got = layer._scan(u, None, None, layer._rate(x))[0]
+    torch.testing.assert_close(got, torch.stack((want.real, want.imag)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lambda_kind", ["real", "complex"])
 @pytest.mark.parametrize("kw", [dict(decay="input"), dict(decay="input", decay_rank=3), dict(decay="drive")], ids=str)
-def test_input_decay_trains_every_parameter(kw):
-    layer = _layer(torch.float64, lambda_kind="real", d_state=6, **kw)
+def test_input_decay_trains_every_parameter(kw, lambda_kind):
+    layer = _layer(torch.float64, lambda_kind=lambda_kind, d_state=6, **kw)
     layer(_x((2, 12, 16), torch.float64)).planes.square().sum().backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -298,10 +319,6 @@ def test_low_rank_and_drive_rates_match_their_definitions():
 def test_input_decay_bad_arguments():
     with pytest.raises(ValueError, match="decay must be one of"):
         ComplexRecurrence(4, decay="dynamic")
-    with pytest.raises(ValueError, match="decay='input' needs lambda_kind='real'"):
-        ComplexRecurrence(4, decay="input")
-    with pytest.raises(ValueError, match="decay='drive' needs lambda_kind='real'"):
-        ComplexRecurrence(4, decay="drive")
     with pytest.raises(ValueError, match="decay_rank"):
         ComplexRecurrence(4, lambda_kind="real", decay="input", decay_rank=-1)
     with pytest.raises(ValueError, match="decay_scale"):
