@@ -22,6 +22,7 @@ from muse.models import build_model
     ("stage1", "mix-tiny", {"mixer": "hybrid", "n_heads": 2}, "aot_eager"),  # recurrence and retention
     ("phase2", "tiny", {}, "eager"),
     ("stage1", "mix-tiny", {"pointer_dim": 8, "d_ffn": 32}, "aot_eager"),  # the copy path's log-probabilities
+    ("stage1", "mix-tiny", {"lambda_kind": "complex", "d_ffn": 32}, "aot_eager"),  # the per-token rotation
 ])
 def test_model_compiles_fullgraph_and_matches_eager(name, preset, extra, backend):
     torch._dynamo.reset()
