@@ -107,8 +107,9 @@ def main() -> None:
             accs = ", ".join(f"S={k}: {v['last_token_accuracy']:.3f}" for k, v in run["test"].items())
             print(f"seed {seed} lambda {kind:7s} loss {run['final_train_loss']:.4f} last-token accuracy {accs} "
                   f"({run['train_seconds']} s)", flush=True)
-    report = {"command": "python scripts/parity_probe.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                    vars(args).items() if k not in ("seed", "out")),
+    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in vars(args).items() if k not in ("seed", "out"))
+    report = {"command": f"python scripts/parity_probe.py {flags}",
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "runs": runs}
     if args.out:
         with open(args.out, "w") as f:
