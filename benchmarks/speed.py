@@ -54,6 +54,7 @@ class SpeedConfig:
     models: tuple[str, ...] = MODEL_ROWS
     variants: tuple[str, ...] = VARIANTS
     model_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {"vocab_size": 512} for CPU
+    stage1_overrides: dict = dataclasses.field(default_factory=dict)  # Stage 1's row only, e.g. {"lambda_kind": "complex"}
     compile_backend: str = "inductor"
     cpu_repeats: int = 3
     copy_mib: int | None = None  # None: 1024 on CUDA, 64 on CPU
@@ -421,6 +422,8 @@ def build(name: str, cfg: SpeedConfig, device: torch.device) -> nn.Module:
     spec = MODELS[name]
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     overrides = {k: v for k, v in cfg.model_overrides.items() if k in fields}
+    if name == "stage1":
+        overrides.update(cfg.stage1_overrides)
     return spec.model_cls(make_config(name, cfg.preset, **overrides), device=device)
 
 
@@ -534,7 +537,7 @@ def run_speed_benchmark(cfg: SpeedConfig, command: str = "") -> dict:
     ceil = ceilings(cfg, device, timer)
     from muse.models.registry import make_config
 
-    s1 = make_config("stage1", cfg.preset, **{k: v for k, v in cfg.model_overrides.items()})
+    s1 = make_config("stage1", cfg.preset, **{**cfg.model_overrides, **cfg.stage1_overrides})
     rows = cfg.batch_size * (cfg.seq_len or s1.max_seq_len)
     report = {
         "benchmark": "speed", "command": command, "environment": environment(device),

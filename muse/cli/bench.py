@@ -98,7 +98,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-STAGE1_ONLY = ("stage1_arg", "phase2_arg", "weight_decay", "stage1_preset", "references")
+STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 
 
@@ -152,6 +152,10 @@ def run_speed(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("vocab_size", "d_model", "n_layers") if getattr(args, k) is not None}
     if args.dropout is not None:
         overrides["dropout"] = args.dropout
+    if args.stage1_arg:
+        from muse.cli.train import parse_key_values
+
+        given["stage1_overrides"] = parse_key_values(args.stage1_arg, "--stage1-arg")
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     if args.compile is False:
         variants = [v for v in variants if not v.startswith("compiled")]

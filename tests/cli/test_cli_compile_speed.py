@@ -173,3 +173,24 @@ def test_no_ops_runs_the_models_only(tmp_path, capsys):
         SpeedConfig(ops="no")
     assert main(["bench", "stage1", "--no-ops"]) == 2
     assert "--no-ops: options of `muse bench speed`" in capsys.readouterr().err
+
+
+def test_stage1_arg_reaches_only_the_stage1_row(tmp_path):
+    """`muse bench speed --stage1-arg K=V` builds Stage 1 with that field (recorded in the report's config); the other
+    rows keep the preset; an unknown field is refused by name."""
+    from benchmarks.speed import build
+    from muse.cli import main
+
+    cfg = SpeedConfig(preset="mix-tiny", model_overrides={"vocab_size": 64}, stage1_overrides={"lambda_kind": "complex"})
+    assert build("stage1", cfg, "cpu").config.lambda_kind == "complex"
+    tiny = SpeedConfig(preset="tiny", model_overrides={"vocab_size": 64}, stage1_overrides={"lambda_kind": "real"})
+    assert build("gpt", tiny, "cpu").config.vocab_size == 64  # the GPT has no lambda_kind: not passed to it
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", "--preset", "mix-tiny", "--device", "cpu", "--batch-size", "1", "--seq-len", "8",
+                 "--vocab-size", "64", "--models", "stage1", "--variants", "eager", "--cpu-repeats", "1", "--no-ops",
+                 "--stage1-arg", "lambda_kind=complex", "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["config"]["stage1_overrides"] == {"lambda_kind": "complex"}
+    assert data["models"][0]["status"] == "measured"
+    with pytest.raises((TypeError, ValueError), match="no_such_field"):
+        build("stage1", SpeedConfig(preset="tiny", stage1_overrides={"no_such_field": 1}), "cpu")
