@@ -1166,18 +1166,22 @@ s26b)
   done
   ;;
 s26c)
-  step "issue 12: the per-token rotation (mix with lambda_kind=complex: a_t = lambda^(c r_t) with lambda complex) at the budget, three seeds, beside mix seed 1337; four processes sharing the GPU"
+  step "issue 12: the per-token rotation (mix with lambda_kind=complex: a_t = lambda^(c r_t) with lambda complex) at the budget: its criteria run (seed 1337; VRAM included), seeds 1 and 2, beside mix seed 1337; four processes sharing the GPU"
   TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
   export OMP_NUM_THREADS=4
+  ( timeout 420 python3 -m muse bench stage1 --preset seed --stage1-preset mix --stage1-arg lambda_kind=complex \
+      --references phase2_nomix --device cuda --no-compile "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+      --out "$OUT/bench-rotation" > "$OUT/bench-rotation.txt" 2>&1; echo "bench rc=$?" ) &
   printf '%s\n' \
-    "rot-1337|--model stage1 --preset mix --model-arg lambda_kind=complex --seed 1337" \
     "rot-1|--model stage1 --preset mix --model-arg lambda_kind=complex --seed 1" \
     "rot-2|--model stage1 --preset mix --model-arg lambda_kind=complex --seed 2" \
     "mix|--model stage1 --preset mix --seed 1337" \
     > "$OUT/runs.txt"
-  sweep 4 420 "$OUT/runs.txt"
+  sweep 3 420 "$OUT/runs.txt"
+  wait
   grep -H "final eval PPL\|peak" "$OUT"/*/stdout.txt | head -12
+  sed -n '/all_pass/,/planar layout/p' "$OUT/bench-rotation.txt" | head -30
   step "the selective scan's property on CUDA with the phase (eager and triton)"
   for impl in eager triton; do
     MUSE_VERIFY_IMPL=$impl timeout 120 python3 -m muse verify --profile ci --device cuda -n 2 -k selective \
