@@ -14,7 +14,7 @@ device's expf error in ulps (verification.bounds.LIBM_ULPS), M_t = sum_s a(s..t)
 constant-decay scan's bound).  Inputs are fp16 values (as the layer's
 projections give) and decays up to 8 nats a step, computed in float32.
 
-With a per-token phase theta (drawn half the time, up to 30 rad a token) the op scans the counter-rotated inputs
+With a per-token phase theta (drawn in three cases of four, up to 30 rad a token) the op scans the counter-rotated inputs
 and turns the result back; the bound becomes
 
     2 eps M + 2 sqrt(2) (gamma_2 + delta) M + (4 S + 8) 2^-53 M,
