@@ -425,7 +425,7 @@ class ComplexRecurrence(nn.Module):
         return -power * torch.exp(self.nu), (power * self.omega if self.lambda_kind == "complex" else None)
 
     def _drive(self, x: C.ComplexTensor, past: torch.Tensor | None
-               ) -> tuple[C.ComplexTensor, torch.Tensor | None, torch.Tensor | None]:
+               ) -> tuple[C.ComplexTensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """gamma * conv(B x) in the state dtype (one rounding fewer than storing it in fp16), the
         convolution's new window (the last K - 1 inputs (2, ..., K - 1, d_state), None without one), the
         per-token log-decay (None for a static decay) and phase (None unless per-token and complex)."""
