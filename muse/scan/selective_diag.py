@@ -74,10 +74,28 @@ def _turn(p: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return torch.stack((cos * p[0] - sin * p[1], sin * p[0] + cos * p[1]))
 
 
+_SHORT_SCAN = 32
+
+
+def _cumsum_seq(v: torch.Tensor) -> torch.Tensor:
+    """torch.cumsum(v, dim=-2) as scans of at most 32 entries: in-block sums plus the block totals' own running
+    sum.  Inductor (torch 2.11, CUDA) fails to generate its split scan for a long float64 cumsum, and scans of 32 or
+    fewer are never split.  Each entry is still a sum of its own terms, each addition rounded once."""
+    seq = v.shape[-2]
+    if seq <= _SHORT_SCAN:
+        return torch.cumsum(v, dim=-2)
+    blocks = -(-seq // _SHORT_SCAN)
+    padded = torch.nn.functional.pad(v, (0, 0, 0, blocks * _SHORT_SCAN - seq))
+    inner = torch.cumsum(padded.unflatten(-2, (blocks, _SHORT_SCAN)), dim=-2)  # (..., blocks, 32, D)
+    totals = inner[..., -1, :]
+    before = _cumsum_seq(totals) - totals  # (..., blocks, D): sum of the blocks before each one
+    return (inner + before.unsqueeze(-2)).flatten(-3, -2)[..., :seq, :]
+
+
 def rotations(phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos Phi, sin Phi) of Phi_t = sum_{r <= t} phase_r along the sequence (dim -2), in phase's dtype: summed in
     float64 and reduced mod 2 pi first, so each angle is within a rounding of 2 pi of its exact value."""
-    total = torch.remainder(torch.cumsum(phase.to(torch.float64), dim=-2), 2.0 * math.pi).to(phase.dtype)
+    total = torch.remainder(_cumsum_seq(phase.to(torch.float64)), 2.0 * math.pi).to(phase.dtype)
     return torch.cos(total), torch.sin(total)
 
 
