@@ -87,8 +87,9 @@ def _cumsum_seq(v: torch.Tensor) -> torch.Tensor:
     blocks = -(-seq // _SHORT_SCAN)
     padded = torch.nn.functional.pad(v, (0, 0, 0, blocks * _SHORT_SCAN - seq))
     inner = torch.cumsum(padded.unflatten(-2, (blocks, _SHORT_SCAN)), dim=-2)  # (..., blocks, 32, D)
-    totals = inner[..., -1, :]
-    before = _cumsum_seq(totals) - totals  # (..., blocks, D): sum of the blocks before each one
+    # (..., blocks, D): the running sum of the blocks before each one, shifted rather than subtracted, so no
+    # entry depends on a later term even by a rounding (causal bit for bit)
+    before = torch.nn.functional.pad(_cumsum_seq(inner[..., :-1, -1, :]), (0, 0, 1, 0))
     return (inner + before.unsqueeze(-2)).flatten(-3, -2)[..., :seq, :]
 
 
