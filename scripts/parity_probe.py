@@ -5,7 +5,9 @@ was not trained on (Grazzi et al. 2024, "Unlocking state-tracking in linear RNNs
 a complex decay whose phase depends on the token can (h turns by pi on every 1).  This probe trains the same small
 model, token table -> [ComplexLayerNorm -> ComplexRecurrence(decay="input") + residual] x L -> ComplexLayerNorm ->
 a real linear map of [Re, Im] to 2 logits, once with ``lambda_kind="real"`` and once with ``"complex"`` (the
-rotation by c r_t omega per token), on random bit strings of 1..``--train-len`` tokens after a start token, the
+rotation by c r_t omega per token), and with ``separate`` (a probe-only variant, not in the library: a real lambda
+whose state turns by pi tanh(P Re(A x_t) + b) a token, P a real d_state x d_state map, so the turn no longer decays the
+state by the same rate), on random bit strings of 1..``--train-len`` tokens after a start token, the
 target at each position being the parity of the bits so far; then reports the accuracy at longer lengths.
 
     python scripts/parity_probe.py --steps 1500 --out runs/parity.json
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 
@@ -28,6 +31,28 @@ from muse.nn import ComplexLayerNorm, ComplexRecurrence
 START, ZERO, ONE = 2, 0, 1
 
 
+class SeparatePhaseRecurrence(ComplexRecurrence):
+    """A real-lambda ``decay="input"`` recurrence whose state also turns by theta_t = pi tanh(P rate_t + b): the
+    phase has its own map from the same pre-sigmoid rate, so a turn of pi costs no decay."""
+
+    def __init__(self, d: int, **kwargs):
+        super().__init__(d, lambda_kind="real", **kwargs)
+        self.phase_up = nn.Linear(self.d_state, self.d_state, dtype=self.nu.dtype)
+        nn.init.zeros_(self.phase_up.bias)
+
+    def log_decay(self, rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rate = rate.to(self.nu.dtype)
+        power = self.decay_scale * torch.sigmoid(rate)
+        return -power * torch.exp(self.nu), math.pi * torch.tanh(self.phase_up(rate))
+
+
+def _mixer(d: int, lambda_kind: str) -> ComplexRecurrence:
+    kwargs = dict(r_min=0.9, r_max=0.999, dtype=torch.float32, decay="input", gate=True)
+    if lambda_kind == "separate":
+        return SeparatePhaseRecurrence(d, **kwargs)
+    return ComplexRecurrence(d, lambda_kind=lambda_kind, **kwargs)
+
+
 class ParityNet(nn.Module):
     """Token table, ``layers`` pre-norm residual recurrences, a real read-out of both planes."""
 
@@ -35,9 +60,7 @@ class ParityNet(nn.Module):
         super().__init__()
         self.table = nn.Parameter(torch.randn(2, 3, d) / d**0.5)
         self.norms = nn.ModuleList(ComplexLayerNorm(d, dtype=torch.float32) for _ in range(layers))
-        self.mixers = nn.ModuleList(ComplexRecurrence(d, r_min=0.9, r_max=0.999, dtype=torch.float32,
-                                                      lambda_kind=lambda_kind, decay="input", gate=True)
-                                    for _ in range(layers))
+        self.mixers = nn.ModuleList(_mixer(d, lambda_kind) for _ in range(layers))
         self.final = ComplexLayerNorm(d, dtype=torch.float32)
         self.head = nn.Linear(2 * d, 2)
 
@@ -95,7 +118,7 @@ def main() -> None:
     ap.add_argument("--test-len", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--eval-batch", type=int, default=256)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--kinds", nargs="+", default=["real", "complex"], choices=["real", "complex"])
+    ap.add_argument("--kinds", nargs="+", default=["real", "complex"], choices=["real", "complex", "separate"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     runs = []
