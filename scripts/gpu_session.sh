@@ -1184,18 +1184,17 @@ s26c)
   sed -n '/all_pass/,/planar layout/p' "$OUT/bench-rotation.txt" | head -30
   ;;
 s27a)
-  step "speed of mix with the rotation, compiled with CUDA graphs, B 4, S 1024 (the running angle as short float64 scans)"
-  timeout 170 python3 -m muse bench speed --preset mix --stage1-arg lambda_kind=complex --batch-size 4 --device cuda \
-    --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-complex" 2>&1 | grep "^| stage1\|Error\|error" | head -6
-  step "CUDA tests: the selective scan (inductor with the phase)"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/scan/test_selective_diag_scan.py 2>&1 | tail -3
-  step "generation speed of mix-copy (sentinel form since this session), the static step in a CUDA graph"
-  timeout 110 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix-copy \
-    --paths fast | tee "$OUT/gen-speed.jsonl"
-  step "the selective scan's property on CUDA under inductor, with the phase"
-  MUSE_VERIFY_IMPL=compiled timeout 110 python3 -m muse verify --profile ci --device cuda -n 2 -k selective \
+  step "CUDA tests: the selective scan, the rotation compiled by inductor (the short float64 scans of the running angle)"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/scan/test_selective_diag_scan.py \
+    -k "inductor_on_cuda or running_angle or phase" 2>&1 | tail -3
+  step "the selective scan's property on CUDA under inductor, with the phase (ci profile)"
+  MUSE_VERIFY_IMPL=compiled timeout 150 python3 -m muse verify --profile ci --device cuda -n 2 -k selective \
     --out "$OUT/verify-selective-compiled" 2>&1 | grep "passed\|failed" | tail -2
   grep -h "selective" "$OUT/verify-selective-compiled/report.md" 2>/dev/null | head -4
+  step "the selective scan's thorough property on CUDA (10,000 cases), eager and the Triton kernel"
+  MUSE_VERIFY_IMPL=eager,triton timeout 240 python3 -m muse verify --profile thorough --device cuda -n 4 -k selective \
+    --out "$OUT/verify-selective-thorough" 2>&1 | grep "passed\|failed" | tail -2
+  grep -h "selective" "$OUT/verify-selective-thorough/report.md" 2>/dev/null | head -6
   ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
