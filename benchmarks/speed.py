@@ -40,7 +40,8 @@ from muse._io import write_report_json
 from muse.models.compile import compile_model, resolve_compile
 
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs",
-            "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss")
+            "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss", "compiled+kernels+autotune",
+            "compiled+kernels+autotune+traced-loss")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 
@@ -154,6 +155,12 @@ def ceilings(cfg: SpeedConfig, device: torch.device, timer: Timer) -> dict:
 
 
 # ---------------------------------------------------------------------- ops
+def _compile_mode(variant: str) -> str | None:
+    """The variant's torch.compile mode: "max-autotune" (``autotune``: CUDA graphs and inductor's GEMM
+    autotuning), "reduce-overhead" (``cudagraphs``) or None."""
+    return "max-autotune" if "autotune" in variant else "reduce-overhead" if "cudagraphs" in variant else None
+
+
 def _impl_env(variant: str):
     """The variant's switches: MUSE_KERNELS, and MUSE_LOSS_OPAQUE=0 for ``traced-loss`` (the compiler traces
     the loss's chunk loops, as before they became custom ops: faster for some models, holds every chunk's
@@ -188,7 +195,7 @@ def op_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, rows: int, d: 
     copy_same = 2 * nbytes / t_copy / 1e9
     out = []
     for name, fn, params in (("layer_norm", ln, (w, bvec)), ("modrelu", mr, (bvec,))):
-        for variant in (v for v in variants if "cudagraphs" not in v and "traced-loss" not in v):  # ops: CUDA graphs anyway, no loss
+        for variant in (v for v in variants if _compile_mode(v) is None and "traced-loss" not in v):  # ops: CUDA graphs anyway, no loss
             row = {"op": name, "variant": variant, "rows": rows, "d": d, "dtype": str(dt).replace("torch.", ""),
                    "timing": "CUDA graph of the calls over the rotation, per call" if device.type == "cuda"
                    else "per call", "copy_same_bytes_GBps": copy_same}
@@ -450,17 +457,17 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
                    "parameters": sum(p.numel() for p in model.parameters()), "autocast": amp if autocast else None,
                    "loss_path": loss_path(model.lm_head.weight.dtype, autocast=autocast)}
+            mode = _compile_mode(variant)
+            if mode is not None and (device.type != "cuda" or cfg.compile_backend != "inductor"):
+                out.append({**row, "status": "not_measured", "reason": f"mode {mode!r} (CUDA graphs) needs CUDA and inductor"})
+                continue
             # every model's training step runs the loss's chunk-body kernels; Stage 1 and Phase 2 also
             # their own (complex GEMM, element-wise ops, scans). Variants without "kernels" turn all off.
             if "kernels" in variant and not kernels.enabled(inputs):
                 out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
                 continue
-            if "cudagraphs" in variant and (device.type != "cuda" or cfg.compile_backend != "inductor"):
-                out.append({**row, "status": "not_measured", "reason": "CUDA graphs need CUDA and inductor"})
-                continue
             torch._dynamo.reset()
             compiled = variant.startswith("compiled")
-            mode = "reduce-overhead" if "cudagraphs" in variant else None
             net = compile_model(model, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else model
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
             loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode) if compiled

@@ -1196,6 +1196,12 @@ s27a)
     --out "$OUT/verify-selective-thorough" 2>&1 | grep "passed\|failed" | tail -2
   grep -h "selective" "$OUT/verify-selective-thorough/report.md" 2>/dev/null | head -6
   ;;
+s27b)
+  step "Stage 1 seed and the GPT, B 4, S 1024: CUDA graphs against max-autotune (inductor's GEMM templates), one process"
+  timeout 560 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss,compiled+kernels+autotune,compiled+kernels+autotune+traced-loss \
+    --out "$OUT/speed-autotune" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -20
+  ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
   for impl in eager triton; do

@@ -77,8 +77,9 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_compile_flag(g)
-    g.add_argument("--compile-mode", choices=["reduce-overhead"], default=None,
-                   help="reduce-overhead: the compiled training step replays CUDA graphs (single process)")
+    g.add_argument("--compile-mode", choices=["reduce-overhead", "max-autotune"], default=None,
+                   help="reduce-overhead: the compiled training step replays CUDA graphs (single process); "
+                   "max-autotune: CUDA graphs and inductor's GEMM autotuning (minutes of compile time)")
     p.set_defaults(func=run)
 
 

@@ -20,15 +20,17 @@ import muse.complex as C
 from muse._checks import check_type
 
 BACKENDS = ("inductor", "aot_eager", "eager")
-#: torch.compile modes: None (default) or "reduce-overhead" (inductor replays CUDA graphs, which
-#: removes the per-kernel launch cost that bounds a compiled training step on CUDA).
-MODES = (None, "reduce-overhead")
+#: torch.compile modes: None (default); "reduce-overhead" (inductor replays CUDA graphs, which
+#: removes the per-kernel launch cost that bounds a compiled training step on CUDA); "max-autotune"
+#: (CUDA graphs too, and inductor times Triton GEMM templates against cuBLAS for every matrix
+#: product, fusing element-wise neighbours into the template it picks; minutes of compile time).
+MODES = (None, "reduce-overhead", "max-autotune")
 
 
-def check_mode(mode: object) -> str | None:
-    """A compile mode of :data:`MODES`."""
+def check_mode(mode: object, name: str = "compile mode") -> str | None:
+    """A compile mode of :data:`MODES` (``name``: the argument, for the error)."""
     if mode not in MODES:
-        raise ValueError(f"compile mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
     return mode
 
 
@@ -42,10 +44,14 @@ def resolve_compile(flag: bool | None, device: torch.device | str) -> bool:
 
 def compile_model(model: nn.Module, *, backend: str = "inductor", fullgraph: bool = False,
                   mode: str | None = None) -> nn.Module:
-    """``torch.compile(model)``; ``backend`` is one of BACKENDS (aot_eager/eager: fast checks on CPU)."""
+    """``torch.compile(model)``; ``backend`` is one of BACKENDS (aot_eager/eager: fast checks on CPU),
+    ``mode`` one of MODES (inductor only)."""
     check_type("model", model, nn.Module, "an nn.Module")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_mode(mode)
+    if mode is not None and backend != "inductor":
+        raise ValueError(f"mode={mode!r} needs backend='inductor', got {backend!r}")
     C.set_gemm_policy()  # compiled GEMMs read the process-wide cuBLAS flags when they run
     return torch.compile(model, backend=backend, fullgraph=fullgraph, mode=mode)
 

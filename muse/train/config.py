@@ -6,13 +6,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from muse._checks import check_float, check_int, check_type
+from muse.models.compile import check_mode
 from muse.train.scaler import check_power_of_two
 
 SPLITS = ("train", "valid", "test")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = (None, "bf16", "fp16")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
-COMPILE_MODES = (None, "reduce-overhead")
 # Fields that decide the loss curve: a resumed run must use the same values.
 TRAJECTORY_FIELDS = (
     "model", "preset", "model_overrides", "seq_len", "batch_size", "grad_accum", "lr", "min_lr",
@@ -65,7 +65,7 @@ class TrainConfig:
     amp: str | None = None  # Phase 2 on CUDA: bf16 or fp16 autocast
     compile: bool | None = None  # torch.compile the model; None: on for CUDA, off for CPU
     compile_backend: str = "inductor"  # aot_eager/eager: quick compile checks on CPU
-    compile_mode: str | None = None  # "reduce-overhead": the compiled training step replays CUDA graphs
+    compile_mode: str | None = None  # muse.models.compile.MODES: "reduce-overhead"/"max-autotune" replay CUDA graphs
     progress: bool = True
     init_scale: float = 2.0**16  # Stage 1 dynamic loss scale
     growth_interval: int = 1000  # clean steps before the loss scale doubles
@@ -125,8 +125,7 @@ class TrainConfig:
             check_type("compile", self.compile, bool, "a bool or None")
         if self.compile_backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {self.compile_backend!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        check_mode(self.compile_mode, "compile_mode")
         if self.compile_mode is not None and self.compile_backend != "inductor":
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile_backend='inductor', "
                              f"got {self.compile_backend!r}")

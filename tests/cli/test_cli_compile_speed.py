@@ -120,11 +120,19 @@ def test_the_traced_loss_variant_runs_and_sets_only_its_switch(tmp_path, monkeyp
 def test_cudagraph_variants_are_not_measured_on_cpu(tmp_path):
     cfg = SpeedConfig(preset="tiny", batch_size=1, seq_len=8, device="cpu", models=("phase2",),
                       model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
-                      variants=("compiled+cudagraphs", "compiled+kernels+cudagraphs"), amp="bf16",
-                      compile_backend="eager", cpu_repeats=1, copy_mib=4, gemm_size=64, out=str(tmp_path))
+                      variants=("compiled+cudagraphs", "compiled+kernels+cudagraphs", "compiled+kernels+autotune"),
+                      amp="bf16", compile_backend="eager", cpu_repeats=1, copy_mib=4, gemm_size=64, out=str(tmp_path))
     rows = run_speed_benchmark(cfg, command="test")["models"]
-    assert [r["status"] for r in rows] == ["not_measured", "not_measured"]
+    assert [r["status"] for r in rows] == ["not_measured"] * 3
+    assert [r["reason"].split()[1] for r in rows] == ["'reduce-overhead'", "'reduce-overhead'", "'max-autotune'"]
     assert all(r["autocast"] is None for r in rows)  # autocast is CUDA-only
+
+
+def test_each_variant_names_its_compile_mode():
+    from benchmarks.speed import _compile_mode
+
+    assert [_compile_mode(v) for v in ("compiled", "compiled+kernels+cudagraphs+traced-loss", "compiled+kernels+autotune")] \
+        == [None, "reduce-overhead", "max-autotune"]
 
 
 def test_a_tied_head_counts_the_head_gemm():

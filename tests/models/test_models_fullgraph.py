@@ -55,3 +55,18 @@ def test_compiled_model_refuses_out_of_range_ids_without_a_host_sync():
             compiled(ids)
     with pytest.raises(ValueError, match="out of range|negative"):
         model(ids)  # eager keeps the ValueError naming the id
+
+
+def test_compile_model_checks_its_arguments():
+    from muse.models.compile import MODES, compile_model
+
+    model = build_model("stage1", "tiny")
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        compile_model("stage1")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        compile_model(model, backend="tvm")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        compile_model(model, mode="max-autotune-no-cudagraphs")
+    for mode in MODES[1:]:
+        with pytest.raises(ValueError, match="needs backend='inductor'"):
+            compile_model(model, backend="aot_eager", mode=mode)

@@ -80,7 +80,7 @@ def test_compile_model_loss_rejects_bad_arguments():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         compile_model_loss("stage1")
     with pytest.raises(ValueError, match="compile mode must be one of"):
-        compile_model_loss(model, mode="max-autotune")
+        compile_model_loss(model, mode="max-autotune-no-cudagraphs")
     with pytest.raises(ValueError, match="needs backend='inductor'"):
         compile_model_loss(model, backend="aot_eager", mode="reduce-overhead")
 

@@ -48,6 +48,8 @@ def test_eager_is_the_cpu_default_and_is_recorded(tmp_path):
 
 def test_compile_mode_is_checked():
     with pytest.raises(ValueError, match="compile_mode must be one of"):
-        tiny_config("x", compile_mode="max-autotune")
+        tiny_config("x", compile_mode="max-autotune-no-cudagraphs")
+    with pytest.raises(ValueError, match="needs compile_backend=.inductor."):
+        tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="max-autotune")
     with pytest.raises(ValueError, match="needs compile_backend='inductor'"):
         tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="reduce-overhead")
