@@ -241,6 +241,20 @@ def test_layer_norm_wrong_feature_size():
         C.layer_norm(ComplexTensor(torch.zeros(2)))
 
 
+def test_layer_norm_residual():
+    z = _z(2, 4)
+    with pytest.raises(TypeError, match="residual must be a ComplexTensor or None, got Tensor"):
+        C.layer_norm(z, residual=z.planes)
+    with pytest.raises(ValueError, match=r"residual must match z's shape \(2, 4\) and dtype torch.float16, got \(4,\)"):
+        C.layer_norm(z, residual=_z(4))
+    with pytest.raises(ValueError, match="residual must match .* got \\(2, 4\\) and torch.float32"):
+        ComplexLayerNorm(4)(z, residual=ComplexTensor(torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match="residual"):
+        C.layer_norm(z, residual=_meta(2, 4))
+    with torch.no_grad(), pytest.raises(ValueError, match="eps must be > 0.0"):
+        C.layer_norm(z, eps=0.0, residual=z)
+
+
 def test_modrelu_wrong_feature_size():
     with pytest.raises(ValueError, match=r"bias must be 0-d or have shape \(5,\), got \(4,\)"):
         C.modrelu(_z(2, 5), torch.zeros(4, dtype=torch.float16))

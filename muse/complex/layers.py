@@ -32,6 +32,7 @@ from muse._checks import (
 )
 from muse.complex import recompute
 from muse.complex._policy import compute_dtype, magnitude
+from muse.complex.ops import add
 from muse.complex.tensor import ComplexTensor
 
 
@@ -92,13 +93,38 @@ def layer_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
+    residual: ComplexTensor | None = None,
 ) -> ComplexTensor:
     """Complex LayerNorm over the last dim, per sample: (z - mu) / sqrt(E|z - mu|^2 + eps) * w + b.
 
     ``mu`` is the complex mean; ``weight`` (real, d) scales both parts; ``bias`` (real, d)
-    shifts the real part, as in the seed model.  No statistic crosses samples.
+    shifts the real part, as in the seed model.  No statistic crosses samples.  With ``residual``
+    (z's shape and dtype) it normalises ``add(z, residual)``, the sum rounded once as ``add`` rounds
+    it: a post-norm residual connection.  Where no gradient is needed and the kernel is picked, one
+    pass reads both and the sum is never written (the same values as the two ops, bit for bit).
     """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
+    if residual is not None:
+        check_type("residual", residual, ComplexTensor, "a ComplexTensor or None")
+        if residual.shape != z.shape or residual.dtype != z.dtype:
+            raise ValueError(f"residual must match z's shape {tuple(z.shape)} and dtype {z.dtype}, "
+                             f"got {tuple(residual.shape)} and {residual.dtype}")
+        check_same_device([("z", z.device), ("residual", residual.device)])
+        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in (z.planes, residual.planes, weight, bias))):
+            _check_layer_norm_args(z, weight, bias)
+            eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+            if kernels.use_kernel(z.planes, residual.planes, weight, bias, op="layer_norm"):
+                return ComplexTensor(kernels.add_layer_norm_fwd(z.planes, residual.planes, weight, bias, eps))
+        z = add(z, residual)
+    _check_layer_norm_args(z, weight, bias)
+    eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    out = _LayerNormFn.apply(z.planes, weight, bias, eps)
+    return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
+
+
+def _check_layer_norm_args(z: ComplexTensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+    """z has a dim to normalise over; weight and bias, where given, are float (d,) tensors on z's device."""
     if z.dim() == 0:
         raise ValueError("z must have at least one dim to normalise over")
     d = z.shape[-1]
@@ -111,9 +137,6 @@ def layer_norm(
             raise ValueError(f"{name} must have shape ({d},) to match z's last dim, got {tuple(t.shape)}")
         named.append((name, t.device))
     check_same_device(named)
-    eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
-    out = _LayerNormFn.apply(z.planes, weight, bias, eps)
-    return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
 
 
 # ---------------------------------------------------------------------- modReLU

@@ -3,7 +3,7 @@
 The rule (like nanoGPT's ``self.flash``): an op runs its Triton kernel when Triton is
 importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's CPU
 interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
-cover float16 planes (LayerNorm, modReLU, the complex GEMM of ``linear``), the chunk bodies of the
+cover float16 planes (LayerNorm, with a residual added in the same pass, modReLU, the complex GEMM of ``linear``), the chunk bodies of the
 loss (:mod:`muse.train.loss`: log-sum-exp and softmax gradient of fp16/bf16/fp32 logits), complex64
 (the BK-Core resolvent of :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`,
 the selective diagonal scan of :mod:`muse.scan.selective_diag`);
@@ -95,6 +95,7 @@ __all__ = ["ENV", "HAS_TRITON", "IN_COMPILE_DEFAULT", "IN_COMPILE_ENV", "INTERPR
             "use_kernel"]
 
 from muse.kernels.ops import (  # noqa: E402
+    add_layer_norm_fwd,
     bk_green_bwd,
     bk_green_fwd,
     complex_mm,
@@ -111,5 +112,5 @@ from muse.kernels.ops import (  # noqa: E402
     sum_rows,
 )
 
-__all__ += ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows",
+__all__ += ["add_layer_norm_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows",
             "modrelu_bwd", "modrelu_fwd", "selective_scan_bwd", "selective_scan_fwd", "softmax_grad", "sum_rows"]

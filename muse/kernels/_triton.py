@@ -61,14 +61,21 @@ def _programs(device: torch.device, tiles: int, kernel: str) -> int:
 
 # ------------------------------------------------------------------ layer norm
 @triton.jit
-def _ln_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
-                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
+                       HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                       ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """y = LN(x), or with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add`` rounds it)."""
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     cols = tl.arange(0, BLOCK_D)[None, :]
     mask = (rows < n_rows) & (cols < d)
     off = rows * d + cols
-    re = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    im = tl.load(x_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)
+    re = tl.load(x_ptr + off, mask=mask, other=0.0)
+    im = tl.load(x_ptr + plane + off, mask=mask, other=0.0)
+    if HAS_R:
+        re = (re.to(tl.float32) + tl.load(r_ptr + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+        im = (im.to(tl.float32) + tl.load(r_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+    re = re.to(tl.float32)
+    im = im.to(tl.float32)
     c_re = tl.where(mask, re - (tl.sum(re, axis=1) / d)[:, None], 0.0)
     c_im = tl.where(mask, im - (tl.sum(im, axis=1) / d)[:, None], 0.0)
     var = tl.sum(c_re * c_re + c_im * c_im, axis=1) / d
@@ -153,16 +160,19 @@ def _rows(planes: torch.Tensor) -> tuple[int, int]:
 
 
 def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                       eps: float) -> torch.Tensor:
+                       eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """LN(planes), or LN(planes + residual) with the sum rounded once and never written."""
     x = scratch(planes.contiguous(), planes)
+    r = x if residual is None else scratch(residual.contiguous(), residual)
     n_rows, d = _rows(x)
     y = scratch(torch.empty_like(x))
     if n_rows == 0:
         return y
     rows, block_d, warps = _tile(d, "layer_norm_fwd")
     _ln_forward_kernel[(triton.cdiv(n_rows, rows),)](
-        x, x if weight is None else weight, x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
-        HAS_W=weight is not None, HAS_B=bias is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+        x, r, x if weight is None else weight, x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
+        HAS_R=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, ROWS=rows,
+        BLOCK_D=block_d, num_warps=warps)
     return y
 
 

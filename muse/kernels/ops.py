@@ -52,6 +52,19 @@ def _(planes, weight, bias, eps):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 
+@_kernel_op("muse::add_layer_norm_fwd")
+def add_layer_norm_fwd(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
+                       bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """LN(planes + residual) of float16 planes, the sum rounded once as ``C.add`` rounds it and never
+    written: a residual connection and the norm after it in one pass (inference)."""
+    return _k().layer_norm_forward(planes, weight, bias, eps, residual)
+
+
+@add_layer_norm_fwd.register_fake
+def _(planes, residual, weight, bias, eps):
+    return torch.empty_like(planes, memory_format=torch.contiguous_format)
+
+
 @_kernel_op("muse::layer_norm_bwd")
 def layer_norm_bwd(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
                    eps: float, sums_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,5 +221,5 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
     return _k().softmax_grad(z, lse, targets, keep, dtype, offset)
 
 
-__all__ = ["bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
+__all__ = ["add_layer_norm_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
            "softmax_grad", "sum_rows"]

@@ -243,7 +243,7 @@ class Stage1Block(nn.Module):
     def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
         """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
         h = self.dropout(self.activation(self.linear(self.norm1(z))))
-        return self.norm2(C.add(h, z))
+        return self.norm2(h, residual=z)
 
     def step(self, z: C.ComplexTensor, state: None = None) -> tuple[C.ComplexTensor, None]:
         """Incremental form: the block is per-token, so it carries no state."""

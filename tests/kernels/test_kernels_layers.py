@@ -97,6 +97,73 @@ def test_layer_norm_kernel_matches_reference(kernel_device, shape, affine, launc
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 17), (1, 130), (300, 8)], ids=str)
+@pytest.mark.parametrize("affine", ["weight+bias", "none"])
+def test_layer_norm_with_a_residual_is_one_kernel_and_the_two_ops_bit_for_bit(kernel_device, shape, affine, launches):
+    """Without grad, LN(z + r) is one launch that never writes the sum, with the values of add then the
+    LayerNorm kernel to the bit (the sum rounded once as C.add rounds it; overflowing sums included);
+    with grad it is those two ops."""
+    z = _rand(2, *shape, device=kernel_device, scale=2.0, seed=11)
+    r = _rand(2, *shape, device=kernel_device, scale=3.0, seed=12)
+    r[0, ..., 0] = 65504.0
+    z[0, ..., 0] = 65504.0 if shape[-1] > 8 else 1.0  # a sum that overflows to inf, in some rows
+    d = shape[-1]
+    w = None if affine == "none" else (1 + 0.3 * _rand(d, device=kernel_device, seed=2).float()).half()
+    b = _rand(d, device=kernel_device, seed=3) if affine == "weight+bias" else None
+    zc, rc = C.ComplexTensor(z), C.ComplexTensor(r)
+    with torch.no_grad():
+        fused = C.layer_norm(zc, w, b, 1e-5, residual=rc).planes
+        assert launches == {"layer_norm_forward": 1}
+        two = C.layer_norm(C.add(zc, rc), w, b, 1e-5).planes
+    assert launches == {"layer_norm_forward": 2}
+    assert torch.equal(fused.isnan(), two.isnan()) and torch.equal(fused.nan_to_num(), two.nan_to_num())
+    zg = z.clone().requires_grad_(True)
+    out = C.layer_norm(C.ComplexTensor(zg), w, b, 1e-5, residual=rc)
+    out.planes.float().nan_to_num().sum().backward()
+    assert launches == {"layer_norm_forward": 3, "layer_norm_backward": 1}
+    assert torch.equal(out.planes.detach().nan_to_num(), two.nan_to_num()) and zg.grad is not None
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, launches, monkeypatch):
+    """The seed preset's block (LN -> linear -> modReLU -> dropout -> + z -> LN): in inference its second
+    norm takes the residual in the kernel's pass; the logits equal those of the training path's two ops."""
+    from muse.kernels import _triton
+    from muse.models import build_model
+
+    fused = []
+    ln = _triton.layer_norm_forward
+    monkeypatch.setattr(_triton, "layer_norm_forward",
+                        lambda *a, **k: fused.append(len(a) > 4 or "residual" in k) or ln(*a, **k))
+    torch.manual_seed(0)
+    model = build_model("stage1", "tiny", vocab_size=64, max_seq_len=16, device=kernel_device).eval()
+    ids = torch.randint(0, 64, (2, 16), device=kernel_device)
+    with torch.no_grad():
+        inference = model(ids)
+    assert fused.count(True) == model.config.n_layers
+    fused.clear()
+    with torch.enable_grad():
+        training_path = model(ids)
+    assert fused.count(True) == 0
+    assert torch.equal(inference, training_path.detach())
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_layer_norm_with_a_residual_in_a_compiled_graph(kernel_device, launches):
+    """Inference inside torch.compile: the fused custom op, no graph break, the eager values."""
+    torch._dynamo.reset()
+    z, r = _rand(2, 4, 8, device=kernel_device, seed=13), _rand(2, 4, 8, device=kernel_device, seed=14)
+
+    def f(p, q):
+        return C.layer_norm(C.ComplexTensor(p), residual=C.ComplexTensor(q)).planes
+
+    with torch.no_grad():
+        out = torch.compile(f, fullgraph=True, backend="aot_eager")(z, r)
+        assert launches == {"layer_norm_forward": 1}
+        assert torch.equal(out, f(z, r))
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("bias_kind", ["vector", "scalar"])
 def test_modrelu_kernel_matches_reference(kernel_device, shape, bias_kind, launches):
