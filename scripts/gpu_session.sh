@@ -1197,10 +1197,23 @@ s27a)
   grep -h "selective" "$OUT/verify-selective-thorough/report.md" 2>/dev/null | head -6
   ;;
 s27b)
-  step "Stage 1 seed and the GPT, B 4, S 1024: CUDA graphs against max-autotune (inductor's GEMM templates), one process"
+  # before the call: git archive 64d60d2 --prefix=_lnold/ | tar -x (the tree before the residual went into the norm)
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs: this tree (LN2 reads the residual)"
+  timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
+    --out "$OUT/speed-fused-ln" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12
+  if [ -d _lnold ]; then
+    step "the same, _lnold/ (add, then LN2)"
+    ( cd _lnold && PYTHONPATH=. timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda \
+        --models stage1,gpt --no-ops --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
+        --out "$OUT/speed-add-ln" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12 )
+  fi
+  ;;
+s27c)
+  step "Stage 1 seed and the GPT, B 4, S 1024: max-autotune (inductor's GEMM templates), one process"
   timeout 560 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
-    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss,compiled+kernels+autotune,compiled+kernels+autotune+traced-loss \
-    --out "$OUT/speed-autotune" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -20
+    --variants compiled+kernels+autotune,compiled+kernels+autotune+traced-loss \
+    --out "$OUT/speed-autotune" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12
   ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
