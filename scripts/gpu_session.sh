@@ -1215,6 +1215,10 @@ s27c)
     --variants compiled+kernels+autotune,compiled+kernels+autotune+traced-loss \
     --out "$OUT/speed-autotune" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12
   ;;
+s27d)
+  step "where the time goes: compiled training and inference of Stage 1 seed and the GPT, kernel tables (B 4, S 1024)"
+  timeout 400 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections train,infer 2>&1 | grep "^\[" | head -12
+  ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
   for impl in eager triton; do

@@ -1,7 +1,7 @@
 """Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding,
-compiled inference of Stage 1 beside the GPT, the head GEMM's forms.
+compiled inference and training of Stage 1 beside the GPT, the head GEMM's forms.
 
-    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,head,eager]
+    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,train,head,eager]
 
 Each section writes ``<out>/<section>.txt`` (timings and torch.profiler tables). A diagnostic
 script for deciding what to optimise; the numbers that go into docs come from
@@ -316,6 +316,37 @@ def sec_infer(w):
         torch._dynamo.reset()
 
 
+def sec_train(w):
+    """The compiled training step (model + chunked loss as one graph, as ``muse train`` runs it; default
+    mode) of Stage 1 seed and the GPT reference (bf16 autocast, its loss traced as in its fastest ``muse bench
+    speed`` row), B4 S1024: time and the kernel table of each, side by side."""
+    from muse import kernels
+    from muse.train.loss import compile_model_loss
+
+    b, s = 4, 1024
+    ids = torch.randint(0, 50257, (b, s + 1), device=DEV)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    for name in ("stage1", "gpt"):
+        torch.manual_seed(0)
+        model = build_model(name, "seed", device=DEV).train()
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "gpt")
+        with kernels.environment(MUSE_LOSS_OPAQUE="0" if name == "gpt" else None):
+            loss_fn = compile_model_loss(model)
+
+            def train(loss_fn=loss_fn, amp=amp, model=model):
+                model.zero_grad(set_to_none=True)
+                with amp:
+                    loss = loss_fn(inp, tgt)
+                loss.backward()
+            train()
+            train()
+        ms = bench(train, 10)
+        w(f"[{name}] compiled fwd+bwd: {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s")
+        w(table(train, n=3, rows=40))
+        del model, loss_fn
+        torch._dynamo.reset()
+
+
 def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
     """Stage 1's head alone (4096 x 512 -> 50,257, fp16, bias) as the model runs it and in the forms that
     could avoid the pass over the weight seen before its GEMM in compiled inference (thirteenth session):
@@ -359,7 +390,7 @@ def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
 
 
 SECTIONS = {"linear": sec_linear, "loss": sec_loss, "compiled": sec_compiled, "phase2": sec_phase2,
-            "decode": sec_decode, "infer": sec_infer, "head": sec_head,
+            "decode": sec_decode, "infer": sec_infer, "train": sec_train, "head": sec_head,
             "eager": sec_eager}
 
 
