@@ -110,15 +110,14 @@ def layer_norm(
             raise ValueError(f"residual must match z's shape {tuple(z.shape)} and dtype {z.dtype}, "
                              f"got {tuple(residual.shape)} and {residual.dtype}")
         check_same_device([("z", z.device), ("residual", residual.device)])
-        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                for t in (z.planes, residual.planes, weight, bias))):
-            _check_layer_norm_args(z, weight, bias)
-            eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
-            if kernels.use_kernel(z.planes, residual.planes, weight, bias, op="layer_norm"):
-                return ComplexTensor(kernels.add_layer_norm_fwd(z.planes, residual.planes, weight, bias, eps))
-        z = add(z, residual)
     _check_layer_norm_args(z, weight, bias)
     eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    if residual is not None:
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (z.planes, residual.planes, weight, bias))
+        if not grad and kernels.use_kernel(z.planes, residual.planes, weight, bias, op="layer_norm"):
+            return ComplexTensor(kernels.add_layer_norm_fwd(z.planes, residual.planes, weight, bias, eps))
+        z = add(z, residual)
     out = _LayerNormFn.apply(z.planes, weight, bias, eps)
     return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
 

@@ -3,9 +3,9 @@
 The rule (like nanoGPT's ``self.flash``): an op runs its Triton kernel when Triton is
 importable and its tensors are on CUDA, or when ``TRITON_INTERPRET=1`` (Triton's CPU
 interpreter, used by the tests); ``MUSE_KERNELS=0`` turns every kernel off.  The kernels
-cover float16 planes (LayerNorm, with a residual added in the same pass, modReLU, the complex GEMM of ``linear``), the chunk bodies of the
-loss (:mod:`muse.train.loss`: log-sum-exp and softmax gradient of fp16/bf16/fp32 logits), complex64
-(the BK-Core resolvent of :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`,
+cover float16 planes (LayerNorm, also with a residual added in the same pass; modReLU; the complex
+GEMM of ``linear``), the chunk bodies of the loss (:mod:`muse.train.loss`: log-sum-exp and softmax
+gradient of fp16/bf16/fp32 logits), complex64 (the BK-Core resolvent of :mod:`muse.scan.bk`) and float32 (the decayed linear attention of :mod:`muse.scan.hebbian`,
 the selective diagonal scan of :mod:`muse.scan.selective_diag`);
 every other case, and the reference for every kernel, is the PyTorch code in :mod:`muse.complex` and :mod:`muse.scan`.  Both environment variables are read at each eager
 call; a compiled graph reads them once, when it is traced.  Inside a compiled graph an element-wise op
