@@ -9,6 +9,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_choice, check_float_dtype, check_int, check_type
+from muse.nn.activation import ModReLU
 
 #: ComplexLinear weight init: "normal" = complex Glorot, each part ~ N(0, 1/(fan_in + fan_out));
 #: "uniform" = each part ~ U(-s, s) with s = sqrt(2/(fan_in + fan_out)) (the seed's code).
@@ -61,8 +62,16 @@ class ComplexLinear(nn.Module):
     def weight_imag(self) -> torch.Tensor:
         return self.weight[1]
 
-    def forward(self, x: C.ComplexTensor) -> C.ComplexTensor:
+    def forward(self, x: C.ComplexTensor, activation: ModReLU | None = None) -> C.ComplexTensor:
+        """x W^T + b, then ``activation`` (a :class:`ModReLU`) where given: with grad mode off it runs in
+        the GEMM's epilogue where the kernel does (``C.linear``'s ``modrelu_bias``; the module's own
+        forward is then not called), otherwise as the module after the linear map."""
         bias = None if self.bias is None else C.ComplexTensor(self.bias)
+        if activation is not None:
+            check_type("activation", activation, ModReLU, "a ModReLU or None")
+            if not torch.is_grad_enabled():
+                return C.linear(x, C.ComplexTensor(self.weight), bias, modrelu_bias=activation.bias)
+            return activation(C.linear(x, C.ComplexTensor(self.weight), bias))
         return C.linear(x, C.ComplexTensor(self.weight), bias)
 
     def extra_repr(self) -> str:
