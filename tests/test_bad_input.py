@@ -263,8 +263,8 @@ def test_linear_modrelu_bias():
         C.linear(x, w, modrelu_bias=torch.zeros(4, dtype=torch.float16))
     with pytest.raises(ValueError, match="modrelu_bias"):
         C.linear(x, w, modrelu_bias=torch.zeros(5, dtype=torch.float16, device="meta"))
-    with pytest.raises(TypeError, match="activation must be a ModReLU or None, got ComplexLayerNorm"):
-        ComplexLinear(4, 5)(x, activation=ComplexLayerNorm(5))
+    with pytest.raises(TypeError, match="activation must be an nn.Module or None, got function"):
+        ComplexLinear(4, 5)(x, activation=C.modrelu)
 
 
 def test_modrelu_wrong_feature_size():

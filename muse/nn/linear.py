@@ -62,17 +62,17 @@ class ComplexLinear(nn.Module):
     def weight_imag(self) -> torch.Tensor:
         return self.weight[1]
 
-    def forward(self, x: C.ComplexTensor, activation: ModReLU | None = None) -> C.ComplexTensor:
-        """x W^T + b, then ``activation`` (a :class:`ModReLU`) where given: with grad mode off it runs in
-        the GEMM's epilogue where the kernel does (``C.linear``'s ``modrelu_bias``; the module's own
-        forward is then not called), otherwise as the module after the linear map."""
+    def forward(self, x: C.ComplexTensor, activation: nn.Module | None = None) -> C.ComplexTensor:
+        """x W^T + b, then ``activation`` (a module) where given.  A :class:`ModReLU` with grad mode off runs in
+        the GEMM's epilogue where the kernel does (``C.linear``'s ``modrelu_bias``; the module's own forward is
+        then not called); any other case calls the module on the linear map's output."""
         bias = None if self.bias is None else C.ComplexTensor(self.bias)
-        if activation is not None:
-            check_type("activation", activation, ModReLU, "a ModReLU or None")
-            if not torch.is_grad_enabled():
-                return C.linear(x, C.ComplexTensor(self.weight), bias, modrelu_bias=activation.bias)
-            return activation(C.linear(x, C.ComplexTensor(self.weight), bias))
-        return C.linear(x, C.ComplexTensor(self.weight), bias)
+        if activation is None:
+            return C.linear(x, C.ComplexTensor(self.weight), bias)
+        check_type("activation", activation, nn.Module, "an nn.Module or None")
+        if type(activation) is ModReLU and not torch.is_grad_enabled():
+            return C.linear(x, C.ComplexTensor(self.weight), bias, modrelu_bias=activation.bias)
+        return activation(C.linear(x, C.ComplexTensor(self.weight), bias))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
