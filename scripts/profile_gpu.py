@@ -293,58 +293,59 @@ def _decode_one(w, preset: str) -> None:
                 w(f"{preset} {label} graph: FAILED\n{traceback.format_exc()[-1500:]}")
 
 
-def sec_infer(w):
-    """Compiled inference (default mode) of Stage 1 seed and the GPT reference (bf16 autocast, as
-    ``muse bench speed`` runs it), B4 S1024: time and the kernel table of each, side by side."""
+def _side_by_side(w, label: str, make_step, mode: str, rows: int) -> None:
+    """Stage 1 seed and the GPT reference (bf16 autocast, as ``muse bench speed`` runs it), B4 S1024: for each,
+    ``make_step(model, amp)`` built on the seed model in ``mode`` ("eval" or "train"), timed, with its kernel table."""
     b, s = 4, 1024
-    ids = torch.randint(0, 50257, (b, s), device=DEV)
     for name in ("stage1", "gpt"):
         torch.manual_seed(0)
-        model = build_model(name, "seed", device=DEV).eval()
-        net = torch.compile(model, fullgraph=True)
+        model = build_model(name, "seed", device=DEV)
+        model.train(mode == "train")
         amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "gpt")
+        step = make_step(name, model, amp)
+        step()
+        step()
+        ms = bench(step, 10)
+        w(f"[{name}] {label}: {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s")
+        w(table(step, n=3, rows=rows))
+        del model, step
+        torch._dynamo.reset()
 
-        def infer(net=net, amp=amp):
+
+def sec_infer(w):
+    """Compiled inference (default mode) of Stage 1 seed and the GPT reference, side by side."""
+    ids = torch.randint(0, 50257, (4, 1024), device=DEV)
+
+    def make(name, model, amp):
+        net = torch.compile(model, fullgraph=True)
+
+        def infer():
             with torch.no_grad(), amp:
                 net(ids)
-        infer()
-        infer()
-        ms = bench(infer, 10)
-        w(f"[{name}] compiled inference: {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s")
-        w(table(infer, n=3, rows=30))
-        del model, net
-        torch._dynamo.reset()
+        return infer
+    _side_by_side(w, "compiled inference", make, "eval", 30)
 
 
 def sec_train(w):
-    """The compiled training step (model + chunked loss as one graph, as ``muse train`` runs it; default
-    mode) of Stage 1 seed and the GPT reference (bf16 autocast, its loss traced as in its fastest ``muse bench
-    speed`` row), B4 S1024: time and the kernel table of each, side by side."""
+    """The compiled training step (model + chunked loss as one graph, as ``muse train`` runs it; default mode) of
+    Stage 1 seed and the GPT reference (its loss traced by the compiler, as in its fastest ``muse bench speed``
+    row), side by side."""
     from muse import kernels
     from muse.train.loss import compile_model_loss
 
-    b, s = 4, 1024
-    ids = torch.randint(0, 50257, (b, s + 1), device=DEV)
+    ids = torch.randint(0, 50257, (4, 1025), device=DEV)
     inp, tgt = ids[:, :-1], ids[:, 1:]
-    for name in ("stage1", "gpt"):
-        torch.manual_seed(0)
-        model = build_model(name, "seed", device=DEV).train()
-        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "gpt")
-        with kernels.environment(MUSE_LOSS_OPAQUE="0" if name == "gpt" else None):
-            loss_fn = compile_model_loss(model)
 
-            def train(loss_fn=loss_fn, amp=amp, model=model):
-                model.zero_grad(set_to_none=True)
-                with amp:
-                    loss = loss_fn(inp, tgt)
-                loss.backward()
-            train()
-            train()
-        ms = bench(train, 10)
-        w(f"[{name}] compiled fwd+bwd: {ms:.3f} ms = {b * s / ms * 1e3:,.0f} tok/s")
-        w(table(train, n=3, rows=40))
-        del model, loss_fn
-        torch._dynamo.reset()
+    def make(name, model, amp):
+        loss_fn = compile_model_loss(model)
+
+        def train():
+            model.zero_grad(set_to_none=True)
+            with kernels.environment(MUSE_LOSS_OPAQUE="0" if name == "gpt" else None), amp:
+                loss = loss_fn(inp, tgt)  # the environment is read when the first call traces the graph
+            loss.backward()
+        return train
+    _side_by_side(w, "compiled fwd+bwd", make, "train", 40)
 
 
 def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
