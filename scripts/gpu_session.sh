@@ -1218,6 +1218,9 @@ s27c)
 s27d)
   step "where the time goes: compiled training and inference of Stage 1 seed and the GPT, kernel tables (B 4, S 1024)"
   timeout 400 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections train,infer 2>&1 | grep "^\[" | head -12
+  step "decoding mix and mix-copy with the fused GEMM epilogue (batch 1, 1,000 tokens, the fast path)"
+  timeout 150 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix,stage1:mix-copy \
+    --paths fast 2>&1 | tail -6
   ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
