@@ -351,6 +351,59 @@ def time_ops(rows: int = 4096, d: int = 512, device: str = "cuda",
     return "\n".join(lines)
 
 
+def fused_rows(rows: int = 4096, d: int = 512, device: str = "cuda",
+               variants: tuple[str, ...] = ("eager", "kernels"), seed: int = 0) -> list[dict]:
+    """The seed block's two inference fusions, forward without grad, each against its separate ops, per variant
+    (``kernels``: the fused kernel against the separate kernels; ``eager``: both are the PyTorch ops): the residual
+    inside the LayerNorm, ``layer_norm(h, residual=z)`` against ``layer_norm(add(h, z))``, and modReLU in the GEMM's
+    epilogue, ``linear(x, W, b, modrelu_bias=c)`` against ``modrelu(linear(x, W, b), c)``; CUDA graphs of the calls
+    over a rotation of inputs as for the op rows."""
+    from muse.train.distributed import resolve_device
+
+    dev = resolve_device(device)
+    timer, dt = Timer(dev), torch.float16
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dev, dt)
+
+    w, b, c = rand(d, scale=0.1) + 1, rand(d, scale=0.1), rand(d, scale=0.5)
+    wc, bc = C.ComplexTensor(rand(2, d, d, scale=d ** -0.5)), C.ComplexTensor(rand(2, d))
+    nbytes = 2 * rows * d * 2
+    cases = {
+        "add_layer_norm": (lambda h, z: C.layer_norm(C.ComplexTensor(h), w, b, residual=C.ComplexTensor(z)).planes,
+                           lambda h, z: C.layer_norm(C.add(C.ComplexTensor(h), C.ComplexTensor(z)), w, b).planes, 2),
+        "linear_modrelu": (lambda x: C.linear(C.ComplexTensor(x), wc, bc, modrelu_bias=c).planes,
+                           lambda x: C.modrelu(C.linear(C.ComplexTensor(x), wc, bc), c).planes, 1),
+    }
+    out = []
+    for name, (fused, separate, n_in) in cases.items():
+        for variant in variants:
+            row = {"op": name, "variant": variant, "rows": rows, "d": d}
+            if "kernels" in variant and not kernels.use_kernel(w):
+                out.append({**row, "status": "not_measured", "reason": "kernels are off here (see muse.kernels)"})
+                continue
+            sets = _rotation(lambda n=n_in: tuple(rand(2, rows, d) for _ in range(n)), dev, n_in * nbytes)
+            with _impl_env(variant), torch.no_grad():
+                t_f = graph_seconds(timer, fused, sets, dev)
+                t_s = graph_seconds(timer, separate, sets, dev)
+            out.append({**row, "status": "measured", "fused_s": t_f, "separate_s": t_s, "saved_s": t_s - t_f})
+            del sets
+    return out
+
+
+def time_fused(rows: int = 4096, d: int = 512, device: str = "cuda",
+               variants: tuple[str, ...] = ("eager", "kernels")) -> str:
+    """:func:`fused_rows` as markdown lines."""
+    lines = []
+    for r in fused_rows(rows, d, device, variants):
+        head = f"{r['op']} {r['variant']} ({r['rows']} x {r['d']})"
+        lines.append(f"{head}: {r['status']}: {r.get('reason', '')}" if r["status"] != "measured" else
+                     f"{head}: fused {r['fused_s'] * 1e6:,.2f} µs, separate {r['separate_s'] * 1e6:,.2f} µs, "
+                     f"saved {r['saved_s'] * 1e6:,.2f} µs a call")
+    return "\n".join(lines)
+
+
 def _complex_linear_line(r: dict) -> str:
     head = f"Complex linear, {r['variant']} ({r['rows']} x {r['d']} -> {r['d']})"
     if r["status"] != "measured":
@@ -654,5 +707,5 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Complex64Stage1", "MODEL_ROWS", "SpeedConfig", "VARIANTS", "complex_linear_rows", "format_markdown",
-           "gemm_flops_per_token", "graph_seconds", "run_speed_benchmark", "time_complex_linear", "versus"]
+__all__ = ["Complex64Stage1", "MODEL_ROWS", "SpeedConfig", "VARIANTS", "complex_linear_rows", "format_markdown", "fused_rows",
+           "gemm_flops_per_token", "graph_seconds", "run_speed_benchmark", "time_complex_linear", "time_fused", "versus"]

@@ -1197,7 +1197,9 @@ s27a)
   grep -h "selective" "$OUT/verify-selective-thorough/report.md" 2>/dev/null | head -6
   ;;
 s27b)
-  # before the call: git archive 64d60d2 --prefix=_lnold/ | tar -x (the tree before the residual went into the norm)
+  # before the call: git archive 64d60d2 --prefix=_lnold/ | tar -x (the tree before either inference fusion)
+  step "the two fusions alone, fused against separate ops, 4096 x 512 (CUDA graphs)"
+  timeout 120 python3 -c "from benchmarks.speed import time_fused; print(time_fused())" 2>&1 | tail -6
   step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs: this tree (LN2 reads the residual)"
   timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
     --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
