@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python scripts/peak_composition.py --model stage1 --preset seed --batch 2 --seq 1024
     PYTHONPATH=. python scripts/peak_composition.py --model phase2 --device cuda --loss full
+    PYTHONPATH=. python scripts/peak_composition.py --preset mix --model-arg lambda_kind=complex
 
 Runs the step of ``benchmarks.measure.peak_memory`` (on CUDA after one unmeasured warm-up step)
 under a :class:`benchmarks.memory.LiveTensorBytes` that also remembers, for every storage, the op,
@@ -22,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from benchmarks.measure import _loss, _random_batch, cuda_warm_up
 from benchmarks.memory import LiveTensorBytes
+from muse.cli.train import parse_key_values
 from muse.models import build_model
 
 
@@ -57,10 +59,12 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--loss", default="fused", choices=["fused", "full"])
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable), as in muse train")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model(args.model, args.preset, device=device)
+    model = build_model(args.model, args.preset, device=device, **parse_key_values(args.model_arg))
     model.train()
     inputs, targets = _random_batch(model.config.vocab_size, args.batch, args.seq, device,
                                     torch.Generator().manual_seed(0))
