@@ -1206,7 +1206,7 @@ s27b)
     --out "$OUT/speed-fused-ln" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12
   if [ -d _lnold ]; then
     step "the same, _lnold/ (add, then LN2)"
-    ( cd _lnold && PYTHONPATH=. timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda \
+    ( cd _lnold && PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-lnold timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda \
         --models stage1,gpt --no-ops --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
         --out "$OUT/speed-add-ln" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12 )
   fi
@@ -1224,6 +1224,23 @@ s27d)
   timeout 150 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix,stage1:mix-copy \
     --paths fast 2>&1 | tail -6
   ;;
+s27e)
+  # s27b's model rows in less time: one variant; _lnold/ with its own inductor cache (a shared cache hands the old
+  # tree this tree's compiled graph, which calls muse::complex_mm with six arguments)
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs: this tree (both fusions)"
+  timeout 230 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs --out "$OUT/speed-fused" 2>&1 | grep "^| stage1\|^| gpt\|Error\|error" | head -8
+  if [ -d _lnold ]; then
+    step "Stage 1 seed, the same, _lnold/ (64d60d2: neither fusion), its own inductor cache"
+    ( cd _lnold && PYTHONPATH=. TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-lnold timeout 160 python3 -m muse bench speed \
+        --preset seed --batch-size 4 --device cuda --models stage1 --no-ops --variants compiled+kernels+cudagraphs \
+        --out "$OUT/speed-old" 2>&1 | grep "^| stage1\|Error\|error" | head -6 )
+  fi
+  step "Stage 1 seed, this tree with modReLU left to the compiler (MUSE_KERNELS_IN_COMPILE=layer_norm: no GEMM epilogue)"
+  MUSE_KERNELS_IN_COMPILE=layer_norm TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-noact timeout 150 python3 -m muse bench speed \
+    --preset seed --batch-size 4 --device cuda --models stage1 --no-ops --variants compiled+kernels+cudagraphs \
+    --out "$OUT/speed-noact" 2>&1 | grep "^| stage1\|Error\|error" | head -6
+  ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
   for impl in eager triton; do
@@ -1237,7 +1254,7 @@ s26d)
       --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$lk" 2>&1 | grep "^| stage1\|Error\|error" | head -6
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
