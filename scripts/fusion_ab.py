@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model("stage1", preset=args.preset, device=device).eval()
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq), generator=gen).to(device)
+    C.set_gemm_policy()  # compiling MUSE ops on CUDA needs the process-wide GEMM policy first
     calls, compile_s, logits = {}, {}, {}
     try:
         for name, forward in FORMS.items():
