@@ -255,18 +255,6 @@ def test_layer_norm_residual():
         C.layer_norm(z, eps=0.0, residual=z)
 
 
-def test_linear_modrelu_bias():
-    x, w = _z(3, 4), _z(5, 4)
-    with pytest.raises(TypeError, match="modrelu_bias must be a torch.Tensor, got float"):
-        C.linear(x, w, modrelu_bias=0.5)
-    with pytest.raises(ValueError, match=r"modrelu_bias must be 0-d or have shape \(5,\), got \(4,\)"):
-        C.linear(x, w, modrelu_bias=torch.zeros(4, dtype=torch.float16))
-    with pytest.raises(ValueError, match="modrelu_bias"):
-        C.linear(x, w, modrelu_bias=torch.zeros(5, dtype=torch.float16, device="meta"))
-    with pytest.raises(TypeError, match="activation must be an nn.Module or None, got function"):
-        ComplexLinear(4, 5)(x, activation=C.modrelu)
-
-
 def test_modrelu_wrong_feature_size():
     with pytest.raises(ValueError, match=r"bias must be 0-d or have shape \(5,\), got \(4,\)"):
         C.modrelu(_z(2, 5), torch.zeros(4, dtype=torch.float16))

@@ -27,7 +27,6 @@ BOUND_TEXT = {
     "linear": "0.5 ulp(|x|+E) + E, E = gamma_m(2K+1)(sum|p| + |b|)",
     "sum": "0.5 ulp(|x|+E) + E, E = gamma_(n-1) sum|z|", "mean": "0.5 ulp(|x|+E) + E, E = gamma_(n+1) sum|z|/n",
     "layer_norm": "mixed (LayerNorm section)", "modrelu": "mixed, ~1.5u|b| near |z| = -b",
-    "linear_modrelu": "modrelu's, of the rounded linear output",
     "embedding": "mixed (one fp32 evaluation)", "position_table": "0.5 ulp(|x|+E) + E (fp64 table)",
     "complex_diag_scan": "0.5 ulp(|x|+E) + E, E = gamma_(4L+2n_c+19) M_t",
 }

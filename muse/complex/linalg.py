@@ -22,10 +22,9 @@ import math
 import torch
 
 from muse import kernels
-from muse._checks import check_float_tensor, check_real_tensor, check_same_device, check_type
+from muse._checks import check_real_tensor, check_same_device, check_type
 from muse.complex import recompute
 from muse.complex._policy import gemm_dtype, gemm_linear, gemm_matmul
-from muse.complex.layers import modrelu
 from muse.complex.tensor import ComplexTensor
 
 
@@ -84,14 +83,10 @@ def _stack(re: torch.Tensor, im: torch.Tensor) -> ComplexTensor:
     return ComplexTensor(torch.stack((re, im)))
 
 
-def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None = None, *,
-           modrelu_bias: torch.Tensor | None = None) -> ComplexTensor:
+def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None = None) -> ComplexTensor:
     """y = x W^T + b for complex x (..., in), W (out, in), b (out,): one GEMM, one rounding.
 
-    The bias is added inside the GEMM's fp32 epilogue, so it costs no extra rounding.  With ``modrelu_bias``
-    (real, 0-d or (out,)) the result is ``modrelu(y, modrelu_bias)``; where no gradient is needed and the
-    GEMM kernel runs, modReLU is applied in its epilogue to the rounded y (the same values as the two ops,
-    bit for bit), so y is never written.
+    The bias is added inside the GEMM's fp32 epilogue, so it costs no extra rounding.
     """
     check_type("x", x, ComplexTensor, "a ComplexTensor")
     check_type("weight", weight, ComplexTensor, "a ComplexTensor")
@@ -111,17 +106,6 @@ def linear(x: ComplexTensor, weight: ComplexTensor, bias: ComplexTensor | None =
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; convert one explicitly")
     planes = (x.planes, weight.planes, None if bias is None else bias.planes)
-    if modrelu_bias is not None:
-        check_float_tensor("modrelu_bias", modrelu_bias)
-        if modrelu_bias.dim() > 1 or (modrelu_bias.dim() == 1 and modrelu_bias.shape[0] != out_f):
-            raise ValueError(f"modrelu_bias must be 0-d or have shape ({out_f},), got {tuple(modrelu_bias.shape)}")
-        check_same_device([*named, ("modrelu_bias", modrelu_bias.device)])
-        present = [t for t in (*planes, modrelu_bias) if t is not None]
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in present)
-        if (not grad and x.dtype == torch.float16 and kernels.enabled(*present, in_compile=True)
-                and kernels.use_kernel(x.planes, modrelu_bias, op="modrelu")):
-            return ComplexTensor(_linear_modrelu_kernel(*planes, modrelu_bias))
-        return modrelu(linear(x, weight, bias), modrelu_bias)
     if x.dtype == torch.float16 and kernels.enabled(*(p for p in planes if p is not None), in_compile=True):
         # x's planes are kept as a recipe where they are a remembered output (a LayerNorm's: its input is kept)
         return ComplexTensor(recompute.rebuilt(lambda xp: _LinearKernel.apply(xp, *planes[1:]), (_same, (x.planes,))))
@@ -141,15 +125,6 @@ def _linear_planes(xp: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor | None) 
     y = recompute.rebuilt(lambda xc, wb: gemm_linear(xc, wb, b_cat, xp.dtype),
                           (_cat_parts, (xp, gd)), (_block_weight, (wp, gd)))
     return y.unflatten(-1, (2, out_f)).movedim(-2, 0).contiguous()
-
-
-def _linear_modrelu_kernel(xp: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor | None,
-                           act_bias: torch.Tensor) -> torch.Tensor:
-    """modReLU(x W^T + b) on checked float16 planes by one GEMM kernel, no gradient."""
-    *lead, in_f = xp.shape[1:]
-    out_f = wp.shape[1]
-    x2 = xp.reshape(2, -1, in_f)
-    return kernels.complex_mm(x2, wp.transpose(1, 2), bp, False, False, act_bias).reshape(2, *lead, out_f)
 
 
 class _LinearKernel(torch.autograd.Function):

@@ -197,17 +197,6 @@ def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad:
 
 # ---------------------------------------------------------------------- modReLU
 @triton.jit
-def _modrelu_scale(re, im, b):
-    """The fp32 factor modReLU multiplies z = re + i im by: (|z| + b) / |z| where active, else 0.  The one
-    definition the modReLU kernel and the complex GEMM's epilogue share."""
-    r = tl.math.sqrt_rn(re * re + im * im)
-    nonzero = r > 0
-    shifted = r + b
-    active = nonzero & ((shifted > 0) | (shifted != shifted))  # a NaN bias counts as active
-    return tl.where(active, tl.math.div_rn(shifted, tl.where(nonzero, r, 1.0)), 0.0)
-
-
-@triton.jit
 def _modrelu_forward_kernel(x_ptr, b_ptr, y_ptr, n_rows, d, plane,
                             BIAS_VEC: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
@@ -220,7 +209,11 @@ def _modrelu_forward_kernel(x_ptr, b_ptr, y_ptr, n_rows, d, plane,
         b = tl.load(b_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
     else:
         b = tl.load(b_ptr).to(tl.float32)
-    scale = _modrelu_scale(re, im, b)
+    r = tl.math.sqrt_rn(re * re + im * im)
+    nonzero = r > 0
+    shifted = r + b
+    active = nonzero & ((shifted > 0) | (shifted != shifted))  # a NaN bias counts as active
+    scale = tl.where(active, tl.math.div_rn(shifted, tl.where(nonzero, r, 1.0)), 0.0)
     tl.store(y_ptr + off, (re * scale).to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(y_ptr + plane + off, (im * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -991,10 +984,10 @@ def _cmm_step(a_ptrs, b_ptrs, s_ap, s_bp, idx, k_lo, k_per, K, acc_r, acc_i, acc
 
 
 @triton.jit
-def _cmm_kernel(a_ptr, b_ptr, bias_ptr, act_ptr, c_ptr, M, N, K, k_per,
-                s_ap, s_am, s_ak, s_bp, s_bk, s_bn, s_biasp, s_biasn, s_actn, s_cs, s_cp, s_cm, s_cn,
-                CONJ_A: tl.constexpr, CONJ_B: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-                WHILE_LOOP: tl.constexpr, NEG_ACC: tl.constexpr,
+def _cmm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_per,
+                s_ap, s_am, s_ak, s_bp, s_bk, s_bn, s_biasp, s_biasn, s_cs, s_cp, s_cm, s_cn,
+                CONJ_A: tl.constexpr, CONJ_B: tl.constexpr, HAS_BIAS: tl.constexpr, WHILE_LOOP: tl.constexpr,
+                NEG_ACC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -1040,12 +1033,6 @@ def _cmm_kernel(a_ptr, b_ptr, bias_ptr, act_ptr, c_ptr, M, N, K, k_per,
     if HAS_BIAS:
         acc_r += tl.load(bias_ptr + rn * s_biasn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         acc_i += tl.load(bias_ptr + s_biasp + rn * s_biasn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    if HAS_ACT:  # modReLU of the rounded output (what the modReLU kernel would read), rounded once more
-        acc_r = acc_r.to(c_ptr.dtype.element_ty).to(tl.float32)
-        acc_i = acc_i.to(c_ptr.dtype.element_ty).to(tl.float32)
-        scale = _modrelu_scale(acc_r, acc_i, tl.load(act_ptr + rn * s_actn, mask=rn < N, other=0.0).to(tl.float32)[None, :])
-        acc_r = acc_r * scale
-        acc_i = acc_i * scale
     c_ptrs = c_ptr + pid_k * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn.to(tl.int64)[None, :] * s_cn
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     # stored through a select (the same values): straight from the accumulators, an fp32 store (the split-K
@@ -1056,7 +1043,7 @@ def _cmm_kernel(a_ptr, b_ptr, bias_ptr, act_ptr, c_ptr, M, N, K, k_per,
 
 # cache_results: the choice per shape is kept in Triton's on-disk cache, so a second process (a resumed
 # run, the other jobs of a sweep) does not spend the ~18 s of tuning again
-_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn", "NEG_ACC", "HAS_ACT"],
+_cmm_tuned = triton.autotune(configs=CMM_CONFIGS, key=["M", "N", "K", "k_per", "s_am", "s_ak", "s_bk", "s_bn", "NEG_ACC"],
                              cache_results=True)(_cmm_kernel)
 
 
@@ -1080,27 +1067,24 @@ def _split_k(device: torch.device, m: int, n: int, k: int) -> int:
 
 
 def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool, conj_b: bool,
-               split_k: int | None = None, act_bias: torch.Tensor | None = None) -> torch.Tensor:
+               split_k: int | None = None) -> torch.Tensor:
     """Planes (2, M, N) of op(a) @ op(b) + bias for planes a (2, M, K), b (2, K, N) of any strides, bias
-    (2, N) or None, op = conj where asked: fp32 accumulation, one rounding to a's dtype.  ``act_bias`` (0-d
-    or (N,)): modReLU of that rounded result in the epilogue, rounded once more (no split-K then).
-    ``split_k`` None: :func:`_split_k` decides."""
+    (2, N) or None, op = conj where asked: fp32 accumulation, one rounding to a's dtype.  ``split_k``
+    None: :func:`_split_k` decides."""
     _, m, k = a.shape
     n = b.shape[2]
     out = scratch(torch.empty((2, m, n), dtype=a.dtype, device=a.device))
     if m == 0 or n == 0:
         return out
-    split = 1 if act_bias is not None else _split_k(a.device, m, n, k) if split_k is None else split_k
+    split = _split_k(a.device, m, n, k) if split_k is None else split_k
     target = out if split == 1 else scratch(torch.empty((split, 2, m, n), dtype=torch.float32, device=a.device))
     in_kernel_bias = bias if split == 1 else None
     k_per = k if split == 1 else triton.cdiv(triton.cdiv(k, split), 64) * 64  # slices: whole K steps
-    act = None if act_bias is None else scratch(act_bias.contiguous(), act_bias)
-    args = (a, b, a if in_kernel_bias is None else in_kernel_bias, a if act is None else act, target, m, n, k, k_per,
+    args = (a, b, a if in_kernel_bias is None else in_kernel_bias, target, m, n, k, k_per,
             a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
             *((0, 0) if in_kernel_bias is None else in_kernel_bias.stride()),
-            1 if act is not None and act.dim() == 1 else 0,
             target.stride(0) if split > 1 else 0, *target.stride()[-3:])
-    flags = {"CONJ_A": conj_a, "CONJ_B": conj_b, "HAS_BIAS": in_kernel_bias is not None, "HAS_ACT": act is not None,
+    flags = {"CONJ_A": conj_a, "CONJ_B": conj_b, "HAS_BIAS": in_kernel_bias is not None,
              "WHILE_LOOP": interpreting(), "NEG_ACC": CMM_NEG_ACC, "GROUP_M": CMM_GROUP_M}
     if interpreting():
         blk = CMM_INTERPRET_BLOCK

@@ -184,15 +184,14 @@ def _(log_decay, y, initial_state, grad_y, grad_state):
 
 @_kernel_op("muse::complex_mm")
 def complex_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, conj_a: bool,
-               conj_b: bool, act_bias: torch.Tensor | None = None) -> torch.Tensor:
+               conj_b: bool) -> torch.Tensor:
     """Planes (2, M, N) of op(a) @ op(b) + bias for float16 planes a (2, M, K), b (2, K, N) of any strides
-    (transposed views are free), bias (2, N) or None, op = conj where asked: fp32 accumulation, one rounding;
-    with ``act_bias`` (0-d or (N,)) modReLU of that result in the same kernel, rounded once more."""
-    return _k().complex_mm(a, b, bias, conj_a, conj_b, act_bias=act_bias)
+    (transposed views are free), bias (2, N) or None, op = conj where asked: fp32 accumulation, one rounding."""
+    return _k().complex_mm(a, b, bias, conj_a, conj_b)
 
 
 @complex_mm.register_fake
-def _(a, b, bias, conj_a, conj_b, act_bias=None):
+def _(a, b, bias, conj_a, conj_b):
     return a.new_empty((2, a.shape[1], b.shape[2]))
 
 

@@ -242,7 +242,7 @@ class Stage1Block(nn.Module):
 
     def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
         """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
-        h = self.dropout(self.linear(self.norm1(z), activation=self.activation))
+        h = self.dropout(self.activation(self.linear(self.norm1(z))))
         return self.norm2(h, residual=z)
 
     def step(self, z: C.ComplexTensor, state: None = None) -> tuple[C.ComplexTensor, None]:
@@ -264,7 +264,7 @@ class ComplexFeedForward(nn.Module):
         self.down = ComplexLinear(d_hidden, d_model, dtype=dtype, device=device)
 
     def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
-        return self.down(self.up(z, activation=self.activation))
+        return self.down(self.activation(self.up(z)))
 
 
 class SeedChannelMap(nn.Module):
@@ -276,7 +276,7 @@ class SeedChannelMap(nn.Module):
         self.activation = ModReLU(d_model, dtype=dtype, device=device)
 
     def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
-        return self.linear(z, activation=self.activation)
+        return self.activation(self.linear(z))
 
 
 class Stage1MixBlock(nn.Module):

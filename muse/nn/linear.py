@@ -9,7 +9,6 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_choice, check_float_dtype, check_int, check_type
-from muse.nn.activation import ModReLU
 
 #: ComplexLinear weight init: "normal" = complex Glorot, each part ~ N(0, 1/(fan_in + fan_out));
 #: "uniform" = each part ~ U(-s, s) with s = sqrt(2/(fan_in + fan_out)) (the seed's code).
@@ -62,17 +61,9 @@ class ComplexLinear(nn.Module):
     def weight_imag(self) -> torch.Tensor:
         return self.weight[1]
 
-    def forward(self, x: C.ComplexTensor, activation: nn.Module | None = None) -> C.ComplexTensor:
-        """x W^T + b, then ``activation`` (a module) where given.  A :class:`ModReLU` with grad mode off runs in
-        the GEMM's epilogue where the kernel does (``C.linear``'s ``modrelu_bias``; the module's own forward is
-        then not called); any other case calls the module on the linear map's output."""
+    def forward(self, x: C.ComplexTensor) -> C.ComplexTensor:
         bias = None if self.bias is None else C.ComplexTensor(self.bias)
-        if activation is None:
-            return C.linear(x, C.ComplexTensor(self.weight), bias)
-        check_type("activation", activation, nn.Module, "an nn.Module or None")
-        if type(activation) is ModReLU and not torch.is_grad_enabled():
-            return C.linear(x, C.ComplexTensor(self.weight), bias, modrelu_bias=activation.bias)
-        return activation(C.linear(x, C.ComplexTensor(self.weight), bias))
+        return C.linear(x, C.ComplexTensor(self.weight), bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

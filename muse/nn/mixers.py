@@ -481,9 +481,7 @@ class ComplexRecurrence(nn.Module):
         """C (h * modReLU(G x)) + D * x.  Backward keeps h and G x (the gated product, C's input, is
         recomputed from them) and x's source (the LayerNorm's input), never fp32 copies."""
         h = h.to(x.dtype)
-        if self.gate_proj is not None and not torch.is_grad_enabled():  # modReLU in the GEMM's epilogue
-            h = C.ComplexTensor(_mul_planes(h.planes, self.gate_proj(x, activation=self.gate_act).planes))
-        elif self.gate_proj is not None:
+        if self.gate_proj is not None:
             g, bias = self.gate_proj(x).planes, self.gate_act.bias
             h = C.ComplexTensor(remember(recomputed(_gated, h.planes, g, bias), _gated, h.planes, g, bias))
         # D * x keeps an fp32 copy of x: rebuilt in backward from x's source

@@ -204,9 +204,9 @@ def test_stage1_arg_reaches_only_the_stage1_row(tmp_path):
         build("stage1", SpeedConfig(preset="tiny", stage1_overrides={"no_such_field": 1}), "cpu")
 
 
-def test_fused_rows_time_each_fusion_against_its_separate_ops():
+def test_fused_rows_time_the_fusion_against_its_separate_ops():
     from benchmarks.speed import fused_rows
 
     rows = fused_rows(rows=8, d=4, device="cpu", variants=("eager",))
-    assert [(r["op"], r["status"]) for r in rows] == [("add_layer_norm", "measured"), ("linear_modrelu", "measured")]
+    assert [(r["op"], r["status"]) for r in rows] == [("add_layer_norm", "measured")]
     assert all(r["fused_s"] > 0 and r["separate_s"] > 0 for r in rows)

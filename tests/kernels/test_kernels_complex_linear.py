@@ -25,7 +25,7 @@ import muse.complex as C
 from muse import kernels
 from tests.kernels._launches import DEVICES, count_launches
 from verification import bounds
-from verification.ulp import F16, ulp, ulp_distance
+from verification.ulp import F16, ulp
 
 if not kernels.HAS_TRITON:
     pytest.skip("triton is not installed (pip install -e '.[triton]')", allow_module_level=True)
@@ -372,73 +372,3 @@ def test_split_k_partials_stay_within_their_memory_budget(monkeypatch):
     assert _triton._split_k(cuda, 4096, 4096, 4096) == 1  # enough tiles already
     assert _triton._split_k(cuda, 64, 64, 512) == 1  # K too short to split
     assert _triton._split_k(torch.device("cpu"), 64, 64, 65536) == 1
-
-
-def _modrelu_launches(monkeypatch, counts):
-    from muse.kernels import _triton
-
-    fn = _triton.modrelu_forward
-
-    def counted(*args, **kw):
-        counts["modrelu_forward"] = counts.get("modrelu_forward", 0) + 1
-        return fn(*args, **kw)
-    monkeypatch.setattr(_triton, "modrelu_forward", counted)
-
-
-def _same(got: torch.Tensor, want: torch.Tensor, device: str) -> None:
-    """Bit for bit under the interpreter; on CUDA within one fp16 ULP (two compiled kernels may contract
-    the same fp32 expression into FMAs differently)."""
-    assert torch.equal(got.isnan(), want.isnan())
-    if device == "cpu":
-        assert torch.equal(got.nan_to_num(), want.nan_to_num())
-    else:
-        g, w = _np(got), _np(want)
-        steps = ulp_distance(np.nan_to_num(g), np.nan_to_num(w), F16)
-        assert (steps <= 1).all(), steps.max()
-
-
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's NaN bias
-@pytest.mark.parametrize("kernel_device", DEVICES)
-@pytest.mark.parametrize("bias_kind", ["vector", "scalar"])
-@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
-def test_linear_with_modrelu_is_one_kernel_and_the_two_ops(kernel_device, bias_kind, with_bias, launches, monkeypatch):
-    """Without grad, modReLU(x W^T + b) is one GEMM launch with modReLU in its epilogue, with the values
-    of linear then modReLU (zero rows, a NaN bias entry and inactive outputs included); with grad it is
-    those two ops."""
-    _modrelu_launches(monkeypatch, launches)
-    x, w, b, _ = _linear_case((3, 7), 33, 40, with_bias, kernel_device, seed=11)
-    x[:, 0, 0] = 0.0
-    w[:, 3] = 0.0  # an output column that is exactly 0: modReLU's zero guard
-    act = _rand(40, device=kernel_device, scale=0.5, seed=12) if bias_kind == "vector" else \
-        torch.tensor(-0.25, dtype=torch.float16, device=kernel_device)
-    if bias_kind == "vector":
-        act[5] = float("nan")
-    xc, wc, bc = C.ComplexTensor(x), C.ComplexTensor(w), None if b is None else C.ComplexTensor(b)
-    with torch.no_grad():
-        fused = C.linear(xc, wc, bc, modrelu_bias=act).planes
-        assert launches["complex_mm"] == 1 and launches.get("modrelu_forward", 0) == 0
-        two = C.modrelu(C.linear(xc, wc, bc), act).planes
-    assert launches["complex_mm"] == 2 and launches["modrelu_forward"] == 1
-    _same(fused, two, kernel_device)
-    assert (fused == 0).any()
-    wl = w.clone().requires_grad_(True)
-    out = C.linear(xc, C.ComplexTensor(wl), bc, modrelu_bias=act)
-    assert launches["complex_mm"] == 3 and launches["modrelu_forward"] == 2
-    _same(out.planes.detach(), two, "cpu")  # the same two kernels
-
-
-@pytest.mark.parametrize("kernel_device", DEVICES)
-def test_linear_with_modrelu_in_a_compiled_graph(kernel_device, launches, monkeypatch):
-    """Inference inside torch.compile: one custom op, no graph break, the eager values."""
-    _modrelu_launches(monkeypatch, launches)
-    torch._dynamo.reset()
-    x, w, b, _ = _linear_case((2, 3), 16, 9, True, kernel_device, seed=13)
-    act = _rand(9, device=kernel_device, scale=0.5, seed=14)
-
-    def f(xp, wp, bp):
-        return C.linear(C.ComplexTensor(xp), C.ComplexTensor(wp), C.ComplexTensor(bp), modrelu_bias=act).planes
-
-    with torch.no_grad():
-        out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, w, b)
-        assert launches["complex_mm"] == 1 and launches.get("modrelu_forward", 0) == 0
-        assert torch.equal(out, f(x, w, b))

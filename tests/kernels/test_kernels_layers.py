@@ -129,10 +129,9 @@ def test_layer_norm_with_a_residual_is_one_kernel_and_the_two_ops_bit_for_bit(ke
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
-def test_seed_block_inference_fuses_its_activation_and_residual(kernel_device, launches, monkeypatch):
-    """The seed preset's block (LN -> linear -> modReLU -> dropout -> + z -> LN): in inference modReLU runs in
-    the GEMM's epilogue and the second norm takes the residual in its own pass; the logits equal those of the
-    training path's separate ops."""
+def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, launches, monkeypatch):
+    """The seed preset's block (LN -> linear -> modReLU -> dropout -> + z -> LN): in inference its second
+    norm takes the residual in the kernel's pass; the logits equal those of the training path's two ops."""
     from muse.kernels import _triton
     from muse.models import build_model
 
@@ -145,14 +144,14 @@ def test_seed_block_inference_fuses_its_activation_and_residual(kernel_device, l
     ids = torch.randint(0, 64, (2, 16), device=kernel_device)
     with torch.no_grad():
         inference = model(ids)
-    assert fused.count(True) == model.config.n_layers and launches.get("modrelu_forward", 0) == 0
+    assert fused.count(True) == model.config.n_layers
     fused.clear()
     with torch.enable_grad():
         training_path = model(ids)
-    assert fused.count(True) == 0 and launches["modrelu_forward"] == model.config.n_layers
+    assert fused.count(True) == 0
     if kernel_device == "cpu":
         assert torch.equal(inference, training_path.detach())
-    else:  # two compiled kernels per fusion, each within an fp16 ULP of the other
+    else:  # two compiled kernels, within an fp16 ULP of each other
         assert torch.allclose(inference, training_path.detach(), rtol=2e-2, atol=2e-2)
 
 
@@ -298,23 +297,3 @@ def test_in_compile_default_lists_layer_norm_and_modrelu_and_an_empty_list_none(
         assert not kernels.use_kernel(planes, op="layer_norm") and not kernels.use_kernel(planes, op="modrelu")
         assert kernels.settings()["MUSE_KERNELS_IN_COMPILE"] == ""
 
-
-@pytest.mark.parametrize("kernel_device", DEVICES)
-def test_mix_feed_forward_inference_runs_modrelu_in_the_gemm(kernel_device, launches):
-    """The variants' complex FFN (up -> modReLU -> down): in inference modReLU runs in the up GEMM's epilogue;
-    the logits equal the training path's."""
-    from muse.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("stage1", "mix-tiny", vocab_size=64, max_seq_len=16, n_layers=1, device=kernel_device).eval()
-    ids = torch.randint(0, 64, (2, 16), device=kernel_device)
-    with torch.no_grad():
-        inference = model(ids)
-    assert launches.get("modrelu_forward", 0) == 0
-    with torch.enable_grad():
-        training_path = model(ids)
-    assert launches["modrelu_forward"] >= 1
-    if kernel_device == "cpu":
-        assert torch.equal(inference, training_path.detach())
-    else:
-        assert torch.allclose(inference, training_path.detach(), rtol=2e-2, atol=2e-2)

@@ -312,27 +312,3 @@ def test_complex_embedding_zeta_init_is_chunk_independent():
 def test_complex_embedding_choice_errors(kw, exc):
     with pytest.raises(exc, match=next(iter(kw))):
         _emb(**kw)
-
-
-def test_complex_linear_applies_its_activation_in_every_mode():
-    """ComplexLinear(x, activation=m) is m(linear(x)) with grad and without, for a ModReLU (which may run in the
-    GEMM's epilogue) and for any other module (always called)."""
-    torch.manual_seed(0)
-    lin, act = ComplexLinear(6, 5), ModReLU(5)
-    with torch.no_grad():
-        act.bias.uniform_(-0.5, 0.5)
-    x = C.randn(3, 6, dtype=torch.float16, generator=torch.Generator().manual_seed(1))
-    want = act(lin(x)).planes.detach()
-    with torch.no_grad():
-        assert torch.equal(lin(x, activation=act).planes, want)
-    assert torch.equal(lin(x, activation=act).planes.detach(), want)
-    calls = []
-
-    class Other(torch.nn.Module):
-        def forward(self, z):
-            calls.append(1)
-            return z
-
-    with torch.no_grad():
-        assert torch.equal(lin(x, activation=Other()).planes, lin(x).planes)
-    assert calls == [1]
