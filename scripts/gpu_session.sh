@@ -1270,6 +1270,24 @@ s29a)
     --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
     --out "$OUT/speed-ratio" 2>&1 | grep "^| stage1\|^| gpt\|Error\|error" | head -8
   ;;
+s29b)
+  step "A/B in one process: modReLU in LN2 and the head's padded storage, each undone (CUDA graphs, 7 rounds)"
+  timeout 330 python3 scripts/fusion_ab.py --device cuda --rounds 7 --out "$OUT/fusion-ab.json" 2>&1 | tail -5
+  step "the ratio: Stage 1 seed and the GPT, B 4, S 1024, compiled + kernels + CUDA graphs, one process"
+  timeout 230 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs --out "$OUT/speed-ratio" 2>&1 | grep "^| stage1\|^| gpt\|Error\|error" | head -8
+  ;;
+s29c)
+  step "CUDA tests of the layer kernels and the models' inference (the fused LN2, the padded head)"
+  timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_layers.py \
+    tests/nn/test_nn.py tests/models/test_stage1_seed_fidelity.py 2>&1 | tail -3
+  step "verify on CUDA: layer_norm (with the modReLU prologue) under eager, compiled, triton"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 150 python3 -m muse verify --profile ci --device cuda -n 4 \
+    -k "layer_norm" --out "$OUT/verify-ln" 2>&1 | grep "passed\|failed" | tail -2
+  grep -h "^| layer_norm" "$OUT/verify-ln/report.md" 2>/dev/null | cut -c1-120 | head -4
+  step "where the time goes: compiled training and inference of Stage 1 seed and the GPT, kernel tables (B 4, S 1024)"
+  timeout 280 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections train,infer 2>&1 | grep "^\[" | head -12
+  ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
   for impl in eager triton; do
@@ -1283,7 +1301,7 @@ s26d)
       --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$lk" 2>&1 | grep "^| stage1\|Error\|error" | head -6
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -235,6 +235,79 @@ def test_real_linear_is_an_nn_linear_and_backprops():
     torch.testing.assert_close(x.grad, m.weight.sum(0).expand(2, 4).detach())
 
 
+def _padded(m: RealLinear) -> bool:
+    return all(m._storage_padded(p) for p in (m.weight, m.bias) if p is not None)
+
+
+def test_real_linear_padded_storage_keeps_the_parameters():
+    """The parameters are the first rows of 64-row-padded storages: shapes, count, state dict are nn.Linear's."""
+    m = RealLinear(16, 100, dtype=torch.float16)
+    assert m.weight.shape == (100, 16) and m.bias.shape == (100,)
+    assert sum(p.numel() for p in m.parameters()) == 100 * 16 + 100
+    assert m.weight.untyped_storage().nbytes() == 128 * 16 * 2 and m.bias.untyped_storage().nbytes() == 128 * 2
+    assert not m.weight.as_strided((128, 16), (16, 1))[100:].any()
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == {"weight": (100, 16), "bias": (100,)}
+    exact = RealLinear(16, 128)
+    assert exact.weight.untyped_storage().nbytes() == 128 * 16 * 4  # already a multiple: nothing added
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_real_linear_padded_forward_equals_the_plain_gemm(bias):
+    torch.manual_seed(0)
+    m = RealLinear(64, 1000, bias=bias, dtype=torch.float16)
+    x = torch.randn(3, 7, 64).half()
+    with torch.no_grad():
+        y = m(x)
+        want = C.gemm_linear(x, m.weight, m.bias)
+    assert y.shape == (3, 7, 1000) and y.stride()[-2] == 1024  # the GEMM ran over the padded rows
+    torch.testing.assert_close(y, want, rtol=2**-10, atol=0)  # the same policy; at most one fp16 rounding apart
+    y.sum()  # a view that downstream reductions read as is
+    z = m(x)  # with gradient: the plain GEMM, a contiguous result
+    assert z.is_contiguous() and z.requires_grad
+
+
+def test_real_linear_padding_survives_conversions_loads_and_copies():
+    import copy
+    import pickle
+
+    m = RealLinear(8, 70, dtype=torch.float32)
+    m.to(torch.float64)
+    assert m.weight.dtype == torch.float64 and _padded(m)
+    fresh = RealLinear(8, 70, dtype=torch.float64)
+    fresh.load_state_dict(m.state_dict(), assign=True)
+    assert _padded(fresh) and torch.equal(fresh.weight, m.weight)
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert _padded(other) and torch.equal(other.weight, m.weight)
+    m.to("meta")
+    assert m.weight.is_meta and _padded(m)
+
+
+def test_real_linear_hand_set_data_falls_back_to_the_plain_gemm():
+    """A parameter's .data set by hand drops the padding: the eager forward then runs the plain GEMM
+    (never a read past the storage), and pad_storage() restores it."""
+    m = RealLinear(8, 70, dtype=torch.float32)
+    with torch.no_grad():
+        m.weight.data = torch.randn(70, 8)
+        x = torch.randn(4, 8)
+        y = m(x)
+        assert not _padded(m) and y.is_contiguous()
+        torch.testing.assert_close(y, F.linear(x, m.weight, m.bias))
+        m.pad_storage()
+        assert _padded(m)
+        torch.testing.assert_close(m(x), y)
+
+
+def test_real_linear_padded_forward_compiles_fullgraph():
+    torch.manual_seed(0)
+    m = RealLinear(32, 200, dtype=torch.float32)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        want = m(x)
+        got = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+    assert got.shape == (5, 200)
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("module", [ComplexLinear(3, 3), ModReLU(3), ComplexLayerNorm(3)])
 def test_modules_produce_planar_outputs(module):
     assert module(_z(2, 3)).is_planar()
