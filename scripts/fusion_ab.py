@@ -1,18 +1,18 @@
 """One-process A/B of Stage 1's inference forms (issue 11): compiled seed-preset inference with the tree's
-forms and with each of them undone, timed in alternation on one GPU.
+form and with its latest change undone, timed in alternation on one GPU.
 
     python scripts/fusion_ab.py [--device cuda] [--batch-size 4] [--seq 1024] [--rounds 5] [--out FILE.json]
 
-Forms: "library" (the tree: modReLU and the residual read inside LN2, the head's GEMM over its padded
-storage), "modReLU separate" (the modReLU kernel, then LN2 with the residual), "head unpadded" (the plain head
-GEMM: inductor pads the weight on every call) and "before" (both undone: the tree of c421a46).  Each form is
-compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so the host is out of
-the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median over the rounds is
-reported with every round's value.  Separate processes differ by about 1.5 % (docs/performance.md); alternating
-in one process removes that spread from the comparison.  On the CPU (no CUDA graphs) it times the compiled calls
-the same way, which only checks that the script runs.  A diagnostic: the figures that go into
-docs/performance.md say which script and which device gave them.  Earlier versions timed modReLU in the complex
-GEMM's epilogue (4dce78e; slower, removed) and the residual inside LN2 against a separate add (7eeb042; +3.0 %).
+Forms: "library" (the tree: the head's GEMM over its padded storage) and "head unpadded" (the plain head GEMM,
+which inductor pads by copying the weight on every call).  Each form is compiled with ``fullgraph=True``
+(inductor's default mode) and captured in one CUDA graph, so the host is out of the timing; the graphs are then
+replayed in turn, ``--rounds`` times, and each form's median over the rounds is reported with every round's
+value.  Separate processes differ by about 1.5 % (docs/performance.md); alternating in one process removes that
+spread from the comparison.  On the CPU (no CUDA graphs) it times the compiled calls the same way, which only
+checks that the script runs.  A diagnostic: the figures that go into docs/performance.md say which script and
+which device gave them.  Earlier versions timed modReLU in the complex GEMM's epilogue (4dce78e; slower,
+removed), the residual inside LN2 against a separate add (7eeb042; +3.0 %, kept) and modReLU inside LN2's pass
+(3a92c80; no gain, removed).
 """
 
 from __future__ import annotations
@@ -26,14 +26,7 @@ import torch
 
 import muse.complex as C
 from muse.models import build_model
-from muse.models.stage1 import Stage1Block
 from muse.nn import RealLinear
-
-
-def _modrelu_separate(self, z, stats=None):
-    """The seed block with the modReLU kernel before LN2 (LN2 still reads the residual)."""
-    h = self.dropout(self.activation(self.linear(self.norm1(z))))
-    return self.norm2(h, residual=z)
 
 
 def _plain_head(self, x):
@@ -41,10 +34,9 @@ def _plain_head(self, x):
     return C.gemm_linear(x, self.weight, self.bias)
 
 
-LIBRARY = (Stage1Block.forward, RealLinear.forward)
-FORMS = {"library": LIBRARY, "modReLU separate": (_modrelu_separate, RealLinear.forward),
-         "head unpadded": (Stage1Block.forward, _plain_head), "before": (_modrelu_separate, _plain_head)}
-REFERENCE = "before"
+LIBRARY = RealLinear.forward
+FORMS = {"library": LIBRARY, "head unpadded": _plain_head}
+REFERENCE = "head unpadded"
 
 
 def _replayer(fn, device: torch.device):
@@ -92,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     C.set_gemm_policy()  # compiling MUSE ops on CUDA needs the process-wide GEMM policy first
     calls, compile_s, logits = {}, {}, {}
     try:
-        for name, (block_forward, head_forward) in FORMS.items():
-            Stage1Block.forward, RealLinear.forward = block_forward, head_forward
+        for name, head_forward in FORMS.items():
+            RealLinear.forward = head_forward
             torch._dynamo.reset()
             net = torch.compile(model, fullgraph=True)
 
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             compile_s[name] = time.perf_counter() - t0
             calls[name] = _replayer(infer, device)
     finally:
-        Stage1Block.forward, RealLinear.forward = LIBRARY
+        RealLinear.forward = LIBRARY
     ref = logits[REFERENCE]
     rounds = {name: [] for name in FORMS}
     for _ in range(args.rounds):
@@ -120,11 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         med = statistics.median(times)
         report["forms"][name] = {"median_ms": med * 1e3, "tok_s": tokens / med, "rounds_ms": [t * 1e3 for t in times],
                                  "first_call_s": compile_s[name],
-                                 "max_abs_logit_diff_vs_before": float((logits[name] - ref).abs().max())}
+                                 "max_abs_logit_diff_vs_unpadded": float((logits[name] - ref).abs().max())}
         print(f"{name:>20}: {med * 1e3:.4f} ms ({tokens / med:,.0f} tok/s); rounds "
               + ", ".join(f"{t * 1e3:.4f}" for t in times)
-              + f"; first call {compile_s[name]:.1f} s; max |logits - before's| "
-              + f"{report['forms'][name]['max_abs_logit_diff_vs_before']:.3g}")
+              + f"; first call {compile_s[name]:.1f} s; max |logits - unpadded's| "
+              + f"{report['forms'][name]['max_abs_logit_diff_vs_unpadded']:.3g}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

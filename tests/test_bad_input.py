@@ -255,18 +255,6 @@ def test_layer_norm_residual():
         C.layer_norm(z, eps=0.0, residual=z)
 
 
-def test_layer_norm_modrelu_bias():
-    z = _z(2, 4)
-    with pytest.raises(TypeError, match="modrelu_bias must be a"):
-        C.layer_norm(z, modrelu_bias=[0.0] * 4)
-    with pytest.raises(ValueError, match=r"modrelu_bias must be 0-d or have shape \(4,\), got \(3,\)"):
-        C.layer_norm(z, residual=z, modrelu_bias=torch.zeros(3, dtype=torch.float16))
-    with torch.no_grad(), pytest.raises(ValueError, match=r"modrelu_bias must be 0-d or have shape \(4,\)"):
-        ComplexLayerNorm(4)(z, residual=z, modrelu_bias=torch.zeros(2, 4, dtype=torch.float16))
-    with pytest.raises(ValueError, match="modrelu_bias"):
-        C.layer_norm(z, modrelu_bias=torch.zeros(4, device="meta"))
-
-
 def test_modrelu_wrong_feature_size():
     with pytest.raises(ValueError, match=r"bias must be 0-d or have shape \(5,\), got \(4,\)"):
         C.modrelu(_z(2, 5), torch.zeros(4, dtype=torch.float16))

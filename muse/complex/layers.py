@@ -94,21 +94,16 @@ def layer_norm(
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
     residual: ComplexTensor | None = None,
-    modrelu_bias: torch.Tensor | None = None,
 ) -> ComplexTensor:
     """Complex LayerNorm over the last dim, per sample: (z - mu) / sqrt(E|z - mu|^2 + eps) * w + b.
 
     ``mu`` is the complex mean; ``weight`` (real, d) scales both parts; ``bias`` (real, d)
     shifts the real part, as in the seed model.  No statistic crosses samples.  With ``residual``
     (z's shape and dtype) it normalises ``add(z, residual)``, the sum rounded once as ``add`` rounds
-    it: a post-norm residual connection.  With ``modrelu_bias`` z is first ``modrelu(z, modrelu_bias)``
-    (a post-norm block's activation → residual → norm).  Where no gradient is needed and the kernel is
-    picked, one pass reads z (and the residual) and neither the activation nor the sum is written (the
-    same values as the separate ops, bit for bit).
+    it: a post-norm residual connection.  Where no gradient is needed and the kernel is picked, one
+    pass reads both and the sum is never written (the same values as the two ops, bit for bit).
     """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
-    if modrelu_bias is not None:
-        _check_modrelu_bias(z, modrelu_bias, "modrelu_bias")
     if residual is not None:
         check_type("residual", residual, ComplexTensor, "a ComplexTensor or None")
         if residual.shape != z.shape or residual.dtype != z.dtype:
@@ -117,17 +112,12 @@ def layer_norm(
         check_same_device([("z", z.device), ("residual", residual.device)])
     _check_layer_norm_args(z, weight, bias)
     eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
-    if residual is not None or modrelu_bias is not None:
-        r = None if residual is None else residual.planes
+    if residual is not None:
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                               for t in (z.planes, r, weight, bias, modrelu_bias))
-        fusable = modrelu_bias is None or modrelu_bias.dim() == 1
-        if not grad and fusable and kernels.use_kernel(z.planes, r, weight, bias, modrelu_bias, op="layer_norm"):
-            return ComplexTensor(kernels.add_layer_norm_fwd(z.planes, r, weight, bias, eps, modrelu_bias))
-        if modrelu_bias is not None:
-            z = modrelu(z, modrelu_bias)
-        if residual is not None:
-            z = add(z, residual)
+                                               for t in (z.planes, residual.planes, weight, bias))
+        if not grad and kernels.use_kernel(z.planes, residual.planes, weight, bias, op="layer_norm"):
+            return ComplexTensor(kernels.add_layer_norm_fwd(z.planes, residual.planes, weight, bias, eps))
+        z = add(z, residual)
     out = _LayerNormFn.apply(z.planes, weight, bias, eps)
     return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
 
@@ -197,16 +187,6 @@ class _ModReLUFn(torch.autograd.Function):
         return gx.to(planes.dtype), gb.to(bias.dtype)
 
 
-def _check_modrelu_bias(z: ComplexTensor, bias: torch.Tensor, name: str = "bias") -> None:
-    """A float tensor, 0-d or (d,) for z's last dim d, on z's device."""
-    check_float_tensor(name, bias)
-    if bias.dim() > 1 or (bias.dim() == 1 and (z.dim() == 0 or bias.shape[0] != z.shape[-1])):
-        raise ValueError(
-            f"{name} must be 0-d or have shape ({z.shape[-1] if z.dim() else 1},), got {tuple(bias.shape)}"
-        )
-    check_same_device([("z", z.device), (name, bias.device)])
-
-
 def modrelu(z: ComplexTensor, bias: torch.Tensor) -> ComplexTensor:
     """modReLU (Arjovsky et al. 2016): ReLU(|z| + b) * z / |z|, and 0 at z = 0.
 
@@ -214,7 +194,12 @@ def modrelu(z: ComplexTensor, bias: torch.Tensor) -> ComplexTensor:
     output and both gradients are 0 (the function is not differentiable there).
     """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
-    _check_modrelu_bias(z, bias)
+    check_float_tensor("bias", bias)
+    if bias.dim() > 1 or (bias.dim() == 1 and (z.dim() == 0 or bias.shape[0] != z.shape[-1])):
+        raise ValueError(
+            f"bias must be 0-d or have shape ({z.shape[-1] if z.dim() else 1},), got {tuple(bias.shape)}"
+        )
+    check_same_device([("z", z.device), ("bias", bias.device)])
     return ComplexTensor(recompute.remember(_ModReLUFn.apply(z.planes, bias), _ModReLUFn.apply, z.planes, bias))
 
 

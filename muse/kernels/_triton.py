@@ -59,35 +59,18 @@ def _programs(device: torch.device, tiles: int, kernel: str) -> int:
     return max(1, min(tiles, 4))
 
 
-@triton.jit
-def _modrelu_apply(re, im, b):
-    """modReLU of fp32 (re, im) with fp32 bias b, before the store's rounding: ReLU(|z| + b) z / |z|, 0 at z = 0."""
-    r = tl.math.sqrt_rn(re * re + im * im)
-    nonzero = r > 0
-    shifted = r + b
-    active = nonzero & ((shifted > 0) | (shifted != shifted))  # a NaN bias counts as active
-    scale = tl.where(active, tl.math.div_rn(shifted, tl.where(nonzero, r, 1.0)), 0.0)
-    return re * scale, im * scale
-
-
 # ------------------------------------------------------------------ layer norm
 @triton.jit
-def _ln_forward_kernel(x_ptr, a_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
-                       HAS_A: tl.constexpr, HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
+                       HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                        ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """y = LN(x); with HAS_A x is first modReLU(x) with the (d,) bias at a_ptr, rounded to x's dtype (as the
-    modReLU kernel stores it); with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add``)."""
+    """y = LN(x), or with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add`` rounds it)."""
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     cols = tl.arange(0, BLOCK_D)[None, :]
     mask = (rows < n_rows) & (cols < d)
     off = rows * d + cols
     re = tl.load(x_ptr + off, mask=mask, other=0.0)
     im = tl.load(x_ptr + plane + off, mask=mask, other=0.0)
-    if HAS_A:
-        a = tl.load(a_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
-        re, im = _modrelu_apply(re.to(tl.float32), im.to(tl.float32), a)
-        re = re.to(x_ptr.dtype.element_ty)
-        im = im.to(x_ptr.dtype.element_ty)
     if HAS_R:
         re = (re.to(tl.float32) + tl.load(r_ptr + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
         im = (im.to(tl.float32) + tl.load(r_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
@@ -177,10 +160,8 @@ def _rows(planes: torch.Tensor) -> tuple[int, int]:
 
 
 def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                       eps: float, residual: torch.Tensor | None = None,
-                       modrelu_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """LN(planes), LN(planes + residual) with the sum rounded once and never written; with a (d,)
-    ``modrelu_bias`` LN(modReLU(planes) [+ residual]), the activation rounded once and never written."""
+                       eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """LN(planes), or LN(planes + residual) with the sum rounded once and never written."""
     x = scratch(planes.contiguous(), planes)
     r = x if residual is None else scratch(residual.contiguous(), residual)
     n_rows, d = _rows(x)
@@ -189,10 +170,9 @@ def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: 
         return y
     rows, block_d, warps = _tile(d, "layer_norm_fwd")
     _ln_forward_kernel[(triton.cdiv(n_rows, rows),)](
-        x, x if modrelu_bias is None else modrelu_bias, r, x if weight is None else weight,
-        x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
-        HAS_A=modrelu_bias is not None, HAS_R=residual is not None, HAS_W=weight is not None,
-        HAS_B=bias is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+        x, r, x if weight is None else weight, x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
+        HAS_R=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, ROWS=rows,
+        BLOCK_D=block_d, num_warps=warps)
     return y
 
 
@@ -229,9 +209,13 @@ def _modrelu_forward_kernel(x_ptr, b_ptr, y_ptr, n_rows, d, plane,
         b = tl.load(b_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
     else:
         b = tl.load(b_ptr).to(tl.float32)
-    y_re, y_im = _modrelu_apply(re, im, b)
-    tl.store(y_ptr + off, y_re.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_ptr + plane + off, y_im.to(y_ptr.dtype.element_ty), mask=mask)
+    r = tl.math.sqrt_rn(re * re + im * im)
+    nonzero = r > 0
+    shifted = r + b
+    active = nonzero & ((shifted > 0) | (shifted != shifted))  # a NaN bias counts as active
+    scale = tl.where(active, tl.math.div_rn(shifted, tl.where(nonzero, r, 1.0)), 0.0)
+    tl.store(y_ptr + off, (re * scale).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + plane + off, (im * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

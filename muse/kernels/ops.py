@@ -53,17 +53,15 @@ def _(planes, weight, bias, eps):
 
 
 @_kernel_op("muse::add_layer_norm_fwd")
-def add_layer_norm_fwd(planes: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-                       bias: torch.Tensor | None, eps: float, modrelu_bias: torch.Tensor | None = None) -> torch.Tensor:
+def add_layer_norm_fwd(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
+                       bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """LN(planes + residual) of float16 planes, the sum rounded once as ``C.add`` rounds it and never
-    written: a residual connection and the norm after it in one pass (inference).  With a (d,)
-    ``modrelu_bias``, LN(modReLU(planes) + residual), the activation rounded once as the modReLU
-    kernel rounds it and never written; ``residual`` may then be None."""
-    return _k().layer_norm_forward(planes, weight, bias, eps, residual, modrelu_bias)
+    written: a residual connection and the norm after it in one pass (inference)."""
+    return _k().layer_norm_forward(planes, weight, bias, eps, residual)
 
 
 @add_layer_norm_fwd.register_fake
-def _(planes, residual, weight, bias, eps, modrelu_bias=None):
+def _(planes, residual, weight, bias, eps):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 

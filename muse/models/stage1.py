@@ -241,12 +241,9 @@ class Stage1Block(nn.Module):
         self.norm2 = ComplexLayerNorm(d_model, eps, dtype=dtype, device=device)
 
     def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
-        """``stats`` (the model's diagnostics dict for this block) gets no entries from this block.
-        Without active dropout modReLU goes to LN2 with the residual (one pass in inference)."""
-        h = self.linear(self.norm1(z))
-        if self.dropout.active:
-            return self.norm2(self.dropout(self.activation(h)), residual=z)
-        return self.norm2(h, residual=z, modrelu_bias=self.activation.bias)
+        """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
+        h = self.dropout(self.activation(self.linear(self.norm1(z))))
+        return self.norm2(h, residual=z)
 
     def step(self, z: C.ComplexTensor, state: None = None) -> tuple[C.ComplexTensor, None]:
         """Incremental form: the block is per-token, so it carries no state."""

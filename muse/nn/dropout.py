@@ -17,11 +17,6 @@ class ComplexDropout(nn.Module):
         self.p = check_probability("p", p)
         self.mode = check_choice("mode", mode, C.DROPOUT_MODES)
 
-    @property
-    def active(self) -> bool:
-        """Whether a forward changes anything (training mode and p > 0)."""
-        return self.training and self.p > 0.0
-
     def forward(self, z: C.ComplexTensor) -> C.ComplexTensor:
         return C.dropout(z, self.p, self.training, mode=self.mode)
 

@@ -24,11 +24,9 @@ class ComplexLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(features, dtype=dtype, device=device))
 
-    def forward(self, z: C.ComplexTensor, residual: C.ComplexTensor | None = None,
-                modrelu_bias: torch.Tensor | None = None) -> C.ComplexTensor:
-        """LN(z), LN(z + residual) (a post-norm residual connection), with ``modrelu_bias``
-        LN(modReLU(z) [+ residual]); one pass in inference (:func:`muse.complex.layer_norm`)."""
-        return C.layer_norm(z, self.weight, self.bias, self.eps, residual=residual, modrelu_bias=modrelu_bias)
+    def forward(self, z: C.ComplexTensor, residual: C.ComplexTensor | None = None) -> C.ComplexTensor:
+        """LN(z), or LN(z + residual) (a post-norm residual connection, one pass in inference)."""
+        return C.layer_norm(z, self.weight, self.bias, self.eps, residual=residual)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, eps={self.eps}"

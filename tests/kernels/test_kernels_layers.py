@@ -128,63 +128,27 @@ def test_layer_norm_with_a_residual_is_one_kernel_and_the_two_ops_bit_for_bit(ke
     assert torch.equal(out.planes.detach().nan_to_num(), two.nan_to_num()) and zg.grad is not None
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("kernel_device", DEVICES)
-@pytest.mark.parametrize("shape", [(3, 17), (300, 8)], ids=str)
-@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
-def test_layer_norm_with_modrelu_is_one_kernel_and_the_ops_bit_for_bit(kernel_device, shape, residual, launches):
-    """Without grad, LN(modReLU(z) + r) is one launch that writes neither the activation nor the sum, with the
-    values of the modReLU kernel, add and the LayerNorm kernel to the bit (zeros, killed entries, a NaN bias
-    entry and overflowing sums included); with grad it is those ops."""
-    z = _rand(2, *shape, device=kernel_device, scale=2.0, seed=21)
-    r = _rand(2, *shape, device=kernel_device, scale=3.0, seed=22)
-    z[:, 0, :] = 0.0  # a zero row: modReLU's zero guard
-    r[0, ..., 0] = 65504.0
-    z[0, ..., 0] = 65504.0  # a sum that overflows to inf
-    d = shape[-1]
-    a = (0.5 * _rand(d, device=kernel_device, seed=4).float() - 0.3).half()  # some entries killed
-    a[1] = float("nan")
-    w = (1 + 0.3 * _rand(d, device=kernel_device, seed=2).float()).half()
-    b = _rand(d, device=kernel_device, seed=3)
-    zc, rc = C.ComplexTensor(z), (C.ComplexTensor(r) if residual else None)
-    with torch.no_grad():
-        fused = C.layer_norm(zc, w, b, 1e-5, residual=rc, modrelu_bias=a).planes
-        assert launches == {"layer_norm_forward": 1}
-        h = C.modrelu(zc, a)
-        ops = C.layer_norm(C.add(h, rc) if residual else h, w, b, 1e-5).planes
-    assert launches == {"layer_norm_forward": 2, "modrelu_forward": 1}
-    assert torch.equal(fused.isnan(), ops.isnan())
-    assert _ulps(fused.nan_to_num(), ops.nan_to_num()) <= (0.0 if kernel_device == "cpu" else 1.0)
-    zg = z.clone().requires_grad_(True)
-    out = C.layer_norm(C.ComplexTensor(zg), w, b, 1e-5, residual=rc, modrelu_bias=a)
-    out.planes.float().nan_to_num().sum().backward()
-    assert launches["modrelu_forward"] == 2 and launches["modrelu_backward"] == 1
-    assert torch.equal(out.planes.detach().nan_to_num(), ops.nan_to_num()) and zg.grad is not None
-
-
 @pytest.mark.parametrize("kernel_device", DEVICES)
 def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, launches, monkeypatch):
     """The seed preset's block (LN -> linear -> modReLU -> dropout -> + z -> LN): in inference its second
-    norm takes modReLU and the residual in the kernel's pass; the logits equal those of the training path's ops."""
+    norm takes the residual in the kernel's pass; the logits equal those of the training path's two ops."""
     from muse.kernels import _triton
     from muse.models import build_model
 
     fused = []
     ln = _triton.layer_norm_forward
     monkeypatch.setattr(_triton, "layer_norm_forward",
-                        lambda *a, **k: fused.append(a[4:6] if len(a) > 5 else None) or ln(*a, **k))
+                        lambda *a, **k: fused.append(len(a) > 4 or "residual" in k) or ln(*a, **k))
     torch.manual_seed(0)
     model = build_model("stage1", "tiny", vocab_size=64, max_seq_len=16, device=kernel_device).eval()
     ids = torch.randint(0, 64, (2, 16), device=kernel_device)
     with torch.no_grad():
         inference = model(ids)
-    both = [f for f in fused if f is not None and f[0] is not None and f[1] is not None]
-    assert len(both) == model.config.n_layers and "modrelu_forward" not in launches
+    assert fused.count(True) == model.config.n_layers
     fused.clear()
     with torch.enable_grad():
         training_path = model(ids)
-    assert fused == [None] * len(fused) and launches["modrelu_forward"] == model.config.n_layers
+    assert fused.count(True) == 0
     if kernel_device == "cpu":
         assert torch.equal(inference, training_path.detach())
     else:  # two compiled kernels, within an fp16 ULP of each other
