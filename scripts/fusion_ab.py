@@ -1,18 +1,22 @@
-"""One-process A/B of Stage 1's inference forms (issue 11): compiled seed-preset inference with the tree's
-form and with its latest change undone, timed in alternation on one GPU.
+"""One-process A/B of Stage 1's compiled forms (issue 11): seed-preset inference (or, with ``--train``, the training
+step) with the tree's form and with its latest change undone, timed in alternation on one GPU.
 
-    python scripts/fusion_ab.py [--device cuda] [--batch-size 4] [--seq 1024] [--rounds 5] [--out FILE.json]
+    python scripts/fusion_ab.py [--device cuda] [--train] [--batch-size 4] [--seq 1024] [--rounds 5] [--out FILE.json]
 
-Forms: "library" (the tree: the head's GEMM over its padded storage) and "head unpadded" (the plain head GEMM,
-which inductor pads by copying the weight on every call).  Each form is compiled with ``fullgraph=True``
-(inductor's default mode) and captured in one CUDA graph, so the host is out of the timing; the graphs are then
-replayed in turn, ``--rounds`` times, and each form's median over the rounds is reported with every round's
-value.  Separate processes differ by about 1.5 % (docs/performance.md); alternating in one process removes that
-spread from the comparison.  On the CPU (no CUDA graphs) it times the compiled calls the same way, which only
-checks that the script runs.  A diagnostic: the figures that go into docs/performance.md say which script and
-which device gave them.  Earlier versions timed modReLU in the complex GEMM's epilogue (4dce78e; slower,
-removed), the residual inside LN2 against a separate add (7eeb042; +3.0 %, kept) and modReLU inside LN2's pass
-(3a92c80; no gain, removed).
+Inference forms: "library" (the tree: the head's GEMM over its padded storage) and "head unpadded" (the plain head
+GEMM, which inductor pads by copying the weight on every call).  Training forms (``--train``: the model and the
+fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (the token tables'
+gradient summed over the looked-up rows only, ``muse.complex.layers._EmbeddingRowsFn``) and "dense backward"
+(``F.embedding``, whose ``embedding_dense_backward`` fills a float32 table-sized buffer, scatters into it and casts
+it).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
+the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
+over the rounds is reported with every round's value and the largest difference of its output (the logits; in
+training the token tables' gradient) from the reference form's.  Separate processes differ by about 1.5 %
+(docs/performance.md); alternating in one process removes that spread from the comparison.  On the CPU (no CUDA
+graphs) it times the compiled calls the same way, which only checks that the script runs.  A diagnostic: the
+figures that go into docs/performance.md say which script and which device gave them.  Earlier versions timed
+modReLU in the complex GEMM's epilogue (4dce78e; slower, removed), the residual inside LN2 against a separate add
+(7eeb042; +3.0 %, kept) and modReLU inside LN2's pass (3a92c80; no gain, removed).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 import muse.complex as C
+from muse.complex import layers
 from muse.models import build_model
 from muse.nn import RealLinear
+from muse.train.loss import compile_model_loss
 
 
 def _plain_head(self, x):
@@ -34,9 +41,25 @@ def _plain_head(self, x):
     return C.gemm_linear(x, self.weight, self.bias)
 
 
-LIBRARY = RealLinear.forward
-FORMS = {"library": LIBRARY, "head unpadded": _plain_head}
-REFERENCE = "head unpadded"
+class _DenseRows:
+    """``_EmbeddingRowsFn``'s stand-in: ``F.embedding``, whose backward is torch's ``embedding_dense_backward``."""
+
+    @staticmethod
+    def apply(ids, table):
+        return F.embedding(ids, table)
+
+
+def _patch_head(form) -> None:
+    RealLinear.forward = form
+
+
+def _patch_rows(form) -> None:
+    layers._EmbeddingRowsFn = form
+
+
+#: name -> form; the first is the tree's, the last the reference the outputs are compared with
+INFER = {"library": RealLinear.forward, "head unpadded": _plain_head}
+TRAIN = {"library": layers._EmbeddingRowsFn, "dense backward": _DenseRows}
 
 
 def _replayer(fn, device: torch.device):
@@ -75,48 +98,61 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--train", action="store_true", help="time the compiled training step instead of inference")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    model = build_model("stage1", preset=args.preset, device=device).eval()
+    model = build_model("stage1", preset=args.preset, device=device).train(args.train)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq), generator=gen).to(device)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq + 1), generator=gen).to(device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
     C.set_gemm_policy()  # compiling MUSE ops on CUDA needs the process-wide GEMM policy first
-    calls, compile_s, logits = {}, {}, {}
+    forms, patch = (TRAIN, _patch_rows) if args.train else (INFER, _patch_head)
+    calls, compile_s, outputs = {}, {}, {}
     try:
-        for name, head_forward in FORMS.items():
-            RealLinear.forward = head_forward
+        for name, form in forms.items():
+            patch(form)
             torch._dynamo.reset()
-            net = torch.compile(model, fullgraph=True)
+            if args.train:
+                loss_fn = compile_model_loss(model)
 
-            def infer(net=net):
-                with torch.no_grad():
-                    return net(ids)
+                def call(loss_fn=loss_fn):
+                    loss_fn(inputs, targets).backward()
+                    return model.embedding.weight.grad
+            else:
+                net = torch.compile(model, fullgraph=True)
 
+                def call(net=net):
+                    with torch.no_grad():
+                        return net(inputs)
+
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same dropout masks for every form's compared output
             t0 = time.perf_counter()
-            logits[name] = infer().float()
+            outputs[name] = call().float().clone()
             compile_s[name] = time.perf_counter() - t0
-            calls[name] = _replayer(infer, device)
+            model.zero_grad(set_to_none=True)  # a captured backward writes fresh gradients on every replay
+            calls[name] = _replayer(call, device)
     finally:
-        RealLinear.forward = LIBRARY
-    ref = logits[REFERENCE]
-    rounds = {name: [] for name in FORMS}
+        patch(next(iter(forms.values())))
+    reference = list(forms)[-1]
+    rounds = {name: [] for name in forms}
     for _ in range(args.rounds):
         for name, call in calls.items():
             rounds[name].append(_seconds(call, device))
     tokens = args.batch_size * args.seq
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "batch_size": args.batch_size, "seq": args.seq, "rounds": args.rounds,
+              "torch": torch.__version__, "mode": "train" if args.train else "inference",
+              "batch_size": args.batch_size, "seq": args.seq, "rounds": args.rounds, "reference": reference,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "forms": {}}
     for name, times in rounds.items():
         med = statistics.median(times)
+        diff = float((outputs[name] - outputs[reference]).abs().max())
         report["forms"][name] = {"median_ms": med * 1e3, "tok_s": tokens / med, "rounds_ms": [t * 1e3 for t in times],
-                                 "first_call_s": compile_s[name],
-                                 "max_abs_logit_diff_vs_unpadded": float((logits[name] - ref).abs().max())}
+                                 "first_call_s": compile_s[name], "max_abs_diff_vs_reference": diff}
         print(f"{name:>20}: {med * 1e3:.4f} ms ({tokens / med:,.0f} tok/s); rounds "
               + ", ".join(f"{t * 1e3:.4f}" for t in times)
-              + f"; first call {compile_s[name]:.1f} s; max |logits - unpadded's| "
-              + f"{report['forms'][name]['max_abs_logit_diff_vs_unpadded']:.3g}")
+              + f"; first call {compile_s[name]:.1f} s; max |output - {reference}'s| {diff:.3g}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -1288,6 +1288,14 @@ s29c)
   step "where the time goes: compiled training and inference of Stage 1 seed and the GPT, kernel tables (B 4, S 1024)"
   timeout 280 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections train,infer 2>&1 | grep "^\[" | head -12
   ;;
+s29d)
+  step "A/B in one process, the compiled training step: the token tables' gradient over the looked-up rows against embedding_dense_backward (CUDA graphs, 7 rounds)"
+  timeout 240 python3 scripts/fusion_ab.py --device cuda --train --rounds 7 --out "$OUT/train-ab.json" 2>&1 | tail -3
+  step "the selective scan's property on CUDA under inductor, with the phase (ci profile)"
+  MUSE_VERIFY_IMPL=compiled timeout 200 python3 -m muse verify --profile ci --device cuda -n 4 -k selective \
+    --out "$OUT/verify-selective-compiled" 2>&1 | grep "passed\|failed" | tail -2
+  grep -h "selective" "$OUT/verify-selective-compiled/report.md" 2>/dev/null | cut -c1-160 | head -4
+  ;;
 s26d)
   step "the selective scan's property on CUDA with the phase (eager and triton)"
   for impl in eager triton; do
@@ -1301,7 +1309,7 @@ s26d)
       --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$lk" 2>&1 | grep "^| stage1\|Error\|error" | head -6
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

@@ -274,6 +274,34 @@ class _DropoutFn(torch.autograd.Function):
 
 
 # -------------------------------------------------------------------- embedding
+class _EmbeddingRowsFn(torch.autograd.Function):
+    """``F.embedding(ids, table)`` whose backward sums each row's gradients in the compute dtype and rounds them
+    once into a gradient of the table's dtype, with no table-sized buffer in the compute dtype: torch's
+    ``embedding_dense_backward`` (and inductor's form of it) fills a float32 (rows, d) buffer, scatters into it
+    and casts the whole of it, three passes over a table of 50,257 x 2 rows where only B*S rows change."""
+
+    @staticmethod
+    def forward(ctx, ids, table):
+        ctx.save_for_backward(ids)
+        ctx.rows, ctx.dtype = table.shape[0], table.dtype
+        return F.embedding(ids, table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        d = grad.shape[-1]
+        flat, order = ids.reshape(-1).sort()
+        first = torch.ones_like(flat, dtype=torch.bool)
+        first[1:] = flat[1:] != flat[:-1]
+        segment = first.cumsum(0) - 1  # per sorted entry: which distinct id it is, 0, 1, ...
+        slot = torch.empty_like(segment).scatter_(0, order, segment)  # the same, per entry in ids' order
+        g = grad.reshape(-1, d)
+        sums = g.new_zeros(g.shape, dtype=compute_dtype(ctx.dtype)).index_add_(0, slot, g.to(compute_dtype(ctx.dtype)))
+        rows = torch.where(first[:, None], sums.to(ctx.dtype)[segment], 0.0)  # one rounding; a repeated id's later entries 0
+        out = grad.new_zeros((ctx.rows, d), dtype=ctx.dtype).index_put_((flat,), rows, accumulate=True)
+        return None, out  # (each row: its rounded sum + zeros, exact; and the backward is differentiable)
+
+
 def embedding(
     ids: torch.Tensor,
     weight: ComplexTensor,
@@ -301,10 +329,10 @@ def embedding(
     ids = ids.long()
     check_token_range("ids", ids, weight.shape[0])
     v, d = weight.shape
-    # planes (2, V, d) as 2V rows: one embedding over ids and ids + V, so the backward is one
-    # embedding_dense_backward into a (2V, d) gradient (fp32 sums, one rounding) instead of
-    # indexing's zeros + out-of-place index_put (two weight-sized tensors alive at once)
-    rows = F.embedding(torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d))  # (2, *ids.shape, d)
+    # planes (2, V, d) as 2V rows: one lookup over ids and ids + V, so the backward is one (2V, d) gradient
+    # (fp32 sums of the looked-up rows, one rounding; _EmbeddingRowsFn) instead of indexing's zeros +
+    # out-of-place index_put (two weight-sized tensors alive at once)
+    rows = _EmbeddingRowsFn.apply(torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d))  # (2, *ids.shape, d)
     if position is None and phase is None:
         return ComplexTensor(rows)
     cd = compute_dtype(weight.dtype)
