@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     inputs, targets = ids[:, :-1], ids[:, 1:]
     C.set_gemm_policy()  # compiling MUSE ops on CUDA needs the process-wide GEMM policy first
     forms, patch = (TRAIN, _patch_rows) if args.train else (INFER, _patch_head)
-    calls, compile_s, outputs = {}, {}, {}
+    calls, compile_s, outputs, kept = {}, {}, {}, {}
     try:
         for name, form in forms.items():
             patch(form)
@@ -131,8 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             outputs[name] = call().float().clone()
             compile_s[name] = time.perf_counter() - t0
-            model.zero_grad(set_to_none=True)  # a captured backward writes fresh gradients on every replay
+            model.zero_grad(set_to_none=True)
             calls[name] = _replayer(call, device)
+            # the captured backward accumulates into the gradients that existed at capture: keep them alive for
+            # its replays, and let the next form's warm-up allocate its own
+            kept[name] = [q.grad for q in model.parameters()]
+            model.zero_grad(set_to_none=True)
     finally:
         patch(next(iter(forms.values())))
     reference = list(forms)[-1]
