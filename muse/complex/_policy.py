@@ -28,12 +28,22 @@ def tiny(storage: torch.dtype) -> float:
 
 
 def set_gemm_policy() -> None:
-    """Set process-wide what :func:`fp32_accumulation` sets around each eager GEMM: no fp16 split-K
-    reductions, no TF32.  Compiled code cannot change these flags inside a graph and its GEMMs read
-    them when they run, so every compiled path calls this before compiling (``compile_model``)."""
+    """Set process-wide what compiled MUSE code needs to keep the precision policy, so every compiled
+    path calls this before compiling (``compile_model``):
+
+    - what :func:`fp32_accumulation` sets around each eager GEMM, no fp16 split-K reductions and no
+      TF32 (compiled code cannot change these flags inside a graph; its GEMMs read them when they run);
+    - inductor's ``emulate_precision_casts``: without it inductor keeps a value that eager code rounds
+      to fp16 in fp32 when it fuses the rounding with the op that reads it (e.g. the residual sum
+      before a LayerNorm, ``layer_norm(z, residual=r)``), which breaks that op's bound.
+    """
     matmul = torch.backends.cuda.matmul
     matmul.allow_fp16_reduced_precision_reduction = False
     matmul.allow_tf32 = False
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "emulate_precision_casts"):
+        inductor_config.emulate_precision_casts = True
 
 
 def gemm_policy_set() -> bool:

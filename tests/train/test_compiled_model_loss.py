@@ -230,3 +230,18 @@ def test_muse_loss_opaque_switches_between_custom_ops_and_traced_loops(monkeypat
     ops = {t for t in seen if t.startswith("muse.lce_")}
     assert (ops == {"muse.lce_vocab_forward.default", "muse.lce_vocab_backward.default"}) == custom_ops, ops
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_compiled_code_keeps_the_intermediate_fp16_rounding():
+    """After set_gemm_policy, inductor rounds an intermediate fp16 value as eager code does: the residual
+    sum before the LayerNorm (3 + 2^-11 is 3 in fp16). Without emulate_precision_casts the fused kernel kept
+    the sum in fp32 and the output moved by up to 2.4 ULP (a FAIL of the layer_norm property under compiled)."""
+    z = torch.full((2, 4), 3.0, dtype=torch.float16)
+    r = torch.tensor([[2.0**-11, 0.0, -(2.0**-11), 1.0], [0.0] * 4], dtype=torch.float16)
+
+    def f(a, b):
+        return C.layer_norm(C.ComplexTensor(a), None, None, 1e-5, C.ComplexTensor(b)).planes
+
+    C.set_gemm_policy()
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, fullgraph=True)(z, r), f(z, r))
