@@ -296,7 +296,7 @@ class _EmbeddingRowsFn(torch.autograd.Function):
         segment = first.cumsum(0) - 1  # per sorted entry: which distinct id it is, 0, 1, ...
         slot = torch.empty_like(segment).scatter_(0, order, segment)  # the same, per entry in ids' order
         g = grad.reshape(-1, d)
-        sums = g.new_zeros(g.shape, dtype=compute_dtype(ctx.dtype)).index_add_(0, slot, g.to(compute_dtype(ctx.dtype)))
+        sums = torch.zeros_like(g, dtype=compute_dtype(ctx.dtype)).index_add_(0, slot, g.to(compute_dtype(ctx.dtype)))
         rows = torch.where(first[:, None], sums.to(ctx.dtype)[segment], 0.0)  # one rounding; a repeated id's later entries 0
         out = grad.new_zeros((ctx.rows, d), dtype=ctx.dtype).index_put_((flat,), rows, accumulate=True)
         return None, out  # (each row: its rounded sum + zeros, exact; and the backward is differentiable)
@@ -330,9 +330,15 @@ def embedding(
     check_token_range("ids", ids, weight.shape[0])
     v, d = weight.shape
     # planes (2, V, d) as 2V rows: one lookup over ids and ids + V, so the backward is one (2V, d) gradient
-    # (fp32 sums of the looked-up rows, one rounding; _EmbeddingRowsFn) instead of indexing's zeros +
-    # out-of-place index_put (two weight-sized tensors alive at once)
-    rows = _EmbeddingRowsFn.apply(torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d))  # (2, *ids.shape, d)
+    # (fp32 sums of the looked-up rows, one rounding) instead of indexing's zeros + out-of-place index_put (two
+    # weight-sized tensors alive at once). Eager CUDA keeps torch's backward, which sums in fp32 per id without a
+    # table-sized buffer; compiled code (inductor's form of it holds one in fp32) and the CPU (its fp16 backward
+    # accumulates in fp16) take _EmbeddingRowsFn
+    lookup, table = torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d)
+    if table.is_cuda and not torch.compiler.is_compiling():
+        rows = F.embedding(lookup, table)  # (2, *ids.shape, d)
+    else:
+        rows = _EmbeddingRowsFn.apply(lookup, table)
     if position is None and phase is None:
         return ComplexTensor(rows)
     cd = compute_dtype(weight.dtype)
