@@ -1,10 +1,12 @@
-"""One-process A/B of Stage 1's compiled forms (issue 11): seed-preset inference (or, with ``--train``, the training
+"""One-process A/B of a model's compiled forms (issue 11): seed-preset inference (or, with ``--train``, the training
 step) with the tree's form and with its latest change undone, timed in alternation on one GPU.
 
-    python scripts/fusion_ab.py [--device cuda] [--train] [--batch-size 4] [--seq 1024] [--rounds 5] [--out FILE.json]
+    python scripts/fusion_ab.py [--model stage1|gpt] [--device cuda] [--train] [--batch-size 4] [--seq 1024]
+                                [--rounds 5] [--out FILE.json]
 
-Inference forms: "library" (the tree: the head's GEMM over its padded storage) and "head unpadded" (the plain head
-GEMM, which inductor pads by copying the weight on every call).  Training forms (``--train``: the model and the
+Inference forms: "library" (the tree: the head's GEMM over its padded storage, ``muse.nn.PaddedLinear``) and
+"head unpadded" (the plain head GEMM, which inductor pads by copying the weight on every call); ``--model gpt``
+runs the GPT reference under bf16 autocast, as ``muse bench speed`` does.  Training forms (``--train``: the model and the
 fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (the token tables'
 gradient summed over the looked-up rows only, ``muse.complex.layers._EmbeddingRowsFn``) and "dense backward"
 (``F.embedding``, whose ``embedding_dense_backward`` fills a float32 table-sized buffer, scatters into it and casts
@@ -22,6 +24,7 @@ modReLU in the complex GEMM's epilogue (4dce78e; slower, removed), the residual 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -32,13 +35,13 @@ import torch.nn.functional as F
 import muse.complex as C
 from muse.complex import layers
 from muse.models import build_model
-from muse.nn import RealLinear
+from muse.nn import PaddedLinear
 from muse.train.loss import compile_model_loss
 
 
 def _plain_head(self, x):
     """The head's GEMM over its (V, d) weight, as before the padded storage."""
-    return C.gemm_linear(x, self.weight, self.bias)
+    return self.gemm(x, self.weight, self.bias)
 
 
 class _DenseRows:
@@ -50,7 +53,7 @@ class _DenseRows:
 
 
 def _patch_head(form) -> None:
-    RealLinear.forward = form
+    PaddedLinear.forward = form
 
 
 def _patch_rows(form) -> None:
@@ -58,7 +61,7 @@ def _patch_rows(form) -> None:
 
 
 #: name -> form; the first is the tree's, the last the reference the outputs are compared with
-INFER = {"library": RealLinear.forward, "head unpadded": _plain_head}
+INFER = {"library": PaddedLinear.forward, "head unpadded": _plain_head}
 TRAIN = {"library": layers._EmbeddingRowsFn, "dense backward": _DenseRows}
 
 
@@ -93,6 +96,7 @@ def _seconds(call, device: torch.device) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="stage1", choices=("stage1", "gpt"))
     p.add_argument("--device", default="cuda")
     p.add_argument("--preset", default="seed")
     p.add_argument("--batch-size", type=int, default=4)
@@ -102,7 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    model = build_model("stage1", preset=args.preset, device=device).train(args.train)
+    if args.train and args.model != "stage1":
+        p.error("--train compares Stage 1's token-table gradients: --model stage1 only")
+    model = build_model(args.model, preset=args.preset, device=device).train(args.train)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
+                else contextlib.nullcontext())
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq + 1), generator=gen).to(device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 net = torch.compile(model, fullgraph=True)
 
                 def call(net=net):
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast:
                         return net(inputs)
 
             model.zero_grad(set_to_none=True)
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, call in calls.items():
             rounds[name].append(_seconds(call, device))
     tokens = args.batch_size * args.seq
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    report = {"model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "mode": "train" if args.train else "inference",
               "batch_size": args.batch_size, "seq": args.seq, "rounds": args.rounds, "reference": reference,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "forms": {}}

@@ -1,7 +1,7 @@
 """GPT reference model: the decoder-only Transformer users would otherwise train (nanoGPT-style).
 
     ids (B, S) -> Embedding + learned position Embedding -> dropout -> [GPTBlock] x L
-        -> LayerNorm -> Linear head (untied, no bias) -> logits (B, S, vocab)
+        -> LayerNorm -> Linear head (untied, no bias; muse.nn.PaddedLinear) -> logits (B, S, vocab)
 
     GPTBlock (pre-LN):  x = x + dropout(proj(attention(LN(x))))
                         x = x + dropout(MLP(LN(x))),  MLP = Linear(d, 4d) -> GELU -> Linear(4d, d)
@@ -39,7 +39,7 @@ from muse._checks import (
     check_type,
 )
 from muse.models.base import LanguageModel, check_config_sizes, pointer_parameter_count
-from muse.nn import RealFeedForward
+from muse.nn import PaddedLinear, RealFeedForward
 from muse.nn.pointer import MODES as POINTER_MODES
 
 
@@ -192,7 +192,7 @@ class GPTModel(LanguageModel):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(GPTBlock(config, device) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, bias=config.bias, device=device)
-        self.lm_head = nn.Linear(d, config.vocab_size, bias=False, device=device)
+        self.lm_head = PaddedLinear(d, config.vocab_size, bias=False, device=device)
         self.reset_parameters()
         self.build_pointer(device)
 

@@ -46,7 +46,7 @@ from muse._checks import (
 )
 from muse.init import ZetaEmbedding, ZetaInitializer
 from muse.models.base import LanguageModel, check_config_sizes, pointer_parameter_count
-from muse.nn import RealFeedForward
+from muse.nn import PaddedLinear, RealFeedForward
 from muse.nn.mixers import BKCore, DissipativeHebbian, HeadRMSNorm
 from muse.nn.pointer import MODES as POINTER_MODES
 
@@ -226,7 +226,7 @@ class Phase2Model(LanguageModel):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Phase2Block(config, device) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(d, config.layer_norm_eps, device=device)
-        self.lm_head = nn.Linear(d, config.vocab_size, bias=config.head_bias, device=device)
+        self.lm_head = PaddedLinear(d, config.vocab_size, bias=config.head_bias, device=device)
         self.reset_parameters()
         self.build_pointer(device)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import muse.complex as C
@@ -70,7 +71,7 @@ class ComplexLinear(nn.Module):
                 f"bias={self.bias is not None}, dtype={self.weight.dtype}, init={self.init}")
 
 
-#: A :class:`RealLinear`'s parameters sit at the start of storages whose output rows are padded to a multiple of this.
+#: A :class:`PaddedLinear`'s parameters sit at the start of storages whose output rows are padded to a multiple of this.
 ROW_PADDING = 64
 
 
@@ -78,38 +79,25 @@ def _padded_rows(rows: int) -> int:
     return -(-rows // ROW_PADDING) * ROW_PADDING
 
 
-class RealLinear(nn.Linear):
-    """``nn.Linear`` whose GEMM follows the policy: fp32 accumulation, one rounding to x.dtype.
+class PaddedLinear(nn.Linear):
+    """``nn.Linear`` whose weight (out, in) and bias (out,) are the first rows of zero-padded storages
+    of :data:`ROW_PADDING`-multiple rows, for LM heads over an unaligned vocabulary.
 
-    ``init`` (see :data:`HEAD_INITS`): "default" keeps nn.Linear's init, "normal" draws the
-    weight from N(0, 0.02) and zeroes the bias.
-
-    The weight (out, in) and the bias (out,) are the first rows of zero-padded storages of
-    :data:`ROW_PADDING`-multiple rows, so a forward without gradient runs the GEMM over the padded
-    rows, writing logits rows of an aligned length, and returns the first ``out_features`` columns
-    (a view); with gradient it is the plain GEMM.  At a vocabulary of 50,257 the unaligned
-    fp16 logits rows take a GEMM kernel six times slower, and ``torch.compile`` otherwise copies
-    the whole weight into a padded buffer on every call.  The parameters keep their shapes, so
-    the parameter count and checkpoints are nn.Linear's; module conversions (``.to``), state-dict
-    loads (also ``assign=True``), pickling and copies keep the padding.  Setting ``.data`` of a
-    parameter by hand drops it: the eager forward then takes the plain GEMM, a compiled forward
-    traced before reads past the new storage, so recompile (or call :meth:`pad_storage`) after.
+    A forward without gradient runs the GEMM over the padded rows, writing logits rows of an aligned
+    length, and returns the first ``out_features`` columns (a view); with gradient it is the plain
+    GEMM.  At a vocabulary of 50,257 the unaligned 16-bit logits rows take a GEMM kernel six times
+    slower, and ``torch.compile`` otherwise copies the whole weight into a padded buffer on every
+    call.  The parameters keep their shapes, so the parameter count and checkpoints are nn.Linear's;
+    module conversions (``.to``), state-dict loads (also ``assign=True``), pickling and copies keep
+    the padding.  Setting ``.data`` of a parameter by hand drops it: the eager forward then takes the
+    plain GEMM, a compiled forward traced before reads past the new storage, so recompile (or call
+    :meth:`pad_storage`) after.  The GEMM is ``F.linear`` (autocast applies, as in nn.Linear);
+    :class:`RealLinear` puts it under the precision policy.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, init: str = "default"):
-        self.init = check_choice("init", init, HEAD_INITS)  # read by reset_parameters below
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.pad_storage()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        if self.init == "default":
-            super().reset_parameters()
-            return
-        self.weight.copy_(torch.randn(self.weight.shape, device=self.weight.device) * 0.02)
-        if self.bias is not None:
-            self.bias.zero_()
 
     def _storage_padded(self, p: torch.Tensor) -> bool:
         rows = _padded_rows(self.out_features)
@@ -139,18 +127,51 @@ class RealLinear(nn.Linear):
         super().__setstate__(state)
         self.pad_storage()
 
+    def gemm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ weight.T + bias``: the one GEMM of :meth:`forward` (padded or not)."""
+        return F.linear(x, weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_head_input(x, self.in_features, self.weight.dtype)
         w, b = self.weight, self.bias
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
         if grad or _padded_rows(self.out_features) == self.out_features or not (
                 torch.compiler.is_compiling()
                 or all(self._storage_padded(p) for p in (w, b) if p is not None)):
-            return C.gemm_linear(x, w, b)
+            return self.gemm(x, w, b)
         rows = _padded_rows(self.out_features)
         w = w.as_strided((rows, self.in_features), (self.in_features, 1))
         b = None if b is None else b.as_strided((rows,), (1,))
-        return C.gemm_linear(x, w, b)[..., : self.out_features]
+        return self.gemm(x, w, b)[..., : self.out_features]
+
+
+class RealLinear(PaddedLinear):
+    """A :class:`PaddedLinear` whose GEMM follows the policy: fp32 accumulation, one rounding to x.dtype;
+    the input must be a tensor in the layer's dtype with ``in_features`` features.
+
+    ``init`` (see :data:`HEAD_INITS`): "default" keeps nn.Linear's init, "normal" draws the
+    weight from N(0, 0.02) and zeroes the bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype=None, init: str = "default"):
+        self.init = check_choice("init", init, HEAD_INITS)  # read by reset_parameters below
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.init == "default":
+            super().reset_parameters()
+            return
+        self.weight.copy_(torch.randn(self.weight.shape, device=self.weight.device) * 0.02)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def gemm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return C.gemm_linear(x, weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_head_input(x, self.in_features, self.weight.dtype)
+        return super().forward(x)
 
 
 def check_head_input(x: object, in_features: int, dtype: torch.dtype) -> None:

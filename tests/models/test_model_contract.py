@@ -60,3 +60,20 @@ def test_nonfinite_head_input_is_counted_under_return_hidden(name):
     stats = model.get_statistics()
     assert stats["nonfinite_by_stage"]["logits"] == 1 and stats["nonfinite_count"] == 1
     assert stats["nonfinite_by_stage"]["embedding"] == 0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_untied_heads_run_over_padded_rows_without_grad(name):
+    """Every untied head is a PaddedLinear: inference reads the logits as a view of 64-aligned rows
+    (the GEMM kernel an unaligned vocabulary loses), with the values of the forward with gradient."""
+    from muse.nn import PaddedLinear
+
+    model = _model(name)
+    if not isinstance(model.lm_head, PaddedLinear):
+        pytest.skip(f"{name}'s head is tied to its token table")
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        padded = model(ids)
+    plain = model(ids)
+    assert padded.stride()[-2] == 128 and plain.is_contiguous()  # VOCAB 97 -> 128 rows
+    torch.testing.assert_close(padded, plain.detach(), rtol=2**-10, atol=1e-6)

@@ -19,6 +19,7 @@ from muse.nn import (
     ComplexLayerNorm,
     ComplexLinear,
     ModReLU,
+    PaddedLinear,
     RealLinear,
 )
 
@@ -306,6 +307,34 @@ def test_real_linear_padded_forward_compiles_fullgraph():
         got = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
     assert got.shape == (5, 200)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_padded_linear_is_nn_linear_over_padded_rows(bias):
+    """The real models' heads (GPT, Phase 2): nn.Linear's F.linear over the padded rows without grad."""
+    torch.manual_seed(0)
+    m = PaddedLinear(32, 100, bias=bias)
+    assert isinstance(m, nn.Linear) and _padded(m) and not isinstance(m, RealLinear)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == (2, 5, 100) and y.stride()[-2] == 128
+    torch.testing.assert_close(y, F.linear(x, m.weight, m.bias), rtol=1e-6, atol=1e-6)
+    z = m(x)  # with gradient: the plain GEMM
+    assert z.is_contiguous() and z.requires_grad
+
+
+def test_padded_linear_follows_autocast_like_nn_linear():
+    """Under autocast the padded GEMM runs in the autocast dtype and returns it, as nn.Linear does."""
+    torch.manual_seed(0)
+    m = PaddedLinear(32, 100, bias=False)
+    plain = nn.Linear(32, 100, bias=False)
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(6, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, want = m(x), plain(x)
+    assert y.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(y, want), "PaddedLinear under autocast: not the values of nn.Linear"
 
 
 @pytest.mark.parametrize("module", [ComplexLinear(3, 3), ModReLU(3), ComplexLayerNorm(3)])
