@@ -1309,7 +1309,27 @@ s26d)
       --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-$lk" 2>&1 | grep "^| stage1\|Error\|error" | head -6
   done
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d" >&2; exit 2 ;;
+s30a)
+  step "CUDA tests of the padded heads (PaddedLinear: GPT, Phase 2; RealLinear: Stage 1)"
+  timeout 90 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/nn/test_nn.py tests/models/test_model_contract.py \
+    tests/models/test_gpt.py -k "padded or real_linear or head or autocast" 2>&1 | tail -2
+  step "A/B in one process: the GPT reference's head over its padded storage against the plain nn.Linear GEMM (bf16 autocast, CUDA graphs, 7 rounds)"
+  timeout 180 python3 scripts/fusion_ab.py --model gpt --device cuda --rounds 7 --out "$OUT/gpt-head-ab.json" 2>&1 | tail -2
+  step "Stage 1 seed and the GPT (both heads padded), B 4, S 1024, compiled with the kernels and CUDA graphs, both loss forms, emulate_precision_casts on"
+  timeout 290 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
+    --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12
+  ;;
+s30b)
+  step "A/B in one process, Stage 1: the head over its padded storage against the plain GEMM (CUDA graphs, 7 rounds)"
+  timeout 150 python3 scripts/fusion_ab.py --device cuda --rounds 7 --out "$OUT/stage1-head-ab.json" 2>&1 | tail -2
+  step "the host-side copies of Stage 1's compiled training step, by input shape"
+  timeout 150 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections copies 2>&1 | head -40
+  step "decoding mix with the padded head (batch 1, 1,000 tokens, the fast path)"
+  timeout 150 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix,gpt:seed \
+    --paths fast 2>&1 | tail -6
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d|s30a|s30b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"

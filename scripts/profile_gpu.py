@@ -1,7 +1,7 @@
 """Where the time goes on CUDA: the complex linear, the fused loss, compiled Stage 1, Phase 2, decoding,
 compiled inference and training of Stage 1 beside the GPT, the head GEMM's forms.
 
-    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,train,head,eager]
+    python scripts/profile_gpu.py --out runs/profile [--sections linear,loss,compiled,phase2,decode,infer,train,copies,head,eager]
 
 Each section writes ``<out>/<section>.txt`` (timings and torch.profiler tables). A diagnostic
 script for deciding what to optimise; the numbers that go into docs come from
@@ -348,6 +348,33 @@ def sec_train(w):
     _side_by_side(w, "compiled fwd+bwd", make, "train", 40)
 
 
+def sec_copies(w):
+    """Stage 1 seed's compiled training step (as ``sec_train``): the host-side copies (``aten::copy_``,
+    ``aten::_to_copy``, ``aten::clone``, memcpy) grouped by input shape, to find which tensors they move."""
+    from muse.train.loss import compile_model_loss
+
+    ids = torch.randint(0, 50257, (4, 1025), device=DEV)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    torch.manual_seed(0)
+    model = build_model("stage1", "seed", device=DEV).train()
+    loss_fn = compile_model_loss(model)
+
+    def train():
+        model.zero_grad(set_to_none=True)
+        loss_fn(inp, tgt).backward()
+    for _ in range(3):
+        train()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        train()
+        torch.cuda.synchronize()
+    keep = ("copy", "clone", "contiguous", "Memcpy", "Memset", "fill_", "zero_")
+    for e in sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.device_time_total):
+        if any(k in e.key for k in keep):
+            w(f"{e.count:4d} x {e.key:<32} device {e.device_time_total:9.1f} us  shapes {e.input_shapes}")
+    torch._dynamo.reset()
+
+
 def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
     """Stage 1's head alone (4096 x 512 -> 50,257, fp16, bias) as the model runs it and in the forms that
     could avoid the pass over the weight seen before its GEMM in compiled inference (thirteenth session):
@@ -391,7 +418,7 @@ def sec_head(w, n: int = 4096, d: int = 512, v: int = 50257):
 
 
 SECTIONS = {"linear": sec_linear, "loss": sec_loss, "compiled": sec_compiled, "phase2": sec_phase2,
-            "decode": sec_decode, "infer": sec_infer, "train": sec_train, "head": sec_head,
+            "decode": sec_decode, "infer": sec_infer, "train": sec_train, "copies": sec_copies, "head": sec_head,
             "eager": sec_eager}
 
 
