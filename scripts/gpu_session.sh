@@ -1329,7 +1329,22 @@ s30b)
   timeout 150 python3 scripts/gen_speed.py --device cuda --preset seed --tokens 1000 --models stage1:mix,gpt:seed \
     --paths fast 2>&1 | tail -6
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d|s30a|s30b" >&2; exit 2 ;;
+s30c)
+  # s30a and the copies profile of s30b in one call (device starts were scarce): the A/B, the ratio, the copies, the tests
+  step "A/B in one process: the GPT reference's head over its padded storage against the plain nn.Linear GEMM (bf16 autocast, CUDA graphs, 7 rounds)"
+  timeout 150 python3 scripts/fusion_ab.py --model gpt --device cuda --rounds 7 --out "$OUT/gpt-head-ab.json" 2>&1 | tail -2
+  step "Stage 1 seed and the GPT (both heads padded), B 4, S 1024, compiled with the kernels and CUDA graphs, both loss forms, emulate_precision_casts on"
+  timeout 250 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+traced-loss \
+    --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -12
+  step "the host-side copies of Stage 1's compiled training step, by input shape"
+  timeout 110 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections copies 2>&1 | head -40
+  step "CUDA tests of the padded heads"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/nn/test_nn.py tests/models/test_model_contract.py \
+    -k "padded or real_linear or head" 2>&1 | tail -2
+  pack
+  ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d|s30a|s30b|s30c" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
