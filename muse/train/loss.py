@@ -283,6 +283,15 @@ def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype
     return torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0), lse
 
 
+def _scaled_into(dst: torch.Tensor, src: torch.Tensor, scale: torch.Tensor) -> None:
+    """dst = src * scale (fp32 product, one rounding to dst's dtype): in eager code one kernel writing
+    into dst (``out=``), not a scaled fp32 copy and then a cast; traced, the compiler fuses the two."""
+    if torch.compiler.is_compiling():
+        dst.copy_(src * scale)
+    else:
+        torch.mul(src, scale, out=dst)
+
+
 def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype):
     """The vocabulary-chunked backward: (d_hidden, d_weight, d_bias), None where not ``need``ed.
 
@@ -313,17 +322,19 @@ def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need
                 col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
                 g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
             if need_w or need_b:
-                dwb = _mm_fp32(g.t(), rhs)[: v1 - v0].mul_(scale)
+                dwb = _mm_fp32(g.t(), rhs)[: v1 - v0]
                 if need_w:
-                    d_weight[v0:v1] = dwb[:, : hidden.shape[1]]
+                    _scaled_into(d_weight[v0:v1], dwb[:, : hidden.shape[1]], scale)
                 if need_b:
-                    d_bias[v0:v1] = dwb[:, ones_col]
+                    _scaled_into(d_bias[v0:v1], dwb[:, ones_col], scale)
                 del dwb
             if need_h:
                 d_hidden = _add_mm_fp32(d_hidden, g, chunks.weight_rows(v0))
             del g  # before the next chunk's logits are allocated
     if d_hidden is not None:
-        d_hidden = d_hidden.mul_(scale).to(hidden.dtype)
+        out = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
+        _scaled_into(out, d_hidden, scale)
+        d_hidden = out
     return d_hidden, d_weight, d_bias
 
 
