@@ -377,3 +377,26 @@ def test_the_default_chunk_follows_the_kernel_switch(monkeypatch):
     h32, w32 = h.float(), w.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 GEMMs: the gradient cannot overwrite fp32 logits
         assert default_chunk_size(h32, w32, "chunked") == auto_chunk_size(50257, 4096, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gradient_chunks_are_the_fp32_product_scaled_and_rounded_once(dtype):
+    """The backward writes each chunk as src * scale rounded once into a slice of the gradient, in eager code
+    (one kernel, out=) and traced (the compiler's fused copy): both equal the two-step reference bit for bit."""
+    from muse.train.loss import _scaled_into
+
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(37, 24, generator=gen) * 1e3
+    scale = torch.tensor(1 / 3)
+    want = (src * scale).to(dtype)
+    eager = torch.full((40, 20), float("nan"), dtype=dtype)
+    _scaled_into(eager[2:39], src[:, :20], scale)
+    assert torch.equal(eager[2:39], want[:, :20]) and eager[:2].isnan().all() and eager[39:].isnan().all()
+
+    def traced(dst, s, k):
+        _scaled_into(dst[2:39], s[:, :20], k)
+        return dst
+
+    compiled = torch.compile(traced, fullgraph=True, backend="aot_eager")
+    got = compiled(torch.full((40, 20), float("nan"), dtype=dtype), src, scale)
+    assert torch.equal(got[2:39], want[:, :20]) and got[:2].isnan().all()
