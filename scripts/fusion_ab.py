@@ -56,6 +56,14 @@ def _patch_loss(form) -> None:
     loss._scaled_into = form
 
 
+_DEFAULT_CHUNK = loss.default_chunk_size
+
+
+def _patch_chunk(rows) -> None:
+    """The vocabulary rows per loss chunk: ``rows``, or the library's choice when None."""
+    loss.default_chunk_size = _DEFAULT_CHUNK if rows is None else (lambda hidden, weight, impl: rows)
+
+
 #: name -> form; the first is the tree's, the last the reference the outputs are compared with
 INFER = {"library": PaddedLinear.forward, "head unpadded": _plain_head}
 TRAIN = {"library": loss._scaled_into, "scale then cast": _scale_then_cast}
@@ -99,8 +107,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--train", action="store_true", help="time the compiled training step instead of inference")
+    p.add_argument("--chunks", default=None,
+                   help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
+                        "library's own choice (the reference)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.chunks and not args.train:
+        p.error("--chunks needs --train")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -110,7 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     inputs, targets = ids[:, :-1], ids[:, 1:]
     C.set_gemm_policy()  # compiling MUSE ops on CUDA needs the process-wide GEMM policy first
     forms, patch = (TRAIN, _patch_loss) if args.train else (INFER, _patch_head)
-    calls, compile_s, outputs, kept = {}, {}, {}, {}
+    if args.chunks:
+        forms = {**{f"chunk {int(c)}": int(c) for c in args.chunks.split(",")}, "library": None}
+        patch = _patch_chunk
+    calls, compile_s, outputs, kept, peaks = {}, {}, {}, {}, {}
     try:
         for name, form in forms.items():
             patch(form)
@@ -136,13 +152,21 @@ def main(argv: list[str] | None = None) -> dict:
             outputs[name] = call().float().clone()
             compile_s[name] = time.perf_counter() - t0
             model.zero_grad(set_to_none=True)
+            if device.type == "cuda":  # the step's own peak, above what is alive before it
+                torch.cuda.synchronize(device)
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                call()
+                torch.cuda.synchronize(device)
+                peaks[name] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                model.zero_grad(set_to_none=True)
             calls[name] = _replayer(call, device)
             # the captured backward accumulates into the gradients that existed at capture: keep them alive for
             # its replays, and let the next form's warm-up allocate its own
             kept[name] = [q.grad for q in model.parameters()]
             model.zero_grad(set_to_none=True)
     finally:
-        patch(next(iter(forms.values())))
+        patch(TRAIN["library"] if patch is _patch_loss else None if patch is _patch_chunk else INFER["library"])
     reference = list(forms)[-1]
     rounds = {name: [] for name in forms}
     for _ in range(args.rounds):
@@ -157,10 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
         med = statistics.median(times)
         diff = float((outputs[name] - outputs[reference]).abs().max())
         report["forms"][name] = {"median_ms": med * 1e3, "tok_s": tokens / med, "rounds_ms": [t * 1e3 for t in times],
-                                 "first_call_s": compile_s[name], "max_abs_diff_vs_reference": diff}
+                                 "first_call_s": compile_s[name], "max_abs_diff_vs_reference": diff,
+                                 "peak_MiB": peaks.get(name)}
+        peak = f"; peak {peaks[name]:.1f} MiB" if name in peaks else ""
         print(f"{name:>20}: {med * 1e3:.4f} ms ({tokens / med:,.0f} tok/s); rounds "
               + ", ".join(f"{t * 1e3:.4f}" for t in times)
-              + f"; first call {compile_s[name]:.1f} s; max |output - {reference}'s| {diff:.3g}")
+              + f"; first call {compile_s[name]:.1f} s; max |output - {reference}'s| {diff:.3g}{peak}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
