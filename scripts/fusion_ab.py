@@ -7,9 +7,10 @@ step) with the tree's form and with its latest change undone, timed in alternati
 Inference forms: "library" (the tree: the head's GEMM over its padded storage, ``muse.nn.PaddedLinear``) and
 "head unpadded" (the plain head GEMM, which inductor pads by copying the weight on every call); ``--model gpt``
 runs the GPT reference under bf16 autocast, as ``muse bench speed`` does.  Training forms (``--train``: the model and the
-fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (the loss's weight
-and bias gradient chunks scaled and rounded into place in one kernel, ``muse.train.loss._scaled_into``) and
-"scale then cast" (the scaled fp32 product, then a cast into place, as before).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
+fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (under autocast the
+loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
+and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
+are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead.  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
 over the rounds is reported with every round's value and the largest difference of its output (the logits; in
 training the head weight's gradient) from the reference form's.  Separate processes differ by about 1.5 %
@@ -18,7 +19,8 @@ graphs) it times the compiled calls the same way, which only checks that the scr
 figures that go into docs/performance.md say which script and which device gave them.  Earlier versions timed
 modReLU in the complex GEMM's epilogue (4dce78e; slower, removed), the residual inside LN2 against a separate add
 (7eeb042; +3.0 %, kept), modReLU inside LN2's pass (3a92c80; no gain, removed) and the token tables' gradient over
-the looked-up rows against ``embedding_dense_backward`` (90cca3f; +0.5 %, kept).
+the looked-up rows against ``embedding_dense_backward`` (90cca3f; +0.5 %, kept) and the loss's gradient chunks
+scaled and rounded in one kernel against a scaled copy and a cast (1aeda6a; +0.6 % Stage 1, +1.2 % GPT, kept).
 """
 
 from __future__ import annotations
@@ -43,20 +45,31 @@ def _plain_head(self, x):
     return self.gemm(x, self.weight, self.bias)
 
 
-def _scale_then_cast(dst, src, scale):
-    """The loss's gradient chunks as before: the scaled fp32 product, then a cast into place (two passes)."""
-    dst.copy_(src * scale)
+_LOGITS = loss._VocabChunks.logits
+
+
+def _fp32_logits(self, v0):
+    """A chunk's logits widened to the storage dtype, as before (fp32 under autocast: twice the bytes)."""
+    return _LOGITS(self, v0).to(self.storage)
+
+
+def _fp32_chunk(hidden, weight, impl):
+    """The chunk width as before: under autocast, 8 bytes an entry and not in place."""
+    if loss._autocast_gemm_dtype(hidden) is None:
+        return _DEFAULT_CHUNK(hidden, weight, impl)
+    n = hidden.numel() // max(hidden.shape[-1], 1)
+    return loss.auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl)
 
 
 def _patch_head(form) -> None:
     PaddedLinear.forward = form
 
 
-def _patch_loss(form) -> None:
-    loss._scaled_into = form
-
-
 _DEFAULT_CHUNK = loss.default_chunk_size
+
+
+def _patch_loss(form) -> None:
+    loss._VocabChunks.logits, loss.default_chunk_size = form
 
 
 def _patch_chunk(rows) -> None:
@@ -66,7 +79,7 @@ def _patch_chunk(rows) -> None:
 
 #: name -> form; the first is the tree's, the last the reference the outputs are compared with
 INFER = {"library": PaddedLinear.forward, "head unpadded": _plain_head}
-TRAIN = {"library": loss._scaled_into, "scale then cast": _scale_then_cast}
+TRAIN = {"library": (_LOGITS, _DEFAULT_CHUNK), "fp32 logits": (_fp32_logits, _fp32_chunk)}
 
 
 def _replayer(fn, device: torch.device):
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
             kept[name] = [q.grad for q in model.parameters()]
             model.zero_grad(set_to_none=True)
     finally:
-        patch(TRAIN["library"] if patch is _patch_loss else None if patch is _patch_chunk else INFER["library"])
+        patch(forms["library"])
     reference = list(forms)[-1]
     rounds = {name: [] for name in forms}
     for _ in range(args.rounds):

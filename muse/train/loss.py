@@ -149,12 +149,13 @@ def auto_chunk_size(vocab_size: int, n_tokens: int, dtype: torch.dtype = torch.f
 def default_chunk_size(hidden: torch.Tensor, weight: torch.Tensor, impl: str) -> int:
     """What ``linear_cross_entropy`` uses when ``chunk_size`` is None: :func:`auto_chunk_size` for
     hidden (..., d) and the (V, d) weight on path ``impl``, in place where the chunk bodies will run
-    as Triton kernels (also inside the loss's custom ops when torch.compile traces) and the gradient
-    can overwrite the logits (not under autocast, where the GEMMs take another dtype)."""
+    as Triton kernels (also inside the loss's custom ops when torch.compile traces): the gradient
+    then overwrites the logits, which are in the autocast dtype under autocast."""
     n, d = hidden.numel() // max(hidden.shape[-1], 1), hidden.shape[-1]
-    in_place = (impl != "torch-native" and hidden.dtype != torch.float64 and _autocast_gemm_dtype(hidden) is None
+    in_place = (impl != "torch-native" and hidden.dtype != torch.float64
                 and kernels.enabled(hidden, weight, in_compile=_opaque()))
-    return auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl, in_place=in_place, d=d)
+    logits_dtype = _autocast_gemm_dtype(hidden) or hidden.dtype  # autocast: the chunks' logits stay 16-bit
+    return auto_chunk_size(weight.shape[0], max(n, 1), logits_dtype, impl=impl, in_place=in_place, d=d)
 
 
 # torch.mm(..., out_dtype=) (an fp32 result of fp16 operands, CUDA): read once from the op's
@@ -189,7 +190,7 @@ def _add_mm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
 
 
 def _lse_step(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk of the online log-sum-exp (z: logits in the storage dtype): the running per-row
+    """One chunk of the online log-sum-exp (z: a chunk's logits, any float dtype): the running per-row
     max and the sum of exp(z - max), the old sum rescaled by exp(old max - new max)."""
     new_max = torch.maximum(z_max, z.amax(1).to(z_max.dtype))
     new_sum = z_sum * (z_max - new_max).exp() + (z.to(z_max.dtype) - new_max[:, None]).exp_().sum(1)
@@ -555,6 +556,11 @@ class _VocabChunks:
             self.chunk = -(-self.chunk // _CUDA_ALIGN) * _CUDA_ALIGN
         self.storage = hidden.dtype
         self.gemm_dtype = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
+        # a GEMM dtype narrower than the storage (autocast: bf16 GEMMs, fp32 storage) widens exactly, so the
+        # logits stay in it: the same values in half the bytes; a wider one (the CPU's fp32 GEMMs of fp16
+        # storage) is rounded to the storage dtype
+        narrower = torch.finfo(self.gemm_dtype).bits < torch.finfo(self.storage).bits
+        self.logits_dtype = self.gemm_dtype if narrower else self.storage
         self.h = hidden.to(self.gemm_dtype)
         # the weight and bias stay in their dtype and are converted a chunk at a time: no (V, d) copy
         # in the GEMM dtype (fp16 weights on CPU, fp32 under autocast) is ever alive
@@ -591,7 +597,8 @@ class _VocabChunks:
         return z.to(self.storage).to(acc)
 
     def logits(self, v0: int) -> torch.Tensor:
-        """(n, width) logits of rows v0.. in the storage dtype: one GEMM, one rounding."""
+        """(n, width) logits of rows v0..: one GEMM, one rounding to the storage dtype (held in
+        ``logits_dtype``, which widens to it exactly)."""
         if self.pad and v0 + self.chunk > self.v:
             w, b = self._padded(v0)
             z = torch.addmm(b, self.h, w.t())
@@ -601,7 +608,7 @@ class _VocabChunks:
                 z = torch.mm(self.h, w.t())
             else:
                 z = torch.addmm(self.b[v0 : v0 + self.chunk].to(self.gemm_dtype), self.h, w.t())
-        return z.to(self.storage)
+        return z.to(self.logits_dtype)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -375,8 +375,41 @@ def test_the_default_chunk_follows_the_kernel_switch(monkeypatch):
     assert default_chunk_size(h, w, "chunked") > 3 * plain
     assert default_chunk_size(h.double(), w.double(), "chunked") == plain  # fp64: never the kernels
     h32, w32 = h.float(), w.float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 GEMMs: the gradient cannot overwrite fp32 logits
-        assert default_chunk_size(h32, w32, "chunked") == auto_chunk_size(50257, 4096, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 GEMMs: bf16 logits, the gradient written over them
+        assert default_chunk_size(h32, w32, "chunked") == default_chunk_size(h.bfloat16(), w.bfloat16(), "chunked")
+    monkeypatch.setattr(kernels, "enabled", lambda *t, **kw: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert default_chunk_size(h32, w32, "chunked") == auto_chunk_size(50257, 4096, torch.bfloat16)
+
+
+def test_autocast_chunks_keep_their_logits_in_the_gemm_dtype():
+    """Under autocast the chunks' logits stay bf16 (they widen to fp32 exactly): the loss and gradients equal
+    those of the same logits widened to fp32 first, to the last bit."""
+    from muse.train import loss as L
+
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(64, 32, generator=gen, requires_grad=True)
+    w = torch.randn(300, 32, generator=gen, requires_grad=True)
+    t = torch.randint(0, 300, (64,), generator=gen)
+    chunks = L._VocabChunks(h.detach(), w.detach(), None, 128, torch.bfloat16)
+    assert chunks.logits_dtype == torch.bfloat16 and chunks.logits(0).dtype == torch.bfloat16
+    assert L._VocabChunks(h.detach().half(), w.detach().half(), None, 128, torch.float32).logits_dtype == torch.float16
+
+    def run(widen):
+        h.grad = w.grad = None
+        original = L._VocabChunks.logits
+        if widen:
+            L._VocabChunks.logits = lambda self, v0: original(self, v0).float()
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                value = L.linear_cross_entropy(h, w, t, impl="chunked", chunk_size=128)
+            value.backward()
+        finally:
+            L._VocabChunks.logits = original
+        return value.detach(), h.grad.clone(), w.grad.clone()
+
+    for a, b in zip(run(False), run(True), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
