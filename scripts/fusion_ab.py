@@ -10,7 +10,9 @@ runs the GPT reference under bf16 autocast, as ``muse bench speed`` does.  Train
 fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (under autocast the
 loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
-are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead.  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
+are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--lse``
+the log-sum-exp kernel reading a row wider than its tile once (each tile's sum rescaled as the max grows) against
+twice (the max first).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
 over the rounds is reported with every round's value and the largest difference of its output (the logits; in
 training the head weight's gradient) from the reference form's.  Separate processes differ by about 1.5 %
@@ -72,6 +74,12 @@ def _patch_loss(form) -> None:
     loss._VocabChunks.logits, loss.default_chunk_size = form
 
 
+def _patch_lse(one_pass: bool) -> None:
+    from muse.kernels import _triton
+
+    _triton.LSE_ONE_PASS = one_pass
+
+
 def _patch_chunk(rows) -> None:
     """The vocabulary rows per loss chunk: ``rows``, or the library's choice when None."""
     loss.default_chunk_size = _DEFAULT_CHUNK if rows is None else (lambda hidden, weight, impl: rows)
@@ -123,10 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunks", default=None,
                    help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
                         "library's own choice (the reference)")
+    p.add_argument("--lse", action="store_true",
+                   help="with --train: the log-sum-exp kernel reading each row once (the library) against twice")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.chunks and not args.train:
-        p.error("--chunks needs --train")
+    if (args.chunks or args.lse) and not args.train:
+        p.error("--chunks and --lse need --train")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -139,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.chunks:
         forms = {**{f"chunk {int(c)}": int(c) for c in args.chunks.split(",")}, "library": None}
         patch = _patch_chunk
+    if args.lse:
+        forms, patch = {"library": True, "two-pass lse": False}, _patch_lse
     calls, compile_s, outputs, kept, peaks = {}, {}, {}, {}, {}
     try:
         for name, form in forms.items():

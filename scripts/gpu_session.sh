@@ -1356,6 +1356,8 @@ s30d)
 s31a)
   step "the GPT's training step (bf16 autocast): the loss's chunk logits kept bf16 against widened to fp32 (CUDA graphs, 7 rounds)"
   timeout 150 python3 scripts/fusion_ab.py --model gpt --device cuda --train --rounds 7 --out "$OUT/train-ab-gpt.json" 2>&1 | tail -2
+  step "Stage 1's training step: the log-sum-exp kernel reading a chunk row once against twice (CUDA graphs, 7 rounds)"
+  timeout 120 python3 scripts/fusion_ab.py --device cuda --train --lse --rounds 7 --out "$OUT/lse-ab-stage1.json" 2>&1 | tail -2
   step "the loss's vocabulary rows per chunk in the compiled training step (CUDA graphs, 5 rounds): Stage 1, then the GPT"
   timeout 150 python3 scripts/fusion_ab.py --device cuda --train --rounds 5 --chunks 2048,3072,4096 \
     --out "$OUT/chunks-stage1.json" 2>&1 | grep "chunk\|library\|Error" | tail -5

@@ -76,6 +76,9 @@ RSQRT_REL = {"cpu": 2 * U / (1 - U), "cuda": 2.5 * 2 * U}
 # with alignment to the largest addend and truncation (Fasi et al. 2021; Khattak & Mikaitis
 # 2025 for H100), partial sums combined by IEEE fp32 additions.
 CUDA_GEMM_BLOCK = 16
+#: the widest row tile of the log-sum-exp kernel (muse.kernels._triton._ce_tile), which rescales its running sum
+#: once per tile of a wider chunk
+LSE_TILE = 4096
 
 
 def device_kind(device) -> str:
@@ -252,7 +255,8 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 
     1. logits: GEMM error gamma_m A (A = sum|h w| + |b|), then one rounding to the storage
        dtype: E = u_s (|x| + gamma_m A) + gamma_m A + eta_s; e_t = max_v E_tv.
-    2. lse in fp32 from max-shifted exps, online over K = ceil(V / vocab_chunk) chunks: the
+    2. lse in fp32 from max-shifted exps, online over K = ceil(V / vocab_chunk) chunks (times
+       ceil(vocab_chunk / LSE_TILE): the log-sum-exp kernel's tiles of a wider chunk): the
        shift errs by <= u R (R = logit range), exp by lambda, each of <= K - 1 later rescales
        of a term by (1 + lambda) e^(u R) (1 + u), the sum by gamma_(V-1), log by
        lambda_log |log S| with log S <= log V:
@@ -289,7 +293,9 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     big_r = x.max(axis=1) - x.min(axis=1) + 2 * e_t
     phi = (1 + lam) * np.exp(u * big_r) - 1
     n_vchunks = math.ceil(v / vocab_chunk)
-    rescale = ((1 + lam) * np.exp(u * big_r) * (1 + u)) ** (n_vchunks - 1)  # online lse: <= K - 1 rescales a term
+    # online lse: <= K - 1 rescales a term, K the pieces summed apart (the Triton kernel rescales per tile too)
+    pieces = n_vchunks * math.ceil(vocab_chunk / LSE_TILE)
+    rescale = ((1 + lam) * np.exp(u * big_r) * (1 + u)) ** (pieces - 1)
     psi = (1 + phi) * rescale * (1 + gamma(max(v - 1, 1))) - 1
     lse = loss_tok + x[np.arange(n), np.where(scored, targets, 0)]
     c_t = -np.log1p(-psi) + lam_log * (math.log(v) + psi) + u * (np.abs(lse) + 2 * e_t)
