@@ -4,9 +4,9 @@ step) with the tree's form and with its latest change undone, timed in alternati
     python scripts/fusion_ab.py [--model stage1|gpt] [--device cuda] [--train] [--batch-size 4] [--seq 1024]
                                 [--rounds 5] [--out FILE.json]
 
-Inference forms: "library" (the tree: the head's GEMM over its padded storage, ``muse.nn.PaddedLinear``) and
-"head unpadded" (the plain head GEMM, which inductor pads by copying the weight on every call); ``--model gpt``
-runs the GPT reference under bf16 autocast, as ``muse bench speed`` does.  Training forms (``--train``: the model and the
+Inference forms: "library" (the tree: each Stage 1 seed block's second norm and the next norm in one pass,
+``Stage1Model.trunk``) and "block after block" (each norm its own pass, as before); ``--model gpt`` runs the GPT
+reference under bf16 autocast, as ``muse bench speed`` does (its forms are the same code).  Training forms (``--train``: the model and the
 fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (under autocast the
 loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
@@ -19,7 +19,8 @@ training the head weight's gradient) from the reference form's.  Separate proces
 (docs/performance.md); alternating in one process removes that spread from the comparison.  On the CPU (no CUDA
 graphs) it times the compiled calls the same way, which only checks that the script runs.  A diagnostic: the
 figures that go into docs/performance.md say which script and which device gave them.  Earlier versions timed
-modReLU in the complex GEMM's epilogue (4dce78e; slower, removed), the residual inside LN2 against a separate add
+modReLU in the complex GEMM's epilogue (4dce78e; slower, removed), the head's GEMM over its padded storage
+(dd29cf5; +10.8 % Stage 1, no gain for the GPT, kept), the residual inside LN2 against a separate add
 (7eeb042; +3.0 %, kept), modReLU inside LN2's pass (3a92c80; no gain, removed) and the token tables' gradient over
 the looked-up rows against ``embedding_dense_backward`` (90cca3f; +0.5 %, kept) and the loss's gradient chunks
 scaled and rounded in one kernel against a scaled copy and a cast (1aeda6a; +0.6 % Stage 1, +1.2 % GPT, kept).
@@ -37,14 +38,15 @@ import torch
 
 import muse.complex as C
 from muse.models import build_model
-from muse.nn import PaddedLinear
+from muse.models.base import LanguageModel
+from muse.models.stage1 import Stage1Model
 from muse.train import loss
 from muse.train.loss import compile_model_loss
 
 
-def _plain_head(self, x):
-    """The head's GEMM over its (V, d) weight, as before the padded storage."""
-    return self.gemm(x, self.weight, self.bias)
+def _block_after_block(self, x, diag=None):
+    """Stage 1's blocks one after another, each norm its own pass (before the paired norms)."""
+    return LanguageModel.trunk(self, x, diag)
 
 
 _LOGITS = loss._VocabChunks.logits
@@ -63,8 +65,8 @@ def _fp32_chunk(hidden, weight, impl):
     return loss.auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl)
 
 
-def _patch_head(form) -> None:
-    PaddedLinear.forward = form
+def _patch_trunk(form) -> None:
+    Stage1Model.trunk = form
 
 
 _DEFAULT_CHUNK = loss.default_chunk_size
@@ -86,7 +88,7 @@ def _patch_chunk(rows) -> None:
 
 
 #: name -> form; the first is the tree's, the last the reference the outputs are compared with
-INFER = {"library": PaddedLinear.forward, "head unpadded": _plain_head}
+INFER = {"library": Stage1Model.trunk, "block after block": _block_after_block}
 TRAIN = {"library": (_LOGITS, _DEFAULT_CHUNK), "fp32 logits": (_fp32_logits, _fp32_chunk)}
 
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq + 1), generator=gen).to(device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
     C.set_gemm_policy()  # compiling MUSE ops on CUDA needs the process-wide GEMM policy first
-    forms, patch = (TRAIN, _patch_loss) if args.train else (INFER, _patch_head)
+    forms, patch = (TRAIN, _patch_loss) if args.train else (INFER, _patch_trunk)
     if args.chunks:
         forms = {**{f"chunk {int(c)}": int(c) for c in args.chunks.split(",")}, "library": None}
         patch = _patch_chunk

@@ -15,7 +15,14 @@ from muse.complex._policy import (
     gemm_policy_set,
     set_gemm_policy,
 )
-from muse.complex.layers import DROPOUT_MODES, dropout, embedding, layer_norm, modrelu
+from muse.complex.layers import (
+    DROPOUT_MODES,
+    dropout,
+    embedding,
+    layer_norm,
+    layer_norm_pair,
+    modrelu,
+)
 from muse.complex.linalg import linear, matmul
 from muse.complex.ops import (
     abs,
@@ -67,7 +74,7 @@ del _name, _op
 
 __all__ = [
     "DROPOUT_MODES", "ComplexTensor", "abs", "abs2", "add", "angle", "cat", "compute_dtype", "conj", "div",
-    "dropout", "embedding", "eq", "exp", "fp32_accumulation", "from_complex", "from_real", "gemm_dtype", "gemm_linear", "gemm_matmul", "gemm_policy_set", "layer_norm",
+    "dropout", "embedding", "eq", "exp", "fp32_accumulation", "from_complex", "from_real", "gemm_dtype", "gemm_linear", "gemm_matmul", "gemm_policy_set", "layer_norm", "layer_norm_pair",
     "linear", "matmul", "mean", "modrelu", "mul", "ne", "neg", "plane_dtype", "polar", "randn", "set_gemm_policy", "stack",
     "sub", "sum", "to_complex", "zeros",
 ]

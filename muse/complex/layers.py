@@ -105,11 +105,7 @@ def layer_norm(
     """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
     if residual is not None:
-        check_type("residual", residual, ComplexTensor, "a ComplexTensor or None")
-        if residual.shape != z.shape or residual.dtype != z.dtype:
-            raise ValueError(f"residual must match z's shape {tuple(z.shape)} and dtype {z.dtype}, "
-                             f"got {tuple(residual.shape)} and {residual.dtype}")
-        check_same_device([("z", z.device), ("residual", residual.device)])
+        _check_residual(z, residual, "a ComplexTensor or None")
     _check_layer_norm_args(z, weight, bias)
     eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
     if residual is not None:
@@ -120,6 +116,43 @@ def layer_norm(
         z = add(z, residual)
     out = _LayerNormFn.apply(z.planes, weight, bias, eps)
     return ComplexTensor(recompute.remember(out, _LayerNormFn.apply, z.planes, weight, bias, eps))
+
+
+def layer_norm_pair(
+    z: ComplexTensor,
+    residual: ComplexTensor,
+    first: tuple[torch.Tensor | None, torch.Tensor | None, float],
+    second: tuple[torch.Tensor | None, torch.Tensor | None, float],
+) -> tuple[ComplexTensor, ComplexTensor]:
+    """(y, LN_second(y)) with y = LN_first(z + residual); ``first`` and ``second`` are (weight, bias, eps).
+
+    A post-norm block's output and the next block's pre-norm of it (or the final norm): the values of
+    two :func:`layer_norm` calls, bit for bit.  Where no gradient is needed and the kernel is picked, one
+    pass computes both from registers, so y is written but never read back.
+    """
+    check_type("z", z, ComplexTensor, "a ComplexTensor")
+    _check_residual(z, residual, "a ComplexTensor")
+    (w1, b1, eps1), (w2, b2, eps2) = first, second
+    _check_layer_norm_args(z, w1, b1)
+    _check_layer_norm_args(z, w2, b2)
+    eps1 = check_float("eps", eps1, min_value=0.0, min_inclusive=False)
+    eps2 = check_float("eps", eps2, min_value=0.0, min_inclusive=False)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (z.planes, residual.planes, w1, b1, w2, b2))
+    if not grad and kernels.use_kernel(z.planes, residual.planes, w1, b1, w2, b2, op="layer_norm"):
+        y, y2 = kernels.add_layer_norm_pair_fwd(z.planes, residual.planes, w1, b1, eps1, w2, b2, eps2)
+        return ComplexTensor(y), ComplexTensor(y2)
+    y = layer_norm(z, w1, b1, eps1, residual=residual)
+    return y, layer_norm(y, w2, b2, eps2)
+
+
+def _check_residual(z: ComplexTensor, residual: object, expected: str) -> None:
+    """``residual`` is a ComplexTensor of z's shape, dtype and device (``expected`` names it in the TypeError)."""
+    check_type("residual", residual, ComplexTensor, expected)
+    if residual.shape != z.shape or residual.dtype != z.dtype:
+        raise ValueError(f"residual must match z's shape {tuple(z.shape)} and dtype {z.dtype}, "
+                         f"got {tuple(residual.shape)} and {residual.dtype}")
+    check_same_device([("z", z.device), ("residual", residual.device)])
 
 
 def _check_layer_norm_args(z: ComplexTensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:

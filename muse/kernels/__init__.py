@@ -96,6 +96,7 @@ __all__ = ["ENV", "HAS_TRITON", "IN_COMPILE_DEFAULT", "IN_COMPILE_ENV", "INTERPR
 
 from muse.kernels.ops import (  # noqa: E402
     add_layer_norm_fwd,
+    add_layer_norm_pair_fwd,
     bk_green_bwd,
     bk_green_fwd,
     complex_mm,
@@ -112,5 +113,5 @@ from muse.kernels.ops import (  # noqa: E402
     sum_rows,
 )
 
-__all__ += ["add_layer_norm_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows",
+__all__ += ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows",
             "modrelu_bwd", "modrelu_fwd", "selective_scan_bwd", "selective_scan_fwd", "softmax_grad", "sum_rows"]

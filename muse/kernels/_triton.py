@@ -61,21 +61,8 @@ def _programs(device: torch.device, tiles: int, kernel: str) -> int:
 
 # ------------------------------------------------------------------ layer norm
 @triton.jit
-def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
-                       HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                       ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """y = LN(x), or with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add`` rounds it)."""
-    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
-    cols = tl.arange(0, BLOCK_D)[None, :]
-    mask = (rows < n_rows) & (cols < d)
-    off = rows * d + cols
-    re = tl.load(x_ptr + off, mask=mask, other=0.0)
-    im = tl.load(x_ptr + plane + off, mask=mask, other=0.0)
-    if HAS_R:
-        re = (re.to(tl.float32) + tl.load(r_ptr + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
-        im = (im.to(tl.float32) + tl.load(r_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
-    re = re.to(tl.float32)
-    im = im.to(tl.float32)
+def _ln_rows(re, im, mask, cols, d, eps, w_ptr, b_ptr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """The normalised fp32 planes of fp32 rows (re, im): complex mean, E|z - mu|^2, weight, real bias."""
     c_re = tl.where(mask, re - (tl.sum(re, axis=1) / d)[:, None], 0.0)
     c_im = tl.where(mask, im - (tl.sum(im, axis=1) / d)[:, None], 0.0)
     var = tl.sum(c_re * c_re + c_im * c_im, axis=1) / d
@@ -88,8 +75,34 @@ def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, d, plane, eps,
         y_im = y_im * w
     if HAS_B:
         y_re = y_re + tl.load(b_ptr + cols, mask=cols < d, other=0.0).to(tl.float32)
-    tl.store(y_ptr + off, y_re.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_ptr + plane + off, y_im.to(y_ptr.dtype.element_ty), mask=mask)
+    return y_re, y_im
+
+
+@triton.jit
+def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr, n_rows, d, plane, eps, eps2,
+                       HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, PAIR: tl.constexpr,
+                       HAS_W2: tl.constexpr, HAS_B2: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """y = LN(x), or with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add`` rounds it);
+    with PAIR also y2 = LN2(y) of the rounded y (weights w2, b2), which is never read back."""
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    mask = (rows < n_rows) & (cols < d)
+    off = rows * d + cols
+    re = tl.load(x_ptr + off, mask=mask, other=0.0)
+    im = tl.load(x_ptr + plane + off, mask=mask, other=0.0)
+    if HAS_R:
+        re = (re.to(tl.float32) + tl.load(r_ptr + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+        im = (im.to(tl.float32) + tl.load(r_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+    y_re, y_im = _ln_rows(re.to(tl.float32), im.to(tl.float32), mask, cols, d, eps, w_ptr, b_ptr, HAS_W, HAS_B)
+    y_re = y_re.to(y_ptr.dtype.element_ty)
+    y_im = y_im.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + off, y_re, mask=mask)
+    tl.store(y_ptr + plane + off, y_im, mask=mask)
+    if PAIR:
+        y2_re, y2_im = _ln_rows(tl.where(mask, y_re.to(tl.float32), 0.0), tl.where(mask, y_im.to(tl.float32), 0.0),
+                                mask, cols, d, eps2, w2_ptr, b2_ptr, HAS_W2, HAS_B2)
+        tl.store(y2_ptr + off, y2_re.to(y2_ptr.dtype.element_ty), mask=mask)
+        tl.store(y2_ptr + plane + off, y2_im.to(y2_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -162,18 +175,33 @@ def _rows(planes: torch.Tensor) -> tuple[int, int]:
 def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                        eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
     """LN(planes), or LN(planes + residual) with the sum rounded once and never written."""
+    return _ln_forward(planes, residual, weight, bias, eps)[0]
+
+
+def layer_norm_pair_forward(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
+                            bias: torch.Tensor | None, eps: float, weight2: torch.Tensor | None,
+                            bias2: torch.Tensor | None, eps2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, y2): y = LN(planes + residual) as :func:`layer_norm_forward` writes it, and y2 = LN2(y) from the
+    rounded y in registers (the same values as a second call reading y back)."""
+    return _ln_forward(planes, residual, weight, bias, eps, (weight2, bias2, eps2))
+
+
+def _ln_forward(planes, residual, weight, bias, eps, second=None):
     x = scratch(planes.contiguous(), planes)
     r = x if residual is None else scratch(residual.contiguous(), residual)
     n_rows, d = _rows(x)
     y = scratch(torch.empty_like(x))
+    y2 = y if second is None else scratch(torch.empty_like(x))
+    w2, b2, eps2 = (None, None, eps) if second is None else second
     if n_rows == 0:
-        return y
+        return y, y2
     rows, block_d, warps = _tile(d, "layer_norm_fwd")
     _ln_forward_kernel[(triton.cdiv(n_rows, rows),)](
-        x, r, x if weight is None else weight, x if bias is None else bias, y, n_rows, d, n_rows * d, eps,
-        HAS_R=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, ROWS=rows,
-        BLOCK_D=block_d, num_warps=warps)
-    return y
+        x, r, x if weight is None else weight, x if bias is None else bias, y,
+        x if w2 is None else w2, x if b2 is None else b2, y2, n_rows, d, n_rows * d, eps, eps2,
+        HAS_R=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, PAIR=second is not None,
+        HAS_W2=w2 is not None, HAS_B2=b2 is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+    return y, y2
 
 
 def layer_norm_backward(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,

@@ -65,6 +65,21 @@ def _(planes, residual, weight, bias, eps):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 
+@_kernel_op("muse::add_layer_norm_pair_fwd")
+def add_layer_norm_pair_fwd(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
+                            bias: torch.Tensor | None, eps: float, weight2: torch.Tensor | None,
+                            bias2: torch.Tensor | None, eps2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, LN2(y)) with y = LN(planes + residual) of float16 planes: a post-norm block's output and the
+    next norm of it in one pass (inference); y is written once and not read back."""
+    return _k().layer_norm_pair_forward(planes, residual, weight, bias, eps, weight2, bias2, eps2)
+
+
+@add_layer_norm_pair_fwd.register_fake
+def _(planes, residual, weight, bias, eps, weight2, bias2, eps2):
+    like = torch.empty_like(planes, memory_format=torch.contiguous_format)
+    return like, torch.empty_like(like)
+
+
 @_kernel_op("muse::layer_norm_bwd")
 def layer_norm_bwd(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
                    eps: float, sums_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,5 +236,5 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
     return _k().softmax_grad(z, lse, targets, keep, dtype, offset)
 
 
-__all__ = ["add_layer_norm_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
+__all__ = ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
            "softmax_grad", "sum_rows"]

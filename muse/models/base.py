@@ -132,13 +132,7 @@ class LanguageModel(nn.Module):
         self._count_nonfinite(0, x)
         if return_diagnostics:
             diag["embedding"] = activation_statistics(x)
-        for i, block in enumerate(self.blocks):
-            stats: dict | None = {} if return_diagnostics else None
-            x = block(x, stats)
-            self._count_nonfinite(i + 1, x)
-            if return_diagnostics:
-                diag[f"layer_{i}"] = {**activation_statistics(x), **stats}
-        x = self.final_norm(x)
+        x = self.trunk(x, diag if return_diagnostics else None)
         out = self.head_input(x)  # (B, S, d)
         if return_hidden:
             self._count_nonfinite(-1, out)
@@ -154,6 +148,17 @@ class LanguageModel(nn.Module):
         if not return_hidden:
             diag["output"] = logits_statistics(out)
         return out, diag
+
+    def trunk(self, x, diag: dict | None = None):
+        """The blocks and the final norm over the first activations ``x``, counting each block's non-finite
+        outputs; with ``diag`` each block's statistics go into it."""
+        for i, block in enumerate(self.blocks):
+            stats: dict | None = {} if diag is not None else None
+            x = block(x, stats)
+            self._count_nonfinite(i + 1, x)
+            if diag is not None:
+                diag[f"layer_{i}"] = {**activation_statistics(x), **stats}
+        return self.final_norm(x)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:

@@ -242,8 +242,11 @@ class Stage1Block(nn.Module):
 
     def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
         """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
-        h = self.dropout(self.activation(self.linear(self.norm1(z))))
-        return self.norm2(h, residual=z)
+        return self.norm2(self.branch(self.norm1(z)), residual=z)
+
+    def branch(self, n: C.ComplexTensor) -> C.ComplexTensor:
+        """The residual branch after norm1: linear, modReLU, dropout."""
+        return self.dropout(self.activation(self.linear(n)))
 
     def step(self, z: C.ComplexTensor, state: None = None) -> tuple[C.ComplexTensor, None]:
         """Incremental form: the block is per-token, so it carries no state."""
@@ -407,6 +410,19 @@ class Stage1Model(LanguageModel):
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> C.ComplexTensor:
         return self.embedding(input_ids, positions)  # (B, S, d) complex
+
+    def trunk(self, x: C.ComplexTensor, diag: dict | None = None) -> C.ComplexTensor:
+        """The seed blocks' chain with each block's norm2 paired with the next norm1 (the last with the final
+        norm): the same values as block after block, and in inference one pass per pair, so no block's output
+        is read back (:meth:`ComplexLayerNorm.pair`).  Other blocks, or ``diag``: block after block."""
+        if diag is not None or not all(type(b) is Stage1Block for b in self.blocks):
+            return super().trunk(x, diag)
+        n = self.blocks[0].norm1(x) if len(self.blocks) else None
+        for i, block in enumerate(self.blocks):
+            then = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.final_norm
+            x, n = block.norm2.pair(block.branch(n), x, then)
+            self._count_nonfinite(i + 1, x)
+        return self.final_norm(x) if n is None else n
 
     def head_input(self, z: C.ComplexTensor) -> torch.Tensor:
         """Re(z) (B, S, d) in the storage dtype; with a tied head times :func:`tied_head_scale` (exact:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_float, check_float_dtype, check_int
+from muse._checks import check_float, check_float_dtype, check_int, check_type
 
 
 class ComplexLayerNorm(nn.Module):
@@ -27,6 +27,13 @@ class ComplexLayerNorm(nn.Module):
     def forward(self, z: C.ComplexTensor, residual: C.ComplexTensor | None = None) -> C.ComplexTensor:
         """LN(z), or LN(z + residual) (a post-norm residual connection, one pass in inference)."""
         return C.layer_norm(z, self.weight, self.bias, self.eps, residual=residual)
+
+    def pair(self, z: C.ComplexTensor, residual: C.ComplexTensor,
+             then: ComplexLayerNorm) -> tuple[C.ComplexTensor, C.ComplexTensor]:
+        """(y, then(y)) with y = LN(z + residual): a post-norm block's output and the next norm of it, one
+        pass in inference (:func:`muse.complex.layer_norm_pair`)."""
+        check_type("then", then, ComplexLayerNorm, "a ComplexLayerNorm")
+        return C.layer_norm_pair(z, residual, (self.weight, self.bias, self.eps), (then.weight, then.bias, then.eps))
 
     def extra_repr(self) -> str:
         return f"features={self.features}, eps={self.eps}"

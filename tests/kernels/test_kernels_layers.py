@@ -22,7 +22,8 @@ if not kernels.HAS_TRITON:
 @pytest.fixture
 def launches(monkeypatch, kernel_device):
     """Kernels on; counts the wrappers' launches (tests/kernels/_launches.py)."""
-    counts = count_launches(monkeypatch, kernel_device, ("layer_norm_forward", "layer_norm_backward", "modrelu_forward", "modrelu_backward"))
+    counts = count_launches(monkeypatch, kernel_device, ("layer_norm_forward", "layer_norm_pair_forward",
+                                                         "layer_norm_backward", "modrelu_forward", "modrelu_backward"))
     return counts
 
 
@@ -128,27 +129,73 @@ def test_layer_norm_with_a_residual_is_one_kernel_and_the_two_ops_bit_for_bit(ke
     assert torch.equal(out.planes.detach().nan_to_num(), two.nan_to_num()) and zg.grad is not None
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("kernel_device", DEVICES)
-def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, launches, monkeypatch):
-    """The seed preset's block (LN -> linear -> modReLU -> dropout -> + z -> LN): in inference its second
-    norm takes the residual in the kernel's pass; the logits equal those of the training path's two ops."""
-    from muse.kernels import _triton
+@pytest.mark.parametrize("shape", [(3, 17), (1, 130), (300, 8)], ids=str)
+@pytest.mark.parametrize("affine", ["weight+bias", "none", "mixed"])
+def test_layer_norm_pair_is_one_kernel_and_the_two_norms_bit_for_bit(kernel_device, shape, affine, launches):
+    """Without grad, (LN1(z + r), LN2(LN1(z + r))) is one launch with the values of two LayerNorm kernels to
+    the bit (the second from the rounded first, as if read back; overflowing sums included); with grad it is
+    the two autograd norms, with the same values."""
+    z = _rand(2, *shape, device=kernel_device, scale=2.0, seed=21)
+    r = _rand(2, *shape, device=kernel_device, scale=3.0, seed=22)
+    r[0, ..., 0] = 65504.0
+    z[0, ..., 0] = 65504.0 if shape[-1] > 8 else 1.0
+    d = shape[-1]
+    w1 = None if affine == "none" else (1 + 0.3 * _rand(d, device=kernel_device, seed=2).float()).half()
+    b1 = _rand(d, device=kernel_device, seed=3) if affine != "none" else None
+    w2 = None if affine != "weight+bias" else (1 - 0.2 * _rand(d, device=kernel_device, seed=4).float()).half()
+    b2 = _rand(d, device=kernel_device, seed=5) if affine != "none" else None
+    zc, rc = C.ComplexTensor(z), C.ComplexTensor(r)
+    with torch.no_grad():
+        y, y2 = C.layer_norm_pair(zc, rc, (w1, b1, 1e-5), (w2, b2, 1e-3))
+        assert launches == {"layer_norm_pair_forward": 1}
+        one = C.layer_norm(zc, w1, b1, 1e-5, residual=rc)
+        two = C.layer_norm(one, w2, b2, 1e-3)
+    assert launches == {"layer_norm_pair_forward": 1, "layer_norm_forward": 2}
+    tol = 0.0 if kernel_device == "cpu" else 1.0  # two compiled CUDA kernels may contract fp32 differently
+    for got, want in ((y, one), (y2, two)):
+        assert torch.equal(got.planes.isnan(), want.planes.isnan())
+        assert _ulps(got.planes.nan_to_num(), want.planes.nan_to_num()) <= tol
+    zg = z.clone().requires_grad_(True)
+    gy, gy2 = C.layer_norm_pair(C.ComplexTensor(zg), rc, (w1, b1, 1e-5), (w2, b2, 1e-3))
+    gy2.planes.float().nan_to_num().sum().backward()
+    assert launches["layer_norm_pair_forward"] == 1 and launches["layer_norm_backward"] == 2
+    assert torch.equal(gy2.planes.detach().nan_to_num(), two.planes.nan_to_num()) and zg.grad is not None
+
+
+def test_layer_norm_pair_rejects_bad_arguments():
+    z = C.ComplexTensor(torch.zeros(2, 3, 4, dtype=torch.float16))
+    with pytest.raises(TypeError, match="residual must be a ComplexTensor"):
+        C.layer_norm_pair(z, z.planes, (None, None, 1e-5), (None, None, 1e-5))
+    with pytest.raises(ValueError, match="residual must match"):
+        C.layer_norm_pair(z, C.ComplexTensor(torch.zeros(2, 3, 5, dtype=torch.float16)), (None, None, 1e-5),
+                          (None, None, 1e-5))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        C.layer_norm_pair(z, z, (None, None, 1e-5), (torch.ones(5, dtype=torch.float16), None, 1e-5))
+    with pytest.raises(ValueError, match="eps"):
+        C.layer_norm_pair(z, z, (None, None, 1e-5), (None, None, 0.0))
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, launches):
+    """The seed preset's blocks (LN -> linear -> modReLU -> dropout -> + z -> LN): in inference each block's
+    second norm takes the residual and the next norm (the next block's first, or the final norm) in one
+    pass; the logits equal those of the training path's separate ops."""
     from muse.models import build_model
 
-    fused = []
-    ln = _triton.layer_norm_forward
-    monkeypatch.setattr(_triton, "layer_norm_forward",
-                        lambda *a, **k: fused.append(len(a) > 4 or "residual" in k) or ln(*a, **k))
     torch.manual_seed(0)
     model = build_model("stage1", "tiny", vocab_size=64, max_seq_len=16, device=kernel_device).eval()
     ids = torch.randint(0, 64, (2, 16), device=kernel_device)
     with torch.no_grad():
         inference = model(ids)
-    assert fused.count(True) == model.config.n_layers
-    fused.clear()
+    assert launches == {"layer_norm_pair_forward": model.config.n_layers, "layer_norm_forward": 1,
+                        "modrelu_forward": model.config.n_layers}
+    launches.clear()
     with torch.enable_grad():
         training_path = model(ids)
-    assert fused.count(True) == 0
+    assert "layer_norm_pair_forward" not in launches
     if kernel_device == "cpu":
         assert torch.equal(inference, training_path.detach())
     else:  # two compiled kernels, within an fp16 ULP of each other
@@ -168,6 +215,24 @@ def test_layer_norm_with_a_residual_in_a_compiled_graph(kernel_device, launches)
         out = torch.compile(f, fullgraph=True, backend="aot_eager")(z, r)
         assert launches == {"layer_norm_forward": 1}
         assert torch.equal(out, f(z, r))
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_layer_norm_pair_in_a_compiled_graph(kernel_device, launches):
+    """Inference inside torch.compile: the pair's custom op, no graph break, the eager values."""
+    torch._dynamo.reset()
+    z, r = _rand(2, 4, 8, device=kernel_device, seed=15), _rand(2, 4, 8, device=kernel_device, seed=16)
+    w = _rand(8, device=kernel_device, seed=17)
+
+    def f(p, q):
+        y, y2 = C.layer_norm_pair(C.ComplexTensor(p), C.ComplexTensor(q), (None, None, 1e-5), (w, w, 1e-5))
+        return y.planes, y2.planes
+
+    with torch.no_grad():
+        out = torch.compile(f, fullgraph=True, backend="aot_eager")(z, r)
+        assert launches == {"layer_norm_pair_forward": 1}
+        for got, want in zip(out, f(z, r), strict=True):
+            assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
