@@ -227,6 +227,17 @@ def _check_variant_fields(config: Stage1Config) -> None:
                          "the seed block keeps the seed's untied head")
 
 
+def _hooked(modules: list[nn.Module]) -> bool:
+    """Whether a forward or backward hook, global or on one of ``modules``, is registered."""
+    from torch.nn.modules import module as m
+
+    if m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks \
+            or m._global_backward_pre_hooks:
+        return True
+    return any(x._forward_hooks or x._forward_pre_hooks or x._backward_hooks or x._backward_pre_hooks
+               for x in modules)
+
+
 class Stage1Block(nn.Module):
     """LN -> ComplexLinear -> ModReLU -> dropout -> residual -> LN (init and dropout as the config's)."""
 
@@ -414,8 +425,11 @@ class Stage1Model(LanguageModel):
     def trunk(self, x: C.ComplexTensor, diag: dict | None = None) -> C.ComplexTensor:
         """The seed blocks' chain with each block's norm2 paired with the next norm1 (the last with the final
         norm): the same values as block after block, and in inference one pass per pair, so no block's output
-        is read back (:meth:`ComplexLayerNorm.pair`).  Other blocks, or ``diag``: block after block."""
-        if diag is not None or not all(type(b) is Stage1Block for b in self.blocks):
+        is read back (:meth:`ComplexLayerNorm.pair`).  Block after block for other blocks, with ``diag``, and
+        while a module hook would miss the calls the pairs skip (the blocks', their norms', the final norm's)."""
+        if (diag is not None or not all(type(b) is Stage1Block for b in self.blocks)
+                or _hooked([*self.blocks, *(b.norm1 for b in self.blocks), *(b.norm2 for b in self.blocks),
+                            self.final_norm])):
             return super().trunk(x, diag)
         n = self.blocks[0].norm1(x) if len(self.blocks) else None
         for i, block in enumerate(self.blocks):
