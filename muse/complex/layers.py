@@ -24,6 +24,7 @@ from muse._checks import (
     check_choice,
     check_float,
     check_float_tensor,
+    check_int,
     check_probability,
     check_same_device,
     check_tensor,
@@ -123,12 +124,15 @@ def layer_norm_pair(
     residual: ComplexTensor,
     first: tuple[torch.Tensor | None, torch.Tensor | None, float],
     second: tuple[torch.Tensor | None, torch.Tensor | None, float],
+    nonfinite: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[ComplexTensor, ComplexTensor]:
     """(y, LN_second(y)) with y = LN_first(z + residual); ``first`` and ``second`` are (weight, bias, eps).
 
     A post-norm block's output and the next block's pre-norm of it (or the final norm): the values of
     two :func:`layer_norm` calls, bit for bit.  Where no gradient is needed and the kernel is picked, one
-    pass computes both from registers, so y is written but never read back.
+    pass computes both from registers, so y is written but never read back.  ``nonfinite`` = (flags, slot),
+    flags an int32 (n,) tensor on z's device: flags[slot] is set to 1 where a value of y is not finite (a
+    model's per-stage count, taken in the same pass); it is left as it was otherwise.
     """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
     _check_residual(z, residual, "a ComplexTensor")
@@ -137,12 +141,24 @@ def layer_norm_pair(
     _check_layer_norm_args(z, w2, b2)
     eps1 = check_float("eps", eps1, min_value=0.0, min_inclusive=False)
     eps2 = check_float("eps", eps2, min_value=0.0, min_inclusive=False)
+    flags, slot = (None, 0) if nonfinite is None else nonfinite
+    if flags is not None:
+        check_tensor("flags", flags)
+        if flags.dtype != torch.int32 or flags.dim() != 1:
+            raise TypeError(f"flags must be a 1-D torch.int32 tensor, got {flags.dtype} with {flags.dim()} dims")
+        check_same_device([("z", z.device), ("flags", flags.device)])
+        check_int("slot", slot, min_value=0)
+        if slot >= flags.numel():
+            raise ValueError(f"slot must be below flags' length {flags.numel()}, got {slot}")
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (z.planes, residual.planes, w1, b1, w2, b2))
     if not grad and kernels.use_kernel(z.planes, residual.planes, w1, b1, w2, b2, op="layer_norm"):
-        y, y2 = kernels.add_layer_norm_pair_fwd(z.planes, residual.planes, w1, b1, eps1, w2, b2, eps2)
+        y, y2 = kernels.add_layer_norm_pair_fwd(z.planes, residual.planes, w1, b1, eps1, w2, b2, eps2, flags, slot)
         return ComplexTensor(y), ComplexTensor(y2)
     y = layer_norm(z, w1, b1, eps1, residual=residual)
+    if flags is not None:
+        with torch.no_grad():
+            flags[slot] = torch.maximum(flags[slot], (~torch.isfinite(y.planes)).any().to(torch.int32))
     return y, layer_norm(y, w2, b2, eps2)
 
 

@@ -79,11 +79,13 @@ def _ln_rows(re, im, mask, cols, d, eps, w_ptr, b_ptr, HAS_W: tl.constexpr, HAS_
 
 
 @triton.jit
-def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr, n_rows, d, plane, eps, eps2,
+def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr, flag_ptr, n_rows, d, plane, eps, eps2,
                        HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, PAIR: tl.constexpr,
-                       HAS_W2: tl.constexpr, HAS_B2: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                       HAS_W2: tl.constexpr, HAS_B2: tl.constexpr, FLAG: tl.constexpr, ROWS: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
     """y = LN(x), or with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add`` rounds it);
-    with PAIR also y2 = LN2(y) of the rounded y (weights w2, b2), which is never read back."""
+    with PAIR also y2 = LN2(y) of the rounded y (weights w2, b2), which is never read back; with FLAG the int32
+    at flag_ptr becomes 1 where a stored y is not finite."""
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     cols = tl.arange(0, BLOCK_D)[None, :]
     mask = (rows < n_rows) & (cols < d)
@@ -98,6 +100,12 @@ def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr
     y_im = y_im.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + off, y_re, mask=mask)
     tl.store(y_ptr + plane + off, y_im, mask=mask)
+    if FLAG:
+        a_re = tl.abs(y_re.to(tl.float32))
+        a_im = tl.abs(y_im.to(tl.float32))
+        bad = mask & ~((a_re < float("inf")) & (a_im < float("inf")))  # NaN compares false: counted
+        if tl.max(bad.to(tl.int32)) > 0:
+            tl.atomic_max(flag_ptr, 1)
     if PAIR:
         y2_re, y2_im = _ln_rows(tl.where(mask, y_re.to(tl.float32), 0.0), tl.where(mask, y_im.to(tl.float32), 0.0),
                                 mask, cols, d, eps2, w2_ptr, b2_ptr, HAS_W2, HAS_B2)
@@ -180,13 +188,15 @@ def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: 
 
 def layer_norm_pair_forward(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
                             bias: torch.Tensor | None, eps: float, weight2: torch.Tensor | None,
-                            bias2: torch.Tensor | None, eps2: float) -> tuple[torch.Tensor, torch.Tensor]:
+                            bias2: torch.Tensor | None, eps2: float, flags: torch.Tensor | None = None,
+                            slot: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, y2): y = LN(planes + residual) as :func:`layer_norm_forward` writes it, and y2 = LN2(y) from the
-    rounded y in registers (the same values as a second call reading y back)."""
-    return _ln_forward(planes, residual, weight, bias, eps, (weight2, bias2, eps2))
+    rounded y in registers (the same values as a second call reading y back); flags[slot] (int32) becomes 1
+    where a value of y is not finite."""
+    return _ln_forward(planes, residual, weight, bias, eps, (weight2, bias2, eps2), flags, slot)
 
 
-def _ln_forward(planes, residual, weight, bias, eps, second=None):
+def _ln_forward(planes, residual, weight, bias, eps, second=None, flags=None, slot=0):
     x = scratch(planes.contiguous(), planes)
     r = x if residual is None else scratch(residual.contiguous(), residual)
     n_rows, d = _rows(x)
@@ -198,9 +208,11 @@ def _ln_forward(planes, residual, weight, bias, eps, second=None):
     rows, block_d, warps = _tile(d, "layer_norm_fwd")
     _ln_forward_kernel[(triton.cdiv(n_rows, rows),)](
         x, r, x if weight is None else weight, x if bias is None else bias, y,
-        x if w2 is None else w2, x if b2 is None else b2, y2, n_rows, d, n_rows * d, eps, eps2,
+        x if w2 is None else w2, x if b2 is None else b2, y2, x if flags is None else flags[slot:],
+        n_rows, d, n_rows * d, eps, eps2,
         HAS_R=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, PAIR=second is not None,
-        HAS_W2=w2 is not None, HAS_B2=b2 is not None, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
+        HAS_W2=w2 is not None, HAS_B2=b2 is not None, FLAG=flags is not None, ROWS=rows, BLOCK_D=block_d,
+        num_warps=warps)
     return y, y2
 
 

@@ -25,11 +25,11 @@ def _direct() -> bool:
             and _get_current_dispatch_mode() is None and not torch._C._are_functorch_transforms_active())
 
 
-def _kernel_op(name: str):
+def _kernel_op(name: str, mutates_args: tuple[str, ...] = ()):
     """``torch.library.custom_op(name)`` of the decorated function, called directly where :func:`_direct`
     allows; the returned function keeps ``register_fake`` and exposes the custom op as ``.op``."""
     def wrap(fn):
-        op = torch.library.custom_op(name, fn, mutates_args=())
+        op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
@@ -65,17 +65,19 @@ def _(planes, residual, weight, bias, eps):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 
-@_kernel_op("muse::add_layer_norm_pair_fwd")
+@_kernel_op("muse::add_layer_norm_pair_fwd", mutates_args=("flags",))
 def add_layer_norm_pair_fwd(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
                             bias: torch.Tensor | None, eps: float, weight2: torch.Tensor | None,
-                            bias2: torch.Tensor | None, eps2: float) -> tuple[torch.Tensor, torch.Tensor]:
+                            bias2: torch.Tensor | None, eps2: float, flags: torch.Tensor | None,
+                            slot: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, LN2(y)) with y = LN(planes + residual) of float16 planes: a post-norm block's output and the
-    next norm of it in one pass (inference); y is written once and not read back."""
-    return _k().layer_norm_pair_forward(planes, residual, weight, bias, eps, weight2, bias2, eps2)
+    next norm of it in one pass (inference); y is written once and not read back.  ``flags`` (int32,
+    or None): flags[slot] becomes 1 where a value of y is not finite."""
+    return _k().layer_norm_pair_forward(planes, residual, weight, bias, eps, weight2, bias2, eps2, flags, slot)
 
 
 @add_layer_norm_pair_fwd.register_fake
-def _(planes, residual, weight, bias, eps, weight2, bias2, eps2):
+def _(planes, residual, weight, bias, eps, weight2, bias2, eps2, flags, slot):
     like = torch.empty_like(planes, memory_format=torch.contiguous_format)
     return like, torch.empty_like(like)
 

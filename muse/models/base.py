@@ -246,6 +246,11 @@ class LanguageModel(nn.Module):
         self._nonfinite_count[slot] += (~torch.isfinite(values)).any()
 
     @torch.no_grad()
+    def _count_nonfinite_flags(self, first: int, flags: torch.Tensor) -> None:
+        """Slots first.. += flags (0 or 1 each): per-stage flags a fused pass set, as :meth:`_count_nonfinite` counts."""
+        self._nonfinite_count[first : first + flags.numel()] += flags
+
+    @torch.no_grad()
     def _count_logits_unproven(self, h: torch.Tensor, dtype: torch.dtype) -> None:
         """Last slot += 1 unless the Cauchy-Schwarz bound of the logits (module docstring) is below
         the range of ``dtype``; reads ``h`` (B, S, d) and the head, never the logits."""

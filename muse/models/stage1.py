@@ -431,12 +431,15 @@ class Stage1Model(LanguageModel):
                 or _hooked([*self.blocks, *(b.norm1 for b in self.blocks), *(b.norm2 for b in self.blocks),
                             self.final_norm])):
             return super().trunk(x, diag)
-        n = self.blocks[0].norm1(x) if len(self.blocks) else None
+        if not len(self.blocks):
+            return self.final_norm(x)
+        n = self.blocks[0].norm1(x)
+        flags = torch.zeros(len(self.blocks), dtype=torch.int32, device=n.device)  # each block's output counted in its pass
         for i, block in enumerate(self.blocks):
             then = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.final_norm
-            x, n = block.norm2.pair(block.branch(n), x, then)
-            self._count_nonfinite(i + 1, x)
-        return self.final_norm(x) if n is None else n
+            x, n = block.norm2.pair(block.branch(n), x, then, nonfinite=(flags, i))
+        self._count_nonfinite_flags(1, flags)
+        return n
 
     def head_input(self, z: C.ComplexTensor) -> torch.Tensor:
         """Re(z) (B, S, d) in the storage dtype; with a tied head times :func:`tied_head_scale` (exact:

@@ -28,12 +28,13 @@ class ComplexLayerNorm(nn.Module):
         """LN(z), or LN(z + residual) (a post-norm residual connection, one pass in inference)."""
         return C.layer_norm(z, self.weight, self.bias, self.eps, residual=residual)
 
-    def pair(self, z: C.ComplexTensor, residual: C.ComplexTensor,
-             then: ComplexLayerNorm) -> tuple[C.ComplexTensor, C.ComplexTensor]:
+    def pair(self, z: C.ComplexTensor, residual: C.ComplexTensor, then: ComplexLayerNorm,
+             nonfinite: tuple[torch.Tensor, int] | None = None) -> tuple[C.ComplexTensor, C.ComplexTensor]:
         """(y, then(y)) with y = LN(z + residual): a post-norm block's output and the next norm of it, one
-        pass in inference (:func:`muse.complex.layer_norm_pair`)."""
+        pass in inference (:func:`muse.complex.layer_norm_pair`, which also takes ``nonfinite``)."""
         check_type("then", then, ComplexLayerNorm, "a ComplexLayerNorm")
-        return C.layer_norm_pair(z, residual, (self.weight, self.bias, self.eps), (then.weight, then.bias, then.eps))
+        return C.layer_norm_pair(z, residual, (self.weight, self.bias, self.eps), (then.weight, then.bias, then.eps),
+                                 nonfinite)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, eps={self.eps}"

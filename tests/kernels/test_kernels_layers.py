@@ -165,6 +165,33 @@ def test_layer_norm_pair_is_one_kernel_and_the_two_norms_bit_for_bit(kernel_devi
     assert torch.equal(gy2.planes.detach().nan_to_num(), two.planes.nan_to_num()) and zg.grad is not None
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("case", ["finite", "inf sum", "nan input"])
+def test_layer_norm_pair_flags_a_nonfinite_output_in_its_pass(kernel_device, case, launches):
+    """flags[slot] becomes 1 exactly when the first output has a non-finite value, as the PyTorch path sets it;
+    the other slots and an already set flag stay as they were."""
+    z = _rand(2, 37, 16, device=kernel_device, scale=2.0, seed=31)
+    r = _rand(2, 37, 16, device=kernel_device, seed=32)
+    if case == "inf sum":
+        z[1, 20, 3], r[1, 20, 3] = 65504.0, 65504.0  # the imaginary sum overflows: that row's output is NaN
+    if case == "nan input":
+        r[0, 36, 15] = float("nan")
+    got = {}
+    for on in (True, False):
+        flags = torch.tensor([0, 0, 1, 0], dtype=torch.int32, device=kernel_device)
+        with torch.no_grad(), kernels.environment(MUSE_KERNELS="1" if on else "0"):
+            y, _ = C.layer_norm_pair(C.ComplexTensor(z), C.ComplexTensor(r), (None, None, 1e-5), (None, None, 1e-5),
+                                     nonfinite=(flags, 1))
+            C.layer_norm_pair(C.ComplexTensor(z), C.ComplexTensor(r), (None, None, 1e-5), (None, None, 1e-5),
+                              nonfinite=(flags, 2))
+        got[on] = flags.tolist()
+        assert bool(flags[1]) == (not bool(y.planes.isfinite().all()))
+    assert launches == {"layer_norm_pair_forward": 2}
+    assert got[True] == got[False] == [0, int(case != "finite"), 1, 0]
+
+
 def test_layer_norm_pair_rejects_bad_arguments():
     z = C.ComplexTensor(torch.zeros(2, 3, 4, dtype=torch.float16))
     with pytest.raises(TypeError, match="residual must be a ComplexTensor"):
@@ -176,6 +203,11 @@ def test_layer_norm_pair_rejects_bad_arguments():
         C.layer_norm_pair(z, z, (None, None, 1e-5), (torch.ones(5, dtype=torch.float16), None, 1e-5))
     with pytest.raises(ValueError, match="eps"):
         C.layer_norm_pair(z, z, (None, None, 1e-5), (None, None, 0.0))
+    with pytest.raises(TypeError, match="flags must be a 1-D torch.int32 tensor"):
+        C.layer_norm_pair(z, z, (None, None, 1e-5), (None, None, 1e-5), nonfinite=(torch.zeros(3), 0))
+    with pytest.raises(ValueError, match="slot must be below flags' length 3"):
+        C.layer_norm_pair(z, z, (None, None, 1e-5), (None, None, 1e-5),
+                          nonfinite=(torch.zeros(3, dtype=torch.int32), 3))
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
@@ -196,6 +228,16 @@ def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, laun
     with torch.enable_grad():
         training_path = model(ids)
     assert "layer_norm_pair_forward" not in launches
+    with torch.no_grad():  # a NaN weight in block 1: both paths count that block's output and the logits
+        model.blocks[1].linear.weight[0, 0, 0] = float("nan")
+        model.reset_statistics()
+        model(ids)
+        paired = model.get_statistics()["nonfinite_by_stage"]
+        model.reset_statistics()
+        with kernels.environment(MUSE_KERNELS="0"):
+            model(ids)
+        assert model.get_statistics()["nonfinite_by_stage"] == paired
+    assert paired["layer_0"] == 0 and paired["layer_1"] == 1 and paired["logits"] == 1
     if kernel_device == "cpu":
         assert torch.equal(inference, training_path.detach())
     else:  # two compiled kernels, within an fp16 ULP of each other
@@ -218,21 +260,28 @@ def test_layer_norm_with_a_residual_in_a_compiled_graph(kernel_device, launches)
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
-def test_layer_norm_pair_in_a_compiled_graph(kernel_device, launches):
-    """Inference inside torch.compile: the pair's custom op, no graph break, the eager values."""
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_layer_norm_pair_in_a_compiled_graph(kernel_device, backend, launches):
+    """Inference inside torch.compile: the pair's custom op, no graph break, the eager values; its flag write
+    into a buffer made in the graph (as Stage1Model.trunk makes it) reaches the graph's output."""
     torch._dynamo.reset()
     z, r = _rand(2, 4, 8, device=kernel_device, seed=15), _rand(2, 4, 8, device=kernel_device, seed=16)
+    r[1, 2, 5] = float("inf")
     w = _rand(8, device=kernel_device, seed=17)
 
     def f(p, q):
-        y, y2 = C.layer_norm_pair(C.ComplexTensor(p), C.ComplexTensor(q), (None, None, 1e-5), (w, w, 1e-5))
-        return y.planes, y2.planes
+        flags = torch.zeros(3, dtype=torch.int32, device=p.device)
+        y, y2 = C.layer_norm_pair(C.ComplexTensor(p), C.ComplexTensor(q), (None, None, 1e-5), (w, w, 1e-5),
+                                  nonfinite=(flags, 1))
+        return y.planes, y2.planes, flags
 
     with torch.no_grad():
-        out = torch.compile(f, fullgraph=True, backend="aot_eager")(z, r)
+        out = torch.compile(f, fullgraph=True, backend=backend)(z, r)
         assert launches == {"layer_norm_pair_forward": 1}
-        for got, want in zip(out, f(z, r), strict=True):
-            assert torch.equal(got, want)
+        want = f(z, r)
+        assert want[2].tolist() == [0, 1, 0]
+        for got, ref in zip(out, want, strict=True):
+            assert torch.equal(got.nan_to_num(), ref.nan_to_num())
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
