@@ -41,13 +41,16 @@ def _rounded_sum(z: np.ndarray, residual: np.ndarray) -> np.ndarray:
         return (z.astype(np.float64) + residual.astype(np.float64)).astype(np.float16)
 
 
-def _layer_norm_check(device: str, impl: str, z, weight, bias, eps: float, residual=None) -> None:
+def _layer_norm_check(device: str, impl: str, z, weight, bias, eps: float, residual=None, out=None,
+                      op: str = "layer_norm", call: str | None = None) -> None:
     """C.layer_norm within its bound; with ``residual``, of the rounded sum (the bound of the LayerNorm
-    of that sum: the residual form rounds the sum once, as ``add`` does, and normalises it)."""
+    of that sum: the residual form rounds the sum once, as ``add`` does, and normalises it).  ``out``: the
+    planes another op computed for this LayerNorm (reported as ``op``, reproduced by ``call``)."""
     w_t = None if weight is None else tensor(weight, device)
     b_t = None if bias is None else tensor(bias, device)
     args = (ct(z, device), w_t, b_t, eps) + (() if residual is None else (ct(residual, device),))
-    out = planes(run(impl, C.layer_norm, *args))
+    if out is None:
+        out = planes(run(impl, C.layer_norm, *args))
     re, im, stats = R.layer_norm(z if residual is None else _rounded_sum(z, residual), weight, bias, eps)
     e_re, e_im = B.layer_norm_abs(stats, re.hi, im.hi, weight, bias, eps, device)
     bound = [B.in_ulps(B.mixed(re.hi, e_re), re.hi), B.in_ulps(B.mixed(im.hi, e_im), im.hi)]
@@ -63,10 +66,34 @@ def _layer_norm_check(device: str, impl: str, z, weight, bias, eps: float, resid
             found["bias"] = bias
         return found
 
-    check_ulps("layer_norm", impl_label(device, impl), [out[0], out[1]], [re, im], bound, locate=locate,
-               call="C.layer_norm(C.ComplexTensor(torch.from_numpy(z)), torch.from_numpy(weight), "
-                    "torch.from_numpy(bias), float(eps)" + (")" if residual is None else
-                    ", C.ComplexTensor(torch.from_numpy(residual)))"))
+    check_ulps(op, impl_label(device, impl), [out[0], out[1]], [re, im], bound, locate=locate,
+               call=call or ("C.layer_norm(C.ComplexTensor(torch.from_numpy(z)), torch.from_numpy(weight), "
+                             "torch.from_numpy(bias), float(eps)" + (")" if residual is None else
+                             ", C.ComplexTensor(torch.from_numpy(residual)))")))
+
+
+def _pair(z, residual, w1, b1, w2, b2, eps1, eps2):
+    y, y2 = C.layer_norm_pair(z, residual, (w1, b1, eps1), (w2, b2, eps2))
+    return y, y2
+
+
+@given(case=layer_norm_case(), data=st.data())
+def test_layer_norm_pair_accuracy(device, impl, case, data):
+    """C.layer_norm_pair: its first output within the LayerNorm bound of the rounded sum, its second within the
+    LayerNorm bound of that first output as computed (docs/numerics.md, "A pair of norms")."""
+    z, weight, bias, eps, residual = case
+    assume(residual is not None)
+    d = z.shape[-1]
+    w2 = data.draw(st.one_of(st.none(), vs.real_arrays((d,), band="mixed")))
+    b2 = data.draw(st.one_of(st.none(), vs.real_arrays((d,), band="unit")))
+    eps2 = data.draw(st.sampled_from([1e-5, 1e-3]))
+    opt = [None if a is None else tensor(a, device) for a in (weight, bias, w2, b2)]
+    y, y2 = run(impl, _pair, ct(z, device), ct(residual, device), *opt, eps, eps2)
+    y, y2 = planes(y), planes(y2)
+    call = "C.layer_norm_pair(z, residual, (weight, bias, eps), (weight2, bias2, eps2))"
+    _layer_norm_check(device, impl, z, weight, bias, eps, residual, out=y, op="layer_norm_pair", call=call)
+    assume(np.isfinite(y).all())
+    _layer_norm_check(device, impl, y, w2, b2, eps2, out=y2, op="layer_norm_pair", call=call)
 
 
 @given(case=layer_norm_case())
