@@ -41,7 +41,7 @@ from muse.models.compile import compile_model, resolve_compile
 
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs",
             "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss", "compiled+kernels+autotune",
-            "compiled+kernels+autotune+traced-loss")
+            "compiled+kernels+autotune+traced-loss", "compiled+kernels+cudagraphs+keep-logits")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 
@@ -520,8 +520,10 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
             compiled = variant.startswith("compiled")
             net = compile_model(model, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else model
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
-            loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode) if compiled
-                       else functools.partial(model_loss, model))
+            # keep-logits: the loss keeps its chunks' logits for backward (the full logits' memory, no recomputation)
+            keep = "keep-logits" in variant
+            loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode, keep_logits=keep) if compiled
+                       else functools.partial(model_loss, model, keep_logits=keep))
             ctx = (lambda amp=amp: torch.autocast("cuda", dtype=AMP[amp])) if autocast else _null
 
             def infer(net=net, ctx=ctx, mode=mode):

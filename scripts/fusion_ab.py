@@ -12,7 +12,8 @@ loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and t
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
 are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--lse``
 the log-sum-exp kernel reading a row wider than its tile once (each tile's sum rescaled as the max grows) against
-twice (the max first).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
+twice (the max first), ``--keep`` the loss keeping its chunks' logits for backward (``keep_logits=True``) against
+recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
 over the rounds is reported with every round's value and the largest difference of its output (the logits; in
 training the head weight's gradient) from the reference form's.  Separate processes differ by about 1.5 %
@@ -135,10 +136,12 @@ def main(argv: list[str] | None = None) -> dict:
                         "library's own choice (the reference)")
     p.add_argument("--lse", action="store_true",
                    help="with --train: the log-sum-exp kernel reading each row once (the library) against twice")
+    p.add_argument("--keep", action="store_true",
+                   help="with --train: the loss keeping its chunks' logits for backward against recomputing them")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if (args.chunks or args.lse) and not args.train:
-        p.error("--chunks and --lse need --train")
+    if (args.chunks or args.lse or args.keep) and not args.train:
+        p.error("--chunks, --lse and --keep need --train")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -153,13 +156,16 @@ def main(argv: list[str] | None = None) -> dict:
         patch = _patch_chunk
     if args.lse:
         forms, patch = {"library": True, "two-pass lse": False}, _patch_lse
+    keeps = {}
+    if args.keep:  # the same library code, the loss's option differs
+        forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}
     calls, compile_s, outputs, kept, peaks = {}, {}, {}, {}, {}
     try:
         for name, form in forms.items():
             patch(form)
             torch._dynamo.reset()
             if args.train:
-                loss_fn = compile_model_loss(model)
+                loss_fn = compile_model_loss(model, keep_logits=keeps.get(name, False))
 
                 def call(loss_fn=loss_fn):
                     with autocast:

@@ -1369,6 +1369,19 @@ s31a)
     tests/kernels/test_kernels_loss.py -k "pair or seed_block or residual or lse" 2>&1 | tail -2
   pack
   ;;
+s32a)
+  step "Stage 1 inference: each block's second norm paired with the next norm against block after block (CUDA graphs, 7 rounds)"
+  timeout 90 python3 scripts/fusion_ab.py --device cuda --rounds 7 --out "$OUT/pair-ab-stage1.json" 2>&1 | tail -2
+  step "Stage 1's training step: the loss keeping its chunks' logits against recomputing them (CUDA graphs, 5 rounds)"
+  timeout 80 python3 scripts/fusion_ab.py --device cuda --train --keep --rounds 5 --out "$OUT/keep-ab-stage1.json" 2>&1 | tail -2
+  step "the GPT's training step: the loss keeping its chunks' logits against recomputing them (CUDA graphs, 5 rounds)"
+  timeout 90 python3 scripts/fusion_ab.py --model gpt --device cuda --train --keep --rounds 5 --out "$OUT/keep-ab-gpt.json" 2>&1 | tail -2
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs, default loss and kept logits"
+  timeout 260 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+keep-logits --out "$OUT/speed" 2>&1 \
+    | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -8
+  pack
+  ;;
 s31c)
   step "Stage 1 inference: each block's second norm paired with the next norm against block after block (CUDA graphs, 7 rounds)"
   timeout 80 python3 scripts/fusion_ab.py --device cuda --rounds 7 --out "$OUT/pair-ab-stage1.json" 2>&1 | tail -2

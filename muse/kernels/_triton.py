@@ -515,13 +515,14 @@ def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> N
 
 
 def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
-                 dtype: torch.dtype, offset: int = 0) -> torch.Tensor:
+                 dtype: torch.dtype, offset: int = 0, in_place: bool = True) -> torch.Tensor:
     """(exp(z - lse) - onehot(targets - offset)) * keep, computed in fp32 and rounded once to ``dtype``
     (z: the logits of vocabulary rows offset..; a target outside them has no column here).  Written
-    over ``z`` when z is row-major of that dtype."""
+    over ``z`` when z is row-major of that dtype and ``in_place``."""
     z = scratch(_row_major(z), z)
     n, width = z.shape
-    g = z if z.dtype == dtype else scratch(torch.empty(n, width, dtype=dtype, device=z.device))
+    over_z = in_place and z.dtype == dtype
+    g = z if over_z else scratch(torch.empty(n, width, dtype=dtype, device=z.device))
     if n == 0 or width == 0:
         return g
     rows, block_w, warps = _ce_tile(width)

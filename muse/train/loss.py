@@ -15,7 +15,9 @@ with one of two implementations chosen at run time (:func:`loss_path` names it):
   of the weight and bias gradients from ONE GEMM over all tokens (the bias's as one more
   column: hidden with a column of ones appended; fp32 accumulation, scaled, one rounding); the
   hidden gradient accumulates over the chunks in fp32. No tensor larger than
-  one chunk is alive and no fp32 copy of the weight gradient is needed. On CUDA every chunk is
+  one chunk is alive and no fp32 copy of the weight gradient is needed. With ``keep_logits``
+  forward keeps every chunk's logits (the full logits' memory in their 16-bit or storage dtype)
+  and backward reads them instead of recomputing: one GEMM fewer per chunk, the same values. On CUDA every chunk is
   a multiple of 128 rows wide (the last one padded with zero rows and -inf bias), so the GEMMs
   see aligned shapes whatever V is (V = 50257 otherwise falls back to slow kernels).
 - ``"chunked-tokens"``: :class:`_TokenChunkedLinearCrossEntropy`, chunks of tokens with all
@@ -268,20 +270,27 @@ def _chunk_body(hidden: torch.Tensor, weight: torch.Tensor, plain, kernel):
     return _fused(plain) if hidden.is_cuda else plain
 
 
-def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
-    """The vocabulary-chunked forward: (per-token losses, 0 where not scored; per-token log-sum-exp),
-    both in the compute dtype; an online log-sum-exp over the chunks' logits (one pass, rescaled sums)."""
+def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits=False):
+    """The vocabulary-chunked forward: (per-token losses, 0 where not scored; per-token log-sum-exp, both
+    in the compute dtype; the kept logits), an online log-sum-exp over the chunks' logits (one pass, rescaled
+    sums). With ``keep_logits`` every chunk's logits are written into one (chunks, n, width) tensor that
+    backward reads instead of recomputing them; else that tensor is empty."""
     n = hidden.shape[0]
     acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
     lse_step = _chunk_body(hidden, weight, _lse_step, _lse_step_kernel)
     z_max = torch.full((n,), -torch.inf, dtype=acc, device=hidden.device)
     z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
+    kept = (hidden.new_empty((chunks.count, n, chunks.chunk), dtype=chunks.logits_dtype) if keep_logits
+            else hidden.new_empty(_NONE))
     with C.fp32_accumulation(hidden.device):
-        for v0, _ in chunks:
-            z_max, z_sum = lse_step(chunks.logits(v0), z_max, z_sum)
+        for i, (v0, v1) in enumerate(chunks):
+            z = chunks.logits(v0, out=kept[i, :, : chunks.width(v0, v1)]) if keep_logits else chunks.logits(v0)
+            z_max, z_sum = lse_step(z, z_max, z_sum)
+    if keep_logits and chunks.count and chunks.width(v0, v1) < chunks.chunk:
+        kept[-1, :, chunks.width(v0, v1):] = 0  # the last chunk's unused columns (no padding off CUDA): defined
     lse = z_max + z_sum.log()
-    return torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0), lse
+    return torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0), lse, kept
 
 
 def _scaled_into(dst: torch.Tensor, src: torch.Tensor, scale: torch.Tensor) -> None:
@@ -293,14 +302,15 @@ def _scaled_into(dst: torch.Tensor, src: torch.Tensor, scale: torch.Tensor) -> N
         torch.mul(src, scale, out=dst)
 
 
-def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype):
+def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, kept=None):
     """The vocabulary-chunked backward: (d_hidden, d_weight, d_bias), None where not ``need``ed.
 
     Per chunk, dlogits = (softmax - onehot) * keep from the saved log-sum-exp (fp32, rounded once
     to the GEMM dtype; ``keep`` per token: 0 where not scored, else 1 or that token's incoming
     gradient); d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1], one GEMM over all
     tokens; d(hidden) sums over chunks in fp32; each is multiplied by ``scale`` in fp32 and
-    rounded once.
+    rounded once. The chunk's logits are recomputed, or read from ``kept`` (the forward's, left
+    unchanged: backward may run again) when it holds them.
     """
     need_h, need_w, need_b = need
     n, v = hidden.shape[0], weight.shape[0]
@@ -315,13 +325,16 @@ def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need
     d_bias = alloc(v, dtype=bias.dtype, device=bias.device) if need_b else None
     if need_w or need_b:
         rhs, ones_col = _with_ones(chunks.h, need_w) if need_b else (chunks.h, None)
+    from_kept = kept is not None and kept.dim() == 3
     with C.fp32_accumulation(hidden.device):
-        for v0, v1 in chunks if n else ():
+        for i, (v0, v1) in enumerate(chunks if n else ()):
+            z = kept[i, :, : chunks.width(v0, v1)] if from_kept else chunks.logits(v0)
             if use_kernels:  # the target's column found in the kernel
-                g = kernels.softmax_grad(chunks.logits(v0), lse, targets, keep, chunks.gemm_dtype, offset=v0)
+                g = kernels.softmax_grad(z, lse, targets, keep, chunks.gemm_dtype, offset=v0, in_place=not from_kept)
             else:
                 col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
-                g = dlogits(chunks.logits(v0), lse, col, keep, chunks.gemm_dtype)
+                g = dlogits(z, lse, col, keep, chunks.gemm_dtype)
+            del z  # a recomputed chunk's logits: g holds what is needed (or is them, written over)
             if need_w or need_b:
                 dwb = _mm_fp32(g.t(), rhs)[: v1 - v0]
                 if need_w:
@@ -418,27 +431,33 @@ def _none_to_empty(ref: torch.Tensor, *grads):
 @torch.library.custom_op("muse::lce_vocab_forward", mutates_args=())
 def _vocab_forward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       safe_targets: torch.Tensor, scored: torch.Tensor, chunk: int,
-                      gemm_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
+                      gemm_dtype: torch.dtype | None, keep_logits: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits)
 
 
 @_vocab_forward_op.register_fake
-def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype):
-    acc = C.compute_dtype(hidden.dtype)
-    return hidden.new_empty(hidden.shape[0], dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
+def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits):
+    acc, n = C.compute_dtype(hidden.dtype), hidden.shape[0]
+    if keep_logits:
+        width, count, logits_dtype = _VocabChunks.layout(hidden, weight, chunk, gemm_dtype)
+        kept = hidden.new_empty((count, n, width), dtype=logits_dtype)
+    else:
+        kept = hidden.new_empty(_NONE)
+    return hidden.new_empty(n, dtype=acc), hidden.new_empty(n, dtype=acc), kept
 
 
 @torch.library.custom_op("muse::lce_vocab_backward", mutates_args=())
 def _vocab_backward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        targets: torch.Tensor, keep: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
-                       chunk: int, need: list[bool], gemm_dtype: torch.dtype | None
+                       chunk: int, need: list[bool], gemm_dtype: torch.dtype | None, kept: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, tuple(need), gemm_dtype)
+    grads = _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, tuple(need), gemm_dtype, kept)
     return _none_to_empty(hidden, *grads)
 
 
 @_vocab_backward_op.register_fake
-def _(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype):
+def _(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, kept):
     shapes = ((hidden, hidden.shape), (weight, weight.shape), (weight, weight.shape[:1]))  # bias: weight's dtype
     return tuple(ref.new_empty(shape if want else _NONE) for (ref, shape), want in zip(shapes, need, strict=True))
 
@@ -470,15 +489,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     or (``reduction`` "none") one per token, 0 where not scored."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, reduction, need, gemm_dtype):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, reduction, need, gemm_dtype, keep_logits):
         scored = targets != ignore_index
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
-        if _opaque():
-            per, lse = _vocab_forward_op(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
-        else:
-            per, lse = _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype)
-        ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse)
+        keep_logits = keep_logits and any(need)  # kept for a backward only
+        forward = _vocab_forward_op if _opaque() else _vocab_forward
+        per, lse, kept = forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits)
+        ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse, kept)
         ctx.setup = (chunk, need, count, reduction, gemm_dtype)
         if reduction == "none":
             return per
@@ -487,7 +505,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        hidden, weight, bias, targets, scored, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, scored, lse, kept = ctx.saved_tensors
         chunk, need, count, reduction, gemm_dtype = ctx.setup
         acc = C.compute_dtype(hidden.dtype)
         keep = scored.to(acc)
@@ -499,10 +517,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
         args = (hidden, weight, bias, targets, keep, lse, scale, chunk)
         if _opaque():
-            grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype), need)
+            grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype, kept), need)
         else:
-            grads = _vocab_backward(*args, need, gemm_dtype)
-        return *grads, None, None, None, None, None, None
+            grads = _vocab_backward(*args, need, gemm_dtype, kept)
+        return *grads, None, None, None, None, None, None, None
 
 
 class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -551,24 +569,35 @@ class _VocabChunks:
     def __init__(self, hidden, weight, bias, chunk: int, gemm_dtype: torch.dtype | None = None):
         self.v = weight.shape[0]
         self.pad = hidden.device.type == "cuda"
-        self.chunk = min(chunk, self.v)
-        if self.pad:  # aligned GEMM shapes: a multiple of 128 rows (the last chunk padded)
-            self.chunk = -(-self.chunk // _CUDA_ALIGN) * _CUDA_ALIGN
+        self.chunk, self.count, self.logits_dtype = self.layout(hidden, weight, chunk, gemm_dtype)
         self.storage = hidden.dtype
         self.gemm_dtype = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
-        # a GEMM dtype narrower than the storage (autocast: bf16 GEMMs, fp32 storage) widens exactly, so the
-        # logits stay in it: the same values in half the bytes; a wider one (the CPU's fp32 GEMMs of fp16
-        # storage) is rounded to the storage dtype
-        narrower = torch.finfo(self.gemm_dtype).bits < torch.finfo(self.storage).bits
-        self.logits_dtype = self.gemm_dtype if narrower else self.storage
         self.h = hidden.to(self.gemm_dtype)
         # the weight and bias stay in their dtype and are converted a chunk at a time: no (V, d) copy
         # in the GEMM dtype (fp16 weights on CPU, fp32 under autocast) is ever alive
         self.w, self.b = weight, bias
         self._tail = None
 
+    @staticmethod
+    def layout(hidden, weight, chunk: int, gemm_dtype: torch.dtype | None) -> tuple[int, int, torch.dtype]:
+        """(rows per chunk, number of chunks, the logits' dtype) for these inputs."""
+        v = weight.shape[0]
+        width = min(chunk, v)
+        if hidden.device.type == "cuda":  # aligned GEMM shapes: a multiple of 128 rows (the last chunk padded)
+            width = -(-width // _CUDA_ALIGN) * _CUDA_ALIGN
+        gd = gemm_dtype or C.gemm_dtype(hidden.dtype, hidden.device)
+        # a GEMM dtype narrower than the storage (autocast: bf16 GEMMs, fp32 storage) widens exactly, so the
+        # logits stay in it: the same values in half the bytes; a wider one (the CPU's fp32 GEMMs of fp16
+        # storage) is rounded to the storage dtype
+        narrower = torch.finfo(gd).bits < torch.finfo(hidden.dtype).bits
+        return width, -(-v // max(width, 1)), gd if narrower else hidden.dtype
+
     def __iter__(self):
         return ((v0, min(v0 + self.chunk, self.v)) for v0 in range(0, self.v, self.chunk))
+
+    def width(self, v0: int, v1: int) -> int:
+        """Columns of the logits of rows v0..v1: the whole (padded) chunk on CUDA, else v1 - v0."""
+        return self.chunk if self.pad else v1 - v0
 
     def weight_rows(self, v0: int) -> torch.Tensor:
         """Rows v0.. of the weight in the GEMM dtype (the padded tail for the last chunk on CUDA)."""
@@ -596,25 +625,30 @@ class _VocabChunks:
             z = z + self.b[targets].to(gd).to(acc)
         return z.to(self.storage).to(acc)
 
-    def logits(self, v0: int) -> torch.Tensor:
+    def logits(self, v0: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """(n, width) logits of rows v0..: one GEMM, one rounding to the storage dtype (held in
-        ``logits_dtype``, which widens to it exactly)."""
+        ``logits_dtype``, which widens to it exactly); written into ``out`` when given (by the GEMM
+        itself where its dtype is the logits' and ``out`` is contiguous)."""
         if self.pad and v0 + self.chunk > self.v:
             w, b = self._padded(v0)
-            z = torch.addmm(b, self.h, w.t())
         else:
             w = self.w[v0 : v0 + self.chunk].to(self.gemm_dtype)
-            if self.b is None:
-                z = torch.mm(self.h, w.t())
-            else:
-                z = torch.addmm(self.b[v0 : v0 + self.chunk].to(self.gemm_dtype), self.h, w.t())
-        return z.to(self.logits_dtype)
+            b = None if self.b is None else self.b[v0 : v0 + self.chunk].to(self.gemm_dtype)
+        direct = (out is not None and self.gemm_dtype == self.logits_dtype and out.is_contiguous()
+                  and not torch.compiler.is_compiling())
+        kw = {"out": out} if direct else {}
+        z = torch.mm(self.h, w.t(), **kw) if b is None else torch.addmm(b, self.h, w.t(), **kw)
+        if out is None:
+            return z.to(self.logits_dtype)
+        if not direct:
+            out.copy_(z)
+        return out
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          bias: torch.Tensor | None = None, reduction: str = "mean",
                          ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None,
-                         impl: str = "auto") -> torch.Tensor:
+                         impl: str = "auto", keep_logits: bool = False) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T + bias, targets)`` in fp32 (fp64 for fp64 inputs), no full logits.
 
     ``hidden`` (..., d) and ``targets`` (...) with the same leading shape; ``weight`` (V, d),
@@ -626,7 +660,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     (rounded up to a multiple of 128 on CUDA), tokens per chunk for ``"torch-native"`` and
     ``"chunked-tokens"``; None: :func:`auto_chunk_size` from :func:`chunk_budget`. ``impl``:
     ``"auto"`` or one of the three paths
-    (see :func:`loss_path`). Gradients come back in each input's dtype.
+    (see :func:`loss_path`). ``keep_logits``: the vocabulary-chunked path keeps every chunk's logits
+    (the memory of the full logits in their 16-bit or storage dtype) for backward instead of
+    recomputing them, one GEMM fewer per chunk, the same values; the other paths never recompute
+    them. Gradients come back in each input's dtype.
     """
     check_float_tensor("hidden", hidden)
     check_float_tensor("weight", weight)
@@ -652,6 +689,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     check_int("ignore_index", ignore_index)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, min_value=1)
+    check_type("keep_logits", keep_logits, bool, "a bool")
     path = loss_path(hidden.dtype, impl, autocast=_autocast_gemm_dtype(hidden) is not None)
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
@@ -674,13 +712,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         if path == "chunked-tokens":
             path, chunk_size = "chunked", default_chunk_size(hidden, weight, "chunked")
         out = _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, reduction, need,
-                                               _autocast_gemm_dtype(hidden))
+                                               _autocast_gemm_dtype(hidden), keep_logits)
         return out.reshape(targets.shape)
     if path == "chunked-tokens":
         return _TokenChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size,
                                                      reduction == "mean", need, _autocast_gemm_dtype(hidden))
     return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, reduction, need,
-                                            _autocast_gemm_dtype(hidden))
+                                            _autocast_gemm_dtype(hidden), keep_logits)
 
 
 def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
@@ -693,7 +731,8 @@ def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
 
 
 def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
-               reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
+               reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None,
+               keep_logits: bool = False) -> torch.Tensor:
     """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)``, then :func:`head_loss`.
 
     ``model`` may be wrapped in DistributedDataParallel (its forward runs through the
@@ -702,7 +741,8 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
     check_type("model", model, torch.nn.Module, "an nn.Module")
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     _head(core)
-    return head_loss(core, model(input_ids, return_hidden=True), input_ids, targets, reduction, impl, chunk_size)
+    return head_loss(core, model(input_ids, return_hidden=True), input_ids, targets, reduction, impl, chunk_size,
+                     keep_logits)
 
 
 def _head(core: torch.nn.Module) -> torch.nn.Module:
@@ -713,7 +753,8 @@ def _head(core: torch.nn.Module) -> torch.nn.Module:
 
 
 def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor,
-              reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
+              reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None,
+              keep_logits: bool = False) -> torch.Tensor:
     """The LM loss from the head input ``hidden`` (B, S, d) that ``model(input_ids, return_hidden=True)``
     gave: the fused loss of its ``lm_head``, mixed with the copy path's when the model has a
     ``pointer`` (the head's loss per token, then :meth:`muse.nn.PointerMixture.nll`). ``reduction`` as
@@ -722,10 +763,10 @@ def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Ten
     pointer = getattr(model, "pointer", None)
     if pointer is None:
         return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
-                                    chunk_size=chunk_size, impl=impl)
+                                    chunk_size=chunk_size, impl=impl, keep_logits=keep_logits)
     _check_reduction(reduction, allow_none=True)
     vocab_nll = linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), "none",
-                                     chunk_size=chunk_size, impl=impl)
+                                     chunk_size=chunk_size, impl=impl, keep_logits=keep_logits)
     nll = pointer.nll(hidden, input_ids, targets, vocab_nll, IGNORE_INDEX)
     if reduction == "none":
         return nll
@@ -734,7 +775,7 @@ def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Ten
 
 
 def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", reduction: str = "mean",
-                       impl: str = "auto", mode: str | None = None):
+                       impl: str = "auto", mode: str | None = None, keep_logits: bool = False):
     """``(input_ids, targets) -> model_loss(model, ...)`` compiled as one graph, the model and the
     chunked loss together (fullgraph): the chunk loop costs no per-op host dispatch.  ``model`` is
     the plain module (not a compiled or DDP wrapper).  ``mode``: None or ``"reduce-overhead"``
@@ -747,12 +788,13 @@ def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", red
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _check_reduction(reduction)
     check_mode(mode)
+    check_type("keep_logits", keep_logits, bool, "a bool")
     if mode is not None and backend != "inductor":
         raise ValueError(f"mode={mode!r} needs backend='inductor', got {backend!r}")
     C.set_gemm_policy()
 
     def loss(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return model_loss(model, input_ids, targets, reduction, impl)
+        return model_loss(model, input_ids, targets, reduction, impl, keep_logits=keep_logits)
 
     return torch.compile(loss, backend=backend, fullgraph=True, mode=mode)
 

@@ -101,6 +101,34 @@ def test_the_loss_runs_its_chunk_bodies_as_kernels(launches, kernel_device, path
         torch.testing.assert_close(k.float(), a.float(), rtol=tol, atol=tol * float(a.abs().max()))
 
 
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_kept_logits_are_read_not_written_over(launches, kernel_device, dtype):
+    """keep_logits with the kernels: softmax_grad writes a new tensor (in_place=False leaves z as it was), and
+    the loss and gradients equal the recomputing path's bit for bit; the same launches."""
+    z = _logits(8, 40, dtype, kernel_device)
+    before = z.clone()
+    lse = torch.logsumexp(z.float(), 1)
+    t = torch.arange(8, device=kernel_device)
+    g = kernels.softmax_grad(z, lse, t, torch.ones(8, device=kernel_device), dtype, in_place=False)
+    assert torch.equal(z, before) and g.data_ptr() != z.data_ptr()
+    gen = torch.Generator().manual_seed(5)
+    n, d, v = 33, 16, 300
+    h, w, b = (x.to(dtype).to(kernel_device) for x in (torch.randn(n, d, generator=gen),
+                                                         0.3 * torch.randn(v, d, generator=gen), torch.randn(v, generator=gen)))
+    t = torch.randint(0, v, (n,), generator=gen).to(kernel_device)
+    out = {}
+    for keep in (False, True):
+        launches.clear()
+        leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+        loss = L.linear_cross_entropy(*leaves[:2], t, leaves[2], chunk_size=128, impl="chunked", keep_logits=keep)
+        loss.backward()
+        out[keep] = ([loss.detach()] + [x.grad for x in leaves], dict(launches))
+    assert out[True][1] == out[False][1] == {"lse_rows": 3, "softmax_grad": 3}
+    for a, k in zip(out[False][0], out[True][0], strict=True):
+        assert torch.equal(a, k)
+
+
 def test_the_chunk_bodies_follow_the_kernel_switch(monkeypatch):
     """_chunk_body: the Triton kernel where kernels are on (never for fp64), else the PyTorch body."""
     monkeypatch.setattr(kernels, "enabled", lambda *t, **kw: True)

@@ -196,11 +196,18 @@ def test_the_loss_custom_ops_pass_opcheck(dtype):
     t[:5] = -100
     scored = t != -100
     safe = torch.where(scored, t, 0)
-    _, lse = L._vocab_forward_op(h, w, b, safe, scored, 128, None)
-    cases = [(L._vocab_forward_op, (h, w, b, safe, scored, 128, None)),
-             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None)),
-             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [True, True, False], None)),
-             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [False, False, True], None)),
+    _, lse, none = L._vocab_forward_op(h, w, b, safe, scored, 128, None, False)
+    kept = L._vocab_forward_op(h, w, b, safe, scored, 128, None, True)[2]
+    cases = [(L._vocab_forward_op, (h, w, b, safe, scored, 128, None, False)),
+             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None, False)),
+             (L._vocab_forward_op, (h, w, b, safe, scored, 128, None, True)),
+             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None, True)),
+             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [True, True, False], None,
+                                     none)),
+             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [False, False, True], None,
+                                     none)),
+             (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [True, True, True], None,
+                                     kept)),
              (L._token_forward_op, (h, w, b, safe, scored.float(), 16, [True, True, True], None)),
              (L._token_forward_op, (h, w, None, safe, scored.float(), 24, [False, True, False], None))]
     for op, args in cases:

@@ -220,7 +220,8 @@ class _CountGemms(torch.utils._python_dispatch.TorchDispatchMode):
         self.n = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default,
+                    torch.ops.aten.mm.out, torch.ops.aten.addmm.out):
             self.n += 1
         return func(*args, **(kwargs or {}))
 
@@ -233,6 +234,57 @@ def test_token_chunks_form_the_gradients_without_recomputing_the_logits(impl, ge
     with _CountGemms() as count:
         linear_cross_entropy(h, w, t, b, chunk_size=40, impl=impl).backward()
     assert count.n == gemms_per_chunk * 3  # three chunks of 40 vocabulary rows or 40 tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kept_logits_give_the_same_loss_and_gradients_bit_for_bit(dtype, reduction, bias):
+    """keep_logits: backward reads the forward's logits instead of recomputing them, the same values."""
+    h, w, b, t = _case(dtype=dtype, bias=bias)
+    out = {}
+    for keep in (False, True):
+        leaves = [x.detach().clone().requires_grad_() for x in (h, w, b) if x is not None]
+        loss = linear_cross_entropy(leaves[0], leaves[1], t, leaves[2] if bias else None, reduction,
+                                    chunk_size=32, impl="chunked", keep_logits=keep)
+        loss.backward(torch.linspace(0.5, 2.0, loss.numel()).reshape(loss.shape))
+        out[keep] = [loss.detach()] + [x.grad for x in leaves]
+    for a, k in zip(out[False], out[True], strict=True):
+        assert torch.equal(a, k)
+
+
+def test_kept_logits_save_one_gemm_per_chunk_and_hold_the_full_logits():
+    """Three GEMMs per chunk instead of four; the kept logits (n, V) are alive from forward to backward."""
+    n, d, v, chunk = 120, 8, 120, 40
+    h, w, b, t = _case(n=n, d=d, v=v)
+    with _CountGemms() as count:
+        linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked", keep_logits=True).backward()
+    assert count.n == 3 * 3
+    n, d, v, chunk = 256, 8, 4000, 256
+    h, w, b, t = _case(n=n, d=d, v=v, ignore_every=0)
+    for keep in (False, True):
+        with LiveTensorBytes() as mem:
+            mem.track([h, w, b, t])
+            before = mem.current
+            loss = linear_cross_entropy(h, w, t, b, chunk_size=chunk, impl="chunked", keep_logits=keep)
+            held = mem.current - before
+        assert (held >= n * v * 4) == keep, held
+        loss.backward()
+
+
+def test_kept_logits_survive_a_second_backward_and_are_not_kept_without_a_gradient():
+    h, w, b, t = _case()
+    loss = linear_cross_entropy(h, w, t, b, impl="chunked", chunk_size=16, keep_logits=True)
+    loss.backward(retain_graph=True)
+    first = [x.grad.clone() for x in (h, w, b)]
+    loss.backward()
+    for x, g in zip((h, w, b), first, strict=True):
+        assert torch.equal(x.grad, 2 * g)
+    with torch.no_grad(), LiveTensorBytes() as mem:
+        mem.track([h, w, b, t])
+        before = mem.current
+        linear_cross_entropy(h, w, t, b, impl="chunked", chunk_size=16, keep_logits=True)
+        assert mem.peak - before < h.shape[0] * w.shape[0] * 4
 
 
 def test_token_chunks_need_no_memory_beyond_the_gradients_and_one_chunk():
@@ -333,13 +385,14 @@ def test_model_loss_equals_the_full_logits_loss(name):
     (dict(reduction="avg"), ValueError, "reduction must be"),
     (dict(impl="liger"), ValueError, "impl must be one of"),
     (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
+    (dict(keep_logits="yes"), TypeError, "keep_logits must be a bool"),
     (dict(hidden=[[0.0]]), TypeError, "hidden must be a torch.Tensor"),
 ])
 def test_bad_input(kwargs, exc, match):
     args = dict(hidden=torch.zeros(3, 4), weight=torch.zeros(5, 4), targets=torch.zeros(3, dtype=torch.long),
                 bias=torch.zeros(5))
     args.update(kwargs)
-    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size") if k in args}
+    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size", "keep_logits") if k in args}
     with pytest.raises(exc, match=match):
         linear_cross_entropy(args["hidden"], args["weight"], args["targets"], args["bias"], **extra)
 
