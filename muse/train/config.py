@@ -66,6 +66,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile the model; None: on for CUDA, off for CPU
     compile_backend: str = "inductor"  # aot_eager/eager: quick compile checks on CPU
     compile_mode: str | None = None  # muse.models.compile.MODES: "reduce-overhead"/"max-autotune" replay CUDA graphs
+    keep_logits: bool = False  # the loss keeps its chunks' logits for backward: faster, the full logits' memory
     progress: bool = True
     init_scale: float = 2.0**16  # Stage 1 dynamic loss scale
     growth_interval: int = 1000  # clean steps before the loss scale doubles
@@ -130,6 +131,7 @@ class TrainConfig:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile_backend='inductor', "
                              f"got {self.compile_backend!r}")
         check_type("progress", self.progress, bool, "a bool")
+        check_type("keep_logits", self.keep_logits, bool, "a bool")
         check_power_of_two("init_scale", check_float("init_scale", self.init_scale, min_value=2.0**-24,
                                                       max_value=2.0**24))
         check_int("growth_interval", self.growth_interval, min_value=1)

@@ -128,9 +128,10 @@ class Trainer:
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
-        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=cfg.compile_mode)
+        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=cfg.compile_mode,
+                                           keep_logits=cfg.keep_logits)
                         if self.compiled and self.ddp is None
-                        else functools.partial(model_loss, self.net))
+                        else functools.partial(model_loss, self.net, keep_logits=cfg.keep_logits))
         self.step_times: list[float] = []  # this process's first steps; the first includes compiling
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_eval, self.last_train_loss, self.final_eval = math.inf, None, None

@@ -53,3 +53,15 @@ def test_compile_mode_is_checked():
         tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="max-autotune")
     with pytest.raises(ValueError, match="needs compile_backend='inductor'"):
         tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="reduce-overhead")
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_kept_logits_train_the_same_steps_bit_for_bit(tmp_path, compile):
+    """--keep-logits changes where the loss's chunk logits come from in backward, not a value."""
+    kw = dict(max_steps=3, eval_every=0, final_eval_tokens=128, compile=compile, compile_backend="aot_eager")
+    plain = train(tiny_config(str(tmp_path / "plain"), **kw), DATA)
+    kept = train(tiny_config(str(tmp_path / "kept"), keep_logits=True, **kw), DATA)
+    assert _losses(tmp_path / "plain") == _losses(tmp_path / "kept") and len(_losses(tmp_path / "kept")) == 3
+    assert plain["final_eval"] is not None and plain["final_eval"] == kept["final_eval"]
+    with pytest.raises(TypeError, match="keep_logits must be a bool"):
+        tiny_config(str(tmp_path / "bad"), keep_logits="yes")
