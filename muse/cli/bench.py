@@ -9,7 +9,8 @@ from muse.cli._compile import add_compile_flag
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")  # benchmarks.speed.MODEL_ROWS, without importing torch
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs")  # the default rows
 MORE_VARIANTS = ("compiled+kernels+cudagraphs", "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss",
-                 "compiled+kernels+autotune", "compiled+kernels+autotune+traced-loss")
+                 "compiled+kernels+autotune", "compiled+kernels+autotune+traced-loss",
+                 "compiled+kernels+cudagraphs+keep-logits")
 
 
 def register(sub) -> None:
@@ -82,7 +83,8 @@ def register(sub) -> None:
     s.add_argument("--models", help=f"comma-separated rows (default all: {','.join(MODEL_ROWS)})")
     s.add_argument("--variants", help=f"comma-separated (default: {','.join(VARIANTS)}; also "
                    f"{','.join(MORE_VARIANTS)}: traced-loss lets the compiler trace the loss's chunk loops; "
-                   "autotune compiles with mode max-autotune, CUDA only, minutes of compile time)")
+                   "autotune compiles with mode max-autotune, CUDA only, minutes of compile time; keep-logits: "
+                   "the loss keeps its chunks' logits for backward instead of recomputing them)")
     s.add_argument("--vocab-size", type=int, help="override vocab_size of every model (small CPU runs)")
     s.add_argument("--d-model", type=int, help="override d_model")
     s.add_argument("--n-layers", type=int, help="override n_layers")
