@@ -10,9 +10,8 @@ reference under bf16 autocast, as ``muse bench speed`` does (its forms are the s
 fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (under autocast the
 loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
-are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--lse``
-the log-sum-exp kernel reading a row wider than its tile once (each tile's sum rescaled as the max grows) against
-twice (the max first), ``--keep`` the loss keeping its chunks' logits for backward (``keep_logits=True``) against
+are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
+the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
 over the rounds is reported with every round's value and the largest difference of its output (the logits; in
@@ -24,7 +23,9 @@ modReLU in the complex GEMM's epilogue (4dce78e; slower, removed), the head's GE
 (dd29cf5; +10.8 % Stage 1, no gain for the GPT, kept), the residual inside LN2 against a separate add
 (7eeb042; +3.0 %, kept), modReLU inside LN2's pass (3a92c80; no gain, removed) and the token tables' gradient over
 the looked-up rows against ``embedding_dense_backward`` (90cca3f; +0.5 %, kept) and the loss's gradient chunks
-scaled and rounded in one kernel against a scaled copy and a cast (1aeda6a; +0.6 % Stage 1, +1.2 % GPT, kept).
+scaled and rounded in one kernel against a scaled copy and a cast (1aeda6a; +0.6 % Stage 1, +1.2 % GPT, kept),
+the log-sum-exp kernel reading a row wider than its tile once against twice (+0.7 % Stage 1, kept, the two-pass
+form removed), and the GPT's chunk logits kept bf16 against widened to fp32 (+31 %, kept).
 """
 
 from __future__ import annotations
@@ -75,12 +76,6 @@ _DEFAULT_CHUNK = loss.default_chunk_size
 
 def _patch_loss(form) -> None:
     loss._VocabChunks.logits, loss.default_chunk_size = form
-
-
-def _patch_lse(one_pass: bool) -> None:
-    from muse.kernels import _triton
-
-    _triton.LSE_ONE_PASS = one_pass
 
 
 def _patch_chunk(rows) -> None:
@@ -134,14 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunks", default=None,
                    help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
                         "library's own choice (the reference)")
-    p.add_argument("--lse", action="store_true",
-                   help="with --train: the log-sum-exp kernel reading each row once (the library) against twice")
     p.add_argument("--keep", action="store_true",
                    help="with --train: the loss keeping its chunks' logits for backward against recomputing them")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if (args.chunks or args.lse or args.keep) and not args.train:
-        p.error("--chunks, --lse and --keep need --train")
+    if (args.chunks or args.keep) and not args.train:
+        p.error("--chunks and --keep need --train")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -154,8 +147,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.chunks:
         forms = {**{f"chunk {int(c)}": int(c) for c in args.chunks.split(",")}, "library": None}
         patch = _patch_chunk
-    if args.lse:
-        forms, patch = {"library": True, "two-pass lse": False}, _patch_lse
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}
