@@ -1382,6 +1382,15 @@ s32a)
     | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -8
   pack
   ;;
+s32c)
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs (a second process for the ratio)"
+  timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -6
+  step "where training time goes with kept logits: Stage 1 and the GPT (both losses opaque, keeping logits)"
+  timeout 180 python3 scripts/profile_gpu.py --sections train --keep-logits --out "$OUT/profile" 2>&1 \
+    | grep "tok/s\|FAILED" | head -4
+  pack
+  ;;
 s31c)
   step "Stage 1 inference: each block's second norm paired with the next norm against block after block (CUDA graphs, 7 rounds)"
   timeout 80 python3 scripts/fusion_ab.py --device cuda --rounds 7 --out "$OUT/pair-ab-stage1.json" 2>&1 | tail -2

@@ -24,6 +24,7 @@ from muse.models import build_model
 from muse.train.loss import linear_cross_entropy, lm_loss, model_loss
 
 DEV = torch.device("cuda")
+KEEP_LOGITS = False  # --keep-logits: the train section's losses keep their chunks' logits (both opaque)
 
 
 def bench(fn, n: int = 20) -> float:
@@ -337,11 +338,12 @@ def sec_train(w):
     inp, tgt = ids[:, :-1], ids[:, 1:]
 
     def make(name, model, amp):
-        loss_fn = compile_model_loss(model)
+        loss_fn = compile_model_loss(model, keep_logits=KEEP_LOGITS)
+        traced = name == "gpt" and not KEEP_LOGITS
 
         def train():
             model.zero_grad(set_to_none=True)
-            with kernels.environment(MUSE_LOSS_OPAQUE="0" if name == "gpt" else None), amp:
+            with kernels.environment(MUSE_LOSS_OPAQUE="0" if traced else None), amp:
                 loss = loss_fn(inp, tgt)  # the environment is read when the first call traces the graph
             loss.backward()
         return train
@@ -426,7 +428,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/profile")
     p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--keep-logits", action="store_true",
+                   help="train section: both models' losses keep their chunks' logits (the GPT's opaque, not traced)")
     args = p.parse_args()
+    global KEEP_LOGITS
+    KEEP_LOGITS = args.keep_logits
     C.set_gemm_policy()  # the sections compile MUSE ops
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
