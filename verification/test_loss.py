@@ -71,12 +71,13 @@ def _kernels(impl: str) -> str:
     return "1" if impl == "triton" else "0"
 
 
-def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bodies: str = "eager") -> None:
+def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bodies: str = "eager",
+           keep_logits: bool = False) -> None:
     ht, wt = tensor(h, device).requires_grad_(), tensor(w, device).requires_grad_()
     bt = None if b is None else tensor(b, device).requires_grad_()
     tt = tensor(targets.astype(np.int64), device)
     with kernels.environment(MUSE_KERNELS=_kernels(bodies)):
-        loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl)
+        loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl, keep_logits=keep_logits)
         (loss * scale).backward()
         default_chunk = default_chunk_size(ht, wt, impl)
     x, p, loss_tok, scored = _exact(h, w, b, targets)
@@ -98,8 +99,9 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bo
     if reduction == "mean":
         want_loss, e_loss = want_loss / count, e_loss / count * (1 + B.U) + B.U * abs(want_loss / count)
     args = [real("h", h), real("w", w), real("targets", targets)] + ([real("b", b)] if b is not None else [])
-    call = f"linear_cross_entropy(h, w, targets, b, {reduction!r}, chunk_size={chunk}, impl={impl!r})"
-    label = impl if bodies == "eager" else f"{impl}+{bodies}"
+    call = (f"linear_cross_entropy(h, w, targets, b, {reduction!r}, chunk_size={chunk}, impl={impl!r}, "
+            f"keep_logits={keep_logits})")
+    label = (impl if bodies == "eager" else f"{impl}+{bodies}") + ("+kept" if keep_logits else "")
     check_close(f"linear_cross_entropy[{label}] loss", device, host(loss), want_loss,
                 rtol=0, atol=REF_SLACK * e_loss, args=args, call=call)
     got = {"hidden": ht.grad, "weight": wt.grad, "bias": None if bt is None else bt.grad}
@@ -116,6 +118,13 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bo
 def test_chunked_linear_cross_entropy_accuracy(device, impl, case):
     """Loss and d(hidden, weight, bias) within the derived bound (docs/numerics.md)."""
     _check(device, "chunked", *case, bodies=impl)
+
+
+@given(case=loss_case())
+@example(case=UNDERFLOW)
+def test_chunked_kept_logits_linear_cross_entropy_accuracy(device, impl, case):
+    """The chunked path keeping its chunks' logits for backward (``keep_logits``) within the same bound."""
+    _check(device, "chunked", *case, bodies=impl, keep_logits=True)
 
 
 @given(case=loss_case())
