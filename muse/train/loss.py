@@ -285,10 +285,13 @@ def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype
             else hidden.new_empty(_NONE))
     with C.fp32_accumulation(hidden.device):
         for i, (v0, v1) in enumerate(chunks):
-            z = chunks.logits(v0, out=kept[i, :, : chunks.width(v0, v1)]) if keep_logits else chunks.logits(v0)
+            if keep_logits:
+                width = chunks.width(v0, v1)
+                kept[i, :, width:] = 0  # the last chunk's unused columns off CUDA (no padding there): defined
+                z = chunks.logits(v0, out=kept[i, :, :width])
+            else:
+                z = chunks.logits(v0)
             z_max, z_sum = lse_step(z, z_max, z_sum)
-    if keep_logits and chunks.count and chunks.width(v0, v1) < chunks.chunk:
-        kept[-1, :, chunks.width(v0, v1):] = 0  # the last chunk's unused columns (no padding off CUDA): defined
     lse = z_max + z_sum.log()
     return torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0), lse, kept
 
