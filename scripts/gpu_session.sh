@@ -1391,6 +1391,21 @@ s32c)
     | grep "tok/s\|FAILED" | head -4
   pack
   ;;
+s33a)
+  step "Stage 1's training step: the log-sum-exp kernel's widest tile 8192 against 4096 (CUDA graphs, 7 rounds)"
+  timeout 90 python3 scripts/fusion_ab.py --device cuda --train --lse-tile --rounds 7 --out "$OUT/lse-tile-ab-stage1.json" 2>&1 | tail -2
+  step "the GPT's training step: the same A/B (bf16 autocast, default loss)"
+  timeout 90 python3 scripts/fusion_ab.py --model gpt --device cuda --train --lse-tile --rounds 7 --out "$OUT/lse-tile-ab-gpt.json" 2>&1 | tail -2
+  step "CUDA tests of the loss kernels, verify the loss on CUDA (eager and triton bodies)"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_loss.py 2>&1 | tail -2
+  MUSE_VERIFY_IMPL=eager,triton timeout 120 python3 -m muse verify --profile ci --device cuda -n 4 -k "linear_cross_entropy" \
+    --out "$OUT/verify-loss" 2>&1 | tail -3
+  step "Stage 1 seed and the GPT, compiled with the kernels and CUDA graphs, default and kept logits"
+  timeout 150 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+keep-logits --out "$OUT/speed" 2>&1 \
+    | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -8
+  pack
+  ;;
 s31c)
   step "Stage 1 inference: each block's second norm paired with the next norm against block after block (CUDA graphs, 7 rounds)"
   timeout 80 python3 scripts/fusion_ab.py --device cuda --rounds 7 --out "$OUT/pair-ab-stage1.json" 2>&1 | tail -2
