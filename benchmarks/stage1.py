@@ -93,6 +93,7 @@ class Stage1BenchConfig:
     out: str | None = None
     progress: bool = False
     compile: bool | None = None  # training under torch.compile; None: on for CUDA, off for CPU
+    keep_logits: bool = False  # the training runs' loss keeps its chunks' logits (speed; not the memory row's loss)
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
     stage1_overrides: dict = field(default_factory=dict)  # Stage 1 only (e.g. mixer="recurrence")
     phase2_overrides: dict = field(default_factory=dict)  # Phase 2 and its mixer-free reference (e.g. zeta_scale)
@@ -100,6 +101,7 @@ class Stage1BenchConfig:
     def __post_init__(self):
         check_type("preset", self.preset, str, "a preset name")
         check_float("weight_decay", self.weight_decay, min_value=0.0)
+        check_type("keep_logits", self.keep_logits, bool, "a bool")
         for name in ("model_overrides", "stage1_overrides", "phase2_overrides"):
             check_type(name, getattr(self, name), dict, "a dict of config fields")
         for name in ("batch_size", "memory_batch", "throughput_batch", "throughput_steps", "trials",
@@ -150,7 +152,7 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
         train_split=cfg.train_split, eval_split=cfg.eval_split, data_dir=cfg.data_dir,
         tokenizer_dir=cfg.tokenizer_dir, cache_dir=cfg.cache_dir, tokens_npy=cfg.tokens_npy,
         eval_tokens_npy=cfg.eval_tokens_npy, offline=cfg.offline, out=str(out / run), seed=cfg.seed,
-        device=cfg.device, progress=cfg.progress, ckpt_every=0, compile=cfg.compile,
+        device=cfg.device, progress=cfg.progress, ckpt_every=0, compile=cfg.compile, keep_logits=cfg.keep_logits,
     )
 
 
@@ -363,7 +365,8 @@ def _recipe_line(cfg: dict) -> str:
     """The training settings every run shared (the command line omits the defaults)."""
     budget = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg['tokens']:,} tokens"
     return (f"- training, every run: {budget}, batch {cfg['batch_size']}, lr {cfg['lr']:g} -> {cfg['min_lr']:g} "
-            f"(warmup {cfg['warmup']}), weight decay {cfg['weight_decay']:g}, seed {cfg['seed']}")
+            f"(warmup {cfg['warmup']}), weight decay {cfg['weight_decay']:g}, seed {cfg['seed']}"
+            + (", the loss keeping its logits (`--keep-logits`)" if cfg.get("keep_logits") else ""))
 
 
 def format_markdown(report: dict) -> str:

@@ -48,6 +48,9 @@ def register(sub) -> None:
     g.add_argument("--phase2-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a Phase 2 config field for Phase 2 and its mixer-free reference only, e.g. "
                         "zeta_scale=1.0; repeatable")
+    g.add_argument("--keep-logits", action="store_true", default=None,
+                   help="every training run's loss keeps its chunks' logits for backward (faster, the full logits' "
+                   "memory; the criteria's memory row keeps the default loss)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1; the GPU budget's runs use 3.0)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
@@ -102,7 +105,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references")
+STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references", "keep_logits")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 
 

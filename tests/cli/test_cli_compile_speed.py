@@ -92,6 +92,8 @@ def test_stage1_only_options_are_refused_by_bench_speed(capsys):
     assert main(["bench", "speed", "--phase2-arg", "zeta_scale=1.0", "--weight-decay", "0"]) == 2
     err = capsys.readouterr().err
     assert "--phase2-arg, --weight-decay: options of `muse bench stage1`" in err
+    assert main(["bench", "speed", "--keep-logits"]) == 2  # speed has its +keep-logits variant instead
+    assert "--keep-logits: options of `muse bench stage1`" in capsys.readouterr().err
 
 
 def test_speed_config_checks_amp_and_knows_the_kernels_cudagraphs_variant():

@@ -184,6 +184,16 @@ def test_bench_applies_phase2_overrides_and_weight_decay(tmp_path):
         Stage1BenchConfig(phase2_overrides=["zeta_scale=1"])
 
 
+def test_bench_passes_keep_logits_to_every_training_run(tmp_path):
+    from benchmarks.stage1 import Stage1BenchConfig, _train_config
+
+    for keep in (False, True):
+        cfg = Stage1BenchConfig(keep_logits=keep)
+        assert {_train_config(cfg, r, tmp_path).keep_logits for r in ("stage1", "phase2", "phase2_nomix", "gpt")} == {keep}
+    with pytest.raises(TypeError, match="keep_logits must be a bool"):
+        Stage1BenchConfig(keep_logits=1)
+
+
 def test_real_lambda_variant_drops_omega_and_steps_like_forward():
     real, complex_ = _model(lambda_kind="real", decay="static"), _model(lambda_kind="complex", decay="static")
     n_layers, d_state = real.config.n_layers, real.config.d_model
