@@ -10,9 +10,7 @@ reference under bf16 autocast, as ``muse bench speed`` does (its forms are the s
 fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (under autocast the
 loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
-are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead,
-``--lse-tile`` the log-sum-exp kernel reading a row of up to 8,192 logits in one tile (the library) against tiles of
-4,096 (a seed chunk's 7,424 in two dependent tiles), ``--keep``
+are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
 the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
@@ -80,12 +78,6 @@ def _patch_loss(form) -> None:
     loss._VocabChunks.logits, loss.default_chunk_size = form
 
 
-def _patch_lse_tile(widest: int) -> None:
-    from muse.kernels import _triton
-
-    _triton.LSE_MAX_TILE = widest
-
-
 def _patch_chunk(rows) -> None:
     """The vocabulary rows per loss chunk: ``rows``, or the library's choice when None."""
     loss.default_chunk_size = _DEFAULT_CHUNK if rows is None else (lambda hidden, weight, impl: rows)
@@ -137,14 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunks", default=None,
                    help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
                         "library's own choice (the reference)")
-    p.add_argument("--lse-tile", action="store_true",
-                   help="with --train: the log-sum-exp kernel's widest tile 8192 (the library) against 4096")
     p.add_argument("--keep", action="store_true",
                    help="with --train: the loss keeping its chunks' logits for backward against recomputing them")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if (args.chunks or args.keep or args.lse_tile) and not args.train:
-        p.error("--chunks, --lse-tile and --keep need --train")
+    if (args.chunks or args.keep) and not args.train:
+        p.error("--chunks and --keep need --train")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -157,10 +147,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.chunks:
         forms = {**{f"chunk {int(c)}": int(c) for c in args.chunks.split(",")}, "library": None}
         patch = _patch_chunk
-    if args.lse_tile:
-        from muse.kernels import _triton
-
-        forms, patch = {"library": _triton.LSE_MAX_TILE, "4096-wide tiles": 4096}, _patch_lse_tile
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}

@@ -76,9 +76,8 @@ RSQRT_REL = {"cpu": 2 * U / (1 - U), "cuda": 2.5 * 2 * U}
 # with alignment to the largest addend and truncation (Fasi et al. 2021; Khattak & Mikaitis
 # 2025 for H100), partial sums combined by IEEE fp32 additions.
 CUDA_GEMM_BLOCK = 16
-#: a row tile of the log-sum-exp kernel, which rescales its running sum once per tile of a wider chunk: at most
-#: its widest tile (muse.kernels._triton.LSE_MAX_TILE, 4096 or more), so counting 4096-wide pieces counts at
-#: least the rescales it makes (tests/kernels/test_kernels_loss.py checks the two agree)
+#: the widest row tile of the log-sum-exp kernel (muse.kernels._triton._ce_tile), which rescales its running sum
+#: once per tile of a wider chunk
 LSE_TILE = 4096
 
 

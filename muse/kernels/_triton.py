@@ -412,20 +412,10 @@ def sum_partials(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # assumes; tl.exp is the faster ex2.approx form) and numpy's under the interpreter.
 
 
-#: The log-sum-exp kernel's widest tile: a row up to this wide is read in one load, its max and sum taken from
-#: registers (16 warps at 8192); a wider row is read tile by tile with the running sum rescaled.  8192 covers
-#: the loss's 7,424-row chunks at the seed size, which 4096 split into two dependent tiles (H200: 28.8 µs a
-#: 61 MB chunk, 2.1 TB/s, against softmax_grad's one-tile programs at about 4 TB/s).  Not yet measured
-#: against 4096 (scripts/fusion_ab.py --train --lse-tile): the loser goes.
-LSE_MAX_TILE = 8192
-
-
-def _ce_tile(width: int, widest: int = 4096) -> tuple[int, int, int]:
-    """(ROWS, BLOCK_W, num_warps) for rows of ``width`` logits: about 4096 elements per tile, one row of up
-    to ``widest`` (a power of two >= 4096) per tile."""
-    block_w = min(triton.next_power_of_2(max(width, 1)), widest)
-    warps = 16 if block_w >= 8192 else 8 if block_w >= 2048 else 4
-    return max(1, min(32, 4096 // block_w)), block_w, warps
+def _ce_tile(width: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_W, num_warps) for rows of ``width`` logits: about 4096 elements per tile."""
+    block_w = min(triton.next_power_of_2(max(width, 1)), 4096)
+    return max(1, min(32, 4096 // block_w)), block_w, 8 if block_w >= 2048 else 4
 
 
 @triton.jit
@@ -498,7 +488,7 @@ def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> N
     n, width = z.shape
     if n == 0 or width == 0:
         return
-    rows, block_w, warps = _ce_tile(width, LSE_MAX_TILE)
+    rows, block_w, warps = _ce_tile(width)
     _lse_rows_kernel[(triton.cdiv(n, rows),)](z, row_max, row_sum, n, width, z.stride(0), INTERP=interpreting(),
                                               ROWS=rows, BLOCK_W=block_w, ONE_TILE=width <= block_w, num_warps=warps)
 
