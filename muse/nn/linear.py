@@ -87,12 +87,15 @@ class PaddedLinear(nn.Linear):
     length, and returns the first ``out_features`` columns (a view); with gradient it is the plain
     GEMM.  At a vocabulary of 50,257 the unaligned 16-bit logits rows take a GEMM kernel six times
     slower, and ``torch.compile`` otherwise copies the whole weight into a padded buffer on every
-    call.  The parameters keep their shapes, so the parameter count and checkpoints are nn.Linear's;
-    module conversions (``.to``), state-dict loads (also ``assign=True``), pickling and copies keep
-    the padding.  Setting ``.data`` of a parameter by hand drops it: the eager forward then takes the
-    plain GEMM, a compiled forward traced before reads past the new storage, so recompile (or call
-    :meth:`pad_storage`) after.  The GEMM is ``F.linear`` (autocast applies, as in nn.Linear);
-    :class:`RealLinear` puts it under the precision policy.
+    call.  The padded rows are non-persistent buffers (``weight_rows``, ``bias_rows``) over the
+    parameters' storages, so a compiled graph takes them as inputs of their real size (inductor's
+    GEMM autotuning remakes its inputs at their nominal size: a view past a parameter's end broke
+    ``mode="max-autotune"``).  The parameters keep their shapes, so the parameter count and
+    checkpoints are nn.Linear's; module conversions (``.to``), state-dict loads (also
+    ``assign=True``), pickling and copies keep the padding.  Setting ``.data`` of a parameter by
+    hand drops it: the eager forward then takes the plain GEMM, a compiled one would still read the
+    old rows, so call :meth:`pad_storage` after.  The GEMM is ``F.linear`` (autocast applies, as in
+    nn.Linear); :class:`RealLinear` puts it under the precision policy.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
@@ -106,13 +109,21 @@ class PaddedLinear(nn.Linear):
 
     @torch.no_grad()
     def pad_storage(self) -> None:
-        """Move the weight and bias to the start of zero-padded storages where they are not already."""
-        for p in (self.weight, self.bias):
-            if p is None or self._storage_padded(p):
-                continue
-            base = torch.zeros((_padded_rows(p.shape[0]), *p.shape[1:]), dtype=p.dtype, device=p.device)
-            base[: p.shape[0]].copy_(p)
-            p.data = base[: p.shape[0]]
+        """Move the weight and bias to the start of zero-padded storages where they are not already, and
+        point ``weight_rows`` / ``bias_rows`` at the padded rows."""
+        for name in ("weight", "bias"):
+            p = getattr(self, name)
+            if p is not None and not self._storage_padded(p):
+                base = torch.zeros((_padded_rows(p.shape[0]), *p.shape[1:]), dtype=p.dtype, device=p.device)
+                base[: p.shape[0]].copy_(p)
+                p.data = base[: p.shape[0]]
+            rows = None if p is None else p.detach().as_strided((_padded_rows(p.shape[0]), *p.shape[1:]), p.stride())
+            self.register_buffer(f"{name}_rows", rows, persistent=False)
+
+    def _rows_current(self) -> bool:
+        """Whether ``weight_rows`` / ``bias_rows`` are still the padded storages of the parameters."""
+        return all(self._storage_padded(p) and r is not None and r.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+                   for p, r in ((self.weight, self.weight_rows), (self.bias, self.bias_rows)) if p is not None)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -135,13 +146,9 @@ class PaddedLinear(nn.Linear):
         w, b = self.weight, self.bias
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
         if grad or _padded_rows(self.out_features) == self.out_features or not (
-                torch.compiler.is_compiling()
-                or all(self._storage_padded(p) for p in (w, b) if p is not None)):
+                torch.compiler.is_compiling() or self._rows_current()):
             return self.gemm(x, w, b)
-        rows = _padded_rows(self.out_features)
-        w = w.as_strided((rows, self.in_features), (self.in_features, 1))
-        b = None if b is None else b.as_strided((rows,), (1,))
-        return self.gemm(x, w, b)[..., : self.out_features]
+        return self.gemm(x, self.weight_rows, self.bias_rows)[..., : self.out_features]
 
 
 class RealLinear(PaddedLinear):

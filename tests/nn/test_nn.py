@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import assert_bitwise_equal, assert_ct_bitwise, native
+from _helpers import assert_bitwise_equal, assert_ct_bitwise, cuda_test, native
 from torch import nn
 
 import muse.complex as C
@@ -307,6 +307,62 @@ def test_real_linear_padded_forward_compiles_fullgraph():
         got = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
     assert got.shape == (5, 200)
     torch.testing.assert_close(got, want)
+
+
+def test_padded_rows_are_non_persistent_buffers_over_the_parameters():
+    """``weight_rows`` / ``bias_rows`` cover the padded rows of the parameters' own storages (no copy), stay
+    out of the state dict, and follow conversions, loads and copies."""
+    import copy
+
+    m = RealLinear(8, 70, dtype=torch.float32)
+    assert set(dict(m.named_buffers())) == {"weight_rows", "bias_rows"} and set(m.state_dict()) == {"weight", "bias"}
+
+    def shared(mod):
+        return all(r.shape[0] == 128 and r.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+                   and torch.equal(r[:70], p) and not r[70:].any()
+                   for p, r in ((mod.weight, mod.weight_rows), (mod.bias, mod.bias_rows)))
+
+    assert shared(m)
+    with torch.no_grad():
+        m.weight.add_(1.0)  # an optimizer's in-place update reaches the rows
+    assert shared(m)
+    m.to(torch.float64)
+    fresh = RealLinear(8, 70, dtype=torch.float64)
+    fresh.load_state_dict(m.state_dict(), assign=True)
+    for mod in (m, fresh, copy.deepcopy(m)):
+        assert shared(mod) and mod.weight_rows.dtype == torch.float64
+    none = PaddedLinear(8, 70, bias=False)
+    assert none.bias_rows is None and set(dict(none.named_buffers())) == {"weight_rows"}
+
+
+def test_compiled_padded_forward_takes_the_rows_at_their_real_size():
+    """The compiled no-grad graph's inputs are the padded rows (128 of them), never a parameter viewed past its
+    end: inductor's GEMM autotuning remakes inputs at their nominal size (mode="max-autotune" failed so)."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor))
+        return gm.forward
+
+    m = RealLinear(32, 100, dtype=torch.float32)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        want = m(x)
+        got = torch.compile(m, fullgraph=True, backend=backend)(x)
+    torch.testing.assert_close(got, want)
+    assert (128, 32) in seen and (128,) in seen and (100, 32) not in seen and (100,) not in seen
+
+
+@cuda_test
+def test_padded_forward_compiles_under_max_autotune_on_cuda():
+    torch.manual_seed(0)
+    m = RealLinear(64, 1000, dtype=torch.float16, device="cuda")
+    x = torch.randn(4, 128, 64, device="cuda").half()
+    with torch.no_grad():
+        want = m(x)
+        got = torch.compile(m, mode="max-autotune-no-cudagraphs", fullgraph=True)(x)
+    assert got.shape == (4, 128, 1000)
+    torch.testing.assert_close(got, want, rtol=2**-10, atol=1e-3)
 
 
 @pytest.mark.parametrize("bias", [True, False])
