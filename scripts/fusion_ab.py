@@ -10,7 +10,8 @@ reference under bf16 autocast, as ``muse bench speed`` does (its forms are the s
 fused loss compiled as one graph, as ``muse train`` runs it, forward and backward): "library" (under autocast the
 loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
-are the same code. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
+are the same code. ``--head-view`` times inference with the padded head's rows read from their buffers (the library)
+against a view of each parameter past its end (as before 835ce70, which max-autotune could not compile). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
 the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
@@ -42,6 +43,7 @@ import muse.complex as C
 from muse.models import build_model
 from muse.models.base import LanguageModel
 from muse.models.stage1 import Stage1Model
+from muse.nn import PaddedLinear
 from muse.train import loss
 from muse.train.loss import compile_model_loss
 
@@ -65,6 +67,22 @@ def _fp32_chunk(hidden, weight, impl):
         return _DEFAULT_CHUNK(hidden, weight, impl)
     n = hidden.numel() // max(hidden.shape[-1], 1)
     return loss.auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl)
+
+
+def _head_view_forward(self, x):
+    """The padded head's forward before 835ce70: the padded rows as views of the parameters past their ends."""
+    w, b = self.weight, self.bias
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
+    rows = self.weight_rows.shape[0]
+    if grad or rows == self.out_features:
+        return self.gemm(x, w, b)
+    w = w.as_strided((rows, self.in_features), (self.in_features, 1))
+    b = None if b is None else b.as_strided((rows,), (1,))
+    return self.gemm(x, w, b)[..., : self.out_features]
+
+
+def _patch_head(form) -> None:
+    PaddedLinear.forward = form
 
 
 def _patch_trunk(form) -> None:
@@ -129,12 +147,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunks", default=None,
                    help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
                         "library's own choice (the reference)")
+    p.add_argument("--head-view", action="store_true",
+                   help="inference: the padded head's rows from buffers against views past the parameters' ends")
     p.add_argument("--keep", action="store_true",
                    help="with --train: the loss keeping its chunks' logits for backward against recomputing them")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if (args.chunks or args.keep) and not args.train:
         p.error("--chunks and --keep need --train")
+    if args.head_view and args.train:
+        p.error("--head-view times inference (no --train)")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -147,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.chunks:
         forms = {**{f"chunk {int(c)}": int(c) for c in args.chunks.split(",")}, "library": None}
         patch = _patch_chunk
+    if args.head_view:
+        forms, patch = {"library": PaddedLinear.forward, "view past the end": _head_view_forward}, _patch_head
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}

@@ -356,6 +356,7 @@ def test_compiled_padded_forward_takes_the_rows_at_their_real_size():
 @cuda_test
 def test_padded_forward_compiles_under_max_autotune_on_cuda():
     torch.manual_seed(0)
+    C.set_gemm_policy()  # as compile_model does before compiling MUSE ops on CUDA
     m = RealLinear(64, 1000, dtype=torch.float16, device="cuda")
     x = torch.randn(4, 128, 64, device="cuda").half()
     with torch.no_grad():
