@@ -1392,6 +1392,7 @@ s32c)
   pack
   ;;
 s33a)
+  # fusion_ab.py --lse-tile was removed with the 8,192 tile it measured (08a55ff): these two steps now stop at once
   step "Stage 1's training step: the log-sum-exp kernel's widest tile 8192 against 4096 (CUDA graphs, 7 rounds)"
   timeout 90 python3 scripts/fusion_ab.py --device cuda --train --lse-tile --rounds 7 --out "$OUT/lse-tile-ab-stage1.json" 2>&1 | tail -2
   step "the GPT's training step: the same A/B (bf16 autocast, default loss)"
