@@ -375,8 +375,19 @@ def embedding(
         check_float_tensor("position", position)
         named.append(("position", position.device))
     check_same_device(named)
+    if phase is not None and (isinstance(phase, bool) or not isinstance(phase, numbers.Real)):
+        raise TypeError(f"phase must be a real number or None, got {type(phase).__name__}")
     ids = ids.long()
     check_token_range("ids", ids, weight.shape[0])
+    return embedding_unchecked(ids, weight, position, phase)
+
+
+def embedding_unchecked(ids: torch.Tensor, weight: ComplexTensor, position: torch.Tensor | None = None,
+                        phase: float | None = None) -> ComplexTensor:
+    """:func:`embedding` for callers that checked its arguments: int64 ``ids`` in [0, vocab), a (vocab, d)
+    ``weight``, ``position`` and ``phase`` as :func:`embedding` takes them, all on one device.  The id range
+    check is the one that reads values (a host sync in eager code, a device assert in compiled code), so a
+    module that checks its ids under its own argument name does not pay for it twice."""
     v, d = weight.shape
     # planes (2, V, d) as 2V rows: one lookup over ids and ids + V, so the backward is one (2V, d) gradient
     # (fp32 sums of the looked-up rows, one rounding) instead of indexing's zeros + out-of-place index_put (two
@@ -395,8 +406,6 @@ def embedding(
     if position is not None:
         re = re + position.to(cd)
     if phase is not None:
-        if isinstance(phase, bool) or not isinstance(phase, numbers.Real):
-            raise TypeError(f"phase must be a real number or None, got {type(phase).__name__}")
         c, s = math.cos(phase), math.sin(phase)
         re, im = re * c - im * s, re * s + im * c
     return ComplexTensor(torch.stack((re, im)).to(weight.dtype))

@@ -14,9 +14,11 @@ from muse._checks import (
     check_float_dtype,
     check_int,
     check_probability,
+    check_same_device,
     check_token_ids,
     check_type,
 )
+from muse.complex.layers import embedding_unchecked
 from muse.init import ZetaEmbedding, zeta_position_table
 from muse.nn.linear import HEAD_INITS, check_head_input
 
@@ -89,8 +91,10 @@ class ComplexEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> C.ComplexTensor:
         """(B, S) ids (and optional (B, S) or (S,) positions) -> ComplexTensor (B, S, d)."""
         input_ids = check_token_ids("input_ids", input_ids, self.vocab_size, self.max_seq_len)
+        check_same_device([("input_ids", input_ids.device), ("weight", self.weight.device)])
         pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
-        z = C.embedding(input_ids, C.ComplexTensor(self.weight), pos, self.initial_phase)
+        # the ids are checked above under their own name: the lookup does not check (nor read) them again
+        z = embedding_unchecked(input_ids, C.ComplexTensor(self.weight), pos, self.initial_phase)
         return C.dropout(z, self.p, self.training, mode=self.dropout_mode)
 
     def extra_repr(self) -> str:

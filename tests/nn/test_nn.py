@@ -204,6 +204,40 @@ def test_complex_embedding_dropout_only_in_training():
     assert_ct_bitwise(e(ids), C.embedding(ids, ComplexTensor(e.weight), e.position.weight[:16]))
 
 
+def test_complex_embedding_checks_the_id_range_once(monkeypatch):
+    """The ids' range is the one check that reads values (a host sync in eager code, a device assert in compiled
+    code): the module checks it under ``input_ids`` and its lookup does not check again."""
+    import muse._checks
+    import muse.complex.layers
+
+    calls = []
+    real = muse._checks.check_token_range
+
+    def counted(name, ids, vocab_size):
+        calls.append(name)
+        return real(name, ids, vocab_size)
+
+    monkeypatch.setattr(muse._checks, "check_token_range", counted)
+    monkeypatch.setattr(muse.complex.layers, "check_token_range", counted)
+    e = ComplexEmbedding(50, 8, 16, dropout=0.0)
+    ids = torch.randint(0, 50, (2, 5))
+    e(ids)
+    assert calls == ["input_ids"]
+    asserts = []
+
+    def backend(gm, example_inputs):
+        asserts.extend(n for n in gm.graph.nodes if n.target in (torch._assert_async, torch.ops.aten._assert_async.msg))
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(e, fullgraph=True, backend=backend)(ids)
+    assert len(asserts) == 1
+    with pytest.raises(ValueError, match="input_ids contains token id 50"):
+        e(torch.tensor([[1, 50]]))
+    with pytest.raises(ValueError, match="input_ids is on cpu but weight is on meta"):
+        e.to("meta")(ids)
+
+
 def test_complex_embedding_gradients_reach_tables():
     e = _emb(dtype=torch.float64)
     ids = torch.tensor([[1, 2, 1]])
