@@ -95,6 +95,7 @@ def layer_norm(
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
     residual: ComplexTensor | None = None,
+    nonfinite_input: tuple[torch.Tensor, int] | None = None,
 ) -> ComplexTensor:
     """Complex LayerNorm over the last dim, per sample: (z - mu) / sqrt(E|z - mu|^2 + eps) * w + b.
 
@@ -103,12 +104,21 @@ def layer_norm(
     (z's shape and dtype) it normalises ``add(z, residual)``, the sum rounded once as ``add`` rounds
     it: a post-norm residual connection.  Where no gradient is needed and the kernel is picked, one
     pass reads both and the sum is never written (the same values as the two ops, bit for bit).
+    ``nonfinite_input`` = (flags, slot), as :func:`layer_norm_pair` takes it: flags[slot] is set to 1
+    where a value of z is not finite (a model's count of its first activations, in the norm's own pass
+    where no gradient is needed, no residual is given and the kernel is picked).
     """
     check_type("z", z, ComplexTensor, "a ComplexTensor")
     if residual is not None:
         _check_residual(z, residual, "a ComplexTensor or None")
     _check_layer_norm_args(z, weight, bias)
     eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    flags, slot = _check_flags(z, nonfinite_input)
+    if flags is not None:
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (z.planes, weight, bias))
+        if residual is None and not grad and kernels.use_kernel(z.planes, weight, bias, op="layer_norm"):
+            return ComplexTensor(kernels.layer_norm_fwd(z.planes, weight, bias, eps, flags, slot))
+        _flag_nonfinite(flags, slot, z.planes)
     if residual is not None:
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (z.planes, residual.planes, weight, bias))
@@ -141,15 +151,7 @@ def layer_norm_pair(
     _check_layer_norm_args(z, w2, b2)
     eps1 = check_float("eps", eps1, min_value=0.0, min_inclusive=False)
     eps2 = check_float("eps", eps2, min_value=0.0, min_inclusive=False)
-    flags, slot = (None, 0) if nonfinite is None else nonfinite
-    if flags is not None:
-        check_tensor("flags", flags)
-        if flags.dtype != torch.int32 or flags.dim() != 1:
-            raise TypeError(f"flags must be a 1-D torch.int32 tensor, got {flags.dtype} with {flags.dim()} dims")
-        check_same_device([("z", z.device), ("flags", flags.device)])
-        check_int("slot", slot, min_value=0)
-        if slot >= flags.numel():
-            raise ValueError(f"slot must be below flags' length {flags.numel()}, got {slot}")
+    flags, slot = _check_flags(z, nonfinite)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (z.planes, residual.planes, w1, b1, w2, b2))
     if not grad and kernels.use_kernel(z.planes, residual.planes, w1, b1, w2, b2, op="layer_norm"):
@@ -157,9 +159,32 @@ def layer_norm_pair(
         return ComplexTensor(y), ComplexTensor(y2)
     y = layer_norm(z, w1, b1, eps1, residual=residual)
     if flags is not None:
-        with torch.no_grad():
-            flags[slot] = torch.maximum(flags[slot], (~torch.isfinite(y.planes)).any().to(torch.int32))
+        _flag_nonfinite(flags, slot, y.planes)
     return y, layer_norm(y, w2, b2, eps2)
+
+
+def _check_flags(z: ComplexTensor, nonfinite: object) -> tuple[torch.Tensor | None, int]:
+    """(flags, slot) of a ``nonfinite`` argument, or (None, 0): flags a 1-D int32 tensor on z's device, slot
+    an int below its length."""
+    if nonfinite is None:
+        return None, 0
+    if not isinstance(nonfinite, tuple) or len(nonfinite) != 2:
+        raise TypeError(f"nonfinite must be a (flags, slot) tuple or None, got {type(nonfinite).__name__}")
+    flags, slot = nonfinite
+    check_tensor("flags", flags)
+    if flags.dtype != torch.int32 or flags.dim() != 1:
+        raise TypeError(f"flags must be a 1-D torch.int32 tensor, got {flags.dtype} with {flags.dim()} dims")
+    check_same_device([("z", z.device), ("flags", flags.device)])
+    check_int("slot", slot, min_value=0)
+    if slot >= flags.numel():
+        raise ValueError(f"slot must be below flags' length {flags.numel()}, got {slot}")
+    return flags, slot
+
+
+@torch.no_grad()
+def _flag_nonfinite(flags: torch.Tensor, slot: int, values: torch.Tensor) -> None:
+    """flags[slot] = 1 where a value of ``values`` is not finite (left as it was otherwise)."""
+    flags[slot] = torch.maximum(flags[slot], (~torch.isfinite(values)).any().to(torch.int32))
 
 
 def _check_residual(z: ComplexTensor, residual: object, expected: str) -> None:

@@ -79,19 +79,31 @@ def _ln_rows(re, im, mask, cols, d, eps, w_ptr, b_ptr, HAS_W: tl.constexpr, HAS_
 
 
 @triton.jit
+def _flag_nonfinite(flag_ptr, re, im, mask):
+    """The int32 at flag_ptr becomes 1 where a masked value of the planes (re, im) is not finite."""
+    a_re = tl.abs(re.to(tl.float32))
+    a_im = tl.abs(im.to(tl.float32))
+    bad = mask & ~((a_re < float("inf")) & (a_im < float("inf")))  # NaN compares false: counted
+    if tl.max(bad.to(tl.int32)) > 0:
+        tl.atomic_max(flag_ptr, 1)
+
+
+@triton.jit
 def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr, flag_ptr, n_rows, d, plane, eps, eps2,
                        HAS_R: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, PAIR: tl.constexpr,
-                       HAS_W2: tl.constexpr, HAS_B2: tl.constexpr, FLAG: tl.constexpr, ROWS: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
+                       HAS_W2: tl.constexpr, HAS_B2: tl.constexpr, FLAG: tl.constexpr, FLAG_X: tl.constexpr,
+                       ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """y = LN(x), or with HAS_R y = LN(x + r), the sum rounded once to x's dtype first (as ``C.add`` rounds it);
     with PAIR also y2 = LN2(y) of the rounded y (weights w2, b2), which is never read back; with FLAG the int32
-    at flag_ptr becomes 1 where a stored y is not finite."""
+    at flag_ptr becomes 1 where a stored y is not finite, with FLAG_X where a value of x is."""
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     cols = tl.arange(0, BLOCK_D)[None, :]
     mask = (rows < n_rows) & (cols < d)
     off = rows * d + cols
     re = tl.load(x_ptr + off, mask=mask, other=0.0)
     im = tl.load(x_ptr + plane + off, mask=mask, other=0.0)
+    if FLAG_X:
+        _flag_nonfinite(flag_ptr, re, im, mask)
     if HAS_R:
         re = (re.to(tl.float32) + tl.load(r_ptr + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
         im = (im.to(tl.float32) + tl.load(r_ptr + plane + off, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
@@ -101,11 +113,7 @@ def _ln_forward_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr
     tl.store(y_ptr + off, y_re, mask=mask)
     tl.store(y_ptr + plane + off, y_im, mask=mask)
     if FLAG:
-        a_re = tl.abs(y_re.to(tl.float32))
-        a_im = tl.abs(y_im.to(tl.float32))
-        bad = mask & ~((a_re < float("inf")) & (a_im < float("inf")))  # NaN compares false: counted
-        if tl.max(bad.to(tl.int32)) > 0:
-            tl.atomic_max(flag_ptr, 1)
+        _flag_nonfinite(flag_ptr, y_re, y_im, mask)
     if PAIR:
         y2_re, y2_im = _ln_rows(tl.where(mask, y_re.to(tl.float32), 0.0), tl.where(mask, y_im.to(tl.float32), 0.0),
                                 mask, cols, d, eps2, w2_ptr, b2_ptr, HAS_W2, HAS_B2)
@@ -181,9 +189,11 @@ def _rows(planes: torch.Tensor) -> tuple[int, int]:
 
 
 def layer_norm_forward(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                       eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """LN(planes), or LN(planes + residual) with the sum rounded once and never written."""
-    return _ln_forward(planes, residual, weight, bias, eps)[0]
+                       eps: float, residual: torch.Tensor | None = None, flags: torch.Tensor | None = None,
+                       slot: int = 0) -> torch.Tensor:
+    """LN(planes), or LN(planes + residual) with the sum rounded once and never written; flags[slot] (int32)
+    becomes 1 where a value of ``planes`` is not finite."""
+    return _ln_forward(planes, residual, weight, bias, eps, flags=flags, slot=slot, flag_input=True)[0]
 
 
 def layer_norm_pair_forward(planes: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
@@ -196,7 +206,7 @@ def layer_norm_pair_forward(planes: torch.Tensor, residual: torch.Tensor, weight
     return _ln_forward(planes, residual, weight, bias, eps, (weight2, bias2, eps2), flags, slot)
 
 
-def _ln_forward(planes, residual, weight, bias, eps, second=None, flags=None, slot=0):
+def _ln_forward(planes, residual, weight, bias, eps, second=None, flags=None, slot=0, flag_input=False):
     x = scratch(planes.contiguous(), planes)
     r = x if residual is None else scratch(residual.contiguous(), residual)
     n_rows, d = _rows(x)
@@ -211,8 +221,8 @@ def _ln_forward(planes, residual, weight, bias, eps, second=None, flags=None, sl
         x if w2 is None else w2, x if b2 is None else b2, y2, x if flags is None else flags[slot:],
         n_rows, d, n_rows * d, eps, eps2,
         HAS_R=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None, PAIR=second is not None,
-        HAS_W2=w2 is not None, HAS_B2=b2 is not None, FLAG=flags is not None, ROWS=rows, BLOCK_D=block_d,
-        num_warps=warps)
+        HAS_W2=w2 is not None, HAS_B2=b2 is not None, FLAG=flags is not None and not flag_input,
+        FLAG_X=flags is not None and flag_input, ROWS=rows, BLOCK_D=block_d, num_warps=warps)
     return y, y2
 
 

@@ -129,7 +129,6 @@ class LanguageModel(nn.Module):
         diag: dict[str, dict] = {}
         self._count_forward()
         x = self.embed(input_ids, positions)
-        self._count_nonfinite(0, x)
         if return_diagnostics:
             diag["embedding"] = activation_statistics(x)
         x = self.trunk(x, diag if return_diagnostics else None)
@@ -150,8 +149,9 @@ class LanguageModel(nn.Module):
         return out, diag
 
     def trunk(self, x, diag: dict | None = None):
-        """The blocks and the final norm over the first activations ``x``, counting each block's non-finite
-        outputs; with ``diag`` each block's statistics go into it."""
+        """The blocks and the final norm over the first activations ``x``, counting the non-finite values of
+        ``x`` and of each block's output; with ``diag`` each block's statistics go into it."""
+        self._count_nonfinite(0, x)
         for i, block in enumerate(self.blocks):
             stats: dict | None = {} if diag is not None else None
             x = block(x, stats)

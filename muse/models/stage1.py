@@ -432,13 +432,15 @@ class Stage1Model(LanguageModel):
                             self.final_norm])):
             return super().trunk(x, diag)
         if not len(self.blocks):
+            self._count_nonfinite(0, x)
             return self.final_norm(x)
-        n = self.blocks[0].norm1(x)
-        flags = torch.zeros(len(self.blocks), dtype=torch.int32, device=n.device)  # each block's output counted in its pass
+        # slot 0 the first activations (counted by the first norm's pass), slot i + 1 block i's output (by its pair)
+        flags = torch.zeros(len(self.blocks) + 1, dtype=torch.int32, device=x.device)
+        n = self.blocks[0].norm1(x, nonfinite_input=(flags, 0))
         for i, block in enumerate(self.blocks):
             then = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.final_norm
-            x, n = block.norm2.pair(block.branch(n), x, then, nonfinite=(flags, i))
-        self._count_nonfinite_flags(1, flags)
+            x, n = block.norm2.pair(block.branch(n), x, then, nonfinite=(flags, i + 1))
+        self._count_nonfinite_flags(0, flags)
         return n
 
     def head_input(self, z: C.ComplexTensor) -> torch.Tensor:

@@ -24,9 +24,12 @@ class ComplexLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(features, dtype=dtype, device=device))
 
-    def forward(self, z: C.ComplexTensor, residual: C.ComplexTensor | None = None) -> C.ComplexTensor:
-        """LN(z), or LN(z + residual) (a post-norm residual connection, one pass in inference)."""
-        return C.layer_norm(z, self.weight, self.bias, self.eps, residual=residual)
+    def forward(self, z: C.ComplexTensor, residual: C.ComplexTensor | None = None,
+                nonfinite_input: tuple[torch.Tensor, int] | None = None) -> C.ComplexTensor:
+        """LN(z), or LN(z + residual) (a post-norm residual connection, one pass in inference); with
+        ``nonfinite_input`` = (flags, slot) also flags[slot] = 1 where z holds a NaN/Inf
+        (:func:`muse.complex.layer_norm`)."""
+        return C.layer_norm(z, self.weight, self.bias, self.eps, residual=residual, nonfinite_input=nonfinite_input)
 
     def pair(self, z: C.ComplexTensor, residual: C.ComplexTensor, then: ComplexLayerNorm,
              nonfinite: tuple[torch.Tensor, int] | None = None) -> tuple[C.ComplexTensor, C.ComplexTensor]:

@@ -192,6 +192,45 @@ def test_layer_norm_pair_flags_a_nonfinite_output_in_its_pass(kernel_device, cas
     assert got[True] == got[False] == [0, int(case != "finite"), 1, 0]
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("case", ["finite", "inf input", "nan input", "nan weight"])
+def test_layer_norm_flags_a_nonfinite_input_in_its_pass(kernel_device, case, launches):
+    """nonfinite_input: flags[slot] becomes 1 exactly when z holds a NaN/Inf (not when only the output does: a
+    NaN weight), as the PyTorch path sets it; other slots and an already set flag stay as they were."""
+    z = _rand(2, 37, 16, device=kernel_device, seed=41)
+    w = _rand(16, device=kernel_device, seed=42)
+    if case == "inf input":
+        z[1, 20, 3] = float("inf")
+    if case == "nan input":
+        z[0, 36, 15] = float("nan")
+    if case == "nan weight":
+        w[4] = float("nan")
+    got, outs = {}, {}
+    for on in (True, False):
+        flags = torch.tensor([0, 0, 1], dtype=torch.int32, device=kernel_device)
+        with torch.no_grad(), kernels.environment(MUSE_KERNELS="1" if on else "0"):
+            outs[on] = C.layer_norm(C.ComplexTensor(z), w, None, 1e-5, nonfinite_input=(flags, 1)).planes
+            C.layer_norm(C.ComplexTensor(z), w, None, 1e-5, nonfinite_input=(flags, 2))
+        got[on] = flags.tolist()
+    assert launches == {"layer_norm_forward": 2}
+    assert got[True] == got[False] == [0, int(case in ("inf input", "nan input")), 1]
+    assert torch.equal(outs[True].isnan(), outs[False].isnan())
+    assert (case == "finite") == bool(outs[True].isfinite().all())
+
+
+def test_layer_norm_nonfinite_input_rejects_bad_arguments():
+    z = C.ComplexTensor(torch.zeros(2, 3, 4, dtype=torch.float16))
+    with pytest.raises(TypeError, match="nonfinite must be a \\(flags, slot\\) tuple or None, got list"):
+        C.layer_norm(z, nonfinite_input=[torch.zeros(3, dtype=torch.int32), 0])
+    with pytest.raises(TypeError, match="flags must be a 1-D torch.int32 tensor"):
+        C.layer_norm(z, nonfinite_input=(torch.zeros(3, dtype=torch.int64), 0))
+    with pytest.raises(ValueError, match="slot must be below flags' length 3"):
+        C.layer_norm(z, nonfinite_input=(torch.zeros(3, dtype=torch.int32), 3))
+    with pytest.raises(TypeError, match="slot must be an int"):
+        C.layer_norm(z, nonfinite_input=(torch.zeros(3, dtype=torch.int32), 1.0))
+
+
 def test_layer_norm_pair_rejects_bad_arguments():
     z = C.ComplexTensor(torch.zeros(2, 3, 4, dtype=torch.float16))
     with pytest.raises(TypeError, match="residual must be a ComplexTensor"):
@@ -237,7 +276,17 @@ def test_seed_block_inference_reads_its_residual_in_the_norm(kernel_device, laun
         with kernels.environment(MUSE_KERNELS="0"):
             model(ids)
         assert model.get_statistics()["nonfinite_by_stage"] == paired
-    assert paired["layer_0"] == 0 and paired["layer_1"] == 1 and paired["logits"] == 1
+    assert paired["embedding"] == 0 and paired["layer_0"] == 0 and paired["layer_1"] == 1 and paired["logits"] == 1
+    with torch.no_grad():  # a NaN token row: the first norm's pass counts the first activations, as the ops do
+        model.embedding.weight[1, ids[0, 3]] = float("nan")
+        model.reset_statistics()
+        model(ids)
+        embedded = model.get_statistics()["nonfinite_by_stage"]
+        model.reset_statistics()
+        with kernels.environment(MUSE_KERNELS="0"):
+            model(ids)
+        assert model.get_statistics()["nonfinite_by_stage"] == embedded
+    assert embedded["embedding"] == 1 and embedded["layer_0"] == 1
     if kernel_device == "cpu":
         assert torch.equal(inference, training_path.detach())
     else:  # two compiled kernels, within an fp16 ULP of each other
@@ -280,6 +329,29 @@ def test_layer_norm_pair_in_a_compiled_graph(kernel_device, backend, launches):
         assert launches == {"layer_norm_pair_forward": 1}
         want = f(z, r)
         assert want[2].tolist() == [0, 1, 0]
+        for got, ref in zip(out, want, strict=True):
+            assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_layer_norm_input_flag_in_a_compiled_graph(kernel_device, backend, launches):
+    """Inference inside torch.compile: the norm's custom op counts its input into a buffer made in the graph
+    (as Stage1Model.trunk makes it), no graph break, the eager values."""
+    torch._dynamo.reset()
+    z = _rand(2, 4, 8, device=kernel_device, seed=18)
+    z[0, 1, 2] = float("nan")
+    w = _rand(8, device=kernel_device, seed=19)
+
+    def f(p):
+        flags = torch.zeros(2, dtype=torch.int32, device=p.device)
+        return C.layer_norm(C.ComplexTensor(p), w, w, 1e-5, nonfinite_input=(flags, 0)).planes, flags
+
+    with torch.no_grad():
+        out = torch.compile(f, fullgraph=True, backend=backend)(z)
+        assert launches == {"layer_norm_forward": 1}
+        want = f(z)
+        assert want[1].tolist() == [1, 0]
         for got, ref in zip(out, want, strict=True):
             assert torch.equal(got.nan_to_num(), ref.nan_to_num())
 
