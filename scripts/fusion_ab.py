@@ -11,7 +11,9 @@ fused loss compiled as one graph, as ``muse train`` runs it, forward and backwar
 loss's chunk logits stay in the GEMM's bf16, which widens to fp32 exactly, and the gradient is written over them)
 and "fp32 logits" (widened to fp32, and chunks sized for that, as before); without autocast (Stage 1) the two
 are the same code. ``--head-view`` times inference with the padded head's rows read from their buffers (the library)
-against a view of each parameter past its end (as before 835ce70, which max-autotune could not compile). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
+against a view of each parameter past its end (as before 835ce70, which max-autotune could not compile);
+``--embedding-count`` Stage 1's first activations counted for the NaN statistics in the first norm's pass (the
+library) against a pass of their own. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
 the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
@@ -67,6 +69,19 @@ def _fp32_chunk(hidden, weight, impl):
         return _DEFAULT_CHUNK(hidden, weight, impl)
     n = hidden.numel() // max(hidden.shape[-1], 1)
     return loss.auto_chunk_size(weight.shape[0], max(n, 1), hidden.dtype, impl=impl)
+
+
+def _counted_apart(self, x, diag=None):
+    """Stage 1's paired blocks with the first activations counted in a pass of their own, as before 9e2f472 (no diag or
+    hooks in this script)."""
+    self._count_nonfinite(0, x)
+    n = self.blocks[0].norm1(x)
+    flags = torch.zeros(len(self.blocks), dtype=torch.int32, device=n.device)
+    for i, block in enumerate(self.blocks):
+        then = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.final_norm
+        x, n = block.norm2.pair(block.branch(n), x, then, nonfinite=(flags, i))
+    self._count_nonfinite_flags(1, flags)
+    return n
 
 
 def _head_view_forward(self, x):
@@ -147,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunks", default=None,
                    help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
                         "library's own choice (the reference)")
+    p.add_argument("--embedding-count", action="store_true",
+                   help="inference: the first activations counted in the first norm's pass against a pass apart")
     p.add_argument("--head-view", action="store_true",
                    help="inference: the padded head's rows from buffers against views past the parameters' ends")
     p.add_argument("--keep", action="store_true",
@@ -155,8 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if (args.chunks or args.keep) and not args.train:
         p.error("--chunks and --keep need --train")
-    if args.head_view and args.train:
-        p.error("--head-view times inference (no --train)")
+    if (args.head_view or args.embedding_count) and args.train:
+        p.error("--head-view and --embedding-count time inference (no --train)")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -171,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         patch = _patch_chunk
     if args.head_view:
         forms, patch = {"library": PaddedLinear.forward, "view past the end": _head_view_forward}, _patch_head
+    if args.embedding_count:
+        forms = {"library": Stage1Model.trunk, "embedding counted apart": _counted_apart}
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}
