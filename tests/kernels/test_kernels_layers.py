@@ -219,6 +219,20 @@ def test_layer_norm_flags_a_nonfinite_input_in_its_pass(kernel_device, case, lau
     assert (case == "finite") == bool(outs[True].isfinite().all())
 
 
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_the_norms_flag_writing_custom_ops_pass_opcheck(kernel_device, launches):
+    """The norm ops that write a model's flags in place (``muse::layer_norm_fwd``, ``muse::add_layer_norm_pair_fwd``):
+    schema, fake tensors and AOT dispatch agree with the real ops (``torch.library.opcheck``), with and without flags
+    (finite inputs: opcheck compares outputs with NaN unequal; the compiled-graph tests above set the flags)."""
+    z = _rand(2, 5, 8, device=kernel_device, seed=51)
+    r, w = _rand(2, 5, 8, device=kernel_device, seed=52), _rand(8, device=kernel_device, seed=53)
+    for flags in (None, torch.zeros(3, dtype=torch.int32, device=kernel_device)):
+        result = torch.library.opcheck(kernels.layer_norm_fwd.op, (z, w, w, 1e-5, flags, 1))
+        assert all(v == "SUCCESS" for v in result.values()), result
+        result = torch.library.opcheck(kernels.add_layer_norm_pair_fwd.op, (z, r, w, None, 1e-5, w, w, 1e-5, flags, 2))
+        assert all(v == "SUCCESS" for v in result.values()), result
+
+
 def test_layer_norm_nonfinite_input_rejects_bad_arguments():
     z = C.ComplexTensor(torch.zeros(2, 3, 4, dtype=torch.float16))
     with pytest.raises(TypeError, match="nonfinite must be a \\(flags, slot\\) tuple or None, got list"):
