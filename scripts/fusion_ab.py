@@ -13,7 +13,8 @@ and "fp32 logits" (widened to fp32, and chunks sized for that, as before); witho
 are the same code. ``--head-view`` times inference with the padded head's rows read from their buffers (the library)
 against a view of each parameter past its end (as before 835ce70, which max-autotune could not compile);
 ``--embedding-count`` Stage 1's first activations counted for the NaN statistics in the first norm's pass (the
-library) against a pass of their own. ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
+library) against a pass of their own; ``--id-check`` the token ids' range checked once (the library) against
+twice (the module, then its lookup, as before 19ee90a). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
 the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
@@ -42,10 +43,11 @@ import time
 import torch
 
 import muse.complex as C
+from muse._checks import check_token_ids
 from muse.models import build_model
 from muse.models.base import LanguageModel
 from muse.models.stage1 import Stage1Model
-from muse.nn import PaddedLinear
+from muse.nn import ComplexEmbedding, PaddedLinear
 from muse.train import loss
 from muse.train.loss import compile_model_loss
 
@@ -82,6 +84,18 @@ def _counted_apart(self, x, diag=None):
         x, n = block.norm2.pair(block.branch(n), x, then, nonfinite=(flags, i))
     self._count_nonfinite_flags(1, flags)
     return n
+
+
+def _ids_checked_twice(self, input_ids, positions=None):
+    """The token embedding before 19ee90a: the module checked the ids, then ``C.embedding`` checked them again."""
+    input_ids = check_token_ids("input_ids", input_ids, self.vocab_size, self.max_seq_len)
+    pos = self.position.lookup(input_ids, positions)
+    z = C.embedding(input_ids, C.ComplexTensor(self.weight), pos, self.initial_phase)
+    return C.dropout(z, self.p, self.training, mode=self.dropout_mode)
+
+
+def _patch_embedding(form) -> None:
+    ComplexEmbedding.forward = form
 
 
 def _head_view_forward(self, x):
@@ -162,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunks", default=None,
                    help="with --train: comma-separated vocabulary rows per loss chunk, each a form beside the "
                         "library's own choice (the reference)")
+    p.add_argument("--id-check", action="store_true",
+                   help="inference: the token ids' range checked once (the library) against twice")
     p.add_argument("--embedding-count", action="store_true",
                    help="inference: the first activations counted in the first norm's pass against a pass apart")
     p.add_argument("--head-view", action="store_true",
@@ -172,8 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if (args.chunks or args.keep) and not args.train:
         p.error("--chunks and --keep need --train")
-    if (args.head_view or args.embedding_count) and args.train:
-        p.error("--head-view and --embedding-count time inference (no --train)")
+    if (args.head_view or args.embedding_count or args.id_check) and args.train:
+        p.error("--head-view, --embedding-count and --id-check time inference (no --train)")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         forms, patch = {"library": PaddedLinear.forward, "view past the end": _head_view_forward}, _patch_head
     if args.embedding_count:
         forms = {"library": Stage1Model.trunk, "embedding counted apart": _counted_apart}
+    if args.id_check:
+        forms, patch = {"library": ComplexEmbedding.forward, "ids checked twice": _ids_checked_twice}, _patch_embedding
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}

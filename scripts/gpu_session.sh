@@ -1420,13 +1420,15 @@ s34a)
   pack
   ;;
 s34b)
-  step "Stage 1 inference: the padded head's rows from buffers against views past the parameters' ends (CUDA graphs, 7 rounds)"
-  timeout 100 python3 scripts/fusion_ab.py --device cuda --head-view --rounds 7 --out "$OUT/head-view-ab-stage1.json" 2>&1 | tail -2
-  step "Stage 1 inference: the first activations counted in the first norm's pass against a pass apart (CUDA graphs, 7 rounds)"
-  timeout 100 python3 scripts/fusion_ab.py --device cuda --embedding-count --rounds 7 --out "$OUT/embedding-count-ab-stage1.json" 2>&1 | tail -2
+  step "Stage 1 inference: the padded head's rows from buffers against views past the parameters' ends (CUDA graphs, 5 rounds)"
+  timeout 80 python3 scripts/fusion_ab.py --device cuda --head-view --rounds 5 --out "$OUT/head-view-ab-stage1.json" 2>&1 | tail -2
+  step "Stage 1 inference: the first activations counted in the first norm's pass against a pass apart (CUDA graphs, 5 rounds)"
+  timeout 80 python3 scripts/fusion_ab.py --device cuda --embedding-count --rounds 5 --out "$OUT/embedding-count-ab-stage1.json" 2>&1 | tail -2
+  step "Stage 1 inference: the token ids' range checked once against twice (CUDA graphs, 5 rounds)"
+  timeout 80 python3 scripts/fusion_ab.py --device cuda --id-check --rounds 5 --out "$OUT/id-check-ab-stage1.json" 2>&1 | tail -2
   step "CUDA tests of the norms' flags and the seed block"
   timeout 90 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_layers.py \
-    -k "flag or nonfinite or seed_block or compiled" 2>&1 | tail -2
+    -k "flag or nonfinite or seed_block or compiled or opcheck" 2>&1 | tail -2
   step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs (a second process)"
   timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
     --variants compiled+kernels+cudagraphs --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -6
