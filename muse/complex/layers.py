@@ -57,7 +57,7 @@ class _LayerNormFn(torch.autograd.Function):
         ctx.save_for_backward(planes, weight, bias)
         ctx.eps = eps
         if kernels.use_kernel(planes, weight, bias, op="layer_norm"):
-            return kernels.layer_norm_fwd(planes, weight, bias, eps)
+            return kernels.layer_norm_fwd(planes, weight, bias, eps, None, 0)
         cd = compute_dtype(planes.dtype)
         c, rstd = _ln_stats(planes.to(cd), eps)
         n = c * rstd

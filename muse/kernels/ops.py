@@ -42,15 +42,16 @@ def _kernel_op(name: str, mutates_args: tuple[str, ...] = ()):
 
 @_kernel_op("muse::layer_norm_fwd", mutates_args=("flags",))
 def layer_norm_fwd(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                   eps: float, flags: torch.Tensor | None = None, slot: int = 0) -> torch.Tensor:
+                   eps: float, flags: torch.Tensor | None, slot: int) -> torch.Tensor:
     """Complex LayerNorm forward of float16 planes (2, ..., d): fp32 statistics, one rounding.  ``flags``
     (int32, or None): flags[slot] becomes 1 where a value of ``planes`` is not finite (a model's count of
-    the norm's input, taken in the same pass)."""
+    the norm's input, taken in the same pass).  No defaults: torch 2.11's dynamo fails to fake-run this
+    mutating op when trailing defaulted arguments are left out (IndexError; H100, twenty-ninth session)."""
     return _k().layer_norm_forward(planes, weight, bias, eps, flags=flags, slot=slot)
 
 
 @layer_norm_fwd.register_fake
-def _(planes, weight, bias, eps, flags=None, slot=0):
+def _(planes, weight, bias, eps, flags, slot):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
 
