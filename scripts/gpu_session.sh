@@ -1420,9 +1420,9 @@ s34a)
   pack
   ;;
 s35a)
-  step "CUDA tests of the norms' flags and the seed block (layer_norm_fwd without defaults)"
+  step "CUDA tests of the norms' flags and the seed block (the flag op apart from the plain norm op)"
   timeout 90 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/kernels/test_kernels_layers.py \
-    tests/kernels/test_kernels_direct_call.py -k "flag or nonfinite or seed_block or compiled or opcheck or direct" 2>&1 | tail -2
+    tests/kernels/test_kernels_direct_call.py -k "flag or nonfinite or seed_block or compiled or opcheck or direct or inductor" 2>&1 | tail -2
   step "Stage 1 inference: the first activations counted in the first norm's pass against a pass apart (CUDA graphs, 5 rounds)"
   timeout 80 python3 scripts/fusion_ab.py --device cuda --embedding-count --rounds 5 --out "$OUT/embedding-count-ab-stage1.json" 2>&1 | tail -2
   step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs"

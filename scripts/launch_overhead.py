@@ -76,9 +76,9 @@ def main() -> None:
         "C.linear, no grad": lambda: C.linear(xc, wc, bc),
         "C.linear, input requires grad (autograd function, recipe)": lambda: C.linear(xg, wc, bc),
         "layer_norm: Triton wrapper": lambda: K.layer_norm_forward(a, ln_w, ln_b, 1e-5),
-        "layer_norm: muse.kernels op, grad mode (the custom op)": lambda: ops.layer_norm_fwd(a, ln_w, ln_b, 1e-5, None, 0),
+        "layer_norm: muse.kernels op, grad mode (the custom op)": lambda: ops.layer_norm_fwd(a, ln_w, ln_b, 1e-5),
         "layer_norm: muse.kernels op, no grad (direct where allowed)": no_grad(
-            lambda: ops.layer_norm_fwd(a, ln_w, ln_b, 1e-5, None, 0)),
+            lambda: ops.layer_norm_fwd(a, ln_w, ln_b, 1e-5)),
     }
     for name, fn in rows.items():
         print(json.dumps({"row": name, "host_us": round(host_us(fn, args.calls), 1)}), flush=True)

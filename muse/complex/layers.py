@@ -57,7 +57,7 @@ class _LayerNormFn(torch.autograd.Function):
         ctx.save_for_backward(planes, weight, bias)
         ctx.eps = eps
         if kernels.use_kernel(planes, weight, bias, op="layer_norm"):
-            return kernels.layer_norm_fwd(planes, weight, bias, eps, None, 0)
+            return kernels.layer_norm_fwd(planes, weight, bias, eps)
         cd = compute_dtype(planes.dtype)
         c, rstd = _ln_stats(planes.to(cd), eps)
         n = c * rstd
@@ -117,7 +117,7 @@ def layer_norm(
     if flags is not None:
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (z.planes, weight, bias))
         if residual is None and not grad and kernels.use_kernel(z.planes, weight, bias, op="layer_norm"):
-            return ComplexTensor(kernels.layer_norm_fwd(z.planes, weight, bias, eps, flags, slot))
+            return ComplexTensor(kernels.layer_norm_flag_fwd(z.planes, weight, bias, eps, flags, slot))
         _flag_nonfinite(flags, slot, z.planes)
     if residual is not None:
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad

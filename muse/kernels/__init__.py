@@ -103,6 +103,7 @@ from muse.kernels.ops import (  # noqa: E402
     hebbian_bwd,
     hebbian_fwd,
     layer_norm_bwd,
+    layer_norm_flag_fwd,
     layer_norm_fwd,
     lse_rows,
     modrelu_bwd,
@@ -113,5 +114,5 @@ from muse.kernels.ops import (  # noqa: E402
     sum_rows,
 )
 
-__all__ += ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows",
+__all__ += ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "lse_rows",
             "modrelu_bwd", "modrelu_fwd", "selective_scan_bwd", "selective_scan_fwd", "softmax_grad", "sum_rows"]

@@ -40,17 +40,29 @@ def _kernel_op(name: str, mutates_args: tuple[str, ...] = ()):
     return wrap
 
 
-@_kernel_op("muse::layer_norm_fwd", mutates_args=("flags",))
+@_kernel_op("muse::layer_norm_fwd")
 def layer_norm_fwd(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                   eps: float, flags: torch.Tensor | None, slot: int) -> torch.Tensor:
-    """Complex LayerNorm forward of float16 planes (2, ..., d): fp32 statistics, one rounding.  ``flags``
-    (int32, or None): flags[slot] becomes 1 where a value of ``planes`` is not finite (a model's count of
-    the norm's input, taken in the same pass).  No defaults: torch 2.11's dynamo fails to fake-run this
-    mutating op when trailing defaulted arguments are left out (IndexError; H100, twenty-ninth session)."""
-    return _k().layer_norm_forward(planes, weight, bias, eps, flags=flags, slot=slot)
+                   eps: float) -> torch.Tensor:
+    """Complex LayerNorm forward of float16 planes (2, ..., d): fp32 statistics, one rounding."""
+    return _k().layer_norm_forward(planes, weight, bias, eps)
 
 
 @layer_norm_fwd.register_fake
+def _(planes, weight, bias, eps):
+    return torch.empty_like(planes, memory_format=torch.contiguous_format)
+
+
+@_kernel_op("muse::layer_norm_flag_fwd", mutates_args=("flags",))
+def layer_norm_flag_fwd(planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                        eps: float, flags: torch.Tensor, slot: int) -> torch.Tensor:
+    """:func:`layer_norm_fwd` that also sets flags[slot] (int32) to 1 where a value of ``planes`` is not
+    finite: a model's count of the norm's input, taken in the same pass.  An op apart because inductor
+    cannot lower a single-output op that mutates an argument passed as None (CPU and H100, torch 2.11 and
+    2.13; twenty-ninth session)."""
+    return _k().layer_norm_forward(planes, weight, bias, eps, flags=flags, slot=slot)
+
+
+@layer_norm_flag_fwd.register_fake
 def _(planes, weight, bias, eps, flags, slot):
     return torch.empty_like(planes, memory_format=torch.contiguous_format)
 
@@ -241,5 +253,5 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
     return _k().softmax_grad(z, lse, targets, keep, dtype, offset, in_place)
 
 
-__all__ = ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
+__all__ = ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
            "softmax_grad", "sum_rows"]

@@ -221,14 +221,15 @@ def test_layer_norm_flags_a_nonfinite_input_in_its_pass(kernel_device, case, lau
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
 def test_the_norms_flag_writing_custom_ops_pass_opcheck(kernel_device, launches):
-    """The norm ops that write a model's flags in place (``muse::layer_norm_fwd``, ``muse::add_layer_norm_pair_fwd``):
+    """The norm ops that write a model's flags in place (``muse::layer_norm_flag_fwd``, ``muse::add_layer_norm_pair_fwd``):
     schema, fake tensors and AOT dispatch agree with the real ops (``torch.library.opcheck``), with and without flags
     (finite inputs: opcheck compares outputs with NaN unequal; the compiled-graph tests above set the flags)."""
     z = _rand(2, 5, 8, device=kernel_device, seed=51)
     r, w = _rand(2, 5, 8, device=kernel_device, seed=52), _rand(8, device=kernel_device, seed=53)
+    result = torch.library.opcheck(kernels.layer_norm_flag_fwd.op,
+                                   (z, w, w, 1e-5, torch.zeros(3, dtype=torch.int32, device=kernel_device), 1))
+    assert all(v == "SUCCESS" for v in result.values()), result
     for flags in (None, torch.zeros(3, dtype=torch.int32, device=kernel_device)):
-        result = torch.library.opcheck(kernels.layer_norm_fwd.op, (z, w, w, 1e-5, flags, 1))
-        assert all(v == "SUCCESS" for v in result.values()), result
         result = torch.library.opcheck(kernels.add_layer_norm_pair_fwd.op, (z, r, w, None, 1e-5, w, w, 1e-5, flags, 2))
         assert all(v == "SUCCESS" for v in result.values()), result
 
@@ -368,6 +369,29 @@ def test_layer_norm_input_flag_in_a_compiled_graph(kernel_device, backend, launc
         assert want[1].tolist() == [1, 0]
         for got, ref in zip(out, want, strict=True):
             assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_layer_norm_with_and_without_flags_in_one_inductor_graph(kernel_device, launches):
+    """A norm that counts its input and one that does not, in one inductor graph (as Stage 1's trunk has
+    them): both kernels run, the eager values.  Inductor failed to lower the flag op's output when the
+    norm without flags went through the same mutating op (flags None; twenty-ninth session)."""
+    torch._dynamo.reset()
+    z = _rand(2, 4, 8, device=kernel_device, seed=20)
+    w = _rand(8, device=kernel_device, seed=21)
+
+    def f(p):
+        flags = torch.zeros(1, dtype=torch.int32, device=p.device)
+        y = C.layer_norm(C.ComplexTensor(p), w, w, 1e-5, nonfinite_input=(flags, 0))
+        return C.layer_norm(y, w, None, 1e-5).planes, flags
+
+    with torch.no_grad():
+        out = torch.compile(f, fullgraph=True, backend="inductor")(z)
+        assert launches == {"layer_norm_forward": 2}
+        want = f(z)
+        assert want[1].tolist() == [0]
+        for got, ref in zip(out, want, strict=True):
+            assert torch.equal(got, ref)
 
 
 @pytest.mark.parametrize("kernel_device", DEVICES)
