@@ -59,6 +59,75 @@ def _programs(device: torch.device, tiles: int, kernel: str) -> int:
     return max(1, min(tiles, 4))
 
 
+# ------------------------------------------------------------------ logits bound
+#: (rows per tile, num_warps, programs per SM) of the logits bound's one pass; from ``scripts/bound_sweep.py`` on
+#: an H100 at Stage 1's and the GPT's head shapes (docs/performance.md, twenty-ninth session)
+BOUND_LAUNCH = (16, 8, 2)
+
+
+@triton.jit
+def _rows_sq_max(x_ptr, n_rows, d, stride, pid, n_progs, cols, cmask, ROWS: tl.constexpr):
+    """Largest sum of squares over rows pid, pid + n_progs, ... tiles of a 2-D tensor (NaN as +inf), fp32."""
+    best = tl.zeros((ROWS,), dtype=tl.float32)
+    tile = pid
+    while tile * ROWS < n_rows:
+        rows = tile * ROWS + tl.arange(0, ROWS)
+        mask = (rows[:, None] < n_rows) & cmask
+        x = tl.load(x_ptr + rows[:, None] * stride + cols, mask=mask, other=0.0).to(tl.float32)
+        sq = tl.sum(x * x, axis=1)
+        best = tl.maximum(best, tl.where(sq == sq, sq, float("inf")))
+        tile += n_progs
+    return tl.max(best, axis=0)
+
+
+@triton.jit
+def _bound_parts_kernel(h_ptr, w_ptr, b_ptr, part_ptr, n_h, n_w, n_b, d, stride_h, stride_w, n_progs,
+                        HAS_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    cmask = cols < d
+    tl.store(part_ptr + pid, _rows_sq_max(w_ptr, n_w, d, stride_w, pid, n_progs, cols, cmask, ROWS))
+    tl.store(part_ptr + n_progs + pid, _rows_sq_max(h_ptr, n_h, d, stride_h, pid, n_progs, cols, cmask, ROWS))
+    if HAS_B:
+        best = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        start = pid * BLOCK_D
+        while start < n_b:
+            idx = start + tl.arange(0, BLOCK_D)
+            a = tl.abs(tl.load(b_ptr + idx, mask=idx < n_b, other=0.0).to(tl.float32))
+            best = tl.maximum(best, tl.where(a == a, a, float("inf")))
+            start += n_progs * BLOCK_D
+        tl.store(part_ptr + 2 * n_progs + pid, tl.max(best, axis=0))
+
+
+def bound_programs(device: torch.device, launch: tuple[int, int, int] | None = None) -> int:
+    """Programs of the logits bound's pass: BOUND_LAUNCH's per SM (4 under the interpreter)."""
+    if device.type == "cuda" and not interpreting():
+        return (launch or BOUND_LAUNCH)[2] * _sms(device)
+    return 4
+
+
+def logits_bound_parts(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       launch: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """(3, P) float32 partial maxima of one pass: each program's largest squared row norm of ``weight`` (V, d), of
+    ``h`` (..., d) and largest abs(bias) (0 without a bias); a NaN anywhere reads as +inf."""
+    rows, warps, _ = launch or BOUND_LAUNCH
+    h2 = h.reshape(-1, h.shape[-1])
+    if h2.stride(-1) != 1:
+        h2 = h2.contiguous()
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    n_progs = bound_programs(h.device, launch)
+    part = torch.empty(3, n_progs, dtype=torch.float32, device=h.device)
+    if bias is None:
+        part[2].zero_()
+    d = h2.shape[-1]
+    block_d = triton.next_power_of_2(max(d, 1))
+    _bound_parts_kernel[(n_progs,)](h2, w, h2 if bias is None else bias, part, h2.shape[0], w.shape[0],
+                                    0 if bias is None else bias.numel(), d, h2.stride(0), w.stride(0), n_progs,
+                                    HAS_B=bias is not None, ROWS=max(1, rows * 512 // block_d), BLOCK_D=block_d,
+                                    num_warps=warps)
+    return part
+
+
 # ------------------------------------------------------------------ layer norm
 @triton.jit
 def _ln_rows(re, im, mask, cols, d, eps, w_ptr, b_ptr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
