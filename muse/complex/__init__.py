@@ -23,7 +23,7 @@ from muse.complex.layers import (
     layer_norm_pair,
     modrelu,
 )
-from muse.complex.linalg import linear, linear_output_bound, matmul
+from muse.complex.linalg import linear, matmul
 from muse.complex.ops import (
     abs,
     abs2,
@@ -73,7 +73,6 @@ for _op in (conj, abs, abs2, angle, exp, sum, mean, to_complex):
 del _name, _op
 
 __all__ = [
-    "linear_output_bound",
     "DROPOUT_MODES", "ComplexTensor", "abs", "abs2", "add", "angle", "cat", "compute_dtype", "conj", "div",
     "dropout", "embedding", "eq", "exp", "fp32_accumulation", "from_complex", "from_real", "gemm_dtype", "gemm_linear", "gemm_matmul", "gemm_policy_set", "layer_norm", "layer_norm_pair",
     "linear", "matmul", "mean", "modrelu", "mul", "ne", "neg", "plane_dtype", "polar", "randn", "set_gemm_policy", "stack",

@@ -180,38 +180,3 @@ def _block_weight(w: torch.Tensor, gd: torch.dtype) -> torch.Tensor:
     """[[W_r, -W_i], [W_i, W_r]] of planar W (2, out, in), in the GEMM operand dtype: (2out, 2in)."""
     wr, wi = w[0], w[1]
     return torch.cat((torch.cat((wr, -wi), dim=1), torch.cat((wi, wr), dim=1)), dim=0).to(gd)
-
-
-_BOUND_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_BOUND_MAX_D = 8192  # the kernel holds a whole row of each tile in registers
-
-
-def linear_output_bound(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A 0-d upper bound of max abs(x @ weight.T + bias) that never forms the product (Cauchy-Schwarz:
-    max_t norm(x_t) * max_v norm(weight_v) + max abs(bias_v)), in float32 (float64 for float64 inputs); a NaN/Inf
-    in any input makes it Inf or NaN.  What a model reads to prove its logits finite without a pass over them.
-    Real ``x`` (..., d), ``weight`` (V, d), ``bias`` (V,) or None.  Where the kernel is picked (float16, bfloat16
-    or float32 on CUDA, d <= 8192) one Triton pass reads all three; the PyTorch reductions are the reference."""
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t is not None or name != "bias":
-            check_type(name, t, torch.Tensor, "a real floating torch.Tensor" + (" or None" if name == "bias" else ""))
-            if not t.is_floating_point():
-                raise TypeError(f"{name} must be a real floating tensor, got dtype {t.dtype}")
-    check_same_device([("x", x.device), ("weight", weight.device)]
-                      + ([] if bias is None else [("bias", bias.device)]))
-    d = x.shape[-1] if x.dim() else None
-    if weight.dim() != 2 or d != weight.shape[1]:
-        raise ValueError(f"weight must be (V, d) with d = x.shape[-1] = {d}, got {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be ({weight.shape[0]},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
-    acc = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
-    if x.numel() == 0 or weight.shape[0] == 0:
-        return torch.zeros((), dtype=acc, device=x.device)
-    tensors = [x, weight] + ([] if bias is None else [bias])
-    if (acc == torch.float32 and d <= _BOUND_MAX_D and all(t.dtype in _BOUND_DTYPES for t in tensors)
-            and kernels.enabled(*tensors, in_compile=kernels.in_compile("logits_bound"))):
-        part = kernels.logits_bound_parts(x, weight, bias)
-        return part[1].amax().sqrt() * part[0].amax().sqrt() + part[2].amax()
-    bound = (torch.linalg.vector_norm(x, dim=-1, dtype=acc).amax()
-             * torch.linalg.vector_norm(weight, dim=-1, dtype=acc).amax())
-    return bound if bias is None else bound + bias.abs().amax().to(acc)

@@ -33,7 +33,7 @@ import torch
 
 ENV = "MUSE_KERNELS"
 IN_COMPILE_ENV = "MUSE_KERNELS_IN_COMPILE"
-IN_COMPILE_DEFAULT = "layer_norm,modrelu,logits_bound"
+IN_COMPILE_DEFAULT = "layer_norm,modrelu"
 INTERPRET_ENV = "TRITON_INTERPRET"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 SELECTIVE_TILE = 128  # tokens per tile of the selective scan kernels (their error bound counts the tiles)
@@ -61,12 +61,8 @@ def use_kernel(planes: torch.Tensor, *others: torch.Tensor | None, op: str | Non
     compiled graph only when ``op`` is listed in ``MUSE_KERNELS_IN_COMPILE``."""
     if planes.dtype != torch.float16:
         return False
-    return enabled(planes, *(t for t in others if t is not None), in_compile=op is not None and in_compile(op))
-
-
-def in_compile(op: str) -> bool:
-    """True when ``MUSE_KERNELS_IN_COMPILE`` (or its default) names ``op``."""
-    return op in os.environ.get(IN_COMPILE_ENV, IN_COMPILE_DEFAULT).split(",")
+    in_compile = op is not None and op in os.environ.get(IN_COMPILE_ENV, IN_COMPILE_DEFAULT).split(",")
+    return enabled(planes, *(t for t in others if t is not None), in_compile=in_compile)
 
 
 def settings() -> dict:
@@ -95,7 +91,7 @@ def environment(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-__all__ = ["ENV", "HAS_TRITON", "IN_COMPILE_DEFAULT", "IN_COMPILE_ENV", "INTERPRET_ENV", "enabled", "environment", "in_compile", "interpreting", "settings",
+__all__ = ["ENV", "HAS_TRITON", "IN_COMPILE_DEFAULT", "IN_COMPILE_ENV", "INTERPRET_ENV", "enabled", "environment", "interpreting", "settings",
             "use_kernel"]
 
 from muse.kernels.ops import (  # noqa: E402
@@ -109,7 +105,6 @@ from muse.kernels.ops import (  # noqa: E402
     layer_norm_bwd,
     layer_norm_flag_fwd,
     layer_norm_fwd,
-    logits_bound_parts,
     lse_rows,
     modrelu_bwd,
     modrelu_fwd,
@@ -119,5 +114,5 @@ from muse.kernels.ops import (  # noqa: E402
     sum_rows,
 )
 
-__all__ += ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "logits_bound_parts", "lse_rows",
+__all__ += ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "lse_rows",
             "modrelu_bwd", "modrelu_fwd", "selective_scan_bwd", "selective_scan_fwd", "softmax_grad", "sum_rows"]

@@ -97,18 +97,6 @@ def _(planes, residual, weight, bias, eps, weight2, bias2, eps2, flags, slot):
     return like, torch.empty_like(like)
 
 
-@_kernel_op("muse::logits_bound_parts")
-def logits_bound_parts(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(3, P) float32 partial maxima for a linear's output bound in one pass: squared row norms of ``weight`` and
-    of ``h``, abs(bias) (row 2 zero without one); NaN as +inf."""
-    return _k().logits_bound_parts(h, weight, bias)
-
-
-@logits_bound_parts.register_fake
-def _(h, weight, bias):
-    return h.new_empty((3, _k().bound_programs(h.device)), dtype=torch.float32)
-
-
 @_kernel_op("muse::layer_norm_bwd")
 def layer_norm_bwd(planes: torch.Tensor, weight: torch.Tensor | None, grad: torch.Tensor,
                    eps: float, sums_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,5 +253,5 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
     return _k().softmax_grad(z, lse, targets, keep, dtype, offset, in_place)
 
 
-__all__ = ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "logits_bound_parts", "lse_rows", "modrelu_bwd", "modrelu_fwd",
+__all__ = ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",
            "softmax_grad", "sum_rows"]

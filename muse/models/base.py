@@ -256,7 +256,12 @@ class LanguageModel(nn.Module):
         the range of ``dtype``; reads ``h`` (B, S, d) and the head, never the logits."""
         if h.numel() == 0:
             return
-        bound = C.linear_output_bound(h, self.lm_head.weight, self.lm_head.bias)
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        w, b = self.lm_head.weight, self.lm_head.bias
+        bound = (torch.linalg.vector_norm(h, dim=-1, dtype=acc).amax()
+                 * torch.linalg.vector_norm(w, dim=-1, dtype=acc).amax())
+        if b is not None:
+            bound = bound + b.abs().amax().to(acc)
         self._nonfinite_count[-1] += ~(bound < torch.finfo(dtype).max * (1 - 2**-8))  # NaN: counted
 
     def get_statistics(self) -> dict:
