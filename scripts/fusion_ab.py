@@ -14,9 +14,7 @@ are the same code. ``--head-view`` times inference with the padded head's rows r
 against a view of each parameter past its end (as before 835ce70, which max-autotune could not compile);
 ``--embedding-count`` Stage 1's first activations counted for the NaN statistics in the first norm's pass (the
 library) against a pass of their own; ``--id-check`` the token ids' range checked once (the library) against
-twice (the module, then its lookup, as before 19ee90a); ``--bound`` the logits' finiteness bound with the head's
-row norms from a Triton prototype, and with no bound at all (what the bound costs), against the library's
-reductions (``--model gpt`` too: the GPT counts the same way). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
+twice (the module, then its lookup, as before 19ee90a). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
 the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
@@ -132,68 +130,6 @@ def _patch_chunk(rows) -> None:
     loss.default_chunk_size = _DEFAULT_CHUNK if rows is None else (lambda hidden, weight, impl: rows)
 
 
-def _row_sq_max_op():
-    """``muse_ab::row_sq_max(x)``: (P,) float32, each program's largest sum of squares over rows of the 2-D ``x``
-    (NaN as +inf); a Triton prototype of the logits bound's row norms, registered once as a custom op."""
-    if hasattr(torch.ops, "muse_ab") and hasattr(torch.ops.muse_ab, "row_sq_max"):
-        return torch.ops.muse_ab.row_sq_max
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(x_ptr, out_ptr, n_rows, d, stride, n_progs, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-        pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK_D)
-        best = tl.zeros((ROWS,), dtype=tl.float32)
-        start = pid * ROWS
-        while start < n_rows:  # row tiles pid, pid + n_progs, ...
-            rows = start + tl.arange(0, ROWS)
-            mask = (rows[:, None] < n_rows) & (cols[None, :] < d)
-            x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            sq = tl.sum(x * x, axis=1)
-            best = tl.maximum(best, tl.where(sq == sq, sq, float("inf")))
-            start += n_progs * ROWS
-        tl.store(out_ptr + pid, tl.max(best, axis=0))
-
-    def programs(device):
-        return 4 * (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1)
-
-    @torch.library.custom_op("muse_ab::row_sq_max", mutates_args=())
-    def row_sq_max(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(-1, x.shape[-1])
-        n_progs = programs(x.device)
-        out = torch.empty(n_progs, dtype=torch.float32, device=x.device)
-        kernel[(n_progs,)](x, out, x.shape[0], x.shape[1], x.stride(0), n_progs, ROWS=8,
-                           BLOCK_D=triton.next_power_of_2(x.shape[1]), num_warps=4)
-        return out
-
-    @row_sq_max.register_fake
-    def _(x):
-        return x.new_empty(programs(x.device), dtype=torch.float32)
-
-    return torch.ops.muse_ab.row_sq_max
-
-
-def _bound_by_kernel(self, h, dtype):
-    """The logits bound with the head's row norms (and the head input's) from one Triton pass each (prototype)."""
-    if h.numel() == 0:
-        return
-    op = torch.ops.muse_ab.row_sq_max  # registered before compiling (main)
-    w, b = self.lm_head.weight, self.lm_head.bias
-    bound = (op(h).amax() * op(w).amax()).sqrt()
-    if b is not None:
-        bound = bound + b.abs().amax().float()
-    self._nonfinite_count[-1] += ~(bound < torch.finfo(dtype).max * (1 - 2**-8))
-
-
-def _no_bound(self, h, dtype):
-    """No logits bound at all: what it costs (a reference for the measurement, not a form to keep)."""
-
-
-def _patch_bound(form) -> None:
-    LanguageModel._count_logits_unproven = form
-
-
 #: name -> form; the first is the tree's, the last the reference the outputs are compared with
 INFER = {"library": Stage1Model.trunk, "block after block": _block_after_block}
 TRAIN = {"library": (_LOGITS, _DEFAULT_CHUNK), "fp32 logits": (_fp32_logits, _fp32_chunk)}
@@ -246,17 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
                    help="inference: the first activations counted in the first norm's pass against a pass apart")
     p.add_argument("--head-view", action="store_true",
                    help="inference: the padded head's rows from buffers against views past the parameters' ends")
-    p.add_argument("--bound", action="store_true",
-                   help="inference: the logits bound's row norms by a Triton prototype, and no bound at all, "
-                        "against the library's reductions")
     p.add_argument("--keep", action="store_true",
                    help="with --train: the loss keeping its chunks' logits for backward against recomputing them")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if (args.chunks or args.keep) and not args.train:
         p.error("--chunks and --keep need --train")
-    if (args.head_view or args.embedding_count or args.id_check or args.bound) and args.train:
-        p.error("--head-view, --embedding-count, --id-check and --bound time inference (no --train)")
+    if (args.head_view or args.embedding_count or args.id_check) and args.train:
+        p.error("--head-view, --embedding-count and --id-check time inference (no --train)")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -275,10 +208,6 @@ def main(argv: list[str] | None = None) -> dict:
         forms = {"library": Stage1Model.trunk, "embedding counted apart": _counted_apart}
     if args.id_check:
         forms, patch = {"library": ComplexEmbedding.forward, "ids checked twice": _ids_checked_twice}, _patch_embedding
-    if args.bound:
-        _row_sq_max_op()
-        forms, patch = {"library": LanguageModel._count_logits_unproven, "Triton row norms": _bound_by_kernel,
-                        "no bound": _no_bound}, _patch_bound
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}
