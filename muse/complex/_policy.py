@@ -44,6 +44,29 @@ def set_gemm_policy() -> None:
 
     if hasattr(inductor_config, "emulate_precision_casts"):
         inductor_config.emulate_precision_casts = True
+    _keep_narrowing_casts()
+
+
+def _not_narrowing(match) -> bool:
+    """False for a chain x.to(narrower).to(wider): the narrower value is a rounding eager code performs."""
+    return match.kwargs["dtype1"].itemsize >= match.kwargs["dtype2"].itemsize
+
+
+def _keep_narrowing_casts() -> None:
+    """Inductor's joint-graph pattern ``pointless_convert`` in torch 2.11 folds x.to(float16).to(float32) into
+    x.to(float32) even with ``emulate_precision_casts``, so a value eager code rounds to float16 (the residual sum
+    before a LayerNorm) stays float32 in the fused kernel: ``muse verify`` failed layer_norm with a residual
+    and layer_norm_pair under ``compiled`` on an H100 (twenty-ninth session).  Newer torch keeps a narrower
+    intermediate; this gives the older pattern the same check (a no-op where torch already has it)."""
+    try:
+        from torch._inductor.fx_passes import joint_graph
+    except ImportError:
+        return
+    handler = getattr(joint_graph, "pointless_convert", None)
+    for entries in getattr(getattr(joint_graph, "patterns", None), "patterns", {}).values():
+        for entry in entries:
+            if handler is not None and getattr(entry, "handler", None) is handler:
+                entry.extra_check = _not_narrowing
 
 
 def gemm_policy_set() -> bool:
