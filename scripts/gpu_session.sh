@@ -1419,6 +1419,12 @@ s34a)
     --variants compiled+kernels+autotune --out "$OUT/speed-autotune" 2>&1 | grep "^| stage1\|Error\|error" | head -6
   pack
   ;;
+s36b)
+  step "Where Stage 1's and the GPT's inference calls spend their GPU time (the logits bound's kernels: vector_norm, amax)"
+  timeout 240 python3 scripts/profile_gpu.py --out "$OUT/profile" --sections infer > "$OUT/profile.log" 2>&1
+  grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
+  pack
+  ;;
 s36a)
   step "The fp16 roundings compiled code keeps (torch 2.11): the CUDA test, then verify layer_norm/modrelu under eager, compiled, triton"
   timeout 90 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/train/test_compiled_model_loss.py -k intermediate 2>&1 | tail -2
@@ -1479,7 +1485,7 @@ s31b)
     --out "$OUT/chunks-stage1.json" 2>&1 | grep "chunk\|library\|Error" | tail -4
   pack
   ;;
-*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d|s30a|s30b|s30c|s30d|s31a|s31b|s31c|s32c|s33a|s34a|s34b|s35a|s35d|s36a" >&2; exit 2 ;;
+*) echo "usage: $0 checks|bench|speed|extra|loss|final|last|sweep1|sweep2|final2|final3|final4|next|s4a|s4b|s4c|s4d|s5a|s5b|s5c|s6a|s6b|s7a|s7b|s8a|s8b|s8c|s9a|s10a|s10b|s10c|s10d|s10e|s11a|s11b|s12a|s12b|s12c|s12d|s12e|s13a|s14a|s15a|s15b|s15c|s16a|s16b|s17a|s17b|s17c|s17d|s18a|s19a|s19b|s19c|s19d|s20a|s20b|s20c|s21a|s22a|s22b|s22c|s22d|s23a|s23b|s23c|s24a|s24b|s24c|s24d|s25a|s25b|s25c|s25d|s26a|s26b|s26c|s26d|s27a|s27b|s27c|s27d|s27e|s27f|s28a|s29a|s29b|s29c|s29d|s30a|s30b|s30c|s30d|s31a|s31b|s31c|s32c|s33a|s34a|s34b|s35a|s35d|s36a|s36b" >&2; exit 2 ;;
 esac
 step "pack"
 ls -la "$FINAL_OUT"
