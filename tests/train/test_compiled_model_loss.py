@@ -246,6 +246,8 @@ def test_compiled_code_keeps_the_intermediate_fp16_rounding(device):
     fused kernel kept the sum in fp32 and the output moved by up to 2.4 ULP (a FAIL of the layer_norm property
     under compiled); torch 2.11 also folded the rounding away with it on (its ``pointless_convert`` pattern; on an
     H100 the pair moved by 159,360 ULP), which set_gemm_policy now stops."""
+    if device == "cpu" and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 12):
+        pytest.skip("torch < 2.12's C++ code generator reuses the unrounded value (docs/numerics.md §1)")
     z = torch.full((2, 4), 3.0, dtype=torch.float16, device=device)
     r = torch.tensor([[2.0**-11, 0.0, -(2.0**-11), 1.0], [0.0] * 4], dtype=torch.float16, device=device)
 
