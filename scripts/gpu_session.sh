@@ -1425,6 +1425,17 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s37a)
+  step "the whole numerics suite on CUDA under eager, compiled and triton (compiled code keeps its fp16 roundings, 9cb016f)"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 390 python3 -m muse verify --profile ci --device cuda -n 12 \
+    --out "$OUT/verify-cuda" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
+  grep -h "FAIL" "$OUT"/verify-cuda/report.md 2>/dev/null | head -12
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs, default and kept logits"
+  timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+keep-logits --out "$OUT/speed" 2>&1 \
+    | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -8
+  pack
+  ;;
 s36a)
   step "The fp16 roundings compiled code keeps (torch 2.11): the CUDA test, then verify layer_norm/modrelu under eager, compiled, triton"
   timeout 90 python3 -m pytest -q -p no:cacheprovider --muse-device cuda tests/train/test_compiled_model_loss.py -k intermediate 2>&1 | tail -2
