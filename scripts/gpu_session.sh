@@ -1426,8 +1426,10 @@ s36b)
   pack
   ;;
 s37a)
+  step "the head's GEMM alone: fp16/bf16, bias epilogue or none or folded into K, cuBLAS and cuBLASLt"
+  timeout 40 python3 scripts/head_gemm_ab.py --out "$OUT/head-gemm-ab.json" 2>&1 | tail -20
   step "the whole numerics suite on CUDA under eager, compiled and triton (compiled code keeps its fp16 roundings, 9cb016f)"
-  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 390 python3 -m muse verify --profile ci --device cuda -n 12 \
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 360 python3 -m muse verify --profile ci --device cuda -n 12 \
     --out "$OUT/verify-cuda" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
   grep -h "FAIL" "$OUT"/verify-cuda/report.md 2>/dev/null | head -12
   step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs, default and kept logits"
