@@ -1425,6 +1425,15 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s37b)
+  step "the head's GEMM alone again with a 32 MiB cuBLASLt workspace"
+  CUBLASLT_WORKSPACE_SIZE=32768 timeout 30 python3 scripts/head_gemm_ab.py --out "$OUT/head-gemm-ab-ws32m.json" 2>&1 | grep -v Warning | tail -16
+  step "verify on CUDA, every implementation: what s37a's whole-suite run had not finished at 360 s (retention, modrelu, scans, stability, pointer)"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 420 python3 -m muse verify --profile ci --device cuda -n 12 \
+    -k "retention or modrelu or diag_scan or stability or pointer" --out "$OUT/verify-cuda-rest" 2>&1 | grep "numerics report\|passed\|failed\|FAIL" | tail -6
+  grep -h "^| complex_retention\|^| complex_diag\|^| modrelu\|FAIL" "$OUT"/verify-cuda-rest/report.md 2>/dev/null | cut -c1-160 | head -20
+  pack
+  ;;
 s37a)
   step "the head's GEMM alone: fp16/bf16, bias epilogue or none or folded into K, cuBLAS and cuBLASLt"
   timeout 40 python3 scripts/head_gemm_ab.py --out "$OUT/head-gemm-ab.json" 2>&1 | tail -20

@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
+            log.flush()
         rc = proc.wait()
     meta = {"date": dt.datetime.now().isoformat(timespec="seconds"), "profile": args.profile,
             "devices": devices, "workers": args.workers, "keyword": args.keyword, "git": _git_hash(root),
