@@ -49,12 +49,19 @@ MIN_CHUNK, MAX_CHUNK = 8, 64
 def default_chunk_size(seq_len: int) -> int:
     """The chunk length for a sequence of ``seq_len``: the power of two nearest sqrt(S), in [8, 64].
 
-    sqrt(S) balances the two Toeplitz products (O(S L) and O(S^2 / L) work per channel).
+    sqrt(S) balances the two Toeplitz products (O(S L) and O(S^2 / L) work per channel).  Found by
+    integer comparisons only (L doubles while S > 2 L^2; a tie S = 2 L^2 rounds log2 L to even, as
+    ``round`` does): under ``torch.compile`` with a dynamic S the comparisons become guards and L a
+    constant, where ``sqrt``/``log2`` of S would put a symbolic float in the kernels (torch 2.11's
+    Triton code generator then fails on an fp64 floor division).
     """
     check_int("seq_len", seq_len, min_value=0)
-    if seq_len <= MIN_CHUNK**2:
-        return MIN_CHUNK
-    return min(MAX_CHUNK, 2 ** round(math.log2(math.sqrt(seq_len))))
+    chunk = MIN_CHUNK
+    while chunk < MAX_CHUNK and seq_len > 2 * chunk * chunk:
+        chunk *= 2
+    if chunk < MAX_CHUNK and seq_len == 2 * chunk * chunk and chunk.bit_length() % 2 == 0:
+        chunk *= 2
+    return chunk
 
 
 def decay_powers(nu: torch.Tensor, omega: torch.Tensor, n: torch.Tensor,

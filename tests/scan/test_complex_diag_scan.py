@@ -211,6 +211,30 @@ def test_default_chunk_size():
     assert default_chunk_size(8192) == 64
 
 
+def test_default_chunk_size_is_the_power_of_two_nearest_sqrt():
+    for s in range(1 << 14):
+        want = 8 if s <= 64 else min(64, 2 ** round(math.log2(math.sqrt(s))))
+        assert default_chunk_size(s) == want, s
+
+
+def test_dynamic_length_puts_no_symbolic_float_in_the_graph():
+    """With a dynamic S the chunk length is a constant under guards: sqrt/log2 of S in the graph broke torch
+    2.11's Triton code generator (an fp64 floor division; muse verify on an H100, thirtieth session)."""
+    nu, omega = _decay(RADII)
+    targets = []
+
+    def backend(gm, _inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    compiled = torch.compile(lambda x: complex_diag_scan(x, nu, omega)[0].planes, backend=backend, dynamic=True,
+                             fullgraph=True)
+    for seq in (70, 90):
+        x = _x((2, seq, len(RADII)))
+        torch.testing.assert_close(compiled(x), complex_diag_scan(x, nu, omega)[0].planes, rtol=0, atol=0)
+    assert targets and not [t for t in targets if "sqrt" in t or "log2" in t or "pow" in t]
+
+
 def test_bad_input_is_rejected_with_a_named_error():
     nu, omega = _decay([0.5, 0.9])
     x = _x((1, 4, 2))
