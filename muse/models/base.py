@@ -18,9 +18,11 @@ whose logits are not proven finite (below) — under ``return_hidden=True`` forw
 head input held a NaN/Inf. ``get_statistics()`` is the one place that reads them.
 
 The logits are never read back for the count (a second pass over B·S·V values cost a fifth of
-compiled Stage 1 inference): by Cauchy-Schwarz every abs(logit) <= max_t norm(h_t) · max_v
-norm(w_v) + max abs(b_v), so a forward counts when that bound (fp32, from the head input and
-the head) is not below the logits' dtype range with a 2^-8 margin for the GEMM's rounding. A NaN/Inf
+compiled Stage 1 inference): by Cauchy-Schwarz every abs(logit) <= max_v (H · norm(w_v) + abs(b_v)),
+H = max_t norm(h_t), so a forward counts when that bound (fp32, from the head input and the head)
+is not below the logits' dtype range with a 2^-8 margin for the GEMM's rounding.  Per row, the bias
+joins the pass over the head's rows (no pass of its own) and the bound is no looser than
+H · max_v norm(w_v) + max_v abs(b_v). A NaN/Inf
 in the head input or the head, or an overflow, always counts; a forward whose bound reaches the
 range but whose logits stayed finite counts too (a model that close to overflow is worth a warning).
 """
@@ -258,10 +260,10 @@ class LanguageModel(nn.Module):
             return
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         w, b = self.lm_head.weight, self.lm_head.bias
-        bound = (torch.linalg.vector_norm(h, dim=-1, dtype=acc).amax()
-                 * torch.linalg.vector_norm(w, dim=-1, dtype=acc).amax())
+        per_row = torch.linalg.vector_norm(h, dim=-1, dtype=acc).amax() * torch.linalg.vector_norm(w, dim=-1, dtype=acc)
         if b is not None:
-            bound = bound + b.abs().amax().to(acc)
+            per_row = per_row + b.abs().to(acc)
+        bound = per_row.amax()
         self._nonfinite_count[-1] += ~(bound < torch.finfo(dtype).max * (1 - 2**-8))  # NaN: counted
 
     def get_statistics(self) -> dict:

@@ -247,6 +247,28 @@ def test_logits_counter_is_conservative_near_the_range():
     assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 1
 
 
+def test_logits_bound_pairs_each_head_row_with_its_own_bias():
+    """The bound is max_v (H norm(w_v) + |b_v|): a long row with a small bias and a short row with a large bias,
+    each alone below fp16's range, are not summed into one bound past it (as H max norm(w) + max |b| would)."""
+    model = _tiny(vocab_size=100).eval()
+    ids = _ids(model)
+    h = model(ids, return_hidden=True).detach().reshape(-1, model.config.d_model).float()
+    big = float(h.norm(dim=1).max())
+    model.reset_statistics()
+    with torch.no_grad():
+        model.lm_head.weight[0] = (model.lm_head.weight[0].float() / model.lm_head.weight[0].float().norm()
+                                   * (0.6 * 65504 / big)).half()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[1] = 0.6 * 65504
+    logits = model(ids)
+    assert torch.isfinite(logits).all()
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 0
+    with torch.no_grad():
+        model.lm_head.bias[0] = 0.6 * 65504  # row 0 itself now reaches the range: counted
+    model(ids)
+    assert model.get_statistics()["nonfinite_by_stage"]["logits"] == 1
+
+
 def test_nan_in_embedding_counted_at_embedding_stage():
     model = _tiny(vocab_size=100).eval()
     ids = _ids(model)
