@@ -14,7 +14,8 @@ are the same code. ``--head-view`` times inference with the padded head's rows r
 against a view of each parameter past its end (as before 835ce70, which max-autotune could not compile);
 ``--embedding-count`` Stage 1's first activations counted for the NaN statistics in the first norm's pass (the
 library) against a pass of their own; ``--id-check`` the token ids' range checked once (the library) against
-twice (the module, then its lookup, as before 19ee90a). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
+twice (the module, then its lookup, as before 19ee90a); ``--bound-rows`` the logits' finiteness bound per head row,
+max_v (H norm(w_v) + |b_v|) (the library), against H max norm(w_v) + max |b_v| (as before the thirtieth session). ``--chunks`` times the library at several vocabulary widths per loss chunk instead, ``--keep``
 the loss keeping its chunks' logits for backward (``keep_logits=True``) against
 recomputing them (the default).  Each form is compiled with ``fullgraph=True`` (inductor's default mode) and captured in one CUDA graph, so
 the host is out of the timing; the graphs are then replayed in turn, ``--rounds`` times, and each form's median
@@ -110,6 +111,23 @@ def _head_view_forward(self, x):
     return self.gemm(x, w, b)[..., : self.out_features]
 
 
+def _bound_summed(self, h, dtype) -> None:
+    """The logits bound before the thirtieth session: H max norm(w_v) + max |b_v| (three reductions and a product)."""
+    if h.numel() == 0:
+        return
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    w, b = self.lm_head.weight, self.lm_head.bias
+    bound = (torch.linalg.vector_norm(h, dim=-1, dtype=acc).amax()
+             * torch.linalg.vector_norm(w, dim=-1, dtype=acc).amax())
+    if b is not None:
+        bound = bound + b.abs().amax().to(acc)
+    self._nonfinite_count[-1] += ~(bound < torch.finfo(dtype).max * (1 - 2**-8))
+
+
+def _patch_bound(form) -> None:
+    LanguageModel._count_logits_unproven = form
+
+
 def _patch_head(form) -> None:
     PaddedLinear.forward = form
 
@@ -182,14 +200,16 @@ def main(argv: list[str] | None = None) -> dict:
                    help="inference: the first activations counted in the first norm's pass against a pass apart")
     p.add_argument("--head-view", action="store_true",
                    help="inference: the padded head's rows from buffers against views past the parameters' ends")
+    p.add_argument("--bound-rows", action="store_true",
+                   help="inference: the logits bound per head row (the library) against H max|w| + max|b|")
     p.add_argument("--keep", action="store_true",
                    help="with --train: the loss keeping its chunks' logits for backward against recomputing them")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if (args.chunks or args.keep) and not args.train:
         p.error("--chunks and --keep need --train")
-    if (args.head_view or args.embedding_count or args.id_check) and args.train:
-        p.error("--head-view, --embedding-count and --id-check time inference (no --train)")
+    if (args.head_view or args.embedding_count or args.id_check or args.bound_rows) and args.train:
+        p.error("--head-view, --embedding-count, --id-check and --bound-rows time inference (no --train)")
     device = torch.device(args.device)
     model = build_model(args.model, preset=args.preset, device=device).train(args.train)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.model == "gpt"
@@ -208,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
         forms = {"library": Stage1Model.trunk, "embedding counted apart": _counted_apart}
     if args.id_check:
         forms, patch = {"library": ComplexEmbedding.forward, "ids checked twice": _ids_checked_twice}, _patch_embedding
+    if args.bound_rows:
+        forms, patch = {"library": LanguageModel._count_logits_unproven, "bound summed": _bound_summed}, _patch_bound
     keeps = {}
     if args.keep:  # the same library code, the loss's option differs
         forms, patch, keeps = {"library": None, "keep logits": None}, _patch_chunk, {"keep logits": True}

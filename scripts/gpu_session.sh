@@ -1425,6 +1425,25 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s38a)
+  step "verify on CUDA: the complex diagonal scan under eager and compiled (its dynamic-length compile fix, 288f8f8)"
+  MUSE_VERIFY_IMPL=eager,compiled timeout 240 python3 -m muse verify --profile ci --device cuda -n 8 \
+    -k "complex_diag_scan" --out "$OUT/verify-diag" 2>&1 | grep "numerics report\|passed\|failed\|FAIL" | tail -4
+  grep -h "^| complex_diag" "$OUT"/verify-diag/report.md 2>/dev/null | cut -c1-140
+  step "Stage 1 inference: the logits bound per head row against the summed form (CUDA graphs, 5 rounds)"
+  timeout 80 python3 scripts/fusion_ab.py --device cuda --bound-rows --rounds 5 --out "$OUT/bound-rows-ab.json" 2>&1 | tail -2
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs"
+  timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -6
+  pack
+  ;;
+s38b)
+  step "the whole numerics suite on CUDA under eager, compiled and triton (-n 16)"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 560 python3 -m muse verify --profile ci --device cuda -n 16 \
+    --out "$OUT/verify-cuda" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
+  grep -h "FAIL" "$OUT"/verify-cuda/report.md 2>/dev/null | head -12
+  pack
+  ;;
 s37b)
   step "the head's GEMM alone again with a 32 MiB cuBLASLt workspace"
   CUBLASLT_WORKSPACE_SIZE=32768 timeout 30 python3 scripts/head_gemm_ab.py --out "$OUT/head-gemm-ab-ws32m.json" 2>&1 | grep -v Warning | tail -16
