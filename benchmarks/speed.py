@@ -18,6 +18,7 @@ over enough buffers to exceed the L2 cache.  Writes ``report.json`` and ``report
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import functools
@@ -41,7 +42,8 @@ from muse.models.compile import compile_model, resolve_compile
 
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs",
             "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss", "compiled+kernels+autotune",
-            "compiled+kernels+autotune+traced-loss", "compiled+kernels+cudagraphs+keep-logits")
+            "compiled+kernels+autotune+traced-loss", "compiled+kernels+cudagraphs+keep-logits",
+            "compiled+kernels+cudagraphs+half-weights")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 
@@ -504,9 +506,17 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
         flops = gemm_flops_per_token(model)
         tokens = cfg.batch_size * seq
         for variant in cfg.variants:
+            half = "half-weights" in variant
             row = {"model": name, "variant": variant, "batch": cfg.batch_size, "seq": seq,
-                   "parameters": sum(p.numel() for p in model.parameters()), "autocast": amp if autocast else None,
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "autocast": amp if autocast and not half else None,
+                   "weights": str(AMP[amp]).replace("torch.", "") if half and amp else None,
                    "loss_path": loss_path(model.lm_head.weight.dtype, autocast=autocast)}
+            if half and not (fp32 and amp is not None):
+                out.append({**row, "status": "not_measured",
+                            "reason": "half-weights: only for fp32 models run in a 16-bit autocast dtype (the GPT; "
+                                      "others with --amp); this model's weights are already what it computes in"})
+                continue
             mode = _compile_mode(variant)
             if mode is not None and (device.type != "cuda" or cfg.compile_backend != "inductor"):
                 out.append({**row, "status": "not_measured", "reason": f"mode {mode!r} (CUDA graphs) needs CUDA and inductor"})
@@ -518,13 +528,16 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                 continue
             torch._dynamo.reset()
             compiled = variant.startswith("compiled")
-            net = compile_model(model, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else model
+            # half-weights: inference on a copy whose floating weights are in the autocast dtype, without autocast
+            # (how a 16-bit model is served: no per-call casts of fp32 weights); training is not timed for it
+            served = copy.deepcopy(model).to(AMP[amp]) if half else model
+            net = compile_model(served, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else served
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
             # keep-logits: the loss keeps its chunks' logits for backward (the full logits' memory, no recomputation)
             keep = "keep-logits" in variant
             loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode, keep_logits=keep) if compiled
                        else functools.partial(model_loss, model, keep_logits=keep))
-            ctx = (lambda amp=amp: torch.autocast("cuda", dtype=AMP[amp])) if autocast else _null
+            ctx = (lambda amp=amp: torch.autocast("cuda", dtype=AMP[amp])) if autocast and not half else _null
 
             def infer(net=net, ctx=ctx, mode=mode):
                 if mode is not None:  # a new CUDA-graph step: earlier outputs may be overwritten
@@ -544,23 +557,25 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
 
             try:
                 with _impl_env(variant):
-                    model.eval()
+                    served.eval()
                     first_i = _first_call(infer, device)
                     t_i = timer(infer)
-                    model.train()
-                    first_t = _first_call(train_step, device)
-                    t_t = timer(train_step)
-                    model.zero_grad(set_to_none=True)
+                    first_t = t_t = None
+                    if not half:
+                        model.train()
+                        first_t = _first_call(train_step, device)
+                        t_t = timer(train_step)
+                        model.zero_grad(set_to_none=True)
             except Exception as exc:  # a variant that fails is reported, the others still run
                 out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
                 continue
             out.append({**row, "status": "measured", "compiled": compiled, "compile_mode": mode,
-                        "infer_tok_s": tokens / t_i, "train_tok_s": tokens / t_t,
+                        "infer_tok_s": tokens / t_i, "train_tok_s": None if half else tokens / t_t,
                         "infer_s": t_i, "train_s": t_t,
-                        "compile_s": (max(first_i - t_i, 0) + max(first_t - t_t, 0)) if compiled else None,
+                        "compile_s": (max(first_i - t_i, 0) + max((first_t or 0) - (t_t or 0), 0)) if compiled else None,
                         "gemm_flops_per_token": flops,
                         "infer_pct_gemm": 100 * flops * tokens / t_i / 1e12 / ceil["gemm_TFLOPs"],
-                        "train_pct_gemm": 100 * 3 * flops * tokens / t_t / 1e12 / ceil["gemm_TFLOPs"]})
+                        "train_pct_gemm": None if half else 100 * 3 * flops * tokens / t_t / 1e12 / ceil["gemm_TFLOPs"]})
         del model
         gc.collect()
         if device.type == "cuda":
@@ -625,7 +640,7 @@ def versus(rows: list[dict], model: str, reference: str) -> dict:
     for key, name in (("infer_tok_s", "inference"), ("train_tok_s", "fwd_bwd")):
         best = {}
         for m in (model, reference):
-            measured = [r for r in rows if r["model"] == m and r["status"] == "measured"]
+            measured = [r for r in rows if r["model"] == m and r["status"] == "measured" and r[key] is not None]
             best[m] = max(measured, key=lambda r: r[key]) if measured else None
         a, b = best[model], best[reference]
         out[name] = {"ratio": a[key] / b[key] if a and b else None,
@@ -691,10 +706,11 @@ def format_markdown(report: dict) -> str:
         if r["status"] != "measured":
             lines.append(f"| {r['model']} | {r['variant']} | {r['status']}: {r.get('reason', '')} | | | | |")
             continue
-        amp = f" ({r['autocast']} autocast)" if r.get("autocast") else ""
+        amp = (f" ({r['autocast']} autocast)" if r.get("autocast")
+               else f" ({r['weights']} weights, inference only)" if r.get("weights") else "")
         lines.append(f"| {r['model']} | {r['variant']}{amp} | "
                      f"{_f(r['infer_tok_s'])} | {_f(r['train_tok_s'])} | {_f(r['compile_s'], '.1f')} | "
-                     f"{r['infer_pct_gemm']:.1f} | {r['train_pct_gemm']:.1f} |")
+                     f"{_f(r['infer_pct_gemm'], '.1f')} | {_f(r['train_pct_gemm'], '.1f')} |")
     for model, vs in report.get("versus_gpt", {}).items():
         parts = [f"{name} {v['ratio']:.2f}× ({v[model + '_variant']} vs {v['gpt_variant']})"
                  for name, v in (("inference", vs["inference"]), ("fwd+bwd", vs["fwd_bwd"])) if v["ratio"] is not None]

@@ -1427,14 +1427,15 @@ s36b)
   ;;
 s38a)
   step "verify on CUDA: the complex diagonal scan under eager and compiled (its dynamic-length compile fix, 288f8f8)"
-  MUSE_VERIFY_IMPL=eager,compiled timeout 240 python3 -m muse verify --profile ci --device cuda -n 8 \
+  MUSE_VERIFY_IMPL=eager,compiled timeout 200 python3 -m muse verify --profile ci --device cuda -n 8 \
     -k "complex_diag_scan" --out "$OUT/verify-diag" 2>&1 | grep "numerics report\|passed\|failed\|FAIL" | tail -4
   grep -h "^| complex_diag" "$OUT"/verify-diag/report.md 2>/dev/null | cut -c1-140
   step "Stage 1 inference: the logits bound per head row against the summed form (CUDA graphs, 5 rounds)"
   timeout 80 python3 scripts/fusion_ab.py --device cuda --bound-rows --rounds 5 --out "$OUT/bound-rows-ab.json" 2>&1 | tail -2
-  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs"
-  timeout 170 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
-    --variants compiled+kernels+cudagraphs --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|Error\|error" | head -6
+  step "Stage 1 seed and the GPT, B 4, S 1024, compiled with the kernels and CUDA graphs; the GPT also served from bf16 weights"
+  timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+half-weights --out "$OUT/speed" 2>&1 \
+    | grep "^| stage1\|^| gpt\|versus\|fastest\|Error\|error" | head -8
   pack
   ;;
 s38b)

@@ -10,7 +10,7 @@ MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")  # benchmarks.speed.MODEL_
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs")  # the default rows
 MORE_VARIANTS = ("compiled+kernels+cudagraphs", "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss",
                  "compiled+kernels+autotune", "compiled+kernels+autotune+traced-loss",
-                 "compiled+kernels+cudagraphs+keep-logits")
+                 "compiled+kernels+cudagraphs+keep-logits", "compiled+kernels+cudagraphs+half-weights")
 
 
 def register(sub) -> None:
@@ -87,7 +87,8 @@ def register(sub) -> None:
     s.add_argument("--variants", help=f"comma-separated (default: {','.join(VARIANTS)}; also "
                    f"{','.join(MORE_VARIANTS)}: traced-loss lets the compiler trace the loss's chunk loops; "
                    "autotune compiles with mode max-autotune, CUDA only, minutes of compile time; keep-logits: "
-                   "the loss keeps its chunks' logits for backward instead of recomputing them)")
+                   "the loss keeps its chunks' logits for backward instead of recomputing them; half-weights: inference only, "
+                   "an fp32 model run in its autocast dtype (the GPT: bf16) served from 16-bit weights without autocast)")
     s.add_argument("--vocab-size", type=int, help="override vocab_size of every model (small CPU runs)")
     s.add_argument("--d-model", type=int, help="override d_model")
     s.add_argument("--n-layers", type=int, help="override n_layers")

@@ -130,6 +130,30 @@ def test_cudagraph_variants_are_not_measured_on_cpu(tmp_path):
     assert all(r["autocast"] is None for r in rows)  # autocast is CUDA-only
 
 
+def test_half_weights_serves_the_gpt_from_16_bit_weights_and_times_inference_only(tmp_path, monkeypatch):
+    """The GPT (fp32 weights, bf16 autocast) served from a bf16 copy: inference only, and the model the other
+    variants time stays fp32; Stage 1 (16-bit weights already) is not measured under it, with the reason."""
+    import benchmarks.speed as speed
+
+    monkeypatch.setattr(speed, "_compile_mode", lambda variant: None)  # CUDA graphs and the kernels' check aside,
+    monkeypatch.setattr(speed.kernels, "enabled", lambda *a, **k: True)  # so that it runs on the CPU
+    cfg = SpeedConfig(preset="tiny", batch_size=1, seq_len=8, device="cpu", models=("stage1", "gpt"),
+                      model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
+                      variants=("compiled+kernels+cudagraphs+half-weights", "compiled"), compile_backend="eager",
+                      cpu_repeats=1, copy_mib=4, gemm_size=64, out=str(tmp_path))
+    report = run_speed_benchmark(cfg, command="test")
+    rows = {(r["model"], r["variant"]): r for r in report["models"]}
+    s1 = rows[("stage1", "compiled+kernels+cudagraphs+half-weights")]
+    assert s1["status"] == "not_measured" and "already what it computes in" in s1["reason"]
+    half = rows[("gpt", "compiled+kernels+cudagraphs+half-weights")]
+    assert half["status"] == "measured" and half["weights"] == "bfloat16" and half["autocast"] is None
+    assert half["infer_tok_s"] > 0 and half["train_tok_s"] is None and half["train_pct_gemm"] is None
+    assert rows[("gpt", "compiled")]["train_tok_s"] > 0  # timed after the half copy: the model itself stayed fp32
+    assert report["versus_gpt"]["stage1"]["fwd_bwd"]["gpt_variant"] == "compiled"
+    md = (tmp_path / "report.md").read_text()
+    assert "half-weights (bfloat16 weights, inference only) |" in md and "| — |" in md
+
+
 def test_each_variant_names_its_compile_mode():
     from benchmarks.speed import _compile_mode
 
