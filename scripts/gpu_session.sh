@@ -1425,6 +1425,16 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s38c)
+  step "Where the GPT's inference call goes when served from bf16 weights (no autocast), beside Stage 1"
+  timeout 200 python3 scripts/profile_gpu.py --half-weights --out "$OUT/profile-hw" --sections infer > "$OUT/profile-hw.log" 2>&1
+  grep -E "^\[|Self CUDA time total" "$OUT/profile-hw/infer.txt" | head -8
+  step "Stage 1 seed and the GPT, B 4, S 1024, a second process: the GPT also served from bf16 weights"
+  timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+half-weights --out "$OUT/speed" 2>&1 \
+    | grep "^| stage1\|^| gpt\|versus\|fastest\|Error\|error" | head -8
+  pack
+  ;;
 s38a)
   step "verify on CUDA: the complex diagonal scan under eager and compiled (its dynamic-length compile fix, 288f8f8)"
   MUSE_VERIFY_IMPL=eager,compiled timeout 200 python3 -m muse verify --profile ci --device cuda -n 8 \

@@ -25,6 +25,7 @@ from muse.train.loss import linear_cross_entropy, lm_loss, model_loss
 
 DEV = torch.device("cuda")
 KEEP_LOGITS = False  # --keep-logits: the train section's losses keep their chunks' logits (both opaque)
+HALF_WEIGHTS = False  # --half-weights: the infer section's GPT from bf16 weights without autocast
 
 
 def bench(fn, n: int = 20) -> float:
@@ -295,14 +296,16 @@ def _decode_one(w, preset: str) -> None:
 
 
 def _side_by_side(w, label: str, make_step, mode: str, rows: int) -> None:
-    """Stage 1 seed and the GPT reference (bf16 autocast, as ``muse bench speed`` runs it), B4 S1024: for each,
+    """Stage 1 seed and the GPT reference (bf16 autocast, or bf16 weights under --half-weights), B4 S1024: for each,
     ``make_step(model, amp)`` built on the seed model in ``mode`` ("eval" or "train"), timed, with its kernel table."""
     b, s = 4, 1024
     for name in ("stage1", "gpt"):
         torch.manual_seed(0)
         model = build_model(name, "seed", device=DEV)
         model.train(mode == "train")
-        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "gpt")
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "gpt" and not HALF_WEIGHTS)
+        if name == "gpt" and HALF_WEIGHTS:
+            model.to(torch.bfloat16)
         step = make_step(name, model, amp)
         step()
         step()
@@ -430,9 +433,11 @@ def main() -> None:
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--keep-logits", action="store_true",
                    help="train section: both models' losses keep their chunks' logits (the GPT's opaque, not traced)")
+    p.add_argument("--half-weights", action="store_true",
+                   help="infer section: the GPT from bf16 weights, no autocast (bench speed's half-weights variant)")
     args = p.parse_args()
-    global KEEP_LOGITS
-    KEEP_LOGITS = args.keep_logits
+    global KEEP_LOGITS, HALF_WEIGHTS
+    KEEP_LOGITS, HALF_WEIGHTS = args.keep_logits, args.half_weights
     C.set_gemm_policy()  # the sections compile MUSE ops
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
