@@ -511,7 +511,8 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                    "parameters": sum(p.numel() for p in model.parameters()),
                    "autocast": amp if autocast and not half else None,
                    "weights": str(AMP[amp]).replace("torch.", "") if half and amp else None,
-                   "loss_path": loss_path(model.lm_head.weight.dtype, autocast=autocast)}
+                   "loss_path": loss_path(AMP[amp] if half and amp else model.lm_head.weight.dtype,
+                                          autocast=autocast and not half)}
             if half and not (fp32 and amp is not None):
                 out.append({**row, "status": "not_measured",
                             "reason": "half-weights: only for fp32 models run in a 16-bit autocast dtype (the GPT; "
@@ -528,15 +529,16 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                 continue
             torch._dynamo.reset()
             compiled = variant.startswith("compiled")
-            # half-weights: inference on a copy whose floating weights are in the autocast dtype, without autocast
-            # (how a 16-bit model is served: no per-call casts of fp32 weights); training is not timed for it
+            # half-weights: a copy whose floating weights are in the autocast dtype, run without autocast (how a
+            # 16-bit model is served: no per-call casts of fp32 weights); its fwd+bwd runs the 16-bit chunked loss
+            # and leaves 16-bit gradients, as Stage 1's does (fp32 master weights are the optimizer's, not timed)
             served = copy.deepcopy(model).to(AMP[amp]) if half else model
             net = compile_model(served, backend=cfg.compile_backend, fullgraph=True, mode=mode) if compiled else served
             # compiled: the model and the chunked loss as one graph (as muse train runs it)
             # keep-logits: the loss keeps its chunks' logits for backward (the full logits' memory, no recomputation)
             keep = "keep-logits" in variant
-            loss_fn = (compile_model_loss(model, backend=cfg.compile_backend, mode=mode, keep_logits=keep) if compiled
-                       else functools.partial(model_loss, model, keep_logits=keep))
+            loss_fn = (compile_model_loss(served, backend=cfg.compile_backend, mode=mode, keep_logits=keep) if compiled
+                       else functools.partial(model_loss, served, keep_logits=keep))
             ctx = (lambda amp=amp: torch.autocast("cuda", dtype=AMP[amp])) if autocast and not half else _null
 
             def infer(net=net, ctx=ctx, mode=mode):
@@ -545,7 +547,7 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                 with torch.no_grad(), ctx():
                     return net(inputs)  # noqa: B023 - inputs is fixed for the whole model loop
 
-            def train_step(loss_fn=loss_fn, ctx=ctx, mode=mode, model=model):
+            def train_step(loss_fn=loss_fn, ctx=ctx, mode=mode, model=served):
                 # as an optimizer step would: gradients are not accumulated (under CUDA graphs
                 # the previous step's gradients are replay outputs that the next replay overwrites)
                 model.zero_grad(set_to_none=True)
@@ -560,22 +562,20 @@ def model_rows(cfg: SpeedConfig, device: torch.device, timer: Timer, ceil: dict)
                     served.eval()
                     first_i = _first_call(infer, device)
                     t_i = timer(infer)
-                    first_t = t_t = None
-                    if not half:
-                        model.train()
-                        first_t = _first_call(train_step, device)
-                        t_t = timer(train_step)
-                        model.zero_grad(set_to_none=True)
+                    served.train()
+                    first_t = _first_call(train_step, device)
+                    t_t = timer(train_step)
+                    served.zero_grad(set_to_none=True)
             except Exception as exc:  # a variant that fails is reported, the others still run
                 out.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
                 continue
             out.append({**row, "status": "measured", "compiled": compiled, "compile_mode": mode,
-                        "infer_tok_s": tokens / t_i, "train_tok_s": None if half else tokens / t_t,
+                        "infer_tok_s": tokens / t_i, "train_tok_s": tokens / t_t,
                         "infer_s": t_i, "train_s": t_t,
-                        "compile_s": (max(first_i - t_i, 0) + max((first_t or 0) - (t_t or 0), 0)) if compiled else None,
+                        "compile_s": (max(first_i - t_i, 0) + max(first_t - t_t, 0)) if compiled else None,
                         "gemm_flops_per_token": flops,
                         "infer_pct_gemm": 100 * flops * tokens / t_i / 1e12 / ceil["gemm_TFLOPs"],
-                        "train_pct_gemm": None if half else 100 * 3 * flops * tokens / t_t / 1e12 / ceil["gemm_TFLOPs"]})
+                        "train_pct_gemm": 100 * 3 * flops * tokens / t_t / 1e12 / ceil["gemm_TFLOPs"]})
         del model
         gc.collect()
         if device.type == "cuda":
@@ -707,7 +707,7 @@ def format_markdown(report: dict) -> str:
             lines.append(f"| {r['model']} | {r['variant']} | {r['status']}: {r.get('reason', '')} | | | | |")
             continue
         amp = (f" ({r['autocast']} autocast)" if r.get("autocast")
-               else f" ({r['weights']} weights, inference only)" if r.get("weights") else "")
+               else f" ({r['weights']} weights)" if r.get("weights") else "")
         lines.append(f"| {r['model']} | {r['variant']}{amp} | "
                      f"{_f(r['infer_tok_s'])} | {_f(r['train_tok_s'])} | {_f(r['compile_s'], '.1f')} | "
                      f"{_f(r['infer_pct_gemm'], '.1f')} | {_f(r['train_pct_gemm'], '.1f')} |")

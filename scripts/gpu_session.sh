@@ -1425,6 +1425,17 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s38d)
+  step "Stage 1 seed and the GPT, B 4, S 1024: the GPT also run from bf16 weights, inference and fwd+bwd (bf16 chunked loss)"
+  timeout 240 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+half-weights --out "$OUT/speed" 2>&1 \
+    | grep "^| stage1\|^| gpt\|versus\|fastest\|Error\|error" | head -8
+  step "verify on CUDA: the linear cross-entropy (fp16, bf16, fp32 inputs) under eager and triton"
+  MUSE_VERIFY_IMPL=eager,triton timeout 200 python3 -m muse verify --profile ci --device cuda -n 8 \
+    -k "linear_cross_entropy" --out "$OUT/verify-loss" 2>&1 | grep "numerics report\|passed\|failed" | tail -3
+  grep -h "^| linear_cross" "$OUT"/verify-loss/report.md 2>/dev/null | cut -c1-110
+  pack
+  ;;
 s38c)
   step "Where the GPT's inference call goes when served from bf16 weights (no autocast), beside Stage 1"
   timeout 200 python3 scripts/profile_gpu.py --half-weights --out "$OUT/profile-hw" --sections infer > "$OUT/profile-hw.log" 2>&1

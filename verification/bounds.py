@@ -244,11 +244,13 @@ ETA32 = 2.0**-149  # fp32's smallest subnormal: the absolute error of a result t
 
 def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, targets: np.ndarray,
                              scored: np.ndarray, x: np.ndarray, p: np.ndarray, loss_tok: np.ndarray,
-                             storage, scale: float, fp16_gemm: bool, vocab_chunk: int,
+                             storage, scale: float, gemm16: bool, vocab_chunk: int,
                              device="cpu", token_chunk: int | None = None) -> dict[str, np.ndarray]:
     """|computed - exact| bounds for linear_cross_entropy's loss and its three gradients.
 
-    Inputs are the (exactly representable) h (n, d), w (V, d), b (V,) in float64, the
+    ``storage``: np.float16, np.float32 or the string "bfloat16" (numpy has no bf16; its inputs come as
+    bf16-representable values). ``gemm16``: the backward GEMMs run in the 16-bit storage dtype (CUDA), so
+    the dlogits are rounded to it first. Inputs are the (exactly representable) h (n, d), w (V, d), b (V,) in float64, the
     targets and scored mask (n,), and the exact logits x, softmax p and per-token losses.
     ``scale`` is what multiplies the sum-gradients (grad_out, divided by the scored count
     for a mean). Steps (docs/numerics.md, "Linear cross-entropy"):
@@ -266,7 +268,7 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     4. softmax in backward from recomputed logits (within e_t of x too) and the saved lse:
        p^ = fl(exp(fl(z' - lse^))), so |p^ - p| <= rho_t p with
        rho_t = e^(2 e_t + c_t + u (R + log V + c_t)) (1 + lambda)(1 + u) - 1; the dlogit
-       g = p - onehot adds u |g| (and u16 |g| + eta16 when the GEMMs run in fp16).
+       g = p - onehot adds u |g| (and u_s |g| + eta_s when the GEMMs run in the 16-bit storage dtype).
     5. each gradient is a dot product of dlogits with h or w, accumulated in fp32: d(hidden)
        over V terms in ceil(V / vocab_chunk) fp32 GEMMs summed in fp32, d(weight) one GEMM over
        n terms, d(bias) one more column of that GEMM (hidden with a column of ones); then
@@ -279,8 +281,8 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
        added in fp32, so their sums use gamma(m(token_chunk) + K_t) instead.
     """
     u = U
-    u_s = 2.0**-11 if storage == np.float16 else 0.0  # fp32 storage: the logits are not re-rounded
-    eta_s = 2.0**-25 if storage == np.float16 else 0.0
+    # the storage's unit roundoff and half its subnormal spacing; fp32 storage: the logits are not re-rounded
+    u_s, eta_s = {np.float16: (2.0**-11, 2.0**-25), "bfloat16": (2.0**-8, 2.0**-134)}.get(storage, (0.0, 0.0))
     n, d = h.shape
     v = w.shape[0]
     ah, aw = np.abs(h), np.abs(w)
@@ -309,8 +311,8 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     g[np.arange(n), np.where(scored, targets, 0)] -= 1.0
     g[~scored] = 0.0
     e_g = rho[:, None] * p + u * (np.abs(g) + rho[:, None] * p) + ETA32  # ETA32: exp's result underflows
-    if fp16_gemm:
-        e_g = e_g + 2.0**-11 * (np.abs(g) + e_g) + 2.0**-25
+    if gemm16:
+        e_g = e_g + u_s * (np.abs(g) + e_g) + eta_s
     e_g[~scored] = 0.0
     ag = np.abs(g) + e_g
 

@@ -87,8 +87,9 @@ def register(sub) -> None:
     s.add_argument("--variants", help=f"comma-separated (default: {','.join(VARIANTS)}; also "
                    f"{','.join(MORE_VARIANTS)}: traced-loss lets the compiler trace the loss's chunk loops; "
                    "autotune compiles with mode max-autotune, CUDA only, minutes of compile time; keep-logits: "
-                   "the loss keeps its chunks' logits for backward instead of recomputing them; half-weights: inference only, "
-                   "an fp32 model run in its autocast dtype (the GPT: bf16) served from 16-bit weights without autocast)")
+                   "the loss keeps its chunks' logits for backward instead of recomputing them; half-weights: "
+                   "an fp32 model run in its autocast dtype (the GPT: bf16) run from 16-bit weights without autocast, "
+                   "inference and fwd+bwd (16-bit gradients, as Stage 1's))")
     s.add_argument("--vocab-size", type=int, help="override vocab_size of every model (small CPU runs)")
     s.add_argument("--d-model", type=int, help="override d_model")
     s.add_argument("--n-layers", type=int, help="override n_layers")

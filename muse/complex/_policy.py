@@ -110,9 +110,10 @@ def magnitude(re: torch.Tensor, im: torch.Tensor, storage: torch.dtype) -> torch
 
 
 def gemm_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
-    """Operand dtype for a GEMM: fp16 on CUDA (fp32 accumulate in cuBLAS), else the compute dtype."""
-    if storage == torch.float16 and device.type == "cuda":
-        return torch.float16
+    """Operand dtype for a GEMM: 16-bit storage stays 16-bit on CUDA (fp32 accumulate in cuBLAS; bfloat16
+    only reaches here from the loss), else the compute dtype."""
+    if storage in (torch.float16, torch.bfloat16) and device.type == "cuda":
+        return storage
     return compute_dtype(storage)
 
 

@@ -44,7 +44,13 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import muse.complex as C
 from muse import kernels
-from muse._checks import check_float_tensor, check_int, check_same_device, check_tensor, check_type
+from muse._checks import (
+    FLOAT_DTYPES,
+    check_int,
+    check_same_device,
+    check_tensor,
+    check_type,
+)
 
 IGNORE_INDEX = -100
 IMPLS = ("auto", "torch-native", "chunked", "chunked-tokens")
@@ -648,6 +654,14 @@ class _VocabChunks:
         return out
 
 
+def _check_loss_dtype(name: str, value: object) -> None:
+    """A real floating tensor: float16, float32, float64, or bfloat16 (a bf16 model's head, e.g. a GPT run
+    from bf16 weights; the same chunked path as fp16)."""
+    check_tensor(name, value)
+    if value.dtype not in (*FLOAT_DTYPES, torch.bfloat16):
+        raise TypeError(f"{name} must have dtype float16, bfloat16, float32 or float64, got {value.dtype}")
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          bias: torch.Tensor | None = None, reduction: str = "mean",
                          ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None,
@@ -668,11 +682,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     recomputing them, one GEMM fewer per chunk, the same values; the other paths never recompute
     them. Gradients come back in each input's dtype.
     """
-    check_float_tensor("hidden", hidden)
-    check_float_tensor("weight", weight)
+    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            _check_loss_dtype(name, t)
     check_tensor("targets", targets)
-    if bias is not None:
-        check_float_tensor("bias", bias)
     if targets.dtype != torch.long:
         raise TypeError(f"targets must be a torch.long tensor, got {targets.dtype}")
     for name, t in (("weight", weight), ("bias", bias)):

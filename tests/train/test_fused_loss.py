@@ -375,7 +375,8 @@ def test_model_loss_equals_the_full_logits_loss(name):
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [
-    (dict(hidden=torch.zeros(3, 4, dtype=torch.long)), TypeError, "hidden must have dtype"),
+    (dict(hidden=torch.zeros(3, 4, dtype=torch.long)), TypeError, "hidden must have dtype float16, bfloat16"),
+    (dict(weight=torch.zeros(5, 4, dtype=torch.complex64)), TypeError, "weight must have dtype float16, bfloat16"),
     (dict(weight=torch.zeros(5, 4, dtype=torch.float16)), TypeError, "weight has dtype"),
     (dict(bias=torch.zeros(5, dtype=torch.float64)), TypeError, "bias has dtype"),
     (dict(targets=torch.zeros(3)), TypeError, "targets must be a torch.long"),
@@ -486,3 +487,21 @@ def test_gradient_chunks_are_the_fp32_product_scaled_and_rounded_once(dtype):
     compiled = torch.compile(traced, fullgraph=True, backend="aot_eager")
     got = compiled(torch.full((40, 20), float("nan"), dtype=dtype), src, scale)
     assert torch.equal(got[2:39], want[:, :20]) and got[:2].isnan().all()
+
+
+def test_bf16_inputs_run_the_16_bit_chunked_path():
+    """A bf16 head (a GPT run from bf16 weights) takes the chunked path as fp16 does: bf16 gradients, and on CUDA
+    its GEMMs stay bf16 (docs/numerics.md bounds it; verification/test_loss.py checks it)."""
+    import muse.complex as C
+
+    gen = torch.Generator().manual_seed(0)
+    h, w, b = (torch.randn(*s, generator=gen).bfloat16().requires_grad_() for s in ((6, 8), (50, 8), (50,)))
+    t = torch.randint(0, 50, (6,), generator=gen)
+    assert loss_path(h.dtype) == "chunked"
+    loss = linear_cross_entropy(h, w, t, b, chunk_size=16)
+    loss.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
+    ref = torch.nn.functional.cross_entropy(h.detach().double() @ w.detach().double().T + b.detach().double(), t)
+    assert abs(loss.item() - ref.item()) < 1e-2
+    assert C.gemm_dtype(torch.bfloat16, torch.device("cuda")) == torch.bfloat16
+    assert C.gemm_dtype(torch.bfloat16, torch.device("cpu")) == torch.float32
