@@ -67,6 +67,8 @@ def test_speed_benchmark_writes_a_report_on_cpu(tmp_path):
     best = max(r["train_tok_s"] for r in data["models"] if r["model"] == "stage1" and r["status"] == "measured")
     assert data["versus_gpt"]["stage1"]["fwd_bwd"]["stage1_tok_s"] == best
     assert data["versus_gpt"]["stage1"]["fwd_bwd"]["ratio"] > 0 and "stage1 / gpt, each at its fastest" in md
+    # no half-weights row for the GPT here: the report says its reference ran only under autocast
+    assert data["gpt_half_weights_measured"] is False and "only under autocast over fp32 weights" in md
 
 
 def test_complex64_twin_counts_the_same_gemm_flops_as_stage1():
@@ -160,7 +162,8 @@ def test_half_weights_runs_the_gpt_from_16_bit_weights(tmp_path, monkeypatch):
     assert rows[("gpt", "compiled")]["train_tok_s"] > 0  # timed after the half copy: the model itself stayed fp32
     assert report["versus_gpt"]["stage1"]["fwd_bwd"]["gpt_variant"] in ("compiled", "compiled+kernels+cudagraphs+half-weights")
     md = (tmp_path / "report.md").read_text()
-    assert "half-weights (bfloat16 weights) |" in md
+    assert "half-weights (bfloat16 weights) |" in md and "only under autocast" not in md
+    assert report["gpt_half_weights_measured"] is True
 
 
 def test_each_variant_names_its_compile_mode():
