@@ -43,7 +43,7 @@ from muse.models.compile import compile_model, resolve_compile
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs", "compiled+kernels+cudagraphs",
             "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss", "compiled+kernels+autotune",
             "compiled+kernels+autotune+traced-loss", "compiled+kernels+cudagraphs+keep-logits",
-            "compiled+kernels+cudagraphs+half-weights")
+            "compiled+kernels+cudagraphs+half-weights", "compiled+kernels+cudagraphs+keep-logits+half-weights")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")
 

@@ -10,7 +10,8 @@ MODEL_ROWS = ("stage1", "complex64", "gpt", "phase2")  # benchmarks.speed.MODEL_
 VARIANTS = ("eager", "kernels", "compiled", "compiled+kernels", "compiled+cudagraphs")  # the default rows
 MORE_VARIANTS = ("compiled+kernels+cudagraphs", "compiled+traced-loss", "compiled+kernels+cudagraphs+traced-loss",
                  "compiled+kernels+autotune", "compiled+kernels+autotune+traced-loss",
-                 "compiled+kernels+cudagraphs+keep-logits", "compiled+kernels+cudagraphs+half-weights")
+                 "compiled+kernels+cudagraphs+keep-logits", "compiled+kernels+cudagraphs+half-weights",
+                 "compiled+kernels+cudagraphs+keep-logits+half-weights")
 
 
 def register(sub) -> None:

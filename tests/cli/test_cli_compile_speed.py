@@ -148,7 +148,8 @@ def test_half_weights_runs_the_gpt_from_16_bit_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(speed, "kernels", KernelsOn())  # so that it runs on the CPU
     cfg = SpeedConfig(preset="tiny", batch_size=1, seq_len=8, device="cpu", models=("stage1", "gpt"),
                       model_overrides={"vocab_size": 64, "d_model": 16, "n_layers": 1},
-                      variants=("compiled+kernels+cudagraphs+half-weights", "compiled"), compile_backend="eager",
+                      variants=("compiled+kernels+cudagraphs+half-weights", "compiled",
+                                "compiled+kernels+cudagraphs+keep-logits+half-weights"), compile_backend="eager",
                       cpu_repeats=1, copy_mib=4, gemm_size=64, out=str(tmp_path))
     report = run_speed_benchmark(cfg, command="test")
     rows = {(r["model"], r["variant"]): r for r in report["models"]}
@@ -159,6 +160,8 @@ def test_half_weights_runs_the_gpt_from_16_bit_weights(tmp_path, monkeypatch):
     assert half["weights"] == "bfloat16" and half["autocast"] is None
     assert half["infer_tok_s"] > 0 and half["train_tok_s"] > 0 and half["train_pct_gemm"] > 0
     assert half["loss_path"] == "chunked" and rows[("gpt", "compiled")]["loss_path"] != "chunked"
+    kept = rows[("gpt", "compiled+kernels+cudagraphs+keep-logits+half-weights")]
+    assert kept["status"] == "measured" and kept["weights"] == "bfloat16" and kept["train_tok_s"] > 0
     assert rows[("gpt", "compiled")]["train_tok_s"] > 0  # timed after the half copy: the model itself stayed fp32
     assert report["versus_gpt"]["stage1"]["fwd_bwd"]["gpt_variant"] in ("compiled", "compiled+kernels+cudagraphs+half-weights")
     md = (tmp_path / "report.md").read_text()
