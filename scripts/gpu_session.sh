@@ -1425,6 +1425,13 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s39a)
+  step "Stage 1 seed and the GPT, B 4, S 1024: default and kept logits, the GPT also from bf16 weights (for an H200)"
+  timeout 400 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
+    --variants compiled+kernels+cudagraphs,compiled+kernels+cudagraphs+half-weights,compiled+kernels+cudagraphs+keep-logits,compiled+kernels+cudagraphs+keep-logits+half-weights \
+    --out "$OUT/speed" 2>&1 | grep "^| stage1\|^| gpt\|versus\|fastest\|Error\|error" | head -12
+  pack
+  ;;
 s38e)
   step "Stage 1 seed and the GPT, B 4, S 1024, both keeping their logits; the GPT also from bf16 weights"
   timeout 200 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
