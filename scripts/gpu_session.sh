@@ -1425,6 +1425,19 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s40a)
+  step "issue 12: Phase 2 with the sentinel copy path, seeds 1 and 2 (seed 1337 is s26a's 238.32), two processes sharing the GPU"
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  export OMP_NUM_THREADS=4
+  printf '%s\n' \
+    "phase2-sent-s1|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1" \
+    "phase2-sent-s2|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 2" \
+    > "$OUT/runs.txt"
+  sweep 2 420 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak\|tokens/s" "$OUT"/*/stdout.txt | head -12
+  pack
+  ;;
 s39a)
   step "Stage 1 seed and the GPT, B 4, S 1024: default and kept logits, the GPT also from bf16 weights (for an H200)"
   timeout 400 python3 -m muse bench speed --preset seed --batch-size 4 --device cuda --models stage1,gpt --no-ops \
