@@ -1425,6 +1425,12 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s40b)
+  step "the whole pytest suite on the device (torch 2.11): every device-parametrised test on CUDA, the rest on its CPU"
+  timeout 520 python3 -m pytest -q -n 16 -p no:cacheprovider --muse-device cuda tests --maxfail 20 \
+    --junitxml "$OUT/pytest-cuda.xml" -rfE 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -40
+  pack
+  ;;
 s40a)
   step "issue 12: Phase 2 with the sentinel copy path, seeds 1 and 2 (seed 1337 is s26a's 238.32), two processes sharing the GPU"
   TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
