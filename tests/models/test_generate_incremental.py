@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from muse.cli import main
+from muse.data.tokenizer import resolve_tokenizer_dir
 from muse.models import build_model, model_names
 from muse.train.generate import generate, sample_next
 from muse.train.synthetic import repeated_sequence
@@ -133,11 +134,20 @@ def checkpoint(tmp_path_factory):
     return tmp / "out" / "last.safetensors"
 
 
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    """The command encodes the prompt with the GPT-2 tokenizer of ../shared/data (or $MUSE_TOKENIZER_DIR)."""
+    path = resolve_tokenizer_dir()
+    if path is None:
+        pytest.fail("shared data missing: no GPT-2 tokenizer in ../shared/data/gpt2-tokenizer or $MUSE_TOKENIZER_DIR")
+    return path
+
+
 def _cli(checkpoint, *extra):
     return ["generate", str(checkpoint), "--device", "cpu", "--offline", *extra]
 
 
-def test_cli_streams_text_and_greedy_repeats(checkpoint, capsys):
+def test_cli_streams_text_and_greedy_repeats(checkpoint, gpt2_tokenizer, capsys):
     # "A" is GPT-2 token 32, inside the checkpoint's 64-token vocabulary
     args = _cli(checkpoint, "--prompt", "A", "--max-new-tokens", "12", "--temperature", "0")
     assert main(args) == 0
@@ -162,7 +172,7 @@ def test_cli_streams_text_and_greedy_repeats(checkpoint, capsys):
     (["--prompt", "A", "--max-new-tokens", "500"], "max_seq_len"),
     (["--prompt", "A", "--max-new-tokens", "x"], "--max-new-tokens"),
 ])
-def test_cli_bad_arguments_give_one_line(checkpoint, capsys, extra, needle):
+def test_cli_bad_arguments_give_one_line(checkpoint, gpt2_tokenizer, capsys, extra, needle):
     try:
         code = main(_cli(checkpoint, *extra))
     except SystemExit as exc:  # argparse's own usage errors exit from inside parse_args
