@@ -77,3 +77,21 @@ def test_untied_heads_run_over_padded_rows_without_grad(name):
     plain = model(ids)
     assert padded.stride()[-2] == 128 and plain.is_contiguous()  # VOCAB 97 -> 128 rows
     torch.testing.assert_close(padded, plain.detach(), rtol=2**-10, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_positions_argument(name):
+    """Explicit positions 0..S-1 (shared or per row) give the default logits; others change them; bad ones raise."""
+    model = _model(name)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    base = model(ids)
+    assert torch.equal(model(ids, torch.arange(16)), base)
+    assert torch.equal(model(ids, torch.arange(16).expand(2, 16)), base)
+    assert not torch.equal(model(ids, torch.arange(16) + 1), base)
+    with pytest.raises(ValueError, match="positions must have shape"):
+        model(ids, torch.arange(15))
+    with pytest.raises(ValueError, match="positions must be in"):
+        model(ids, torch.arange(16) + model.max_seq_len - 8)
+    with pytest.raises(TypeError, match="positions must be an integer tensor"):
+        model(ids, torch.arange(16.0))
+

@@ -157,21 +157,6 @@ def test_bad_inputs(ids, exc, match):
         model(ids)
 
 
-def test_positions_argument():
-    model = _tiny().eval()
-    ids = _ids()
-    base = model(ids)
-    assert torch.equal(model(ids, torch.arange(16)), base)
-    assert torch.equal(model(ids, torch.arange(16).expand(2, 16)), base)
-    assert not torch.equal(model(ids, torch.arange(16) + 1), base)
-    with pytest.raises(ValueError, match="positions must have shape"):
-        model(ids, torch.arange(15))
-    with pytest.raises(ValueError, match="positions must be in"):
-        model(ids, torch.arange(16) + 120)
-    with pytest.raises(TypeError, match="positions must be an integer tensor"):
-        model(ids, torch.arange(16.0))
-
-
 # ---------------------------------------------------------------- forward / backward
 
 def test_forward_shapes_and_diagnostics():
