@@ -51,6 +51,7 @@ from muse._checks import (
     check_tensor,
     check_type,
 )
+from muse.models.compile import unwrap
 
 IGNORE_INDEX = -100
 IMPLS = ("auto", "torch-native", "chunked", "chunked-tokens")
@@ -751,11 +752,11 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
                keep_logits: bool = False) -> torch.Tensor:
     """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)``, then :func:`head_loss`.
 
-    ``model`` may be wrapped in DistributedDataParallel (its forward runs through the
-    wrapper, the head is read from ``model.module``).
+    ``model`` may be wrapped in DistributedDataParallel and/or torch.compile (its forward runs
+    through the wrappers, the head is read from the module under them).
     """
     check_type("model", model, torch.nn.Module, "an nn.Module")
-    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    core = unwrap(model)
     _head(core)
     return head_loss(core, model(input_ids, return_hidden=True), input_ids, targets, reduction, impl, chunk_size,
                      keep_logits)
