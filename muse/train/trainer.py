@@ -261,7 +261,7 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             inputs, targets = (self._to_device(t) for t in next(self.blocks))
             last = micro == cfg.grad_accum - 1
-            sync = net.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with self._autocast():  # the loss's GEMMs too run in the autocast dtype
                     loss = self.loss_fn(inputs, targets) / cfg.grad_accum  # equal-sized micro-batches

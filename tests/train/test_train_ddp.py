@@ -82,7 +82,7 @@ from muse.train import train
 from muse.train.synthetic import synthetic_data, tiny_config
 
 out, compile_, extra = sys.argv[1], sys.argv[2] == "1", dict(a.split("=") for a in sys.argv[3:])
-kw = dict(max_steps=8, eval_every=0, final_eval_tokens=256, batch_size=4, log_every=1)  # dropout 0.1
+kw = dict(max_steps=8, eval_every=0, final_eval_tokens=256, batch_size=2, grad_accum=2, log_every=1)  # dropout 0.1
 if compile_:
     kw.update(compile=True, compile_backend="aot_eager")
 if "stop_after" in extra:
@@ -95,7 +95,7 @@ train(tiny_config(out, **kw), synthetic_data())
 
 def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
     """DDP under its compiled wrapper (aot_eager here, inductor on CUDA) with the eager loss, which reads the
-    head from under both wrappers: the same losses as eager DDP bit for bit, and a stop + resume gives the
+    head from under both wrappers, two micro-batches a step (the first under no_sync): the same losses as eager DDP bit for bit, and a stop + resume gives the
     straight run's losses exactly (until 2026-12-06 the loss found no lm_head on the compiled wrapper)."""
     script = tmp_path / "run.py"
     script.write_text(_COMPILED_RUN)
