@@ -253,7 +253,7 @@ class Trainer:
     # ----------------------------------------------------------------- loop
     def train_step(self) -> tuple[torch.Tensor, object]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, StepResult)."""
-        cfg, net = self.cfg, self.net
+        cfg = self.cfg
         self.optimizer.set_lr(lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
                                     total_steps=self.total_steps))
         self.optimizer.zero_grad()
