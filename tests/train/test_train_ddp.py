@@ -77,35 +77,34 @@ def test_two_rank_resume_is_bitwise(tmp_path):
 
 
 _COMPILED_RUN = """
-import sys
+import json, sys
 from muse.train import train
 from muse.train.synthetic import synthetic_data, tiny_config
 
-out, compile_, extra = sys.argv[1], sys.argv[2] == "1", dict(a.split("=") for a in sys.argv[3:])
-kw = dict(max_steps=8, eval_every=0, final_eval_tokens=256, batch_size=2, grad_accum=2, log_every=1)  # dropout 0.1
-if compile_:
-    kw.update(compile=True, compile_backend="aot_eager")
-if "stop_after" in extra:
-    kw["stop_after"] = int(extra["stop_after"])
-if "resume" in extra:
-    kw["resume"] = extra["resume"]
-train(tiny_config(out, **kw), synthetic_data())
+kw = dict(max_steps=8, eval_every=0, final_eval_tokens=256, batch_size=2, grad_accum=2, log_every=1)
+kw.update(json.loads(sys.argv[2]))
+train(tiny_config(sys.argv[1], **kw), synthetic_data())
 """
+_TINY = dict(vocab_size=64, d_model=16, n_layers=1, max_seq_len=32, dropout=0.1)  # tiny_config's model
 
 
-def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("model", [{}, {"preset": "mix-tiny", "model_overrides": {**_TINY, "d_ffn": 32, "pointer_dim": 8}}],
+                         ids=["seed-block", "mix-pointer"])
+def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path, model):
     """DDP under its compiled wrapper (aot_eager here, inductor on CUDA) with the eager loss, which reads the
-    head from under both wrappers, two micro-batches a step (the first under no_sync): the same losses as eager DDP bit for bit, and a stop + resume gives the
-    straight run's losses exactly (until 2026-12-06 the loss found no lm_head on the compiled wrapper)."""
+    head (and the copy path) from under both wrappers, two micro-batches a step (the first under no_sync): the
+    same losses as eager DDP bit for bit, and a stop + resume gives the straight run's losses exactly (until
+    2026-12-06 the loss found no lm_head on the compiled wrapper)."""
     script = tmp_path / "run.py"
     script.write_text(_COMPILED_RUN)
 
-    def run(name, compile_, *extra):
+    def run(name, compile_, **extra):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(var, None)
+        kw = {**model, **extra, **({"compile": True, "compile_backend": "aot_eager"} if compile_ else {})}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(tmp_path / name), "1" if compile_ else "0", *extra]
+               str(tmp_path / name), json.dumps(kw)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         res = json.loads((tmp_path / name / "results.json").read_text())
@@ -115,5 +114,5 @@ def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
     eager = run("eager", False)
     straight = run("straight", True)
     assert len(straight) == 8 and straight == eager
-    run("split", True, "stop_after=4")
-    assert run("split", True, f"resume={tmp_path / 'split' / 'last.safetensors'}") == straight
+    run("split", True, stop_after=4)
+    assert run("split", True, resume=str(tmp_path / "split" / "last.safetensors")) == straight
