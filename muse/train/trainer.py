@@ -124,6 +124,12 @@ class Trainer:
         self.ddp = wrap_ddp(self.model, ctx) if ctx.distributed else None
         # Compiled wrappers share the model's parameters; checkpoints save self.model (plain keys).
         self.compiled = resolve_compile(cfg.compile, ctx.device)
+        if cfg.compile_mode is not None and not self.compiled:
+            raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) needs a compiled run; compile is "
+                             f"off here (pass --compile; it is off by default on {ctx.device.type})")
+        if cfg.compile_mode is not None and self.ddp is not None:
+            raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) is for a single process; under DDP "
+                             f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out")
         base = self.ddp if self.ddp is not None else self.model
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model

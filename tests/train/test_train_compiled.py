@@ -55,6 +55,12 @@ def test_compile_mode_is_checked():
         tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="reduce-overhead")
 
 
+def test_compile_mode_without_a_compiled_run_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"compile_mode='reduce-overhead' \(--compile-mode\) needs a compiled run"):
+        train(tiny_config(str(tmp_path / "out"), max_steps=2, compile_mode="reduce-overhead"), DATA)
+    assert not (tmp_path / "out" / "log.jsonl").exists()
+
+
 @pytest.mark.parametrize("compile", [False, True])
 def test_kept_logits_train_the_same_steps_bit_for_bit(tmp_path, compile):
     """--keep-logits changes where the loss's chunk logits come from in backward, not a value."""

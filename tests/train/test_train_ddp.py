@@ -116,3 +116,19 @@ def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path, 
     assert len(straight) == 8 and straight == eager
     run("split", True, stop_after=4)
     assert run("split", True, resume=str(tmp_path / "split" / "last.safetensors")) == straight
+
+
+def test_two_rank_compile_mode_is_an_error(tmp_path):
+    """--compile-mode replays one process's CUDA graphs; under DDP it would be ignored, so it is refused."""
+    script = tmp_path / "run.py"
+    script.write_text(_COMPILED_RUN)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    kw = {"compile": True, "compile_mode": "reduce-overhead"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "out"), json.dumps(kw)]
+    proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "compile_mode='reduce-overhead' (--compile-mode) is for a single process; under DDP (world size 2)" \
+        in proc.stderr + proc.stdout
+
