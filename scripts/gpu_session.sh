@@ -1425,6 +1425,20 @@ s36b)
   grep -iE "norm|amax|abs|max|ms" "$OUT/profile/infer.txt" | head -40
   pack
   ;;
+s41a|s41b)
+  # the pytest suite on the device in two halves (each under the call's 10 minutes), with ../shared/data from
+  # .devcarry/shared (cp -r ../shared/data .devcarry/shared/ before the call; carry [".devcarry"])
+  [ -e ../shared ] || ln -s "$PWD/.devcarry/shared" ../shared
+  if [ "$PHASE" = s41a ]; then HALF=(tests/cli tests/complex tests/data tests/kernels tests/test_bad_input.py
+    tests/test_cache_probe.py tests/test_io_json.py tests/test_layering.py); else HALF=(tests/models tests/nn tests/scan tests/train); fi
+  step "pytest on the device (torch 2.11, --muse-device cuda, 16 workers): ${HALF[*]}"
+  timeout 540 python3 -m pytest -v -n 16 -p no:cacheprovider --muse-device cuda "${HALF[@]}" > "$OUT/pytest-v.txt" 2>&1
+  echo "pytest rc=$?"
+  grep -E "(FAILED|ERROR) tests" "$OUT/pytest-v.txt" | head -20
+  tail -1 "$OUT/pytest-v.txt"
+  echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
+  pack
+  ;;
 s40b)
   step "the whole pytest suite on the device (torch 2.11): every device-parametrised test on CUDA, the rest on its CPU; tests/data/test_data.py needs ../shared/data, absent there"
   timeout 520 python3 -m pytest -q -n 16 -p no:cacheprovider --muse-device cuda tests --ignore tests/data/test_data.py \
