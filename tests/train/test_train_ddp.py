@@ -32,14 +32,16 @@ def _common(tmp_path) -> list[str]:
             "--tokens-npy", str(train), "--eval-tokens-npy", str(evals)]
 
 
-def _torchrun(args: list[str]) -> None:
+def _torchrun(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """2 ranks of ``args`` (``["-m", "muse", ...]`` or a script and its arguments) under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "muse", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def _losses(out) -> list[float]:
@@ -50,12 +52,13 @@ def _losses(out) -> list[float]:
                                    ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--model-arg", "pointer_dim=8"],
                                    ["--model", "phase2"], ["--model", "gpt"]],
                          ids=["seed-block", "mix-tied", "mix-pointer", "phase2", "gpt"])
-# phase2, gpt: fp32 models (their gradients are averaged as they are); mix-tied: the one table gets both uses' gradients; mix-pointer: the copy path's parameters are used
-# outside the DDP-wrapped forward (in the loss), as the head's are
+# phase2, gpt: fp32 models (their gradients are averaged as they are); mix-tied: the one table gets
+# both uses' gradients; mix-pointer: the copy path's parameters are used outside the DDP-wrapped
+# forward (in the loss), as the head's are
 def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, model):
     common = _common(tmp_path) + ["--dropout", "0", *model]  # dropout masks differ between layouts
     assert main([*common, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
-    _torchrun([*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    _torchrun(["-m", "muse", *common, "--batch-size", "4", "--out", str(tmp_path / "two")])
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(one) == len(two) == 12
     assert two[0] == pytest.approx(one[0], rel=1e-6)  # same weights, same blocks
@@ -69,11 +72,12 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, model):
 def test_two_rank_resume_is_bitwise(tmp_path):
     """Each rank's RNG (dropout 0.1) is gathered into the checkpoint and restored on resume."""
     common = _common(tmp_path) + ["--dropout", "0.1", "--batch-size", "4"]
-    _torchrun([*common, "--out", str(tmp_path / "straight")])
-    _torchrun([*common, "--out", str(tmp_path / "split"), "--stop-after", "6"])
+    _torchrun(["-m", "muse", *common, "--out", str(tmp_path / "straight")])
+    _torchrun(["-m", "muse", *common, "--out", str(tmp_path / "split"), "--stop-after", "6"])
     ck = load_file(tmp_path / "split" / "last.safetensors")
     assert {k.split(".")[1] for k in ck if k.startswith("rng.")} == {"0", "1"}
-    _torchrun([*common, "--out", str(tmp_path / "split"), "--resume", str(tmp_path / "split" / "last.safetensors")])
+    _torchrun(["-m", "muse", *common, "--out", str(tmp_path / "split"),
+               "--resume", str(tmp_path / "split" / "last.safetensors")])
     assert _losses(tmp_path / "split") == _losses(tmp_path / "straight")
 
 
@@ -89,7 +93,8 @@ train(tiny_config(sys.argv[1], **kw), synthetic_data())
 _TINY = dict(vocab_size=64, d_model=16, n_layers=1, max_seq_len=32, dropout=0.1)  # tiny_config's model
 
 
-@pytest.mark.parametrize("model", [{}, {"preset": "mix-tiny", "model_overrides": {**_TINY, "d_ffn": 32, "pointer_dim": 8}}],
+@pytest.mark.parametrize("model", [{}, {"preset": "mix-tiny",
+                                        "model_overrides": {**_TINY, "d_ffn": 32, "pointer_dim": 8}}],
                          ids=["seed-block", "mix-pointer"])
 def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path, model):
     """DDP under its compiled wrapper (aot_eager here, inductor on CUDA) with the eager loss, which reads the
@@ -100,14 +105,8 @@ def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path, 
     script.write_text(_COMPILED_RUN)
 
     def run(name, compile_, **extra):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(var, None)
         kw = {**model, **extra, **({"compile": True, "compile_backend": "aot_eager"} if compile_ else {})}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(tmp_path / name), json.dumps(kw)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        _torchrun([str(script), str(tmp_path / name), json.dumps(kw)])
         res = json.loads((tmp_path / name / "results.json").read_text())
         assert res["compiled"] is compile_ and res["world_size"] == 2
         return _losses(tmp_path / name)
@@ -123,12 +122,8 @@ def test_two_rank_compile_mode_is_an_error(tmp_path):
     """--compile-mode replays one process's CUDA graphs; under DDP it would be ignored, so it is refused."""
     script = tmp_path / "run.py"
     script.write_text(_COMPILED_RUN)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
     kw = {"compile": True, "compile_mode": "reduce-overhead"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path / "out"), json.dumps(kw)]
-    proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    proc = _torchrun([str(script), str(tmp_path / "out"), json.dumps(kw)], check=False)
     assert proc.returncode != 0
     assert "compile_mode='reduce-overhead' (--compile-mode) is for a single process; under DDP (world size 2)" \
         in proc.stderr + proc.stdout
