@@ -40,7 +40,26 @@ def make_config(name: str, preset: str = "tiny", **overrides):
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown} for {name}; valid: {sorted(fields)}")
-    return spec.config_cls(**{**spec.presets[preset], **overrides})
+    config = spec.config_cls(**{**spec.presets[preset], **overrides})
+    unused = _unused_fields(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(spec.config_cls)}
+    ignored = sorted(k for k, v in overrides.items()
+                     if k in unused and v != spec.presets[preset].get(k, defaults[k]))
+    if ignored:
+        selectors = ", ".join(f"{k}={getattr(config, k)!r}" for k in ("mixer", "ffn", "pointer_dim")
+                              if hasattr(config, k))
+        raise ValueError(f"config field(s) have no effect on {name} with {selectors}: "
+                         + ", ".join(f"{k} (needs {unused[k]})" for k in ignored))
+    return config
+
+
+def _unused_fields(config) -> dict[str, str]:
+    """The fields ``config``'s model never reads, each with what would read it: its own rule (Stage 1's
+    variants) and the copy path's."""
+    unused = dict(config.unused_fields()) if hasattr(config, "unused_fields") else {}
+    if getattr(config, "pointer_dim", None) == 0:
+        unused["pointer_mode"] = "pointer_dim > 0"
+    return unused
 
 
 def build_model(name: str, preset: str = "tiny", device=None, **overrides) -> nn.Module:

@@ -135,9 +135,29 @@ class Stage1Config:
         """True for the seed's block (no mixer, no FFN)."""
         return self.mixer == "none" and self.ffn == "none"
 
+    def unused_fields(self) -> dict[str, str]:
+        """The variant fields the block this config selects never reads, each with what would read it
+        (``make_config`` refuses an override of one: ``decay`` on the seed block would otherwise build the
+        seed block silently)."""
+        unused = {}
+        if self.mixer not in ("recurrence", "hybrid"):
+            unused |= dict.fromkeys(RECURRENCE_FIELDS, "mixer='recurrence' or 'hybrid'")
+        if self.mixer not in ("retention", "hybrid"):
+            unused |= dict.fromkeys(RETENTION_FIELDS, "mixer='retention' or 'hybrid'")
+        if self.mixer == "none":
+            unused["gate"] = "a mixer"
+        if self.ffn != "complex":
+            unused["d_ffn"] = "ffn='complex'"
+        return unused
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# The fields only the recurrence reads, and only retention.
+RECURRENCE_FIELDS = frozenset({"d_state", "r_min", "r_max", "omega_init", "lambda_kind", "conv_kernel", "decay",
+                               "decay_scale", "decay_rank"})
+RETENTION_FIELDS = frozenset({"n_heads", "d_key", "phase_init"})
 
 # The variant presets' fields (the sizes apart).
 _MIX = dict(mixer="recurrence", ffn="complex", d_ffn=1024, r_min=0.0, r_max=0.99, embedding_init="normal", gate=True,

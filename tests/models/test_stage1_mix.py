@@ -64,7 +64,12 @@ def test_mix_presets():
                                               ("none", "complex", False), ("retention", "complex", False),
                                               ("retention", "none", True), ("hybrid", "complex", True)])
 def test_variant_blocks_and_parameter_count(mixer, ffn, gate):
-    model = _model("tiny", mixer=mixer, ffn=ffn, d_state=48, d_ffn=96, gate=gate, n_heads=4, d_key=16)
+    fields = dict(mixer=mixer, ffn=ffn)  # and only the fields this block reads (make_config refuses the others)
+    fields |= dict(d_state=48) if mixer in ("recurrence", "hybrid") else {}
+    fields |= dict(n_heads=4, d_key=16) if mixer in ("retention", "hybrid") else {}
+    fields |= dict(gate=gate) if mixer != "none" else {}
+    fields |= dict(d_ffn=96) if ffn == "complex" else {}
+    model = _model("tiny", **fields)
     kinds = {"none": (None, None), "recurrence": (ComplexRecurrence,) * 2, "retention": (ComplexRetention,) * 2,
              "hybrid": (ComplexRecurrence, ComplexRetention)}[mixer]  # layers 0 and 1 (hybrid alternates)
     for block, kind in zip(model.blocks, kinds, strict=True):
@@ -148,6 +153,32 @@ def test_variant_config_validation(field, value, exc):
         Stage1Config(**{field: value})
     with pytest.raises(ValueError, match="r_min must be <= r_max"):
         Stage1Config(r_min=0.99, r_max=0.9)
+
+
+@pytest.mark.parametrize("preset, overrides, needle", [
+    ("tiny", {"decay": "input"}, "decay (needs mixer='recurrence' or 'hybrid')"),
+    ("tiny", {"d_ffn": 32, "r_min": 0.5}, "d_ffn (needs ffn='complex'), r_min (needs mixer='recurrence'"),
+    ("tiny", {"gate": True}, "gate (needs a mixer)"),
+    ("tiny", {"pointer_mode": "sentinel"}, "pointer_mode (needs pointer_dim > 0)"),
+    ("mix-tiny", {"mixer": "retention", "r_max": 0.5}, "r_max (needs mixer='recurrence' or 'hybrid')"),
+    ("mix-tiny", {"n_heads": 4}, "n_heads (needs mixer='retention' or 'hybrid')"),
+])
+def test_an_override_the_block_never_reads_is_refused(preset, overrides, needle):
+    """Not a silently built seed block: the error names each field and what would read it."""
+    with pytest.raises(ValueError, match="have no effect on stage1 with mixer=") as err:
+        make_config("stage1", preset, **overrides)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("tiny", {"gate": False, "decay": "static"}),  # the values the seed block has anyway
+    ("mix-tiny", {"mixer": "retention"}),  # the preset's recurrence fields are not overrides
+    ("mix-tiny", {"mixer": "hybrid", "n_heads": 2, "r_max": 0.9}),
+    ("mix-copy-tiny", {"pointer_mode": "cache"}),
+])
+def test_overrides_the_block_reads_are_accepted(preset, overrides):
+    config = make_config("stage1", preset, **overrides)
+    assert all(getattr(config, k) == v for k, v in overrides.items())
 
 
 def test_bench_applies_stage1_overrides_to_stage1_only(tmp_path):
