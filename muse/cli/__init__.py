@@ -8,6 +8,7 @@ Modules are discovered automatically; names starting with ``_`` are helpers.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import pkgutil
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     failed check); the subcommand reports it. 130: interrupted (Ctrl-C). Set MUSE_DEBUG=1 to see
     the traceback instead of the one line.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _leaf(parser, args).error(_unrecognized(_leaf(parser, args), extra))
     try:
         return int(args.func(args) or 0)
     except (TypeError, ValueError, OSError) as exc:
@@ -67,6 +71,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"muse {args.command}: error: interrupted", file=sys.stderr)
         return 130
+
+
+def _leaf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand that ``args`` selected, so its errors name it."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if action is None or getattr(args, action.dest, None) not in action.choices:
+            return parser
+        parser = action.choices[getattr(args, action.dest)]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """argparse's message, plus the nearest option for a misspelt one (``--steps``: ``--max-steps``)."""
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    for word in extra:
+        if word.startswith("--"):
+            near = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if near:
+                return f"{message}; did you mean {near[0]}?"
+    return message
 
 
 def _one_line(exc: BaseException) -> str:

@@ -243,3 +243,22 @@ def test_item24_init_scale_must_be_a_power_of_two(npy, capsys):
     assert main([*npy, "--init-scale", "1000"]) == 2
     assert "init_scale must be a power of two" in _err_line(capsys, "train")
     assert math.frexp(2.0**-3)[0] == 0.5 and main([*npy, "--init-scale", "0.125"]) == 0
+
+
+# ----------------------------------------------------------------------------- unknown flags
+@pytest.mark.parametrize("argv, cmd, hint", [
+    (["train", "--steps", "30"], "train", "did you mean --max-steps?"),
+    (["data", "prepare", "--splt", "valid"], "data prepare", "did you mean --split?"),
+    (["smoke", "--devce", "cpu"], "smoke", "did you mean --device?"),
+    (["eval", "x.safetensors", "--frobnicate"], "eval", None),
+])
+def test_unknown_flag_names_the_subcommand_and_the_nearest_option(argv, cmd, hint, capsys):
+    """An unknown flag is reported by the subcommand that got it (not as ``muse: error``), with its
+    ``--help`` and, for a misspelt option, the nearest one."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    line = _err_line(capsys, cmd)
+    assert f"unrecognized arguments: {' '.join(argv[-2 if hint else -1:])}" in line
+    assert line.endswith(f"(see muse {cmd} --help)")
+    assert (hint in line) if hint else "did you mean" not in line
