@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,9 @@ def _write_listed(path: Path, text: str) -> Path:
 
 
 def _use_hub(monkeypatch: pytest.MonkeyPatch, rows_by_split: dict[str, list[str]]) -> list[tuple]:
-    """Make the hub reachable and ``datasets.load_dataset`` serve ``rows_by_split``."""
-    import datasets
+    """Make the hub reachable and ``datasets.load_dataset`` serve ``rows_by_split`` (skipped where the
+    ``datasets`` dependency is not installed, as on the GPU machine; CI installs it)."""
+    datasets = pytest.importorskip("datasets")
 
     calls: list[tuple] = []
 
@@ -319,6 +321,15 @@ def test_hub_gives_same_text_and_tokens(monkeypatch, tmp_path, shared, tokenizer
 def test_hub_failure_is_data_not_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _use_hub(monkeypatch, {})
     with pytest.raises(DataNotFoundError, match="hub load failed.*--train-split valid"):
+        load_split_text("train", tmp_path)
+
+
+def test_hub_without_the_datasets_package_is_data_not_found(monkeypatch, tmp_path: Path) -> None:
+    """A reachable hub but no ``datasets`` package: DataNotFoundError naming the failed import, not an
+    ImportError from inside the loader."""
+    monkeypatch.setattr(sources, "_probe_hub", lambda timeout=3.0: None)
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataNotFoundError, match="hub load failed: import of datasets halted"):
         load_split_text("train", tmp_path)
 
 
