@@ -10,6 +10,7 @@ that no reduced-precision reduction (fp16 split-K) or TF32 is allowed while it r
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Iterator
 
 import torch
@@ -35,7 +36,8 @@ def set_gemm_policy() -> None:
       TF32 (compiled code cannot change these flags inside a graph; its GEMMs read them when they run);
     - inductor's ``emulate_precision_casts``: without it inductor keeps a value that eager code rounds
       to fp16 in fp32 when it fuses the rounding with the op that reads it (e.g. the residual sum
-      before a LayerNorm, ``layer_norm(z, residual=r)``), which breaks that op's bound.
+      before a LayerNorm, ``layer_norm(z, residual=r)``), which breaks that op's bound;
+    - on x86 CPUs, inductor's C++ code at most 256 bits wide (AVX2; :func:`_cpu_vector_width`).
     """
     matmul = torch.backends.cuda.matmul
     matmul.allow_fp16_reduced_precision_reduction = False
@@ -45,6 +47,23 @@ def set_gemm_policy() -> None:
     if hasattr(inductor_config, "emulate_precision_casts"):
         inductor_config.emulate_precision_casts = True
     _keep_narrowing_casts()
+    _cpu_vector_width(inductor_config)
+
+
+#: inductor's ``cpp.simdlen`` on x86 unless the user set one: AVX2 code, not AVX-512
+CPU_SIMDLEN = 256
+
+
+def _cpu_vector_width(inductor_config) -> None:
+    """Inductor's AVX-512 C++ code loads an fp16 tile through a transpose where an fp16 tensor is read
+    transposed, widened and multiplied (``(x.float().transpose(-1, -2) * w).sum(0)``; the chunked scans' layout);
+    built by GCC 12.2 at inductor's -O3, that kernel returns garbage (NaN, zeros) where the same source at -O2 or
+    with -fno-tree-slp-vectorize is right (torch 2.13, 2026-12-06; docs/numerics.md).  Compiled CPU training of
+    ``mix-tiny`` then skipped every step for non-finite gradients.  The AVX2 code is right, so x86 builds get it
+    when ``cpp.simdlen`` is unset (other architectures have no AVX-512 and keep their default)."""
+    cpp = getattr(inductor_config, "cpp", None)
+    if cpp is not None and getattr(cpp, "simdlen", 0) is None and platform.machine().lower() in ("x86_64", "amd64"):
+        cpp.simdlen = CPU_SIMDLEN
 
 
 def _not_narrowing(match) -> bool:

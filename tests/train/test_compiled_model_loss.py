@@ -270,3 +270,60 @@ def test_compiled_code_keeps_the_intermediate_fp16_rounding(device):
         zp, rp = torch.stack((z, 0 * z)), torch.stack((r, 0 * r))
         for got, want in zip(torch.compile(pair, fullgraph=True)(zp, rp), pair(zp, rp), strict=True):
             assert torch.equal(got, want)
+
+
+@pytest.fixture
+def _simdlen():
+    """inductor's cpp.simdlen restored after the test."""
+    import torch._inductor.config as inductor_config
+
+    saved = inductor_config.cpp.simdlen
+    yield inductor_config
+    inductor_config.cpp.simdlen = saved
+
+
+def test_policy_keeps_cpu_code_to_avx2_width(_simdlen):
+    """On x86 the policy sets inductor's C++ vector width to 256 bits unless the user set one."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86 only: other architectures keep inductor's default")
+    _simdlen.cpp.simdlen = None
+    C.set_gemm_policy()
+    assert _simdlen.cpp.simdlen == C._policy.CPU_SIMDLEN == 256
+    _simdlen.cpp.simdlen = 512  # a user's explicit choice stays
+    C.set_gemm_policy()
+    assert _simdlen.cpp.simdlen == 512
+
+
+def test_compiled_cpu_code_reads_transposed_fp16_right(_simdlen):
+    """An fp16 tensor read transposed, widened and multiplied (the chunked scans' layout) compiles to the eager
+    values on the CPU. Inductor's AVX-512 code for it, built by GCC 12.2, returned NaN and zeros (2026-12-06), and
+    compiled CPU training of mix-tiny skipped every step; the policy's AVX2 width gives the right values."""
+    from muse.scan.selective_diag import selective_diag_scan
+
+    _simdlen.cpp.simdlen = None
+    C.set_gemm_policy()
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 64, 64).half()
+    w = torch.randn(2, 2, 64, 64)
+
+    def product(a, b):
+        return (a.float().transpose(-1, -2) * b).sum(0)
+
+    assert torch.equal(torch.compile(product, fullgraph=True)(x, w), product(x, w))
+
+    planes = torch.randn(2, 2, 64, 64).half().requires_grad_()
+    log_decay = (-2 * torch.rand(2, 64, 64)).requires_grad_()
+
+    def scan(p, ld):
+        return selective_diag_scan(C.ComplexTensor(p), ld, out_dtype=torch.float16)[0].planes.float()
+
+    def grads(fn):
+        y = fn(planes, log_decay)
+        return (y, *torch.autograd.grad((y * y).sum(), [planes, log_decay]))
+
+    with kernels.environment(MUSE_KERNELS="0"):
+        for got, want in zip(grads(torch.compile(scan, fullgraph=True)), grads(scan), strict=True):
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
