@@ -19,6 +19,7 @@ from torch import nn
 import muse.complex as C
 from benchmarks.memory import LiveTensorBytes
 from muse._checks import check_int
+from muse.models.compile import check_mode, compile_model
 from muse.train.loss import IMPLS, head_loss, lm_loss, loss_path, model_loss
 
 
@@ -124,7 +125,6 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
 def _compiled_step(model: nn.Module, loss: str, impl: str, mode: str | None = None):
     """(inputs, targets) -> loss with the model and the loss compiled as one graph (fullgraph);
     ``mode``: None or "reduce-overhead" (CUDA graphs)."""
-    from muse.models.compile import check_mode
     from muse.train.loss import compile_model_loss
 
     if loss == "fused":
@@ -152,7 +152,7 @@ def throughput(model: nn.Module, batch: int, seq: int, device: torch.device, ste
     model.train(train)
     if compiled:
         step = (_compiled_step(model, loss, impl, compile_mode) if train
-                else torch.compile(model, fullgraph=True, mode=compile_mode))
+                else compile_model(model, fullgraph=True, mode=compile_mode))
         warmup = max(warmup, 2)
     else:
         step = functools.partial(_loss, model, loss=loss, impl=impl) if train else model
