@@ -197,24 +197,28 @@ def _chunked_planes(xp: torch.Tensor, nu: torch.Tensor, omega: torch.Tensor, h0:
     b = torch.einsum("kjd,pbcjd->pbckd", ti, xc)  # Ti x_re, Ti x_im
     local = torch.stack((a[0] - b[1], a[1] + b[0]))  # (2, B, nc, L, D)
 
-    # 2. across chunks: H_c = sum_{c' <= c} lambda^(L (c - c')) e_c' + lambda^(L (c + 1)) h0
-    ends = local[:, :, :, -1]  # (2, B, nc, D)
-    if h0 is not None:
-        ends = torch.cat([h0[:, :, None], ends], dim=2)  # (2, B, nc + 1, D): h0 as chunk -1
-    m = ends.shape[2]
-    c = torch.arange(m, device=dev)
-    clag = c[:, None] - c[None, :]  # (m, m)
-    qr, qi = decay_powers(nu, omega, c * chunk, cd)  # (m, D): lambda^(L c)
-    qr, qi = qr[clag.clamp(min=0)], qi[clag.clamp(min=0)]  # (m, m, D)
+    # 2. across chunks: H_c = sum_{c' <= c} lambda^(L (c - c')) e_c' + lambda^(L (c + 1)) h0; the h0 term is added
+    # after the (nc x nc) product (traced with a dynamic length, an (nc + 1)^2 product with h0 as chunk -1 broke
+    # inductor's value ranges in backward; the slice of `local` is made contiguous, whose strides inductor's
+    # backward otherwise took from the first length it saw)
+    ends = local[:, :, :, -1].contiguous()  # (2, B, nc, D)
+    c = torch.arange(nc, device=dev)
+    clag = c[:, None] - c[None, :]  # (nc, nc)
+    gr, gi = decay_powers(nu, omega, torch.arange(nc + 1, device=dev) * chunk, cd)  # (nc + 1, D): lambda^(L c)
+    qr, qi = gr[clag.clamp(min=0)], gi[clag.clamp(min=0)]  # (nc, nc, D)
     ckeep = (clag >= 0)[..., None]
     qr, qi = torch.where(ckeep, qr, 0.0), torch.where(ckeep, qi, 0.0)
     a = torch.einsum("cgd,pbgd->pbcd", qr, ends)
     b = torch.einsum("cgd,pbgd->pbcd", qi, ends)
-    states = torch.stack((a[0] - b[1], a[1] + b[0]))  # (2, B, m, D): the state after each chunk
-    if h0 is not None:
-        entering = states[:, :, :-1]  # (2, B, nc, D): h0, H_0, ..., H_{nc-2}
+    states = torch.stack((a[0] - b[1], a[1] + b[0]))  # (2, B, nc, D): the state after each chunk
+    if h0 is None:
+        first = states.new_zeros(2, batch, 1, channels)
     else:
-        entering = torch.cat([states.new_zeros(2, batch, 1, channels), states[:, :, :-1]], dim=2)
+        sr, si = gr[1:], gi[1:]  # (nc, D): lambda^(L (c + 1))
+        h0r, h0i = h0[0][:, None], h0[1][:, None]  # (B, 1, D)
+        states = states + torch.stack((sr * h0r - si * h0i, sr * h0i + si * h0r))
+        first = h0[:, :, None]
+    entering = torch.cat([first, states[:, :, :-1]], dim=2)  # (2, B, nc, D): h0 (or 0), H_0, ..., H_{nc-2}
 
     # 3. each position adds lambda^(k+1) times the state entering its chunk
     pr, pi = powers_r[1:], powers_i[1:]  # (L, D): lambda^(k + 1)

@@ -166,9 +166,12 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     chunk = min(chunk, seq)
     n_chunks = (seq + chunk - 1) // chunk  # not -(-seq // chunk): traced with a dynamic length, that form broke inductor
     pad = n_chunks * chunk - seq
-    # channels before positions: v (2, ..., D, S), l (..., D, S); padding after the end cannot reach back
-    v = torch.nn.functional.pad(x.planes.to(cd).transpose(-1, -2), (0, pad))
-    lt = torch.nn.functional.pad(log_decay.transpose(-1, -2), (0, pad))
+    # channels before positions: v (2, ..., D, S), l (..., D, S); padded in front with x = 0 and l = 0, which carry
+    # h0 unchanged to the first token (padding after the end, until the thirty-fourth session, made inductor's CPU
+    # backward leave dx of the last chunk unwritten when N >= 3: docs/numerics.md, "Gradients under every
+    # implementation")
+    v = torch.nn.functional.pad(x.planes.to(cd).transpose(-1, -2), (pad, 0))
+    lt = torch.nn.functional.pad(log_decay.transpose(-1, -2), (pad, 0))
     vc = v.reshape(*v.shape[:-1], n_chunks, chunk)  # (2, ..., D, N, L)
     lc = lt.reshape(*lt.shape[:-1], n_chunks, chunk)  # (..., D, N, L)
 
@@ -188,7 +191,7 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     entering = torch.cat([h0.unsqueeze(-1), after[..., :-1]], dim=-1)  # (2, ..., D, N): S_0 .. S_(N-1)
     from_start = torch.cumsum(lc, dim=-1)  # (..., D, N, L): decay of the entering state up to t
     y = y + torch.exp(from_start) * entering.unsqueeze(-1)
-    y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., :seq].transpose(-1, -2)  # (2, ..., S, D)
+    y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., pad:].transpose(-1, -2)  # (2, ..., S, D)
     return _finish(y, after[..., -1], out_dtype, output_final_state)
 
 

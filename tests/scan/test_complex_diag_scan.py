@@ -237,6 +237,26 @@ def test_dynamic_length_puts_no_symbolic_float_in_the_graph():
     assert calls and symbolic_floats == []
 
 
+@pytest.mark.slow
+def test_inductor_backward_follows_a_dynamic_length():
+    """Lengths 5, 30, 17 (the second makes S dynamic; 17 has fewer chunks than 30) with an initial state, gradients
+    through inductor: before the thirty-fourth session its backward asserted the strides of the first dynamic length
+    (the chunk-end slice) or failed with a ValueRangeError (h0 as chunk -1 of an (nc + 1)^2 product).  Found by
+    verification/test_grads.py under ``compiled``."""
+    C.set_gemm_policy()
+    nu, omega = _decay(RADII)
+    compiled = torch.compile(lambda x, h: complex_diag_scan(x, nu, omega, h)[0].planes, fullgraph=True)
+    for seq in (5, 30, 17):
+        x, h0 = _x((2, seq, len(RADII)), seed=seq), _x((2, len(RADII)), seed=1)
+        leaves = [x.planes.float().requires_grad_(True), h0.planes.float().requires_grad_(True)]
+        grad = torch.randn(2, 2, seq, len(RADII), generator=torch.Generator().manual_seed(seq))
+        got = torch.autograd.grad(compiled(C.ComplexTensor(leaves[0]), C.ComplexTensor(leaves[1])), leaves, grad)
+        want = torch.autograd.grad(complex_diag_scan(C.ComplexTensor(leaves[0]), nu, omega,
+                                                     C.ComplexTensor(leaves[1]))[0].planes, leaves, grad)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)  # regression tolerance: fp32 reorderings
+
+
 def test_bad_input_is_rejected_with_a_named_error():
     nu, omega = _decay([0.5, 0.9])
     x = _x((1, 4, 2))

@@ -159,6 +159,28 @@ def test_compiled_chunked_form_survives_a_change_of_shape(monkeypatch):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_compiled_backward_writes_every_position_of_a_partial_last_chunk(monkeypatch):
+    """Inductor on the CPU, static shapes, S = 70 in three chunks of 32: with the padding after the end, its backward
+    left dx of the last chunk's real positions (64..69) unwritten (garbage up to 1e42); the form pads in front since
+    the thirty-fourth session.  Found by verification/test_grads.py under ``compiled``."""
+    monkeypatch.setenv("MUSE_KERNELS", "0")
+    C.set_gemm_policy()
+
+    def scan(x, ld):
+        y, h = selective_diag_scan(x, ld, output_final_state=True)
+        return y.planes, h.planes
+
+    compiled = torch.compile(scan, fullgraph=True, dynamic=False)
+    x, ld = _x((1, 70, 2)), _log_decay((1, 70, 2))
+    leaves = [x.planes.clone().requires_grad_(True), ld.clone().requires_grad_(True)]
+    upstream = [torch.randn(2, 1, 70, 2, generator=torch.Generator().manual_seed(3)), torch.ones(2, 1, 2)]
+    got = torch.autograd.grad(compiled(C.ComplexTensor(leaves[0]), leaves[1]), leaves, upstream)
+    want = torch.autograd.grad(scan(C.ComplexTensor(leaves[0]), leaves[1]), leaves, upstream)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)  # regression tolerance: fp32 reorderings
+
+
 def _phase(shape, dtype=torch.float32, seed=5, scale=3.0):
     gen = torch.Generator().manual_seed(seed)
     return (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
