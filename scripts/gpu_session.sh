@@ -1506,6 +1506,13 @@ s38a)
     | grep "^| stage1\|^| gpt\|versus\|fastest\|Error\|error" | head -8
   pack
   ;;
+s42a)
+  step "the gradient properties (verification/test_grads.py) on CUDA under eager, compiled and triton"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 400 python3 -m muse verify --profile ci --device cuda -n 12 \
+    -k "test_grads" --out "$OUT/verify-grads" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
+  grep -h "grad\|FAIL" "$OUT"/verify-grads/report.md 2>/dev/null | cut -c1-160 | head -24
+  pack
+  ;;
 s38b)
   step "the whole numerics suite on CUDA under eager, compiled and triton (-n 16)"
   MUSE_VERIFY_IMPL=eager,compiled,triton timeout 560 python3 -m muse verify --profile ci --device cuda -n 16 \

@@ -93,4 +93,30 @@ def run(impl: str, op, *args):
                                    ("specialize_float", True)) if hasattr(torch._dynamo.config, k)}
         with torch._dynamo.config.patch(**patch):
             return fn(*tensors)
-__all__ = ["IMPLS", "IMPL_ENV", "ct", "host", "impl_label", "impl_unavailable", "planes", "run", "tensor"]
+
+
+def run_grads(impl: str, op, args: tuple, grad_outputs: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Gradients of ``op(*args)`` under ``impl`` with respect to its floating-point tensor arguments (a
+    ComplexTensor's planes), in argument order, for the upstream gradients ``grad_outputs`` (one per output:
+    a tensor, a ComplexTensor's planes, or None to skip it). Backward runs under the same implementation
+    (the compiled graph's backward, the kernels' backward)."""
+    from muse import kernels
+
+    leaves, call = [], []
+    for a in args:
+        if isinstance(a, C.ComplexTensor) or (isinstance(a, torch.Tensor) and a.is_floating_point()):
+            leaf = (a.planes if isinstance(a, C.ComplexTensor) else a).detach().clone().requires_grad_(True)
+            leaves.append(leaf)
+            call.append(C.ComplexTensor(leaf) if isinstance(a, C.ComplexTensor) else leaf)
+        else:
+            call.append(a)
+    out = run(impl, op, *call)
+    outs = out if isinstance(out, tuple) else (out,)
+    pairs = [(o.planes if isinstance(o, C.ComplexTensor) else o, g)
+             for o, g in zip(outs, grad_outputs, strict=True) if g is not None]
+    with kernels.environment(MUSE_KERNELS="1" if impl == "triton" else "0"):
+        return list(torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True))
+
+
+__all__ = ["IMPLS", "IMPL_ENV", "ct", "host", "impl_label", "impl_unavailable", "planes", "run", "run_grads",
+           "tensor"]

@@ -29,6 +29,10 @@ BOUND_TEXT = {
     "layer_norm": "mixed (LayerNorm section)", "modrelu": "mixed, ~1.5u|b| near |z| = -b",
     "embedding": "mixed (one fp32 evaluation)", "position_table": "0.5 ulp(|x|+E) + E (fp64 table)",
     "complex_diag_scan": "0.5 ulp(|x|+E) + E, E = gamma_(4L+2n_c+19) M_t",
+    "linear_grad_x": "0.5 ulp(|x|+E) + E, E = gamma_m(2 out) sum|p|",
+    "linear_grad_weight": "block form: ulp(S+E) + E + 0.5 ulp, E = gamma_m(2 rows) sum|p|; kernel: one rounding",
+    "linear_grad_bias": "0.5 ulp(|x|+E) + E, E = gamma_(rows-1) sum|dy|",
+    "complex_diag_scan_grad_x": "0.5 ulp(|x|+E) + E, E = gamma_(4L+2n_c+19) M'_s (reversed scale)",
 }
 
 

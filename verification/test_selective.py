@@ -77,18 +77,25 @@ def _weights(x, h0, log_decay):
     return out, m
 
 
+def chunk_terms(s: int, chunk: int | None, log_decay: np.ndarray) -> tuple[int, int, float, float]:
+    """(L, N, Lambda_c, Lambda_S) of the chunked form: chunks of L end at the sequence's end (the first one holds
+    the remainder; the form pads in front), Lambda_c the largest sum of |l| over one chunk, Lambda_S over the
+    sequence."""
+    size = min(DEFAULT_CHUNK if chunk is None else chunk, s)
+    n = math.ceil(s / size)
+    ld = np.abs(log_decay.astype(np.float64))
+    pad = (-s) % size
+    lam_c = float(np.pad(ld, [(0, 0), (pad, 0), (0, 0)]).reshape(ld.shape[0], n, size, -1).sum(2).max())
+    return size, n, lam_c, float(ld.sum(1).max())
+
+
 def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: str) -> float:
     """The bound's relative factor for ``impl``: the Triton kernel's (tiles of T) or the chunked form's (eager,
     compiled)."""
     e = LIBM_ULPS[device_kind(device)]["exp"]
     if impl == "triton":
         return _gamma((e + 2) * s + 2 * math.ceil(s / kernels.SELECTIVE_TILE) + 2)
-    size = min(DEFAULT_CHUNK if chunk is None else chunk, s)
-    n = math.ceil(s / size)
-    ld = np.abs(log_decay.astype(np.float64))
-    pad = (-s) % size
-    lam_c = float(np.pad(ld, [(0, 0), (0, pad), (0, 0)]).reshape(ld.shape[0], n, size, -1).sum(2).max())
-    lam_s = float(ld.sum(1).max())
+    size, n, lam_c, lam_s = chunk_terms(s, chunk, log_decay)
     return _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
 
 

@@ -1,0 +1,258 @@
+"""Gradients under every implementation (eager, compiled, triton) within stated bounds (docs/numerics.md,
+"Gradients under every implementation").
+
+The forward properties cannot see a backward that is wrong while the forward is right (the thirty-third
+session's inductor miscompile broke only the selective scan's backward on the CPU), so each op whose backward
+the models train through is checked here against an exact or float64 reference:
+
+* ``linear``: dx = dy conj(W) and dW = dy^T conj(x) are GEMMs of 2·out and 2·rows exact products (§GEMM:
+  E = gamma_m Σ|p|, one fp16 rounding; the block form's dW rounds its two real halves and then their sum),
+  db an fp32 sum of the rows rounded once: gamma_(rows-1) Σ|dy|.
+* ``complex_diag_scan``: dx_s = Σ_{t>=s} conj(lambda)^(t-s) dy_t is the same recurrence run backwards with
+  conj(lambda), so the forward's bound holds with the reversed scale M'_s = Σ_{t>=s} |lambda|^(t-s) |dy_t|_1.
+* ``selective_diag_scan``: dx (and dh_0) likewise, with M'_s = Σ_{t>=s} a(s..t) |dy_t|_1 + a(s..S) |dh_S|_1;
+  d log_decay_t = a_t Σ_planes G_t h_(t-1) (G the backward state) within eps_l a_t M_(t-1) M'_t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import muse.complex as C
+from muse.scan import (
+    complex_diag_scan,
+    complex_diag_scan_sequential,
+    selective_diag_scan_sequential,
+)
+from muse.scan.complex_diag import default_chunk_size
+from verification import bounds as B
+from verification import reference as R
+from verification import strategies as vs
+from verification.checks import check_close, check_ulps
+from verification.harness import ct, host, impl_label, run_grads, tensor
+from verification.plugin import examples
+from verification.test_linalg import K_SIZES
+from verification.test_scan import scan_case
+from verification.test_selective import (
+    UNDERFLOW,
+    _eps,
+    _phase_tol,
+    _scan,
+    chunk_terms,
+    selective_case,
+)
+from verification.ulp import F16, ulp
+
+U = B.U
+
+
+def _conj(p: np.ndarray) -> np.ndarray:
+    return np.stack((p[0], -p[1]))
+
+
+# ----------------------------------------------------------------------------------------------- linear
+def _dw_halves_bound(exact, abs_sums: np.ndarray, n_terms: int, device: str) -> list[np.ndarray]:
+    """dW of the block form (eager, compiled): each of the two real GEMM halves (|value| <= S) errs by E and is
+    rounded to fp16, then their sum is rounded: ulp16(S + E) + E + 0.5 ulp16(|dW| + that), in ULPs."""
+    out = []
+    for c, e in enumerate(exact):
+        err = B.gemm_abs(abs_sums[c], n_terms, device)
+        halves = ulp(abs_sums[c] + err, F16) + err
+        out.append(B.in_ulps(halves + 0.5 * ulp(np.abs(e.hi) + halves, F16), e.hi))
+    return out
+
+
+@st.composite
+def linear_grad_case(draw):
+    """x, W, b up to 255 and dy up to 4 in magnitude (subnormals included): no gradient overflows fp16, which
+    the forward property already covers."""
+    rows = draw(st.sampled_from([(), (1,), (3,), (2, 3)]))
+    fin, fout = draw(K_SIZES), draw(st.integers(1, 8))
+    x = draw(vs.complex_arrays((*rows, fin), band="small"))
+    w = draw(vs.complex_arrays((fout, fin), band="small"))
+    bias = draw(st.one_of(st.none(), vs.complex_arrays((fout,), band="small")))
+    dy = draw(vs.complex_arrays((*rows, fout), band="unit"))
+    return x, w, bias, dy
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the interpreter's masked lanes
+@given(case=linear_grad_case())
+def test_linear_gradients(device, impl, case):
+    """dx, dW, db of x W^T + b (fp16 planes) within the GEMM bound of their exact values, under each
+    implementation (triton: the complex_mm kernel's backward, one rounding for dW)."""
+    x, w, bias, dy = case
+    args = (ct(x, device), ct(w, device), None if bias is None else ct(bias, device))
+    grads = run_grads(impl, C.linear, args, [tensor(dy, device)])
+    fin, fout = w.shape[2], w.shape[1]
+    rows = math.prod(x.shape[1:-1])
+    x2, dy2 = x.reshape(2, rows, fin), dy.reshape(2, rows, fout)
+    label = impl_label(device, impl)
+    call = f"C.linear(x, W, b) with x {x.shape[1:]}, W {w.shape[1:]}, bias {bias is not None}, backward(dy)"
+
+    re, im, sums = R.matmul(dy2, _conj(w))  # dx (rows, fin): 2 fout terms
+    got = host(grads[0]).reshape(2, rows, fin)
+    bound = [B.in_ulps(B.mixed(e.hi, B.gemm_abs(sums[c], 2 * fout, device)), e.hi) for c, e in enumerate((re, im))]
+    check_ulps("linear_grad_x", label, [got[0], got[1]], [re, im], bound, call=call,
+               locate=lambda c, ix: {"dy_row": dy2[:, ix[0], :], "w_col": w[:, :, ix[1]]})
+
+    re, im, sums = R.matmul(dy2.transpose(0, 2, 1), _conj(x2))  # dW (fout, fin): 2 rows terms
+    got = host(grads[1])
+    if impl == "triton":
+        bound = [B.in_ulps(B.mixed(e.hi, B.gemm_abs(sums[c], 2 * rows, device)), e.hi) for c, e in enumerate((re, im))]
+    else:
+        bound = _dw_halves_bound((re, im), sums, 2 * rows, device)
+    check_ulps("linear_grad_weight", label, [got[0], got[1]], [re, im], bound, call=call,
+               locate=lambda c, ix: {"dy_col": dy2[:, :, ix[0]], "x_col": x2[:, :, ix[1]]})
+
+    if bias is not None:
+        re, im, sums = R.reduce_sum(dy2, dim=0)  # db (fout,): rows terms
+        got = host(grads[2])
+        bound = [B.in_ulps(B.mixed(e.hi, B.sum_abs(sums[c], rows)), e.hi) for c, e in enumerate((re, im))]
+        check_ulps("linear_grad_bias", label, [got[0], got[1]], [re, im], bound, call=call,
+                   locate=lambda c, ix: {"dy_col": dy2[:, :, ix[0]]})
+
+
+# ------------------------------------------------------------------------------------ complex diagonal scan
+def _diag_scan(x, nu, omega, h0, chunk):
+    return complex_diag_scan(x, nu, omega, h0, chunk_size=chunk)[0]
+
+
+@st.composite
+def diag_grad_case(draw):
+    x, nu, omega, h0, chunk = draw(scan_case())
+    dy = draw(vs.complex_arrays(x.shape[1:], band=draw(st.sampled_from(["small", "mixed"]))))
+    return x, nu, omega, h0, chunk, dy
+
+
+@given(case=diag_grad_case())
+def test_complex_diag_scan_gradients(device, impl, case):
+    """dx (fp16) within 0.5 ulp(|dx| + E) + E, E = gamma_(4L + 2 n_c + 19) M'_s of the exact backward
+    recurrence (conj(lambda), reversed); dh_0 (fp32) within E + the float64 reference's own error."""
+    if impl == "triton":
+        pytest.skip("complex_diag_scan has no Triton kernel")
+    x, nu, omega, h0, chunk, dy = case
+    seq = x.shape[2]
+    used = default_chunk_size(seq) if chunk is None else chunk
+    args = (ct(x, device), tensor(nu, device), tensor(omega, device), None if h0 is None else ct(h0, device), chunk)
+    grads = run_grads(impl, _diag_scan, args, [tensor(dy, device)])
+    label = impl_label(device, impl)
+    call = f"muse.scan.complex_diag_scan(x, nu, omega, h0, chunk_size={chunk}), S={seq}, backward(dy)"
+
+    rev = np.ascontiguousarray(dy[:, :, ::-1, :])
+    re, im = R.complex_diag_scan(rev, nu, -omega)
+    re, im = (R.Exact(*(np.ascontiguousarray(v[:, ::-1, :]) for v in (e.hi, e.lo, e.f16))) for e in (re, im))
+    weights = B.complex_diag_weights(rev, nu)[:, ::-1, :]
+    e = B.complex_diag_scan_abs(weights, seq, used)
+    bound = [B.in_ulps(B.mixed(re.hi, e), re.hi), B.in_ulps(B.mixed(im.hi, e), im.hi)]
+    got = host(grads[0])
+    check_ulps("complex_diag_scan_grad_x", label, [got[0], got[1]], [re, im], bound, call=call,
+               locate=lambda c, ix: {"dy": dy[:, ix[0], ix[1]:, ix[2]], "nu": nu[ix[2]:ix[2] + 1],
+                                     "omega": omega[ix[2]:ix[2] + 1]})
+    if h0 is not None:
+        h64 = torch.tensor(h0, dtype=torch.float64, requires_grad=True)
+        y64, _ = complex_diag_scan_sequential(C.ComplexTensor(torch.tensor(x, dtype=torch.float64)),
+                                              torch.tensor(nu, dtype=torch.float64),
+                                              torch.tensor(omega, dtype=torch.float64), C.ComplexTensor(h64))
+        (want,) = torch.autograd.grad(y64.planes, h64, torch.tensor(dy, dtype=torch.float64))
+        radius = np.exp(-np.exp(nu.astype(np.float64)))
+        m0 = radius * weights[:, 0, :]  # the scale of dh_0 = conj(lambda) dx_0 (exact)
+        tol = B.complex_diag_scan_abs(m0, seq, used) + (2 * seq + 8) * 2.0**-53 * m0
+        check_close("complex_diag_scan_grad_h0", label, host(grads[3]).astype(np.float64), host(want), rtol=0.0,
+                    atol=np.broadcast_to(tol, want.shape), call=call)
+
+
+# ----------------------------------------------------------------------------------- selective diagonal scan
+def _reverse_weights(dy: np.ndarray, dstate: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M'_s = Σ_{t>=s} a(s..t) |dy_t|_1 + a(s..S) |dh_S|_1 (b, S, d) and the scale of dh_0, a(0..S) included."""
+    l1 = np.abs(dy.astype(np.float64)).sum(0)
+    m = np.abs(dstate.astype(np.float64)).sum(0)
+    out = np.empty_like(l1)
+    for t in range(l1.shape[1] - 1, -1, -1):
+        m = m + l1[:, t]
+        out[:, t] = m
+        m = a[:, t] * m
+    return out, m
+
+
+def _forward_weights(x: np.ndarray, h0: np.ndarray | None, a: np.ndarray) -> np.ndarray:
+    """M_(t-1) for each t (b, S, d): the forward scale of the state each step multiplies."""
+    l1 = np.abs(x.astype(np.float64)).sum(0)
+    m = np.zeros((l1.shape[0], l1.shape[2])) if h0 is None else np.abs(h0.astype(np.float64)).sum(0)
+    out = np.empty_like(l1)
+    for t in range(l1.shape[1]):
+        out[:, t] = m
+        m = a[:, t] * m + l1[:, t]
+    return out
+
+
+def _selective_eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: str) -> tuple[float, float]:
+    """(eps for dx and dh_0, eps_l for d log_decay): the forward's eps for the backward recurrence; eps_l the
+    Triton kernel's 2 eps + gamma_(e+3) (G_t and h_(t-1) each within eps, then a_t, two products and the planes'
+    sum), the chunked form's gamma_(2L + 2N + 3e + 10) + gamma_(L+N)(Lambda_S + 2 Lambda_c) (docs/numerics.md)."""
+    eps = _eps(s, chunk, log_decay, device, impl)
+    e = B.LIBM_ULPS[B.device_kind(device)]["exp"]
+    if impl == "triton":
+        return eps, 2 * eps + B.gamma(e + 3)
+    size, n, lam_c, lam_s = chunk_terms(s, chunk, log_decay)
+    return eps, B.gamma(2 * size + 2 * n + 3 * e + 10) + B.gamma(size + n) * (lam_s + 2 * lam_c)
+
+
+@st.composite
+def selective_grad_case(draw):
+    x, h0, log_decay, chunk, phase = draw(selective_case())
+    band = draw(st.sampled_from(["small", "mixed"]))
+    dy = draw(vs.complex_arrays(x.shape[1:], band=band)).astype(np.float32)
+    dstate = draw(vs.complex_arrays((x.shape[1], x.shape[3]), band=band)).astype(np.float32)
+    x_dtype = draw(st.sampled_from([np.float32, np.float16]))  # fp16 planes: the mixers' projections, widened inside
+    return x.astype(x_dtype), h0, log_decay, chunk, phase, dy, dstate
+
+
+@settings(max_examples=examples(0.3))  # the interpreter runs forward and backward kernels: ~3 s an example
+@given(case=selective_grad_case())
+def test_selective_diag_scan_gradients(device, impl, case):
+    """dx, dh_0 within eps M' and d log_decay within eps_l a_t M_(t-1) M'_t of the float64 definition's
+    gradients (plus its own error), under each implementation; with a phase, dx and dh_0 within the rotated
+    form's tolerance (the phase's own gradient is not bounded here).  fp16 x gets an fp16 dx: one more rounding."""
+    x, h0, log_decay, chunk, phase, dy, dstate = case
+    s = x.shape[-2]
+    x32 = x.astype(np.float32)
+    h32 = None if h0 is None else h0.astype(np.float32)
+    args = (ct(x, device), tensor(log_decay, device), None if h32 is None else ct(h32, device), chunk,
+            None if phase is None else tensor(phase, device))
+    got = run_grads(impl, _scan, args, [tensor(dy, device), tensor(dstate, device)])
+
+    leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (x32, log_decay)]
+    if h32 is not None:
+        leaves.append(torch.tensor(h32, dtype=torch.float64, requires_grad=True))
+    y64, s64 = selective_diag_scan_sequential(
+        C.ComplexTensor(leaves[0]), leaves[1], None if h32 is None else C.ComplexTensor(leaves[2]),
+        output_final_state=True, phase=None if phase is None else torch.from_numpy(phase.astype(np.float64)))
+    want = torch.autograd.grad([y64.planes, s64.planes], leaves,
+                               [torch.tensor(dy, dtype=torch.float64), torch.tensor(dstate, dtype=torch.float64)])
+
+    a = np.exp(log_decay.astype(np.float64))
+    m_rev, m_h0 = _reverse_weights(dy, dstate, a)
+    eps, eps_l = _selective_eps(s, chunk, log_decay, device, impl)
+    own = (2 * s + 8) * 2.0**-53
+    tol = eps + own if phase is None else _phase_tol(eps, s, phase, device)
+    label = impl_label(device, impl)
+    call = (f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}, "
+            f"phase={'None' if phase is None else 'theta'}), S={s}, backward(dy, dstate)")
+    err_x = np.broadcast_to(tol * m_rev + UNDERFLOW, want[0].shape)
+    if x.dtype == np.float16:
+        err_x = B.mixed(host(want[0]), err_x)
+    check_close("selective_diag_scan_grad_x", label, host(got[0]).astype(np.float64), host(want[0]), rtol=0.0,
+                atol=err_x, call=call)
+    if h32 is not None:
+        check_close("selective_diag_scan_grad_h0", label, host(got[2]).astype(np.float64), host(want[2]), rtol=0.0,
+                    atol=np.broadcast_to(tol * m_h0 + UNDERFLOW, want[2].shape), call=call)
+    if phase is None:
+        scale = a * _forward_weights(x, h0, a) * m_rev
+        check_close("selective_diag_scan_grad_log_decay", label, host(got[1]).astype(np.float64), host(want[1]),
+                    rtol=0.0, atol=(eps_l + 2 * own) * scale + UNDERFLOW, call=call)
