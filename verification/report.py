@@ -33,6 +33,7 @@ BOUND_TEXT = {
     "linear_grad_weight": "block form: ulp(S+E) + E + 0.5 ulp, E = gamma_m(2 rows) sum|p|; kernel: one rounding",
     "linear_grad_bias": "0.5 ulp(|x|+E) + E, E = gamma_(rows-1) sum|dy|",
     "complex_diag_scan_grad_x": "0.5 ulp(|x|+E) + E, E = gamma_(4L+2n_c+19) M'_s (reversed scale)",
+    "modrelu_grad_x": "0.5 ulp(|x|+E) + E, E per element (modReLU gradient, docs/numerics.md)",
 }
 
 

@@ -12,6 +12,8 @@ the models train through is checked here against an exact or float64 reference:
   conj(lambda), so the forward's bound holds with the reversed scale M'_s = Σ_{t>=s} |lambda|^(t-s) |dy_t|_1.
 * ``selective_diag_scan``: dx (and dh_0) likewise, with M'_s = Σ_{t>=s} a(s..t) |dy_t|_1 + a(s..S) |dh_S|_1;
   d log_decay_t = a_t Σ_planes G_t h_(t-1) (G the backward state) within eps_l a_t M_(t-1) M'_t.
+* ``modrelu``: dx = g + (b/r)(g - u Re(conj(u) g)) on the active set and db = Σ Re(conj(u) g), each operation's
+  rounding followed through (elements whose activity the fp32 magnitude may flip are left out of dx).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from muse.scan.complex_diag import default_chunk_size
 from verification import bounds as B
 from verification import reference as R
 from verification import strategies as vs
-from verification.checks import check_close, check_ulps
+from verification.checks import check_close, check_ulps, cplx
 from verification.harness import ct, host, impl_label, run_grads, tensor
 from verification.plugin import examples
+from verification.test_layers import modrelu_case
 from verification.test_linalg import K_SIZES
 from verification.test_scan import scan_case
 from verification.test_selective import (
@@ -256,3 +259,70 @@ def test_selective_diag_scan_gradients(device, impl, case):
         scale = a * _forward_weights(x, h0, a) * m_rev
         check_close("selective_diag_scan_grad_log_decay", label, host(got[1]).astype(np.float64), host(want[1]),
                     rtol=0.0, atol=(eps_l + 2 * own) * scale + UNDERFLOW, call=call)
+
+
+# --------------------------------------------------------------------------------------------------- modReLU
+def _modrelu_grad_bounds(z: np.ndarray, bias: np.ndarray, g: np.ndarray):
+    """Exact (float64) dx planes, db, and their bounds before the fp16 rounding, with the elements whose activity the
+    fp32 magnitude may flip (|r + b| <= t_max r: either value is right there) masked out of dx and allowed in db.
+
+    Computed (eager, compiled, kernel alike): r^ = r(1 + t), u = x / r^, k = b / r^ (each eps_d relative), ug =
+    u_re g_re + u_im g_im (eps_1 of S1 = |u_re g_re| + |u_im g_im|), w = g - u ug (e_w), q = k w (e_q),
+    dx = g + q, every operation rounded once in fp32 (an FMA rounds less: within the same bound)."""
+    u32 = B.U
+    t_max = B._abs_rel()
+    eps_d = (1 + u32) / (1 - t_max) - 1
+    eps_1 = (1 + eps_d) * (1 + u32) ** 2 - 1
+    eps_2 = (1 + eps_d) * (1 + eps_1) * (1 + u32) - 1
+    zf = z.astype(np.float64)
+    gf = np.broadcast_to(g.astype(np.float64), zf.shape)
+    b = np.broadcast_to(bias.astype(np.float64), zf.shape[1:])
+    r = np.hypot(zf[0], zf[1])
+    safe = np.where(r > 0, r, 1.0)
+    u = zf / safe
+    ug = u[0] * gf[0] + u[1] * gf[1]
+    s1 = np.abs(u[0] * gf[0]) + np.abs(u[1] * gf[1])
+    k = b / safe
+    active = (r > 0) & (r + b > 0)
+    ambiguous = (r > 0) & (np.abs(r + b) <= 1.01 * t_max * r)
+    dx = np.where(active, gf + k * (gf - u * ug), 0.0)
+    w_abs = np.abs(gf) + np.abs(u) * s1
+    e_w = eps_2 * np.abs(u) * s1 + u32 * (np.abs(gf) + np.abs(u) * s1 * (1 + eps_2))
+    e_q = np.abs(k) * (e_w * (1 + eps_d) * (1 + u32) + w_abs * ((1 + eps_d) * (1 + u32) - 1))
+    e_dx = e_q + u32 * (np.abs(gf) + np.abs(k) * (w_abs + e_w) * (1 + eps_d) * (1 + u32) + e_q)
+    e_dx = e_dx + 16 * 2.0**-53 * (np.abs(gf) + np.abs(k) * w_abs)  # the float64 reference's own error
+    rows = tuple(range(zf.ndim - 1 - bias.ndim))  # the dims summed into db: all for a 0-d bias, else the rows
+    db = np.where(active, ug, 0.0).sum(axis=rows)
+    n = max(int(np.prod([zf.shape[1 + i] for i in rows])), 1)
+    counted = np.where(active | ambiguous, s1 * (1 + eps_1), 0.0)
+    e_db = (np.where(active, eps_1 * s1, 0.0).sum(axis=rows) + B.gamma(max(n - 1, 0)) * counted.sum(axis=rows)
+            + np.where(ambiguous, s1 * (1 + eps_1), 0.0).sum(axis=rows) + 16 * 2.0**-53 * counted.sum(axis=rows))
+    return dx, np.where(ambiguous, np.inf, e_dx), db, e_db
+
+
+@st.composite
+def modrelu_grad_case(draw):
+    z, bias = draw(modrelu_case())
+    g = draw(vs.complex_arrays(z.shape[1:], band="unit"))
+    return z, bias, g
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@given(case=modrelu_grad_case())
+def test_modrelu_gradients(device, impl, case):
+    """dx (fp16) and db (the bias's dtype) of modReLU within the bounds of docs/numerics.md ("Gradients under every
+    implementation"), measured against the float64 formula g + (b/r)(g - u Re(conj(u) g)) on the active set."""
+    z, bias, g = case
+    got = run_grads(impl, C.modrelu, (ct(z, device), tensor(bias, device)), [tensor(g, device)])
+    dx, e_dx, db, e_db = _modrelu_grad_bounds(z, bias, g)
+    label = impl_label(device, impl)
+    call = f"C.modrelu(z, b) with z {z.shape[1:]}, b {bias.shape}, backward(g)"
+    dx_exact = [R.Exact(c, np.zeros_like(c), c.astype(np.float16)) for c in dx]
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = [B.in_ulps(B.mixed(dx[c], e_dx[c]), dx[c]) for c in range(2)]
+    keep = [np.isfinite(e_dx[c]) for c in range(2)]
+    got_dx = host(got[0]).astype(np.float64)
+    check_ulps("modrelu_grad_x", label, [got_dx[0], got_dx[1]], dx_exact, bound, where=keep, call=call,
+               args=[cplx("z", z), cplx("g", g)])
+    check_close("modrelu_grad_bias", label, host(got[1]).astype(np.float64), db, rtol=0.0,
+                atol=B.mixed(db, e_db), call=call)

@@ -9,8 +9,8 @@ from verification import checks, test_grads
 from verification.record import Store
 
 
-@pytest.mark.parametrize("prop, which", [("test_selective_diag_scan_gradients", 0),
-                                         ("test_linear_gradients", 1)], ids=["selective_dx", "linear_dw"])
+@pytest.mark.parametrize("prop, which", [("test_selective_diag_scan_gradients", 0), ("test_linear_gradients", 1),
+                                         ("test_modrelu_gradients", 0)], ids=["selective_dx", "linear_dw", "modrelu_dx"])
 def test_a_wrong_backward_fails_its_property(monkeypatch, prop, which):
     """One gradient scaled by (1 + 2^-9): far outside the bounds (tens of u at these sizes), inside fp16's
     noise for a single element. Nothing reaches the report."""
