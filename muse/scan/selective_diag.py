@@ -191,7 +191,9 @@ def selective_diag_scan(x: C.ComplexTensor, log_decay: torch.Tensor, initial_sta
     entering = torch.cat([h0.unsqueeze(-1), after[..., :-1]], dim=-1)  # (2, ..., D, N): S_0 .. S_(N-1)
     from_start = torch.cumsum(lc, dim=-1)  # (..., D, N, L): decay of the entering state up to t
     y = y + torch.exp(from_start) * entering.unsqueeze(-1)
-    y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., pad:].transpose(-1, -2)  # (2, ..., S, D)
+    # (2, ..., S, D), contiguous: a consumer that saved the transposed view for backward (the phase's turn) got,
+    # traced with a dynamic length, an inductor backward with the view's strides fixed at the first length seen
+    y = y.reshape(*y.shape[:-2], n_chunks * chunk)[..., pad:].transpose(-1, -2).contiguous()
     return _finish(y, after[..., -1], out_dtype, output_final_state)
 
 

@@ -181,6 +181,29 @@ def test_compiled_backward_writes_every_position_of_a_partial_last_chunk(monkeyp
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)  # regression tolerance: fp32 reorderings
 
 
+@pytest.mark.slow
+def test_compiled_phase_backward_follows_a_dynamic_length(monkeypatch):
+    """With a phase, chunks of 4 and lengths 20, 34, 43 (the second makes S dynamic): the turn saved the chunked
+    form's transposed output for backward, and inductor fixed that view's strides at S = 34, so S = 43 failed
+    ('expected size 2==2, stride 43==34'); the chunked output is contiguous since the thirty-fourth session."""
+    monkeypatch.setenv("MUSE_KERNELS", "0")
+    C.set_gemm_policy()
+
+    def scan(x, ld, ph):
+        y, h = selective_diag_scan(x, ld, output_final_state=True, chunk_size=4, phase=ph)
+        return y.planes, h.planes
+
+    compiled = torch.compile(scan, fullgraph=True)
+    for seq in (20, 34, 43):
+        x, ld, ph = _x((1, seq, 2)), _log_decay((1, seq, 2)), _phase((1, seq, 2))
+        leaves = [x.planes.clone().requires_grad_(True), ld.clone().requires_grad_(True), ph.clone().requires_grad_(True)]
+        upstream = [torch.ones(2, 1, seq, 2), torch.ones(2, 1, 2)]
+        got = torch.autograd.grad(compiled(C.ComplexTensor(leaves[0]), *leaves[1:]), leaves, upstream)
+        want = torch.autograd.grad(scan(C.ComplexTensor(leaves[0]), *leaves[1:]), leaves, upstream)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)  # regression tolerance: fp32 reorderings
+
+
 def _phase(shape, dtype=torch.float32, seed=5, scale=3.0):
     gen = torch.Generator().manual_seed(seed)
     return (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
