@@ -95,7 +95,7 @@ def libm_rel(fn: str, device) -> float:
 
 
 # ------------------------------------------------------------ constant bounds
-def _abs_rel() -> float:
+def abs_rel() -> float:
     """sqrt(fl(re^2 + im^2)) with exact squares, one add, one sqrt: sqrt(1+u)(1+u) - 1."""
     return math.sqrt(1 + U) * (1 + U) - 1
 
@@ -113,7 +113,7 @@ def ulp_bound(op: str, device="cpu") -> float:
     if op in ("mul", "abs2"):
         return one_rounding(U)  # exact products, one fp32 addition
     if op == "abs":
-        return one_rounding(_abs_rel())
+        return one_rounding(abs_rel())
     if op == "div":
         return one_rounding(_div_rel())
     if op == "angle":
@@ -165,7 +165,7 @@ def modrelu_abs(z_comp: np.ndarray, r: np.ndarray, shifted: np.ndarray) -> np.nd
     E = (|z_c| / r) [ |r + b| ((1+u)^3 / (1 - t_max) - 1) + r t_max (1+u)^3 / (1 - t_max) ].
     Near |z| = -b the second term dominates: the error is ~1.5 u |b|, not relative to x.
     """
-    t = _abs_rel()
+    t = abs_rel()
     g = (1 + U) ** 3 / (1 - t)
     r = np.asarray(r, dtype=np.float64)
     safe = np.where(r > 0, r, 1.0)
@@ -367,7 +367,7 @@ def complex_diag_scan_abs(weights: np.ndarray, seq: int, chunk: int) -> np.ndarr
 
 
 __all__ = [
-    "LIBM_ULPS", "RSQRT_REL", "U", "complex_diag_scan_abs", "complex_diag_scan_units",
+    "LIBM_ULPS", "RSQRT_REL", "U", "abs_rel", "complex_diag_scan_abs", "complex_diag_scan_units",
     "complex_diag_weights", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
     "layer_norm_abs", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs", "one_rounding", "sum_abs",
     "ulp_bound",

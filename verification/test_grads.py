@@ -44,10 +44,10 @@ from verification.test_linalg import K_SIZES
 from verification.test_scan import scan_case
 from verification.test_selective import (
     UNDERFLOW,
-    _eps,
-    _phase_tol,
-    _scan,
     chunk_terms,
+    phase_tol,
+    scan_call,
+    scan_eps,
     selective_case,
 )
 from verification.ulp import F16, ulp
@@ -198,7 +198,7 @@ def _selective_eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str
     """(eps for dx and dh_0, eps_l for d log_decay): the forward's eps for the backward recurrence; eps_l the
     Triton kernel's 2 eps + gamma_(e+3) (G_t and h_(t-1) each within eps, then a_t, two products and the planes'
     sum), the chunked form's gamma_(2L + 2N + 3e + 10) + gamma_(L+N)(Lambda_S + 2 Lambda_c) (docs/numerics.md)."""
-    eps = _eps(s, chunk, log_decay, device, impl)
+    eps = scan_eps(s, chunk, log_decay, device, impl)
     e = B.LIBM_ULPS[B.device_kind(device)]["exp"]
     if impl == "triton":
         return eps, 2 * eps + B.gamma(e + 3)
@@ -228,7 +228,7 @@ def test_selective_diag_scan_gradients(device, impl, case):
     h32 = None if h0 is None else h0.astype(np.float32)
     args = (ct(x, device), tensor(log_decay, device), None if h32 is None else ct(h32, device), chunk,
             None if phase is None else tensor(phase, device))
-    got = run_grads(impl, _scan, args, [tensor(dy, device), tensor(dstate, device)])
+    got = run_grads(impl, scan_call, args, [tensor(dy, device), tensor(dstate, device)])
 
     leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (x32, log_decay)]
     if h32 is not None:
@@ -243,7 +243,7 @@ def test_selective_diag_scan_gradients(device, impl, case):
     m_rev, m_h0 = _reverse_weights(dy, dstate, a)
     eps, eps_l = _selective_eps(s, chunk, log_decay, device, impl)
     own = (2 * s + 8) * 2.0**-53
-    tol = eps + own if phase is None else _phase_tol(eps, s, phase, device)
+    tol = eps + own if phase is None else phase_tol(eps, s, phase, device)
     label = impl_label(device, impl)
     call = (f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}, "
             f"phase={'None' if phase is None else 'theta'}), S={s}, backward(dy, dstate)")
@@ -270,7 +270,7 @@ def _modrelu_grad_bounds(z: np.ndarray, bias: np.ndarray, g: np.ndarray):
     u_re g_re + u_im g_im (eps_1 of S1 = |u_re g_re| + |u_im g_im|), w = g - u ug (e_w), q = k w (e_q),
     dx = g + q, every operation rounded once in fp32 (an FMA rounds less: within the same bound)."""
     u32 = B.U
-    t_max = B._abs_rel()
+    t_max = B.abs_rel()
     eps_d = (1 + u32) / (1 - t_max) - 1
     eps_1 = (1 + eps_d) * (1 + u32) ** 2 - 1
     eps_2 = (1 + eps_d) * (1 + eps_1) * (1 + u32) - 1

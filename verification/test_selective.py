@@ -89,7 +89,7 @@ def chunk_terms(s: int, chunk: int | None, log_decay: np.ndarray) -> tuple[int, 
     return size, n, lam_c, float(ld.sum(1).max())
 
 
-def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: str) -> float:
+def scan_eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: str) -> float:
     """The bound's relative factor for ``impl``: the Triton kernel's (tiles of T) or the chunked form's (eager,
     compiled)."""
     e = LIBM_ULPS[device_kind(device)]["exp"]
@@ -99,7 +99,7 @@ def _eps(s: int, chunk: int | None, log_decay: np.ndarray, device: str, impl: st
     return _gamma(2 * size + n + 3 + 3 * e) + _gamma(size + n) * (lam_s + 2 * lam_c)
 
 
-def _phase_tol(eps: float, s: int, phase: np.ndarray, device: str) -> float:
+def phase_tol(eps: float, s: int, phase: np.ndarray, device: str) -> float:
     """The rotated form's relative factor from the real scan's eps (the module docstring)."""
     e_trig = max(LIBM_ULPS[device_kind(device)][f] for f in ("sin", "cos"))
     theta = float(np.abs(phase.astype(np.float64)).sum(1).max())
@@ -107,7 +107,7 @@ def _phase_tol(eps: float, s: int, phase: np.ndarray, device: str) -> float:
     return 2 * eps + 2 * math.sqrt(2) * (_gamma(2) + delta) + (4 * s + 8) * 2.0**-53
 
 
-def _scan(x, log_decay, h0, chunk, phase):
+def scan_call(x, log_decay, h0, chunk, phase):
     """The op as the suite calls it (one function, so the compiled implementation keeps one graph per pattern)."""
     return selective_diag_scan(x, log_decay, h0, output_final_state=True, out_dtype=torch.float32, chunk_size=chunk,
                                phase=phase)
@@ -119,7 +119,7 @@ def test_selective_diag_scan_accuracy(device, impl, case):
     implementation: eager (the chunked PyTorch form), compiled (that form under torch.compile), triton (the kernels)."""
     x, h0, log_decay, chunk, phase = case
     s = x.shape[-2]
-    y, state = run(impl, _scan, ct(x.astype(np.float32), device), tensor(log_decay, device),
+    y, state = run(impl, scan_call, ct(x.astype(np.float32), device), tensor(log_decay, device),
                    None if h0 is None else ct(h0.astype(np.float32), device), chunk,
                    None if phase is None else tensor(phase, device))
     y64, s64 = selective_diag_scan_sequential(ct(x.astype(np.float64), "cpu"),
@@ -128,8 +128,8 @@ def test_selective_diag_scan_accuracy(device, impl, case):
                                               output_final_state=True,
                                               phase=None if phase is None else torch.from_numpy(phase.astype(np.float64)))
     m_y, m_s = _weights(x, h0, log_decay)
-    eps = _eps(s, chunk, log_decay, device, impl)
-    tol = eps + (2 * s + 8) * 2.0**-53 if phase is None else _phase_tol(eps, s, phase, device)
+    eps = scan_eps(s, chunk, log_decay, device, impl)
+    tol = eps + (2 * s + 8) * 2.0**-53 if phase is None else phase_tol(eps, s, phase, device)
     call = (f"muse.scan.selective_diag_scan(x, log_decay, h0, output_final_state=True, chunk_size={chunk}, "
             f"phase={'None' if phase is None else 'theta'}), S={s}")
     label = impl_label(device, impl)
