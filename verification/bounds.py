@@ -198,15 +198,14 @@ def embedding_abs(stats: dict, x_re: np.ndarray, x_im: np.ndarray, with_position
     return p_re + u * (np.abs(x_re) + p_re), p_im + u * (np.abs(x_im) + p_im)
 
 
-def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndarray,
-                   weight: np.ndarray | None, bias: np.ndarray | None, eps: float,
-                   device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """|y - x| per component for the fp32 LayerNorm (docs/numerics.md, "LayerNorm").
+def _layer_norm_parts(stats: dict[str, np.ndarray], eps: float, device="cpu"):
+    """(dl_re, dl_im, rho_r): the bounds |c^ - c| per plane and |r^/r - 1| of the fp32 LayerNorm statistics
+    (docs/numerics.md, "LayerNorm").
 
     e_mu = gamma_(d+1) sum|z|/d (mean per plane), Delta_k = e_mu + u (|c_k| + e_mu) for
     c^ = fl(z - mu^); Xi = sum_k 2|c_k||D_k| + |D_k|^2 bounds sum |c^|^2 - sum |c|^2;
     V^ = (v^ + eps32)(1 + d) gives rho_V, and V^ >= eps (1 - u)^2 always; rsqrt adds tau, so
-    |r^/r - 1| <= rho_r; then n = c^ r^ (1 rounding), times w (1), plus b on the real part (1).
+    |r^/r - 1| <= rho_r.
     """
     u = U
     d = stats["c_re"].shape[-1]
@@ -228,12 +227,29 @@ def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndar
     v_lo = np.maximum(big_v * (1 - rho_v), eps * (1 - u) ** 2)
     tau = RSQRT_REL[device_kind(device)]
     rho_r = np.maximum((1 + tau) * np.sqrt(big_v / v_lo) - 1, 1 - (1 - tau) / np.sqrt(1 + rho_v))
-    r = 1 / np.sqrt(big_v)
+    return dl_re, dl_im, rho_r
+
+
+def layer_norm_rstd_rel(stats: dict[str, np.ndarray], eps: float, device="cpu") -> np.ndarray:
+    """|r^/r - 1| per row for the fp32 LayerNorm's r^ = 1/sqrt(v^ + eps) (docs/numerics.md, "LayerNorm")."""
+    return _layer_norm_parts(stats, eps, device)[2]
+
+
+def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndarray,
+                   weight: np.ndarray | None, bias: np.ndarray | None, eps: float,
+                   device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """|y - x| per component for the fp32 LayerNorm (docs/numerics.md, "LayerNorm"): the statistics'
+    bounds (``_layer_norm_parts``), then n = c^ r^ (1 rounding), times w (1), plus b on the real part (1).
+    """
+    u = U
+    d = stats["c_re"].shape[-1]
+    dl_re, dl_im, rho_r = _layer_norm_parts(stats, eps, device)
+    r = 1 / np.sqrt(stats["var"] + eps)
     w = np.ones(d) if weight is None else np.abs(np.asarray(weight, dtype=np.float64))
     m = 1 if weight is None else 2
     grow = (1 + rho_r) * (1 + u) ** m
-    e_re = w * r * (dl_re * grow + np.abs(c_re) * (grow - 1))
-    e_im = w * r * (dl_im * grow + np.abs(c_im) * (grow - 1))
+    e_re = w * r * (dl_re * grow + np.abs(stats["c_re"]) * (grow - 1))
+    e_im = w * r * (dl_im * grow + np.abs(stats["c_im"]) * (grow - 1))
     if bias is not None:
         e_re = e_re + u * (np.abs(x_re) + e_re)
     return e_re, e_im
@@ -369,8 +385,8 @@ def complex_diag_scan_abs(weights: np.ndarray, seq: int, chunk: int) -> np.ndarr
 __all__ = [
     "LIBM_ULPS", "RSQRT_REL", "U", "abs_rel", "complex_diag_scan_abs", "complex_diag_scan_units",
     "complex_diag_weights", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
-    "layer_norm_abs", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs", "one_rounding", "sum_abs",
-    "ulp_bound",
+    "layer_norm_abs", "layer_norm_rstd_rel", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs",
+    "one_rounding", "sum_abs", "ulp_bound",
 ]
 
 

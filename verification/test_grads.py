@@ -14,6 +14,10 @@ the models train through is checked here against an exact or float64 reference:
   d log_decay_t = a_t Σ_planes G_t h_(t-1) (G the backward state) within eps_l a_t M_(t-1) M'_t.
 * ``modrelu``: dx = g + (b/r)(g - u Re(conj(u) g)) on the active set and db = Σ Re(conj(u) g), each operation's
   rounding followed through (elements whose activity the fp32 magnitude may flip are left out of dx).
+* ``layer_norm``: dx = r (h - mean h - n m2) with h = g w, m2 = mean <h, n>; dW = Σ <g, n>, db = Σ g_re; the
+  recomputed n within the forward's bound, then each operation's rounding followed through.
+* ``complex_retention``: the Hebbian scan's gradient counts on the real form plus the turns, against the same
+  gradients on absolute values (mixed, like the forward).
 """
 
 from __future__ import annotations
@@ -23,24 +27,28 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import muse.complex as C
 from muse.scan import (
     complex_diag_scan,
     complex_diag_scan_sequential,
+    complex_retention,
+    complex_retention_sequential,
     selective_diag_scan_sequential,
 )
 from muse.scan.complex_diag import default_chunk_size
+from muse.scan.hebbian import hebbian_reference_with_state
 from verification import bounds as B
 from verification import reference as R
 from verification import strategies as vs
 from verification.checks import check_close, check_ulps, cplx
 from verification.harness import ct, host, impl_label, run_grads, tensor
 from verification.plugin import examples
-from verification.test_layers import modrelu_case
+from verification.test_layers import layer_norm_case, modrelu_case
 from verification.test_linalg import K_SIZES
+from verification.test_retention import retention_case
 from verification.test_scan import scan_case
 from verification.test_selective import (
     UNDERFLOW,
@@ -326,3 +334,195 @@ def test_modrelu_gradients(device, impl, case):
                args=[cplx("z", z), cplx("g", g)])
     check_close("modrelu_grad_bias", label, host(got[1]).astype(np.float64), db, rtol=0.0,
                 atol=B.mixed(db, e_db), call=call)
+
+
+# ------------------------------------------------------------------------------------------------- LayerNorm
+def _layer_norm_grad_bounds(z: np.ndarray, weight, g: np.ndarray, eps: float, device: str):
+    """Exact (float64) dx planes, dW, db of the complex LayerNorm and their bounds before the final rounding.
+
+    The backward recomputes c^ = z - mu^ and r^ = 1/sqrt(v^ + eps) as the forward does, so n^ = c^ r^ is within
+    e_n (the forward's bound without weight or bias); h = g w (u_w: 0 without a weight); m2 = (1/d) Σ <h, n>
+    (2d rounded products summed in any order and divided: gamma_(2d+2)); hbar = mean h (gamma_(d+1));
+    t = (h - hbar) - n m2 (three roundings); dx = r^ t (one rounding). dW = Σ_rows <g, n^> (gamma_(2R+1)),
+    db = Σ_rows g_re (gamma_R)."""
+    u = B.U
+    d = z.shape[-1]
+    _, _, stats = R.layer_norm(z, None, None, eps)
+    r = 1 / np.sqrt(stats["var"] + eps)
+    n = np.stack((stats["c_re"], stats["c_im"])) * r
+    e_n = np.stack(B.layer_norm_abs(stats, n[0], n[1], None, None, eps, device))
+    big_n = np.abs(n) + e_n
+    w = np.ones(d) if weight is None else weight.astype(np.float64)
+    u_w = 0.0 if weight is None else u
+    gf = g.astype(np.float64)
+    h = gf * w
+    ha = np.abs(h) * (1 + u_w)
+    hbar = h.mean(axis=-1, keepdims=True)
+    e_hb = (u_w * np.abs(h).sum(axis=-1, keepdims=True) + B.gamma(d + 1) * ha.sum(axis=-1, keepdims=True)) / d
+    m2 = (h * n).sum(axis=(0, -1))[..., None] / d
+    e_m = ((u_w * np.abs(h) * big_n + np.abs(h) * e_n).sum(axis=(0, -1))[..., None]
+           + B.gamma(2 * d + 2) * (ha * big_n).sum(axis=(0, -1))[..., None]) / d
+    big_m = np.abs(m2) + e_m
+    t = h - hbar - n * m2
+    a_mag = np.abs(h) + np.abs(hbar) + u_w * np.abs(h) + e_hb
+    e_t = (u_w * np.abs(h) + e_hb + u * a_mag + e_n * big_m + np.abs(n) * e_m + u * big_n * big_m
+           + u * (1 + u) * (a_mag + big_n * big_m))
+    grow = (1 + B.layer_norm_rstd_rel(stats, eps, device)) * (1 + u)
+    dx = r * t
+    ref = 32 * 2.0**-53 * r * (np.abs(h) + np.abs(hbar) + np.abs(n) * np.abs(m2) + e_t)
+    e_dx = r * grow * e_t + r * np.abs(t) * (grow - 1) + ref
+    rows = max(int(np.prod(z.shape[1:-1])), 1)
+    g2, n2, en2, bn2 = (a.reshape(2, rows, d) for a in (gf, np.broadcast_to(n, z.shape), e_n, big_n))
+    dw = (g2 * n2).sum(axis=(0, 1))
+    e_dw = ((np.abs(g2) * en2).sum(axis=(0, 1)) + B.gamma(2 * rows + 1) * (np.abs(g2) * bn2).sum(axis=(0, 1))
+            + 32 * 2.0**-53 * (np.abs(g2) * np.abs(n2)).sum(axis=(0, 1)))
+    db = g2[0].sum(axis=0)
+    e_db = B.gamma(rows) * np.abs(g2[0]).sum(axis=0)
+    return dx, e_dx, dw, e_dw, db, e_db
+
+
+@st.composite
+def layer_norm_grad_case(draw):
+    """z of any band, weight and g of unit magnitude, a weight and a bias or not."""
+    z, _, _, eps, _ = draw(layer_norm_case())
+    weight = draw(st.one_of(st.none(), vs.real_arrays(z.shape[-1:], band="unit")))
+    bias = draw(st.one_of(st.none(), vs.real_arrays(z.shape[-1:], band="unit")))
+    g = draw(vs.complex_arrays(z.shape[1:], band="unit"))
+    return z, weight, bias, eps, g
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@given(case=layer_norm_grad_case())
+def test_layer_norm_gradients(device, impl, case):
+    """dx (fp16), dW and db (the parameters' dtype) of the complex LayerNorm within the bounds of docs/numerics.md
+    ("Gradients under every implementation"), against the float64 r (g w - mean(g w) - n m2), Σ <g, n>, Σ g_re
+    (triton: the one-pass backward kernel with its fp32 partial sums)."""
+    z, weight, bias, eps, g = case
+    dx, e_dx, dw, e_dw, db, e_db = _layer_norm_grad_bounds(z, weight, g, eps, device)
+    assume(np.all(np.abs(dx) + e_dx < 6e4))  # a gradient past fp16's range is the finiteness suite's matter
+    args = (ct(z, device), None if weight is None else tensor(weight, device),
+            None if bias is None else tensor(bias, device), eps)
+    grads = run_grads(impl, C.layer_norm, args, [tensor(g, device)])
+    label = impl_label(device, impl)
+    call = (f"C.layer_norm(z, weight, bias, eps={eps}) with z {z.shape[1:]}, weight {weight is not None}, "
+            f"bias {bias is not None}, backward(g)")
+    dx_exact = [R.Exact(c, np.zeros_like(c), c.astype(np.float16)) for c in dx]
+    bound = [B.in_ulps(B.mixed(dx[c], e_dx[c]), dx[c]) for c in range(2)]
+    got = host(grads[0]).astype(np.float64)
+
+    def locate(c, ix):
+        return {"z": z[(slice(None), *ix[:-1], slice(None))], "g": g[(slice(None), *ix[:-1], slice(None))],
+                "eps": np.array(eps)}
+
+    check_ulps("layer_norm_grad_x", label, [got[0], got[1]], dx_exact, bound, call=call, locate=locate)
+    params = [grads[i] for i in range(1, len(grads))]
+    if weight is not None:
+        check_close("layer_norm_grad_weight", label, host(params.pop(0)).astype(np.float64), dw, rtol=0.0,
+                    atol=B.mixed(dw, e_dw), call=call)
+    if bias is not None:
+        check_close("layer_norm_grad_bias", label, host(params.pop(0)).astype(np.float64), db, rtol=0.0,
+                    atol=B.mixed(db, e_db), call=call)
+
+
+# ------------------------------------------------------------------------------------------ complex retention
+HEBB_CHUNK = 16  # muse.kernels' Hebbian chunk (test_retention's KERNEL_CHUNK)
+ETA = 2.0**-126  # float32's smallest normal: the absolute error of one operation below it
+
+
+def _retention(q, k, v, log_decay, omega, chunk):
+    return complex_retention(q, k, v, log_decay, omega, output_final_state=True, chunk_size=chunk)
+
+
+def _retention_scales(q, k, v, log_decay, dy, dstate):
+    """M for dq, dk (complex, (2, ..., S, d_k)), dv ((2, ..., S, d_v)) and d log_decay ((..., S)), float64: the real
+    form's gradients on absolute values (each turned component of q, k bounded by |re| + |im|), turned back."""
+    dk_, dv_ = q.shape[-1], v.shape[-1]
+
+    def both(a):  # (2, ..., n) -> (..., 2n): the real form's columns, each bounded by |re| + |im|
+        m = np.abs(a[0].astype(np.float64)) + np.abs(a[1].astype(np.float64))
+        return torch.from_numpy(np.concatenate([m, m], axis=-1))
+
+    def cat(a):  # (2, ..., n) -> (..., 2n): the two planes side by side, absolute
+        return torch.from_numpy(np.abs(np.concatenate([a[0], a[1]], axis=-1).astype(np.float64)))
+
+    qa, ka = both(q).requires_grad_(True), both(k).requires_grad_(True)
+    va = cat(v).requires_grad_(True)
+    y, w = hebbian_reference_with_state(qa, ka, va, torch.from_numpy(log_decay.astype(np.float64)), 1.0, None)
+    outs, grads = [y], [cat(dy)]
+    if dstate is not None:
+        ga = np.abs(dstate[0].astype(np.float64)) + np.abs(dstate[1].astype(np.float64))  # (..., d_k, 2 d_v)
+        outs.append(w)
+        grads.append(torch.from_numpy(np.concatenate([ga, ga], axis=-2)))
+    mq, mk, mv = (t.numpy() for t in torch.autograd.grad(outs, [qa, ka, va], grads))
+    m_cum = (qa.detach().numpy() * mq).sum(-1) + (ka.detach().numpy() * mk).sum(-1)  # (..., S)
+    if dstate is not None and m_cum.shape[-1]:
+        m_cum[..., -1] += (grads[1].numpy() * w.detach().numpy()).sum((-2, -1))
+    m_l = np.flip(np.cumsum(np.flip(m_cum, -1), -1), -1)
+
+    def turn_back(m):  # (..., 2 d_k) -> (2, ..., d_k): each component of conj-turned (re, im) within |re| + |im|
+        return np.stack([m[..., :dk_] + m[..., dk_:]] * 2)
+
+    return turn_back(mq), turn_back(mk), np.stack((mv[..., :dv_], mv[..., dv_:])), m_l
+
+
+def _retention_grad_eps(s: int, dk: int, dv: int, chunk: int | None, log_decay: np.ndarray) -> tuple[float, float]:
+    """(eps_g, eps_l): the Hebbian scan's gradient counts (docs/numerics.md, "Phase 2's scans") for the real form's
+    2 d_k and 2 d_v, with BT and N the larger of the kernel's and the PyTorch form's, plus 8 gamma_3 for the turns of
+    q and k forward and of dq and dk back."""
+    used = s if chunk is None else chunk
+    bt = max(HEBB_CHUNK, used)
+    n = math.ceil(s / min(HEBB_CHUNK, used)) if s else 1
+    pad = (-s) % bt
+    ld = np.pad(np.abs(log_decay.astype(np.float64)), [(0, 0)] * (log_decay.ndim - 1) + [(0, pad)])
+    lam = float(ld.reshape(*ld.shape[:-1], -1, bt).sum(-1).max()) if ld.size else 0.0
+    eps_g = B.gamma(2 * max(2 * dk, 2 * dv) + bt + 2 * n * (bt + 5) + 10) + (n + 1) * 2 * B.gamma(bt) * lam \
+        + 8 * B.gamma(3)
+    return eps_g, eps_g + B.gamma(2 * dk + s + 2)
+
+
+@st.composite
+def retention_grad_case(draw):
+    q, k, v, log_decay, omega, chunk = draw(retention_case())
+    band = draw(st.sampled_from(["small", "mixed"]))
+    dy = draw(vs.complex_arrays(v.shape[1:], band=band))
+    dstate = draw(st.one_of(st.none(), vs.complex_arrays((*q.shape[1:-2], q.shape[-1], 2 * v.shape[-1]), band=band)))
+    return q, k, v, log_decay, omega, chunk, dy, dstate
+
+
+@given(case=retention_grad_case())
+def test_complex_retention_gradients(device, impl, case):
+    """dq, dk, dv and d log_decay (float32) of complex_retention within 2 eps M + tau of the float64 sequential
+    definition's autograd (eps_g for dq, dk, dv; eps_l for d log_decay; M the same gradients on absolute values),
+    under each implementation (triton: the Hebbian kernel's backward)."""
+    q, k, v, log_decay, omega, chunk, dy, dstate = case
+    s, dk, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    args = (*(ct(x.astype(np.float32), device) for x in (q, k, v)), tensor(log_decay, device), tensor(omega, device),
+            chunk)
+    got = run_grads(impl, _retention, args, [tensor(dy.astype(np.float32), device),
+                                             None if dstate is None else tensor(dstate.astype(np.float32), device)])
+    ref = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (q, k, v, log_decay)]
+    y64, s64 = complex_retention_sequential(*(C.ComplexTensor(t) for t in ref[:3]), ref[3],
+                                            torch.from_numpy(omega.astype(np.float64)), output_final_state=True)
+    outs = [(y64.planes, dy)] + ([] if dstate is None else [(s64.planes, dstate)])
+    want = torch.autograd.grad([o for o, _ in outs], ref, [torch.from_numpy(g.astype(np.float64)) for _, g in outs],
+                               allow_unused=True)
+    m_q, m_k, m_v, m_l = _retention_scales(q, k, v, log_decay, dy, dstate)
+    eps_g, eps_l = _retention_grad_eps(s, dk, dv, chunk, log_decay)
+    n = math.ceil(s / min(HEBB_CHUNK, s if chunk is None else chunk)) if s else 0
+
+    def parts(a):
+        return float((np.abs(a[0].astype(np.float64)) + np.abs(a[1].astype(np.float64))).sum(-1).max()) if a.size else 0.0
+
+    big = (1 + parts(q)) * (1 + parts(k)) * (1 + float(np.abs(v.astype(np.float64)).max(initial=0.0))) \
+        * (1 + max(parts(dy), 0.0 if dstate is None else parts(dstate)))
+    tau = 2 * (40 * max(dk, dv) * s + n + 16) * ETA * big * (1 + s)
+    ref_err = (16 * s + 8 * max(dk, dv) + 32) * 2.0**-53
+    label = impl_label(device, impl)
+    call = (f"muse.scan.complex_retention(q, k, v, log_decay, omega, output_final_state=True, chunk_size={chunk}) "
+            f"with d_k={dk}, d_v={dv}, S={s}, backward(dy, dstate {dstate is not None})")
+    for name, i, m, eps in (("q", 0, m_q, eps_g), ("k", 1, m_k, eps_g), ("v", 2, m_v, eps_g),
+                            ("log_decay", 3, m_l, eps_l)):
+        w = np.zeros(ref[i].shape) if want[i] is None else host(want[i])
+        g = np.zeros(ref[i].shape) if got[i] is None else host(got[i]).astype(np.float64)
+        check_close(f"complex_retention_grad_{name}", label, g, w, rtol=0.0, atol=(2 * eps + ref_err) * m + tau,
+                    call=call)
