@@ -98,7 +98,8 @@ def run(impl: str, op, *args):
 def run_grads(impl: str, op, args: tuple, grad_outputs: list[torch.Tensor]) -> list[torch.Tensor | None]:
     """Gradients of ``op(*args)`` under ``impl`` with respect to its floating-point tensor arguments (a
     ComplexTensor's planes), in argument order, for the upstream gradients ``grad_outputs`` (one per output:
-    a tensor, a ComplexTensor's planes, or None to skip it). Backward runs under the same implementation
+    a tensor, a ComplexTensor's planes, or None to skip it; an output that no argument reaches is skipped, its
+    gradients being zero). Backward runs under the same implementation
     (the compiled graph's backward, the kernels' backward)."""
     from muse import kernels
 
@@ -114,6 +115,9 @@ def run_grads(impl: str, op, args: tuple, grad_outputs: list[torch.Tensor]) -> l
     outs = out if isinstance(out, tuple) else (out,)
     pairs = [(o.planes if isinstance(o, C.ComplexTensor) else o, g)
              for o, g in zip(outs, grad_outputs, strict=True) if g is not None]
+    pairs = [(o, g) for o, g in pairs if o.requires_grad]  # an output no input reaches (an empty scan's state)
+    if not pairs:
+        return [None] * len(leaves)
     with kernels.environment(MUSE_KERNELS="1" if impl == "triton" else "0"):
         return list(torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True))
 

@@ -122,7 +122,7 @@ def _parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torc
     n = q.shape[-2]
     c = max(n, 1) if chunk_size is None else chunk_size
     if n == 0:
-        return v.new_zeros(v.shape)
+        return v * 0.0  # empty, and still on v's graph: a backward through an empty sequence is valid
     c = min(c, n)
     n_chunks = -(-n // c)
     pad = n_chunks * c - n

@@ -170,6 +170,13 @@ def test_empty_sequences():
     assert hebbian_sequential(q, q, q, torch.ones(2, 0)).shape == (2, 0, 3)
 
 
+def test_backward_through_an_empty_hebbian_sequence():
+    """The empty output stays on v's graph: a loss over it backpropagates (zeros) instead of raising."""
+    v = torch.ones(2, 0, 3, requires_grad=True)
+    hebbian_parallel(torch.ones(2, 0, 4), torch.ones(2, 0, 4), v, torch.ones(2, 0), 1.0, 4).sum().backward()
+    assert v.grad is not None and v.grad.shape == (2, 0, 3)
+
+
 def test_bk_scan_is_causal():
     v, gamma = _potential((2, 100), 2.0, 1.0, seed=2)
     a = bk_diagonal(v, gamma).to(torch.complex64)
