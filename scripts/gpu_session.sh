@@ -1507,9 +1507,9 @@ s38a)
   pack
   ;;
 s42a)
-  step "the gradient properties (verification/test_grads.py) on CUDA under eager, compiled and triton"
-  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 400 python3 -m muse verify --profile ci --device cuda -n 12 \
-    -k "test_grads" --out "$OUT/verify-grads" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
+  step "the gradient properties (verification/test_grads.py, test_hebbian.py, test_bk.py) on CUDA under eager, compiled and triton"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout 480 python3 -m muse verify --profile ci --device cuda -n 12 \
+    -k "test_grads or test_hebbian or test_bk" --out "$OUT/verify-grads" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
   grep -h "grad\|FAIL" "$OUT"/verify-grads/report.md 2>/dev/null | cut -c1-160 | head -24
   pack
   ;;
