@@ -255,6 +255,27 @@ def layer_norm_abs(stats: dict[str, np.ndarray], x_re: np.ndarray, x_im: np.ndar
     return e_re, e_im
 
 
+HEBB_CHUNK = 16  # muse.kernels' Hebbian chunk (BT)
+ETA_NORMAL32 = 2.0**-126  # float32's smallest normal: the absolute error of one operation below it (flush or not)
+
+
+def hebbian_eps(s: int, dk: int, dv: int, chunk: int | None, log_decay: np.ndarray) -> tuple[float, float, float, int]:
+    """(eps_y, eps_g, eps_l, N): the Hebbian scan's rounding counts (docs/numerics.md, "Phase 2's scans under the Triton
+    kernels") for y and W_S, for dq, dk, dv, dW_0, and for d log_decay, with the chunk length BT and the chunk count N
+    the larger of the kernel's (16) and the PyTorch form's (``chunk``; None: one chunk), so one bound covers both.
+    Lambda, the largest Σ|log_decay| over one chunk, carries the decays' exponent errors."""
+    used = max(s, 1) if chunk is None else chunk
+    bt = max(HEBB_CHUNK, used)
+    n = max(1, math.ceil(s / min(HEBB_CHUNK, used)))
+    pad = (-s) % bt
+    ld = np.pad(np.abs(np.asarray(log_decay, dtype=np.float64)), [(0, 0)] * (np.ndim(log_decay) - 1) + [(0, pad)])
+    lam = float(ld.reshape(*ld.shape[:-1], -1, bt).sum(-1).max()) if ld.size else 0.0
+    dexp = (n + 1) * 2 * gamma(bt) * lam
+    eps_y = gamma(2 * dk + bt + n * (bt + 5) + 6) + dexp
+    eps_g = gamma(2 * max(dk, dv) + bt + 2 * n * (bt + 5) + 10) + dexp
+    return eps_y, eps_g, eps_g + gamma(dk + s + 2), n
+
+
 ETA32 = 2.0**-149  # fp32's smallest subnormal: the absolute error of a result that underflows
 
 
@@ -383,10 +404,10 @@ def complex_diag_scan_abs(weights: np.ndarray, seq: int, chunk: int) -> np.ndarr
 
 
 __all__ = [
-    "LIBM_ULPS", "RSQRT_REL", "U", "abs_rel", "complex_diag_scan_abs", "complex_diag_scan_units",
-    "complex_diag_weights", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms", "in_ulps",
-    "layer_norm_abs", "layer_norm_rstd_rel", "libm_rel", "linear_cross_entropy_abs", "mixed", "modrelu_abs",
-    "one_rounding", "sum_abs", "ulp_bound",
+    "ETA_NORMAL32", "HEBB_CHUNK", "LIBM_ULPS", "RSQRT_REL", "U", "abs_rel", "complex_diag_scan_abs",
+    "complex_diag_scan_units", "complex_diag_weights", "device_kind", "embedding_abs", "gamma", "gemm_abs", "gemm_terms",
+    "hebbian_eps", "in_ulps", "layer_norm_abs", "layer_norm_rstd_rel", "libm_rel", "linear_cross_entropy_abs", "mixed",
+    "modrelu_abs", "one_rounding", "sum_abs", "ulp_bound",
 ]
 
 

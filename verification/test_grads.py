@@ -427,8 +427,6 @@ def test_layer_norm_gradients(device, impl, case):
 
 
 # ------------------------------------------------------------------------------------------ complex retention
-HEBB_CHUNK = 16  # muse.kernels' Hebbian chunk (test_retention's KERNEL_CHUNK)
-ETA = 2.0**-126  # float32's smallest normal: the absolute error of one operation below it
 
 
 def _retention(q, k, v, log_decay, omega, chunk):
@@ -467,19 +465,11 @@ def _retention_scales(q, k, v, log_decay, dy, dstate):
     return turn_back(mq), turn_back(mk), np.stack((mv[..., :dv_], mv[..., dv_:])), m_l
 
 
-def _retention_grad_eps(s: int, dk: int, dv: int, chunk: int | None, log_decay: np.ndarray) -> tuple[float, float]:
-    """(eps_g, eps_l): the Hebbian scan's gradient counts (docs/numerics.md, "Phase 2's scans") for the real form's
-    2 d_k and 2 d_v, with BT and N the larger of the kernel's and the PyTorch form's, plus 8 gamma_3 for the turns of
-    q and k forward and of dq and dk back."""
-    used = s if chunk is None else chunk
-    bt = max(HEBB_CHUNK, used)
-    n = math.ceil(s / min(HEBB_CHUNK, used)) if s else 1
-    pad = (-s) % bt
-    ld = np.pad(np.abs(log_decay.astype(np.float64)), [(0, 0)] * (log_decay.ndim - 1) + [(0, pad)])
-    lam = float(ld.reshape(*ld.shape[:-1], -1, bt).sum(-1).max()) if ld.size else 0.0
-    eps_g = B.gamma(2 * max(2 * dk, 2 * dv) + bt + 2 * n * (bt + 5) + 10) + (n + 1) * 2 * B.gamma(bt) * lam \
-        + 8 * B.gamma(3)
-    return eps_g, eps_g + B.gamma(2 * dk + s + 2)
+def _retention_grad_eps(s: int, dk: int, dv: int, chunk: int | None, log_decay: np.ndarray) -> tuple[float, float, int]:
+    """(eps_g, eps_l, N): the Hebbian gradient counts for the real form's 2 d_k and 2 d_v, plus 8 gamma_3 for the turns
+    of q and k forward and of dq and dk back."""
+    _, eps_g, eps_l, n = B.hebbian_eps(s, 2 * dk, 2 * dv, chunk, log_decay)
+    return eps_g + 8 * B.gamma(3), eps_l + 8 * B.gamma(3), n
 
 
 @st.composite
@@ -509,15 +499,14 @@ def test_complex_retention_gradients(device, impl, case):
     want = torch.autograd.grad([o for o, _ in outs], ref, [torch.from_numpy(g.astype(np.float64)) for _, g in outs],
                                allow_unused=True)
     m_q, m_k, m_v, m_l = _retention_scales(q, k, v, log_decay, dy, dstate)
-    eps_g, eps_l = _retention_grad_eps(s, dk, dv, chunk, log_decay)
-    n = math.ceil(s / min(HEBB_CHUNK, s if chunk is None else chunk)) if s else 0
+    eps_g, eps_l, n = _retention_grad_eps(s, dk, dv, chunk, log_decay)
 
     def parts(a):
         return float((np.abs(a[0].astype(np.float64)) + np.abs(a[1].astype(np.float64))).sum(-1).max()) if a.size else 0.0
 
     big = (1 + parts(q)) * (1 + parts(k)) * (1 + float(np.abs(v.astype(np.float64)).max(initial=0.0))) \
         * (1 + max(parts(dy), 0.0 if dstate is None else parts(dstate)))
-    tau = 2 * (40 * max(dk, dv) * s + n + 16) * ETA * big * (1 + s)
+    tau = 2 * (40 * max(dk, dv) * s + n + 16) * B.ETA_NORMAL32 * big * (1 + s)
     ref_err = (16 * s + 8 * max(dk, dv) + 32) * 2.0**-53
     label = impl_label(device, impl)
     call = (f"muse.scan.complex_retention(q, k, v, log_decay, omega, output_final_state=True, chunk_size={chunk}) "

@@ -13,8 +13,6 @@ one bound covers eager, compiled and triton. Plus the float64 reference's own er
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from hypothesis import given
@@ -26,9 +24,6 @@ from verification import bounds as B
 from verification import strategies as vs
 from verification.checks import check_close
 from verification.harness import host, impl_label, run, run_grads, tensor
-
-HEBB_CHUNK = 16  # muse.kernels' Hebbian chunk
-ETA = 2.0**-126
 
 
 @st.composite
@@ -79,20 +74,6 @@ def _scales(q, k, v, log_decay, w0, dy, dw, eta):
     return m
 
 
-def _eps(s: int, dk: int, dv: int, chunk: int | None, log_decay: np.ndarray) -> tuple[float, float, float, int]:
-    """(eps_y, eps_g, eps_l, N) with BT and N the larger of the kernel's and the PyTorch form's."""
-    used = max(s, 1) if chunk is None else chunk
-    bt = max(HEBB_CHUNK, used)
-    n = max(1, math.ceil(s / min(HEBB_CHUNK, used)))
-    pad = (-s) % bt
-    ld = np.pad(np.abs(log_decay.astype(np.float64)), [(0, 0)] * (log_decay.ndim - 1) + [(0, pad)])
-    lam = float(ld.reshape(*ld.shape[:-1], -1, bt).sum(-1).max()) if ld.size else 0.0
-    dexp = (n + 1) * 2 * B.gamma(bt) * lam
-    eps_y = B.gamma(2 * dk + bt + n * (bt + 5) + 6) + dexp
-    eps_g = B.gamma(2 * max(dk, dv) + bt + 2 * n * (bt + 5) + 10) + dexp
-    return eps_y, eps_g, eps_g + B.gamma(dk + s + 2), n
-
-
 @given(case=hebbian_case())
 def test_hebbian_scan_and_gradients(device, impl, case):
     """y, W_S (float32) within 2 eps_y M; dq, dk, dv, dW_0 within 2 eps_g M; d log_decay within 2 eps_l M_l; each
@@ -107,12 +88,12 @@ def test_hebbian_scan_and_gradients(device, impl, case):
     got = run_grads(impl, _hebbian, args, grad_out)
     want = _float64(q, k, v, log_decay, w0, dy, dw, eta)
     m = _scales(q, k, v, log_decay, w0, dy, dw, eta)
-    eps_y, eps_g, eps_l, n = _eps(s, dk, dv, chunk, log_decay)
+    eps_y, eps_g, eps_l, n = B.hebbian_eps(s, dk, dv, chunk, log_decay)
 
     def big(a):
         return 1 + (float(np.abs(a.astype(np.float64)).sum(-1).max()) if a is not None and a.size else 0.0)
 
-    tau = 2 * (40 * max(dk, dv) * max(s, 1) + n + 16) * ETA * big(q) * big(k) * big(v) * big(w0) \
+    tau = 2 * (40 * max(dk, dv) * max(s, 1) + n + 16) * B.ETA_NORMAL32 * big(q) * big(k) * big(v) * big(w0) \
         * max(big(dy), big(dw)) * (1 + s)
     ref = (8 * s + 4 * max(dk, dv) + 16) * 2.0**-53
     label = impl_label(device, impl)

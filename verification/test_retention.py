@@ -33,17 +33,10 @@ from hypothesis import strategies as st
 
 from muse.init import zeta_zeros
 from muse.scan import complex_retention, complex_retention_sequential
+from verification import bounds as B
 from verification import strategies as vs
 from verification.checks import check_close
 from verification.harness import ct, impl_label, planes, run, tensor
-
-U = 2.0**-24
-ETA = 2.0**-126  # float32's smallest normal: the absolute error of one operation below it
-KERNEL_CHUNK = 16  # muse.kernels' Hebbian chunk
-
-
-def _gamma(n: float) -> float:
-    return n * U / (1 - n * U)
 
 
 def _phases(kind: str, dk: int, rng: np.random.Generator) -> np.ndarray:
@@ -89,27 +82,21 @@ def _abs_sums(q, k, v, log_decay):
 
 
 def _eps(s: int, dk: int, chunk: int | None, log_decay: np.ndarray) -> float:
-    used = s if chunk is None else chunk
-    bt = max(KERNEL_CHUNK, used)
-    n = math.ceil(s / min(KERNEL_CHUNK, used))
-    pad = (-s) % bt
-    ld = np.pad(np.abs(log_decay.astype(np.float64)), [(0, 0)] * (log_decay.ndim - 1) + [(0, pad)])
-    lam = float(ld.reshape(*ld.shape[:-1], -1, bt).sum(-1).max()) if ld.size else 0.0
-    eps_y = _gamma(2 * (2 * dk) + bt + n * (bt + 5) + 6) + (n + 1) * 2 * _gamma(bt) * lam
-    return eps_y + 4 * _gamma(3)
+    """eps_y of the Hebbian scan for the real form's 2 d_k, plus 4 gamma_3 for the turns."""
+    return B.hebbian_eps(s, 2 * dk, 1, chunk, log_decay)[0] + 4 * B.gamma(3)
 
 
 def _underflow(q, k, v, chunk: int | None) -> tuple[float, float]:
     """tau for y and for the state (module docstring)."""
     s, dk = q.shape[-2], q.shape[-1]
-    n = math.ceil(s / min(KERNEL_CHUNK, s if chunk is None else chunk)) if s else 0
+    n = math.ceil(s / min(B.HEBB_CHUNK, s if chunk is None else chunk)) if s else 0
 
     def parts(a):
         return float((np.abs(a[0].astype(np.float64)) + np.abs(a[1].astype(np.float64))).sum(-1).max()) if a.size else 0.0
 
     big_k = parts(k)
     big_v = float(np.abs(v.astype(np.float64)).max()) if v.size else 0.0
-    tau_w = (40 * dk * s + n + 16) * ETA * (1 + big_k) * (1 + big_v)
+    tau_w = (40 * dk * s + n + 16) * B.ETA_NORMAL32 * (1 + big_k) * (1 + big_v)
     return tau_w * (1 + parts(q)), tau_w
 
 
