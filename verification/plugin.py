@@ -122,6 +122,12 @@ def pin_worker_gpu(environ=os.environ, gpu_count: int | None = None) -> str | No
 
 
 _OUTCOMES: list[dict] = []  # test outcomes seen by this (controller) process
+_COLLECTED: set[str] = set()  # node ids selected to run (after -k), as the controller learns them
+
+
+def _records_here() -> bool:
+    """True in the process that writes outcomes.json: the controller of a run with a record directory."""
+    return bool(os.environ.get(RECORD_DIR_ENV)) and not os.environ.get("PYTEST_XDIST_WORKER")
 
 
 # ---------------------------------------------------------------------- hooks
@@ -195,9 +201,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The tests selected to run, without xdist (under xdist the controller collects nothing)."""
+    if _records_here():
+        _COLLECTED.update(item.nodeid for item in session.items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """The tests a worker selected (xdist): with the outcomes, what an interrupted run left unfinished."""
+    if _records_here():
+        _COLLECTED.update(ids)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Collect outcomes in the controller (xdist forwards worker reports to it)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not os.environ.get(RECORD_DIR_ENV):
+    if not _records_here():
         return
     if report.when != "call" and not (report.failed or report.skipped):
         return
@@ -240,7 +259,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         path = Path(directory) / "outcomes.json"
         from muse._io import write_json  # lazily: torch loads only after GPU pinning
 
-        write_json(path, {"exitstatus": int(exitstatus), "tests": _OUTCOMES}, indent=1)
+        write_json(path, {"exitstatus": int(exitstatus), "tests": _OUTCOMES, "collected": sorted(_COLLECTED)},
+                   indent=1)
 
 
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "PROFILE_ENV", "count_gpus", "examples", "gpu_for_worker",

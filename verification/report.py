@@ -97,6 +97,7 @@ def load_records(record_dir: str | Path) -> dict:
             props[key] = _merge_property(props[key], entry) if key in props else entry
     outcomes_path = record_dir / "outcomes.json"
     outcomes = json.loads(outcomes_path.read_text()) if outcomes_path.exists() else {"exitstatus": None, "tests": []}
+    outcomes.setdefault("collected", [])
     ran = {t.get("worker", "main") for t in outcomes["tests"]}
     return {"ops": [ops[k] for k in sorted(ops)], "properties": [props[k] for k in sorted(props)],
             "environments": environments, "outcomes": outcomes, "missing_workers": sorted(ran - workers)}
@@ -121,11 +122,24 @@ def build_report(record_dir: str | Path, meta: dict | None = None) -> dict:
         counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
     failures = [t for t in tests if t["outcome"] in ("failed", "xpassed")]
     exitstatus = data["outcomes"]["exitstatus"]
+    if exitstatus is None and meta and meta.get("pytest_exit") is not None:
+        exitstatus = meta["pytest_exit"]  # the suite never wrote its outcomes (killed): its own exit status
+    interrupted = exitstatus == 2 or bool(meta and meta.get("timed_out"))
     missing = data["missing_workers"]  # a worker whose records never arrived: its measurements are lost
-    passed = all(r["passed"] for r in rows) and not failures and exitstatus in (0, None) and not missing
+    finished = {t["nodeid"] for t in tests}
+    unfinished = [n for n in data["outcomes"]["collected"] if n not in finished]  # e.g. stopped by --time-limit
+    passed = (all(r["passed"] for r in rows) and not failures and exitstatus in (0, None) and not missing
+              and not unfinished)
+    failed = (not all(r["passed"] for r in rows)) or bool(failures) or bool(missing)
+    if passed:
+        verdict = "PASS"
+    elif not failed and (unfinished or interrupted):  # nothing failed, but not everything ran
+        verdict = "INCOMPLETE"
+    else:
+        verdict = "FAIL"
     props = [{**p, "passed": p["failed"] == 0} for p in data["properties"]]
-    return {"meta": meta or {}, "passed": passed, "ops": rows, "properties": props,
-            "missing_workers": missing,
+    return {"meta": meta or {}, "passed": passed, "verdict": verdict, "ops": rows, "properties": props,
+            "missing_workers": missing, "unfinished": unfinished,
             "tests": {"counts": counts, "exitstatus": exitstatus, "failures": failures,
                       "xfailed": [t for t in tests if t["outcome"] == "xfailed"]},
             "environments": data["environments"], "ulp_edges": ULP_EDGES.tolist(),
@@ -144,10 +158,22 @@ def _fmt(v, digits: int = 6) -> str:
 def render_markdown(report: dict) -> str:
     """The Markdown summary: verdict, per-op table, properties, failures."""
     meta = report["meta"]
-    lines = [f"# MUSE numerics report: {'PASS' if report['passed'] else 'FAIL'}", ""]
+    verdict = report.get("verdict", "PASS" if report["passed"] else "FAIL")
+    lines = [f"# MUSE numerics report: {verdict}", ""]
     if report.get("missing_workers"):
         lines += [f"**Records missing from workers {report['missing_workers']}: their measurements are not in "
                   "this report.**", ""]
+    unfinished = report.get("unfinished", [])
+    if unfinished or verdict == "INCOMPLETE":
+        limit = meta.get("time_limit_s")
+        why = f" (stopped at the time limit, {limit:g} s)" if meta.get("timed_out") and limit else ""
+        head = (f"{len(unfinished)} selected test(s) did not finish{why}" if unfinished else
+                f"the suite stopped{why} before it wrote its outcomes, so which tests finished is unknown")
+        lines += [f"**{head}; the rows below hold only what was checked before the stop:**", ""]
+        lines += [f"- {n}" for n in unfinished[:40]]
+        if len(unfinished) > 40:
+            lines.append(f"- … and {len(unfinished) - 40} more")
+        lines.append("")
     for k in ("date", "profile", "devices", "git", "torch", "cpu_capability", "cuda_devices", "duration_s"):
         if k in meta:
             lines.append(f"- {k}: {meta[k]}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,8 +24,11 @@ EPILOG = """examples:
   muse verify --device cpu -n 2 -k "matmul or layer_norm"
 
 The report (report.json, report.md, errors.png) lands in --out; the exit status is
-non-zero when any test fails or any op exceeds its bound.
+1 when any test fails or any op exceeds its bound, 2 when the run was stopped
+(--time-limit, Ctrl-C) before every selected test finished and nothing failed.
 """
+
+GRACE_S = 60.0  # after the stop signal, how long the suite may take to write its records before it is killed
 
 
 def register(subparsers) -> None:
@@ -39,6 +45,9 @@ def register(subparsers) -> None:
     run_group.add_argument("-n", "--workers", default="auto",
                            help="pytest-xdist workers: 'auto', or a count (0 = no xdist)")
     run_group.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select tests")
+    run_group.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                           help="stop the suite after SECONDS and report what finished; the verdict is then "
+                                "INCOMPLETE (exit 2) unless something failed")
     out_group = p.add_argument_group("output")
     out_group.add_argument("--out", type=Path, default=None,
                            help="report directory (default runs/verify-<timestamp>)")
@@ -121,6 +130,66 @@ def _environment(devices: list[str]) -> dict:
     return env
 
 
+def parse_time_limit(value) -> float | None:
+    """None, or a positive finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"time_limit must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def run_suite(cmd: list[str], cwd: Path, env: dict, log_path: Path, time_limit: float | None) -> tuple[int, bool]:
+    """Run the pytest command, echoing and logging its output; at ``time_limit`` seconds send SIGINT to its
+    process group (the xdist workers too, so each writes the records it has), SIGKILL after ``GRACE_S`` more.
+    Ctrl-C and SIGTERM are passed on as SIGINT. Returns (exit status, whether the limit stopped it)."""
+    stopped = threading.Event()
+
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop() -> None:
+        stopped.set()
+        signal_group(signal.SIGINT)
+        killer = threading.Timer(GRACE_S, signal_group, (signal.SIGKILL,))
+        killer.daemon = True
+        killer.start()
+
+    with open(log_path, "w") as log:
+        # its own process group, so one signal reaches every worker; Ctrl-C here is passed on below
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        timer = threading.Timer(time_limit, stop) if time_limit else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        # SIGTERM (e.g. from timeout(1)) stops the suite as Ctrl-C does, so the report is still written
+        old_term = (signal.signal(signal.SIGTERM, lambda *_: signal_group(signal.SIGINT))
+                    if threading.current_thread() is threading.main_thread() else None)
+        try:
+            while True:
+                try:
+                    for line in proc.stdout:
+                        sys.stdout.write(line)
+                        log.write(line)
+                        log.flush()
+                    break
+                except KeyboardInterrupt:
+                    signal_group(signal.SIGINT)
+            rc = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+    return rc, stopped.is_set()
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -128,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     from verification.record import RECORD_DIR_ENV
     from verification.report import build_report, render_markdown, write_report
 
+    time_limit = parse_time_limit(getattr(args, "time_limit", None))
     devices = resolve_devices(args.device, torch.cuda.is_available())
     cmd = pytest_command(args.profile, args.device, args.workers, args.keyword)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -143,22 +213,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"muse verify: profile={args.profile} devices={','.join(devices)} workers={args.workers} -> {out}")
     print(" ".join(cmd), flush=True)
     start = time.time()
-    with open(out / "pytest.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-            log.flush()
-        rc = proc.wait()
+    rc, timed_out = run_suite(cmd, root, env, out / "pytest.log", time_limit)
     meta = {"date": dt.datetime.now().isoformat(timespec="seconds"), "profile": args.profile,
             "devices": devices, "workers": args.workers, "keyword": args.keyword, "git": _git_hash(root),
             "command": " ".join(cmd), "pytest_exit": rc, "duration_s": round(time.time() - start, 1),
-            **_environment(devices)}
+            "time_limit_s": time_limit, "timed_out": timed_out, **_environment(devices)}
     report = build_report(records, meta)
     paths = write_report(report, out)
     print()
     print(render_markdown(report))
     print(f"report: {paths['markdown']}  {paths['json']}  {paths['png']}")
+    if report["verdict"] == "INCOMPLETE":
+        return 2
     if rc not in (0, 1):
         return rc
     return 0 if report["passed"] and rc == 0 else 1

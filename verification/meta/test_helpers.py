@@ -21,7 +21,7 @@ from verification import reference as R
 from verification import strategies as vs
 from verification.checks import check_ulps, cplx
 from verification.plugin import PROFILES, gpu_for_worker, pin_worker_gpu
-from verification.record import Store
+from verification.record import Store, worker_id
 from verification.report import build_report, render_markdown, write_report
 from verification.ulp import F16, F32, ulp, ulp_distance, ulp_error, ulp_of_exact
 
@@ -251,6 +251,63 @@ def test_report_from_synthetic_records(tmp_path):
     md = render_markdown(report)
     assert "| matmul | cpu |" in md and "**NO**" in md and "FAIL" in md
     assert json.loads(paths["json"].read_text())["tests"]["counts"] == {"failed": 1}
+
+
+def _outcomes(tmp_path, exitstatus, finished, collected):
+    records = tmp_path / "records"
+    Store().flush(records)  # this worker's (empty) records
+    if exitstatus is not None:
+        (records / "outcomes.json").write_text(json.dumps({"exitstatus": exitstatus, "collected": collected, "tests": [
+            {"nodeid": n, "when": "call", "outcome": o, "duration": 0.1, "message": "", "worker": worker_id()}
+            for n, o in finished]}))
+    return records
+
+
+@pytest.mark.parametrize(("exitstatus", "finished", "meta", "verdict"), [
+    (0, [("t::a", "passed"), ("t::b", "passed")], {}, "PASS"),
+    (2, [("t::a", "passed")], {}, "INCOMPLETE"),  # t::b never finished: stopped, nothing failed
+    (2, [("t::a", "failed")], {}, "FAIL"),  # a failure outranks the stop
+    (0, [("t::a", "passed")], {}, "INCOMPLETE"),  # collected but never reported
+    (None, [], {"pytest_exit": -9}, "FAIL"),  # killed before writing its outcomes, no limit asked for
+    (None, [], {"pytest_exit": -9, "timed_out": True, "time_limit_s": 5.0}, "INCOMPLETE"),
+])
+def test_report_verdict_of_a_stopped_run(tmp_path, exitstatus, finished, meta, verdict):
+    """A run stopped before every selected test finished is never a PASS; it is INCOMPLETE unless something failed."""
+    report = build_report(_outcomes(tmp_path, exitstatus, finished, ["t::a", "t::b"]), meta)
+    assert report["verdict"] == verdict and report["passed"] == (verdict == "PASS")
+    md = render_markdown(report)
+    assert md.startswith(f"# MUSE numerics report: {verdict}")
+    if verdict == "INCOMPLETE":
+        assert "did not finish" in md or "which tests finished is unknown" in md
+
+
+def test_cli_time_limit_argument():
+    assert cli.parse_time_limit(None) is None and cli.parse_time_limit(30) == 30.0
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="time_limit"):
+            cli.parse_time_limit(bad)
+    for bad in ("30", True):
+        with pytest.raises(TypeError, match="time_limit"):
+            cli.parse_time_limit(bad)
+    res = subprocess.run([sys.executable, "-m", "muse", "verify", "--time-limit", "-3"], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert res.returncode == 2 and "time_limit must be a positive number" in res.stderr, res.stderr[-2000:]
+
+
+def test_muse_verify_stops_at_its_time_limit(tmp_path):
+    """--time-limit stops the workers mid-test, keeps what they checked and reports the rest as unfinished
+    (exit 2, INCOMPLETE), well within the grace period."""
+    out = tmp_path / "report"
+    slow = "test_linear_gradients and triton"  # the Triton interpreter: seconds an example, minutes in all
+    res = subprocess.run([sys.executable, "-m", "muse", "verify", "--device", "cpu", "-n", "2", "-k", slow,
+                          "--time-limit", "12", "--out", str(out)],
+                         capture_output=True, text=True, timeout=12 + cli.GRACE_S + 60, check=False)
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "INCOMPLETE" and not report["passed"] and not report["missing_workers"]
+    assert report["unfinished"] == ["verification/test_grads.py::test_linear_gradients[triton-cpu]"]
+    assert report["meta"]["timed_out"] and report["meta"]["duration_s"] < 12 + cli.GRACE_S
+    assert "did not finish (stopped at the time limit, 12 s)" in (out / "report.md").read_text()
 
 
 def test_cli_argument_helpers():
