@@ -1513,6 +1513,20 @@ s42a)
   grep -h "grad\|FAIL" "$OUT"/verify-grads/report.md 2>/dev/null | cut -c1-160 | head -24
   pack
   ;;
+s43a)
+  step "compiled retention and Hebbian gradients on CUDA, resumable: the inductor and Triton caches live in .devcache (gitignored); carry it back in (carry: [\".devcache\"]) and the next call recompiles nothing it already compiled (Hypothesis' ci profile is derandomized)"
+  export TORCHINDUCTOR_CACHE_DIR="$PWD/.devcache/inductor" TRITON_CACHE_DIR="$PWD/.devcache/triton"
+  du -sh .devcache 2>/dev/null || echo "no .devcache carried: a cold start"
+  MUSE_VERIFY_IMPL=compiled python3 -m muse verify --profile ci --device cuda -n 3 --time-limit "${LIMIT:-500}" \
+    -k "compiled and (test_complex_retention_gradients or test_hebbian)" --out "$OUT/verify-grads-compiled" 2>&1 \
+    | grep "numerics report\|passed\|failed" | tail -4
+  grep -h "INCOMPLETE\|did not finish\|^- verification\|^| complex_retention\|^| hebbian" "$OUT"/verify-grads-compiled/report.md 2>/dev/null | cut -c1-160 | head -24
+  # the caches back in parts of at most 15 MiB (the device returns at most 8 files of 16 MiB): restore with
+  #   mkdir -p .devcache && cat devcache.tgz.part-* | tar -xzf - -C .devcache
+  tar -czf - -C .devcache . | split -b 15M - "$FINAL_OUT/devcache.tgz.part-"
+  ls -la "$FINAL_OUT"
+  pack
+  ;;
 s42b)
   step "what s42a/the thirty-fifth session's second call left unfinished on CUDA: retention and Hebbian gradients compiled, BK and complex_diag eager"
   MUSE_VERIFY_IMPL=eager,compiled python3 -m muse verify --profile ci --device cuda -n 8 --time-limit 500 \
