@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 
 import mpmath
 import numpy as np
@@ -21,7 +23,7 @@ from verification import reference as R
 from verification import strategies as vs
 from verification.checks import check_ulps, cplx
 from verification.plugin import PROFILES, gpu_for_worker, pin_worker_gpu
-from verification.record import Store, worker_id
+from verification.record import Store, record_property, worker_id
 from verification.report import build_report, render_markdown, write_report
 from verification.ulp import F16, F32, ulp, ulp_distance, ulp_error, ulp_of_exact
 
@@ -294,20 +296,34 @@ def test_cli_time_limit_argument():
     assert res.returncode == 2 and "time_limit must be a positive number" in res.stderr, res.stderr[-2000:]
 
 
+STOP_PROBE_ENV = "MUSE_VERIFY_STOP_PROBE"
+
+
+def test_stop_probe_records_then_waits():
+    """The test that test_muse_verify_stops_at_its_time_limit stops: it records a property, then waits far longer
+    than that test's limit. Skipped unless $MUSE_VERIFY_STOP_PROBE is set."""
+    if not os.environ.get(STOP_PROBE_ENV):
+        pytest.skip(f"a probe for the --time-limit test (runs only with {STOP_PROBE_ENV}=1)")
+    record_property("stop_probe", "cpu", True, max_error_over_tol=0.0)
+    time.sleep(900)
+
+
 def test_muse_verify_stops_at_its_time_limit(tmp_path):
-    """--time-limit stops the workers mid-test, keeps what they checked and reports the rest as unfinished
-    (exit 2, INCOMPLETE), well within the grace period."""
+    """--time-limit stops the xdist worker mid-test, keeps what it recorded and reports the rest as unfinished
+    (exit 2, INCOMPLETE), within the grace period."""
     out = tmp_path / "report"
-    slow = "test_linear_gradients and triton"  # the Triton interpreter: seconds an example, minutes in all
-    res = subprocess.run([sys.executable, "-m", "muse", "verify", "--device", "cpu", "-n", "2", "-k", slow,
-                          "--time-limit", "12", "--out", str(out)],
-                         capture_output=True, text=True, timeout=12 + cli.GRACE_S + 60, check=False)
+    limit = 30  # well past the worker's start and collection on a loaded 2-core machine
+    res = subprocess.run([sys.executable, "-m", "muse", "verify", "--device", "cpu", "-n", "1", "-k",
+                          "test_stop_probe_records_then_waits", "--time-limit", str(limit), "--out", str(out)],
+                         capture_output=True, text=True, timeout=limit + cli.GRACE_S + 120, check=False,
+                         env={**os.environ, STOP_PROBE_ENV: "1"})
     assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] == "INCOMPLETE" and not report["passed"] and not report["missing_workers"]
-    assert report["unfinished"] == ["verification/test_grads.py::test_linear_gradients[triton-cpu]"]
-    assert report["meta"]["timed_out"] and report["meta"]["duration_s"] < 12 + cli.GRACE_S
-    assert "did not finish (stopped at the time limit, 12 s)" in (out / "report.md").read_text()
+    assert report["unfinished"] == ["verification/meta/test_helpers.py::test_stop_probe_records_then_waits"]
+    assert [p["name"] for p in report["properties"]] == ["stop_probe"]  # the stopped worker's records arrived
+    assert report["meta"]["timed_out"] and report["meta"]["duration_s"] < limit + cli.GRACE_S
+    assert f"did not finish (stopped at the time limit, {limit} s)" in (out / "report.md").read_text()
 
 
 def test_cli_argument_helpers():
