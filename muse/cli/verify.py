@@ -144,7 +144,7 @@ def parse_time_limit(value) -> float | None:
 def run_suite(cmd: list[str], cwd: Path, env: dict, log_path: Path, time_limit: float | None) -> tuple[int, bool]:
     """Run the pytest command, echoing and logging its output; at ``time_limit`` seconds send SIGINT to its
     process group (the xdist workers too, so each writes the records it has), SIGKILL after ``GRACE_S`` more.
-    Ctrl-C and SIGTERM are passed on as SIGINT. Returns (exit status, whether the limit stopped it)."""
+    Ctrl-C, SIGTERM and SIGHUP are passed on as SIGINT. Returns (exit status, whether the limit stopped it)."""
     stopped = threading.Event()
 
     def signal_group(sig: int) -> None:
@@ -168,9 +168,10 @@ def run_suite(cmd: list[str], cwd: Path, env: dict, log_path: Path, time_limit: 
         if timer:
             timer.daemon = True
             timer.start()
-        # SIGTERM (e.g. from timeout(1)) stops the suite as Ctrl-C does, so the report is still written
-        old_term = (signal.signal(signal.SIGTERM, lambda *_: signal_group(signal.SIGINT))
-                    if threading.current_thread() is threading.main_thread() else None)
+        # SIGTERM (e.g. from timeout(1)) and SIGHUP stop the suite as Ctrl-C does, so the report is still written
+        passed_on = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        old_handlers = ({sig: signal.signal(sig, lambda *_: signal_group(signal.SIGINT)) for sig in passed_on}
+                        if threading.current_thread() is threading.main_thread() else {})
         try:
             while True:
                 try:
@@ -185,8 +186,8 @@ def run_suite(cmd: list[str], cwd: Path, env: dict, log_path: Path, time_limit: 
         finally:
             if timer:
                 timer.cancel()
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
     return rc, stopped.is_set()
 
 

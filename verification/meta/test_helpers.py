@@ -7,9 +7,11 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mpmath
 import numpy as np
@@ -300,30 +302,58 @@ STOP_PROBE_ENV = "MUSE_VERIFY_STOP_PROBE"
 
 
 def test_stop_probe_records_then_waits():
-    """The test that test_muse_verify_stops_at_its_time_limit stops: it records a property, then waits far longer
-    than that test's limit. Skipped unless $MUSE_VERIFY_STOP_PROBE is set."""
-    if not os.environ.get(STOP_PROBE_ENV):
-        pytest.skip(f"a probe for the --time-limit test (runs only with {STOP_PROBE_ENV}=1)")
+    """The test the stop tests below interrupt: it records a property, writes the file $MUSE_VERIFY_STOP_PROBE names
+    (so they know it is running), then waits far longer than they do. Skipped unless that variable is set."""
+    marker = os.environ.get(STOP_PROBE_ENV)
+    if not marker:
+        pytest.skip(f"a probe for the stop tests (runs only with {STOP_PROBE_ENV} set)")
     record_property("stop_probe", "cpu", True, max_error_over_tol=0.0)
+    Path(marker).write_text("running")
     time.sleep(900)
+
+
+def _verify_stop_probe(out, marker, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "muse", "verify", "--device", "cpu", "-n", "1", "-k",
+                             "test_stop_probe_records_then_waits", "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, STOP_PROBE_ENV: str(marker)})
+
+
+def _assert_stopped_report(out):
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "INCOMPLETE" and not report["passed"] and not report["missing_workers"]
+    assert report["unfinished"] == ["verification/meta/test_helpers.py::test_stop_probe_records_then_waits"]
+    assert [p["name"] for p in report["properties"]] == ["stop_probe"]  # the stopped worker's records arrived
+    return report
 
 
 def test_muse_verify_stops_at_its_time_limit(tmp_path):
     """--time-limit stops the xdist worker mid-test, keeps what it recorded and reports the rest as unfinished
     (exit 2, INCOMPLETE), within the grace period."""
-    out = tmp_path / "report"
-    limit = 30  # well past the worker's start and collection on a loaded 2-core machine
-    res = subprocess.run([sys.executable, "-m", "muse", "verify", "--device", "cpu", "-n", "1", "-k",
-                          "test_stop_probe_records_then_waits", "--time-limit", str(limit), "--out", str(out)],
-                         capture_output=True, text=True, timeout=limit + cli.GRACE_S + 120, check=False,
-                         env={**os.environ, STOP_PROBE_ENV: "1"})
-    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["verdict"] == "INCOMPLETE" and not report["passed"] and not report["missing_workers"]
-    assert report["unfinished"] == ["verification/meta/test_helpers.py::test_stop_probe_records_then_waits"]
-    assert [p["name"] for p in report["properties"]] == ["stop_probe"]  # the stopped worker's records arrived
+    out, limit = tmp_path / "report", 30  # the limit: well past the worker's start on a loaded 2-core machine
+    proc = _verify_stop_probe(out, tmp_path / "started", "--time-limit", str(limit))
+    log, _ = proc.communicate(timeout=limit + cli.GRACE_S + 120)
+    assert proc.returncode == 2 and (tmp_path / "started").exists(), log[-3000:]
+    report = _assert_stopped_report(out)
     assert report["meta"]["timed_out"] and report["meta"]["duration_s"] < limit + cli.GRACE_S
     assert f"did not finish (stopped at the time limit, {limit} s)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_muse_verify_passes_a_stop_signal_on(tmp_path, sig):
+    """SIGTERM (timeout(1)) and SIGINT (Ctrl-C) sent to muse verify stop its suite, which runs in a process group of
+    its own, and the report is still written: INCOMPLETE, exit 2, not a report lost with the run."""
+    out, marker = tmp_path / "report", tmp_path / "started"
+    proc = _verify_stop_probe(out, marker)
+    deadline = time.monotonic() + 180
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the probe never started"
+    proc.send_signal(getattr(signal, sig))
+    log, _ = proc.communicate(timeout=cli.GRACE_S + 60)
+    assert proc.returncode == 2, log[-3000:]
+    report = _assert_stopped_report(out)
+    assert not report["meta"]["timed_out"]
 
 
 def test_cli_argument_helpers():
