@@ -146,18 +146,19 @@ def run_suite(cmd: list[str], cwd: Path, env: dict, log_path: Path, time_limit: 
     process group (the xdist workers too, so each writes the records it has), SIGKILL after ``GRACE_S`` more.
     Ctrl-C, SIGTERM and SIGHUP are passed on as SIGINT. Returns (exit status, whether the limit stopped it)."""
     stopped = threading.Event()
+    killer = threading.Timer(GRACE_S, lambda: signal_group(signal.SIGKILL))
+    killer.daemon = True
 
     def signal_group(sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        if proc.returncode is None:  # never a reaped group: its id may belong to another process by now
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def stop() -> None:
         stopped.set()
         signal_group(signal.SIGINT)
-        killer = threading.Timer(GRACE_S, signal_group, (signal.SIGKILL,))
-        killer.daemon = True
         killer.start()
 
     with open(log_path, "w") as log:
@@ -186,6 +187,7 @@ def run_suite(cmd: list[str], cwd: Path, env: dict, log_path: Path, time_limit: 
         finally:
             if timer:
                 timer.cancel()
+            killer.cancel()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
     return rc, stopped.is_set()
