@@ -1523,6 +1523,8 @@ s43a)
   grep -h "INCOMPLETE\|did not finish\|^- verification\|^| complex_retention\|^| hebbian" "$OUT"/verify-grads-compiled/report.md 2>/dev/null | cut -c1-160 | head -24
   # the caches back in parts of at most 15 MiB (the device returns at most 8 files of 16 MiB): restore with
   #   mkdir -p .devcache && cat devcache.tgz.part-* | tar -xzf - -C .devcache
+  # (on the CPU a complete run's caches made a rerun 5.4x faster, a stopped run's barely helped: docs/results.md,
+  # thirty-sixth session, item 9)
   tar -czf - -C .devcache . | split -b 15M - "$FINAL_OUT/devcache.tgz.part-"
   ls -la "$FINAL_OUT"
   pack
