@@ -1514,7 +1514,7 @@ s42a)
   pack
   ;;
 s43a)
-  step "compiled retention and Hebbian gradients on CUDA, resumable: the inductor and Triton caches live in .devcache (gitignored); carry it back in (carry: [\".devcache\"]) and the next call recompiles nothing it already compiled (Hypothesis' ci profile is derandomized)"
+  step "compiled retention and Hebbian gradients on CUDA, alone, the report kept at the time limit; the inductor and Triton caches live in .devcache (gitignored) and come back, for a rerun on a warm machine or carried in (carry: [\".devcache\"]; only a complete run's caches were found to help, docs/results.md thirty-sixth session item 9)"
   export TORCHINDUCTOR_CACHE_DIR="$PWD/.devcache/inductor" TRITON_CACHE_DIR="$PWD/.devcache/triton"
   du -sh .devcache 2>/dev/null || echo "no .devcache carried: a cold start"
   MUSE_VERIFY_IMPL=compiled python3 -m muse verify --profile ci --device cuda -n 3 --time-limit "${LIMIT:-500}" \
