@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -155,10 +157,20 @@ def interpret_without_gpu(environ=os.environ, gpu_count: int | None = None) -> b
     return True
 
 
+def hear_stop_signal() -> None:
+    """Under ``muse verify``, make SIGINT raise KeyboardInterrupt even where this process started with it ignored
+    (a shell starts background jobs so), since SIGINT is how ``muse verify`` stops the suite and has each worker
+    write what it checked. Workers started from here then inherit the default and install the same handler."""
+    if (os.environ.get(RECORD_DIR_ENV) and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     pin_worker_gpu()
     interpret_without_gpu()
+    hear_stop_signal()
     if not config.getoption("hypothesis_profile", default=None):
         settings.load_profile(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
@@ -263,5 +275,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                    indent=1)
 
 
-__all__ = ["DEFAULT_PROFILE", "PROFILES", "PROFILE_ENV", "count_gpus", "examples", "gpu_for_worker",
+__all__ = ["DEFAULT_PROFILE", "PROFILES", "PROFILE_ENV", "count_gpus", "examples", "gpu_for_worker", "hear_stop_signal",
            "interpret_without_gpu", "pin_worker_gpu", "profile_name", "register_profiles", "selected_devices"]

@@ -1,15 +1,18 @@
 """Measurement records: every check reports here; ``muse verify`` turns them into the report.
 
 Records are aggregated in memory per (op, device) inside each pytest process and
-written at session end to ``$MUSE_VERIFY_RECORD_DIR/<worker>.json`` (one file per
-xdist worker).  Without the environment variable nothing is written, so a plain
-``pytest verification`` works the same, only without a report.
+written to ``$MUSE_VERIFY_RECORD_DIR/<worker>.json`` (one file per xdist worker) at session
+end and, while the session runs, at most every ``FLUSH_EVERY_S`` seconds after a new record,
+so a worker killed mid-test (a stop that a long compile outlasts) still leaves what it checked.
+Without the environment variable nothing is written, so a plain ``pytest verification`` works
+the same, only without a report.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ RECORD_DIR_ENV = "MUSE_VERIFY_RECORD_DIR"
 ULP_EDGES = np.concatenate([[0.0], 2.0 ** np.arange(-20, 21)])
 # Histogram of error / bound: 20 bins on [0, 1], then (1, inf] (failures).
 RATIO_EDGES = np.linspace(0.0, 1.0, 21)
+FLUSH_EVERY_S = 5.0  # while a session runs, how often at most a worker rewrites its record file
 
 
 def worker_id() -> str:
@@ -48,6 +52,7 @@ class Store:
         self.ops: dict[tuple[str, str], dict] = {}
         self.properties: dict[tuple[str, str], dict] = {}
         self.environment: dict[str, str] = {}
+        self._flushed_at = time.monotonic()
 
     def add_measurement(self, op: str, device: str, err: np.ndarray, bound: np.ndarray,
                         constant_bound: float | None, worst: dict | None) -> None:
@@ -80,6 +85,7 @@ class Store:
         test = current_test()
         if test and test not in entry["tests"]:
             entry["tests"].append(test)
+        self._flush_now_and_then()
 
     def add_property(self, name: str, device: str, passed: bool, **metrics) -> None:
         """Record a non-ULP property (gradients, finiteness, stability, zeta): pass/fail and metrics."""
@@ -99,6 +105,12 @@ class Store:
         test = current_test()
         if test and test not in entry["tests"]:
             entry["tests"].append(test)
+        self._flush_now_and_then()
+
+    def _flush_now_and_then(self) -> None:
+        """Flush when ``FLUSH_EVERY_S`` has passed since the last write (only with a record directory)."""
+        if time.monotonic() - self._flushed_at >= FLUSH_EVERY_S:
+            self.flush()
 
     def to_json(self) -> dict:
         return {"worker": worker_id(), "ops": list(self.ops.values()),
@@ -112,7 +124,10 @@ class Store:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         out = path / f"{worker_id()}.json"
-        out.write_text(json.dumps(_plain(self.to_json()), indent=1))
+        part = out.with_name(out.name + ".part")  # written whole, then renamed: a kill never leaves half a file
+        part.write_text(json.dumps(_plain(self.to_json()), indent=1))
+        os.replace(part, out)
+        self._flushed_at = time.monotonic()
         return out
 
 
@@ -141,5 +156,5 @@ def record_property(name: str, device: str, passed: bool, **metrics) -> None:
     STORE.add_property(name, device, passed, **metrics)
 
 
-__all__ = ["RATIO_EDGES", "RECORD_DIR_ENV", "STORE", "Store", "ULP_EDGES", "histogram", "record_property",
+__all__ = ["FLUSH_EVERY_S", "RATIO_EDGES", "RECORD_DIR_ENV", "STORE", "Store", "ULP_EDGES", "histogram", "record_property",
            "worker_id"]

@@ -188,6 +188,27 @@ def test_checker_passes_the_correct_rounding_and_records():
     assert entry["bad"] == 0 and entry["max_ulp"] <= 0.5 and entry["cases"] == 2 * a.shape[1]
 
 
+def test_records_reach_disk_while_the_session_runs(tmp_path, monkeypatch):
+    """With a record directory, a worker rewrites its record file at most every FLUSH_EVERY_S seconds as records
+    arrive (whole files only), so a worker killed mid-test leaves what it checked; without one nothing is written."""
+    from verification import record
+
+    monkeypatch.setenv(record.RECORD_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(record, "FLUSH_EVERY_S", 3600.0)
+    store = Store()
+    store.add_property("probe", "cpu", True, max_error_over_tol=0.25)
+    assert not list(tmp_path.iterdir())  # within the interval: nothing yet
+    monkeypatch.setattr(record, "FLUSH_EVERY_S", 0.0)
+    store.add_property("probe", "cpu", True, max_error_over_tol=0.5)
+    written = json.loads((tmp_path / f"{worker_id()}.json").read_text())
+    assert [(p["name"], p["checks"], p["metrics"]["max_error_over_tol"]) for p in written["properties"]] == [
+        ("probe", 2, 0.5)]
+    assert sorted(x.name for x in tmp_path.iterdir()) == [f"{worker_id()}.json"]  # no half-written file left
+    monkeypatch.delenv(record.RECORD_DIR_ENV)
+    Store().add_property("elsewhere", "cpu", True)
+    assert sorted(x.name for x in tmp_path.iterdir()) == [f"{worker_id()}.json"]
+
+
 # ---------------------------------------------------------------- bounds & profiles
 def test_bounds_match_the_documented_constants():
     assert B.ulp_bound("add") == 0.5
@@ -312,11 +333,17 @@ def test_stop_probe_records_then_waits():
     time.sleep(900)
 
 
-def _verify_stop_probe(out, marker, *extra) -> subprocess.Popen:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _verify_stop_probe(out, marker, *extra, sigint_ignored: bool = False) -> subprocess.Popen:
+    """muse verify running the stop probe; ``sigint_ignored`` starts it as a shell starts a background job."""
     return subprocess.Popen([sys.executable, "-m", "muse", "verify", "--device", "cpu", "-n", "1", "-k",
                              "test_stop_probe_records_then_waits", "--out", str(out), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, STOP_PROBE_ENV: str(marker)})
+                            env={**os.environ, STOP_PROBE_ENV: str(marker)},
+                            preexec_fn=_ignore_sigint if sigint_ignored else None)
 
 
 def _assert_stopped_report(out):
@@ -329,9 +356,11 @@ def _assert_stopped_report(out):
 
 def test_muse_verify_stops_at_its_time_limit(tmp_path):
     """--time-limit stops the xdist worker mid-test, keeps what it recorded and reports the rest as unfinished
-    (exit 2, INCOMPLETE), within the grace period."""
+    (exit 2, INCOMPLETE), within the grace period; also when muse verify starts with SIGINT ignored, as a shell
+    starts a background job (before the plugin restored the handler, such a worker ran on until killed and its
+    records were lost)."""
     out, limit = tmp_path / "report", 30  # the limit: well past the worker's start on a loaded 2-core machine
-    proc = _verify_stop_probe(out, tmp_path / "started", "--time-limit", str(limit))
+    proc = _verify_stop_probe(out, tmp_path / "started", "--time-limit", str(limit), sigint_ignored=True)
     log, _ = proc.communicate(timeout=limit + cli.GRACE_S + 120)
     assert proc.returncode == 2 and (tmp_path / "started").exists(), log[-3000:]
     report = _assert_stopped_report(out)
