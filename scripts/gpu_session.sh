@@ -1514,19 +1514,13 @@ s42a)
   pack
   ;;
 s43a)
-  step "compiled retention and Hebbian gradients on CUDA, alone, the report kept at the time limit; the inductor and Triton caches live in .devcache (gitignored) and come back, for a rerun on a warm machine or carried in (carry: [\".devcache\"]; a stopped run's caches let the next run go on faster, docs/results.md thirty-seventh session item 2)"
+  step "compiled gradients on CUDA alone (default: the Hebbian scan, the one left; SEL=\"<-k expression>\" for others), the report kept at the time limit; the inductor and Triton caches live in .devcache (gitignored), which stays on a warm machine, so a second call goes on faster (docs/results.md thirty-seventh session items 2 and 4; at about 0.5 GB they are too large to bring back or carry)"
   export TORCHINDUCTOR_CACHE_DIR="$PWD/.devcache/inductor" TRITON_CACHE_DIR="$PWD/.devcache/triton"
-  du -sh .devcache 2>/dev/null || echo "no .devcache carried: a cold start"
-  MUSE_VERIFY_IMPL=compiled python3 -m muse verify --profile ci --device cuda -n 3 --time-limit "${LIMIT:-500}" \
-    -k "compiled and (test_complex_retention_gradients or test_hebbian)" --out "$OUT/verify-grads-compiled" 2>&1 \
+  du -sh .devcache 2>/dev/null || echo "no .devcache here: a cold start"
+  MUSE_VERIFY_IMPL=compiled python3 -m muse verify --profile ci --device cuda -n 1 --time-limit "${LIMIT:-500}" \
+    -k "compiled and (${SEL:-test_hebbian})" --out "$OUT/verify-grads-compiled" 2>&1 \
     | grep "numerics report\|passed\|failed" | tail -4
   grep -h "INCOMPLETE\|did not finish\|^- verification\|^| complex_retention\|^| hebbian" "$OUT"/verify-grads-compiled/report.md 2>/dev/null | cut -c1-160 | head -24
-  # the caches back in parts of at most 15 MiB (the device returns at most 8 files of 16 MiB): restore with
-  #   mkdir -p .devcache && cat devcache.tgz.part-* | tar -xzf - -C .devcache
-  # (on the CPU a stopped run's caches let the next one check 28 examples where the cold one checked 13, and the
-  # third finish: docs/results.md, thirty-seventh session, item 2)
-  tar -czf - -C .devcache . | split -b 15M - "$FINAL_OUT/devcache.tgz.part-"
-  ls -la "$FINAL_OUT"
   pack
   ;;
 s42b)
