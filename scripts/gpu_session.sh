@@ -1516,11 +1516,15 @@ s42a)
 s43a)
   step "compiled gradients on CUDA alone (default: the Hebbian scan, the one left; SEL=\"<-k expression>\" for others), the report kept at the time limit; the inductor and Triton caches live in .devcache (gitignored), which stays on a warm machine, so a second call goes on faster (docs/results.md thirty-seventh session items 2 and 4; at about 0.5 GB they are too large to bring back or carry)"
   export TORCHINDUCTOR_CACHE_DIR="$PWD/.devcache/inductor" TRITON_CACHE_DIR="$PWD/.devcache/triton"
+  # Dynamo's local profile-guided dynamism (PGO) keeps which dims went dynamic in the cache directory; a second call
+  # then compiles dynamic graphs from the start, which the first call's caches do not hold. Off unless PGO=1.
+  export TORCH_DYNAMO_AUTOMATIC_DYNAMIC_LOCAL_PGO="${PGO:-0}"
   du -sh .devcache 2>/dev/null || echo "no .devcache here: a cold start"
   MUSE_VERIFY_IMPL=compiled python3 -m muse verify --profile ci --device cuda -n 1 --time-limit "${LIMIT:-500}" \
     -k "compiled and (${SEL:-test_hebbian})" --out "$OUT/verify-grads-compiled" 2>&1 \
     | grep "numerics report\|passed\|failed" | tail -4
   grep -h "INCOMPLETE\|did not finish\|^- verification\|^| complex_retention\|^| hebbian" "$OUT"/verify-grads-compiled/report.md 2>/dev/null | cut -c1-160 | head -24
+  ls .devcache/inductor/dynamo 2>/dev/null | head -3
   pack
   ;;
 s42b)
