@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,25 @@ def histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
     counts = np.bincount(np.clip(idx, 0, len(edges) - 1), minlength=len(edges))
     counts[-1] += int(np.sum(~np.isfinite(v)))
     return [int(c) for c in counts]
+
+
+# torch.compile's counters worth a report: graphs compiled, and hits and misses of the inductor FX graph cache and the
+# AOTAutograd cache (whether a run reused an earlier run's TORCHINDUCTOR_CACHE_DIR).
+COMPILE_COUNTERS = (("graphs", "stats", "unique_graphs"), ("fx_cache_hit", "inductor", "fxgraph_cache_hit"),
+                    ("fx_cache_miss", "inductor", "fxgraph_cache_miss"),
+                    ("fx_cache_bypass", "inductor", "fxgraph_cache_bypass"),
+                    ("aot_cache_hit", "aot_autograd", "autograd_cache_hit"),
+                    ("aot_cache_miss", "aot_autograd", "autograd_cache_miss"))
+
+
+def compile_counts() -> dict[str, int]:
+    """This process's torch.compile counters (``COMPILE_COUNTERS``; {} when torch.compile never ran): only read,
+    so a run that compiles nothing does not import dynamo for them."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return {}
+    counts = {name: int(utils.counters.get(group, {}).get(key, 0)) for name, group, key in COMPILE_COUNTERS}
+    return counts if any(counts.values()) else {}
 
 
 class Store:
@@ -114,7 +134,8 @@ class Store:
 
     def to_json(self) -> dict:
         return {"worker": worker_id(), "ops": list(self.ops.values()),
-                "properties": list(self.properties.values()), "environment": self.environment}
+                "properties": list(self.properties.values()), "environment": self.environment,
+                "compile": compile_counts()}
 
     def flush(self, directory: str | os.PathLike | None = None) -> Path | None:
         """Write this process's records to ``directory`` (default: $MUSE_VERIFY_RECORD_DIR)."""
@@ -156,5 +177,5 @@ def record_property(name: str, device: str, passed: bool, **metrics) -> None:
     STORE.add_property(name, device, passed, **metrics)
 
 
-__all__ = ["FLUSH_EVERY_S", "RATIO_EDGES", "RECORD_DIR_ENV", "STORE", "Store", "ULP_EDGES", "histogram", "record_property",
-           "worker_id"]
+__all__ = ["COMPILE_COUNTERS", "FLUSH_EVERY_S", "RATIO_EDGES", "RECORD_DIR_ENV", "STORE", "Store", "ULP_EDGES", "compile_counts", "histogram",
+           "record_property", "worker_id"]

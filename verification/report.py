@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from muse._io import atomic_write_text, write_report_json
-from verification.record import RATIO_EDGES, ULP_EDGES
+from verification.record import COMPILE_COUNTERS, RATIO_EDGES, ULP_EDGES
 
 BOUND_TEXT = {
     "add": "0.5 (correctly rounded)", "sub": "0.5 (correctly rounded)", "mul_real": "0.5",
@@ -81,7 +81,7 @@ def load_records(record_dir: str | Path) -> dict:
         raise ValueError(f"record directory {record_dir} does not exist")
     ops: dict[tuple[str, str], dict] = {}
     props: dict[tuple[str, str], dict] = {}
-    environments = []
+    environments, compiles = [], []
     workers = set()
     for path in sorted(record_dir.glob("*.json")):
         if path.name == "outcomes.json":
@@ -89,6 +89,8 @@ def load_records(record_dir: str | Path) -> dict:
         data = json.loads(path.read_text())
         workers.add(data.get("worker", path.stem))
         environments.append(data.get("environment", {}))
+        if data.get("compile"):
+            compiles.append({"worker": data.get("worker", path.stem), **data["compile"]})
         for entry in data.get("ops", []):
             key = (entry["op"], entry["device"])
             ops[key] = _merge_op(ops[key], entry) if key in ops else entry
@@ -100,7 +102,8 @@ def load_records(record_dir: str | Path) -> dict:
     outcomes.setdefault("collected", [])
     ran = {t.get("worker", "main") for t in outcomes["tests"]}
     return {"ops": [ops[k] for k in sorted(ops)], "properties": [props[k] for k in sorted(props)],
-            "environments": environments, "outcomes": outcomes, "missing_workers": sorted(ran - workers)}
+            "environments": environments, "compile": compiles, "outcomes": outcomes,
+            "missing_workers": sorted(ran - workers)}
 
 
 def build_report(record_dir: str | Path, meta: dict | None = None) -> dict:
@@ -142,7 +145,7 @@ def build_report(record_dir: str | Path, meta: dict | None = None) -> dict:
             "missing_workers": missing, "unfinished": unfinished,
             "tests": {"counts": counts, "exitstatus": exitstatus, "failures": failures,
                       "xfailed": [t for t in tests if t["outcome"] == "xfailed"]},
-            "environments": data["environments"], "ulp_edges": ULP_EDGES.tolist(),
+            "environments": data["environments"], "compile": data["compile"], "ulp_edges": ULP_EDGES.tolist(),
             "ratio_edges": RATIO_EDGES.tolist()}
 
 
@@ -199,6 +202,12 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"### {f['outcome'].upper()} {f['nodeid']}", "", "```", f["message"][-2000:], "```"]
     for x in t["xfailed"]:
         lines.append(f"- xfailed {x['nodeid']}: {x['message']}")
+    if report.get("compile"):
+        names = [name for name, _, _ in COMPILE_COUNTERS]
+        lines += ["", "## torch.compile per worker (graphs; inductor FX graph and AOTAutograd cache hits and misses)",
+                  "", "| worker | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for c in report["compile"]:
+            lines.append(f"| {c['worker']} | " + " | ".join(str(c.get(n, 0)) for n in names) + " |")
     workers = [e for e in report.get("environments", []) if e.get("worker", "main") != "main"]
     if workers:
         lines += ["", "## Workers (xdist GPU pinning)", "", "| worker | CUDA_VISIBLE_DEVICES | CUDA device |",

@@ -209,6 +209,38 @@ def test_records_reach_disk_while_the_session_runs(tmp_path, monkeypatch):
     assert sorted(x.name for x in tmp_path.iterdir()) == [f"{worker_id()}.json"]
 
 
+def test_records_and_report_carry_the_compile_counters(tmp_path):
+    """A worker's record file holds its torch.compile graph and cache counters (none before torch.compile ran), and
+    the report lists them per worker: whether a run reused an earlier run's compile caches."""
+    from torch._dynamo.utils import counters
+
+    from verification import record
+
+    saved = {g: dict(counters[g]) for g in ("stats", "inductor", "aot_autograd")}
+    try:
+        for g in saved:
+            counters[g].clear()
+        assert record.compile_counts() == {}
+        counters["stats"]["unique_graphs"] += 3
+        counters["inductor"]["fxgraph_cache_hit"] += 2
+        counters["inductor"]["fxgraph_cache_miss"] += 1
+        counters["aot_autograd"]["autograd_cache_miss"] += 1
+        store = Store()
+        store.add_property("probe", "cpu", True)
+        store.flush(tmp_path)
+    finally:
+        for g, kept in saved.items():
+            counters[g].clear()
+            counters[g].update(kept)
+    written = json.loads((tmp_path / f"{worker_id()}.json").read_text())
+    assert written["compile"] == {"graphs": 3, "fx_cache_hit": 2, "fx_cache_miss": 1, "fx_cache_bypass": 0,
+                                  "aot_cache_hit": 0, "aot_cache_miss": 1}
+    report = build_report(tmp_path)
+    assert report["compile"] == [{"worker": worker_id(), **written["compile"]}]
+    md = render_markdown(report)
+    assert "## torch.compile per worker" in md and f"| {worker_id()} | 3 | 2 | 1 | 0 | 0 | 1 |" in md
+
+
 # ---------------------------------------------------------------- bounds & profiles
 def test_bounds_match_the_documented_constants():
     assert B.ulp_bound("add") == 0.5
