@@ -1439,6 +1439,27 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s44a)
+  step "reproduce at HEAD: the mix-copy criteria run eager (as docs/experiments.md section 18) and through the CUDA default (compiled training); mix and the GPT trained compiled; four processes sharing the GPU"
+  export OMP_NUM_THREADS=4
+  TRAIN=(--device cuda "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  for mode in compiled eager; do
+    flag=(); [ "$mode" = eager ] && flag=(--no-compile)
+    ( timeout 560 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy --references phase2_nomix \
+        --device cuda "${flag[@]}" "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-$mode" \
+        > "$OUT/bench-$mode.txt" 2>&1; echo "bench-$mode rc=$? $(date -u +%T)" ) &
+  done
+  printf '%s\n' \
+    "mix-compiled|--model stage1 --preset mix --seed 1337" \
+    "gpt-compiled|--model gpt --preset seed --seed 1337" \
+    > "$OUT/runs.txt"
+  sweep 4 560 "$OUT/runs.txt"
+  wait
+  grep -H "final eval PPL\|peak\|compile" "$OUT"/*/stdout.txt | head -20
+  for mode in compiled eager; do echo "--- bench-$mode"; grep -A12 "^| criterion" "$OUT/bench-$mode/report.md" 2>/dev/null | head -14; grep -i "compile\|PPL" "$OUT/bench-$mode/report.md" 2>/dev/null | head -12; tail -3 "$OUT/bench-$mode.txt"; done
+  pack
+  ;;
 s40b)
   step "the whole pytest suite on the device (torch 2.11): every device-parametrised test on CUDA, the rest on its CPU; tests/data/test_data.py needs ../shared/data, absent there"
   timeout 520 python3 -m pytest -q -n 16 -p no:cacheprovider --muse-device cuda tests --ignore tests/data/test_data.py \
