@@ -192,6 +192,7 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
         "steps": results["steps"],
         "skipped_steps": results["skipped_steps"],
         "train_tokens_per_s": results["train_tokens_per_s"],
+        "compiled": results["compiled"], "compile_s": results["compile_s"],
         "parameters": results["model"]["parameters"],
         "train_split": results["train_split"],
         "train_split_warning": results["train_split_warning"],
@@ -349,6 +350,20 @@ def _tok_s(m: dict, key: str) -> str:
     return _fmt((m.get(key) or {}).get("tokens_per_second"), ",.0f")
 
 
+def _compiled(r: dict) -> str:
+    """"yes (S s)" or "no": whether a run trained under torch.compile, and its compile time apart."""
+    if r.get("compiled") is None:
+        return "n/a"
+    return f"yes ({_fmt(r.get('compile_s'), '.1f')} s)" if r["compiled"] else "no"
+
+
+def _mode(meas: dict) -> str:
+    """How the throughput rows ran: "eager", "compiled", or "n/a" when nothing was measured."""
+    modes = {t["compiled"] for m in meas.values() if m for k, t in m.items()
+             if "_throughput" in k and isinstance(t, dict) and "compiled" in t}
+    return "n/a" if not modes else "compiled" if modes == {True} else "eager" if modes == {False} else "eager and compiled"
+
+
 def _measure(meas: dict) -> str:
     return next((m["memory"]["measure"] for m in meas.values() if m and m.get("memory")), "not measured")
 
@@ -402,14 +417,15 @@ def format_markdown(report: dict) -> str:
         ("eval tokens scored (stride)",
          lambda n, r, m: f"{_fmt(r['eval_tokens_scored'], ',')} ({r.get('eval_stride', 'n/a')})"),
         ("skipped steps", lambda n, r, m: str(r["skipped_steps"])),
+        ("trained compiled (compile s)", lambda n, r, m: _compiled(r)),
         ("train tok/s during training", lambda n, r, m: _fmt(r["train_tokens_per_s"], ",.0f")),
         (f"peak memory fwd+loss+bwd, fused loss ({_measure(meas)})", lambda n, r, m: _mib(m.get("memory"))),
         ("fused loss path", lambda n, r, m: (m.get("memory") or {}).get("loss_path", "n/a")),
         ("peak memory, full logits (informational)", lambda n, r, m: _mib(m.get("memory_full_logits"))),
         ("live tensor bytes / cuda.max_memory_allocated (fused, full)", lambda n, r, m: _agreement(m)),
-        ("train tok/s, fused loss", lambda n, r, m: _tok_s(m, "train_throughput")),
-        ("train tok/s, full logits", lambda n, r, m: _tok_s(m, "train_throughput_full_logits")),
-        ("inference tok/s", lambda n, r, m: _tok_s(m, "inference_throughput")),
+        (f"train tok/s, fused loss ({_mode(meas)})", lambda n, r, m: _tok_s(m, "train_throughput")),
+        (f"train tok/s, full logits ({_mode(meas)})", lambda n, r, m: _tok_s(m, "train_throughput_full_logits")),
+        (f"inference tok/s ({_mode(meas)})", lambda n, r, m: _tok_s(m, "inference_throughput")),
     ]
     for label, fn in rows:
         cells = []

@@ -1439,6 +1439,77 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s44f)
+  step "eager at HEAD beside s44c: mix-copy at seeds 1 and 2, Phase 2 at seeds 1 and 2, Phase 2 with the sentinel copy path at three seeds; seven processes sharing the GPU"
+  export OMP_NUM_THREADS=2
+  TRAIN=(--device cuda --no-compile "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  sed 's/^\([a-z0-9-]*\)|/\1-eager|/' <<'RUNS' > "$OUT/runs.txt"
+phase2-s1|--model phase2 --preset seed --seed 1
+phase2-s2|--model phase2 --preset seed --seed 2
+mixcopy-s1|--model stage1 --preset mix-copy --seed 1
+mixcopy-s2|--model stage1 --preset mix-copy --seed 2
+phase2-sent-s1337|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1337
+phase2-sent-s1|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1
+phase2-sent-s2|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 2
+RUNS
+  sweep 7 250 "$OUT/runs.txt"
+  grep -H "final eval PPL\|compiled = " "$OUT"/*/stdout.txt | head -20
+  pack
+  ;;
+s44e)
+  step "the mix preset's criteria run at HEAD, compiled (the CUDA default) and eager, two processes sharing the GPU"
+  for mode in compiled eager; do
+    flag=(); [ "$mode" = eager ] && flag=(--no-compile)
+    ( timeout 330 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
+        --device cuda "${flag[@]}" "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix-$mode" \
+        > "$OUT/bench-mix-$mode.txt" 2>&1; echo "bench-mix-$mode rc=$? $(date -u +%T)" ) &
+  done
+  wait
+  for mode in compiled eager; do echo "--- $mode"; grep "^| perplexity vs\|^| VRAM\|^| NaN\|^| gradient\|^| planar\|all_pass\|^| eval PPL" "$OUT/bench-mix-$mode/report.md" | cut -c1-200; done
+  pack
+  ;;
+s44d)
+  step "the README's command as written (the seed's Stage 1, every reference, the CUDA default: compiled training) on the offline data"
+  timeout 420 python3 -m muse bench stage1 --preset seed --device cuda --tokens 1572864 --batch-size 8 "${DATA[@]}" \
+    --out "$OUT/bench-readme" > "$OUT/bench-readme.txt" 2>&1; echo "rc=$?"
+  grep -A12 "^| criterion" "$OUT/bench-readme/report.md" 2>/dev/null | head -14
+  grep "eval PPL\|all_pass\|compile" "$OUT/bench-readme/report.md" 2>/dev/null | head -8; tail -3 "$OUT/bench-readme.txt"
+  pack
+  ;;
+s44c)
+  step "the CUDA default (compiled training) at three seeds: Phase 2 at seeds 1 and 2, mix-copy at seeds 1 and 2 (seed 1337 of both: s44a's criteria run), Phase 2 with the sentinel copy path at three seeds; seven processes sharing the GPU"
+  export OMP_NUM_THREADS=2
+  TRAIN=(--device cuda "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  printf '%s\n' \
+    "phase2-s1|--model phase2 --preset seed --seed 1" \
+    "phase2-s2|--model phase2 --preset seed --seed 2" \
+    "mixcopy-s1|--model stage1 --preset mix-copy --seed 1" \
+    "mixcopy-s2|--model stage1 --preset mix-copy --seed 2" \
+    "phase2-sent-s1337|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1337" \
+    "phase2-sent-s1|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 1" \
+    "phase2-sent-s2|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel --seed 2" \
+    > "$OUT/runs.txt"
+  sweep 7 450 "$OUT/runs.txt"
+  grep -H "final eval PPL\|compiled = " "$OUT"/*/stdout.txt | head -20
+  pack
+  ;;
+s44b)
+  step "beside s44a: mix and the GPT eager at seed 1337, mix compiled at seeds 1 and 2 (the CUDA default), four processes sharing the GPU"
+  export OMP_NUM_THREADS=4
+  TRAIN=(--device cuda "${DATA[@]}" --tokens 1572864 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress)
+  printf '%s\n' \
+    "mix-eager|--model stage1 --preset mix --seed 1337 --no-compile" \
+    "gpt-eager|--model gpt --preset seed --seed 1337 --no-compile" \
+    "mix-compiled-s1|--model stage1 --preset mix --seed 1" \
+    "mix-compiled-s2|--model stage1 --preset mix --seed 2" \
+    > "$OUT/runs.txt"
+  sweep 4 400 "$OUT/runs.txt"
+  grep -H "final eval PPL\|peak\|compiled = \|tokens/s" "$OUT"/*/stdout.txt | head -20
+  pack
+  ;;
 s44a)
   step "reproduce at HEAD: the mix-copy criteria run eager (as docs/experiments.md section 18) and through the CUDA default (compiled training); mix and the GPT trained compiled; four processes sharing the GPU"
   export OMP_NUM_THREADS=4

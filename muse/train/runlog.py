@@ -147,7 +147,8 @@ def results_table(results: dict) -> str:
         ("final eval loss", _fmt(final.get("loss"))),
         ("final eval PPL", _fmt(final.get("ppl"))),
         ("eval tokens scored", f"{final['tokens_scored']:,}" if final else "-"),
-        ("train tok/s", _fmt(results.get("train_tokens_per_s"), ".0f")),
+        ("train tok/s (first step included)", _fmt(results.get("train_tokens_per_s"), ".0f")),
+        ("compiled (compile s)", _compiled(results)),
         ("wall time (s)", _fmt(results["wall_time_s"], ".1f")),
         ("peak memory", f"{results['peak_memory']['bytes'] / 2**20:,.0f} MiB ({results['peak_memory']['kind']})"),
     ]
@@ -156,6 +157,13 @@ def results_table(results: dict) -> str:
     if warning:
         lines.append(f"\n{warning}")
     return "\n".join(lines)
+
+
+def _compiled(results: dict) -> str:
+    """"yes (S s)" with the compile time apart from run time, or "no"."""
+    if not results.get("compiled"):
+        return "no"
+    return f"yes ({_fmt(results.get('compile_s'), '.1f')} s)"
 
 
 def _fmt(value, spec: str = ".4f") -> str:

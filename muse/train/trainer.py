@@ -420,10 +420,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- reporting
     def compile_record(self) -> dict:
-        """Whether the model ran compiled, and compile time (first step minus a steady step) apart."""
+        """Whether the model ran compiled, and compile time (first step minus a steady step) apart.
+
+        An eager run has no compile time: its ``compile_s`` is None, its first step's overhead stays in
+        ``first_step_s``."""
+        times = _compile_estimate(self.step_times)
+        if not self.compiled:
+            times["compile_s"] = None
         return {"compiled": self.compiled, "compile_backend": self.cfg.compile_backend if self.compiled else None,
-                "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None,
-                **_compile_estimate(self.step_times)}
+                "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None, **times}
 
     def describe(self) -> str:
         """The run's configuration, nanoGPT style, printed at start."""

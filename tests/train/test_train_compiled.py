@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from muse.train import train
+from muse.train.runlog import results_table
 from muse.train.synthetic import synthetic_data, tiny_config
 
 DATA = synthetic_data()
@@ -43,7 +44,17 @@ def test_compiled_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
 def test_eager_is_the_cpu_default_and_is_recorded(tmp_path):
     res = train(tiny_config(str(tmp_path), max_steps=2), DATA)
     assert res["compiled"] is False and res["compile_backend"] is None
-    assert res["first_step_s"] > 0
+    assert res["first_step_s"] > 0 and res["compile_s"] is None  # nothing compiled: no compile time
+    assert "| compiled (compile s) | no |" in results_table(res)
+
+
+def test_the_results_table_gives_the_compile_time_apart():
+    res = {"status": "completed", "model": {"name": "stage1", "preset": "tiny", "parameters": 10},
+           "environment": {"device_name": "cpu"}, "world_size": 1, "train_split": "valid", "eval_split": "test",
+           "steps": 4, "skipped_steps": 0, "tokens_seen": 64, "final_eval": None, "train_tokens_per_s": 10.0,
+           "wall_time_s": 2.0, "peak_memory": {"bytes": 2**20, "kind": "x"}, "compiled": True, "compile_s": 32.66}
+    table = results_table(res)
+    assert "| compiled (compile s) | yes (32.7 s) |" in table and "| train tok/s (first step included) | 10 |" in table
 
 
 def test_compile_mode_is_checked():
