@@ -419,7 +419,7 @@ def format_markdown(report: dict) -> str:
         ("skipped steps", lambda n, r, m: str(r["skipped_steps"])),
         ("trained compiled (compile s)", lambda n, r, m: _compiled(r)),
         ("train tok/s during training", lambda n, r, m: _fmt(r["train_tokens_per_s"], ",.0f")),
-        (f"peak memory fwd+loss+bwd, fused loss ({_measure(meas)})", lambda n, r, m: _mib(m.get("memory"))),
+        (f"peak memory fwd+loss+bwd, fused loss, eager ({_measure(meas)})", lambda n, r, m: _mib(m.get("memory"))),
         ("fused loss path", lambda n, r, m: (m.get("memory") or {}).get("loss_path", "n/a")),
         ("peak memory, full logits (informational)", lambda n, r, m: _mib(m.get("memory_full_logits"))),
         ("live tensor bytes / cuda.max_memory_allocated (fused, full)", lambda n, r, m: _agreement(m)),

@@ -132,6 +132,7 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     assert md.startswith("# Stage 1 criteria report")
     assert "| config overrides | zeta_scale=0.5 | none |" in md  # Phase 2 and Stage 1 columns, in that order
     assert "| trained compiled (compile s) | no | no |" in md and "| inference tok/s (eager) |" in md
+    assert "| peak memory fwd+loss+bwd, fused loss, eager (live tensor bytes) |" in md
     assert report["runs"]["stage1"]["compiled"] is False and report["runs"]["stage1"]["compile_s"] is None
     # the shared recipe is in the header even where the command line leaves a setting at its default
     assert "- training, every run: 2 steps, batch 2, lr 0.001 -> 0.0001 (warmup 1), weight decay 0.3, seed 1337" in md
