@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from benchmarks.memory import LiveTensorBytes
+from benchmarks.memory import LiveTensorBytes, allocator_peak_bytes
 from muse._checks import check_int
 from muse.models.compile import check_mode, compile_model
-from muse.train.loss import IMPLS, head_loss, lm_loss, loss_path, model_loss
+from muse.train.loss import IMPLS, compile_model_loss, head_loss, lm_loss, loss_path, model_loss
 
 
 def _random_batch(vocab: int, batch: int, seq: int, device: torch.device, gen: torch.Generator):
@@ -122,11 +122,65 @@ def peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, se
     return result
 
 
+#: The measure of :func:`compiled_peak_memory` on the CPU.
+CPU_ALLOCATOR_MEASURE = "CPU allocator events (torch.profiler) above the start, plus the step's tensors alive before"
+
+
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages under ``tensors`` (views of one storage count once)."""
+    seen = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and not t.is_meta:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def compiled_peak_memory(model: nn.Module, batch: int, seq: int, device: torch.device, seed: int = 0,
+                         backend: str = "inductor") -> dict:
+    """Peak bytes over one forward + fused loss + backward of the step compiled training runs.
+
+    The step is :func:`muse.train.loss.compile_model_loss` (model and loss one graph, the loss path
+    ``auto`` as in ``muse train --compile``), after two unmeasured steps (compiling, library workspaces).
+    A dispatch-mode tracker cannot see inside compiled code, so this uses the allocator: on CUDA
+    ``torch.cuda.max_memory_allocated`` minus what is not the step's, as :func:`peak_memory` does; on
+    the CPU torch.profiler's allocator events above the start, plus the parameters, buffers and batch.
+    ``before_bytes`` is the step's part alive before it (parameters, buffers, batch).
+    """
+    check_int("batch", batch, min_value=1)
+    check_int("seq", seq, min_value=1)
+    gen = torch.Generator().manual_seed(seed)
+    inputs, targets = _random_batch(model.config.vocab_size, batch, seq, device, gen)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    step = compile_model_loss(model, backend=backend)
+    for _ in range(2):
+        step(inputs, targets).backward()
+        model.zero_grad(set_to_none=True)
+    before = _storage_bytes([*model.parameters(), *model.buffers(), inputs, targets])
+    gc.collect()
+    _sync(device)
+    result = {"compiled": True, "backend": backend, "loss_path": loss_path(model.lm_head.weight.dtype),
+              "batch": batch, "seq": seq, "before_bytes": before}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_before = torch.cuda.memory_allocated(device)
+        step(inputs, targets).backward()
+        _sync(device)
+        foreign = max(cuda_before - before, 0)
+        result.update(peak_bytes=torch.cuda.max_memory_allocated(device) - foreign, measure=CUDA_MEASURE)
+    else:
+        above = allocator_peak_bytes(lambda: step(inputs, targets).backward())
+        result.update(peak_bytes=before + above, measure=CPU_ALLOCATOR_MEASURE)
+    result["peak_minus_before_bytes"] = result["peak_bytes"] - before
+    model.zero_grad(set_to_none=True)
+    return result
+
+
 def _compiled_step(model: nn.Module, loss: str, impl: str, mode: str | None = None):
     """(inputs, targets) -> loss with the model and the loss compiled as one graph (fullgraph);
     ``mode``: None or "reduce-overhead" (CUDA graphs)."""
-    from muse.train.loss import compile_model_loss
-
     if loss == "fused":
         return compile_model_loss(model, impl=impl, mode=mode)
     check_mode(mode)

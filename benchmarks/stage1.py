@@ -203,6 +203,14 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
     return record, model
 
 
+def _compiled_memory(model, batch: int, seq: int, device: torch.device, seed: int) -> dict:
+    """:func:`measure.compiled_peak_memory`, or its error: an informational row never stops the report."""
+    try:
+        return measure.compiled_peak_memory(model, batch, seq, device, seed)
+    except Exception as exc:  # noqa: BLE001 -- reported in the row
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -257,6 +265,8 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
                                                        cfg.throughput_steps, train=False, seed=cfg.seed),
         }
         per_model[name]["memory_shape"] = [cfg.memory_batch, mem_seq]
+        if runs[name].get("compiled"):  # the step compiled training ran: its memory too (informational)
+            per_model[name]["memory_compiled"] = _compiled_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed)
         if name == "stage1":
             trial_seq = min(cfg.trial_seq, model.config.max_seq_len)
             per_model[name]["trials"] = measure.stability_trials(model, cfg.trials, cfg.trial_batch, trial_seq,
@@ -343,7 +353,19 @@ _LABELS = {"phase2": "Phase 2", "stage1": "Stage 1", "phase2_nomix": "Phase 2, n
 
 
 def _mib(m: dict | None) -> str:
+    if m and m.get("error"):
+        return f"failed: {m['error']}"
     return "not measured" if not m or m.get("peak_bytes") is None else f"{m['peak_bytes'] / 2**20:,.1f} MiB"
+
+
+def _compiled_vram_line(meas: dict) -> list[str]:
+    """The VRAM ratio on the compiled step, where both judged models have it: informational, not judged."""
+    s1, p2 = ((meas.get(n) or {}).get("memory_compiled") or {} for n in ("stage1", "phase2"))
+    if s1.get("peak_bytes") is None or p2.get("peak_bytes") is None:
+        return []
+    return ["", f"VRAM vs Phase 2 on the compiled training step (informational; the criterion judges the eager "
+                f"step): {s1['peak_bytes'] / 2**20:,.1f} MiB / {p2['peak_bytes'] / 2**20:,.1f} MiB = "
+                f"{s1['peak_bytes'] / p2['peak_bytes']:.3f} ({s1['measure']})"]
 
 
 def _tok_s(m: dict, key: str) -> str:
@@ -404,6 +426,7 @@ def format_markdown(report: dict) -> str:
               "| criterion | status | value | threshold |", "|---|---|---|---|"]
     for c in report["criteria"]:
         lines.append(f"| {c['name']} | {c['status']} | {c['value']} | {c['threshold']} |")
+    lines += _compiled_vram_line(meas)
     names = [n for n in (*MODELS, *REFERENCES) if n in runs]
     lines += ["", "Judged: Phase 2 and Stage 1; the other columns are reference runs trained the same way.", "",
               "| | " + " | ".join(_LABELS.get(n, n) for n in names) + " |",
@@ -421,6 +444,8 @@ def format_markdown(report: dict) -> str:
         ("train tok/s during training", lambda n, r, m: _fmt(r["train_tokens_per_s"], ",.0f")),
         (f"peak memory fwd+loss+bwd, fused loss, eager ({_measure(meas)})", lambda n, r, m: _mib(m.get("memory"))),
         ("fused loss path", lambda n, r, m: (m.get("memory") or {}).get("loss_path", "n/a")),
+        ("peak memory fwd+loss+bwd, the compiled training step (informational)",
+         lambda n, r, m: _mib(m.get("memory_compiled")) if r.get("compiled") else "not measured (trained eager)"),
         ("peak memory, full logits (informational)", lambda n, r, m: _mib(m.get("memory_full_logits"))),
         ("live tensor bytes / cuda.max_memory_allocated (fused, full)", lambda n, r, m: _agreement(m)),
         (f"train tok/s, fused loss ({_mode(meas)})", lambda n, r, m: _tok_s(m, "train_throughput")),
