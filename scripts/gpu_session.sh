@@ -1439,6 +1439,18 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s45a)
+  step "the compiled training step's memory against the eager one at the seed size, MUSE_RECOMPUTE_IN_COMPILE 0 and 1; then mix's compiled speed both ways (docs/results.md thirty-ninth session: on the CPU the switch takes mix-tiny's compiled step from 110.9 to 61.1 MiB, eager 71.7)"
+  for flag in 0 1; do
+    MUSE_RECOMPUTE_IN_COMPILE=$flag timeout 200 python3 scripts/compiled_step_memory.py --device cuda --preset seed \
+      --models stage1:mix-copy,stage1:mix,phase2:seed,stage1:seed --out "$OUT/compiled-step-memory-$flag.jsonl" 2>&1 | grep -v Warning
+  done
+  for flag in 0 1; do
+    MUSE_RECOMPUTE_IN_COMPILE=$flag timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
+      --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-mix-$flag" 2>&1 | grep "^| stage1" | head -2
+  done
+  pack
+  ;;
 s44f)
   step "eager at HEAD beside s44c: mix-copy at seeds 1 and 2, Phase 2 at seeds 1 and 2, Phase 2 with the sentinel copy path at three seeds; seven processes sharing the GPU"
   export OMP_NUM_THREADS=2

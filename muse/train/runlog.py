@@ -16,6 +16,7 @@ import torch
 
 from muse import kernels
 from muse._io import atomic_write_text
+from muse.complex import recompute
 
 
 class JsonlLog:
@@ -119,6 +120,7 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "device_name": name,
         "kernels": kernels.settings(),
+        "recompute_in_compile": os.environ.get(recompute.IN_COMPILE_ENV, "0"),
     }
 
 

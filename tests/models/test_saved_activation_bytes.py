@@ -214,3 +214,43 @@ def test_recipe_input_modified_in_place_is_an_error():
         x.add_(1.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         y.planes.sum().backward()
+
+
+def test_the_recompute_switch_under_compile_reads_0_or_1(monkeypatch):
+    monkeypatch.delenv(recompute.IN_COMPILE_ENV, raising=False)
+    assert recompute.in_compile() is False  # the default until measured on CUDA
+    monkeypatch.setenv(recompute.IN_COMPILE_ENV, "1")
+    assert recompute.in_compile() is True
+    monkeypatch.setenv(recompute.IN_COMPILE_ENV, "yes")
+    with pytest.raises(ValueError, match="MUSE_RECOMPUTE_IN_COMPILE must be 0 or 1, got 'yes'"):
+        recompute.in_compile()
+
+
+def test_recomputed_regions_under_compile_keep_less_and_give_the_same_gradients(monkeypatch):
+    """With MUSE_RECOMPUTE_IN_COMPILE=1 inductor reruns the mixers' regions in backward, as eager code does:
+    the compiled step's peak drops below eager's, and the loss and gradients stay those of the plain compiled step."""
+    from benchmarks import measure
+    from benchmarks.memory import allocator_peak_bytes
+    from muse.train.loss import compile_model_loss
+
+    torch.manual_seed(0)
+    model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0)
+    inputs, targets = measure._random_batch(model.config.vocab_size, 4, 128, torch.device("cpu"),
+                                            torch.Generator().manual_seed(0))
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(recompute.IN_COMPILE_ENV, flag)
+        torch._dynamo.reset()
+        step = compile_model_loss(model)
+        step(inputs, targets).backward()  # compiles
+        model.zero_grad(set_to_none=True)
+        loss = {}
+        peak = allocator_peak_bytes(lambda step=step, loss=loss: loss.setdefault("v", step(inputs, targets)).backward())
+        runs[flag] = (peak, loss["v"].detach(),
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        model.zero_grad(set_to_none=True)
+    (peak0, loss0, grads0), (peak1, loss1, grads1) = runs["0"], runs["1"]
+    assert peak1 < 0.9 * peak0, (peak1, peak0)
+    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
+    for name, g in grads0.items():
+        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
