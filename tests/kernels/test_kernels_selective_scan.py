@@ -155,3 +155,31 @@ def test_phase_runs_the_kernel_on_the_counter_rotated_inputs(launches, kernel_de
     assert ((got[0][1].double() - got[1][1].double()).abs() <= 2 * eps * mag[..., -1, :]).all()
     for a, b in zip(got[0][2:], got[1][2:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("kernel_device", DEVICES)
+def test_the_kernel_inside_a_recomputed_region_under_inductor(launches, monkeypatch, kernel_device):
+    """``MUSE_RECOMPUTE_IN_COMPILE=1`` keeps the recurrence's region checkpointed under torch.compile, with the scan
+    kernel inside it (the CUDA path's structure): the step compiles, runs the kernels, and gives eager's loss and
+    gradients."""
+    from muse.complex import recompute
+    from muse.models import build_model
+    from muse.train.loss import compile_model_loss, model_loss
+
+    monkeypatch.setenv(recompute.IN_COMPILE_ENV, "1")
+    torch.manual_seed(0)
+    model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0, device=kernel_device)
+    ids = torch.randint(0, model.config.vocab_size, (1, 33), generator=torch.Generator().manual_seed(0))
+    inputs, targets = ids[:, :-1].to(kernel_device), ids[:, 1:].to(kernel_device)
+    torch._dynamo.reset()
+    compiled = compile_model_loss(model)(inputs, targets)
+    compiled.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert launches.get("selective_scan_forward", 0) >= 1 and launches.get("selective_scan_backward", 0) >= 1
+    model.zero_grad(set_to_none=True)
+    eager = model_loss(model, inputs, targets)
+    eager.backward()
+    assert torch.allclose(compiled.detach(), eager.detach(), rtol=1e-6, atol=0)
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, g in grads.items():
+        torch.testing.assert_close(g.float(), model.get_parameter(name).grad.float(), rtol=1e-3, atol=1e-5, msg=name)
