@@ -1439,14 +1439,34 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s45b)
+  step "DDP compiled by inductor on CUDA, two gloo ranks sharing the one GPU (--dist-backend gloo): the test, then mix-copy at the seed size, 24 steps of 4 x 1024 a rank, compiled and eager"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "share_one_gpu or backend" 2>&1 | tail -4
+  for mode in compiled eager; do
+    flag=(--compile); [ "$mode" = eager ] && flag=(--no-compile)
+    OMP_NUM_THREADS=4 timeout 150 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m muse train \
+      --model stage1 --preset mix-copy --device cuda --dist-backend gloo "${flag[@]}" "${DATA[@]}" --max-steps 24 \
+      --batch-size 4 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 --eval-every 0 --final-eval-tokens 65536 \
+      --ckpt-every 0 --log-every 1 --no-progress --out "$OUT/ddp-gloo-$mode" > "$OUT/ddp-gloo-$mode.txt" 2>&1
+    echo "ddp-gloo-$mode rc=$?"; grep "compiled\|world size\|final eval loss\|status" "$OUT/ddp-gloo-$mode/results.md" 2>/dev/null
+  done
+  python3 - "$OUT" <<'PY'
+import json, sys
+def losses(m): return [json.loads(l)["loss"] for l in open(f"{sys.argv[1]}/ddp-gloo-{m}/log.jsonl") if '"train"' in l]
+c, e = losses("compiled"), losses("eager")
+print("steps", len(c), len(e), "max rel diff", max(abs(a - b) / abs(b) for a, b in zip(c, e)))
+print("compiled", [round(x, 4) for x in c]); print("eager   ", [round(x, 4) for x in e])
+PY
+  pack
+  ;;
 s45a)
   step "the compiled training step's memory against the eager one at the seed size, MUSE_RECOMPUTE_IN_COMPILE 0 and 1; then mix's compiled speed both ways (docs/results.md thirty-ninth session: on the CPU the switch takes mix-tiny's compiled step from 110.9 to 61.1 MiB, eager 71.7)"
   for flag in 0 1; do
-    MUSE_RECOMPUTE_IN_COMPILE=$flag timeout 200 python3 scripts/compiled_step_memory.py --device cuda --preset seed \
+    MUSE_RECOMPUTE_IN_COMPILE=$flag timeout 170 python3 scripts/compiled_step_memory.py --device cuda --preset seed \
       --models stage1:mix-copy,stage1:mix,phase2:seed,stage1:seed --out "$OUT/compiled-step-memory-$flag.jsonl" 2>&1 | grep -v Warning
   done
   for flag in 0 1; do
-    MUSE_RECOMPUTE_IN_COMPILE=$flag timeout 150 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
+    MUSE_RECOMPUTE_IN_COMPILE=$flag timeout 115 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
       --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-mix-$flag" 2>&1 | grep "^| stage1" | head -2
   done
   pack

@@ -76,6 +76,8 @@ def register(sub) -> None:
     g.add_argument("--resume", help="checkpoint to continue from (same model and settings)")
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="under torchrun: auto = NCCL on CUDA, gloo on CPU; gloo on CUDA lets ranks share a GPU")
     add_compile_flag(g)
     g.add_argument("--compile-mode", choices=["reduce-overhead", "max-autotune"], default=None,
                    help="reduce-overhead: the compiled training step replays CUDA graphs (single process); "
@@ -127,6 +129,7 @@ def config_from_args(args: argparse.Namespace):
         out=args.out, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         progress=not args.no_progress, init_scale=args.init_scale, max_skip_fraction=args.max_skip_fraction,
         compile=args.compile, compile_mode=args.compile_mode, keep_logits=args.keep_logits,
+        dist_backend=args.dist_backend,
     )
 
 

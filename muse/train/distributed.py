@@ -1,7 +1,8 @@
 """Process-group setup for ``torchrun`` and the DDP wrapper (PyTorch's engine, not ours).
 
 ``torchrun`` sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; we read them,
-pick NCCL on CUDA and gloo on CPU, and never touch NCCL_NVLS_ENABLE or
+pick NCCL on CUDA and gloo on CPU (``backend="gloo"`` on CUDA too: its ranks may share a GPU, which
+NCCL refuses, so DDP on CUDA can be checked on a one-GPU machine), and never touch NCCL_NVLS_ENABLE or
 TORCH_SYMM_MEM_DISABLE_MULTICAST (the GPU machine sets them; multicast stays off).
 """
 
@@ -25,6 +26,7 @@ class DistContext:
     world_size: int
     device: torch.device
     owns_group: bool  # we initialised the process group, so we destroy it
+    backend: str | None = None  # the process group's: "nccl" or "gloo"; None for one process
 
     @property
     def is_main(self) -> bool:
@@ -56,35 +58,55 @@ def _env_int(name: str) -> int:
         raise ValueError(f"${name} must be an integer, got {value!r}") from None
 
 
-def init_distributed(device_request: str = "auto") -> DistContext:
-    """Read torchrun's environment and initialise the process group when WORLD_SIZE > 1."""
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> NCCL on CUDA, gloo on CPU; NCCL on the CPU is an error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"backend='nccl' needs CUDA tensors, this run's device is {device.type}; use gloo")
+    return backend
+
+
+def init_distributed(device_request: str = "auto", backend: str = "auto") -> DistContext:
+    """Read torchrun's environment and initialise the process group when WORLD_SIZE > 1.
+
+    Each local rank takes its own GPU. Under gloo, local ranks beyond the visible GPUs share them
+    (rank r on GPU r mod count); NCCL needs one GPU a rank."""
     base = resolve_device(device_request)
+    backend = resolve_backend(backend, base)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         device = torch.device("cuda", torch.cuda.current_device()) if base.type == "cuda" else base
         return DistContext(0, 0, 1, device, owns_group=False)
     rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK")
     if base.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible")
-        device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if local_rank >= count and backend == "nccl":
+            raise ValueError(f"LOCAL_RANK={local_rank} but only {count} GPUs are visible (NCCL needs one GPU a "
+                             "rank; --dist-backend gloo lets ranks share them)")
+        device = torch.device("cuda", local_rank % count)
         torch.cuda.set_device(device)
     else:
         device = base
     owns = not dist.is_initialized()
     if owns:
-        if device.type == "cuda":
+        if backend == "nccl":
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
     if dist.get_world_size() != world_size or dist.get_rank() != rank:
         raise ValueError("the process group disagrees with $WORLD_SIZE/$RANK")
-    return DistContext(rank, local_rank, world_size, device, owns_group=owns)
+    return DistContext(rank, local_rank, world_size, device, owns_group=owns, backend=dist.get_backend())
 
 
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
-        if ctx.device.type == "cuda":
+        if ctx.backend == "nccl":
             dist.barrier(device_ids=[ctx.device.index])
         else:
             dist.barrier()

@@ -141,7 +141,8 @@ def results_table(results: dict) -> str:
         ("model", f"{results['model']['name']} / {results['model']['preset']}"),
         ("parameters", f"{results['model']['parameters']:,}"),
         ("device", results["environment"]["device_name"]),
-        ("world size", results["world_size"]),
+        ("world size", results["world_size"] if results.get("dist_backend") is None
+         else f"{results['world_size']} ({results['dist_backend']})"),
         ("train split", results["train_split"]),
         ("eval split", results["eval_split"]),
         ("steps", f"{results['steps']:,} ({results['skipped_steps']} skipped)"),

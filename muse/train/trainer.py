@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, data: RunData | None = None) -> dict:
     """Train as ``cfg`` says (under torchrun: as one rank); returns the results dict."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.device, cfg.dist_backend)
     clean, trainer = False, None
     try:
         trainer = Trainer(cfg, ctx, data)
@@ -461,6 +461,7 @@ class Trainer:
                       "parameters": sum(p.numel() for p in self.model.parameters())},
             "train_config": self.cfg.to_dict(),
             "world_size": self.ctx.world_size,
+            "dist_backend": self.ctx.backend,
             "train_split": self.data.train_split,
             "train_split_warning": self.data.train_split_warning,
             "eval_split": self.data.eval_split,

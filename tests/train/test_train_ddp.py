@@ -9,9 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from _helpers import cuda_test
 from safetensors.torch import load_file
 
 from muse.cli import main
+from muse.train import TrainConfig
+from muse.train.distributed import resolve_backend
 from muse.train.synthetic import repeated_sequence
 
 # Per-step train loss, 2 ranks vs 1 rank: the ranks' fp16 gradients are averaged in fp32 and
@@ -65,6 +68,8 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, model):
     assert two == pytest.approx(one, rel=RTOL)
     res = json.loads((tmp_path / "two" / "results.json").read_text())
     assert res["world_size"] == 2 and res["tokens_per_step"] == 8 * 32
+    assert res["dist_backend"] == "gloo" and json.loads((tmp_path / "one" / "results.json").read_text())[
+        "dist_backend"] is None
     saved = load_file(tmp_path / "two" / "last.safetensors")
     assert ("model.lm_head.weight" in saved) == ("tie_head=true" not in model)  # a tied head saves no weight of its own
 
@@ -152,3 +157,51 @@ def test_two_rank_compile_mode_is_an_error(tmp_path):
     assert "compile_mode='reduce-overhead' (--compile-mode) is for a single process; under DDP (world size 2)" \
         in proc.stderr + proc.stdout
 
+
+
+def test_dist_backend_choice_and_bad_values():
+    """auto: NCCL on CUDA, gloo on CPU; gloo may be asked on CUDA; NCCL on the CPU and unknown names are errors."""
+    import torch
+
+    assert resolve_backend("auto", torch.device("cpu")) == "gloo"
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "nccl"
+    assert resolve_backend("gloo", torch.device("cuda", 0)) == "gloo"
+    with pytest.raises(ValueError, match="backend='nccl' needs CUDA tensors, this run's device is cpu"):
+        resolve_backend("nccl", torch.device("cpu"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("mpi", torch.device("cpu"))
+    with pytest.raises(ValueError, match="dist_backend must be one of .*got 'NCCL'"):
+        TrainConfig(dist_backend="NCCL")
+
+
+def test_nccl_on_cpu_is_refused_by_the_cli(tmp_path):
+    proc = _torchrun(["-m", "muse", *_common(tmp_path), "--dist-backend", "nccl", "--out", str(tmp_path / "o")],
+                     check=False)
+    assert proc.returncode != 0
+    assert "backend='nccl' needs CUDA tensors" in proc.stderr + proc.stdout
+
+
+@cuda_test
+def test_two_ranks_share_one_gpu_under_gloo_compiled_by_inductor(tmp_path):
+    """DDP's CUDA path with inductor's CUDA code (Triton kernels in the graphs DDP splits) on a one-GPU machine: two
+    gloo ranks on GPU 0 train the mix block with a copy path as eager DDP does, to inductor's rounding, and stop +
+    resume repeats the straight run's losses exactly."""
+    script = tmp_path / "run.py"
+    script.write_text(_COMPILED_RUN)
+    model = {"preset": "mix-tiny", "model_overrides": {**_TINY, "d_ffn": 32, "pointer_dim": 8},
+             "device": "cuda", "dist_backend": "gloo"}
+
+    def run(name, compile_, **extra):
+        kw = {**model, **extra, **({"compile": True, "compile_backend": "inductor"} if compile_ else {})}
+        _torchrun([str(script), str(tmp_path / name), json.dumps(kw)])
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        assert res["compiled"] is compile_ and res["world_size"] == 2 and res["dist_backend"] == "gloo"
+        assert res["environment"]["device"] == "cuda:0"
+        return _losses(tmp_path / name)
+
+    eager = run("eager", False)
+    straight = run("straight", True)
+    assert len(straight) == 8
+    assert np.allclose(straight, eager, rtol=1e-4, atol=0.0), (straight, eager)
+    run("split", True, stop_after=4)
+    assert run("split", True, resume=str(tmp_path / "split" / "last.safetensors")) == straight
