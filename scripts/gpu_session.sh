@@ -1440,13 +1440,13 @@ s41a|s41b)
   pack
   ;;
 s45b)
-  step "DDP compiled by inductor on CUDA, two gloo ranks sharing the one GPU (--dist-backend gloo): the test, then mix-copy at the seed size, 24 steps of 4 x 1024 a rank, compiled and eager"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "share_one_gpu or backend" 2>&1 | tail -4
+  step "DDP compiled by inductor on CUDA, two gloo ranks sharing the one GPU (--dist-backend gloo): the test, then mix-copy at the seed size, 24 steps of 4 x 1024 a rank, dropout 0, compiled and eager"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "share_one_gpu or backend" 2>&1 | tail -30
   for mode in compiled eager; do
     flag=(--compile); [ "$mode" = eager ] && flag=(--no-compile)
     OMP_NUM_THREADS=4 timeout 150 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m muse train \
       --model stage1 --preset mix-copy --device cuda --dist-backend gloo "${flag[@]}" "${DATA[@]}" --max-steps 24 \
-      --batch-size 4 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 --eval-every 0 --final-eval-tokens 65536 \
+      --batch-size 4 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 --dropout 0 --eval-every 0 --final-eval-tokens 65536 \
       --ckpt-every 0 --log-every 1 --no-progress --out "$OUT/ddp-gloo-$mode" > "$OUT/ddp-gloo-$mode.txt" 2>&1
     echo "ddp-gloo-$mode rc=$?"; grep "compiled\|world size\|final eval loss\|status" "$OUT/ddp-gloo-$mode/results.md" 2>/dev/null
   done
