@@ -1444,6 +1444,7 @@ s45b)
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "share_one_gpu or backend" 2>&1 | tail -30
   for mode in compiled eager; do
     flag=(--compile); [ "$mode" = eager ] && flag=(--no-compile)
+    rm -rf "$OUT/ddp-gloo-$mode"
     OMP_NUM_THREADS=4 timeout 150 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m muse train \
       --model stage1 --preset mix-copy --device cuda --dist-backend gloo "${flag[@]}" "${DATA[@]}" --max-steps 24 \
       --batch-size 4 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 --dropout 0 --eval-every 0 --final-eval-tokens 65536 \
