@@ -6,18 +6,43 @@ Stage 1 / Phase 2 ratio in both modes.
 
     python scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix-copy,stage1:mix,phase2:seed
     python scripts/compiled_step_memory.py --device cpu --preset tiny --backend aot_eager --seq 64
+    python scripts/compiled_step_memory.py --device cuda --models stage1:mix --memory-budget 0.5 --time-steps 20
+
+``--memory-budget`` sets ``torch._functorch.config.activation_memory_budget`` (1.0: the partitioner's default,
+save what is cheapest in time; lower: recompute more, keep less) for the compiled step; ``--time-steps`` also times
+that many compiled and eager steps (tokens/s of forward + fused loss + backward, no optimizer).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
 import torch
+import torch._functorch.config as functorch_config
 
 from benchmarks import measure
 from muse.models import build_model
+from muse.models.compile import synchronize
+from muse.train.loss import compile_model_loss, model_loss
+
+
+def steps_per_second(step, model, batch: int, seq: int, device: torch.device, n: int) -> float:
+    """Tokens/s of ``n`` training steps (forward, loss, backward) after two warm ones."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1), generator=gen).to(device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    for _ in range(2):
+        step(inputs, targets).backward()
+    synchronize(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        step(inputs, targets).backward()
+    synchronize(device)
+    model.zero_grad(set_to_none=True)
+    return n * batch * seq / (time.perf_counter() - t)
 
 
 def main(argv=None) -> None:
@@ -29,7 +54,12 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=None, help="default: each model's max_seq_len")
     p.add_argument("--backend", default="inductor")
     p.add_argument("--out", default=None, help="also write the JSON lines here")
+    p.add_argument("--memory-budget", type=float, default=None,
+                   help="torch._functorch.config.activation_memory_budget for the compiled step (default: torch's)")
+    p.add_argument("--time-steps", type=int, default=0, help="also time this many compiled and eager steps")
     args = p.parse_args(argv)
+    if args.memory_budget is not None:
+        functorch_config.activation_memory_budget = args.memory_budget
     dev = torch.device(args.device)
     rows = {}
     for spec in args.models.split(","):
@@ -43,7 +73,14 @@ def main(argv=None) -> None:
         rows[spec] = {"model": spec, "batch": args.batch, "seq": seq, "eager_mib": eager["peak_bytes"] / 2**20,
                       "eager_loss_path": eager["loss_path"], "compiled_mib": compiled["peak_bytes"] / 2**20,
                       "compiled_loss_path": compiled["loss_path"], "before_mib": compiled["before_bytes"] / 2**20,
-                      "measure": compiled["measure"], "compile_and_measure_s": time.perf_counter() - t}
+                      "measure": compiled["measure"], "compile_and_measure_s": time.perf_counter() - t,
+                      "memory_budget": functorch_config.activation_memory_budget}
+        if args.time_steps:
+            model.train()
+            rows[spec]["compiled_tok_s"] = steps_per_second(compile_model_loss(model, backend=args.backend), model,
+                                                            args.batch, seq, dev, args.time_steps)
+            rows[spec]["eager_tok_s"] = steps_per_second(functools.partial(model_loss, model), model, args.batch, seq,
+                                                         dev, args.time_steps)
         print(json.dumps(rows[spec]), flush=True)
         del model
         if dev.type == "cuda":

@@ -1439,6 +1439,14 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s45c)
+  step "the compiled step's memory and speed at the seed size under the partitioner's activation memory budget 1.0 / 0.5 / 0.1 (mix, B 2, S 1024; on the CPU mix-tiny's compiled step goes 110.9 -> 77.0 -> 53.3 MiB, eager 71.7)"
+  for b in 1.0 0.5 0.1; do
+    timeout 85 python3 scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix --memory-budget $b \
+      --time-steps 20 --out "$OUT/budget-$b.jsonl" 2>&1 | grep "^{"
+  done
+  pack
+  ;;
 s45b)
   step "DDP compiled by inductor on CUDA, two gloo ranks sharing the one GPU (--dist-backend gloo): the test, then mix-copy at the seed size, 24 steps of 4 x 1024 a rank, dropout 0, compiled and eager"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "share_one_gpu or backend" 2>&1 | tail -30
