@@ -25,7 +25,7 @@ import torch._functorch.config as functorch_config
 
 from benchmarks import measure
 from muse.models import build_model
-from muse.models.compile import synchronize
+from muse.models.compile import set_memory_budget, synchronize
 from muse.train.loss import compile_model_loss, model_loss
 
 
@@ -58,8 +58,7 @@ def main(argv=None) -> None:
                    help="torch._functorch.config.activation_memory_budget for the compiled step (default: torch's)")
     p.add_argument("--time-steps", type=int, default=0, help="also time this many compiled and eager steps")
     args = p.parse_args(argv)
-    if args.memory_budget is not None:
-        functorch_config.activation_memory_budget = args.memory_budget
+    set_memory_budget(args.memory_budget)
     dev = torch.device(args.device)
     rows = {}
     for spec in args.models.split(","):

@@ -82,6 +82,9 @@ def register(sub) -> None:
     g.add_argument("--compile-mode", choices=["reduce-overhead", "max-autotune"], default=None,
                    help="reduce-overhead: the compiled training step replays CUDA graphs (single process); "
                    "max-autotune: CUDA graphs and inductor's GEMM autotuning (minutes of compile time)")
+    g.add_argument("--compile-memory-budget", type=float, default=None, metavar="FRACTION",
+                   help="the compiler's activation memory budget in (0, 1] (torch._functorch.config."
+                   "activation_memory_budget; torch's default 1.0): lower recomputes more in backward and keeps less")
     g.add_argument("--keep-logits", action="store_true",
                    help="the loss keeps its vocabulary chunks' logits for backward instead of recomputing them: "
                    "one head GEMM fewer a chunk, the memory of the full (tokens x vocab) logits in 16 bits")
@@ -129,7 +132,7 @@ def config_from_args(args: argparse.Namespace):
         out=args.out, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         progress=not args.no_progress, init_scale=args.init_scale, max_skip_fraction=args.max_skip_fraction,
         compile=args.compile, compile_mode=args.compile_mode, keep_logits=args.keep_logits,
-        dist_backend=args.dist_backend,
+        dist_backend=args.dist_backend, compile_memory_budget=args.compile_memory_budget,
     )
 
 

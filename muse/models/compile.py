@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import muse.complex as C
-from muse._checks import check_type
+from muse._checks import check_float, check_type
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 #: torch.compile modes: None (default); "reduce-overhead" (inductor replays CUDA graphs, which
@@ -32,6 +32,27 @@ def check_mode(mode: object, name: str = "compile mode") -> str | None:
     if mode not in MODES:
         raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
     return mode
+
+
+def set_memory_budget(budget: float | None) -> float:
+    """Set the partitioner's activation memory budget process-wide and return the previous one.
+
+    ``torch._functorch.config.activation_memory_budget``: 1.0 (torch's default) saves for backward
+    whatever is cheapest in time; lower values make inductor's min-cut partitioner recompute more and
+    keep less (it is read when a graph compiles, so set it before the first compiled call).  ``None``
+    leaves it as it is.  On the CPU 0.1 takes ``mix-tiny``'s compiled step below the eager one
+    (docs/performance.md, fortieth session)."""
+    import torch._functorch.config as functorch_config
+
+    previous = functorch_config.activation_memory_budget
+    if budget is not None:
+        functorch_config.activation_memory_budget = check_memory_budget(budget)
+    return previous
+
+
+def check_memory_budget(budget: object, name: str = "memory_budget") -> float:
+    """A fraction in (0, 1]."""
+    return check_float(name, budget, min_value=0.0, min_inclusive=False, max_value=1.0)
 
 
 def resolve_compile(flag: bool | None, device: torch.device | str) -> bool:

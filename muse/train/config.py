@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from muse._checks import check_float, check_int, check_type
-from muse.models.compile import check_mode
+from muse.models.compile import check_memory_budget, check_mode
 from muse.train.distributed import BACKENDS as DIST_BACKENDS
 from muse.train.scaler import check_power_of_two
 
@@ -67,6 +67,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile the model; None: on for CUDA, off for CPU
     compile_backend: str = "inductor"  # aot_eager/eager: quick compile checks on CPU
     compile_mode: str | None = None  # muse.models.compile.MODES: "reduce-overhead"/"max-autotune" replay CUDA graphs
+    compile_memory_budget: float | None = None  # the partitioner's activation memory budget (None: torch's 1.0)
     dist_backend: str = "auto"  # under torchrun: auto = NCCL on CUDA, gloo on CPU; gloo on CUDA lets ranks share a GPU
     keep_logits: bool = False  # the loss keeps its chunks' logits for backward: faster, the full logits' memory
     progress: bool = True
@@ -132,6 +133,12 @@ class TrainConfig:
         if self.compile_mode is not None and self.compile_backend != "inductor":
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile_backend='inductor', "
                              f"got {self.compile_backend!r}")
+        if self.compile_memory_budget is not None:
+            check_memory_budget(self.compile_memory_budget, "compile_memory_budget")
+            if self.compile is False or self.compile_backend != "inductor":
+                raise ValueError(f"compile_memory_budget={self.compile_memory_budget} is read by inductor's partitioner: "
+                                 "it needs compile (not False) with compile_backend='inductor', got "
+                                 f"compile={self.compile}, compile_backend={self.compile_backend!r}")
         if self.dist_backend not in DIST_BACKENDS:
             raise ValueError(f"dist_backend must be one of {DIST_BACKENDS}, got {self.dist_backend!r}")
         check_type("progress", self.progress, bool, "a bool")

@@ -163,10 +163,13 @@ def results_table(results: dict) -> str:
 
 
 def _compiled(results: dict) -> str:
-    """"yes (S s)" with the compile time apart from run time, or "no"."""
+    """"yes (S s)" with the compile time apart from run time (and the activation memory budget when it is not
+    torch's 1.0), or "no"."""
     if not results.get("compiled"):
         return "no"
-    return f"yes ({_fmt(results.get('compile_s'), '.1f')} s)"
+    budget = results.get("compile_memory_budget")
+    extra = f", activation memory budget {budget:g}" if budget is not None and budget != 1.0 else ""
+    return f"yes ({_fmt(results.get('compile_s'), '.1f')} s{extra})"
 
 
 def _fmt(value, spec: str = ".4f") -> str:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from muse._io import check_output_dir, remove_stale_temps, write_json
 from muse.data import TrainBlocks, tokens_sha256
-from muse.models.compile import compile_model, resolve_compile
+from muse.models.compile import compile_model, resolve_compile, set_memory_budget
 from muse.models.registry import MODELS, make_config
 from muse.train import checkpoint as ckpt_io
 from muse.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, data: RunData | None = None) -> dict:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     ctx = init_distributed(cfg.device, cfg.dist_backend)
-    clean, trainer = False, None
+    clean, trainer, budget = False, None, set_memory_budget(None)
     try:
         trainer = Trainer(cfg, ctx, data)
         results = trainer.run()
@@ -81,6 +81,7 @@ def train(cfg: TrainConfig, data: RunData | None = None) -> dict:
     finally:
         trainer = None  # drop the DDP wrapper (its reducer uses the group) before the group goes
         gc.collect()
+        set_memory_budget(budget)  # the process-wide setting as it was
         shutdown(ctx, synchronize=clean)
     return results
 
@@ -131,6 +132,11 @@ class Trainer:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) is for a single process; under DDP "
                              f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out")
         base = self.ddp if self.ddp is not None else self.model
+        if cfg.compile_memory_budget is not None and not self.compiled:
+            raise ValueError(f"compile_memory_budget={cfg.compile_memory_budget} needs a compiled run; compile is "
+                             f"off here (pass --compile; it is off by default on {ctx.device.type})")
+        previous = set_memory_budget(cfg.compile_memory_budget if self.compiled else None)  # train() restores it
+        self.memory_budget = previous if cfg.compile_memory_budget is None else cfg.compile_memory_budget
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
@@ -428,7 +434,8 @@ class Trainer:
         if not self.compiled:
             times["compile_s"] = None
         return {"compiled": self.compiled, "compile_backend": self.cfg.compile_backend if self.compiled else None,
-                "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None, **times}
+                "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None,
+                "compile_memory_budget": self.memory_budget if self.compiled else None, **times}
 
     def describe(self) -> str:
         """The run's configuration, nanoGPT style, printed at start."""

@@ -73,6 +73,9 @@ def test_cli_runs_on_npy_tokens_and_resumes(npy, tmp_path, capsys):
     (["--dropout", "1.5"], "dropout"),
     (["--min-lr", "1"], "min_lr"),
     (["--eval-every", "-1"], "eval_every"),
+    (["--compile-memory-budget", "0.5"], "compile_memory_budget=0.5 needs a compiled run"),
+    (["--compile", "--compile-memory-budget", "2"], "compile_memory_budget must be <= 1.0, got 2.0"),
+    (["--dist-backend", "nccl"], "backend='nccl' needs CUDA tensors"),
 ])
 def test_cli_bad_input_gives_a_clear_error(npy, extra, match, capsys):
     assert main([*npy, *extra]) == 2

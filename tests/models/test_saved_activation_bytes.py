@@ -254,3 +254,54 @@ def test_recomputed_regions_under_compile_keep_less_and_give_the_same_gradients(
     assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
     for name, g in grads0.items():
         torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_lower_activation_memory_budget_keeps_less_and_gives_the_same_gradients():
+    """``muse.models.compile.set_memory_budget(0.1)``: inductor's partitioner recomputes more in backward, so the
+    compiled step's peak drops, and the loss and gradients stay those of the default budget's step; the previous
+    budget comes back."""
+    from benchmarks import measure
+    from benchmarks.memory import allocator_peak_bytes
+    from muse.models.compile import set_memory_budget
+    from muse.train.loss import compile_model_loss
+
+    torch.manual_seed(0)
+    model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0)
+    inputs, targets = measure._random_batch(model.config.vocab_size, 4, 128, torch.device("cpu"),
+                                            torch.Generator().manual_seed(0))
+    runs = {}
+    for budget in (1.0, 0.1):
+        previous = set_memory_budget(budget)
+        try:
+            torch._dynamo.reset()
+            step = compile_model_loss(model)
+            step(inputs, targets).backward()  # compiles under this budget
+        finally:
+            assert set_memory_budget(previous) == budget
+        model.zero_grad(set_to_none=True)
+        loss = {}
+        peak = allocator_peak_bytes(lambda step=step, loss=loss: loss.setdefault("v", step(inputs, targets)).backward())
+        runs[budget] = (peak, loss["v"].detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        model.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    (peak0, loss0, grads0), (peak1, loss1, grads1) = runs[1.0], runs[0.1]
+    assert peak1 < 0.9 * peak0, (peak1, peak0)
+    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
+    for name, g in grads0.items():
+        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("budget", [0, 1.5, float("nan")])
+def test_the_memory_budget_is_a_fraction(budget):
+    from muse.models.compile import set_memory_budget
+
+    with pytest.raises(ValueError, match="memory_budget must be"):
+        set_memory_budget(budget)
+
+
+def test_the_memory_budget_type_is_checked():
+    from muse.models.compile import set_memory_budget
+
+    with pytest.raises(TypeError, match="memory_budget must be a real number, got str"):
+        set_memory_budget("0.5")

@@ -66,6 +66,18 @@ def test_compile_mode_is_checked():
         tiny_config("x", compile=True, compile_backend="aot_eager", compile_mode="reduce-overhead")
 
 
+def test_compile_memory_budget_is_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"compile_memory_budget must be > 0.0, got 0.0"):
+        tiny_config("x", compile=True, compile_memory_budget=0.0)
+    with pytest.raises(TypeError, match="compile_memory_budget must be a real number, got str"):
+        tiny_config("x", compile=True, compile_memory_budget="0.5")
+    for kw in (dict(compile=False), dict(compile=True, compile_backend="aot_eager")):
+        with pytest.raises(ValueError, match="compile_memory_budget=0.5 is read by inductor's partitioner"):
+            tiny_config("x", compile_memory_budget=0.5, **kw)
+    with pytest.raises(ValueError, match=r"compile_memory_budget=0.5 needs a compiled run; compile is off here"):
+        train(tiny_config(str(tmp_path / "out"), max_steps=2, compile_memory_budget=0.5), DATA)  # CPU: eager
+
+
 def test_compile_mode_without_a_compiled_run_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"compile_mode='reduce-overhead' \(--compile-mode\) needs a compiled run"):
         train(tiny_config(str(tmp_path / "out"), max_steps=2, compile_mode="reduce-overhead"), DATA)
@@ -96,3 +108,8 @@ def test_inductor_training_on_cpu_follows_eager(tmp_path):
     assert compiled["compiled"] is True and compiled["compile_backend"] == "inductor"
     assert eager["skipped_steps"] == compiled["skipped_steps"] == 0
     torch.testing.assert_close(_losses(tmp_path / "inductor"), _losses(tmp_path / "eager"), rtol=1e-3, atol=1e-3)
+    assert compiled["compile_memory_budget"] == 1.0 and eager["compile_memory_budget"] is None
+    lean = train(tiny_config(str(tmp_path / "lean"), compile=True, compile_memory_budget=0.1, **kw), DATA)
+    assert lean["compile_memory_budget"] == 0.1 and "activation memory budget 0.1)" in results_table(lean)
+    assert torch._functorch.config.activation_memory_budget == 1.0  # train() puts the process-wide value back
+    torch.testing.assert_close(_losses(tmp_path / "lean"), _losses(tmp_path / "inductor"), rtol=1e-4, atol=1e-4)
