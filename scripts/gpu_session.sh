@@ -1449,7 +1449,7 @@ s45c)
   ;;
 s45b)
   step "DDP compiled by inductor on CUDA, two gloo ranks sharing the one GPU (--dist-backend gloo): the test, then mix-copy at the seed size, 24 steps of 4 x 1024 a rank, dropout 0, compiled and eager"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "share_one_gpu or backend" 2>&1 | tail -30
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "inductor_training or backend" 2>&1 | tail -30
   for mode in compiled eager; do
     flag=(--compile); [ "$mode" = eager ] && flag=(--no-compile)
     rm -rf "$OUT/ddp-gloo-$mode"

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from _helpers import cuda_test
+from _helpers import requires_cuda
 from safetensors.torch import load_file
 
 from muse.cli import main
@@ -123,20 +123,27 @@ def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path, 
     assert run("split", True, resume=str(tmp_path / "split" / "last.safetensors")) == straight
 
 
-def test_two_rank_inductor_training_is_close_to_eager_and_resumes_bitwise(tmp_path):
-    """DDP compiled by inductor (the CUDA default; here its CPU code, gloo): the Stage 1 mix block with a copy path
-    trains as eager DDP does, to inductor's own rounding (measured 1.1e-5 relative over 8 steps, CPU, torch 2.13;
-    bound 1e-4), and stop + resume repeats the straight run's losses exactly."""
+@pytest.mark.parametrize("where", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_two_rank_inductor_training_is_close_to_eager_and_resumes_bitwise(tmp_path, where):
+    """DDP compiled by inductor: the Stage 1 mix block with a copy path trains as eager DDP does, to inductor's own
+    rounding (measured 1.1e-5 relative over 8 steps, CPU, torch 2.13; bound 1e-4), and stop + resume repeats the
+    straight run's losses exactly. On CPU, gloo with inductor's C++ code; on CUDA, two gloo ranks share GPU 0
+    (--dist-backend gloo) with inductor's Triton code in the graphs DDP splits, dropout 0 (inductor's CUDA random
+    numbers are not eager's)."""
     script = tmp_path / "run.py"
     script.write_text(_COMPILED_RUN)
     model = {"preset": "mix-tiny", "model_overrides": {**_TINY, "d_ffn": 32, "pointer_dim": 8}}
+    if where == "cuda":
+        model = {**model, "device": "cuda", "dist_backend": "gloo",
+                 "model_overrides": {**model["model_overrides"], "dropout": 0.0}}
 
     def run(name, compile_, **extra):
-        kw = {**model, **extra, **({"compile": True, "compile_backend": "inductor"} if compile_ else {})}
+        kw = {**model, **extra, "compile": compile_, **({"compile_backend": "inductor"} if compile_ else {})}
         _torchrun([str(script), str(tmp_path / name), json.dumps(kw)])
         res = json.loads((tmp_path / name / "results.json").read_text())
-        assert res["compiled"] is compile_ and res["world_size"] == 2
+        assert res["compiled"] is compile_ and res["world_size"] == 2 and res["dist_backend"] == "gloo"
         assert res["compile_backend"] == ("inductor" if compile_ else None)
+        assert res["environment"]["device"] == ("cuda:0" if where == "cuda" else "cpu")
         return _losses(tmp_path / name)
 
     eager = run("eager", False)
@@ -179,29 +186,3 @@ def test_nccl_on_cpu_is_refused_by_the_cli(tmp_path):
                      check=False)
     assert proc.returncode != 0
     assert "backend='nccl' needs CUDA tensors" in proc.stderr + proc.stdout
-
-
-@cuda_test
-def test_two_ranks_share_one_gpu_under_gloo_compiled_by_inductor(tmp_path):
-    """DDP's CUDA path with inductor's CUDA code (Triton kernels in the graphs DDP splits) on a one-GPU machine: two
-    gloo ranks on GPU 0 train the mix block with a copy path (dropout 0) as eager DDP does, to inductor's rounding,
-    and stop + resume repeats the straight run's losses exactly."""
-    script = tmp_path / "run.py"
-    script.write_text(_COMPILED_RUN)
-    model = {"preset": "mix-tiny", "model_overrides": {**_TINY, "d_ffn": 32, "pointer_dim": 8, "dropout": 0.0},
-             "device": "cuda", "dist_backend": "gloo"}  # dropout 0: inductor's CUDA random numbers are not eager's
-
-    def run(name, compile_, **extra):
-        kw = {**model, **extra, "compile": compile_, **({"compile_backend": "inductor"} if compile_ else {})}
-        _torchrun([str(script), str(tmp_path / name), json.dumps(kw)])
-        res = json.loads((tmp_path / name / "results.json").read_text())
-        assert res["compiled"] is compile_ and res["world_size"] == 2 and res["dist_backend"] == "gloo"
-        assert res["environment"]["device"] == "cuda:0"
-        return _losses(tmp_path / name)
-
-    eager = run("eager", False)
-    straight = run("straight", True)
-    assert len(straight) == 8
-    assert np.allclose(straight, eager, rtol=1e-4, atol=0.0), (straight, eager)
-    run("split", True, stop_after=4)
-    assert run("split", True, resume=str(tmp_path / "split" / "last.safetensors")) == straight
