@@ -36,6 +36,7 @@ from benchmarks import criteria as crit
 from benchmarks import measure
 from muse._checks import check_float, check_int, check_type
 from muse._io import atomic_write_text, check_output_dir, write_report_json
+from muse.models.compile import check_memory_budget, resolve_compile, set_memory_budget
 from muse.train.loss import loss_path
 from muse.train.runlog import environment
 
@@ -94,6 +95,7 @@ class Stage1BenchConfig:
     progress: bool = False
     compile: bool | None = None  # training under torch.compile; None: on for CUDA, off for CPU
     keep_logits: bool = False  # the training runs' loss keeps its chunks' logits (speed; not the memory row's loss)
+    compile_memory_budget: float | None = None  # compiled runs: the partitioner's activation memory budget
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
     stage1_overrides: dict = field(default_factory=dict)  # Stage 1 only (e.g. mixer="recurrence")
     phase2_overrides: dict = field(default_factory=dict)  # Phase 2 and its mixer-free reference (e.g. zeta_scale)
@@ -102,6 +104,11 @@ class Stage1BenchConfig:
         check_type("preset", self.preset, str, "a preset name")
         check_float("weight_decay", self.weight_decay, min_value=0.0)
         check_type("keep_logits", self.keep_logits, bool, "a bool")
+        if self.compile_memory_budget is not None:
+            check_memory_budget(self.compile_memory_budget, "compile_memory_budget")
+            if self.compile is False:
+                raise ValueError(f"compile_memory_budget={self.compile_memory_budget} needs compiled training; "
+                                 "compile is False (--no-compile)")
         for name in ("model_overrides", "stage1_overrides", "phase2_overrides"):
             check_type(name, getattr(self, name), dict, "a dict of config fields")
         for name in ("batch_size", "memory_batch", "throughput_batch", "throughput_steps", "trials",
@@ -153,6 +160,7 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
         tokenizer_dir=cfg.tokenizer_dir, cache_dir=cfg.cache_dir, tokens_npy=cfg.tokens_npy,
         eval_tokens_npy=cfg.eval_tokens_npy, offline=cfg.offline, out=str(out / run), seed=cfg.seed,
         device=cfg.device, progress=cfg.progress, ckpt_every=0, compile=cfg.compile, keep_logits=cfg.keep_logits,
+        compile_memory_budget=cfg.compile_memory_budget,
     )
 
 
@@ -203,12 +211,16 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
     return record, model
 
 
-def _compiled_memory(model, batch: int, seq: int, device: torch.device, seed: int) -> dict:
-    """:func:`measure.compiled_peak_memory`, or its error: an informational row never stops the report."""
+def _compiled_memory(model, batch: int, seq: int, device: torch.device, seed: int, budget: float | None) -> dict:
+    """:func:`measure.compiled_peak_memory` under the training runs' activation memory budget, or its error: an
+    informational row never stops the report."""
+    previous = set_memory_budget(budget)
     try:
         return measure.compiled_peak_memory(model, batch, seq, device, seed)
     except Exception as exc:  # noqa: BLE001 -- reported in the row
         return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        set_memory_budget(previous)
 
 
 def _free(device: torch.device) -> None:
@@ -233,6 +245,9 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     if ctx.distributed:
         raise ValueError("the Stage 1 benchmark runs in one process; do not launch it with torchrun")
     dev = ctx.device
+    if cfg.compile_memory_budget is not None and not resolve_compile(cfg.compile, dev):
+        raise ValueError(f"compile_memory_budget={cfg.compile_memory_budget} needs compiled training; compile is off "
+                         f"here (pass --compile; it is off by default on {dev.type})")
     data = load_run_data(_train_config(cfg, "stage1", out))
     vocab = _train_vocab(cfg)
 
@@ -266,7 +281,8 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
         }
         per_model[name]["memory_shape"] = [cfg.memory_batch, mem_seq]
         if runs[name].get("compiled"):  # the step compiled training ran: its memory too (informational)
-            per_model[name]["memory_compiled"] = _compiled_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed)
+            per_model[name]["memory_compiled"] = _compiled_memory(model, cfg.memory_batch, mem_seq, dev, cfg.seed,
+                                                               cfg.compile_memory_budget)
         if name == "stage1":
             trial_seq = min(cfg.trial_seq, model.config.max_seq_len)
             per_model[name]["trials"] = measure.stability_trials(model, cfg.trials, cfg.trial_batch, trial_seq,
@@ -403,7 +419,9 @@ def _recipe_line(cfg: dict) -> str:
     budget = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg['tokens']:,} tokens"
     return (f"- training, every run: {budget}, batch {cfg['batch_size']}, lr {cfg['lr']:g} -> {cfg['min_lr']:g} "
             f"(warmup {cfg['warmup']}), weight decay {cfg['weight_decay']:g}, seed {cfg['seed']}"
-            + (", the loss keeping its logits (`--keep-logits`)" if cfg.get("keep_logits") else ""))
+            + (", the loss keeping its logits (`--keep-logits`)" if cfg.get("keep_logits") else "")
+            + (f", compiled under activation memory budget {cfg['compile_memory_budget']:g} (`--compile-memory-budget`)"
+               if cfg.get("compile_memory_budget") is not None else ""))
 
 
 def format_markdown(report: dict) -> str:

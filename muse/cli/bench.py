@@ -52,6 +52,9 @@ def register(sub) -> None:
     g.add_argument("--keep-logits", action="store_true", default=None,
                    help="every training run's loss keeps its chunks' logits for backward (faster, the full logits' "
                    "memory; the criteria's memory row keeps the default loss)")
+    g.add_argument("--compile-memory-budget", type=float, metavar="FRACTION",
+                   help="compiled training runs (and their compiled-step memory row): the compiler's activation "
+                   "memory budget in (0, 1]; lower recomputes more in backward (`muse train --compile-memory-budget`)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1; the GPU budget's runs use 3.0)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
@@ -108,7 +111,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references", "keep_logits")
+STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references", "keep_logits", "compile_memory_budget")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 
 

@@ -78,6 +78,28 @@ def test_eval_targets_and_config_validation():
         Stage1BenchConfig(references="gpt")
     with pytest.raises(ValueError, match="eval_stride"):
         Stage1BenchConfig(eval_stride=0)
+    with pytest.raises(ValueError, match="compile_memory_budget must be <= 1.0, got 1.5"):
+        Stage1BenchConfig(compile=True, compile_memory_budget=1.5)
+    with pytest.raises(ValueError, match=r"compile_memory_budget=0.5 needs compiled training; compile is False"):
+        Stage1BenchConfig(compile=False, compile_memory_budget=0.5)
+
+
+def test_the_memory_budget_needs_compiled_training_before_anything_trains(tmp_path):
+    """On the CPU training is eager by default: the budget is refused before any run starts."""
+    from benchmarks.stage1 import run_stage1_benchmark
+
+    with pytest.raises(ValueError, match="compile_memory_budget=0.5 needs compiled training; compile is off here"):
+        run_stage1_benchmark(Stage1BenchConfig(device="cpu", compile_memory_budget=0.5, out=str(tmp_path / "b")))
+    assert not (tmp_path / "b" / "stage1").exists()
+
+
+def test_the_recipe_line_names_the_memory_budget():
+    from benchmarks.stage1 import _recipe_line
+
+    cfg = dict(max_steps=4, batch_size=2, lr=1e-3, min_lr=1e-4, warmup=1, weight_decay=0.1, seed=0)
+    assert "activation memory budget" not in _recipe_line(cfg)
+    assert _recipe_line({**cfg, "compile_memory_budget": 0.1}).endswith(
+        ", compiled under activation memory budget 0.1 (`--compile-memory-budget`)")
 
 
 def test_gradient_norm_row_names_its_offenders_and_their_values():

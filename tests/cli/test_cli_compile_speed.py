@@ -96,6 +96,8 @@ def test_stage1_only_options_are_refused_by_bench_speed(capsys):
     assert "--phase2-arg, --weight-decay: options of `muse bench stage1`" in err
     assert main(["bench", "speed", "--keep-logits"]) == 2  # speed has its +keep-logits variant instead
     assert "--keep-logits: options of `muse bench stage1`" in capsys.readouterr().err
+    assert main(["bench", "speed", "--compile-memory-budget", "0.5"]) == 2
+    assert "--compile-memory-budget: options of `muse bench stage1`" in capsys.readouterr().err
 
 
 def test_speed_config_checks_amp_and_knows_the_kernels_cudagraphs_variant():
