@@ -211,7 +211,8 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
     return record, model
 
 
-def _compiled_memory(model, batch: int, seq: int, device: torch.device, seed: int, budget: float | None) -> dict:
+def _compiled_memory(model, batch: int, seq: int, device: torch.device, seed: int,
+                     budget: float | None = None) -> dict:
     """:func:`measure.compiled_peak_memory` under the training runs' activation memory budget, or its error: an
     informational row never stops the report."""
     previous = set_memory_budget(budget)

@@ -47,6 +47,9 @@ def test_a_failing_compiled_measure_becomes_an_error_row(monkeypatch):
 
     monkeypatch.setattr(measure, "compiled_peak_memory", boom)
     assert _compiled_memory(None, 2, 32, CPU, 0) == {"error": "RuntimeError: no compiler here"}
+    before = torch._functorch.config.activation_memory_budget
+    assert _compiled_memory(None, 2, 32, CPU, 0, 0.1) == {"error": "RuntimeError: no compiler here"}
+    assert torch._functorch.config.activation_memory_budget == before  # the budget comes back after a failure
 
 
 def _run(ppl: float, compiled: bool) -> dict:
