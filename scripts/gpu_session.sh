@@ -1439,6 +1439,16 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s45d)
+  step "the mix-copy criteria run, compiled training under the partitioner's activation memory budget ${MEMORY_BUDGET:-0.5} (pick it from s45c; every compiled run, Phase 2 too); the report's compiled-step row is measured under the same budget"
+  timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy --references phase2_nomix \
+    --device cuda --compile --compile-memory-budget "${MEMORY_BUDGET:-0.5}" "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
+    --out "$OUT/bench-mixcopy-budget" > "$OUT/bench-mixcopy-budget.txt" 2>&1
+  echo "rc=$?"
+  grep "^| perplexity vs\|^| VRAM\|^| NaN\|^| gradient\|^| planar\|all_pass\|^| eval PPL\|compiled\|informational" \
+    "$OUT/bench-mixcopy-budget/report.md" | cut -c1-220
+  pack
+  ;;
 s45c)
   step "the compiled step's memory and speed at the seed size under the partitioner's activation memory budget 1.0 / 0.5 / 0.1 (mix, B 2, S 1024; on the CPU mix-tiny's compiled step goes 110.9 -> 77.0 -> 53.3 MiB, eager 71.7)"
   for b in 1.0 0.5 0.1; do
