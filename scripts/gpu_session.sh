@@ -1452,7 +1452,7 @@ s45d)
 s45c)
   step "the compiled step's memory and speed at the seed size under the partitioner's activation memory budget 1.0 / 0.5 / 0.1 (mix, B 2, S 1024; on the CPU mix-tiny's compiled step goes 110.9 -> 77.0 -> 53.3 MiB, eager 71.7)"
   for b in 1.0 0.5 0.1; do
-    timeout 85 python3 scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix --memory-budget $b \
+    timeout 170 python3 scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix,stage1:mix-copy,phase2:seed --memory-budget $b \
       --time-steps 20 --out "$OUT/budget-$b.jsonl" 2>&1 | grep "^{"
   done
   pack
