@@ -156,8 +156,7 @@ def check_token_ids(name: str, ids: object, vocab_size: int, max_seq_len: int | 
             f"{name} has sequence length {ids.shape[1]}, longer than max_seq_len={max_seq_len}"
         )
     ids = ids.long()  # no copy when already int64
-    check_token_range(name, ids, vocab_size)
-    return ids
+    return check_token_range(name, ids, vocab_size)
 
 
 def host_sync_forbidden(t: torch.Tensor) -> bool:
@@ -169,22 +168,44 @@ def host_sync_forbidden(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
-    """ValueError unless every id of the int64 tensor ``ids`` lies in [0, vocab_size).
+@torch.library.custom_op("muse::assert_in_range", mutates_args=())
+def _assert_in_range(t: torch.Tensor, lo: int, hi: int, message: str) -> torch.Tensor:
+    torch._assert_async(((t >= lo) & (t < hi)).all(), message)
+    return t.clone()
+
+
+@_assert_in_range.register_fake
+def _assert_in_range_fake(t: torch.Tensor, lo: int, hi: int, message: str) -> torch.Tensor:
+    return torch.empty_like(t)
+
+
+def assert_in_range(t: torch.Tensor, lo: int, hi: int, message: str) -> torch.Tensor:
+    """A device-side assert that every value of the integer tensor ``t`` lies in [lo, hi); returns
+    ``t`` (a copy) for the caller to use in its place. No host sync: the error (RuntimeError with
+    ``message``) surfaces at the next synchronisation.
+
+    An opaque op that returns a tensor rather than a bare ``torch._assert_async``: under a
+    partitioner memory budget below 1, torch 2.11's min-cut partitioner sizes every forward node
+    and fails on the assert node, which has no value metadata (measured on CUDA, 2026-12-07)."""
+    return _assert_in_range(t, lo, hi, message)
+
+
+def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """ValueError unless every id of the int64 tensor ``ids`` lies in [0, vocab_size); returns the
+    ids to use from here on.
 
     The one check that reads values. Eager: a host sync, and the error names the offending id.
     Inside ``torch.compile`` or a CUDA graph capture (:func:`host_sync_forbidden`) it is a
-    device-side assert (``torch._assert_async``), so there is no host sync and no graph break.
+    device-side assert (:func:`assert_in_range`), so there is no host sync and no graph break.
     """
     if not ids.numel() or ids.device.type == "meta":
-        return
+        return ids
     if host_sync_forbidden(ids):
-        torch._assert_async(((ids >= 0) & (ids < vocab_size)).all(),
-                            f"{name} contains a token id outside [0, {vocab_size})")
-        return
+        return assert_in_range(ids, 0, vocab_size, f"{name} contains a token id outside [0, {vocab_size})")
     lo, hi = torch.aminmax(ids.long())
     lo, hi = int(lo), int(hi)
     if lo < 0:
         raise ValueError(f"{name} contains a negative token id ({lo}); ids must be in [0, {vocab_size})")
     if hi >= vocab_size:
         raise ValueError(f"{name} contains token id {hi}, out of range for vocab_size={vocab_size}")
+    return ids

@@ -402,8 +402,7 @@ def embedding(
     check_same_device(named)
     if phase is not None and (isinstance(phase, bool) or not isinstance(phase, numbers.Real)):
         raise TypeError(f"phase must be a real number or None, got {type(phase).__name__}")
-    ids = ids.long()
-    check_token_range("ids", ids, weight.shape[0])
+    ids = check_token_range("ids", ids.long(), weight.shape[0])
     return embedding_unchecked(ids, weight, position, phase)
 
 

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from muse._checks import check_float, check_int, check_tensor, check_type, host_sync_forbidden
+from muse._checks import (
+    assert_in_range,
+    check_float,
+    check_int,
+    check_tensor,
+    check_type,
+    host_sync_forbidden,
+)
 
 TABLE_FILE = "zeta_zeros.txt"
 
@@ -192,8 +199,7 @@ class ZetaEmbedding(nn.Module):
         if positions.dtype.is_floating_point or positions.dtype.is_complex or positions.dtype == torch.bool:
             raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
         if positions.numel() and host_sync_forbidden(positions):  # compiled or a CUDA graph capture
-            torch._assert_async(((positions >= 0) & (positions < self.max_len)).all(),
-                                f"positions outside [0, {self.max_len})")
+            positions = assert_in_range(positions, 0, self.max_len, f"positions outside [0, {self.max_len})")
         elif positions.numel():
             lo, hi = int(positions.min()), int(positions.max())
             if lo < 0 or hi >= self.max_len:

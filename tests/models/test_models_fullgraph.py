@@ -57,6 +57,43 @@ def test_compiled_model_refuses_out_of_range_ids_without_a_host_sync():
         model(ids)  # eager keeps the ValueError naming the id
 
 
+def test_the_range_check_survives_the_min_cut_partitioner_under_a_memory_budget():
+    """Under a partitioner memory budget below 1 the min-cut partitioner sizes every forward node; torch 2.11
+    failed on a bare ``_assert_async`` there (CUDA, 2026-12-07), so the check is an op that returns a tensor.
+    The forward and backward partition, the loss matches eager, and the assert still fires."""
+    from muse.models.compile import set_memory_budget
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model("stage1", "mix-tiny", vocab_size=97, d_model=16, n_layers=1, max_seq_len=16, dropout=0.0)
+    ids = torch.randint(0, 97, (2, 12))
+    previous = set_memory_budget(0.1)
+    try:
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager_decomp_partition")
+        out = compiled(ids)
+        out.float().square().mean().backward()
+        torch.testing.assert_close(out.detach(), model(ids).detach(), rtol=1e-3, atol=1e-3)
+        ids[1, 5] = 97
+        with pytest.raises(RuntimeError, match="token id outside"):
+            compiled(ids)
+    finally:
+        set_memory_budget(previous)
+        torch._dynamo.reset()
+
+
+def test_the_device_range_assert_is_a_well_formed_op():
+    """``muse::assert_in_range`` passes torch's op checks (schema, fake tensor, autograd registration) and
+    returns a copy of its input."""
+    from muse._checks import assert_in_range
+
+    t = torch.tensor([0, 3, 4])
+    torch.library.opcheck(torch.ops.muse.assert_in_range.default, (t, 0, 5, "t outside [0, 5)"))
+    out = assert_in_range(t, 0, 5, "t outside [0, 5)")
+    assert torch.equal(out, t) and out.data_ptr() != t.data_ptr()
+    with pytest.raises(RuntimeError, match=r"t outside \[0, 4\)"):
+        assert_in_range(t, 0, 4, "t outside [0, 4)")
+
+
 def test_compile_model_checks_its_arguments():
     from muse.models.compile import MODES, compile_model
 
