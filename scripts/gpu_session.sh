@@ -1450,11 +1450,15 @@ s45d)
   pack
   ;;
 s45c)
-  step "the compiled step's memory and speed at the seed size under the partitioner's activation memory budget 1.0 / 0.5 / 0.1 (mix, B 2, S 1024; on the CPU mix-tiny's compiled step goes 110.9 -> 77.0 -> 53.3 MiB, eager 71.7)"
-  for b in 1.0 0.5 0.1; do
+  step "the compiled step's memory and speed at the seed size under the partitioner's activation memory budget 0.5 / 0.1 (mix, mix-copy, Phase 2, B 2, S 1024; 1.0 measured in s45a; on the CPU mix-tiny's compiled step goes 110.9 -> 77.0 -> 53.3 MiB, eager 71.7)"
+  for b in ${BUDGETS:-0.5 0.1}; do
     timeout 170 python3 scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix,stage1:mix-copy,phase2:seed --memory-budget $b \
-      --time-steps 20 --out "$OUT/budget-$b.jsonl" 2>&1 | grep "^{"
+      --time-steps 20 --out "$OUT/budget-$b.jsonl" > "$OUT/budget-$b.txt" 2>&1
+    echo "budget $b rc=$?"; grep "^{" "$OUT/budget-$b.txt" || tail -5 "$OUT/budget-$b.txt"
   done
+  step "mix's compiled speed with the range checks as the opaque op muse::assert_in_range (s45a, bare _assert_async: fwd+bwd 520,091, inference 1,946,250 tok/s)"
+  timeout 115 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
+    --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-mix" 2>&1 | grep "^| stage1" | head -2
   pack
   ;;
 s45b)
