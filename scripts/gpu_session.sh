@@ -1449,6 +1449,15 @@ s45d)
     "$OUT/bench-mixcopy-budget/report.md" | cut -c1-220
   pack
   ;;
+s45e)
+  step "what is alive at the compiled mix step's peak (allocator history), then the compiled step without the layer-norm and modReLU kernels inside the graph (MUSE_KERNELS_IN_COMPILE=none: aten ops the partitioner may recompute) at memory budgets 1.0 and 0.5 (with them, s45c: 686.4 / 702.5 MiB, eager 471.0)"
+  timeout 100 python3 scripts/compiled_step_snapshot.py --model stage1:mix --top 25 2>&1 | grep -v Warn | tail -60
+  for b in 1.0 0.5; do
+    MUSE_KERNELS_IN_COMPILE=none timeout 80 python3 scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix \
+      --memory-budget $b --time-steps 20 --out "$OUT/nokern-budget-$b.jsonl" 2>&1 | grep "^{"
+  done
+  pack
+  ;;
 s45c)
   step "the compiled step's memory and speed at the seed size under the partitioner's activation memory budget 0.5 / 0.1 (mix, mix-copy, Phase 2, B 2, S 1024; 1.0 measured in s45a; on the CPU mix-tiny's compiled step goes 110.9 -> 77.0 -> 53.3 MiB, eager 71.7)"
   for b in ${BUDGETS:-0.5 0.1}; do
