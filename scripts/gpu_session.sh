@@ -1439,16 +1439,6 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
-s45d)
-  step "the mix-copy criteria run, compiled training under the partitioner's activation memory budget ${MEMORY_BUDGET:-0.5} (pick it from s45c; every compiled run, Phase 2 too); the report's compiled-step row is measured under the same budget"
-  timeout 540 python3 -m muse bench stage1 --preset seed --stage1-preset mix-copy --references phase2_nomix \
-    --device cuda --compile --compile-memory-budget "${MEMORY_BUDGET:-0.5}" "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 \
-    --out "$OUT/bench-mixcopy-budget" > "$OUT/bench-mixcopy-budget.txt" 2>&1
-  echo "rc=$?"
-  grep "^| perplexity vs\|^| VRAM\|^| NaN\|^| gradient\|^| planar\|all_pass\|^| eval PPL\|compiled\|informational" \
-    "$OUT/bench-mixcopy-budget/report.md" | cut -c1-220
-  pack
-  ;;
 s45e)
   step "what is alive at the compiled mix step's peak (allocator history), then the compiled step without the layer-norm and modReLU kernels inside the graph (MUSE_KERNELS_IN_COMPILE=none: aten ops the partitioner may recompute) at memory budgets 1.0 and 0.5 (with them, s45c: 686.4 / 702.5 MiB, eager 471.0)"
   timeout 100 python3 scripts/compiled_step_snapshot.py --model stage1:mix --top 25 2>&1 | grep -v Warn | tail -60

@@ -40,8 +40,9 @@ def set_memory_budget(budget: float | None) -> float:
     ``torch._functorch.config.activation_memory_budget``: 1.0 (torch's default) saves for backward
     whatever is cheapest in time; lower values make inductor's min-cut partitioner recompute more and
     keep less (it is read when a graph compiles, so set it before the first compiled call).  ``None``
-    leaves it as it is.  On the CPU 0.1 takes ``mix-tiny``'s compiled step below the eager one
-    (docs/performance.md, fortieth session)."""
+    leaves it as it is.  On the CPU 0.1 takes ``mix-tiny``'s compiled step below the eager one; on CUDA
+    it leaves the seed-size Stage 1 step's peak as it is and slows it by 31-43 % (docs/performance.md,
+    fortieth and forty-first sessions), so torch's 1.0 stays the default."""
     import torch._functorch.config as functorch_config
 
     previous = functorch_config.activation_memory_budget
