@@ -24,11 +24,16 @@ A recipe checks in backward that no tensor it reads was modified in place since 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 from torch.utils.weak import WeakIdKeyDictionary
 
 _state = {"enabled": True}
@@ -75,6 +80,40 @@ def recomputed(fn, *args):
                          and torch.is_grad_enabled()
                          and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)):
         return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+#: ``1``: :func:`gemm_saved` regions (a block's norm -> linear -> modReLU -> linear chain) are, under
+#: ``torch.compile``, selectively checkpointed: the partitioner keeps their GEMM outputs and recomputes the rest
+#: (norms, activations, casts; custom kernel ops included, which it never recomputes on its own).  ``0`` (the
+#: default; not yet measured on CUDA): the partitioner alone decides.
+CHAIN_IN_COMPILE_ENV = "MUSE_RECOMPUTE_CHAIN_IN_COMPILE"
+#: The ops whose outputs a :func:`gemm_saved` region keeps (by name, so this layer imports no kernel module).
+GEMM_OPS = frozenset({"aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.baddbmm.default",
+                      "muse.complex_mm.default"})
+
+
+def chain_in_compile() -> bool:
+    """Whether :func:`gemm_saved` regions are checkpointed under ``torch.compile``
+    (``MUSE_RECOMPUTE_CHAIN_IN_COMPILE``, read when the graph is traced); ValueError for a value other than 0 or 1."""
+    value = os.environ.get(CHAIN_IN_COMPILE_ENV, "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"{CHAIN_IN_COMPILE_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _keep_gemms(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if str(op) in GEMM_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def gemm_saved(fn, *args):
+    """``fn(*args)``; under ``torch.compile`` with :func:`chain_in_compile` on (and gradients needed), a selectively
+    checkpointed region whose GEMM outputs are saved and whose other intermediates are recomputed in backward.
+    Eager code is unchanged: its own recipes (:func:`rebuilt`, :func:`remember`) already keep little."""
+    if (torch.compiler.is_compiling() and _state["enabled"] and torch.is_grad_enabled() and chain_in_compile()
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)):
+        return checkpoint(fn, *args, use_reentrant=False,
+                          context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_gemms))
     return fn(*args)
 
 

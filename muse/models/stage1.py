@@ -30,6 +30,7 @@ from torch import nn
 
 import muse.complex as C
 from muse._checks import check_choice, check_float, check_int, check_probability, check_type
+from muse.complex.recompute import gemm_saved
 from muse.models.base import LanguageModel, PointerCache, pointer_parameter_count
 from muse.nn import (
     ComplexDropout,
@@ -349,7 +350,11 @@ class Stage1MixBlock(nn.Module):
         """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
         if self.mixer is not None:
             z = C.add(z, self.dropout(self.mixer(self.mixer_norm(z))))
-        return C.add(z, self.dropout(self.ffn(self.ffn_norm(z))))
+        return C.add(z, self.dropout(C.ComplexTensor(gemm_saved(self._ffn_branch, z.planes))))
+
+    def _ffn_branch(self, planes: torch.Tensor) -> torch.Tensor:
+        """ffn(ffn_norm(z)) on z's planes (a region that :func:`muse.complex.recompute.gemm_saved` may checkpoint)."""
+        return self.ffn(self.ffn_norm(C.ComplexTensor(planes))).planes
 
     def step(self, z: C.ComplexTensor, state: C.ComplexTensor | None = None
              ) -> tuple[C.ComplexTensor, C.ComplexTensor | None]:

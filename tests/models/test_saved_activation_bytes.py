@@ -305,3 +305,64 @@ def test_the_memory_budget_type_is_checked():
 
     with pytest.raises(TypeError, match="memory_budget must be a real number, got str"):
         set_memory_budget("0.5")
+
+
+def test_the_chain_switch_under_compile_reads_0_or_1(monkeypatch):
+    monkeypatch.delenv(recompute.CHAIN_IN_COMPILE_ENV, raising=False)
+    assert recompute.chain_in_compile() is False  # the default until measured on CUDA
+    monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, "1")
+    assert recompute.chain_in_compile() is True
+    monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, "on")
+    with pytest.raises(ValueError, match="MUSE_RECOMPUTE_CHAIN_IN_COMPILE must be 0 or 1, got 'on'"):
+        recompute.chain_in_compile()
+
+
+def test_gemm_saved_is_plain_eager_code():
+    """Outside torch.compile the region is ``fn(*args)`` whatever the switch: eager code has its own recipes."""
+    x = torch.randn(3, requires_grad=True)
+    seen = []
+    out = recompute.gemm_saved(lambda t: seen.append(1) or t * 2, x)
+    out.sum().backward()
+    assert seen == [1] and torch.equal(x.grad, torch.full((3,), 2.0))
+
+
+def test_the_ffn_chain_under_compile_saves_less_and_gives_the_same_gradients(monkeypatch):
+    """With MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 each block's norm -> linear -> modReLU -> linear is selectively
+    checkpointed: inductor's partitioner saves fewer bytes (outputs of the forward graph other than its inputs), and
+    the loss and gradients stay those of the plain compiled step."""
+    import torch._inductor.compile_fx as compile_fx
+
+    from benchmarks import measure
+    from muse.train.loss import compile_model_loss
+
+    partition = compile_fx.min_cut_rematerialization_partition
+    saved = []
+
+    def recording(joint, inputs, **kw):
+        forward, backward = partition(joint, inputs, **kw)
+        out = next(n for n in forward.graph.nodes if n.op == "output").args[0][1:]
+        saved.append(sum(v.meta["val"].numel() * v.meta["val"].element_size() for v in out
+                         if isinstance(v, torch.fx.Node) and v.op != "placeholder"
+                         and isinstance(v.meta.get("val"), torch.Tensor)))
+        return forward, backward
+
+    monkeypatch.setattr(compile_fx, "min_cut_rematerialization_partition", recording)
+    torch.manual_seed(0)
+    model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0)
+    inputs, targets = measure._random_batch(model.config.vocab_size, 4, 128, torch.device("cpu"),
+                                            torch.Generator().manual_seed(0))
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, flag)
+        torch._dynamo.reset()
+        loss = compile_model_loss(model)(inputs, targets)
+        loss.backward()
+        runs[flag] = (saved[-1], loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                 if p.requires_grad})
+        model.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    (saved0, loss0, grads0), (saved1, loss1, grads1) = runs["0"], runs["1"]
+    assert saved1 < 0.97 * saved0, (saved1, saved0)
+    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
+    for name, g in grads0.items():
+        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
