@@ -1442,14 +1442,12 @@ s41a|s41b)
 s45e)
   step "what is alive at the compiled mix step's peak (allocator history); then MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 (each block's FFN chain selectively checkpointed: GEMM outputs saved, the rest recomputed; CPU probe of the CUDA graph: -17 % saved bytes), alone and with MUSE_RECOMPUTE_IN_COMPILE=1: the compiled step's memory and speed (s45c without: mix 686.4 MiB, 60,672 tok/s; eager 471.0)"
   timeout 100 python3 scripts/compiled_step_snapshot.py --model stage1:mix --top 25 2>&1 | grep -v Warn | tail -60
-  MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 timeout 150 python3 scripts/compiled_step_memory.py --device cuda --preset seed \
-    --models stage1:mix,stage1:mix-copy --time-steps 20 --out "$OUT/chain.jsonl" 2>&1 | grep "^{"
+  for flag in 0 1; do
+    MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 150 python3 scripts/compiled_step_memory.py --device cuda --preset seed \
+      --models stage1:mix,stage1:mix-copy --time-steps 20 --out "$OUT/chain-$flag.jsonl" 2>&1 | grep "^{"
+  done
   MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 MUSE_RECOMPUTE_IN_COMPILE=1 timeout 80 python3 scripts/compiled_step_memory.py --device cuda \
     --preset seed --models stage1:mix --time-steps 20 --out "$OUT/chain-and-regions.jsonl" 2>&1 | grep "^{"
-  for flag in 0 1; do
-    MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 115 python3 -m muse bench speed --preset mix --batch-size 4 --device cuda \
-      --models stage1 --no-ops --variants compiled+kernels+cudagraphs --out "$OUT/speed-mix-chain-$flag" 2>&1 | grep "^| stage1" | head -2
-  done
   pack
   ;;
 s45c)
