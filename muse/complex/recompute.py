@@ -63,13 +63,18 @@ def active(*tensors) -> bool:
 IN_COMPILE_ENV = "MUSE_RECOMPUTE_IN_COMPILE"
 
 
+def _switch(env: str) -> bool:
+    """The 0/1 environment switch ``env`` (default 0); ValueError for another value."""
+    value = os.environ.get(env, "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"{env} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def in_compile() -> bool:
     """Whether :func:`recomputed` regions are kept under ``torch.compile`` (``MUSE_RECOMPUTE_IN_COMPILE``, read
     when the graph is traced); ValueError for a value other than 0 or 1."""
-    value = os.environ.get(IN_COMPILE_ENV, "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"{IN_COMPILE_ENV} must be 0 or 1, got {value!r}")
-    return value == "1"
+    return _switch(IN_COMPILE_ENV)
 
 
 def recomputed(fn, *args):
@@ -96,10 +101,7 @@ GEMM_OPS = frozenset({"aten.mm.default", "aten.addmm.default", "aten.bmm.default
 def chain_in_compile() -> bool:
     """Whether :func:`gemm_saved` regions are checkpointed under ``torch.compile``
     (``MUSE_RECOMPUTE_CHAIN_IN_COMPILE``, read when the graph is traced); ValueError for a value other than 0 or 1."""
-    value = os.environ.get(CHAIN_IN_COMPILE_ENV, "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"{CHAIN_IN_COMPILE_ENV} must be 0 or 1, got {value!r}")
-    return value == "1"
+    return _switch(CHAIN_IN_COMPILE_ENV)
 
 
 def _keep_gemms(ctx, op, *args, **kwargs) -> CheckpointPolicy:

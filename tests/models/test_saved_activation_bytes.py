@@ -216,27 +216,43 @@ def test_recipe_input_modified_in_place_is_an_error():
         y.planes.sum().backward()
 
 
-def test_the_recompute_switch_under_compile_reads_0_or_1(monkeypatch):
-    monkeypatch.delenv(recompute.IN_COMPILE_ENV, raising=False)
-    assert recompute.in_compile() is False  # the default until measured on CUDA
-    monkeypatch.setenv(recompute.IN_COMPILE_ENV, "1")
-    assert recompute.in_compile() is True
-    monkeypatch.setenv(recompute.IN_COMPILE_ENV, "yes")
-    with pytest.raises(ValueError, match="MUSE_RECOMPUTE_IN_COMPILE must be 0 or 1, got 'yes'"):
-        recompute.in_compile()
-
-
-def test_recomputed_regions_under_compile_keep_less_and_give_the_same_gradients(monkeypatch):
-    """With MUSE_RECOMPUTE_IN_COMPILE=1 inductor reruns the mixers' regions in backward, as eager code does:
-    the compiled step's peak drops below eager's, and the loss and gradients stay those of the plain compiled step."""
+def _mix_tiny_step_inputs():
+    """One-layer ``mix-tiny`` without dropout and a fixed batch of 4 x 128 tokens, for compiled-step comparisons."""
     from benchmarks import measure
-    from benchmarks.memory import allocator_peak_bytes
-    from muse.train.loss import compile_model_loss
 
     torch.manual_seed(0)
     model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0)
     inputs, targets = measure._random_batch(model.config.vocab_size, 4, 128, torch.device("cpu"),
                                             torch.Generator().manual_seed(0))
+    return model, inputs, targets
+
+
+def _assert_same_step(loss0, grads0, loss1, grads1) -> None:
+    """The same loss (rtol 1e-6) and gradients (rtol 1e-3) for the same parameters."""
+    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
+    for name, g in grads0.items():
+        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("switch", "env"), [(recompute.in_compile, recompute.IN_COMPILE_ENV),
+                                             (recompute.chain_in_compile, recompute.CHAIN_IN_COMPILE_ENV)])
+def test_the_recompute_switches_under_compile_read_0_or_1(monkeypatch, switch, env):
+    monkeypatch.delenv(env, raising=False)
+    assert switch() is False  # off by default (docs/performance.md, fortieth and forty-first sessions)
+    monkeypatch.setenv(env, "1")
+    assert switch() is True
+    monkeypatch.setenv(env, "yes")
+    with pytest.raises(ValueError, match=f"{env} must be 0 or 1, got 'yes'"):
+        switch()
+
+
+def test_recomputed_regions_under_compile_keep_less_and_give_the_same_gradients(monkeypatch):
+    """With MUSE_RECOMPUTE_IN_COMPILE=1 inductor reruns the mixers' regions in backward, as eager code does:
+    the compiled step's peak drops below eager's, and the loss and gradients stay those of the plain compiled step."""
+    from benchmarks.memory import allocator_peak_bytes
+    from muse.train.loss import compile_model_loss
+
+    model, inputs, targets = _mix_tiny_step_inputs()
     runs = {}
     for flag in ("0", "1"):
         monkeypatch.setenv(recompute.IN_COMPILE_ENV, flag)
@@ -251,24 +267,18 @@ def test_recomputed_regions_under_compile_keep_less_and_give_the_same_gradients(
         model.zero_grad(set_to_none=True)
     (peak0, loss0, grads0), (peak1, loss1, grads1) = runs["0"], runs["1"]
     assert peak1 < 0.9 * peak0, (peak1, peak0)
-    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
-    for name, g in grads0.items():
-        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
+    _assert_same_step(loss0, grads0, loss1, grads1)
 
 
 def test_a_lower_activation_memory_budget_keeps_less_and_gives_the_same_gradients():
     """``muse.models.compile.set_memory_budget(0.1)``: inductor's partitioner recomputes more in backward, so the
     compiled step's peak drops, and the loss and gradients stay those of the default budget's step; the previous
     budget comes back."""
-    from benchmarks import measure
     from benchmarks.memory import allocator_peak_bytes
     from muse.models.compile import set_memory_budget
     from muse.train.loss import compile_model_loss
 
-    torch.manual_seed(0)
-    model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0)
-    inputs, targets = measure._random_batch(model.config.vocab_size, 4, 128, torch.device("cpu"),
-                                            torch.Generator().manual_seed(0))
+    model, inputs, targets = _mix_tiny_step_inputs()
     runs = {}
     for budget in (1.0, 0.1):
         previous = set_memory_budget(budget)
@@ -287,9 +297,7 @@ def test_a_lower_activation_memory_budget_keeps_less_and_gives_the_same_gradient
     torch._dynamo.reset()
     (peak0, loss0, grads0), (peak1, loss1, grads1) = runs[1.0], runs[0.1]
     assert peak1 < 0.9 * peak0, (peak1, peak0)
-    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
-    for name, g in grads0.items():
-        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
+    _assert_same_step(loss0, grads0, loss1, grads1)
 
 
 @pytest.mark.parametrize("budget", [0, 1.5, float("nan")])
@@ -307,16 +315,6 @@ def test_the_memory_budget_type_is_checked():
         set_memory_budget("0.5")
 
 
-def test_the_chain_switch_under_compile_reads_0_or_1(monkeypatch):
-    monkeypatch.delenv(recompute.CHAIN_IN_COMPILE_ENV, raising=False)
-    assert recompute.chain_in_compile() is False  # the default until measured on CUDA
-    monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, "1")
-    assert recompute.chain_in_compile() is True
-    monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, "on")
-    with pytest.raises(ValueError, match="MUSE_RECOMPUTE_CHAIN_IN_COMPILE must be 0 or 1, got 'on'"):
-        recompute.chain_in_compile()
-
-
 def test_gemm_saved_is_plain_eager_code():
     """Outside torch.compile the region is ``fn(*args)`` whatever the switch: eager code has its own recipes."""
     x = torch.randn(3, requires_grad=True)
@@ -332,7 +330,6 @@ def test_the_ffn_chain_under_compile_saves_less_and_gives_the_same_gradients(mon
     the loss and gradients stay those of the plain compiled step."""
     import torch._inductor.compile_fx as compile_fx
 
-    from benchmarks import measure
     from muse.train.loss import compile_model_loss
 
     partition = compile_fx.min_cut_rematerialization_partition
@@ -347,10 +344,7 @@ def test_the_ffn_chain_under_compile_saves_less_and_gives_the_same_gradients(mon
         return forward, backward
 
     monkeypatch.setattr(compile_fx, "min_cut_rematerialization_partition", recording)
-    torch.manual_seed(0)
-    model = build_model("stage1", "mix-tiny", n_layers=1, dropout=0.0)
-    inputs, targets = measure._random_batch(model.config.vocab_size, 4, 128, torch.device("cpu"),
-                                            torch.Generator().manual_seed(0))
+    model, inputs, targets = _mix_tiny_step_inputs()
     runs = {}
     for flag in ("0", "1"):
         monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, flag)
@@ -363,6 +357,4 @@ def test_the_ffn_chain_under_compile_saves_less_and_gives_the_same_gradients(mon
     torch._dynamo.reset()
     (saved0, loss0, grads0), (saved1, loss1, grads1) = runs["0"], runs["1"]
     assert saved1 < 0.97 * saved0, (saved1, saved0)
-    assert torch.allclose(loss1, loss0, rtol=1e-6, atol=0) and grads1.keys() == grads0.keys()
-    for name, g in grads0.items():
-        torch.testing.assert_close(grads1[name].float(), g.float(), rtol=1e-3, atol=1e-5, msg=name)
+    _assert_same_step(loss0, grads0, loss1, grads1)
