@@ -7,6 +7,7 @@ Stage 1 / Phase 2 ratio in both modes.
     python scripts/compiled_step_memory.py --device cuda --preset seed --models stage1:mix-copy,stage1:mix,phase2:seed
     python scripts/compiled_step_memory.py --device cpu --preset tiny --backend aot_eager --seq 64
     python scripts/compiled_step_memory.py --device cuda --models stage1:mix --memory-budget 0.5 --time-steps 20
+    python scripts/compiled_step_memory.py --device cuda --models stage1:mix --profile-steps 5
 
 ``--memory-budget`` sets ``torch._functorch.config.activation_memory_budget`` (1.0: the partitioner's default,
 save what is cheapest in time; lower: recompute more, keep less) for the compiled step; ``--time-steps`` also times
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import time
 
 import torch
@@ -45,6 +47,23 @@ def steps_per_second(step, model, batch: int, seq: int, device: torch.device, n:
     return n * batch * seq / (time.perf_counter() - t)
 
 
+def kernel_table(step, model, batch: int, seq: int, device: torch.device, n: int, top: int) -> str:
+    """torch.profiler's table of the device kernels of ``n`` training steps (after one warm step), by total time."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
+    inputs, targets = ids[:, :-1].to(device), ids[:, 1:].to(device)
+    step(inputs, targets).backward()
+    synchronize(device)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                           if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(n):
+            step(inputs, targets).backward()
+        synchronize(device)
+    model.zero_grad(set_to_none=True)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -57,6 +76,9 @@ def main(argv=None) -> None:
     p.add_argument("--memory-budget", type=float, default=None,
                    help="torch._functorch.config.activation_memory_budget for the compiled step (default: torch's)")
     p.add_argument("--time-steps", type=int, default=0, help="also time this many compiled and eager steps")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="also print the profiler's kernel table of this many compiled steps (to stderr)")
+    p.add_argument("--profile-top", type=int, default=30, help="rows of that table")
     args = p.parse_args(argv)
     set_memory_budget(args.memory_budget)
     dev = torch.device(args.device)
@@ -80,6 +102,11 @@ def main(argv=None) -> None:
                                                             args.batch, seq, dev, args.time_steps)
             rows[spec]["eager_tok_s"] = steps_per_second(functools.partial(model_loss, model), model, args.batch, seq,
                                                          dev, args.time_steps)
+        if args.profile_steps:
+            model.train()
+            print(f"{spec}: compiled step kernels, {args.profile_steps} steps", file=sys.stderr)
+            print(kernel_table(compile_model_loss(model, backend=args.backend), model, args.batch, seq, dev,
+                               args.profile_steps, args.profile_top), file=sys.stderr, flush=True)
         print(json.dumps(rows[spec]), flush=True)
         del model
         if dev.type == "cuda":

@@ -1439,6 +1439,28 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s45g)
+  step "where the chain switch's time goes: the profiler's kernel table of 5 compiled mix steps (B 2, S 1024), MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 then 1 (s45f: 54,156 / 53,863 against 40,742 / 47,443 tok/s)"
+  for flag in 0 1; do
+    MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 110 python3 scripts/compiled_step_memory.py --device cuda --preset seed \
+      --models stage1:mix --time-steps 40 --profile-steps 5 --profile-top 40 > "$OUT/profile-chain-$flag.txt" 2>&1
+    echo "chain $flag rc=$?"; grep "^{" "$OUT/profile-chain-$flag.txt" | cut -c1-400
+    grep -B2 -A48 "compiled step kernels" "$OUT/profile-chain-$flag.txt" | cut -c1-190
+  done
+  pack
+  ;;
+s45f)
+  step "the compiled step's speed with MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 now checkpointing both branches of each mix block (mixer and FFN; s45e: mix 686.4 -> 470.4 MiB, eager 471.9; mix-copy 698.9 -> 483.0): each setting twice, alternated, 40 timed steps (s45e, 20 steps: 48,549 -> 38,299 tok/s; with the regions too 44,177)"
+  for round in 1 2; do
+    for cfg in "0 0" "1 0" "1 1"; do
+      set -- $cfg
+      MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$1 MUSE_RECOMPUTE_IN_COMPILE=$2 timeout 75 python3 scripts/compiled_step_memory.py --device cuda \
+        --preset seed --models stage1:mix --time-steps 40 --out "$OUT/chain-$1-regions-$2-round-$round.jsonl" 2>&1 | grep "^{" \
+        | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('chain $1 regions $2 round $round', round(r['compiled_mib'],1), 'MiB', round(r['compiled_tok_s']), 'tok/s; eager', round(r['eager_mib'],1), round(r['eager_tok_s']))"
+    done
+  done
+  pack
+  ;;
 s45e)
   step "what is alive at the compiled mix step's peak (allocator history); then MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 (each block's FFN chain selectively checkpointed: GEMM outputs saved, the rest recomputed; CPU probe of the CUDA graph: -17 % saved bytes), alone and with MUSE_RECOMPUTE_IN_COMPILE=1: the compiled step's memory and speed (s45c without: mix 686.4 MiB, 60,672 tok/s; eager 471.0)"
   timeout 100 python3 scripts/compiled_step_snapshot.py --model stage1:mix --top 25 2>&1 | grep -v Warn | tail -60

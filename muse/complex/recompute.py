@@ -88,7 +88,7 @@ def recomputed(fn, *args):
     return fn(*args)
 
 
-#: ``1``: :func:`gemm_saved` regions (a block's norm -> linear -> modReLU -> linear chain) are, under
+#: ``1``: :func:`gemm_saved` regions (each branch of a mix block: norm -> mixer, norm -> linear -> modReLU -> linear) are, under
 #: ``torch.compile``, selectively checkpointed: the partitioner keeps their GEMM outputs and recomputes the rest
 #: (norms, activations, casts; custom kernel ops included, which it never recomputes on its own).  ``0`` (the
 #: default; not yet measured on CUDA): the partitioner alone decides.

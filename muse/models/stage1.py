@@ -349,8 +349,12 @@ class Stage1MixBlock(nn.Module):
     def forward(self, z: C.ComplexTensor, stats: dict | None = None) -> C.ComplexTensor:
         """``stats`` (the model's diagnostics dict for this block) gets no entries from this block."""
         if self.mixer is not None:
-            z = C.add(z, self.dropout(self.mixer(self.mixer_norm(z))))
+            z = C.add(z, self.dropout(C.ComplexTensor(gemm_saved(self._mixer_branch, z.planes))))
         return C.add(z, self.dropout(C.ComplexTensor(gemm_saved(self._ffn_branch, z.planes))))
+
+    def _mixer_branch(self, planes: torch.Tensor) -> torch.Tensor:
+        """mixer(mixer_norm(z)) on z's planes (a region that :func:`muse.complex.recompute.gemm_saved` may checkpoint)."""
+        return self.mixer(self.mixer_norm(C.ComplexTensor(planes))).planes
 
     def _ffn_branch(self, planes: torch.Tensor) -> torch.Tensor:
         """ffn(ffn_norm(z)) on z's planes (a region that :func:`muse.complex.recompute.gemm_saved` may checkpoint)."""

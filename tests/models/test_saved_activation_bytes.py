@@ -324,10 +324,11 @@ def test_gemm_saved_is_plain_eager_code():
     assert seen == [1] and torch.equal(x.grad, torch.full((3,), 2.0))
 
 
-def test_the_ffn_chain_under_compile_saves_less_and_gives_the_same_gradients(monkeypatch):
-    """With MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 each block's norm -> linear -> modReLU -> linear is selectively
-    checkpointed: inductor's partitioner saves fewer bytes (outputs of the forward graph other than its inputs), and
-    the loss and gradients stay those of the plain compiled step."""
+def test_the_branches_under_compile_save_less_and_give_the_same_gradients(monkeypatch):
+    """With MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 both branches of each mix block (norm -> recurrence, norm -> linear ->
+    modReLU -> linear) are selectively checkpointed: inductor's partitioner saves under half the bytes (outputs of the
+    forward graph other than its inputs; the chunked scan's decay matrices are recomputed), and the loss and gradients
+    stay those of the plain compiled step."""
     import torch._inductor.compile_fx as compile_fx
 
     from muse.train.loss import compile_model_loss
@@ -356,5 +357,5 @@ def test_the_ffn_chain_under_compile_saves_less_and_gives_the_same_gradients(mon
         model.zero_grad(set_to_none=True)
     torch._dynamo.reset()
     (saved0, loss0, grads0), (saved1, loss1, grads1) = runs["0"], runs["1"]
-    assert saved1 < 0.97 * saved0, (saved1, saved0)
+    assert saved1 < 0.5 * saved0, (saved1, saved0)
     _assert_same_step(loss0, grads0, loss1, grads1)
