@@ -1439,6 +1439,31 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s45h)
+  step "compiled training of mix at the seed size (muse train, B 8, S 1024, 30 steps, no eval): the default compile mode against reduce-overhead (CUDA graphs), each with MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 and 1; steady step time and the process peak (the compiled step without graphs is host-bound: s45e/f, 38 ms a B 2 step against ~4 ms of GPU work)"
+  for mode in default reduce-overhead; do
+    for flag in 0 1; do
+      extra=(); [ "$mode" = reduce-overhead ] && extra=(--compile-mode reduce-overhead)
+      name="train-$mode-chain-$flag"; rm -rf "$OUT/$name"
+      MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 130 python3 -m muse train --model stage1 --preset mix --device cuda --compile \
+        "${extra[@]}" "${DATA[@]}" --max-steps 30 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 \
+        --eval-every 0 --final-eval-tokens 65536 --ckpt-every 0 --log-every 10 --no-progress --out "$OUT/$name" > "$OUT/$name.txt" 2>&1
+      echo "$name rc=$?"; python3 - "$OUT/$name/results.json" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except OSError as e:
+    print("  no results:", e); sys.exit()
+t = r.get("steady_step_s"); fe = r.get("final_eval") or {}
+print(f"  status {r.get('status')}, steady step {t and round(t * 1e3, 1)} ms = {t and round(8 * 1024 / t):,} tok/s, "
+      f"compile {r.get('compile_s') and round(r['compile_s'], 1)} s, peak {r['peak_memory']['bytes'] / 2**20:,.1f} MiB, "
+      f"final eval loss {fe.get('loss')}, skipped {r.get('skipped_steps')}")
+PY
+      [ -f "$OUT/$name/results.json" ] || tail -5 "$OUT/$name.txt"
+    done
+  done
+  pack
+  ;;
 s45g)
   step "where the chain switch's time goes: the profiler's kernel table of 5 compiled mix steps (B 2, S 1024), MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 then 1 (s45f: 54,156 / 53,863 against 40,742 / 47,443 tok/s)"
   for flag in 0 1; do
