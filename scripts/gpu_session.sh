@@ -1440,14 +1440,15 @@ s41a|s41b)
   pack
   ;;
 s45h)
-  step "compiled training of mix at the seed size (muse train, B 8, S 1024, 30 steps, no eval): the default compile mode against reduce-overhead (CUDA graphs), each with MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 and 1; steady step time and the process peak (the compiled step without graphs is host-bound: s45e/f, 38 ms a B 2 step against ~4 ms of GPU work)"
-  for mode in default reduce-overhead; do
-    for flag in 0 1; do
+  step "compiled training of mix at the seed size (muse train, B 8, S 1024, 20 steps, no eval): the default compile mode against reduce-overhead (CUDA graphs), the latter with MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 and 1; steady step time and the process peak (the compiled step without graphs is host-bound: s45e/f, 38 ms a B 2 step against ~4 ms of GPU work)"
+  for run in "reduce-overhead 0" "reduce-overhead 1" "default 0"; do
+    set -- $run; mode=$1 flag=$2
+    {
       extra=(); [ "$mode" = reduce-overhead ] && extra=(--compile-mode reduce-overhead)
       name="train-$mode-chain-$flag"; rm -rf "$OUT/$name"
-      MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 130 python3 -m muse train --model stage1 --preset mix --device cuda --compile \
-        "${extra[@]}" "${DATA[@]}" --max-steps 30 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 \
-        --eval-every 0 --final-eval-tokens 65536 --ckpt-every 0 --log-every 10 --no-progress --out "$OUT/$name" > "$OUT/$name.txt" 2>&1
+      MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 110 python3 -m muse train --model stage1 --preset mix --device cuda --compile \
+        "${extra[@]}" "${DATA[@]}" --max-steps 20 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 \
+        --eval-every 0 --final-eval-tokens 16384 --ckpt-every 0 --log-every 5 --no-progress --out "$OUT/$name" > "$OUT/$name.txt" 2>&1
       echo "$name rc=$?"; python3 - "$OUT/$name/results.json" <<'PY'
 import json, sys
 try:
@@ -1458,9 +1459,11 @@ t = r.get("steady_step_s"); fe = r.get("final_eval") or {}
 print(f"  status {r.get('status')}, steady step {t and round(t * 1e3, 1)} ms = {t and round(8 * 1024 / t):,} tok/s, "
       f"compile {r.get('compile_s') and round(r['compile_s'], 1)} s, peak {r['peak_memory']['bytes'] / 2**20:,.1f} MiB, "
       f"final eval loss {fe.get('loss')}, skipped {r.get('skipped_steps')}")
+logged = [json.loads(l) for l in open(sys.argv[1].replace("results.json", "log.jsonl")) if '"tok_per_s"' in l]
+print("  logged tok/s (each over the 5 steps before, synced):", [round(x["tok_per_s"]) for x in logged])
 PY
       [ -f "$OUT/$name/results.json" ] || tail -5 "$OUT/$name.txt"
-    done
+    }
   done
   pack
   ;;
