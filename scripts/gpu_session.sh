@@ -1441,7 +1441,8 @@ s41a|s41b)
   ;;
 s45h)
   step "compiled training of mix at the seed size (muse train, B 8, S 1024, 20 steps, no eval): the default compile mode against reduce-overhead (CUDA graphs), the latter with MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 and 1; steady step time and the process peak (the compiled step without graphs is host-bound: s45e/f, 38 ms a B 2 step against ~4 ms of GPU work)"
-  for run in "reduce-overhead 0" "reduce-overhead 1" "default 0"; do
+  IFS=, read -ra runs <<< "${S45H_RUNS:-reduce-overhead 0,reduce-overhead 1,default 0}"
+  for run in "${runs[@]}"; do
     set -- $run; mode=$1 flag=$2
     {
       extra=(); [ "$mode" = reduce-overhead ] && extra=(--compile-mode reduce-overhead)
