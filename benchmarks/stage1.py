@@ -201,6 +201,7 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
         "skipped_steps": results["skipped_steps"],
         "train_tokens_per_s": results["train_tokens_per_s"],
         "compiled": results["compiled"], "compile_s": results["compile_s"],
+        "compile_recompute": results.get("compile_recompute"),
         "parameters": results["model"]["parameters"],
         "train_split": results["train_split"],
         "train_split_warning": results["train_split_warning"],
@@ -390,10 +391,14 @@ def _tok_s(m: dict, key: str) -> str:
 
 
 def _compiled(r: dict) -> str:
-    """"yes (S s)" or "no": whether a run trained under torch.compile, and its compile time apart."""
+    """"yes (S s)" or "no": whether a run trained under torch.compile, and its compile time apart (and the
+    recompute switches that were on, which change the compiled step's memory)."""
     if r.get("compiled") is None:
         return "n/a"
-    return f"yes ({_fmt(r.get('compile_s'), '.1f')} s)" if r["compiled"] else "no"
+    if not r["compiled"]:
+        return "no"
+    switches = f", recomputes {' and '.join(r['compile_recompute'])}" if r.get("compile_recompute") else ""
+    return f"yes ({_fmt(r.get('compile_s'), '.1f')} s{switches})"
 
 
 def _mode(meas: dict) -> str:

@@ -104,6 +104,12 @@ def chain_in_compile() -> bool:
     return _switch(CHAIN_IN_COMPILE_ENV)
 
 
+def compile_switches() -> list[str]:
+    """The recompute switches on for code traced now: ``"regions"`` (:func:`in_compile`), ``"branches"``
+    (:func:`chain_in_compile`); what a compiled run's report records."""
+    return [name for name, on in (("regions", in_compile()), ("branches", chain_in_compile())) if on]
+
+
 def _keep_gemms(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if str(op) in GEMM_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from muse._io import check_output_dir, remove_stale_temps, write_json
+from muse.complex.recompute import compile_switches
 from muse.data import TrainBlocks, tokens_sha256
 from muse.models.compile import compile_model, resolve_compile, set_memory_budget
 from muse.models.registry import MODELS, make_config
@@ -135,6 +136,7 @@ class Trainer:
         if cfg.compile_memory_budget is not None and not self.compiled:
             raise ValueError(f"compile_memory_budget={cfg.compile_memory_budget} needs a compiled run; compile is "
                              f"off here (pass --compile; it is off by default on {ctx.device.type})")
+        self.recompute = compile_switches() if self.compiled else None  # the environment read when tracing
         previous = set_memory_budget(cfg.compile_memory_budget if self.compiled else None)  # train() restores it
         self.memory_budget = previous if cfg.compile_memory_budget is None else cfg.compile_memory_budget
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
@@ -426,7 +428,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- reporting
     def compile_record(self) -> dict:
-        """Whether the model ran compiled, and compile time (first step minus a steady step) apart.
+        """Whether the model ran compiled, and compile time (first step minus a steady step) apart; for a compiled
+        run its activation memory budget and recompute switches (``muse.complex.recompute.compile_switches``).
 
         An eager run has no compile time: its ``compile_s`` is None, its first step's overhead stays in
         ``first_step_s``."""
@@ -435,7 +438,8 @@ class Trainer:
             times["compile_s"] = None
         return {"compiled": self.compiled, "compile_backend": self.cfg.compile_backend if self.compiled else None,
                 "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None,
-                "compile_memory_budget": self.memory_budget if self.compiled else None, **times}
+                "compile_memory_budget": self.memory_budget if self.compiled else None,
+                "compile_recompute": self.recompute, **times}
 
     def describe(self) -> str:
         """The run's configuration, nanoGPT style, printed at start."""

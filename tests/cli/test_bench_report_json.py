@@ -75,3 +75,7 @@ def test_the_report_says_which_runs_trained_compiled_and_how_the_throughputs_ran
     write_report(build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, runs,
                               per_model, "cpu"), tmp_path)
     assert "| inference tok/s (eager and compiled) |" in (tmp_path / "report.md").read_text()
+    runs["phase2"]["compile_recompute"] = ["branches"]  # MUSE_RECOMPUTE_CHAIN_IN_COMPILE=1 changes its step memory
+    write_report(build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, runs,
+                              per_model, "cpu"), tmp_path)
+    assert "| trained compiled (compile s) | yes (31.2 s, recomputes branches) | no |" in (tmp_path / "report.md").read_text()

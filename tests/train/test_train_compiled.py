@@ -57,6 +57,24 @@ def test_the_results_table_gives_the_compile_time_apart():
     assert "| compiled (compile s) | yes (32.7 s) |" in table and "| train tok/s (first step included) | 10 |" in table
 
 
+def test_a_compiled_run_records_its_recompute_switches(tmp_path, monkeypatch):
+    """MUSE_RECOMPUTE_CHAIN_IN_COMPILE changes what a compiled step keeps, so results.json and the table name it;
+    a value other than 0 or 1 is a ValueError before anything trains."""
+    from muse.complex import recompute
+
+    kw = dict(max_steps=2, eval_every=0, final_eval_tokens=128, compile=True, compile_backend="aot_eager")
+    monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, "1")
+    res = train(tiny_config(str(tmp_path / "on"), **kw), DATA)
+    assert res["compile_recompute"] == ["branches"]
+    assert "recomputes branches (MUSE_RECOMPUTE_*_IN_COMPILE)" in results_table(res)
+    monkeypatch.setenv(recompute.IN_COMPILE_ENV, "1")
+    assert recompute.compile_switches() == ["regions", "branches"]
+    monkeypatch.setenv(recompute.CHAIN_IN_COMPILE_ENV, "yes")
+    with pytest.raises(ValueError, match="MUSE_RECOMPUTE_CHAIN_IN_COMPILE must be 0 or 1, got 'yes'"):
+        train(tiny_config(str(tmp_path / "bad"), **kw), DATA)
+    assert not (tmp_path / "bad" / "log.jsonl").exists()
+
+
 def test_compile_mode_is_checked():
     with pytest.raises(ValueError, match="compile_mode must be one of"):
         tiny_config("x", compile_mode="max-autotune-no-cudagraphs")
@@ -109,6 +127,7 @@ def test_inductor_training_on_cpu_follows_eager(tmp_path):
     assert eager["skipped_steps"] == compiled["skipped_steps"] == 0
     torch.testing.assert_close(_losses(tmp_path / "inductor"), _losses(tmp_path / "eager"), rtol=1e-3, atol=1e-3)
     assert compiled["compile_memory_budget"] == 1.0 and eager["compile_memory_budget"] is None
+    assert compiled["compile_recompute"] == [] and eager["compile_recompute"] is None
     lean = train(tiny_config(str(tmp_path / "lean"), compile=True, compile_memory_budget=0.1, **kw), DATA)
     assert lean["compile_memory_budget"] == 0.1 and "activation memory budget 0.1)" in results_table(lean)
     assert torch._functorch.config.activation_memory_budget == 1.0  # train() puts the process-wide value back
