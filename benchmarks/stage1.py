@@ -36,7 +36,13 @@ from benchmarks import criteria as crit
 from benchmarks import measure
 from muse._checks import check_float, check_int, check_type
 from muse._io import atomic_write_text, check_output_dir, write_report_json
-from muse.models.compile import check_memory_budget, resolve_compile, set_memory_budget
+from muse.models.compile import (
+    GRAPH_MODES,
+    check_memory_budget,
+    check_mode,
+    resolve_compile,
+    set_memory_budget,
+)
 from muse.train.loss import loss_path
 from muse.train.runlog import environment
 
@@ -96,6 +102,7 @@ class Stage1BenchConfig:
     compile: bool | None = None  # training under torch.compile; None: on for CUDA, off for CPU
     keep_logits: bool = False  # the training runs' loss keeps its chunks' logits (speed; not the memory row's loss)
     compile_memory_budget: float | None = None  # compiled runs: the partitioner's activation memory budget
+    compile_mode: str | None = None  # compiled runs (muse.models.compile.MODES); None: resolve_compile_mode's default
     model_overrides: dict = field(default_factory=dict)  # applied to both models (e.g. dropout)
     stage1_overrides: dict = field(default_factory=dict)  # Stage 1 only (e.g. mixer="recurrence")
     phase2_overrides: dict = field(default_factory=dict)  # Phase 2 and its mixer-free reference (e.g. zeta_scale)
@@ -109,6 +116,10 @@ class Stage1BenchConfig:
             if self.compile is False:
                 raise ValueError(f"compile_memory_budget={self.compile_memory_budget} needs compiled training; "
                                  "compile is False (--no-compile)")
+        check_mode(self.compile_mode, "compile_mode")
+        if self.compile_mode is not None and self.compile is False:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compiled training; compile is False "
+                             "(--no-compile)")
         for name in ("model_overrides", "stage1_overrides", "phase2_overrides"):
             check_type(name, getattr(self, name), dict, "a dict of config fields")
         for name in ("batch_size", "memory_batch", "throughput_batch", "throughput_steps", "trials",
@@ -160,7 +171,7 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
         tokenizer_dir=cfg.tokenizer_dir, cache_dir=cfg.cache_dir, tokens_npy=cfg.tokens_npy,
         eval_tokens_npy=cfg.eval_tokens_npy, offline=cfg.offline, out=str(out / run), seed=cfg.seed,
         device=cfg.device, progress=cfg.progress, ckpt_every=0, compile=cfg.compile, keep_logits=cfg.keep_logits,
-        compile_memory_budget=cfg.compile_memory_budget,
+        compile_memory_budget=cfg.compile_memory_budget, compile_mode=cfg.compile_mode,
     )
 
 
@@ -201,7 +212,7 @@ def _train_run(cfg: Stage1BenchConfig, run: str, out: Path, ctx, data):
         "skipped_steps": results["skipped_steps"],
         "train_tokens_per_s": results["train_tokens_per_s"],
         "compiled": results["compiled"], "compile_s": results["compile_s"],
-        "compile_recompute": results.get("compile_recompute"),
+        "compile_recompute": results.get("compile_recompute"), "compile_mode": results.get("compile_mode"),
         "parameters": results["model"]["parameters"],
         "train_split": results["train_split"],
         "train_split_warning": results["train_split_warning"],
@@ -250,6 +261,9 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     if cfg.compile_memory_budget is not None and not resolve_compile(cfg.compile, dev):
         raise ValueError(f"compile_memory_budget={cfg.compile_memory_budget} needs compiled training; compile is off "
                          f"here (pass --compile; it is off by default on {dev.type})")
+    if cfg.compile_mode is not None and not resolve_compile(cfg.compile, dev):
+        raise ValueError(f"compile_mode={cfg.compile_mode!r} needs compiled training; compile is off here (pass "
+                         f"--compile; it is off by default on {dev.type})")
     data = load_run_data(_train_config(cfg, "stage1", out))
     vocab = _train_vocab(cfg)
 
@@ -391,14 +405,15 @@ def _tok_s(m: dict, key: str) -> str:
 
 
 def _compiled(r: dict) -> str:
-    """"yes (S s)" or "no": whether a run trained under torch.compile, and its compile time apart (and the
-    recompute switches that were on, which change the compiled step's memory)."""
+    """"yes (S s)" or "no": whether a run trained under torch.compile, and its compile time apart (and whether it
+    replayed CUDA graphs, and the recompute switches that were on, which change the compiled step's memory)."""
     if r.get("compiled") is None:
         return "n/a"
     if not r["compiled"]:
         return "no"
+    graphs = ", CUDA graphs" if r.get("compile_mode") in GRAPH_MODES else ""
     switches = f", recomputes {' and '.join(r['compile_recompute'])}" if r.get("compile_recompute") else ""
-    return f"yes ({_fmt(r.get('compile_s'), '.1f')} s{switches})"
+    return f"yes ({_fmt(r.get('compile_s'), '.1f')} s{graphs}{switches})"
 
 
 def _mode(meas: dict) -> str:

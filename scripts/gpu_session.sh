@@ -1439,13 +1439,30 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s46a)
+  step "CUDA graphs as the compiled single-process CUDA default: the CUDA trainer tests (bitwise resume under the graphs), then muse train mix B 8 S 1024 with no --compile-mode (s45h: 105,035-108,950 tok/s in the default mode, 342,132-356,900 with reduce-overhead)"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_compiled.py tests/train/test_compiled_model_loss.py \
+    -k "cuda or cudagraph" 2>&1 | tee "$OUT/cuda-train-tests.txt" | tail -4
+  S45H_RUNS="auto 0" bash "$0" s45h | grep -v "^===\|^GPU\|^torch"
+  cp -r runs/gpu/s45h/train-auto-chain-0* "$OUT/" 2>/dev/null
+  pack
+  ;;
+s46b)
+  step "the mix preset's criteria run under the new CUDA default (compiled training replaying CUDA graphs), alone on the GPU (s44e: the default mode, two processes sharing the GPU: mix 658.40, Phase 2 674.09, mixer-free 789.19, all_pass true)"
+  timeout 560 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
+    --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix" > "$OUT/bench-mix.txt" 2>&1
+  echo "bench-mix rc=$?"
+  grep "^| perplexity vs\|^| VRAM\|^| NaN\|^| gradient\|^| planar\|all_pass\|^| eval PPL\|compiled\|tok/s" "$OUT/bench-mix/report.md" | cut -c1-220
+  tail -3 "$OUT/bench-mix.txt"
+  pack
+  ;;
 s45h)
   step "compiled training of mix at the seed size (muse train, B 8, S 1024, 20 steps, no eval): the default compile mode against reduce-overhead (CUDA graphs), the latter with MUSE_RECOMPUTE_CHAIN_IN_COMPILE 0 and 1; steady step time and the process peak (the compiled step without graphs is host-bound: s45e/f, 38 ms a B 2 step against ~4 ms of GPU work)"
   IFS=, read -ra runs <<< "${S45H_RUNS:-reduce-overhead 0,reduce-overhead 1,default 0}"
   for run in "${runs[@]}"; do
     set -- $run; mode=$1 flag=$2
     {
-      extra=(); [ "$mode" = reduce-overhead ] && extra=(--compile-mode reduce-overhead)
+      extra=(); [ "$mode" != auto ] && extra=(--compile-mode "$mode")  # auto: the CUDA default (reduce-overhead since s46a)
       name="train-$mode-chain-$flag"; rm -rf "$OUT/$name"
       MUSE_RECOMPUTE_CHAIN_IN_COMPILE=$flag timeout 110 python3 -m muse train --model stage1 --preset mix --device cuda --compile \
         "${extra[@]}" "${DATA[@]}" --max-steps 20 --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 \

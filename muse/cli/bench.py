@@ -55,6 +55,9 @@ def register(sub) -> None:
     g.add_argument("--compile-memory-budget", type=float, metavar="FRACTION",
                    help="compiled training runs (and their compiled-step memory row): the compiler's activation "
                    "memory budget in (0, 1]; lower recomputes more in backward (`muse train --compile-memory-budget`)")
+    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="compiled training runs' torch.compile mode (`muse train --compile-mode`; default: "
+                   "reduce-overhead, CUDA graphs, in one CUDA process)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1; the GPU budget's runs use 3.0)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
@@ -111,7 +114,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references", "keep_logits", "compile_memory_budget")
+STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references", "keep_logits", "compile_memory_budget",
+               "compile_mode")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 
 

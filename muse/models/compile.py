@@ -20,11 +20,13 @@ import muse.complex as C
 from muse._checks import check_float, check_type
 
 BACKENDS = ("inductor", "aot_eager", "eager")
-#: torch.compile modes: None (default); "reduce-overhead" (inductor replays CUDA graphs, which
-#: removes the per-kernel launch cost that bounds a compiled training step on CUDA); "max-autotune"
-#: (CUDA graphs too, and inductor times Triton GEMM templates against cuBLAS for every matrix
-#: product, fusing element-wise neighbours into the template it picks; minutes of compile time).
-MODES = (None, "reduce-overhead", "max-autotune")
+#: torch.compile modes: None or "default" (torch's default); "reduce-overhead" (inductor replays CUDA
+#: graphs, which removes the per-kernel launch cost that bounds a compiled training step on CUDA);
+#: "max-autotune" (CUDA graphs too, and inductor times Triton GEMM templates against cuBLAS for every
+#: matrix product, fusing element-wise neighbours into the template it picks; minutes of compile time).
+MODES = (None, "default", "reduce-overhead", "max-autotune")
+#: the modes that replay CUDA graphs (inductor only)
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def check_mode(mode: object, name: str = "compile mode") -> str | None:
@@ -32,6 +34,24 @@ def check_mode(mode: object, name: str = "compile mode") -> str | None:
     if mode not in MODES:
         raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
     return mode
+
+
+def resolve_compile_mode(mode: str | None, *, compiled: bool, device: torch.device | str,
+                         distributed: bool = False, backend: str = "inductor") -> str | None:
+    """The mode a compiled training step runs under: ``mode`` when given; else "reduce-overhead" for one
+    process compiling with inductor on CUDA, "default" for any other compiled run; None for an eager run.
+
+    CUDA graphs are the single-process CUDA default because the compiled step is bound by the host without
+    them: the seed-size ``mix`` step at B 8, S 1024 trains at 105k-109k tok/s in the default mode against
+    342k-357k with CUDA graphs (H100, docs/performance.md, forty-third session).  DDP keeps the default
+    mode (its collectives run outside a graph)."""
+    check_mode(mode)
+    if not compiled:
+        return None
+    if mode is not None:
+        return mode
+    single_cuda = torch.device(device).type == "cuda" and not distributed and backend == "inductor"
+    return "reduce-overhead" if single_cuda else "default"
 
 
 def set_memory_budget(budget: float | None) -> float:
@@ -72,7 +92,7 @@ def compile_model(model: nn.Module, *, backend: str = "inductor", fullgraph: boo
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_mode(mode)
-    if mode is not None and backend != "inductor":
+    if mode in GRAPH_MODES and backend != "inductor":
         raise ValueError(f"mode={mode!r} needs backend='inductor', got {backend!r}")
     C.set_gemm_policy()  # compiled GEMMs read the process-wide cuBLAS flags when they run
     return torch.compile(model, backend=backend, fullgraph=fullgraph, mode=mode)
@@ -106,4 +126,5 @@ def timed(fn, *args, device: torch.device | str = "cpu", **kwargs):
     return out, time.perf_counter() - t0
 
 
-__all__ = ["BACKENDS", "compile_model", "resolve_compile", "synchronize", "timed", "unwrap"]
+__all__ = ["BACKENDS", "GRAPH_MODES", "MODES", "compile_model", "resolve_compile", "resolve_compile_mode", "synchronize",
+           "timed", "unwrap"]

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from muse._checks import check_float, check_int, check_type
-from muse.models.compile import check_memory_budget, check_mode
+from muse.models.compile import GRAPH_MODES, check_memory_budget, check_mode
 from muse.train.distributed import BACKENDS as DIST_BACKENDS
 from muse.train.scaler import check_power_of_two
 
@@ -66,7 +66,7 @@ class TrainConfig:
     amp: str | None = None  # Phase 2 on CUDA: bf16 or fp16 autocast
     compile: bool | None = None  # torch.compile the model; None: on for CUDA, off for CPU
     compile_backend: str = "inductor"  # aot_eager/eager: quick compile checks on CPU
-    compile_mode: str | None = None  # muse.models.compile.MODES: "reduce-overhead"/"max-autotune" replay CUDA graphs
+    compile_mode: str | None = None  # muse.models.compile.MODES; None: CUDA graphs in one CUDA process (resolve_compile_mode)
     compile_memory_budget: float | None = None  # the partitioner's activation memory budget (None: torch's 1.0)
     dist_backend: str = "auto"  # under torchrun: auto = NCCL on CUDA, gloo on CPU; gloo on CUDA lets ranks share a GPU
     keep_logits: bool = False  # the loss keeps its chunks' logits for backward: faster, the full logits' memory
@@ -130,7 +130,7 @@ class TrainConfig:
         if self.compile_backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {self.compile_backend!r}")
         check_mode(self.compile_mode, "compile_mode")
-        if self.compile_mode is not None and self.compile_backend != "inductor":
+        if self.compile_mode in GRAPH_MODES and self.compile_backend != "inductor":
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile_backend='inductor', "
                              f"got {self.compile_backend!r}")
         if self.compile_memory_budget is not None:

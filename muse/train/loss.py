@@ -795,10 +795,10 @@ def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", red
                        impl: str = "auto", mode: str | None = None, keep_logits: bool = False):
     """``(input_ids, targets) -> model_loss(model, ...)`` compiled as one graph, the model and the
     chunked loss together (fullgraph): the chunk loop costs no per-op host dispatch.  ``model`` is
-    the plain module (not a compiled or DDP wrapper).  ``mode``: None or ``"reduce-overhead"``
-    (CUDA graphs; the returned loss lives in the graph's memory until the next call).  Sets the
+    the plain module (not a compiled or DDP wrapper).  ``mode``: one of ``muse.models.compile.MODES``;
+    under CUDA graphs (``"reduce-overhead"``) the returned loss lives in the graph's memory until the next call.  Sets the
     GEMM policy process-wide first (``muse.complex.set_gemm_policy``)."""
-    from muse.models.compile import BACKENDS, check_mode
+    from muse.models.compile import BACKENDS, GRAPH_MODES, check_mode
 
     check_type("model", model, torch.nn.Module, "an nn.Module")
     if backend not in BACKENDS:
@@ -806,7 +806,7 @@ def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", red
     _check_reduction(reduction)
     check_mode(mode)
     check_type("keep_logits", keep_logits, bool, "a bool")
-    if mode is not None and backend != "inductor":
+    if mode in GRAPH_MODES and backend != "inductor":
         raise ValueError(f"mode={mode!r} needs backend='inductor', got {backend!r}")
     C.set_gemm_policy()
 

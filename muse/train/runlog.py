@@ -163,12 +163,13 @@ def results_table(results: dict) -> str:
 
 
 def _compiled(results: dict) -> str:
-    """"yes (S s)" with the compile time apart from run time (and the activation memory budget when it is not
-    torch's 1.0, and the recompute switches that are on), or "no"."""
+    """"yes (S s)" with the compile time apart from run time (and the mode when it replays CUDA graphs, the
+    activation memory budget when it is not torch's 1.0, and the recompute switches that are on), or "no"."""
     if not results.get("compiled"):
         return "no"
-    budget = results.get("compile_memory_budget")
-    extra = f", activation memory budget {budget:g}" if budget is not None and budget != 1.0 else ""
+    budget, mode = results.get("compile_memory_budget"), results.get("compile_mode")
+    extra = f", {mode}: CUDA graphs" if mode in ("reduce-overhead", "max-autotune") else ""
+    extra += f", activation memory budget {budget:g}" if budget is not None and budget != 1.0 else ""
     if results.get("compile_recompute"):
         extra += f", recomputes {' and '.join(results['compile_recompute'])} (MUSE_RECOMPUTE_*_IN_COMPILE)"
     return f"yes ({_fmt(results.get('compile_s'), '.1f')} s{extra})"

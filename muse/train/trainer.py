@@ -27,7 +27,13 @@ import torch.distributed as dist
 from muse._io import check_output_dir, remove_stale_temps, write_json
 from muse.complex.recompute import compile_switches
 from muse.data import TrainBlocks, tokens_sha256
-from muse.models.compile import compile_model, resolve_compile, set_memory_budget
+from muse.models.compile import (
+    GRAPH_MODES,
+    compile_model,
+    resolve_compile,
+    resolve_compile_mode,
+    set_memory_budget,
+)
 from muse.models.registry import MODELS, make_config
 from muse.train import checkpoint as ckpt_io
 from muse.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -129,9 +135,9 @@ class Trainer:
         if cfg.compile_mode is not None and not self.compiled:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) needs a compiled run; compile is "
                              f"off here (pass --compile; it is off by default on {ctx.device.type})")
-        if cfg.compile_mode is not None and self.ddp is not None:
+        if cfg.compile_mode in GRAPH_MODES and self.ddp is not None:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) is for a single process; under DDP "
-                             f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out")
+                             f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out or pass 'default'")
         base = self.ddp if self.ddp is not None else self.model
         if cfg.compile_memory_budget is not None and not self.compiled:
             raise ValueError(f"compile_memory_budget={cfg.compile_memory_budget} needs a compiled run; compile is "
@@ -142,7 +148,9 @@ class Trainer:
         self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
-        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=cfg.compile_mode,
+        self.compile_mode = resolve_compile_mode(cfg.compile_mode, compiled=self.compiled, device=ctx.device,
+                                                 distributed=self.ddp is not None, backend=cfg.compile_backend)
+        self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=self.compile_mode,
                                            keep_logits=cfg.keep_logits)
                         if self.compiled and self.ddp is None
                         else functools.partial(model_loss, self.net, keep_logits=cfg.keep_logits))
@@ -437,7 +445,7 @@ class Trainer:
         if not self.compiled:
             times["compile_s"] = None
         return {"compiled": self.compiled, "compile_backend": self.cfg.compile_backend if self.compiled else None,
-                "compile_mode": self.cfg.compile_mode if self.compiled and self.ddp is None else None,
+                "compile_mode": self.compile_mode,
                 "compile_memory_budget": self.memory_budget if self.compiled else None,
                 "compile_recompute": self.recompute, **times}
 

@@ -82,6 +82,10 @@ def test_eval_targets_and_config_validation():
         Stage1BenchConfig(compile=True, compile_memory_budget=1.5)
     with pytest.raises(ValueError, match=r"compile_memory_budget=0.5 needs compiled training; compile is False"):
         Stage1BenchConfig(compile=False, compile_memory_budget=0.5)
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        Stage1BenchConfig(compile_mode="fast")
+    with pytest.raises(ValueError, match=r"compile_mode='reduce-overhead' needs compiled training; compile is False"):
+        Stage1BenchConfig(compile=False, compile_mode="reduce-overhead")
 
 
 def test_the_memory_budget_needs_compiled_training_before_anything_trains(tmp_path):
@@ -91,6 +95,9 @@ def test_the_memory_budget_needs_compiled_training_before_anything_trains(tmp_pa
     with pytest.raises(ValueError, match="compile_memory_budget=0.5 needs compiled training; compile is off here"):
         run_stage1_benchmark(Stage1BenchConfig(device="cpu", compile_memory_budget=0.5, out=str(tmp_path / "b")))
     assert not (tmp_path / "b" / "stage1").exists()
+    with pytest.raises(ValueError, match="compile_mode='default' needs compiled training; compile is off here"):
+        run_stage1_benchmark(Stage1BenchConfig(device="cpu", compile_mode="default", out=str(tmp_path / "c")))
+    assert not (tmp_path / "c" / "stage1").exists()
 
 
 def test_the_recipe_line_names_the_memory_budget():

@@ -79,3 +79,8 @@ def test_the_report_says_which_runs_trained_compiled_and_how_the_throughputs_ran
     write_report(build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, runs,
                               per_model, "cpu"), tmp_path)
     assert "| trained compiled (compile s) | yes (31.2 s, recomputes branches) | no |" in (tmp_path / "report.md").read_text()
+    runs["phase2"]["compile_mode"] = "reduce-overhead"  # the CUDA default of a compiled run in one process
+    write_report(build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, runs,
+                              per_model, "cpu"), tmp_path)
+    assert ("| trained compiled (compile s) | yes (31.2 s, CUDA graphs, recomputes branches) | no |"
+            in (tmp_path / "report.md").read_text())

@@ -95,7 +95,7 @@ def test_the_device_range_assert_is_a_well_formed_op():
 
 
 def test_compile_model_checks_its_arguments():
-    from muse.models.compile import MODES, compile_model
+    from muse.models.compile import GRAPH_MODES, compile_model
 
     model = build_model("stage1", "tiny")
     with pytest.raises(TypeError, match="model must be an nn.Module"):
@@ -104,6 +104,24 @@ def test_compile_model_checks_its_arguments():
         compile_model(model, backend="tvm")
     with pytest.raises(ValueError, match="compile mode must be one of"):
         compile_model(model, mode="max-autotune-no-cudagraphs")
-    for mode in MODES[1:]:
+    for mode in GRAPH_MODES:
         with pytest.raises(ValueError, match="needs backend='inductor'"):
             compile_model(model, backend="aot_eager", mode=mode)
+    compile_model(model, backend="aot_eager", mode="default")  # torch's default mode, any backend
+
+
+def test_cuda_graphs_are_the_compiled_default_of_one_cuda_process_only():
+    """resolve_compile_mode: CUDA graphs where one process compiles with inductor on CUDA; the default mode
+    under DDP, on the CPU or with another backend; an explicit mode as given; nothing for an eager run."""
+    from muse.models.compile import resolve_compile_mode
+
+    assert resolve_compile_mode(None, compiled=True, device="cuda") == "reduce-overhead"
+    assert resolve_compile_mode(None, compiled=True, device="cuda:1") == "reduce-overhead"
+    assert resolve_compile_mode(None, compiled=True, device="cuda", distributed=True) == "default"
+    assert resolve_compile_mode(None, compiled=True, device="cuda", backend="aot_eager") == "default"
+    assert resolve_compile_mode(None, compiled=True, device="cpu") == "default"
+    assert resolve_compile_mode("default", compiled=True, device="cuda") == "default"
+    assert resolve_compile_mode("max-autotune", compiled=True, device="cuda") == "max-autotune"
+    assert resolve_compile_mode(None, compiled=False, device="cuda") is None
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        resolve_compile_mode("fast", compiled=True, device="cuda")

@@ -29,7 +29,7 @@ def test_compiled_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
               compile_backend="aot_eager")
     straight, split = tmp_path / "straight", tmp_path / "split"
     res = train(tiny_config(str(straight), **kw), DATA)
-    assert res["compiled"] is True and res["compile_backend"] == "aot_eager"
+    assert res["compiled"] is True and res["compile_backend"] == "aot_eager" and res["compile_mode"] == "default"
     assert res["first_step_s"] > 0 and res["steady_step_s"] > 0 and res["compile_s"] >= 0
     train(tiny_config(str(split), stop_after=3, **kw), DATA)
     train(tiny_config(str(split), resume=str(split / "last.safetensors"), **kw), DATA)
@@ -43,7 +43,7 @@ def test_compiled_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
 
 def test_eager_is_the_cpu_default_and_is_recorded(tmp_path):
     res = train(tiny_config(str(tmp_path), max_steps=2), DATA)
-    assert res["compiled"] is False and res["compile_backend"] is None
+    assert res["compiled"] is False and res["compile_backend"] is None and res["compile_mode"] is None
     assert res["first_step_s"] > 0 and res["compile_s"] is None  # nothing compiled: no compile time
     assert "| compiled (compile s) | no |" in results_table(res)
 
@@ -55,6 +55,9 @@ def test_the_results_table_gives_the_compile_time_apart():
            "wall_time_s": 2.0, "peak_memory": {"bytes": 2**20, "kind": "x"}, "compiled": True, "compile_s": 32.66}
     table = results_table(res)
     assert "| compiled (compile s) | yes (32.7 s) |" in table and "| train tok/s (first step included) | 10 |" in table
+    graphs = results_table({**res, "compile_mode": "reduce-overhead"})
+    assert "| compiled (compile s) | yes (32.7 s, reduce-overhead: CUDA graphs) |" in graphs
+    assert "| compiled (compile s) | yes (32.7 s) |" in results_table({**res, "compile_mode": "default"})
 
 
 def test_a_compiled_run_records_its_recompute_switches(tmp_path, monkeypatch):
@@ -94,6 +97,29 @@ def test_compile_memory_budget_is_checked(tmp_path):
             tiny_config("x", compile_memory_budget=0.5, **kw)
     with pytest.raises(ValueError, match=r"compile_memory_budget=0.5 needs a compiled run; compile is off here"):
         train(tiny_config(str(tmp_path / "out"), max_steps=2, compile_memory_budget=0.5), DATA)  # CPU: eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_cuda_training_replays_cuda_graphs_by_default_and_resumes_bitwise(tmp_path):
+    """On CUDA a compiled single-process run replays CUDA graphs unless told otherwise, records it, and a
+    resumed run (a fresh process's graphs) continues bit for bit, dropout included; the default mode trains
+    the same steps to within reassociation."""
+    kw = dict(max_steps=6, eval_every=3, eval_tokens=128, final_eval_tokens=256, device="cuda", compile=True)
+    straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
+    res = train(tiny_config(str(straight), **kw), DATA)
+    assert res["compile_mode"] == "reduce-overhead" and res["skipped_steps"] == 0
+    assert "reduce-overhead: CUDA graphs" in results_table(res)
+    train(tiny_config(str(split), stop_after=3, **kw), DATA)
+    torch._dynamo.reset()  # the resumed half compiles and records its graphs afresh, as a new process would
+    train(tiny_config(str(split), resume=str(split / "last.safetensors"), **kw), DATA)
+    assert _losses(straight) == _losses(split) and len(_losses(split)) == 6
+    ta, tb = load_file(straight / "last.safetensors"), load_file(split / "last.safetensors")
+    for key in ta:
+        if key.startswith(("model.", "master.", "optim.")):
+            assert torch.equal(ta[key], tb[key]), key
+    default = train(tiny_config(str(plain), compile_mode="default", **kw), DATA)
+    assert default["compile_mode"] == "default"
+    torch.testing.assert_close(_losses(plain), _losses(straight), rtol=1e-3, atol=1e-3)
 
 
 def test_compile_mode_without_a_compiled_run_is_an_error(tmp_path):
