@@ -164,32 +164,45 @@ def _windows(array: np.ndarray, seq_len: int, stride: int) -> Iterator[tuple[tor
 
 
 def batched(
-    windows: Iterable[tuple[torch.Tensor, torch.Tensor, int]], batch_size: int, pad_id: int = 0
+    windows: Iterable[tuple[torch.Tensor, torch.Tensor, int]], batch_size: int, pad_id: int = 0,
+    width: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Stack up to ``batch_size`` windows into (b, L_max), right-padding inputs with ``pad_id``
-    and targets with ``IGNORE_INDEX``; right padding cannot change a causal model's scores."""
+    and targets with ``IGNORE_INDEX``; right padding cannot change a causal model's scores.
+
+    With ``width`` every batch is (batch_size, width): the last batch gets rows of padding and every
+    window is padded to ``width``, so a compiled model sees one shape (a new shape recompiles it: the
+    tail of an eval split cost a seed-size model 11-20 s, docs/results.md forty-third session)."""
     batch_size = check_int("batch_size", batch_size, min_value=1)
     pad_id = check_int("pad_id", pad_id, min_value=0)
-    return _batches(windows, batch_size, pad_id)
+    if width is not None:
+        check_int("width", width, min_value=1)
+    return _batches(windows, batch_size, pad_id, width)
 
 
 def _batches(
-    windows: Iterable[tuple[torch.Tensor, torch.Tensor, int]], batch_size: int, pad_id: int
+    windows: Iterable[tuple[torch.Tensor, torch.Tensor, int]], batch_size: int, pad_id: int, width: int | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     group: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    rows = batch_size if width is not None else None
     for window in windows:
         group.append(window)
         if len(group) == batch_size:
-            yield _stack(group, pad_id)
+            yield _stack(group, pad_id, rows, width)
             group = []
     if group:
-        yield _stack(group, pad_id)
+        yield _stack(group, pad_id, rows, width)
 
 
-def _stack(group: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    width = max(x.shape[1] for x, _, _ in group)
-    inputs = torch.full((len(group), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)
+def _stack(group: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int, rows: int | None = None,
+           width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    longest = max(x.shape[1] for x, _, _ in group)
+    if width is not None and longest > width:
+        raise ValueError(f"width must be >= every window's length, got {width} for a window of {longest}")
+    width = longest if width is None else width
+    rows = len(group) if rows is None else rows
+    inputs = torch.full((rows, width), pad_id, dtype=torch.long)
+    targets = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
     for row, (x, y, _) in enumerate(group):
         inputs[row, : x.shape[1]] = x[0]
         targets[row, : y.shape[1]] = y[0]

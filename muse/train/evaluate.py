@@ -22,7 +22,8 @@ def evaluate(model: nn.Module, tokens, seq_len: int, batch_size: int, stride: in
     Every token but the first is scored once through :func:`muse.data.eval_windows`
     (non-overlapping windows of ``seq_len``, or sliding ones with ``stride``); ``max_tokens``
     keeps only the first ``max_tokens`` targets, so periodic evals see the same subset each
-    time. Loss is the fp32 cross-entropy of :func:`muse.train.loss.model_loss` (no full-logits
+    time. Every batch is (batch_size, seq_len), the last padded with ignored targets, so a compiled
+    ``model`` sees one shape. Loss is the fp32 cross-entropy of :func:`muse.train.loss.model_loss` (no full-logits
     tensor), summed in float64 and divided by the count. With
     ``world_size > 1`` (torch.distributed initialised) each rank scores every
     ``world_size``-th batch and the sums are all-reduced. The model's training mode is restored.
@@ -46,7 +47,9 @@ def evaluate(model: nn.Module, tokens, seq_len: int, batch_size: int, stride: in
     was_training = model.training
     model.eval()
     try:
-        for i, (inputs, targets, n_scored) in enumerate(batched(eval_windows(array, seq_len, stride), batch_size)):
+        # one shape for every batch (the tail padded with ignored targets): a compiled model never recompiles
+        windows = eval_windows(array, seq_len, stride)
+        for i, (inputs, targets, n_scored) in enumerate(batched(windows, batch_size, width=seq_len)):
             if i % world_size != rank:
                 continue
             total[0] += model_loss(model, inputs.to(device, non_blocking=True),

@@ -175,3 +175,17 @@ def test_batched_pads_and_counts() -> None:
     assert mixed[0][1].tolist() == [20, 21, 0, 0, 0] and mixed[1][1].tolist() == [21, 22] + [IGNORE_INDEX] * 3
     with pytest.raises(ValueError, match="batch_size"):
         batched(windows, 0)
+
+
+def test_batched_with_a_width_gives_every_batch_one_shape() -> None:
+    """The eval tail padded to (batch_size, width) with ignored targets: a compiled model sees one shape."""
+    windows = list(eval_windows(np.arange(23), seq_len=5))
+    batches = list(batched(iter(windows), batch_size=2, width=5))
+    assert [tuple(b[0].shape) for b in batches] == [(2, 5)] * 3 and [b[2] for b in batches] == [10, 10, 2]
+    tail_inputs, tail_targets, _ = batches[-1]
+    assert tail_inputs.tolist() == [[20, 21, 0, 0, 0], [0] * 5]
+    assert tail_targets.tolist() == [[21, 22] + [IGNORE_INDEX] * 3, [IGNORE_INDEX] * 5]
+    with pytest.raises(ValueError, match="width must be >= every window's length, got 4 for a window of 5"):
+        list(batched(windows, 2, width=4))
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        batched(windows, 2, width=0)

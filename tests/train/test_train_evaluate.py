@@ -39,6 +39,20 @@ def test_batch_size_does_not_change_the_result(model):
     assert a["tokens_scored"] == b["tokens_scored"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
 
 
+def test_a_compiled_model_sees_one_batch_shape(model, monkeypatch):
+    """Every batch evaluate() runs is (batch_size, seq_len), the tail too: a compiled model never recompiles for
+    the last, shorter batch (11-20 s a seed-size model on an H100); the score is the unpadded one."""
+    shapes = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, ids, *a, **k: shapes.append(tuple(ids.shape))
+                        or forward(self, ids, *a, **k))
+    res = evaluate(model, TOKENS, 32, batch_size=3, stride=24)
+    assert res["tokens_scored"] == len(TOKENS) - 1 and set(shapes) == {(3, 32)} and len(shapes) > 1
+    monkeypatch.undo()
+    want = evaluate(model, TOKENS, 32, batch_size=1, stride=24)
+    assert res["loss"] == pytest.approx(want["loss"], rel=1e-6)
+
+
 def test_max_tokens_and_stride(model):
     assert evaluate(model, TOKENS, 32, 4, max_tokens=50)["tokens_scored"] == 50
     assert evaluate(model, TOKENS, 32, 4, stride=8)["tokens_scored"] == len(TOKENS) - 1
