@@ -1447,6 +1447,24 @@ s46a)
   cp -r runs/gpu/s45h/train-auto-chain-0* "$OUT/" 2>/dev/null
   pack
   ;;
+s46c)
+  step "s46b again after the eval batches got one shape (the tail padded): the final eval's time (s46b: Stage 1 22.19 s, Phase 2 12.48 s, mixer-free 3.49 s for 287,643 targets; the 16,384-target evals 0.02-0.05 s after the first) and the same verdicts"
+  timeout 560 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
+    --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix" > "$OUT/bench-mix.txt" 2>&1
+  echo "bench-mix rc=$?"
+  grep "^| perplexity vs\|^| VRAM\|all_pass\|^| eval PPL\|compiled (" "$OUT/bench-mix/report.md" | cut -c1-220
+  for r in phase2 stage1 phase2_nomix; do
+    python3 - "$OUT/bench-mix/$r" <<'PY'
+import json, sys
+d = sys.argv[1]
+r = json.load(open(d + "/results.json"))
+ev = [json.loads(l) for l in open(d + "/log.jsonl") if '"eval"' in l]
+print(d.rsplit("/", 1)[1], "wall", round(r["wall_time_s"], 1), "compile", round(r["compile_s"], 1), "steady step ms",
+      round(r["steady_step_s"] * 1e3, 2), "evals s", [round(e["eval_s"], 2) for e in ev], "final loss", ev[-1]["loss"])
+PY
+  done
+  pack
+  ;;
 s46b)
   step "the mix preset's criteria run under the new CUDA default (compiled training replaying CUDA graphs), alone on the GPU (s44e: the default mode, two processes sharing the GPU: mix 658.40, Phase 2 674.09, mixer-free 789.19, all_pass true)"
   timeout 560 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
