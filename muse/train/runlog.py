@@ -151,6 +151,7 @@ def results_table(results: dict) -> str:
         ("final eval PPL", _fmt(final.get("ppl"))),
         ("eval tokens scored", f"{final['tokens_scored']:,}" if final else "-"),
         ("train tok/s (first step included)", _fmt(results.get("train_tokens_per_s"), ".0f")),
+        ("train tok/s, steady step (compile excluded)", _fmt(results.get("steady_tokens_per_s"), ".0f")),
         ("compiled (compile s)", _compiled(results)),
         ("wall time (s)", _fmt(results["wall_time_s"], ".1f")),
         ("peak memory", f"{results['peak_memory']['bytes'] / 2**20:,.0f} MiB ({results['peak_memory']['kind']})"),

@@ -435,6 +435,11 @@ class Trainer:
             mark_time += time.perf_counter() - pause  # evals and checkpoints do not count as training time
 
     # ----------------------------------------------------------------- reporting
+    def _steady_tokens_per_s(self) -> float | None:
+        """Tokens a second of a steady step (the median after the first: compile and warm-up excluded)."""
+        steady = _compile_estimate(self.step_times)["steady_step_s"]
+        return self.tokens_per_step / steady if steady else None
+
     def compile_record(self) -> dict:
         """Whether the model ran compiled, and compile time (first step minus a steady step) apart; for a compiled
         run its activation memory budget and recompute switches (``muse.complex.recompute.compile_switches``).
@@ -503,6 +508,7 @@ class Trainer:
             "train_time_s": self.train_time,
             "train_tokens_per_s": trained_here / self.train_time if self.train_time > 0 else None,
             **self.compile_record(),
+            "steady_tokens_per_s": self._steady_tokens_per_s(),
             "peak_memory": peak_memory(self.ctx.device),
             "model_statistics": stats,
             "resumed_from": self.resumed_from,

@@ -60,7 +60,7 @@ def test_the_report_says_which_runs_trained_compiled_and_how_the_throughputs_ran
     per_model["stage1"]["trials"] = {"trials": 2, "nonfinite_trials": 0, "nonfinite_rate": 0.0,
                                      "grad_norm_min": 1e-3, "grad_norm_max": 1.0, "grad_offenders": []}
     per_model["stage1"]["layout"] = {"complex_activations": 3, "non_planar": []}
-    runs = {"phase2": {**_run(40.0), "compiled": True, "compile_s": 31.25},
+    runs = {"phase2": {**_run(40.0), "compiled": True, "compile_s": 31.25, "steady_tokens_per_s": 250000.0},
             "stage1": {**_run(30.0), "compiled": False, "compile_s": None}}
     stamp = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     data = {"train_split": "valid", "eval_split": "test", "train_tokens": 1000, "eval_tokens": 100,
@@ -70,6 +70,7 @@ def test_the_report_says_which_runs_trained_compiled_and_how_the_throughputs_ran
     write_report(report, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "| trained compiled (compile s) | yes (31.2 s) | no |" in md  # Phase 2, then Stage 1
+    assert "| train tok/s during training, steady step | 250,000 | n/a |" in md  # compile time kept out of it
     assert "| train tok/s, fused loss (eager) |" in md and "| inference tok/s (eager) |" in md
     per_model["stage1"]["inference_throughput"]["compiled"] = True
     write_report(build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, runs,

@@ -31,6 +31,8 @@ def test_compiled_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
     res = train(tiny_config(str(straight), **kw), DATA)
     assert res["compiled"] is True and res["compile_backend"] == "aot_eager" and res["compile_mode"] == "default"
     assert res["first_step_s"] > 0 and res["steady_step_s"] > 0 and res["compile_s"] >= 0
+    assert res["steady_tokens_per_s"] == pytest.approx(res["tokens_per_step"] / res["steady_step_s"])
+    assert f"| train tok/s, steady step (compile excluded) | {res['steady_tokens_per_s']:.0f} |" in results_table(res)
     train(tiny_config(str(split), stop_after=3, **kw), DATA)
     train(tiny_config(str(split), resume=str(split / "last.safetensors"), **kw), DATA)
     assert _losses(straight) == _losses(split) and len(_losses(split)) == 6
