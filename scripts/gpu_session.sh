@@ -1447,6 +1447,12 @@ s46a)
   cp -r runs/gpu/s45h/train-auto-chain-0* "$OUT/" 2>/dev/null
   pack
   ;;
+s46d)
+  step "DDP under CUDA graphs (tree 2a60227, which let DDP take --compile-mode reduce-overhead; reverted after this run failed): two gloo ranks share the GPU"
+  timeout 450 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "inductor and cuda-graphs" \
+    2>&1 | tee "$OUT/ddp-cuda-graphs-test.txt" | tail -15
+  pack
+  ;;
 s46c)
   step "s46b again after the eval batches got one shape (the tail padded): the final eval's time (s46b: Stage 1 22.19 s, Phase 2 12.48 s, mixer-free 3.49 s for 287,643 targets; the 16,384-target evals 0.02-0.05 s after the first) and the same verdicts"
   timeout 560 python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \

@@ -114,6 +114,7 @@ def test_two_rank_compiled_training_matches_eager_and_resumes_bitwise(tmp_path, 
         _torchrun([str(script), str(tmp_path / name), json.dumps(kw)])
         res = json.loads((tmp_path / name / "results.json").read_text())
         assert res["compiled"] is compile_ and res["world_size"] == 2
+        assert res["compile_mode"] == ("default" if compile_ else None)  # DDP's default: torch's mode
         return _losses(tmp_path / name)
 
     eager = run("eager", False)
@@ -155,7 +156,9 @@ def test_two_rank_inductor_training_is_close_to_eager_and_resumes_bitwise(tmp_pa
 
 
 def test_two_rank_compile_mode_is_an_error(tmp_path):
-    """--compile-mode replays one process's CUDA graphs; under DDP it would be ignored, so it is refused."""
+    """--compile-mode replays one process's CUDA graphs; under DDP the CUDA graphs of the pieces DDP splits the model
+    into failed (two gloo ranks sharing an H100, 2026-12-07: the backward read an output a later replay had
+    overwritten), so it is refused, naming why."""
     script = tmp_path / "run.py"
     script.write_text(_COMPILED_RUN)
     kw = {"compile": True, "compile_mode": "reduce-overhead"}
@@ -163,6 +166,7 @@ def test_two_rank_compile_mode_is_an_error(tmp_path):
     assert proc.returncode != 0
     assert "compile_mode='reduce-overhead' (--compile-mode) is for a single process; under DDP (world size 2)" \
         in proc.stderr + proc.stdout
+    assert "read overwritten outputs in backward" in proc.stderr + proc.stdout
 
 
 
