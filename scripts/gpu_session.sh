@@ -1447,6 +1447,14 @@ s46a)
   cp -r runs/gpu/s45h/train-auto-chain-0* "$OUT/" 2>/dev/null
   pack
   ;;
+s46e)
+  step "the CUDA tests at the session's final tree: complex, kernels, fullgraph, the fused loss, compiled training (CUDA graphs by default), evaluation's one shape"
+  timeout 400 python3 -m pytest -q -n 4 -p no:cacheprovider --muse-device cuda tests/complex tests/kernels \
+    tests/models/test_models_fullgraph.py tests/models/test_model_contract.py tests/train/test_fused_loss.py \
+    tests/train/test_train_compiled.py tests/train/test_compiled_model_loss.py tests/train/test_train_evaluate.py \
+    2>&1 | tee "$OUT/cuda-tests.txt" | tail -8
+  pack
+  ;;
 s46d)
   step "DDP under CUDA graphs (tree 2a60227, which let DDP take --compile-mode reduce-overhead; reverted after this run failed): two gloo ranks share the GPU"
   timeout 450 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k "inductor and cuda-graphs" \
