@@ -265,6 +265,8 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     if cfg.compile_mode is not None and not resolve_compile(cfg.compile, dev):
         raise ValueError(f"compile_mode={cfg.compile_mode!r} needs compiled training; compile is off here (pass "
                          f"--compile; it is off by default on {dev.type})")
+    if cfg.compile_mode in GRAPH_MODES and dev.type != "cuda":
+        raise ValueError(f"compile_mode={cfg.compile_mode!r} replays CUDA graphs: it needs a CUDA device, got {dev.type}")
     data = load_run_data(_train_config(cfg, "stage1", out))
     vocab = _train_vocab(cfg)
 

@@ -135,6 +135,9 @@ class Trainer:
         if cfg.compile_mode is not None and not self.compiled:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) needs a compiled run; compile is "
                              f"off here (pass --compile; it is off by default on {ctx.device.type})")
+        if cfg.compile_mode in GRAPH_MODES and ctx.device.type != "cuda":
+            raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) replays CUDA graphs: it needs a CUDA "
+                             f"device, got {ctx.device.type} (torch would skip the graphs and say nothing in the results)")
         if cfg.compile_mode in GRAPH_MODES and self.ddp is not None:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) is for a single process; under DDP "
                              f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out or pass "

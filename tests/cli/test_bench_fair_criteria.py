@@ -98,6 +98,10 @@ def test_the_memory_budget_needs_compiled_training_before_anything_trains(tmp_pa
     with pytest.raises(ValueError, match="compile_mode='default' needs compiled training; compile is off here"):
         run_stage1_benchmark(Stage1BenchConfig(device="cpu", compile_mode="default", out=str(tmp_path / "c")))
     assert not (tmp_path / "c" / "stage1").exists()
+    with pytest.raises(ValueError, match="compile_mode='reduce-overhead' replays CUDA graphs: it needs a CUDA device"):
+        run_stage1_benchmark(Stage1BenchConfig(device="cpu", compile=True, compile_mode="reduce-overhead",
+                                               out=str(tmp_path / "d")))
+    assert not (tmp_path / "d" / "stage1").exists()
 
 
 def test_the_recipe_line_names_the_memory_budget():

@@ -75,6 +75,7 @@ def test_cli_runs_on_npy_tokens_and_resumes(npy, tmp_path, capsys):
     (["--eval-every", "-1"], "eval_every"),
     (["--compile-memory-budget", "0.5"], "compile_memory_budget=0.5 needs a compiled run"),
     (["--compile-mode", "default"], "compile_mode='default' (--compile-mode) needs a compiled run"),
+    (["--compile", "--compile-mode", "reduce-overhead"], "replays CUDA graphs: it needs a CUDA device, got cpu"),
     (["--compile", "--compile-memory-budget", "2"], "compile_memory_budget must be <= 1.0, got 2.0"),
     (["--dist-backend", "nccl"], "backend='nccl' needs CUDA tensors"),
 ])

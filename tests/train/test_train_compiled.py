@@ -128,6 +128,10 @@ def test_compile_mode_without_a_compiled_run_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"compile_mode='reduce-overhead' \(--compile-mode\) needs a compiled run"):
         train(tiny_config(str(tmp_path / "out"), max_steps=2, compile_mode="reduce-overhead"), DATA)
     assert not (tmp_path / "out" / "log.jsonl").exists()
+    with pytest.raises(ValueError, match=r"compile_mode='max-autotune' \(--compile-mode\) replays CUDA graphs: it "
+                                         r"needs a CUDA device, got cpu"):
+        train(tiny_config(str(tmp_path / "cpu"), max_steps=2, compile=True, compile_mode="max-autotune"), DATA)
+    assert not (tmp_path / "cpu" / "log.jsonl").exists()
 
 
 @pytest.mark.parametrize("compile", [False, True])
