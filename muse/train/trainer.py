@@ -135,13 +135,13 @@ class Trainer:
         if cfg.compile_mode is not None and not self.compiled:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) needs a compiled run; compile is "
                              f"off here (pass --compile; it is off by default on {ctx.device.type})")
-        if cfg.compile_mode in GRAPH_MODES and ctx.device.type != "cuda":
-            raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) replays CUDA graphs: it needs a CUDA "
-                             f"device, got {ctx.device.type} (torch would skip the graphs and say nothing in the results)")
         if cfg.compile_mode in GRAPH_MODES and self.ddp is not None:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) is for a single process; under DDP "
                              f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out or pass "
                              "'default' (DDP's graphs replayed from CUDA graphs read overwritten outputs in backward)")
+        if cfg.compile_mode in GRAPH_MODES and ctx.device.type != "cuda":
+            raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) replays CUDA graphs: it needs a CUDA "
+                             f"device, got {ctx.device.type} (torch would skip the graphs and say nothing in the results)")
         base = self.ddp if self.ddp is not None else self.model
         if cfg.compile_memory_budget is not None and not self.compiled:
             raise ValueError(f"compile_memory_budget={cfg.compile_memory_budget} needs a compiled run; compile is "
