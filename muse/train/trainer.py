@@ -153,7 +153,8 @@ class Trainer:
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
         self.compile_mode = resolve_compile_mode(cfg.compile_mode, compiled=self.compiled, device=ctx.device,
-                                                 distributed=self.ddp is not None, backend=cfg.compile_backend)
+                                                 distributed=self.ddp is not None, backend=cfg.compile_backend,
+                                                 grad_accum=cfg.grad_accum)
         self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=self.compile_mode,
                                            keep_logits=cfg.keep_logits)
                         if self.compiled and self.ddp is None

@@ -121,6 +121,8 @@ def test_cuda_training_replays_cuda_graphs_by_default_and_resumes_bitwise(tmp_pa
             assert torch.equal(ta[key], tb[key]), key
     default = train(tiny_config(str(plain), compile_mode="default", **kw), DATA)
     assert default["compile_mode"] == "default"
+    accum = train(tiny_config(str(tmp_path / "accum"), grad_accum=2, **{**kw, "max_steps": 2}), DATA)
+    assert accum["compile_mode"] == "default"  # gradient accumulation keeps torch's mode until checked under graphs
     torch.testing.assert_close(_losses(plain), _losses(straight), rtol=1e-3, atol=1e-3)
 
 
