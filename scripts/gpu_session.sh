@@ -1439,6 +1439,13 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s47a)
+  step "gradient accumulation under CUDA graphs (two micro-batches a step, tiny models, synthetic data): the tree's accumulation (copies) against the one before 2026-12-07 (an fp32 parameter's master gradient was its .grad, the full-precision optimizer added into .grad in place); one process, then DDP (two gloo ranks sharing the GPU) with its wrapper forced into reduce-overhead"
+  timeout 330 python3 scripts/graph_accum_probe.py --out "$OUT/single" 2>&1 | tee "$OUT/probe-single.txt" | grep "^{" | cut -c1-600
+  step "the same under DDP"
+  timeout 250 python3 scripts/graph_accum_probe.py --ddp --out "$OUT/ddp" 2>&1 | tee "$OUT/probe-ddp.txt" | grep "^{" | cut -c1-900
+  pack
+  ;;
 s46a)
   step "CUDA graphs as the compiled single-process CUDA default: the CUDA trainer tests (bitwise resume under the graphs), then muse train mix B 8 S 1024 with no --compile-mode (s45h: 105,035-108,950 tok/s in the default mode, 342,132-356,900 with reduce-overhead)"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_compiled.py tests/train/test_compiled_model_loss.py \

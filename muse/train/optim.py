@@ -190,6 +190,12 @@ class FullPrecisionOptimizer(_AdamWBase):
         return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Backward of ``loss``, added into the gradients of the micro-batches before it.  Those gradients are
+        first moved into memory of their own: a compiled backward replayed from a CUDA graph returns its
+        gradients in the graph's memory, which the next replay overwrites (one copy per extra micro-batch)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad = p.grad.clone()
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def step(self, max_norm: float | None = None) -> StepResult:
@@ -276,7 +282,9 @@ class MixedPrecisionOptimizer(_AdamWBase):
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of the scaled loss into fresh fp16 gradients. The previous micro-batch's fp16
         gradients are first added into the fp32 master gradients (``step`` adds the last), so
-        gradient accumulation sums in fp32, never in fp16 ``.grad``."""
+        gradient accumulation sums in fp32, never in fp16 ``.grad``, and in memory the optimizer owns: a
+        compiled backward replayed from a CUDA graph returns its gradients in the graph's memory, which
+        the next replay overwrites."""
         self._fold_grads()
         (loss.float() * self.scaler.scale).backward()
 
@@ -287,7 +295,7 @@ class MixedPrecisionOptimizer(_AdamWBase):
             if p.grad is None:
                 continue
             if m.grad is None:
-                m.grad = p.grad.float()
+                m.grad = p.grad.to(torch.float32, copy=True)  # a copy for an fp32 parameter too
             else:
                 m.grad.add_(p.grad)
             p.grad = None

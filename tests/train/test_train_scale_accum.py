@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from muse.train.optim import MixedPrecisionOptimizer
+from muse.train.optim import FullPrecisionOptimizer, MixedPrecisionOptimizer
 from muse.train.scaler import DynamicLossScaler
 
 
@@ -86,3 +86,24 @@ def test_item25_ddp_grad_accumulation_matches_one_rank(tmp_path):
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 6
     assert two == pytest.approx(one, rel=5e-4)
+
+
+@pytest.mark.parametrize("kind", ["mixed-fp16", "mixed-fp32", "full"])
+def test_accumulation_never_writes_into_a_returned_gradient(kind):
+    """The gradient a micro-batch's backward returned is left as it was: under CUDA graphs it lives in the graph's
+    memory, which the next micro-batch's replay reuses, so accumulation must add into memory the optimizer owns
+    (until 2026-12-07 an fp32 parameter's master gradient was its ``.grad`` itself, and the full-precision
+    optimizer let autograd add into ``.grad`` in place)."""
+    dtype = torch.float16 if kind == "mixed-fp16" else torch.float32
+    w = nn.Parameter(torch.ones(3, dtype=dtype))
+    if kind == "full":
+        opt = FullPrecisionOptimizer([("w", w)], lr=1e-3, weight_decay=0.0)
+    else:
+        opt = MixedPrecisionOptimizer([("w", w)], lr=1e-3, weight_decay=0.0,
+                                      loss_scaler=DynamicLossScaler(init_scale=1.0))
+    opt.zero_grad()
+    opt.backward((w.float() * 2.0).sum())
+    first = w.grad
+    opt.backward((w.float() * 5.0).sum())
+    assert opt.step(max_norm=None).grad_norm == pytest.approx(7.0 * 3**0.5)
+    assert torch.equal(first, torch.full((3,), 2.0, dtype=dtype))
