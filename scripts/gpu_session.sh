@@ -1439,8 +1439,15 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s47b)
+  step "s47a again with the accumulation that folds each micro-batch's gradients right after its backward (the full-precision optimizer's gradients start as zeros it owns): the tree's accumulation only, one process then DDP"
+  timeout 200 python3 scripts/graph_accum_probe.py --folds copy --out "$OUT/single" 2>&1 | tee "$OUT/probe-single.txt" | grep "^{" | cut -c1-700
+  step "the same under DDP"
+  timeout 200 python3 scripts/graph_accum_probe.py --folds copy --ddp --out "$OUT/ddp" 2>&1 | tee "$OUT/probe-ddp.txt" | grep "^{" | cut -c1-900
+  pack
+  ;;
 s47a)
-  step "gradient accumulation under CUDA graphs (two micro-batches a step, tiny models, synthetic data): the tree's accumulation (copies) against the one before 2026-12-07 (an fp32 parameter's master gradient was its .grad, the full-precision optimizer added into .grad in place); one process, then DDP (two gloo ranks sharing the GPU) with its wrapper forced into reduce-overhead"
+  step "gradient accumulation under CUDA graphs (two micro-batches a step, tiny models, synthetic data): the tree's accumulation (copies) against the one before 2026-12-07 (gradients held in .grad, graph memory, across the next forward); one process, then DDP (two gloo ranks sharing the GPU) with its wrapper forced into reduce-overhead"
   timeout 330 python3 scripts/graph_accum_probe.py --out "$OUT/single" 2>&1 | tee "$OUT/probe-single.txt" | grep "^{" | cut -c1-600
   step "the same under DDP"
   timeout 250 python3 scripts/graph_accum_probe.py --ddp --out "$OUT/ddp" 2>&1 | tee "$OUT/probe-ddp.txt" | grep "^{" | cut -c1-900

@@ -3,9 +3,10 @@ step replayed from CUDA graphs, train as torch's default compile mode does?
 
 Each case is one ``muse.train.train`` call on synthetic data (tiny models, 6 steps, grad_accum 2); one JSON line
 per case: the error's first line if it failed, else its train losses and the largest relative difference from the
-same model in the default mode.  ``--fold alias`` puts back the optimizers' accumulation before 2026-12-07 (an fp32
-parameter's master gradient was its ``.grad``; the full-precision optimizer let autograd add into ``.grad`` in
-place), to show whether that was what failed.  ``--ddp`` runs the same under DDP (two gloo ranks sharing GPU 0),
+same model in the default mode.  ``--fold alias`` puts back the optimizers' accumulation before 2026-12-07 (the fp16 gradients
+stayed in ``.grad`` until the next backward began, after the next forward; an fp32 parameter's master gradient was
+its ``.grad``; the full-precision optimizer let autograd take the first backward's gradient as ``.grad``), to show
+whether that was what failed.  ``--ddp`` runs the same under DDP (two gloo ranks sharing GPU 0),
 its compiled wrapper forced into reduce-overhead, which the trainer refuses today.
 
     python scripts/graph_accum_probe.py --out runs/probe [--ddp]
@@ -51,18 +52,25 @@ def _old_fold(self) -> None:
     self._folded += int(folded)
 
 
-def _old_full_backward(self, loss) -> None:
-    (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+def _old_mixed_backward(self, loss) -> None:
+    self._fold_grads()
+    (loss.float() * self.scaler.scale).backward()
 
 
-_TREE = (optim.MixedPrecisionOptimizer._fold_grads, optim.FullPrecisionOptimizer.backward)
+def _old_full_zero_grad(self, accumulate: bool = False) -> None:
+    optim._AdamWBase.zero_grad(self)
+
+
+_TREE = (optim.MixedPrecisionOptimizer._fold_grads, optim.MixedPrecisionOptimizer.backward,
+         optim.FullPrecisionOptimizer.zero_grad)
 
 
 def use_old_accumulation(old: bool = True) -> None:
     """The accumulation before 2026-12-07 (``old``), or the tree's."""
-    fold, backward = (_old_fold, _old_full_backward) if old else _TREE
+    fold, backward, zero_grad = (_old_fold, _old_mixed_backward, _old_full_zero_grad) if old else _TREE
     optim.MixedPrecisionOptimizer._fold_grads = fold
-    optim.FullPrecisionOptimizer.backward = backward
+    optim.MixedPrecisionOptimizer.backward = backward
+    optim.FullPrecisionOptimizer.zero_grad = zero_grad
 
 
 def force_graphs_under_ddp() -> None:

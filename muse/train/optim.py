@@ -131,7 +131,9 @@ class _AdamWBase:
         for group in self.inner.param_groups:
             group["lr"] = lr
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, accumulate: bool = False) -> None:
+        """Drop the gradients; ``accumulate``: more than one backward comes before the step."""
+        check_type("accumulate", accumulate, bool, "a bool")
         for p in self.params:
             p.grad = None
 
@@ -189,13 +191,16 @@ class FullPrecisionOptimizer(_AdamWBase):
     def loss_scale(self) -> float:
         return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
 
+    def zero_grad(self, accumulate: bool = False) -> None:
+        """``accumulate``: more than one backward comes before the step.  The gradients then start as zeros the
+        optimizer owns and each backward adds into them: a compiled backward replayed from a CUDA graph returns
+        its gradients in the graph's memory, which the next micro-batch's replay overwrites."""
+        super().zero_grad(accumulate)
+        if accumulate:
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward of ``loss``, added into the gradients of the micro-batches before it.  Those gradients are
-        first moved into memory of their own: a compiled backward replayed from a CUDA graph returns its
-        gradients in the graph's memory, which the next replay overwrites (one copy per extra micro-batch)."""
-        for p in self.params:
-            if p.grad is not None:
-                p.grad = p.grad.clone()
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def step(self, max_norm: float | None = None) -> StepResult:
@@ -273,20 +278,19 @@ class MixedPrecisionOptimizer(_AdamWBase):
     def loss_scale(self) -> float:
         return self.scaler.scale
 
-    def zero_grad(self) -> None:
-        super().zero_grad()
+    def zero_grad(self, accumulate: bool = False) -> None:
+        super().zero_grad(accumulate)
         for m in self.masters:
             m.grad = None  # a master without a gradient at step time is unused: AdamW leaves it alone
         self._folded = 0
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward of the scaled loss into fresh fp16 gradients. The previous micro-batch's fp16
-        gradients are first added into the fp32 master gradients (``step`` adds the last), so
+        """Backward of the scaled loss, its gradients then added into the fp32 master gradients at once, so
         gradient accumulation sums in fp32, never in fp16 ``.grad``, and in memory the optimizer owns: a
-        compiled backward replayed from a CUDA graph returns its gradients in the graph's memory, which
-        the next replay overwrites."""
-        self._fold_grads()
+        compiled backward replayed from a CUDA graph returns its gradients in the graph's memory, which the
+        next micro-batch's forward replay overwrites."""
         (loss.float() * self.scaler.scale).backward()
+        self._fold_grads()
 
     @torch.no_grad()
     def _fold_grads(self) -> None:

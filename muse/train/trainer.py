@@ -283,7 +283,7 @@ class Trainer:
         cfg = self.cfg
         self.optimizer.set_lr(lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
                                     total_steps=self.total_steps))
-        self.optimizer.zero_grad()
+        self.optimizer.zero_grad(accumulate=cfg.grad_accum > 1)
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.ctx.device)
         for micro in range(cfg.grad_accum):
             inputs, targets = (self._to_device(t) for t in next(self.blocks))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -88,12 +90,30 @@ def test_item25_ddp_grad_accumulation_matches_one_rank(tmp_path):
     assert two == pytest.approx(one, rel=5e-4)
 
 
+class _Returns(torch.autograd.Function):
+    """Identity whose backward returns a fresh tensor the test can watch (through a weak reference, which leaves
+    autograd free to take it as ``.grad``, as it takes a compiled backward's output)."""
+
+    produced: list = []
+
+    @staticmethod
+    def forward(ctx, w):
+        return w.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        out = g.clone()
+        _Returns.produced.append(weakref.ref(out))
+        return out
+
+
 @pytest.mark.parametrize("kind", ["mixed-fp16", "mixed-fp32", "full"])
-def test_accumulation_never_writes_into_a_returned_gradient(kind):
-    """The gradient a micro-batch's backward returned is left as it was: under CUDA graphs it lives in the graph's
-    memory, which the next micro-batch's replay reuses, so accumulation must add into memory the optimizer owns
-    (until 2026-12-07 an fp32 parameter's master gradient was its ``.grad`` itself, and the full-precision
-    optimizer let autograd add into ``.grad`` in place)."""
+def test_accumulation_lets_go_of_each_backwards_gradients(kind):
+    """Gradient accumulation keeps no tensor a backward returned past that backward: under CUDA graphs such a
+    tensor lives in the graph's memory, which the next micro-batch's forward replay overwrites (until 2026-12-07
+    the fp16 gradients stayed in ``.grad`` until the next backward began, an fp32 parameter's master gradient was
+    its ``.grad`` itself, and the full-precision optimizer let autograd take the first one as ``.grad``).  The
+    step still sums every micro-batch."""
     dtype = torch.float16 if kind == "mixed-fp16" else torch.float32
     w = nn.Parameter(torch.ones(3, dtype=dtype))
     if kind == "full":
@@ -101,9 +121,16 @@ def test_accumulation_never_writes_into_a_returned_gradient(kind):
     else:
         opt = MixedPrecisionOptimizer([("w", w)], lr=1e-3, weight_decay=0.0,
                                       loss_scaler=DynamicLossScaler(init_scale=1.0))
-    opt.zero_grad()
-    opt.backward((w.float() * 2.0).sum())
-    first = w.grad
-    opt.backward((w.float() * 5.0).sum())
+    opt.zero_grad(accumulate=True)
+    _Returns.produced.clear()
+    for k in (2.0, 5.0):
+        opt.backward((_Returns.apply(w).float() * k).sum())
+        assert [ref() for ref in _Returns.produced] == [None] * len(_Returns.produced)
+    assert len(_Returns.produced) == 2
     assert opt.step(max_norm=None).grad_norm == pytest.approx(7.0 * 3**0.5)
-    assert torch.equal(first, torch.full((3,), 2.0, dtype=dtype))
+
+
+def test_zero_grad_accumulate_must_be_a_bool():
+    w = nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match="accumulate must be a bool, got int"):
+        FullPrecisionOptimizer([("w", w)], lr=1e-3).zero_grad(accumulate=1)
