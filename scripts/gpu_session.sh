@@ -1439,6 +1439,34 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s47c)
+  step "CUDA graphs now the default with gradient accumulation, and accepted under DDP: the CUDA trainer tests (accumulation under graphs against the default mode; DDP cuda and cuda-graphs on two gloo ranks sharing the GPU)"
+  timeout 330 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_compiled.py tests/train/test_train_ddp.py \
+    -k "cuda" 2>&1 | tee "$OUT/cuda-train-tests.txt" | tail -4
+  step "muse train mix, B 4 x 2 micro-batches (8 x 1024 tokens a step), 20 steps: the new default (CUDA graphs) against --compile-mode default"
+  for mode in auto default; do
+    extra=(); [ "$mode" != auto ] && extra=(--compile-mode "$mode")
+    name="train-accum-$mode"
+    timeout 110 python3 -m muse train --model stage1 --preset mix --device cuda --compile "${extra[@]}" "${DATA[@]}" \
+      --max-steps 20 --batch-size 4 --grad-accum 2 --lr 1e-3 --min-lr 1e-4 --warmup 4 --weight-decay 3.0 \
+      --eval-every 0 --final-eval-tokens 16384 --ckpt-every 0 --log-every 5 --no-progress --out "$OUT/$name" > "$OUT/$name.txt" 2>&1
+    echo "$name rc=$?"; python3 - "$OUT/$name/results.json" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except OSError as e:
+    print("  no results:", e); sys.exit()
+t = r.get("steady_step_s"); fe = r.get("final_eval") or {}
+print(f"  status {r.get('status')}, mode {r.get('compile_mode')}, steady step {t and round(t * 1e3, 1)} ms = "
+      f"{t and round(8 * 1024 / t):,} tok/s, compile {r.get('compile_s') and round(r['compile_s'], 1)} s, "
+      f"peak {r['peak_memory']['bytes'] / 2**20:,.1f} MiB, final eval loss {fe.get('loss')}, skipped {r.get('skipped_steps')}")
+logged = [json.loads(l) for l in open(sys.argv[1].replace("results.json", "log.jsonl")) if '"tok_per_s"' in l]
+print("  losses:", [round(x["loss"], 4) for x in logged])
+PY
+    [ -f "$OUT/$name/results.json" ] || tail -5 "$OUT/$name.txt"
+  done
+  pack
+  ;;
 s47b)
   step "s47a again with the accumulation that folds each micro-batch's gradients right after its backward (the full-precision optimizer's gradients start as zeros it owns): the tree's accumulation only, one process then DDP"
   timeout 200 python3 scripts/graph_accum_probe.py --folds copy --out "$OUT/single" 2>&1 | tee "$OUT/probe-single.txt" | grep "^{" | cut -c1-700

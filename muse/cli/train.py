@@ -81,8 +81,9 @@ def register(sub) -> None:
     add_compile_flag(g)
     g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default=None,
                    help="the compiled step's torch.compile mode (default: reduce-overhead in one CUDA process, else "
-                   "default); reduce-overhead: the step replays CUDA graphs (single process); max-autotune: CUDA "
-                   "graphs and inductor's GEMM autotuning (minutes of compile time); default: torch's default")
+                   "default); reduce-overhead: the step replays CUDA graphs (under DDP the pieces between its "
+                   "all-reduces); max-autotune: CUDA graphs and inductor's GEMM autotuning (minutes of compile "
+                   "time); default: torch's default")
     g.add_argument("--compile-memory-budget", type=float, default=None, metavar="FRACTION",
                    help="the compiler's activation memory budget in (0, 1] (torch._functorch.config."
                    "activation_memory_budget; torch's default 1.0): lower recomputes more in backward and keeps less")

@@ -37,24 +37,23 @@ def check_mode(mode: object, name: str = "compile mode") -> str | None:
 
 
 def resolve_compile_mode(mode: str | None, *, compiled: bool, device: torch.device | str,
-                         distributed: bool = False, backend: str = "inductor", grad_accum: int = 1) -> str | None:
+                         distributed: bool = False, backend: str = "inductor") -> str | None:
     """The mode a compiled training step runs under: ``mode`` when given; else "reduce-overhead" for one
-    process compiling with inductor on CUDA with one micro-batch a step, "default" for any other compiled run;
-    None for an eager run.
+    process compiling with inductor on CUDA, "default" for any other compiled run; None for an eager run.
 
     CUDA graphs are the single-process CUDA default because the compiled step is bound by the host without
     them: the seed-size ``mix`` step at B 8, S 1024 trains at 105k-109k tok/s in the default mode against
-    342k-385k with CUDA graphs (H100, docs/performance.md, forty-third session).  DDP keeps the default
-    mode: its graphs replayed from CUDA graphs failed in backward, reading an output a later replay had
-    overwritten, in a run of two micro-batches a step.  Gradient accumulation (``grad_accum`` > 1) keeps it
-    too until a run checks it under CUDA graphs: each micro-batch's backward replays into the same memory."""
+    342k-385k with CUDA graphs (H100, docs/performance.md, forty-third session).  Gradient accumulation
+    trains under them as in the default mode, bit for bit (H100, forty-fourth session), since the optimizers
+    take each micro-batch's gradients out of the graph's memory at once.  DDP accepts a CUDA-graph mode but
+    keeps torch's default until a run of NCCL on two GPUs measures it (only gloo ranks sharing one GPU ran)."""
     check_mode(mode)
     if not compiled:
         return None
     if mode is not None:
         return mode
     single_cuda = torch.device(device).type == "cuda" and not distributed and backend == "inductor"
-    return "reduce-overhead" if single_cuda and grad_accum == 1 else "default"
+    return "reduce-overhead" if single_cuda else "default"
 
 
 def set_memory_budget(budget: float | None) -> float:

@@ -135,10 +135,6 @@ class Trainer:
         if cfg.compile_mode is not None and not self.compiled:
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) needs a compiled run; compile is "
                              f"off here (pass --compile; it is off by default on {ctx.device.type})")
-        if cfg.compile_mode in GRAPH_MODES and self.ddp is not None:
-            raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) is for a single process; under DDP "
-                             f"(world size {ctx.world_size}) the model compiles in the default mode: leave it out or pass "
-                             "'default' (DDP's graphs replayed from CUDA graphs read overwritten outputs in backward)")
         if cfg.compile_mode in GRAPH_MODES and ctx.device.type != "cuda":
             raise ValueError(f"compile_mode={cfg.compile_mode!r} (--compile-mode) replays CUDA graphs: it needs a CUDA "
                              f"device, got {ctx.device.type} (torch would skip the graphs and say nothing in the results)")
@@ -149,12 +145,15 @@ class Trainer:
         self.recompute = compile_switches() if self.compiled else None  # the environment read when tracing
         previous = set_memory_budget(cfg.compile_memory_budget if self.compiled else None)  # train() restores it
         self.memory_budget = previous if cfg.compile_memory_budget is None else cfg.compile_memory_budget
-        self.net = compile_model(base, backend=cfg.compile_backend) if self.compiled else base
+        self.compile_mode = resolve_compile_mode(cfg.compile_mode, compiled=self.compiled, device=ctx.device,
+                                                 distributed=self.ddp is not None, backend=cfg.compile_backend)
+        # DDP compiles its wrapper in the resolved mode: under CUDA graphs the pieces it splits at its gradient
+        # buckets replay from graphs, the all-reduces between them.
+        self.net = (compile_model(base, backend=cfg.compile_backend,
+                                  mode=self.compile_mode if self.ddp is not None else None)
+                    if self.compiled else base)
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
-        self.compile_mode = resolve_compile_mode(cfg.compile_mode, compiled=self.compiled, device=ctx.device,
-                                                 distributed=self.ddp is not None, backend=cfg.compile_backend,
-                                                 grad_accum=cfg.grad_accum)
         self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=self.compile_mode,
                                            keep_logits=cfg.keep_logits)
                         if self.compiled and self.ddp is None

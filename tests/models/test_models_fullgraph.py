@@ -111,16 +111,15 @@ def test_compile_model_checks_its_arguments():
 
 
 def test_cuda_graphs_are_the_compiled_default_of_one_cuda_process_only():
-    """resolve_compile_mode: CUDA graphs where one process compiles with inductor on CUDA, one micro-batch a step;
-    the default mode under DDP, with gradient accumulation, on the CPU or with another backend; an explicit mode
-    as given; nothing for an eager run."""
+    """resolve_compile_mode: CUDA graphs where one process compiles with inductor on CUDA; the default mode
+    under DDP, on the CPU or with another backend; an explicit mode as given (DDP's too); nothing for an eager
+    run."""
     from muse.models.compile import resolve_compile_mode
 
     assert resolve_compile_mode(None, compiled=True, device="cuda") == "reduce-overhead"
     assert resolve_compile_mode(None, compiled=True, device="cuda:1") == "reduce-overhead"
     assert resolve_compile_mode(None, compiled=True, device="cuda", distributed=True) == "default"
-    assert resolve_compile_mode(None, compiled=True, device="cuda", grad_accum=2) == "default"  # not checked yet
-    assert resolve_compile_mode("reduce-overhead", compiled=True, device="cuda", grad_accum=2) == "reduce-overhead"
+    assert resolve_compile_mode("reduce-overhead", compiled=True, device="cuda", distributed=True) == "reduce-overhead"
     assert resolve_compile_mode(None, compiled=True, device="cuda", backend="aot_eager") == "default"
     assert resolve_compile_mode(None, compiled=True, device="cpu") == "default"
     assert resolve_compile_mode("default", compiled=True, device="cuda") == "default"

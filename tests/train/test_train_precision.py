@@ -42,7 +42,7 @@ def test_overflow_skips_step_halves_scale_and_leaves_everything_unchanged():
     masters_before = [m.clone() for m in opt.masters]
     opt.zero_grad()
     opt.backward(_loss(named, torch.ones(2, 4)))
-    named[0][1].grad[0, 0] = float("inf")
+    opt.masters[0].grad[0, 0] = float("inf")  # backward has folded the fp16 gradients into the masters
     res = opt.step(max_norm=1.0)
     assert res.skipped and math.isnan(res.grad_norm) and res.loss_scale == 2.0**10
     assert opt.loss_scale == 2.0**9
@@ -57,7 +57,7 @@ def test_nan_gradient_is_skipped_too():
     opt = _opt(named)
     opt.zero_grad()
     opt.backward(_loss(named, torch.ones(2, 4)))
-    named[1][1].grad[1] = float("nan")
+    opt.masters[1].grad[1] = float("nan")
     assert opt.step().skipped and opt.skipped_steps == 1
 
 
@@ -79,7 +79,8 @@ def test_master_grads_are_the_unscaled_fp32_gradients():
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
     opt.zero_grad()
     opt.backward(_loss(named, x))
-    scaled = [p.grad.float().clone() for _, p in named]
+    assert all(p.grad is None for _, p in named)  # folded into the masters by backward, still scaled
+    scaled = [m.grad.clone() for m in opt.masters]
     res = opt.step()
     for m, g in zip(opt.masters, scaled, strict=True):
         assert torch.equal(m.grad, g / 2.0**12)
@@ -105,7 +106,7 @@ def test_clipping_uses_the_fp32_global_norm():
     opt = _opt(named, lr=1.0, betas=(0.0, 0.0), eps=1e-30, loss_scaler=DynamicLossScaler(init_scale=2.0**8))
     opt.zero_grad()
     opt.backward(_loss(named, 3 * torch.ones(2, 4)))
-    grads = [p.grad.float() / opt.loss_scale for _, p in named]
+    grads = [m.grad / opt.loss_scale for m in opt.masters]
     norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
     assert norm > 1.0  # so the clip below really acts
     res = opt.step(max_norm=0.5)
