@@ -1441,10 +1441,10 @@ s41a|s41b)
   ;;
 s47c)
   step "CUDA graphs now the default with gradient accumulation, and accepted under DDP: the CUDA trainer tests (accumulation under graphs against the default mode; DDP cuda and cuda-graphs on two gloo ranks sharing the GPU)"
-  timeout 330 python3 -m pytest -q -n 3 -p no:cacheprovider tests/train/test_train_compiled.py tests/train/test_train_ddp.py \
+  timeout "${S47C_TEST_S:-330}" python3 -m pytest -q -n 3 -p no:cacheprovider tests/train/test_train_compiled.py tests/train/test_train_ddp.py \
     -k "cuda" 2>&1 | tee "$OUT/cuda-train-tests.txt" | tail -4
   step "muse train mix, B 4 x 2 micro-batches (8 x 1024 tokens a step), 20 steps: the new default (CUDA graphs) against --compile-mode default"
-  for mode in auto default; do
+  for mode in ${S47C_MODES:-auto default}; do
     extra=(); [ "$mode" != auto ] && extra=(--compile-mode "$mode")
     name="train-accum-$mode"
     timeout 110 python3 -m muse train --model stage1 --preset mix --device cuda --compile "${extra[@]}" "${DATA[@]}" \
