@@ -194,7 +194,9 @@ class FullPrecisionOptimizer(_AdamWBase):
     def zero_grad(self, accumulate: bool = False) -> None:
         """``accumulate``: more than one backward comes before the step.  The gradients then start as zeros the
         optimizer owns and each backward adds into them: a compiled backward replayed from a CUDA graph returns
-        its gradients in the graph's memory, which the next micro-batch's replay overwrites."""
+        its gradients in the graph's memory, which the next micro-batch's replay overwrites.  A parameter no
+        micro-batch reaches then steps on a zero gradient (weight decay and its moments act on it, as after
+        torch's ``zero_grad(set_to_none=False)``); every parameter of the registry's models gets a gradient."""
         super().zero_grad(accumulate)
         if accumulate:
             for p in self.params:

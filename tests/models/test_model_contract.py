@@ -95,3 +95,22 @@ def test_positions_argument(name):
     with pytest.raises(TypeError, match="positions must be an integer tensor"):
         model(ids, torch.arange(16.0))
 
+
+
+@pytest.mark.parametrize("copy_path", [False, True], ids=["plain", "copy-path"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_trainable_parameter_gets_a_gradient(name, copy_path):
+    """The loss reaches every trainable parameter (the copy path included; Stage 1's with its mix blocks), so
+    gradient accumulation into zero gradients the optimizer owns (muse.train.optim.FullPrecisionOptimizer.zero_grad)
+    steps no parameter that eager accumulation would have left alone."""
+    from muse.train.loss import model_loss
+
+    preset, kw = "tiny", {}
+    if copy_path:
+        preset, kw = ("mix-copy-tiny", {}) if name == "stage1" else ("tiny", {"pointer_dim": 8, "pointer_mode": "sentinel"})
+    torch.manual_seed(0)
+    model = build_model(name, preset, vocab_size=VOCAB, dropout=0.0, **kw)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    model_loss(model, ids[:, :-1], ids[:, 1:]).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
