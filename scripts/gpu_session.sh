@@ -1439,6 +1439,13 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s48a)
+  step "the whole numerics suite on CUDA under eager, compiled and triton at this tree (recompute switches, range checks under compile and the selective scan's output changed since 087750a)"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout "${S48A_VERIFY_S:-480}" python3 -m muse verify --profile ci --device cuda -n 16 \
+    --out "$OUT/verify-cuda" 2>&1 | grep "numerics report\|passed\|failed" | tail -4
+  grep -h "FAIL" "$OUT"/verify-cuda/report.md 2>/dev/null | head -12
+  pack
+  ;;
 s47c)
   step "CUDA graphs now the default with gradient accumulation, and accepted under DDP: the CUDA trainer tests (accumulation under graphs against the default mode; DDP cuda and cuda-graphs on two gloo ranks sharing the GPU)"
   timeout "${S47C_TEST_S:-330}" python3 -m pytest -q -n 3 -p no:cacheprovider tests/train/test_train_compiled.py tests/train/test_train_ddp.py \
