@@ -1439,6 +1439,13 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s48b)
+  step "the seven tests s48a's whole-suite run on CUDA had not finished at 500 s (compiled/triton scan, retention and Hebbian gradients; ZetaEmbedding gradcheck; the compiled diagonal scan's accuracy)"
+  MUSE_VERIFY_IMPL=eager,compiled,triton timeout "${S48B_VERIFY_S:-420}" python3 -m muse verify --profile ci --device cuda -n 8 \
+    -k "test_complex_diag_scan_gradients or test_complex_retention_gradients or test_hebbian_scan_and_gradients or (test_gradcheck_modules and ZetaEmbedding) or test_complex_diag_scan_accuracy" \
+    --out "$OUT/verify-cuda-rest" 2>&1 | grep "numerics report\|passed\|failed\|FAIL" | tail -6
+  pack
+  ;;
 s48a)
   step "the whole numerics suite on CUDA under eager, compiled and triton at this tree (recompute switches, range checks under compile and the selective scan's output changed since 087750a)"
   MUSE_VERIFY_IMPL=eager,compiled,triton timeout "${S48A_VERIFY_S:-480}" python3 -m muse verify --profile ci --device cuda -n 16 \
