@@ -14,6 +14,7 @@ import argparse
 EPILOG = """examples:
   muse generate runs/stage1-mix-20260101-120000/last.safetensors --prompt "The meaning of" --max-new-tokens 50
   muse generate last.safetensors --prompt "Once" --max-new-tokens 100 --temperature 0.8 --top-k 40 --seed 1
+  muse generate last.safetensors --prompt "Once" --max-new-tokens 100 --top-p 0.9        # nucleus sampling
   muse generate last.safetensors --prompt "Once" --max-new-tokens 20 --temperature 0     # greedy
   muse generate last.safetensors --prompt "Once" --max-new-tokens 500 --no-fast           # eager step loop
 """
@@ -28,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, required=True, help="how many tokens to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
     p.add_argument("--top-k", type=int, help="sample among the K most likely tokens only (default: all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: the fewest most likely tokens whose probability "
+                                               "sums to at least P, 0 < P <= 1 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--tokenizer-dir", help="directory with tokenizer.json (default: the shared data dir)")
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     check_float("--temperature", args.temperature, min_value=0.0)
     if args.top_k is not None:
         check_int("--top-k", args.top_k, min_value=1)
+    if args.top_p is not None:
+        check_float("--top-p", args.top_p, min_value=0.0, min_inclusive=False, max_value=1.0)
     check_int("--seed", args.seed, min_value=0)
     tokenizer = load_tokenizer(args.tokenizer_dir, allow_hub=not args.offline)
     prompt = tokenizer.encode(args.prompt)
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     info: dict = {}
     tokens = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      generator=generator, fast=args.fast, compile=args.compile, info=info)
+                      top_p=args.top_p,                       generator=generator, fast=args.fast, compile=args.compile, info=info)
     out, shown, t0 = [], "", None
     sys.stdout.write(args.prompt)
     for token in tokens:

@@ -30,13 +30,22 @@ from muse.models.compile import BACKENDS, resolve_compile, synchronize
 DECODE_PATHS = ("step", "decode_step", "cuda_graph")
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, V): greedy (argmax) at ``temperature`` 0, else a draw
-    from softmax(logits / temperature) restricted to the ``top_k`` largest (None = all)."""
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
     temperature = check_float("temperature", temperature, min_value=0.0)
     if top_k is not None:
         check_int("top_k", top_k, min_value=1)
+    if top_p is not None:
+        check_float("top_p", top_p, min_value=0.0, min_inclusive=False, max_value=1.0)
+    return temperature
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V): greedy (argmax) at ``temperature`` 0, else a draw
+    from softmax(logits / temperature) restricted to the ``top_k`` largest (None = all), then to
+    the nucleus: the fewest most likely tokens whose probability sums to at least ``top_p``
+    (Holtzman et al. 2020; None or 1 = all; the most likely token always stays)."""
+    temperature = _check_sampling(temperature, top_k, top_p)
     if generator is not None:
         check_type("generator", generator, torch.Generator, "a torch.Generator or None")
     logits = logits.float()
@@ -47,6 +56,11 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
+        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -170,13 +184,14 @@ class StaticDecoder:
 
 @torch.no_grad()
 def generate(model: LanguageModel, prompt_ids: torch.Tensor, max_new_tokens: int, *,
-             temperature: float = 1.0, top_k: int | None = None,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, fast: bool | None = None,
              compile: bool | None = None, info: dict | None = None) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` new token ids (B,), one per step, after ``prompt_ids`` (B, P >= 1).
 
     The model must be in eval mode (no dropout).  ``generator`` (on the model's device) makes
-    the draws reproducible; ``temperature`` 0 is greedy and needs none.  ``fast`` picks the
+    the draws reproducible; ``temperature`` 0 is greedy and needs none; ``top_k`` and ``top_p``
+    restrict the draw as :func:`sample_next` says.  ``fast`` picks the
     :class:`StaticDecoder` path (default: on CUDA for a model with ``decode_step``; True on CPU
     runs the static step without a graph); ``compile`` compiles its step (default: on CUDA, the
     project's ``--compile`` rule).  ``info`` (a dict) receives ``path`` (:data:`DECODE_PATHS`),
@@ -194,9 +209,7 @@ def generate(model: LanguageModel, prompt_ids: torch.Tensor, max_new_tokens: int
     if total > model.max_seq_len:
         raise ValueError(f"the prompt ({prompt_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
                          f"exceeds the model's max_seq_len={model.max_seq_len}")
-    check_float("temperature", temperature, min_value=0.0)
-    if top_k is not None:
-        check_int("top_k", top_k, min_value=1)
+    _check_sampling(temperature, top_k, top_p)
     device = next(model.parameters()).device
     if generator is not None:
         check_type("generator", generator, torch.Generator, "a torch.Generator or None")
@@ -209,7 +222,7 @@ def generate(model: LanguageModel, prompt_ids: torch.Tensor, max_new_tokens: int
     if max_new_tokens == 0:
         return
     logits, cache = model.step(prompt_ids)
-    ids = sample_next(logits[:, -1], temperature, top_k, generator)[:, None]  # (B, 1)
+    ids = sample_next(logits[:, -1], temperature, top_k, generator, top_p)[:, None]  # (B, 1)
     decoder = StaticDecoder(model, cache, compile=compile) if fast and max_new_tokens > 1 else None
     if info is not None:
         info.update(path="step" if decoder is None else decoder.path, compiled=decoder is not None and compile,
@@ -221,7 +234,7 @@ def generate(model: LanguageModel, prompt_ids: torch.Tensor, max_new_tokens: int
             logits = logits[:, -1]
         else:
             logits = decoder(ids)
-        ids = sample_next(logits, temperature, top_k, generator)[:, None]
+        ids = sample_next(logits, temperature, top_k, generator, top_p)[:, None]
         yield ids[:, 0]
 
 

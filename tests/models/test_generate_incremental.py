@@ -84,6 +84,29 @@ def test_seeded_sampling_repeats_and_top_k_one_is_greedy():
     assert picks == {1, 3}
 
 
+def test_top_p_keeps_the_nucleus():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0]])  # probabilities 0.005, 0.718, 0.013, 0.264
+
+    def picks(top_p, **kw):
+        return {int(sample_next(logits, 1.0, generator=torch.Generator().manual_seed(s), top_p=top_p, **kw))
+                for s in range(200)}
+
+    assert picks(0.5) == {1}  # the most likely token alone holds more than half
+    assert picks(0.9) == {1, 3}
+    assert picks(0.99) == {1, 2, 3}
+    assert picks(0.9, top_k=1) == {1}
+    assert picks(1e-9) == {1}  # any nucleus keeps the most likely token
+    for s in range(20):  # top_p 1 is no restriction: the same draws as without it
+        a = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(s), top_p=1.0)
+        b = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(s))
+        assert torch.equal(a, b)
+    model = _model("gpt", "tiny")
+    greedy = torch.stack(list(generate(model, torch.tensor([[1, 2]]), 8, temperature=0.0)), dim=1)
+    gen = torch.Generator().manual_seed(4)
+    tiny_p = torch.stack(list(generate(model, torch.tensor([[1, 2]]), 8, top_p=1e-6, generator=gen)), dim=1)
+    assert torch.equal(tiny_p, greedy)
+
+
 @pytest.mark.parametrize(("kwargs", "exc", "needle"), [
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
     (dict(max_new_tokens=2.0), TypeError, "max_new_tokens"),
@@ -91,6 +114,9 @@ def test_seeded_sampling_repeats_and_top_k_one_is_greedy():
     (dict(temperature=-0.5), ValueError, "temperature"),
     (dict(temperature="hot"), TypeError, "temperature"),
     (dict(top_k=0), ValueError, "top_k"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(top_p="most"), TypeError, "top_p"),
     (dict(generator=123), TypeError, "generator"),
     (dict(prompt_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, "prompt"),
     (dict(prompt_ids=torch.tensor([[VOCAB]])), ValueError, "prompt_ids"),
@@ -160,12 +186,15 @@ def test_cli_streams_text_and_greedy_repeats(checkpoint, gpt2_tokenizer, capsys)
     fast = capsys.readouterr()
     assert fast.out == first.out and fast.err.startswith("muse generate: path decode_step, compiled False")
     assert main(_cli(checkpoint, "--prompt", "A", "--max-new-tokens", "5", "--top-k", "3", "--seed", "7")) == 0
+    assert main(_cli(checkpoint, "--prompt", "A", "--max-new-tokens", "5", "--top-p", "0.9", "--seed", "7")) == 0
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--prompt", "A", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--prompt", "A", "--max-new-tokens", "4", "--temperature", "-1"], "--temperature"),
     (["--prompt", "A", "--max-new-tokens", "4", "--top-k", "0"], "--top-k"),
+    (["--prompt", "A", "--max-new-tokens", "4", "--top-p", "0"], "--top-p"),
+    (["--prompt", "A", "--max-new-tokens", "4", "--top-p", "1.2"], "--top-p"),
     (["--prompt", "A", "--max-new-tokens", "4", "--seed", "-3"], "--seed"),
     (["--prompt", "", "--max-new-tokens", "4"], "--prompt"),
     (["--prompt", " the", "--max-new-tokens", "4"], "vocab_size=64"),
