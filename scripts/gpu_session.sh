@@ -1439,6 +1439,19 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s49a)
+  step "the criteria run of mix with the GPT reference, reading WikiText-2 text (not .npy ids) so every model is also scored in bits per byte and word-level PPL"
+  python3 -c "import tokenizers; print('tokenizers', tokenizers.__version__)" || { echo "no tokenizers package here: text data cannot be read"; pack; exit 0; }
+  TEXT=(--data-dir .devcarry/wikitext-2-raw --tokenizer-dir .devcarry/gpt2-tokenizer --cache-dir "$OUT/cache" --offline --train-split valid)
+  timeout "${S49A_BENCH_S:-500}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt \
+    --device cuda "${TEXT[@]}" "${BUDGET[@]}" --weight-decay 3.0 --out "$OUT/bench-mix-text" > "$OUT/bench-mix-text.txt" 2>&1
+  echo "bench rc=$?"
+  grep -A12 "^| criterion" "$OUT"/bench-mix-text/report.md 2>/dev/null | head -14
+  grep -h "eval PPL\|bits per byte\|word-level\|tokens scored\|^| model" "$OUT"/bench-mix-text/report.md 2>/dev/null | head -8
+  tail -3 "$OUT/bench-mix-text.txt"
+  rm -rf "$OUT/cache"
+  pack
+  ;;
 s48b)
   step "the seven tests s48a's whole-suite run on CUDA had not finished at 500 s (compiled/triton scan, retention and Hebbian gradients; ZetaEmbedding gradcheck; the compiled diagonal scan's accuracy)"
   MUSE_VERIFY_IMPL=eager,compiled,triton timeout "${S48B_VERIFY_S:-420}" python3 -m muse verify --profile ci --device cuda -n 8 \

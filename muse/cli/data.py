@@ -39,6 +39,7 @@ def _summary(ts) -> str:
     rows = [
         ("source", ts.source), ("sha256", f"{ts.sha256} {ts.sha256_status}"),
         ("rows", f"{ts.n_rows:,}"), ("chars", f"{ts.n_chars:,}"), ("tokens", f"{ts.n_tokens:,}"),
+        ("words", f"{ts.word_tokens:,} (word-level tokens: whitespace words + one end of line per row)"),
         ("cache", f"{ts.cache_path} ({state})"),
         ("tokenizer", f"{ts.tokenizer_source} [{ts.tokenizer_status}]"),
     ]

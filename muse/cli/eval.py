@@ -1,4 +1,8 @@
-"""``muse eval``: loss and perplexity of a training checkpoint on a WikiText-2 split or a .npy."""
+"""``muse eval``: loss and perplexity of a training checkpoint on a WikiText-2 split or a .npy.
+
+On a split it also reports bits per byte and, when the whole split is scored, the word-level
+perplexity (WikiText's word-level token count: test 245,569), which do not depend on the
+tokenizer; a ``.npy`` holds ids without their text, so those are null there."""
 
 from __future__ import annotations
 
@@ -56,10 +60,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len {args.seq_len} must be in [1, {max_len}] (the model's max_seq_len)")
     if args.tokens_npy:
         tokens, source = load_token_file(args.tokens_npy), args.tokens_npy
+        units = {}  # ids alone: no text, so no bytes or words
     else:
         split = load_tokens(args.split, data_dir=args.data_dir, tokenizer_dir=args.tokenizer_dir,
                             cache_dir=args.cache_dir, allow_hub=not args.offline)
         tokens, source = split.tokens, split.source
+        units = {"token_bytes": split.token_bytes, "word_tokens": split.word_tokens}
     seq_len = args.seq_len or ck.train_config.get("seq_len") or max_len
     compiled = resolve_compile(args.compile, device)
     net, compile_s = model, None
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             _, compile_s = timed(net, warm, device=device)
     t0 = time.perf_counter()
-    res = evaluate(net, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens)
+    res = evaluate(net, tokens, seq_len, args.batch_size, stride=args.stride, max_tokens=args.max_tokens, **units)
     finite = math.isfinite(res["loss"])
     out = {"status": "ok" if finite else "non_finite_loss", "checkpoint": str(args.checkpoint),
            "model": ck.model_name, "step": ck.counters.get("step"),

@@ -18,6 +18,7 @@ from muse._checks import check_type
 from muse._io import atomic_path, write_json
 from muse.data.sources import PathLike, file_sha256, resolve_cache_dir
 from muse.data.tokenizer import GPT2Tokenizer, load_tokenizer
+from muse.data.units import token_byte_lengths, word_level_tokens
 from muse.data.wikitext import load_split_text
 
 CONVENTION = "wikitext-2-raw-v1/hf-rows-joined-nn/v1"
@@ -26,7 +27,11 @@ CACHE_SUBDIR = Path("tokens") / "wikitext-2-raw-v1"
 
 @dataclass(frozen=True)
 class TokenSplit:
-    """A tokenised split and its provenance; ``tokens`` is a read-only uint16 memmap."""
+    """A tokenised split and its provenance; ``tokens`` is a read-only uint16 memmap.
+
+    ``token_bytes`` (the tokenizer's UTF-8 bytes per id) and ``word_tokens`` (the split's
+    word-level token count) turn a summed NLL into bits per byte and word-level perplexity
+    (:mod:`muse.data.units`)."""
 
     split: str
     tokens: np.ndarray
@@ -40,6 +45,8 @@ class TokenSplit:
     tokenizer_source: str
     tokenizer_fingerprint: str
     tokenizer_status: str
+    word_tokens: int
+    token_bytes: np.ndarray
 
     @property
     def n_tokens(self) -> int:
@@ -130,9 +137,10 @@ def load_tokens(
         sha256=text.sha256, sha256_status=text.sha256_status, n_rows=len(text.rows),
         n_chars=len(text.text), tokenizer_source=tokenizer.source,
         tokenizer_fingerprint=tokenizer.fingerprint, tokenizer_status=tokenizer.sha256_status,
+        word_tokens=word_level_tokens(text.rows), token_bytes=token_byte_lengths(tokenizer),
     )
     if not hit:
-        skip = ("tokens", "cache_hit")
+        skip = ("tokens", "cache_hit", "token_bytes")
         meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in skip}
         write_json(path.with_suffix(".json"), {**meta, "cache_path": str(path), "key": key,
                                                 "convention": CONVENTION, "n_tokens": result.n_tokens,

@@ -20,7 +20,10 @@ VALID_TRAIN_WARNING = (
 
 @dataclass(frozen=True)
 class RunData:
-    """Training and evaluation tokens (1-D integer arrays) and where they came from."""
+    """Training and evaluation tokens (1-D integer arrays) and where they came from.
+
+    ``eval_token_bytes`` and ``eval_word_tokens`` (from a WikiText split, None for a ``.npy``)
+    give the evaluations bits per byte and word-level perplexity (:mod:`muse.data.units`)."""
 
     train: np.ndarray
     eval: np.ndarray
@@ -29,6 +32,8 @@ class RunData:
     train_source: str
     eval_source: str
     warnings: tuple[str, ...] = ()
+    eval_token_bytes: np.ndarray | None = None
+    eval_word_tokens: int | None = None
 
     @property
     def train_split_warning(self) -> str | None:
@@ -51,13 +56,16 @@ def load_run_data(cfg: TrainConfig) -> RunData:
             notes.append(fallback_warning)
         split = load_tokens(train_split, **kwargs)
         train, train_source = split.tokens, split.source
+    token_bytes = word_tokens = None
     if cfg.eval_tokens_npy is not None:
         evals, eval_source = load_token_file(cfg.eval_tokens_npy), cfg.eval_tokens_npy
     else:
         split = load_tokens(cfg.eval_split, **kwargs)
         evals, eval_source = split.tokens, split.source
+        token_bytes, word_tokens = split.token_bytes, split.word_tokens
     return RunData(train, evals, train_split, cfg.eval_split, str(train_source), str(eval_source),
-                   tuple(notes) + tuple(split_warnings(train_split, cfg.eval_split)))
+                   tuple(notes) + tuple(split_warnings(train_split, cfg.eval_split)),
+                   eval_token_bytes=token_bytes, eval_word_tokens=word_tokens)
 
 
 def split_warnings(train_split: str, eval_split: str) -> list[str]:

@@ -328,12 +328,15 @@ class Trainer:
         """Evaluate on the eval split (all ranks); log it; non-finite loss raises TrainingError."""
         t0 = time.perf_counter()
         res = evaluate(self.eval_model, self.data.eval, self.seq_len, self.cfg.eval_batch_size or self.cfg.batch_size,
-                       stride=stride, max_tokens=max_tokens, rank=self.ctx.rank, world_size=self.ctx.world_size)
+                       stride=stride, max_tokens=max_tokens, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                       token_bytes=self.data.eval_token_bytes, word_tokens=self.data.eval_word_tokens)
         record = {"type": "eval", "step": self.step, "tokens": self.tokens_seen, "final": final,
                   "split": self.data.eval_split, **res, "eval_s": time.perf_counter() - t0}
         if not math.isfinite(res["loss"]):
             raise TrainingError(f"eval loss is {res['loss']} at step {self.step}: the model diverged")
-        self._emit(record, f"eval step {self.step}: loss {res['loss']:.4f}, ppl {res['ppl']:.2f} "
+        units = "".join(f", {label} {res[key]:.{digits}f}" for key, label, digits in
+                        (("bits_per_byte", "bits/byte", 4), ("word_ppl", "word-level ppl", 2)) if res[key] is not None)
+        self._emit(record, f"eval step {self.step}: loss {res['loss']:.4f}, ppl {res['ppl']:.2f}{units} "
                            f"({res['tokens_scored']:,} tokens)")
         return res
 

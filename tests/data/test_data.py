@@ -39,6 +39,7 @@ from muse.data import (
     shared_data_dir,
     verify_sha256,
 )
+from muse.data.units import token_byte_lengths, word_level_tokens
 
 TEST_TOKENS, VALID_TOKENS = 287_644, 251_048
 ENV_VARS = ("MUSE_DATA_DIR", "MUSE_TOKENIZER_DIR", "MUSE_CACHE_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -127,6 +128,33 @@ def test_valid_split_pinned_counts(shared: Path, tokenizer, cache_dir: Path) -> 
     ts = load_tokens("valid", data_dir=shared / "wikitext-2-raw", cache_dir=cache_dir,
                      allow_hub=False, tokenizer=tokenizer)
     assert (ts.n_tokens, ts.n_rows, ts.n_chars) == (VALID_TOKENS, 3760, 1_149_668)
+
+
+def test_units_of_the_splits(shared: Path, tokenizer, test_split, cache_dir: Path, tmp_path: Path) -> None:
+    """Token bytes add up to the text's UTF-8 bytes, and the word-level counts are WikiText's own."""
+    valid = load_tokens("valid", data_dir=shared / "wikitext-2-raw", cache_dir=cache_dir,
+                        allow_hub=False, tokenizer=tokenizer)
+    for ts, n_bytes, words in ((test_split, 1_296_370, 245_569), (valid, 1_151_766, 217_646)):
+        text = load_split_text(ts.split, shared / "wikitext-2-raw", allow_hub=False).text
+        assert len(text.encode("utf-8")) == n_bytes
+        assert int(ts.token_bytes[np.asarray(ts.tokens)].sum()) == n_bytes
+        assert ts.word_tokens == words
+    table = token_byte_lengths(tokenizer)
+    assert table.shape == (50257,) and table[50256] == len("<|endoftext|>") and table.min() >= 1
+    ids = tokenizer.encode("naïve café — 東京 😀")  # multi-byte characters split across tokens
+    assert int(table[ids].sum()) == len("naïve café — 東京 😀".encode())
+    for name in ("vocab.json", "merges.txt"):
+        os.symlink(shared / "gpt2-tokenizer" / name, tmp_path / name)
+    np.testing.assert_array_equal(token_byte_lengths(load_tokenizer(tmp_path, allow_hub=False)), table)
+    with pytest.raises(TypeError, match="tokenizer"):
+        token_byte_lengths("gpt2")
+
+
+def test_word_level_tokens_small() -> None:
+    assert word_level_tokens(["", " = A = \n", "", " x y \n"]) == 5 + 4
+    assert word_level_tokens([]) == 0
+    with pytest.raises(TypeError, match="rows"):
+        word_level_tokens("a b")
 
 
 def test_rows_follow_hf_loader(shared: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,30 @@ def test_restores_training_mode_and_rejects_bad_args(model):
         evaluate(model, TOKENS, 32, 1, max_tokens=0)
     with pytest.raises(TypeError, match="model"):
         evaluate("model", TOKENS, 32, 1)
+
+
+def test_bits_per_byte_and_word_level_ppl(model):
+    token_bytes = np.arange(1, 65, dtype=np.int64)  # id i encodes i + 1 bytes
+    res = evaluate(model, TOKENS, 32, 4, token_bytes=token_bytes, word_tokens=500)
+    loss_sum = res["loss"] * res["tokens_scored"]
+    assert res["bytes_scored"] == int((TOKENS[1:].astype(np.int64) + 1).sum())
+    assert res["bits_per_byte"] == pytest.approx(loss_sum / (res["bytes_scored"] * math.log(2)), rel=1e-12)
+    assert res["word_tokens"] == 500 and res["word_ppl"] == pytest.approx(math.exp(loss_sum / 500), rel=1e-12)
+    part = evaluate(model, TOKENS, 32, 4, max_tokens=50, token_bytes=token_bytes, word_tokens=500)
+    assert part["bytes_scored"] == int((TOKENS[1:51].astype(np.int64) + 1).sum())
+    assert part["word_tokens"] is None and part["word_ppl"] is None  # a prefix's word count is unknown
+    plain = evaluate(model, TOKENS, 32, 4)
+    assert plain["loss"] == res["loss"]
+    assert all(plain[k] is None for k in ("bytes_scored", "bits_per_byte", "word_tokens", "word_ppl"))
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "needle"), [
+    (dict(token_bytes=[1] * 64), TypeError, "token_bytes"),
+    (dict(token_bytes=np.ones(64)), ValueError, "token_bytes"),
+    (dict(token_bytes=np.ones(10, dtype=np.int64)), ValueError, "token_bytes covers ids < 10"),
+    (dict(word_tokens=0), ValueError, "word_tokens"),
+    (dict(word_tokens=2.5), TypeError, "word_tokens"),
+])
+def test_bad_units_are_named(model, kwargs, exc, needle):
+    with pytest.raises(exc, match=needle):
+        evaluate(model, TOKENS, 32, 4, **kwargs)
