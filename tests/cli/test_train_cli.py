@@ -29,9 +29,18 @@ def test_cli_end_to_end_on_wikitext_valid_split(tmp_path, capsys):
     assert res["train_split"] == "valid" and "VALIDATION" in res["train_split_warning"]
     assert res["eval_split"] == "test" and res["data"]["eval_tokens_available"] == 287644
     assert res["model"]["parameters"] == 9725201 and res["steps"] == 5
-    assert res["final_eval"]["tokens_scored"] == 512 and np.isfinite(res["final_eval"]["loss"])
+    final = res["final_eval"]
+    assert final["tokens_scored"] == 512 and np.isfinite(final["loss"])
+    # a prefix of the text: bits per byte of its bytes, no word-level count
+    assert final["bytes_scored"] > 512 and final["word_ppl"] is None and final["word_tokens"] is None
+    assert final["bits_per_byte"] == pytest.approx(final["loss"] * 512 / (final["bytes_scored"] * np.log(2)))
     records = [json.loads(line) for line in open(out / "log.jsonl")]
     assert [r["step"] for r in records if r["type"] == "train"] == [5]
+    assert main(["eval", str(out / "last.safetensors"), "--split", "test", "--max-tokens", "512", "--device", "cpu",
+                 "--offline", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "eval.json")]) == 0
+    standalone = json.loads((tmp_path / "eval.json").read_text())
+    assert standalone["bytes_scored"] == final["bytes_scored"]
+    assert standalone["bits_per_byte"] == pytest.approx(final["bits_per_byte"], rel=1e-6)  # other batches
 
 
 @pytest.fixture
@@ -58,6 +67,7 @@ def test_cli_runs_on_npy_tokens_and_resumes(npy, tmp_path, capsys):
     assert standalone["loss"] == res["final_eval"]["loss"]  # same windows, same weights, same loss
     assert standalone["tokens_scored"] == res["final_eval"]["tokens_scored"] == 1023
     assert standalone["step"] == 3 and standalone["train_split"] == "train"
+    assert standalone["bits_per_byte"] is None and standalone["word_ppl"] is None  # ids carry no text
 
 
 @pytest.mark.parametrize("extra, match", [
