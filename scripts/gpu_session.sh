@@ -9,6 +9,8 @@
 #   scripts/gpu_session.sh extra    CUDA tests again, Stage 1 compiled speed, the criteria with Stage 1 'mix', two mix ablations
 # Needs pre-tokenised WikiText-2 in .devcarry/ (muse data export --split valid|test --out ...), which is
 # gitignored: the device call must carry it (carry: [".devcarry"]) or every training run fails at once.
+# Phases that read the text (s49a on, for bits per byte and word-level PPL) also need .devcarry/wikitext-2-raw/
+# wiki.{valid,test}.raw and .devcarry/gpt2-tokenizer/tokenizer.json, copied from ../shared/data.
 # Runs write under runs/gpu/<phase>; the phase ends by packing them (without checkpoints) into
 # $OUT/<phase>.tgz (or ./gpu-out).
 set -uo pipefail
