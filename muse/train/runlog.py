@@ -149,6 +149,8 @@ def results_table(results: dict) -> str:
         ("tokens seen", f"{results['tokens_seen']:,}"),
         ("final eval loss", _fmt(final.get("loss"))),
         ("final eval PPL", _fmt(final.get("ppl"))),
+        ("final eval bits per byte", _fmt(final.get("bits_per_byte"))),
+        ("final eval word-level PPL (whole split)", _fmt(final.get("word_ppl"), ".2f")),
         ("eval tokens scored", f"{final['tokens_scored']:,}" if final else "-"),
         ("train tok/s (first step included)", _fmt(results.get("train_tokens_per_s"), ".0f")),
         ("train tok/s, steady step (compile excluded)", _fmt(results.get("steady_tokens_per_s"), ".0f")),

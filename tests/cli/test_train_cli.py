@@ -24,6 +24,7 @@ def test_cli_end_to_end_on_wikitext_valid_split(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "batch_size = 2" in printed and "| final eval loss |" in printed  # config and table
+    assert "| final eval bits per byte | " in printed and "| final eval word-level PPL (whole split) | - |" in printed
     assert {p.name for p in out.iterdir()} >= {"results.json", "log.jsonl", "loss.png", "last.safetensors"}
     res = json.loads((out / "results.json").read_text())
     assert res["train_split"] == "valid" and "VALIDATION" in res["train_split_warning"]
