@@ -1441,6 +1441,13 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s49b)
+  step "the two compiled gradient properties s48b stopped at its limit (complex retention: 60 of 100 examples; the Hebbian scan: 36), alone"
+  MUSE_VERIFY_IMPL=compiled timeout "${S49B_VERIFY_S:-560}" python3 -m muse verify --profile ci --device cuda -n 2 \
+    -k "test_complex_retention_gradients or test_hebbian_scan_and_gradients" \
+    --out "$OUT/verify-cuda-compiled-grads" 2>&1 | grep "numerics report\|passed\|failed\|FAIL" | tail -6
+  pack
+  ;;
 s49a)
   step "the criteria run of mix with the GPT reference, reading WikiText-2 text (not .npy ids) so every model is also scored in bits per byte and word-level PPL"
   python3 -c "import tokenizers; print('tokenizers', tokenizers.__version__)" || { echo "no tokenizers package here: text data cannot be read"; pack; exit 0; }

@@ -41,6 +41,9 @@ def test_fast_path_on_cpu_gives_the_eager_tokens(preset):
     a, _ = _run(model, 20, fast=False, top_k=5, generator=torch.Generator().manual_seed(3))
     b, _ = _run(model, 20, fast=True, top_k=5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, eager)
+    a, _ = _run(model, 20, fast=False, top_p=0.9, generator=torch.Generator().manual_seed(4))
+    b, _ = _run(model, 20, fast=True, top_p=0.9, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
 
 
 def test_fast_path_edges_and_fallbacks():
