@@ -1441,6 +1441,22 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s50a)
+  step "issue 12: the 4x budget trend at the current presets (weight decay 3.0 for every model, compiled, CUDA graphs), each beside its 1x run; 2 runs at a time on the one GPU"
+  TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0 --seed 1337
+         --eval-stride 512 --eval-every 96 --eval-tokens 65536 --ckpt-every 0 --no-progress)
+  printf '%s\n' \
+    "x4-phase2|--model phase2 --preset seed --tokens 6291456" \
+    "x4-mix|--model stage1 --preset mix --tokens 6291456" \
+    "x4-gpt|--model gpt --preset seed --tokens 6291456" \
+    "x1-phase2|--model phase2 --preset seed --tokens 1572864" \
+    "x1-mix|--model stage1 --preset mix --tokens 1572864" \
+    "x1-gpt|--model gpt --preset seed --tokens 1572864" \
+    > "$OUT/runs.txt"
+  sweep 2 "${S50A_SWEEP_S:-540}" "$OUT/runs.txt"
+  grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -24
+  pack
+  ;;
 s49b)
   step "the two compiled gradient properties s48b stopped at its limit (complex retention: 60 of 100 examples; the Hebbian scan: 36), alone"
   MUSE_VERIFY_IMPL=compiled timeout "${S49B_VERIFY_S:-560}" python3 -m muse verify --profile ci --device cuda -n 2 \
