@@ -1453,8 +1453,20 @@ s50a)
     "x1-mix|--model stage1 --preset mix --tokens 1572864" \
     "x1-gpt|--model gpt --preset seed --tokens 1572864" \
     > "$OUT/runs.txt"
-  sweep 2 "${S50A_SWEEP_S:-540}" "$OUT/runs.txt"
+  sweep 2 "${S50A_SWEEP_S:-400}" "$OUT/runs.txt"
   grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -24
+  step "issue 12: label smoothing 0.1 at the budget (scripts/smoothing_probe.py, eager), beside eps 0 in the same form; 4 at a time"
+  for m in "mix|--model stage1 --preset mix" "phase2|--model phase2 --preset seed"; do
+    for eps in 0 0.1; do
+      name="ls${eps}-${m%%|*}"; mkdir -p "$OUT/$name"
+      # shellcheck disable=SC2086
+      ( timeout "${S50A_LS_S:-150}" python3 scripts/smoothing_probe.py --eps "$eps" -- train ${m#*|} "${TRAIN[@]}" \
+          --no-compile --eval-every 0 --tokens 1572864 --out "$OUT/$name" > "$OUT/$name/stdout.txt" 2>&1
+        echo "$name rc=$?" ) &
+    done
+  done
+  wait
+  grep -h '^{"model"' "$OUT"/ls*/stdout.txt
   pack
   ;;
 s49b)
