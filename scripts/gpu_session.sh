@@ -1441,6 +1441,24 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s50b)
+  step "issue 12: label smoothing at the budget (scripts/smoothing_probe.py, eager, as s50a's 0 and 0.1): eps ${S50B_EPS:-0.05 0.2}, seeds ${S50B_SEEDS:-1337}"
+  TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0 --seed 1337
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864)
+  # S50B_EPS / S50B_SEEDS pick other runs (the same form), e.g. S50B_EPS=0.1 S50B_SEEDS="1 2"
+  for m in "mix|--model stage1 --preset mix" "phase2|--model phase2 --preset seed"; do
+    for eps in ${S50B_EPS:-0.05 0.2}; do for seed in ${S50B_SEEDS:-1337}; do
+      name="ls${eps}-${m%%|*}"; [ "$seed" = 1337 ] || name="$name-seed$seed"; mkdir -p "$OUT/$name"
+      # shellcheck disable=SC2086
+      ( timeout "${S50B_LS_S:-150}" python3 scripts/smoothing_probe.py --eps "$eps" -- train ${m#*|} "${TRAIN[@]}" \
+          --seed "$seed" --out "$OUT/$name" > "$OUT/$name/stdout.txt" 2>&1
+        echo "$name rc=$?" ) &
+    done; done
+  done
+  wait
+  grep -h '^{"model"' "$OUT"/ls*/stdout.txt
+  pack
+  ;;
 s50a)
   step "issue 12: the 4x budget trend at the current presets (weight decay 3.0 for every model, compiled, CUDA graphs), each beside its 1x run; 2 runs at a time on the one GPU"
   TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0 --seed 1337

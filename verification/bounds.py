@@ -282,7 +282,8 @@ ETA32 = 2.0**-149  # fp32's smallest subnormal: the absolute error of a result t
 def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, targets: np.ndarray,
                              scored: np.ndarray, x: np.ndarray, p: np.ndarray, loss_tok: np.ndarray,
                              storage, scale: float, gemm16: bool, vocab_chunk: int,
-                             device="cpu", token_chunk: int | None = None) -> dict[str, np.ndarray]:
+                             device="cpu", token_chunk: int | None = None,
+                             label_smoothing: float = 0.0) -> dict[str, np.ndarray]:
     """|computed - exact| bounds for linear_cross_entropy's loss and its three gradients.
 
     ``storage``: np.float16, np.float32 or the string "bfloat16" (numpy has no bf16; its inputs come as
@@ -316,6 +317,11 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
        ``token_chunk`` (the chunked-tokens path, whose ``vocab_chunk`` is V): d(weight) and
        d(bias) are K_t = ceil(n / token_chunk) GEMMs (or fp32 column sums) of token_chunk terms
        added in fp32, so their sums use gamma(m(token_chunk) + K_t) instead.
+    6. label smoothing eps (``loss_tok`` then the smoothed per-token loss lse - (1 - eps) x_t - eps mean_v x_v):
+       the target term is scaled by fp32(1 - eps) (rounded: u), the fp32 row sum of the computed logits errs
+       by sum_v E_tv + gamma_V sum_v (|x_v| + E_tv) and is scaled by fp32(eps / V) (2 roundings), two more
+       subtractions round once each; the dlogit g = p - eps/V - (1 - eps) onehot takes the two rounded
+       constants (u each) and two roundings (2 u (|g| + p + rho p + eps/V)).
     """
     u = U
     # the storage's unit roundoff and half its subnormal spacing; fp32 storage: the logits are not re-rounded
@@ -336,18 +342,31 @@ def linear_cross_entropy_abs(h: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     pieces = n_vchunks * math.ceil(vocab_chunk / LSE_TILE)
     rescale = ((1 + lam) * np.exp(u * big_r) * (1 + u)) ** (pieces - 1)
     psi = (1 + phi) * rescale * (1 + gamma(max(v - 1, 1))) - 1
-    lse = loss_tok + x[np.arange(n), np.where(scored, targets, 0)]
+    on, uniform = 1.0 - label_smoothing, label_smoothing / v
+    x_t = x[np.arange(n), np.where(scored, targets, 0)]
+    lse = loss_tok + on * x_t + uniform * x.sum(axis=1)
     c_t = -np.log1p(-psi) + lam_log * (math.log(v) + psi) + u * (np.abs(lse) + 2 * e_t)
-    e_tok = 2 * e_t + c_t
+    if label_smoothing:
+        e_target = on * e_t + gamma(2) * on * (np.abs(x_t) + e_t)
+        row = np.abs(x).sum(axis=1) + e_x.sum(axis=1)
+        e_mean = uniform * (e_x.sum(axis=1) + gamma(v) * row) + gamma(2) * uniform * (row + gamma(v) * row)
+        e_tok = e_t + c_t + e_target + e_mean
+        e_tok = e_tok + u * (np.abs(lse) + np.abs(on * x_t) + e_tok) + u * (np.abs(loss_tok) + e_tok)
+    else:
+        e_tok = 2 * e_t + c_t
     e_tok = e_tok + u * (np.abs(loss_tok) + e_tok)
     e_tok, l_abs = np.where(scored, e_tok, 0.0), np.where(scored, np.abs(loss_tok), 0.0)
     e_loss = e_tok.sum() + gamma(max(n - 1, 1)) * (l_abs + e_tok).sum()
 
     rho = np.exp(2 * e_t + c_t + u * (big_r + math.log(v) + c_t)) * (1 + lam) * (1 + u) - 1  # (n,)
-    g = p.copy()
-    g[np.arange(n), np.where(scored, targets, 0)] -= 1.0
+    g = p - uniform
+    g[np.arange(n), np.where(scored, targets, 0)] -= on
     g[~scored] = 0.0
     e_g = rho[:, None] * p + u * (np.abs(g) + rho[:, None] * p) + ETA32  # ETA32: exp's result underflows
+    if label_smoothing:  # the rounded constants eps / V and 1 - eps, one more subtraction
+        onehot = np.zeros_like(p)
+        onehot[np.arange(n), np.where(scored, targets, 0)] = on
+        e_g = e_g + u * (uniform + onehot) + 2 * u * (np.abs(g) + p + rho[:, None] * p + uniform)
     if gemm16:
         e_g = e_g + u_s * (np.abs(g) + e_g) + eta_s
     e_g[~scored] = 0.0

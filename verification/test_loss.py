@@ -41,7 +41,8 @@ def loss_case(draw):
     chunk = draw(st.one_of(st.none(), st.integers(1, max(n, v) + 3)))  # vocab rows (chunked) or tokens
     reduction = draw(st.sampled_from(["mean", "sum"]))
     scale = draw(st.sampled_from([1.0, 2.0**12]))
-    return h, w, b, targets, chunk, reduction, scale, storage == "bfloat16"
+    eps = draw(st.sampled_from([0.0, 0.0, 0.1, 0.7]))  # label smoothing
+    return h, w, b, targets, chunk, reduction, scale, storage == "bfloat16", eps
 
 
 def _rounded(a: np.ndarray, storage: str) -> np.ndarray:
@@ -54,11 +55,12 @@ def _rounded(a: np.ndarray, storage: str) -> np.ndarray:
 # a logit 108 below the largest: its probability, e^-108, underflows fp32's exp to 0, which only an absolute term
 # of the bound covers (a thorough run of the native path found such a case, 2026-12-05)
 UNDERFLOW = (np.array([[1.0, -1.0]], dtype=np.float32), np.array([[60.0, 0.0], [-48.0, 0.0], [0.0, 2.0]], dtype=np.float32),
-             None, np.array([0]), None, "mean", 1.0, False)
+             None, np.array([0]), None, "mean", 1.0, False, 0.0)
 
 
-def _exact(h, w, b, targets):
-    """Exact-enough float64 logits, softmax and per-token loss of the rounded inputs."""
+def _exact(h, w, b, targets, eps=0.0):
+    """Exact-enough float64 logits, softmax and per-token loss of the rounded inputs (label smoothing ``eps``:
+    lse - (1 - eps) x_target - eps mean(x))."""
     x = h.astype(np.float64) @ w.astype(np.float64).T + (0.0 if b is None else b.astype(np.float64))
     m = x.max(axis=1, keepdims=True)
     e = np.exp(x - m)
@@ -66,7 +68,7 @@ def _exact(h, w, b, targets):
     p = e / s
     scored = targets != IGNORE_INDEX
     t = np.where(scored, targets, 0)
-    loss_tok = (m[:, 0] + np.log(s[:, 0])) - x[np.arange(len(t)), t]
+    loss_tok = (m[:, 0] + np.log(s[:, 0])) - (1 - eps) * x[np.arange(len(t)), t] - eps * x.mean(axis=1)
     return x, p, np.where(scored, loss_tok, 0.0), scored
 
 
@@ -78,8 +80,8 @@ def _kernels(impl: str) -> str:
     return "1" if impl == "triton" else "0"
 
 
-def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bf16: bool, bodies: str = "eager",
-           keep_logits: bool = False) -> None:
+def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bf16: bool, eps: float = 0.0,
+           bodies: str = "eager", keep_logits: bool = False) -> None:
     """``bf16``: h, w, b are float32 arrays of bf16 values, run as bfloat16 tensors."""
     def leaf(a):
         t = tensor(a, device)
@@ -89,10 +91,11 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bf
     bt = None if b is None else leaf(b)
     tt = tensor(targets.astype(np.int64), device)
     with kernels.environment(MUSE_KERNELS=_kernels(bodies)):
-        loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl, keep_logits=keep_logits)
+        loss = linear_cross_entropy(ht, wt, tt, bt, reduction, chunk_size=chunk, impl=impl, keep_logits=keep_logits,
+                                    label_smoothing=eps)
         (loss * scale).backward()
         default_chunk = default_chunk_size(ht, wt, impl)
-    x, p, loss_tok, scored = _exact(h, w, b, targets)
+    x, p, loss_tok, scored = _exact(h, w, b, targets, eps)
     count = int(scored.sum())
     grad_scale = scale / count if reduction == "mean" else scale
     storage = "bfloat16" if bf16 else h.dtype.type
@@ -105,7 +108,7 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bf
     bound = B.linear_cross_entropy_abs(h.astype(np.float64), w.astype(np.float64),
                                        None if b is None else b.astype(np.float64), targets, scored, x, p,
                                        loss_tok, storage, grad_scale, gemm16, n_vocab_chunk, device,
-                                       token_chunk=token_chunk)
+                                       token_chunk=token_chunk, label_smoothing=eps)
     if h.dtype == np.float16:  # a gradient beyond fp16's range is inf, which is what loss scaling catches
         assume(all(np.abs(grad_scale * g).max() < 6e4 for g in bound["grads"].values()))
     want_loss, e_loss = loss_tok.sum(), bound["loss"]
@@ -113,7 +116,7 @@ def _check(device: str, impl: str, h, w, b, targets, chunk, reduction, scale, bf
         want_loss, e_loss = want_loss / count, e_loss / count * (1 + B.U) + B.U * abs(want_loss / count)
     args = [real("h", h), real("w", w), real("targets", targets)] + ([real("b", b)] if b is not None else [])
     call = (f"linear_cross_entropy(h, w, targets, b, {reduction!r}, chunk_size={chunk}, impl={impl!r}, "
-            f"keep_logits={keep_logits})" + (" with h, w, b as torch.bfloat16" if bf16 else ""))
+            f"keep_logits={keep_logits}, label_smoothing={eps})" + (" with h, w, b as torch.bfloat16" if bf16 else ""))
     label = (impl if bodies == "eager" else f"{impl}+{bodies}") + ("+kept" if keep_logits else "")
     label += "+bf16" if bf16 else ""
     check_close(f"linear_cross_entropy[{label}] loss", device, host(loss), want_loss,
@@ -153,7 +156,7 @@ def test_token_chunked_linear_cross_entropy_accuracy(device, impl, case):
 @example(case=UNDERFLOW)
 def test_native_linear_cross_entropy_accuracy(device, case):
     """torch's F.linear_cross_entropy (torch >= 2.13) held to the same bound, fp32 inputs (what auto uses)."""
-    h, w, b, targets, chunk, reduction, scale, _ = case  # bf16 values are float32 arrays already
+    h, w, b, targets, chunk, reduction, scale, _, eps = case  # bf16 values are float32 arrays already
     f32 = [a if a is None or isinstance(a, np.ndarray) and a.dtype != np.float16 else a.astype(np.float32)
            for a in (h, w, b)]
-    _check(device, "torch-native", *f32, targets, chunk, reduction, scale, False)
+    _check(device, "torch-native", *f32, targets, chunk, reduction, scale, False, eps)

@@ -59,6 +59,8 @@ def register(sub) -> None:
                    help="compiled training runs' torch.compile mode (`muse train --compile-mode`; default: "
                    "reduce-overhead, CUDA graphs, in one CUDA process)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1; the GPU budget's runs use 3.0)")
+    g.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="every run's training-loss label smoothing in [0, 1) (default 0; evals score the plain loss)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stage1-preset", help="Stage 1's preset when it differs from --preset (e.g. mix)")
     g.add_argument("--references", help="comma-separated reference runs trained the same way "
@@ -114,7 +116,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-STAGE1_ONLY = ("phase2_arg", "weight_decay", "stage1_preset", "references", "keep_logits", "compile_memory_budget",
+STAGE1_ONLY = ("phase2_arg", "weight_decay", "label_smoothing", "stage1_preset", "references", "keep_logits", "compile_memory_budget",
                "compile_mode")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 

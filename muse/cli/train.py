@@ -43,6 +43,8 @@ def register(sub) -> None:
     g.add_argument("--weight-decay", type=float, default=0.1, help="on linear weights only (default 0.1)")
     g.add_argument("--decay-embeddings", action="store_true",
                    help="also apply the weight decay to the embedding tables (nanoGPT's rule)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="the training loss's label smoothing in [0, 1) (default 0; evals score the plain loss)")
     g.add_argument("--clip", type=float, default=1.0, help="global grad-norm clip, 0 = off (default 1.0)")
     budget = g.add_mutually_exclusive_group()
     budget.add_argument("--tokens", type=int, help="token budget, converted to steps")
@@ -123,7 +125,7 @@ def config_from_args(args: argparse.Namespace):
         model=args.model, preset=args.preset, model_overrides=parse_model_args(args),
         seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
-        decay_embeddings=args.decay_embeddings, clip=args.clip,
+        decay_embeddings=args.decay_embeddings, label_smoothing=args.label_smoothing, clip=args.clip,
         tokens=args.tokens, max_steps=args.max_steps, stop_after=args.stop_after,
         eval_every=args.eval_every, eval_tokens=args.eval_tokens or None,
         final_eval_tokens=args.final_eval_tokens or None, eval_batch_size=args.eval_batch_size,

@@ -473,7 +473,7 @@ def _lse_rows_kernel(z_ptr, max_ptr, sum_ptr, n_rows, width, stride,
 
 @triton.jit
 def _softmax_grad_kernel(z_ptr, g_ptr, lse_ptr, t_ptr, keep_ptr, n_rows, width, stride_z, stride_g, offset,
-                         INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+                         on_target, uniform, INTERP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     rmask = rows < n_rows
@@ -483,7 +483,8 @@ def _softmax_grad_kernel(z_ptr, g_ptr, lse_ptr, t_ptr, keep_ptr, n_rows, width, 
     col = tl.load(t_ptr + rows, mask=rmask, other=-1) - offset  # outside [0, width): no target here
     keep = tl.load(keep_ptr + rows, mask=rmask, other=0.0)
     p = _exp(x - lse[:, None], INTERP)
-    g = tl.where(cols[None, :] == col[:, None], p - 1.0, p) * keep[:, None]
+    p = p - uniform  # label smoothing's eps / V (0: the plain gradient, unchanged)
+    g = tl.where(cols[None, :] == col[:, None], p - on_target, p) * keep[:, None]
     tl.store(g_ptr + rows[:, None] * stride_g + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
@@ -504,10 +505,12 @@ def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> N
 
 
 def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
-                 dtype: torch.dtype, offset: int = 0, in_place: bool = True) -> torch.Tensor:
-    """(exp(z - lse) - onehot(targets - offset)) * keep, computed in fp32 and rounded once to ``dtype``
-    (z: the logits of vocabulary rows offset..; a target outside them has no column here).  Written
-    over ``z`` when z is row-major of that dtype and ``in_place``."""
+                 dtype: torch.dtype, offset: int = 0, in_place: bool = True, on_target: float = 1.0,
+                 uniform: float = 0.0) -> torch.Tensor:
+    """(exp(z - lse) - on_target onehot(targets - offset) - uniform) * keep, computed in fp32 and rounded
+    once to ``dtype`` (z: the logits of vocabulary rows offset..; a target outside them has no column here;
+    on_target 1 - eps and uniform eps / V for label smoothing eps).  Written over ``z`` when z is row-major
+    of that dtype and ``in_place``."""
     z = scratch(_row_major(z), z)
     n, width = z.shape
     over_z = in_place and z.dtype == dtype
@@ -517,7 +520,7 @@ def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep
     rows, block_w, warps = _ce_tile(width)
     grid = (triton.cdiv(n, rows), triton.cdiv(width, block_w))
     _softmax_grad_kernel[grid](z, g, lse, targets, keep, n, width, z.stride(0), g.stride(0), offset,
-                               INTERP=interpreting(), ROWS=rows, BLOCK_W=block_w, num_warps=warps)
+                               float(on_target), float(uniform), INTERP=interpreting(), ROWS=rows, BLOCK_W=block_w, num_warps=warps)
     return g
 
 

@@ -247,10 +247,12 @@ def lse_rows(z: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor) -> N
 
 
 def softmax_grad(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
-                 dtype: torch.dtype, offset: int = 0, in_place: bool = True) -> torch.Tensor:
-    """(exp(z - lse) - onehot(targets - offset)) * keep in fp32 for the logits z of vocabulary rows
-    offset.., rounded once to ``dtype`` (over z when it can and ``in_place``; else z is left as it is)."""
-    return _k().softmax_grad(z, lse, targets, keep, dtype, offset, in_place)
+                 dtype: torch.dtype, offset: int = 0, in_place: bool = True, on_target: float = 1.0,
+                 uniform: float = 0.0) -> torch.Tensor:
+    """(exp(z - lse) - on_target onehot(targets - offset) - uniform) * keep in fp32 for the logits z of
+    vocabulary rows offset.., rounded once to ``dtype`` (over z when it can and ``in_place``; else z is left
+    as it is). Label smoothing eps: on_target 1 - eps, uniform eps / V; the defaults give softmax - onehot."""
+    return _k().softmax_grad(z, lse, targets, keep, dtype, offset, in_place, on_target, uniform)
 
 
 __all__ = ["add_layer_norm_fwd", "add_layer_norm_pair_fwd", "bk_green_bwd", "bk_green_fwd", "complex_mm", "hebbian_bwd", "hebbian_fwd", "selective_scan_bwd", "selective_scan_fwd", "layer_norm_bwd", "layer_norm_flag_fwd", "layer_norm_fwd", "lse_rows", "modrelu_bwd", "modrelu_fwd",

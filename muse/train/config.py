@@ -17,7 +17,8 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 # Fields that decide the loss curve: a resumed run must use the same values.
 TRAJECTORY_FIELDS = (
     "model", "preset", "model_overrides", "seq_len", "batch_size", "grad_accum", "lr", "min_lr",
-    "warmup", "weight_decay", "decay_embeddings", "betas", "eps", "clip", "tokens", "max_steps", "seed", "amp",
+    "warmup", "weight_decay", "decay_embeddings", "label_smoothing", "betas", "eps", "clip", "tokens", "max_steps",
+    "seed", "amp",
     "train_split", "init_scale", "growth_interval",
 )
 
@@ -37,6 +38,7 @@ class TrainConfig:
     warmup: int = 100  # steps of linear warmup
     weight_decay: float = 0.1  # linear-layer weights only (see muse.train.optim)
     decay_embeddings: bool = False  # also decay the embedding tables (nanoGPT's rule)
+    label_smoothing: float = 0.0  # the training loss's eps (evaluation always scores the plain cross-entropy)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     clip: float = 1.0  # global grad-norm clip on fp32 grads; 0 disables
@@ -90,6 +92,8 @@ class TrainConfig:
         check_int("warmup", self.warmup, min_value=0)
         check_float("weight_decay", self.weight_decay, min_value=0.0)
         check_type("decay_embeddings", self.decay_embeddings, bool, "a bool")
+        self.label_smoothing = check_float("label_smoothing", self.label_smoothing, min_value=0.0, max_value=1.0,
+                                           max_inclusive=False)
         check_type("betas", self.betas, (tuple, list), "a pair of floats")
         if len(self.betas) != 2:
             raise ValueError(f"betas must have two entries, got {len(self.betas)}")

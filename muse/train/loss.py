@@ -46,6 +46,7 @@ import muse.complex as C
 from muse import kernels
 from muse._checks import (
     FLOAT_DTYPES,
+    check_float,
     check_int,
     check_same_device,
     check_tensor,
@@ -206,13 +207,35 @@ def _lse_step(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) -> tupl
     return new_max, new_sum
 
 
+def _smoothing(label_smoothing: float, vocab_size: int) -> tuple[float, float]:
+    """Label smoothing eps as (on_target, uniform) = (1 - eps, eps / V): the target distribution is
+    (1 - eps) onehot + eps / V, so dloss/dlogits = softmax - on_target onehot - uniform."""
+    return 1.0 - label_smoothing, label_smoothing / vocab_size
+
+
+def _smoothed_loss(lse: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None,
+                   smoothing: tuple[float, float], z_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token lse - on_target z_target - eps mean(z): the cross-entropy against the smoothed target
+    (the row sums ``z_sum`` of the logits, or ``z`` itself (full rows) to sum)."""
+    on_target, uniform = smoothing
+    if not uniform:
+        return lse - target
+    if z_sum is None:
+        z_sum = z.sum(1, dtype=lse.dtype)
+    return lse - on_target * target - uniform * z_sum
+
+
 def _dlogits(z: torch.Tensor, lse: torch.Tensor, col: torch.Tensor, keep: torch.Tensor,
-             gemm_dtype: torch.dtype) -> torch.Tensor:
+             gemm_dtype: torch.dtype, smoothing: tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
     """softmax - onehot(col) in fp32 from the saved log-sum-exp, zero where ``keep`` is 0, rounded
-    once to ``gemm_dtype`` for the GEMMs."""
+    once to ``gemm_dtype`` for the GEMMs. ``smoothing`` (on_target, uniform): label smoothing's
+    softmax - on_target * onehot - uniform (:func:`_smoothing`; (1, 0) is the plain gradient)."""
+    on_target, uniform = smoothing
     g = (z.to(lse.dtype) - lse[:, None]).exp_()
+    if uniform:
+        g.sub_(uniform)
     rows = torch.arange(z.shape[0], device=z.device)
-    g.index_put_((rows, col.clamp(min=0)), -(col >= 0).to(g.dtype), accumulate=True)  # -1 at the target
+    g.index_put_((rows, col.clamp(min=0)), -on_target * (col >= 0).to(g.dtype), accumulate=True)
     g.mul_(keep[:, None])
     return g.to(gemm_dtype)
 
@@ -256,8 +279,8 @@ def _lse_step_kernel(z: torch.Tensor, z_max: torch.Tensor, z_sum: torch.Tensor) 
     return z_max, z_sum
 
 
-def _token_chunk_kernel(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _token_chunk_kernel(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool,
+                        smoothing: tuple[float, float] = (1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_token_chunk` with the log-sum-exp and the softmax gradient as Triton kernels (the
     gradient written over ``z``)."""
     z_max = torch.full((z.shape[0],), -torch.inf, dtype=torch.float32, device=z.device)
@@ -265,8 +288,9 @@ def _token_chunk_kernel(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, wa
     kernels.lse_rows(z, z_max, z_sum)
     lse = z_max + z_sum.log()
     rows = torch.arange(z.shape[0], device=z.device)
-    loss = ((lse - z[rows, t]) * keep).sum()
-    return loss, kernels.softmax_grad(z, lse, t, keep, z.dtype) if want_grad else None
+    loss = ((_smoothed_loss(lse, z[rows, t], z, smoothing)) * keep).sum()
+    return loss, (kernels.softmax_grad(z, lse, t, keep, z.dtype, on_target=smoothing[0], uniform=smoothing[1])
+                  if want_grad else None)
 
 
 def _chunk_body(hidden: torch.Tensor, weight: torch.Tensor, plain, kernel):
@@ -277,11 +301,13 @@ def _chunk_body(hidden: torch.Tensor, weight: torch.Tensor, plain, kernel):
     return _fused(plain) if hidden.is_cuda else plain
 
 
-def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits=False):
+def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits=False,
+                   smoothing=(1.0, 0.0)):
     """The vocabulary-chunked forward: (per-token losses, 0 where not scored; per-token log-sum-exp, both
     in the compute dtype; the kept logits), an online log-sum-exp over the chunks' logits (one pass, rescaled
     sums). With ``keep_logits`` every chunk's logits are written into one (chunks, n, width) tensor that
-    backward reads instead of recomputing them; else that tensor is empty."""
+    backward reads instead of recomputing them; else that tensor is empty. With label ``smoothing``
+    (:func:`_smoothing`) the pass also sums each row's logits for the smoothed loss."""
     n = hidden.shape[0]
     acc = C.compute_dtype(hidden.dtype)  # fp32 (fp64 for fp64 inputs)
     chunks = _VocabChunks(hidden, weight, bias, chunk, gemm_dtype)
@@ -290,6 +316,7 @@ def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype
     z_sum = torch.zeros(n, dtype=acc, device=hidden.device)
     kept = (hidden.new_empty((chunks.count, n, chunks.chunk), dtype=chunks.logits_dtype) if keep_logits
             else hidden.new_empty(_NONE))
+    row_sum = torch.zeros(n, dtype=acc, device=hidden.device) if smoothing[1] else None
     with C.fp32_accumulation(hidden.device):
         for i, (v0, v1) in enumerate(chunks):
             if keep_logits:
@@ -298,9 +325,12 @@ def _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype
                 z = chunks.logits(v0, out=kept[i, :, :width])
             else:
                 z = chunks.logits(v0)
+            if row_sum is not None:  # the vocabulary's columns only (not the padded ones, whose logits are -inf)
+                row_sum += z[:, : v1 - v0].sum(1, dtype=acc)
             z_max, z_sum = lse_step(z, z_max, z_sum)
     lse = z_max + z_sum.log()
-    return torch.where(scored, lse - chunks.target_logits(safe_targets), 0.0), lse, kept
+    per = _smoothed_loss(lse, chunks.target_logits(safe_targets), None, smoothing, row_sum)
+    return torch.where(scored, per, 0.0), lse, kept
 
 
 def _scaled_into(dst: torch.Tensor, src: torch.Tensor, scale: torch.Tensor) -> None:
@@ -312,7 +342,8 @@ def _scaled_into(dst: torch.Tensor, src: torch.Tensor, scale: torch.Tensor) -> N
         torch.mul(src, scale, out=dst)
 
 
-def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, kept=None):
+def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, kept=None,
+                    smoothing=(1.0, 0.0)):
     """The vocabulary-chunked backward: (d_hidden, d_weight, d_bias), None where not ``need``ed.
 
     Per chunk, dlogits = (softmax - onehot) * keep from the saved log-sum-exp (fp32, rounded once
@@ -320,7 +351,7 @@ def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need
     gradient); d(weight slice) and d(bias slice) = dlogitsᵀ [hidden | 1], one GEMM over all
     tokens; d(hidden) sums over chunks in fp32; each is multiplied by ``scale`` in fp32 and
     rounded once. The chunk's logits are recomputed, or read from ``kept`` (the forward's, left
-    unchanged: backward may run again) when it holds them.
+    unchanged: backward may run again) when it holds them. Label ``smoothing`` as in :func:`_dlogits`.
     """
     need_h, need_w, need_b = need
     n, v = hidden.shape[0], weight.shape[0]
@@ -340,10 +371,11 @@ def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need
         for i, (v0, v1) in enumerate(chunks if n else ()):
             z = kept[i, :, : chunks.width(v0, v1)] if from_kept else chunks.logits(v0)
             if use_kernels:  # the target's column found in the kernel
-                g = kernels.softmax_grad(z, lse, targets, keep, chunks.gemm_dtype, offset=v0, in_place=not from_kept)
+                g = kernels.softmax_grad(z, lse, targets, keep, chunks.gemm_dtype, offset=v0, in_place=not from_kept,
+                                         on_target=smoothing[0], uniform=smoothing[1])
             else:
                 col = torch.where((targets >= v0) & (targets < v1), targets - v0, -1)  # -1: not in this chunk
-                g = dlogits(z, lse, col, keep, chunks.gemm_dtype)
+                g = dlogits(z, lse, col, keep, chunks.gemm_dtype, smoothing)
             del z  # a recomputed chunk's logits: g holds what is needed (or is them, written over)
             if need_w or need_b:
                 dwb = _mm_fp32(g.t(), rhs)[: v1 - v0]
@@ -362,21 +394,25 @@ def _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, need
     return d_hidden, d_weight, d_bias
 
 
-def _token_chunk(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _token_chunk(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, want_grad: bool,
+                 smoothing: tuple[float, float] = (1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of tokens' full logits ``z`` (fp32): the sum of its scored losses and, with
-    ``want_grad``, softmax - onehot(t), zero where ``keep`` is 0 (fp32, in place of ``z``)."""
+    ``want_grad``, softmax - onehot(t), zero where ``keep`` is 0 (fp32, in place of ``z``); with
+    ``smoothing`` as in :func:`_dlogits`."""
+    on_target, uniform = smoothing
     lse = torch.logsumexp(z, 1)
     rows = torch.arange(z.shape[0], device=z.device)
-    loss = ((lse - z[rows, t]) * keep).sum()
+    loss = (_smoothed_loss(lse, z[rows, t], z, smoothing) * keep).sum()
     if not want_grad:
         return loss, None
     g = z.sub_(lse[:, None]).exp_()
-    g.index_put_((rows, t), -torch.ones_like(keep), accumulate=True)
+    if uniform:
+        g.sub_(uniform)
+    g.index_put_((rows, t), -on_target * torch.ones_like(keep), accumulate=True)
     return loss, g.mul_(keep[:, None])
 
 
-def _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
+def _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype, smoothing=(1.0, 0.0)):
     """The token-chunked forward: (sum of the scored losses, d_hidden, d_weight, d_bias), the
     gradients unscaled in the compute dtype (None where not ``need``ed).
 
@@ -401,7 +437,8 @@ def _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
         for t0 in range(0, n, chunk):
             hc = h[t0 : t0 + chunk]
             z = torch.mm(hc, w.t()) if b is None else torch.addmm(b, hc, w.t())
-            part, g = step(z.to(hidden.dtype).to(acc), safe[t0 : t0 + chunk], keep[t0 : t0 + chunk], want_grad)
+            part, g = step(z.to(hidden.dtype).to(acc), safe[t0 : t0 + chunk], keep[t0 : t0 + chunk], want_grad,
+                           smoothing)
             total = total + part
             del z
             if g is None:
@@ -441,13 +478,14 @@ def _none_to_empty(ref: torch.Tensor, *grads):
 @torch.library.custom_op("muse::lce_vocab_forward", mutates_args=())
 def _vocab_forward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       safe_targets: torch.Tensor, scored: torch.Tensor, chunk: int,
-                      gemm_dtype: torch.dtype | None, keep_logits: bool
+                      gemm_dtype: torch.dtype | None, keep_logits: bool, smoothing: list[float]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits)
+    return _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits,
+                          tuple(smoothing))
 
 
 @_vocab_forward_op.register_fake
-def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits):
+def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits, smoothing):
     acc, n = C.compute_dtype(hidden.dtype), hidden.shape[0]
     if keep_logits:
         width, count, logits_dtype = _VocabChunks.layout(hidden, weight, chunk, gemm_dtype)
@@ -460,14 +498,15 @@ def _(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits
 @torch.library.custom_op("muse::lce_vocab_backward", mutates_args=())
 def _vocab_backward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        targets: torch.Tensor, keep: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
-                       chunk: int, need: list[bool], gemm_dtype: torch.dtype | None, kept: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, tuple(need), gemm_dtype, kept)
+                       chunk: int, need: list[bool], gemm_dtype: torch.dtype | None, kept: torch.Tensor,
+                       smoothing: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _vocab_backward(hidden, weight, bias, targets, keep, lse, scale, chunk, tuple(need), gemm_dtype, kept,
+                            tuple(smoothing))
     return _none_to_empty(hidden, *grads)
 
 
 @_vocab_backward_op.register_fake
-def _(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, kept):
+def _(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, kept, smoothing):
     shapes = ((hidden, hidden.shape), (weight, weight.shape), (weight, weight.shape[:1]))  # bias: weight's dtype
     return tuple(ref.new_empty(shape if want else _NONE) for (ref, shape), want in zip(shapes, need, strict=True))
 
@@ -475,14 +514,14 @@ def _(hidden, weight, bias, targets, keep, lse, scale, chunk, need, gemm_dtype, 
 @torch.library.custom_op("muse::lce_token_forward", mutates_args=())
 def _token_forward_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       safe: torch.Tensor, keep: torch.Tensor, chunk: int, need: list[bool],
-                      gemm_dtype: torch.dtype | None
+                      gemm_dtype: torch.dtype | None, smoothing: list[float]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    total, *grads = _token_forward(hidden, weight, bias, safe, keep, chunk, tuple(need), gemm_dtype)
+    total, *grads = _token_forward(hidden, weight, bias, safe, keep, chunk, tuple(need), gemm_dtype, tuple(smoothing))
     return (total, *_none_to_empty(keep, *grads))
 
 
 @_token_forward_op.register_fake
-def _(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype):
+def _(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype, smoothing):
     acc = C.compute_dtype(hidden.dtype)
     shapes = (hidden.shape, weight.shape, weight.shape[:1])
     return (keep.new_empty((), dtype=acc),
@@ -499,15 +538,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     or (``reduction`` "none") one per token, 0 where not scored."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, reduction, need, gemm_dtype, keep_logits):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, reduction, need, gemm_dtype, keep_logits,
+                smoothing):
         scored = targets != ignore_index
         safe_targets = torch.where(scored, targets, 0)
         count = scored.sum()
         keep_logits = keep_logits and any(need)  # kept for a backward only
-        forward = _vocab_forward_op if _opaque() else _vocab_forward
-        per, lse, kept = forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype, keep_logits)
+        if _opaque():
+            per, lse, kept = _vocab_forward_op(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype,
+                                               keep_logits, list(smoothing))
+        else:
+            per, lse, kept = _vocab_forward(hidden, weight, bias, safe_targets, scored, chunk, gemm_dtype,
+                                            keep_logits, smoothing)
         ctx.save_for_backward(hidden, weight, bias, safe_targets, scored, lse, kept)
-        ctx.setup = (chunk, need, count, reduction, gemm_dtype)
+        ctx.setup = (chunk, need, count, reduction, gemm_dtype, smoothing)
         if reduction == "none":
             return per
         return per.sum() / count if reduction == "mean" else per.sum()
@@ -516,7 +560,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         hidden, weight, bias, targets, scored, lse, kept = ctx.saved_tensors
-        chunk, need, count, reduction, gemm_dtype = ctx.setup
+        chunk, need, count, reduction, gemm_dtype, smoothing = ctx.setup
         acc = C.compute_dtype(hidden.dtype)
         keep = scored.to(acc)
         if reduction == "none":  # each token's own incoming gradient
@@ -527,10 +571,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
         args = (hidden, weight, bias, targets, keep, lse, scale, chunk)
         if _opaque():
-            grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype, kept), need)
+            grads = _empty_to_none(_vocab_backward_op(*args, list(need), gemm_dtype, kept, list(smoothing)), need)
         else:
-            grads = _vocab_backward(*args, need, gemm_dtype, kept)
-        return *grads, None, None, None, None, None, None, None
+            grads = _vocab_backward(*args, need, gemm_dtype, kept, smoothing)
+        return *grads, None, None, None, None, None, None, None, None
 
 
 class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -541,16 +585,17 @@ class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, scale_by_count, need, gemm_dtype, smoothing):
         scored = targets != ignore_index
         safe = torch.where(scored, targets, 0)
         keep = scored.to(C.compute_dtype(hidden.dtype))
         count = scored.sum()
         if _opaque():
-            total, *grads = _token_forward_op(hidden, weight, bias, safe, keep, chunk, list(need), gemm_dtype)
+            total, *grads = _token_forward_op(hidden, weight, bias, safe, keep, chunk, list(need), gemm_dtype,
+                                              list(smoothing))
             grads = _empty_to_none(grads, need)
         else:
-            total, *grads = _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype)
+            total, *grads = _token_forward(hidden, weight, bias, safe, keep, chunk, need, gemm_dtype, smoothing)
         ctx.save_for_backward(*grads, count)
         ctx.setup = (scale_by_count, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total / count if scale_by_count else total
@@ -565,7 +610,7 @@ class _TokenChunkedLinearCrossEntropy(torch.autograd.Function):
             scale = scale / count.clamp(min=1)  # no scored token: zero gradients, like F.cross_entropy
         grads = [None if g is None else g.mul_(scale).to(dt)
                  for g, dt in ((d_hidden, h_dtype), (d_weight, w_dtype), (d_bias, b_dtype))]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 class _VocabChunks:
@@ -666,7 +711,7 @@ def _check_loss_dtype(name: str, value: object) -> None:
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          bias: torch.Tensor | None = None, reduction: str = "mean",
                          ignore_index: int = IGNORE_INDEX, chunk_size: int | None = None,
-                         impl: str = "auto", keep_logits: bool = False) -> torch.Tensor:
+                         impl: str = "auto", keep_logits: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T + bias, targets)`` in fp32 (fp64 for fp64 inputs), no full logits.
 
     ``hidden`` (..., d) and ``targets`` (...) with the same leading shape; ``weight`` (V, d),
@@ -681,7 +726,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     (see :func:`loss_path`). ``keep_logits``: the vocabulary-chunked path keeps every chunk's logits
     (the memory of the full logits in their 16-bit or storage dtype) for backward instead of
     recomputing them, one GEMM fewer per chunk, the same values; the other paths never recompute
-    them. Gradients come back in each input's dtype.
+    them. ``label_smoothing`` eps in [0, 1): the cross-entropy against (1 - eps) onehot + eps / V, as
+    ``F.cross_entropy(..., label_smoothing=eps)`` (every path; the vocabulary-chunked one sums each row's
+    logits in its one forward pass; ``"auto"`` takes ``"chunked-tokens"`` where it would take torch's loss,
+    which forms the full logits when it smooths). Gradients come back in each input's dtype.
     """
     for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
         if t is not None:
@@ -707,7 +755,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, min_value=1)
     check_type("keep_logits", keep_logits, bool, "a bool")
+    eps = check_float("label_smoothing", label_smoothing, min_value=0.0, max_value=1.0, max_inclusive=False)
+    smoothing = _smoothing(eps, weight.shape[0])
     path = loss_path(hidden.dtype, impl, autocast=_autocast_gemm_dtype(hidden) is not None)
+    if path == "torch-native" and eps and impl == "auto":  # torch's loss only chunks without smoothing
+        path = "chunked-tokens"
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     if chunk_size is None:
@@ -719,7 +771,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                                                      allow_retain_graph=torch.compiler.is_compiling())
         with torch.autocast(hidden.device.type, enabled=False):
             loss = F.linear_cross_entropy(h, weight, t, linear_bias=bias, reduction=reduction,
-                                          ignore_index=ignore_index, options=options)
+                                          ignore_index=ignore_index, label_smoothing=eps, options=options)
         loss = loss if loss.dtype == torch.float64 else loss.float()
         return loss.reshape(targets.shape) if reduction == "none" else loss
     grad = torch.is_grad_enabled()
@@ -729,13 +781,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         if path == "chunked-tokens":
             path, chunk_size = "chunked", default_chunk_size(hidden, weight, "chunked")
         out = _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, reduction, need,
-                                               _autocast_gemm_dtype(hidden), keep_logits)
+                                               _autocast_gemm_dtype(hidden), keep_logits, smoothing)
         return out.reshape(targets.shape)
     if path == "chunked-tokens":
         return _TokenChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size,
-                                                     reduction == "mean", need, _autocast_gemm_dtype(hidden))
+                                                     reduction == "mean", need, _autocast_gemm_dtype(hidden), smoothing)
     return _ChunkedLinearCrossEntropy.apply(h, weight, bias, t, ignore_index, chunk_size, reduction, need,
-                                            _autocast_gemm_dtype(hidden), keep_logits)
+                                            _autocast_gemm_dtype(hidden), keep_logits, smoothing)
 
 
 def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
@@ -749,7 +801,7 @@ def _autocast_gemm_dtype(hidden: torch.Tensor) -> torch.dtype | None:
 
 def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
                reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None,
-               keep_logits: bool = False) -> torch.Tensor:
+               keep_logits: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
     """The LM loss of ``model`` on ``input_ids``: ``model(ids, return_hidden=True)``, then :func:`head_loss`.
 
     ``model`` may be wrapped in DistributedDataParallel and/or torch.compile (its forward runs
@@ -759,7 +811,7 @@ def model_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
     core = unwrap(model)
     _head(core)
     return head_loss(core, model(input_ids, return_hidden=True), input_ids, targets, reduction, impl, chunk_size,
-                     keep_logits)
+                     keep_logits, label_smoothing)
 
 
 def _head(core: torch.nn.Module) -> torch.nn.Module:
@@ -771,16 +823,22 @@ def _head(core: torch.nn.Module) -> torch.nn.Module:
 
 def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor,
               reduction: str = "mean", impl: str = "auto", chunk_size: int | None = None,
-              keep_logits: bool = False) -> torch.Tensor:
+              keep_logits: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
     """The LM loss from the head input ``hidden`` (B, S, d) that ``model(input_ids, return_hidden=True)``
     gave: the fused loss of its ``lm_head``, mixed with the copy path's when the model has a
     ``pointer`` (the head's loss per token, then :meth:`muse.nn.PointerMixture.nll`). ``reduction`` as
-    in :func:`linear_cross_entropy`; ``"none"``: each token's loss (B, S) fp32, 0 where ignored."""
+    in :func:`linear_cross_entropy`; ``"none"``: each token's loss (B, S) fp32, 0 where ignored.
+    ``label_smoothing`` as there; a model with a copy path takes none (its mixture has no vocabulary mean)."""
     head = _head(model)
     pointer = getattr(model, "pointer", None)
     if pointer is None:
         return linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), reduction,
-                                    chunk_size=chunk_size, impl=impl, keep_logits=keep_logits)
+                                    chunk_size=chunk_size, impl=impl, keep_logits=keep_logits,
+                                    label_smoothing=label_smoothing)
+    if label_smoothing != 0.0:
+        raise ValueError(f"label_smoothing must be 0 for a model with a copy path ({type(model).__name__} has a "
+                         f"pointer: its mixture of the head and the copy distribution has no vocabulary mean), "
+                         f"got {label_smoothing!r}")
     _check_reduction(reduction, allow_none=True)
     vocab_nll = linear_cross_entropy(hidden, head.weight, targets, getattr(head, "bias", None), "none",
                                      chunk_size=chunk_size, impl=impl, keep_logits=keep_logits)
@@ -792,7 +850,8 @@ def head_loss(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Ten
 
 
 def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", reduction: str = "mean",
-                       impl: str = "auto", mode: str | None = None, keep_logits: bool = False):
+                       impl: str = "auto", mode: str | None = None, keep_logits: bool = False,
+                       label_smoothing: float = 0.0):
     """``(input_ids, targets) -> model_loss(model, ...)`` compiled as one graph, the model and the
     chunked loss together (fullgraph): the chunk loop costs no per-op host dispatch.  ``model`` is
     the plain module (not a compiled or DDP wrapper).  ``mode``: one of ``muse.models.compile.MODES``;
@@ -806,12 +865,15 @@ def compile_model_loss(model: torch.nn.Module, *, backend: str = "inductor", red
     _check_reduction(reduction)
     check_mode(mode)
     check_type("keep_logits", keep_logits, bool, "a bool")
+    label_smoothing = check_float("label_smoothing", label_smoothing, min_value=0.0, max_value=1.0,
+                                  max_inclusive=False)
     if mode in GRAPH_MODES and backend != "inductor":
         raise ValueError(f"mode={mode!r} needs backend='inductor', got {backend!r}")
     C.set_gemm_policy()
 
     def loss(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return model_loss(model, input_ids, targets, reduction, impl, keep_logits=keep_logits)
+        return model_loss(model, input_ids, targets, reduction, impl, keep_logits=keep_logits,
+                          label_smoothing=label_smoothing)
 
     return torch.compile(loss, backend=backend, fullgraph=True, mode=mode)
 

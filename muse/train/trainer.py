@@ -112,6 +112,9 @@ class Trainer:
         self.model = MODELS[cfg.model].model_cls(self.model_config, device=ctx.device)
         self.fp16 = any(p.dtype == torch.float16 for p in self.model.parameters())
         self.loss_path = loss_path(self.model.lm_head.weight.dtype, autocast=cfg.amp is not None)
+        if cfg.label_smoothing and getattr(self.model, "pointer", None) is not None:
+            raise ValueError(f"label_smoothing (--label-smoothing) must be 0 for a model with a copy path "
+                             f"({cfg.model} {cfg.preset} has a pointer), got {cfg.label_smoothing}")
         self._check_amp()
         max_len = self.model_config.max_seq_len
         self.seq_len = cfg.seq_len if cfg.seq_len is not None else max_len
@@ -155,9 +158,10 @@ class Trainer:
         self.eval_model = compile_model(self.model, backend=cfg.compile_backend) if self.compiled else self.model
         # Single process: the model and the chunked loss compile as one graph; DDP keeps its compiled wrapper.
         self.loss_fn = (compile_model_loss(self.model, backend=cfg.compile_backend, mode=self.compile_mode,
-                                           keep_logits=cfg.keep_logits)
+                                           keep_logits=cfg.keep_logits, label_smoothing=cfg.label_smoothing)
                         if self.compiled and self.ddp is None
-                        else functools.partial(model_loss, self.net, keep_logits=cfg.keep_logits))
+                        else functools.partial(model_loss, self.net, keep_logits=cfg.keep_logits,
+                                               label_smoothing=cfg.label_smoothing))
         self.step_times: list[float] = []  # this process's first steps; the first includes compiling
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_eval, self.last_train_loss, self.final_eval = math.inf, None, None

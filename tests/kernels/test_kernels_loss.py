@@ -51,10 +51,11 @@ def test_lse_rows_matches_the_pytorch_step_over_chunks(launches, kernel_device, 
 @pytest.mark.parametrize("kernel_device", DEVICES)
 @pytest.mark.parametrize("dtype,gemm_dtype", [(torch.float16, torch.float16), (torch.float16, torch.float32),
                                               (torch.float32, torch.float32)])
-def test_softmax_grad_matches_the_pytorch_body(launches, kernel_device, dtype, gemm_dtype):
+@pytest.mark.parametrize("smoothing", [(1.0, 0.0), (0.9, 0.1 / 50257)])
+def test_softmax_grad_matches_the_pytorch_body(launches, kernel_device, dtype, gemm_dtype, smoothing):
     """softmax - onehot, zero for unscored rows, -1 only where the target lies in this chunk (the
     vocabulary rows offset..offset + width); written over the logits when they already have the
-    GEMM dtype (no second chunk-sized tensor)."""
+    GEMM dtype (no second chunk-sized tensor). With label smoothing: softmax - (1 - eps) onehot - eps / V."""
     n, width, offset = 37, 300, 600
     z = _logits(n, width, dtype, kernel_device)
     lse = torch.logsumexp(z.float(), 1) + 0.5  # any saved lse: this chunk is one of several
@@ -62,8 +63,9 @@ def test_softmax_grad_matches_the_pytorch_body(launches, kernel_device, dtype, g
     keep = (torch.rand(n) > 0.3).float().to(kernel_device)
     col = torch.where((targets >= offset) & (targets < offset + width), targets - offset, -1)
     assert 0 < int((col >= 0).sum()) < n
-    want = L._dlogits(z.clone(), lse, col, keep, gemm_dtype)
-    got = kernels.softmax_grad(z, lse, targets, keep, gemm_dtype, offset=offset)
+    want = L._dlogits(z.clone(), lse, col, keep, gemm_dtype, smoothing)
+    got = kernels.softmax_grad(z, lse, targets, keep, gemm_dtype, offset=offset, on_target=smoothing[0],
+                               uniform=smoothing[1])
     assert launches == {"softmax_grad": 1}
     assert got.dtype == gemm_dtype and (got.data_ptr() == z.data_ptr()) == (dtype == gemm_dtype)
     ulp = 2.0**-10 if gemm_dtype == torch.float16 else 2.0**-23
@@ -74,9 +76,10 @@ def test_softmax_grad_matches_the_pytorch_body(launches, kernel_device, dtype, g
 @pytest.mark.parametrize("kernel_device", DEVICES)
 @pytest.mark.parametrize("path", ["chunked", "chunked-tokens"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_the_loss_runs_its_chunk_bodies_as_kernels(launches, kernel_device, path, dtype):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_the_loss_runs_its_chunk_bodies_as_kernels(launches, kernel_device, path, dtype, label_smoothing):
     """linear_cross_entropy with kernels on launches them for every chunk and agrees with the
-    PyTorch bodies: the same loss and gradients up to the order of fp32 sums."""
+    PyTorch bodies: the same loss and gradients up to the order of fp32 sums (also label-smoothed)."""
     g = torch.Generator().manual_seed(1)
     n, d, v, chunk = 33, 16, 200, 48
     h = torch.randn(n, d, generator=g).to(dtype).to(kernel_device)
@@ -89,7 +92,8 @@ def test_the_loss_runs_its_chunk_bodies_as_kernels(launches, kernel_device, path
     for on in ("0", "1"):
         with kernels.environment(MUSE_KERNELS=on):
             leaves = [x.clone().requires_grad_() for x in (h, w, b)]
-            loss = L.linear_cross_entropy(*leaves[:2], t, leaves[2], chunk_size=chunk, impl=path)
+            loss = L.linear_cross_entropy(*leaves[:2], t, leaves[2], chunk_size=chunk, impl=path,
+                                          label_smoothing=label_smoothing)
             loss.backward()
             out[on] = [loss.detach()] + [x.grad for x in leaves]
     chunks = -(-(v if path == "chunked" else n) // chunk)

@@ -72,6 +72,31 @@ def test_compiled_loss_with_the_automatic_path_for_fp32_heads(name):
         torch.testing.assert_close(have[n], want[n], msg=n)
 
 
+@pytest.mark.parametrize("opaque", ["1", "0"], ids=["custom-ops", "traced-loops"])
+@pytest.mark.parametrize("name, preset, impl", [("stage1", "mix-tiny", "chunked"), ("gpt", "tiny", "auto")])
+def test_compiled_label_smoothing_equals_eager(name, preset, impl, opaque, monkeypatch):
+    """The smoothed loss compiles (the chunk loops' custom ops take the smoothing constants) and gives
+    eager's loss and gradients."""
+    monkeypatch.setenv("MUSE_LOSS_OPAQUE", opaque)
+    torch.manual_seed(0)
+    model = build_model(name, preset, dropout=0.0)
+    v = model.config.vocab_size
+    ids, targets = torch.randint(0, v, (2, 40)), torch.randint(0, v, (2, 40))
+    eager = model_loss(model, ids, targets, impl=impl, label_smoothing=0.1)
+    eager.backward()
+    want = _grads(model)
+    model.zero_grad(set_to_none=True)
+    got = compile_model_loss(model, backend="aot_eager", impl=impl, label_smoothing=0.1)(ids, targets)
+    got.backward()
+    have = _grads(model)
+    torch.testing.assert_close(got.detach(), eager.detach(), rtol=1e-6, atol=0)
+    assert have.keys() == want.keys() and want
+    for n in want:
+        torch.testing.assert_close(have[n], want[n], msg=n)
+    with pytest.raises(ValueError, match="label_smoothing must be < 1.0"):
+        compile_model_loss(model, backend="aot_eager", label_smoothing=1.0)
+
+
 def test_compile_model_loss_rejects_bad_arguments():
     model = build_model("stage1", "tiny")
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -40,11 +40,11 @@ def _case(n=37, d=16, v=101, dtype=torch.float32, bias=True, seed=0, ignore_ever
     return h, w, b, t
 
 
-def _reference(h, w, b, t, reduction, scale=1.0):
+def _reference(h, w, b, t, reduction, scale=1.0, label_smoothing=0.0):
     """float64 loss and gradients of the same (rounded) inputs."""
     h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b64 = None if b is None else b.detach().double().requires_grad_()
-    loss = F.cross_entropy(F.linear(h64, w64, b64), t, reduction=reduction)
+    loss = F.cross_entropy(F.linear(h64, w64, b64), t, reduction=reduction, label_smoothing=label_smoothing)
     (loss * scale).backward()
     return loss.detach(), h64.grad, w64.grad, None if b is None else b64.grad
 
@@ -387,15 +387,88 @@ def test_model_loss_equals_the_full_logits_loss(name):
     (dict(impl="liger"), ValueError, "impl must be one of"),
     (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
     (dict(keep_logits="yes"), TypeError, "keep_logits must be a bool"),
+    (dict(label_smoothing=-0.1), ValueError, "label_smoothing must be >= 0.0"),
+    (dict(label_smoothing=1.0), ValueError, "label_smoothing must be < 1.0"),
+    (dict(label_smoothing="0.1"), TypeError, "label_smoothing must be a real number"),
+    (dict(label_smoothing=True), TypeError, "label_smoothing must be a real number"),
     (dict(hidden=[[0.0]]), TypeError, "hidden must be a torch.Tensor"),
 ])
 def test_bad_input(kwargs, exc, match):
     args = dict(hidden=torch.zeros(3, 4), weight=torch.zeros(5, 4), targets=torch.zeros(3, dtype=torch.long),
                 bias=torch.zeros(5))
     args.update(kwargs)
-    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size", "keep_logits") if k in args}
+    extra = {k: args.pop(k) for k in ("reduction", "impl", "chunk_size", "keep_logits", "label_smoothing") if k in args}
     with pytest.raises(exc, match=match):
         linear_cross_entropy(args["hidden"], args["weight"], args["targets"], args["bias"], **extra)
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, "auto"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_label_smoothing_matches_cross_entropy_with_label_smoothing(impl, reduction, dtype, chunk_size):
+    """Every path's smoothed loss and gradients against float64 F.cross_entropy(label_smoothing=0.1) of the
+    same rounded inputs: fp32 to a few fp32 roundings, fp16 to the fp16 gradient rounding."""
+    if impl == "torch-native" and dtype == torch.float16:
+        pytest.skip("torch-native takes fp32/fp64 inputs here (fp16: docs/training.md)")
+    h, w, b, t = _case(dtype=dtype)
+    loss = linear_cross_entropy(h, w, t, b, reduction, chunk_size=chunk_size, impl=impl, label_smoothing=0.1)
+    up = torch.randn(t.shape, generator=torch.Generator().manual_seed(3)) if reduction == "none" else torch.ones(())
+    loss.backward(up)
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_()
+    z = F.linear(h64, w64, b64)
+    if dtype == torch.float16:  # the head's logits are rounded to the storage dtype once
+        z = z + (z.detach().half().double() - z.detach())
+    ref = F.cross_entropy(z, t, reduction=reduction, label_smoothing=0.1)
+    ref.backward(up.double())
+    assert loss.dtype == torch.float32
+    # fp16: the fp32 GEMM's logits round to a neighbouring fp16 value now and then (an fp16 ulp of a logit)
+    assert _rel(loss.detach(), ref.detach()) < (1e-3 if dtype == torch.float16 else 1e-6)
+    tol = 2e-3 if dtype == torch.float16 else 1e-5
+    for got, want in ((h.grad, h64.grad), (w.grad, w64.grad), (b.grad, b64.grad)):
+        assert got.dtype == dtype and _rel(got, want) < tol
+
+
+@pytest.mark.parametrize("impl", ["chunked", "chunked-tokens"])
+def test_no_label_smoothing_is_the_plain_loss_bit_for_bit(impl):
+    out = []
+    for kw in ({}, {"label_smoothing": 0.0}, {"label_smoothing": 0}):
+        h, w, b, t = _case(dtype=torch.float16)
+        loss = linear_cross_entropy(h, w, t, b, impl=impl, **kw)
+        loss.backward()
+        out.append([loss.detach(), h.grad, w.grad, b.grad])
+    for other in out[1:]:
+        for a, c in zip(out[0], other, strict=True):
+            assert torch.equal(a, c)
+
+
+def test_label_smoothing_under_auto_never_forms_the_full_logits(monkeypatch):
+    """torch's own loss forms the full logits when it smooths, so ``auto`` takes the token chunks there."""
+    calls = []
+    monkeypatch.setattr(F, "linear_cross_entropy", lambda *a, **k: calls.append(k) or torch.zeros(()))
+    h, w, b, t = _case()
+    linear_cross_entropy(h, w, t, b, impl="auto", label_smoothing=0.1).backward()
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", ["stage1", "phase2", "gpt"])
+def test_model_loss_with_label_smoothing_equals_the_full_logits_loss(name):
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", vocab_size=300, dropout=0.0)
+    ids, targets = torch.randint(0, 300, (2, 17)), torch.randint(0, 300, (2, 17))
+    fused = model_loss(model, ids, targets, label_smoothing=0.2)
+    full = F.cross_entropy(model(ids).float().reshape(-1, 300), targets.reshape(-1), label_smoothing=0.2)
+    assert fused.item() == pytest.approx(full.item(), rel=1e-5)
+    assert fused.item() != pytest.approx(model_loss(model, ids, targets).item(), rel=1e-4)
+
+
+def test_label_smoothing_of_a_model_with_a_copy_path_is_a_clear_error():
+    model = build_model("stage1", "mix-tiny", vocab_size=300, pointer_dim=8)
+    ids = torch.randint(0, 300, (1, 9))
+    with pytest.raises(ValueError, match="label_smoothing must be 0 for a model with a copy path"):
+        model_loss(model, ids, ids, label_smoothing=0.1)
+    model_loss(model, ids, ids, label_smoothing=0.0)
 
 
 def test_model_without_a_head_is_a_clear_error():

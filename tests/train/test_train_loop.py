@@ -141,3 +141,32 @@ def test_fresh_run_refuses_to_overwrite_a_previous_run(tmp_path):
 def test_bad_run_settings(tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
         train(tiny_config(str(tmp_path), **kw), DATA)
+
+
+
+@pytest.mark.parametrize("eps, exc", [(-0.1, ValueError), (1.0, ValueError), ("0.1", TypeError)])
+def test_label_smoothing_is_checked(tmp_path, eps, exc):
+    with pytest.raises(exc, match="label_smoothing"):
+        tiny_config(str(tmp_path), max_steps=2, label_smoothing=eps)
+
+
+def test_label_smoothing_of_a_model_with_a_copy_path_fails_before_training(tmp_path):
+    overrides = dict(tiny_config(str(tmp_path)).model_overrides, pointer_dim=8)
+    with pytest.raises(ValueError, match="label_smoothing .* copy path"):
+        train(tiny_config(str(tmp_path), preset="mix-tiny", model_overrides=overrides, label_smoothing=0.1), DATA)
+
+
+def test_label_smoothing_trains_on_the_smoothed_loss_and_a_resume_must_keep_it(tmp_path):
+    """The first logged training loss is the smoothed cross-entropy of the first batch (the same initial
+    weights with and without smoothing: at most eps ln V above the plain one); a resume with another
+    setting is refused (a trajectory field)."""
+    losses = {}
+    for eps in (0.0, 0.3):
+        out = tmp_path / f"eps{eps}"
+        train(tiny_config(str(out), max_steps=4, stop_after=2, label_smoothing=eps), DATA)
+        losses[eps] = _train_losses(out)
+    assert losses[0.3][0] != pytest.approx(losses[0.0][0], rel=1e-4)
+    assert losses[0.3][0] < losses[0.0][0] + 0.3 * math.log(64)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        train(tiny_config(str(tmp_path / "eps0.3"), max_steps=4, label_smoothing=0.0,
+                          resume=str(tmp_path / "eps0.3" / "last.safetensors")), DATA)
