@@ -160,12 +160,14 @@ def _run_spec(cfg: Stage1BenchConfig, run: str) -> tuple[str, str, dict]:
 def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
     from muse.models.registry import make_config
     from muse.train import TrainConfig
+    from muse.train.trainer import check_label_smoothing
 
     model, preset, overrides = _run_spec(cfg, run)
-    seq = cfg.seq_len or make_config(model, preset, **overrides).max_seq_len
+    model_config = make_config(model, preset, **overrides)
+    seq = cfg.seq_len or model_config.max_seq_len
     steps = cfg.max_steps or max(1, (cfg.tokens or 0) // (cfg.batch_size * seq))
     eval_every = max(1, steps // 8) if cfg.eval_every is None else cfg.eval_every
-    return TrainConfig(
+    train_cfg = TrainConfig(
         model=model, preset=preset, model_overrides=overrides, seq_len=cfg.seq_len,
         batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing,
@@ -178,6 +180,8 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
         device=cfg.device, progress=cfg.progress, ckpt_every=0, compile=cfg.compile, keep_logits=cfg.keep_logits,
         compile_memory_budget=cfg.compile_memory_budget, compile_mode=cfg.compile_mode,
     )
+    check_label_smoothing(train_cfg, model_config)
+    return train_cfg
 
 
 def _eval_curve(log: Path) -> list[dict]:

@@ -1441,6 +1441,17 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s51a)
+  step "issue 12: the criteria run of mix with every model trained with label smoothing 0.1 (compiled, CUDA graphs; the GPT beside it)"
+  timeout "${S51A_BENCH_S:-500}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt \
+    --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --label-smoothing 0.1 --out "$OUT/bench-mix-ls" \
+    > "$OUT/bench-mix-ls.txt" 2>&1
+  echo "bench rc=$?"
+  grep -A12 "^| criterion" "$OUT"/bench-mix-ls/report.md 2>/dev/null | head -14
+  grep -h "eval PPL\|^| model" "$OUT"/bench-mix-ls/report.md 2>/dev/null | head -6
+  tail -3 "$OUT/bench-mix-ls.txt"
+  pack
+  ;;
 s50b)
   step "issue 12: label smoothing at the budget (scripts/smoothing_probe.py, eager, as s50a's 0 and 0.1): eps ${S50B_EPS:-0.05 0.2}, seeds ${S50B_SEEDS:-1337}"
   TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0 --seed 1337

@@ -93,6 +93,15 @@ def train(cfg: TrainConfig, data: RunData | None = None) -> dict:
     return results
 
 
+
+def check_label_smoothing(cfg: TrainConfig, model_config) -> None:
+    """ValueError for label smoothing on a model with a copy path (``pointer_dim`` > 0): the loss mixes the
+    head's and the copy distribution, which has no vocabulary mean to smooth towards."""
+    if cfg.label_smoothing and getattr(model_config, "pointer_dim", 0):
+        raise ValueError(f"label_smoothing (--label-smoothing) must be 0 for a model with a copy path "
+                         f"({cfg.model} {cfg.preset} has pointer_dim={model_config.pointer_dim}), "
+                         f"got {cfg.label_smoothing}")
+
 class Trainer:
     """State of one training process; build with a config, call :meth:`run`."""
 
@@ -103,6 +112,7 @@ class Trainer:
         if cfg.model not in MODELS:
             raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
         self.model_config = make_config(cfg.model, cfg.preset, **cfg.model_overrides)
+        check_label_smoothing(cfg, self.model_config)
         self.model_config_dict = config_dict(self.model_config)
         self.out = check_output_dir("out (--out)", self._out_dir())
         if ctx.is_main:
@@ -112,9 +122,6 @@ class Trainer:
         self.model = MODELS[cfg.model].model_cls(self.model_config, device=ctx.device)
         self.fp16 = any(p.dtype == torch.float16 for p in self.model.parameters())
         self.loss_path = loss_path(self.model.lm_head.weight.dtype, autocast=cfg.amp is not None)
-        if cfg.label_smoothing and getattr(self.model, "pointer", None) is not None:
-            raise ValueError(f"label_smoothing (--label-smoothing) must be 0 for a model with a copy path "
-                             f"({cfg.model} {cfg.preset} has a pointer), got {cfg.label_smoothing}")
         self._check_amp()
         max_len = self.model_config.max_seq_len
         self.seq_len = cfg.seq_len if cfg.seq_len is not None else max_len

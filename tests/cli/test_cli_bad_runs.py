@@ -245,6 +245,20 @@ def test_item24_init_scale_must_be_a_power_of_two(npy, capsys):
     assert math.frexp(2.0**-3)[0] == 0.5 and main([*npy, "--init-scale", "0.125"]) == 0
 
 
+# ----------------------------------------------------------------------------- label smoothing
+def test_label_smoothing_out_of_range_or_with_a_copy_path_is_refused_before_anything(npy, tmp_path, capsys):
+    assert main([*npy, "--label-smoothing", "1"]) == 2
+    assert "label_smoothing must be < 1.0, got 1.0" in _err_line(capsys, "train")
+    assert main([*npy, "--preset", "mix-tiny", "--model-arg", "pointer_dim=8", "--label-smoothing", "0.1"]) == 2
+    assert "label_smoothing (--label-smoothing) must be 0 for a model with a copy path" in _err_line(capsys, "train")
+    out = tmp_path / "bench"
+    argv = ["bench", "stage1", "--stage1-preset", "mix-copy-tiny", "--label-smoothing", "0.1", "--device", "cpu",
+            "--out", str(out)]
+    assert main(argv) == 2
+    assert "must be 0 for a model with a copy path" in _err_line(capsys, "bench")
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- unknown flags
 @pytest.mark.parametrize("argv, cmd, hint", [
     (["train", "--steps", "30"], "train", "did you mean --max-steps?"),
