@@ -222,20 +222,21 @@ def test_the_loss_custom_ops_pass_opcheck(dtype):
     t[:5] = -100
     scored = t != -100
     safe = torch.where(scored, t, 0)
-    _, lse, none = L._vocab_forward_op(h, w, b, safe, scored, 128, None, False)
-    kept = L._vocab_forward_op(h, w, b, safe, scored, 128, None, True)[2]
-    cases = [(L._vocab_forward_op, (h, w, b, safe, scored, 128, None, False)),
-             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None, False)),
-             (L._vocab_forward_op, (h, w, b, safe, scored, 128, None, True)),
-             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None, True)),
+    plain, smooth = [1.0, 0.0], [0.9, 0.1 / v]  # label smoothing's (1 - eps, eps / V): none, and eps = 0.1
+    _, lse, none = L._vocab_forward_op(h, w, b, safe, scored, 128, None, False, plain)
+    kept = L._vocab_forward_op(h, w, b, safe, scored, 128, None, True, plain)[2]
+    cases = [(L._vocab_forward_op, (h, w, b, safe, scored, 128, None, False, plain)),
+             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None, False, smooth)),
+             (L._vocab_forward_op, (h, w, b, safe, scored, 128, None, True, smooth)),
+             (L._vocab_forward_op, (h, w, None, safe, scored, 100, None, True, plain)),
              (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [True, True, False], None,
-                                     none)),
+                                     none, plain)),
              (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [False, False, True], None,
-                                     none)),
+                                     none, smooth)),
              (L._vocab_backward_op, (h, w, b, safe, scored, lse, torch.tensor(0.5), 128, [True, True, True], None,
-                                     kept)),
-             (L._token_forward_op, (h, w, b, safe, scored.float(), 16, [True, True, True], None)),
-             (L._token_forward_op, (h, w, None, safe, scored.float(), 24, [False, True, False], None))]
+                                     kept, smooth)),
+             (L._token_forward_op, (h, w, b, safe, scored.float(), 16, [True, True, True], None, smooth)),
+             (L._token_forward_op, (h, w, None, safe, scored.float(), 24, [False, True, False], None, plain))]
     for op, args in cases:
         result = torch.library.opcheck(op, args)
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
