@@ -1441,6 +1441,23 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s52a)
+  step "issue 12: embedding dropout at the budget (scripts/word_dropout_probe.py, eager, label smoothing 0.1 as s51a): p ${S52A_P:-0.1 0.2}, seeds ${S52A_SEEDS:-1337}"
+  TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --label-smoothing 0.1 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864)
+  for m in "mix|--model stage1 --preset mix" "phase2|--model phase2 --preset seed"; do
+    for p in ${S52A_P:-0.1 0.2}; do for seed in ${S52A_SEEDS:-1337}; do
+      name="wd${p}-${m%%|*}"; [ "$seed" = 1337 ] || name="$name-seed$seed"; mkdir -p "$OUT/$name"
+      # shellcheck disable=SC2086
+      ( timeout "${S52A_S:-200}" python3 scripts/word_dropout_probe.py --p "$p" -- train ${m#*|} "${TRAIN[@]}" \
+          --seed "$seed" --out "$OUT/$name" > "$OUT/$name/stdout.txt" 2>&1
+        echo "$name rc=$?" ) &
+    done; done
+  done
+  wait
+  grep -h '^{"model"' "$OUT"/wd*/stdout.txt
+  pack
+  ;;
 s51a)
   step "issue 12: the criteria run of mix with every model trained with label smoothing 0.1 (compiled, CUDA graphs; the GPT beside it)"
   timeout "${S51A_BENCH_S:-500}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt \
