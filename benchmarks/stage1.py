@@ -278,20 +278,31 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
     if cfg.compile_mode in GRAPH_MODES and dev.type != "cuda":
         raise ValueError(f"compile_mode={cfg.compile_mode!r} replays CUDA graphs: it needs a CUDA device, got {dev.type}")
     data = load_run_data(_train_config(cfg, "stage1", out))
-    vocab = _train_vocab(cfg)
+    scored = data.eval if cfg.final_eval_tokens is None else data.eval[: cfg.final_eval_tokens + 1]
+    unigram = measure.unigram_perplexity(data.train, scored, _train_vocab(cfg))  # on the tokens the models are scored on
+    data_summary = {"train_split": data.train_split, "eval_split": data.eval_split,
+                    "train_tokens": int(len(data.train)), "eval_tokens": int(len(data.eval)),
+                    "warnings": list(data.warnings)}
+    data_summary["eval_targets"] = _eval_targets(len(data.eval), cfg.final_eval_tokens)
+    runs, models, per_model = {}, {}, {}
 
-    runs, models = {}, {}
-    for name in cfg.run_names():
+    def save(pending: str | None) -> dict:
+        """Write the report as it stands before each step, so a run stopped by a time limit or a crash leaves every
+        figure it measured, and what it had not reached judged not measured."""
+        report = build_report(cfg, stamp, command, environment(dev), data_summary, unigram, runs, per_model,
+                              dev.type, pending=pending)
+        return write_report(report, out)
+
+    for name in names:
+        save(f"training {name}")
         runs[name], models[name] = _train_run(cfg, name, out, ctx, data)
         _free(dev)
 
-    scored = data.eval if cfg.final_eval_tokens is None else data.eval[: cfg.final_eval_tokens + 1]
-    unigram = measure.unigram_perplexity(data.train, scored, vocab)  # on the tokens the models are scored on
-    per_model = {}
     for name in names:
         if models[name] is None:
             per_model[name] = None
             continue
+        save(f"measuring {name}")
         model = models[name].to(dev)
         seq = cfg.seq_len or model.config.max_seq_len
         mem_seq = cfg.memory_seq or model.config.max_seq_len
@@ -319,14 +330,7 @@ def run_stage1_benchmark(cfg: Stage1BenchConfig, command: str = "") -> dict:
             per_model[name]["layout"] = measure.planar_layout(model, cfg.trial_batch, trial_seq, dev, cfg.seed)
         models[name] = model.to("cpu")
         _free(dev)
-
-    env = environment(dev)
-    data_summary = {"train_split": data.train_split, "eval_split": data.eval_split,
-                    "train_tokens": int(len(data.train)), "eval_tokens": int(len(data.eval)),
-                    "warnings": list(data.warnings)}
-    data_summary["eval_targets"] = _eval_targets(len(data.eval), cfg.final_eval_tokens)
-    report = build_report(cfg, stamp, command, env, data_summary, unigram, runs, per_model, dev.type)
-    return write_report(report, out)
+    return save(None)
 
 
 def _train_vocab(cfg: Stage1BenchConfig) -> int:
@@ -369,11 +373,15 @@ def judge(runs: dict, per_model: dict, unigram: float | None, device_type: str, 
 
 
 def build_report(cfg: Stage1BenchConfig, stamp: datetime.datetime, command: str, env: dict, data: dict,
-                 unigram: float | None, runs: dict, per_model: dict, device_type: str) -> dict:
-    """The report dict: provenance, every measurement and the judged criteria."""
+                 unigram: float | None, runs: dict, per_model: dict, device_type: str, *,
+                 pending: str | None = None) -> dict:
+    """The report dict: provenance, every measurement and the judged criteria. ``pending`` names the step a
+    partial report was written before (``complete`` is then false); None once every step has run."""
     return {
         "benchmark": "stage1-criteria",
         "date": stamp.isoformat(timespec="seconds"),
+        "complete": pending is None,
+        "pending": pending,
         "command": command,
         "environment": env,
         "config": dataclasses.asdict(cfg),
@@ -477,14 +485,18 @@ def format_markdown(report: dict) -> str:
     lines += [f"- **{w}**" for w in report["data"]["warnings"]]
     lines += ["", f"**all_pass: {str(report['all_pass']).lower()}**"
               + (f" (not measured: {', '.join(report['not_measured'])})" if report["not_measured"] else ""), "",
+              *([f"**Incomplete: written before {report['pending']}.** The run stopped there (a time limit, a crash) "
+                 "or is still going; what it had not reached is judged not measured.", ""]
+                if not report.get("complete", True) else []),
               "| criterion | status | value | threshold |", "|---|---|---|---|"]
     for c in report["criteria"]:
         lines.append(f"| {c['name']} | {c['status']} | {c['value']} | {c['threshold']} |")
     lines += _compiled_vram_line(meas)
     names = [n for n in (*MODELS, *REFERENCES) if n in runs]
-    lines += ["", "Judged: Phase 2 and Stage 1; the other columns are reference runs trained the same way.", "",
-              "| | " + " | ".join(_LABELS.get(n, n) for n in names) + " |",
-              "|---|" + "---|" * len(names)]
+    if names:
+        lines += ["", "Judged: Phase 2 and Stage 1; the other columns are reference runs trained the same way.", "",
+                  "| | " + " | ".join(_LABELS.get(n, n) for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
     rows = [
         ("model (preset)", lambda n, r, m: f"{r.get('model', n)} ({r.get('preset', 'n/a')})"),
         ("config overrides", lambda n, r, m: ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "none"),
@@ -510,7 +522,7 @@ def format_markdown(report: dict) -> str:
         (f"train tok/s, full logits ({_mode(meas)})", lambda n, r, m: _tok_s(m, "train_throughput_full_logits")),
         (f"inference tok/s ({_mode(meas)})", lambda n, r, m: _tok_s(m, "inference_throughput")),
     ]
-    for label, fn in rows:
+    for label, fn in rows if names else ():
         cells = []
         for n in names:
             r, m = runs[n], meas.get(n)

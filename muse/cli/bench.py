@@ -20,7 +20,8 @@ def register(sub) -> None:
         help="benchmark runners (stage1: the Stage 1 criteria vs Phase 2; speed: eager/compiled/kernels)",
         description="Benchmark runners. 'stage1' trains Stage 1 and Phase 2 under identical settings, "
         "measures perplexity, peak memory, throughput, NaN rate, gradient norms and the planar layout, "
-        "and reports each criterion as pass / fail / not_measured. Options left out take the defaults of "
+        "and reports each criterion as pass / fail / not_measured; its report is rewritten before each step, so "
+        "a run stopped early leaves what it measured, marked incomplete. Options left out take the defaults of "
         "benchmarks.stage1.Stage1BenchConfig (CPU quick start: tiny preset, 131,072 tokens per model).",
         epilog="examples:\n"
         "  muse bench stage1 --preset tiny --train-split valid          # CPU: memory as live tensor bytes\n"

@@ -85,3 +85,16 @@ def test_the_report_says_which_runs_trained_compiled_and_how_the_throughputs_ran
                               per_model, "cpu"), tmp_path)
     assert ("| trained compiled (compile s) | yes (31.2 s, CUDA graphs, recomputes branches) | no |"
             in (tmp_path / "report.md").read_text())
+
+
+def test_a_report_written_before_any_run_trained_says_so_and_judges_nothing(tmp_path):
+    stamp = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    data = {"train_split": "valid", "eval_split": "test", "train_tokens": 1000, "eval_tokens": 100, "warnings": []}
+    report = build_report(Stage1BenchConfig(), stamp, "test", {"device": "cpu"}, data, 50.0, {}, {}, "cpu",
+                          pending="training phase2")
+    written = write_report(report, tmp_path)
+    assert written["complete"] is False and written["pending"] == "training phase2"
+    assert written["all_pass"] is False and len(written["not_measured"]) == len(written["criteria"])
+    md = (tmp_path / "report.md").read_text()
+    assert "**Incomplete: written before training phase2.**" in md
+    assert "| model (preset) |" not in md  # no per-model table without a run

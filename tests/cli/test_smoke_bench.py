@@ -140,6 +140,65 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     assert report["config"]["weight_decay"] == 0.3
     assert json.loads((out / "phase2" / "results.json").read_text())["train_config"]["weight_decay"] == 0.3
     assert (out / "stage1" / "results.json").exists() and (out / "phase2" / "loss.png").exists()
+    assert report["complete"] is True and report["pending"] is None and "Incomplete" not in md
+
+
+class _Stopped(BaseException):
+    """Stands for a run killed mid-way (a time limit's SIGTERM): nothing in the runner may catch it."""
+
+
+def test_a_stopped_bench_leaves_a_report_of_what_it_measured(tmp_path, monkeypatch):
+    import benchmarks.stage1 as bench
+
+    rng = np.random.default_rng(1)
+    train, test = tmp_path / "train.npy", tmp_path / "test.npy"
+    np.save(train, rng.integers(0, 50257, 20_000, dtype=np.uint16))
+    np.save(test, rng.integers(0, 50257, 4_000, dtype=np.uint16))
+
+    def stop(*args, **kwargs):
+        raise _Stopped
+
+    monkeypatch.setattr(bench.measure, "stability_trials", stop)
+    out = tmp_path / "bench"
+    with pytest.raises(_Stopped):
+        main(["bench", "stage1", "--preset", "tiny", "--device", "cpu", "--max-steps", "2", "--batch-size", "2",
+              "--seq-len", "32", "--warmup", "1", "--tokens-npy", str(train), "--eval-tokens-npy", str(test),
+              "--final-eval-tokens", "256", "--trials", "2", "--throughput-steps", "1", "--memory-seq", "32",
+              "--references", "none", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False and report["pending"] == "measuring stage1"
+    assert report["all_pass"] is False
+    assert {"NaN/Inf rate", "gradient norms", "planar layout", "VRAM vs Phase 2"} <= set(report["not_measured"])
+    assert report["runs"]["stage1"]["eval_ppl"] > 0 and report["runs"]["phase2"]["eval_ppl"] > 0
+    assert report["measurements"]["phase2"]["memory"]["peak_bytes"] > 0  # measured before the stop
+    assert "stage1" not in report["measurements"]
+    md = (out / "report.md").read_text()
+    assert "**Incomplete: written before measuring stage1.**" in md and "**all_pass: false**" in md
+
+
+def test_each_partial_report_names_the_step_it_precedes(tmp_path, monkeypatch):
+    import benchmarks.stage1 as bench
+
+    seen = []
+    real = bench.write_report
+
+    def record(report, out):
+        seen.append((report["pending"], sorted(report["runs"]), sorted(report["measurements"])))
+        return real(report, out)
+
+    monkeypatch.setattr(bench, "write_report", record)
+    rng = np.random.default_rng(2)
+    train, test = tmp_path / "train.npy", tmp_path / "test.npy"
+    np.save(train, rng.integers(0, 50257, 20_000, dtype=np.uint16))
+    np.save(test, rng.integers(0, 50257, 4_000, dtype=np.uint16))
+    main(["bench", "stage1", "--preset", "tiny", "--device", "cpu", "--max-steps", "1", "--batch-size", "2",
+          "--seq-len", "32", "--warmup", "1", "--tokens-npy", str(train), "--eval-tokens-npy", str(test),
+          "--final-eval-tokens", "128", "--trials", "1", "--throughput-steps", "1", "--memory-seq", "32",
+          "--references", "none", "--out", str(tmp_path / "bench")])
+    assert seen == [("training phase2", [], []), ("training stage1", ["phase2"], []),
+                    ("measuring phase2", ["phase2", "stage1"], []),
+                    ("measuring stage1", ["phase2", "stage1"], ["phase2"]),
+                    (None, ["phase2", "stage1"], ["phase2", "stage1"])]
 
 
 def test_cli_reports_bad_input_in_one_line(capsys, monkeypatch):
