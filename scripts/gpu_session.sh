@@ -1459,8 +1459,10 @@ s52a)
   pack
   ;;
 s51a)
-  step "issue 12: the criteria run of mix with every model trained with label smoothing 0.1 (compiled, CUDA graphs; the GPT beside it)"
-  timeout "${S51A_BENCH_S:-500}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix,gpt \
+  step "issue 12: the criteria run of mix with every model trained with label smoothing 0.1 (compiled, CUDA graphs)"
+  # the forty-eighth session's run with the GPT beside it stopped at 480 s (cold compiles) after the four trainings,
+  # before the criteria measurements: the GPT (737.47 there) is left out
+  timeout "${S51A_BENCH_S:-560}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
     --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --label-smoothing 0.1 --out "$OUT/bench-mix-ls" \
     > "$OUT/bench-mix-ls.txt" 2>&1
   echo "bench rc=$?"
