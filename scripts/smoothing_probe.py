@@ -22,13 +22,19 @@ from muse.train.loss import IGNORE_INDEX, head_loss
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--eps", type=float, required=True, help="smoothing weight in [0, 1)")
+parser.add_argument("--prior", choices=["uniform", "unigram"], default="uniform",
+                    help="the smoothing target: uniform over the vocabulary (label smoothing) or the training text's "
+                         "unigram distribution (section 24)")
 parser.add_argument("muse_args", nargs=argparse.REMAINDER)
 args = parser.parse_args()
 if not 0.0 <= args.eps < 1.0:
     raise SystemExit(f"--eps must be in [0, 1), got {args.eps}")
 
 
-def smoothed_loss(model, input_ids, targets, reduction="mean", impl="auto", chunk_size=None, keep_logits=False):
+def smoothed_loss(model, input_ids, targets, reduction="mean", impl="auto", chunk_size=None, keep_logits=False,
+                  label_smoothing=0.0):
+    if label_smoothing:
+        raise SystemExit("the probe smooths the loss itself: leave muse train's --label-smoothing at 0")
     core = unwrap(model)
     if getattr(core, "pointer", None) is not None:
         raise SystemExit("the probe covers models without a copy path")
@@ -42,11 +48,22 @@ def smoothed_loss(model, input_ids, targets, reduction="mean", impl="auto", chun
     w, h = head.weight.float(), hidden.float()
     scored = targets != IGNORE_INDEX
     t = torch.where(scored, targets, 0)
-    gap = (h * w[t]).sum(-1) - h @ w.mean(0)
+    u = prior(w.shape[0], w.device)
+    gap = (h * w[t]).sum(-1) - h @ (u @ w)
     if getattr(head, "bias", None) is not None:
         b = head.bias.float()
-        gap = gap + b[t] - b.mean()
+        gap = gap + b[t] - u @ b
     return ce + args.eps * (gap * scored).sum() / scored.sum()
+
+
+def prior(vocab: int, device) -> torch.Tensor:
+    """(vocab,) smoothing target: uniform, or the training tokens' unigram frequencies (computed once)."""
+    if args.prior == "uniform":
+        return torch.full((vocab,), 1.0 / vocab, device=device)
+    if "unigram" not in state:
+        counts = torch.bincount(torch.as_tensor(state["trainer"].data.train.astype("int64")), minlength=vocab)
+        state["unigram"] = (counts[:vocab].double() / counts[:vocab].sum()).float().to(device)
+    return state["unigram"]
 
 
 state: dict = {}
@@ -65,5 +82,6 @@ if main(muse_args) != 0:
     raise SystemExit("muse train failed")
 trainer = state["trainer"]
 cfg, final = trainer.cfg, trainer.final_eval
-print(json.dumps({"model": cfg.model, "preset": cfg.preset, "seed": cfg.seed, "eps": args.eps, "steps": trainer.step,
+print(json.dumps({"model": cfg.model, "preset": cfg.preset, "seed": cfg.seed, "eps": args.eps, "prior": args.prior,
+                  "steps": trainer.step,
                   "loss": final["loss"], "ppl": final["ppl"]}))
