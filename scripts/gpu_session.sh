@@ -1441,6 +1441,34 @@ s41a|s41b)
   echo "finished: $(grep -cE '(PASSED|FAILED|SKIPPED|ERROR) tests' "$OUT/pytest-v.txt")"
   pack
   ;;
+s53a)
+  step "issue 12: the complex head (head=complex: a real linear over [Re z, Im z]) at the budget, eager, label smoothing 0.1 (the forty-seventh session's form); ${S53A_P:-5} at a time"
+  TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --label-smoothing 0.1 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864)
+  CH="--model stage1 --preset mix --model-arg head=complex"
+  printf '%s\n' \
+    "chr-mix|$CH --model-arg token_table=real --seed 1337" \
+    "chr-mix-seed1|$CH --model-arg token_table=real --seed 1" \
+    "chr-mix-seed2|$CH --model-arg token_table=real --seed 2" \
+    "ch-mix|$CH --seed 1337" \
+    "mix|--model stage1 --preset mix --seed 1337" \
+    > "$OUT/runs.txt"
+  sweep "${S53A_P:-5}" "${S53A_S:-330}" "$OUT/runs.txt"
+  grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -20
+  pack
+  ;;
+s53b)
+  step "issue 12: the criteria run of mix with the complex head and the real token table (the same parameter count), label smoothing 0.1 (compiled, CUDA graphs)"
+  timeout "${S53B_BENCH_S:-560}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
+    --stage1-arg head=complex --stage1-arg token_table=real \
+    --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --label-smoothing 0.1 --out "$OUT/bench-chr-ls" \
+    > "$OUT/bench-chr-ls.txt" 2>&1
+  echo "bench rc=$?"
+  grep -A12 "^| criterion" "$OUT"/bench-chr-ls/report.md 2>/dev/null | head -14
+  grep -h "eval PPL\|^| model" "$OUT"/bench-chr-ls/report.md 2>/dev/null | head -6
+  tail -3 "$OUT/bench-chr-ls.txt"
+  pack
+  ;;
 s52a)
   step "issue 12: embedding dropout at the budget (scripts/word_dropout_probe.py, eager, label smoothing 0.1 as s51a): p ${S52A_P:-0.1 0.2}, seeds ${S52A_SEEDS:-1337}"
   TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0

@@ -285,18 +285,24 @@ def test_dropout_rate(device, p):
 @st.composite
 def embedding_case(draw):
     vocab, d = draw(st.integers(1, 12)), draw(D_SIZES)
-    w = draw(vs.complex_arrays((vocab, d), band="mixed"))
+    real_table = draw(st.booleans())
+    if real_table:  # one real table: the complex case with a zero imaginary plane
+        w = np.stack([draw(vs.real_arrays((vocab, d), band="mixed")), np.zeros((vocab, d), np.float16)])
+    else:
+        w = draw(vs.complex_arrays((vocab, d), band="mixed"))
     ids = np.array(draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=10)))
     pos = draw(st.one_of(st.none(), vs.real_arrays((len(ids), d), band="unit")))
     phase = draw(st.one_of(st.none(), st.floats(-7.0, 7.0, allow_nan=False)))
-    return w, ids, pos, phase
+    return w, ids, pos, phase, real_table
 
 
 @given(case=embedding_case())
 def test_embedding_accuracy(device, case):
-    """Lookup without position/phase is exact; with them one fp32 evaluation rounded once (mixed bound)."""
-    w, ids, pos, phase = case
-    out = planes(C.embedding(torch.from_numpy(ids).to(device), ct(w, device),
+    """Lookup without position/phase is exact; with them one fp32 evaluation rounded once (mixed bound); a real
+    table (tokens on the real axis) under the same bound as the complex table with a zero imaginary plane."""
+    w, ids, pos, phase, real_table = case
+    table = tensor(w[0], device) if real_table else ct(w, device)
+    out = planes(C.embedding(torch.from_numpy(ids).to(device), table,
                              None if pos is None else tensor(pos, device), phase))
     re, im, stats = R.embedding(w, ids, pos, phase)
     e_re, e_im = B.embedding_abs(stats, re.hi, im.hi, pos is not None, phase is not None)
@@ -304,7 +310,8 @@ def test_embedding_accuracy(device, case):
     rows = w[:, ids]
     args = [cplx("w_row", rows)] + ([] if pos is None else [real("pos", pos)])
     check_ulps("embedding", device, [out[0], out[1]], [re, im], bound, args=args,
-               call=f"C.embedding(torch.zeros(1, dtype=torch.long), C.ComplexTensor(torch.from_numpy(w_row)), "
+               call=f"C.embedding(torch.zeros(1, dtype=torch.long), "
+                    f"{'torch.from_numpy(w_row[0])' if real_table else 'C.ComplexTensor(torch.from_numpy(w_row))'}, "
                     f"{'None' if pos is None else 'torch.from_numpy(pos)'}, {phase!r})")
     if pos is None and phase is None:
         assert np.array_equal(out.view(np.uint16), rows.view(np.uint16))

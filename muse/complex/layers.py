@@ -26,6 +26,7 @@ from muse._checks import (
     check_float_tensor,
     check_int,
     check_probability,
+    check_real_tensor,
     check_same_device,
     check_tensor,
     check_token_range,
@@ -378,21 +379,25 @@ class _EmbeddingRowsFn(torch.autograd.Function):
 
 def embedding(
     ids: torch.Tensor,
-    weight: ComplexTensor,
+    weight: ComplexTensor | torch.Tensor,
     position: torch.Tensor | None = None,
     phase: float | None = None,
 ) -> ComplexTensor:
     """Look up complex rows: ``(weight[ids] + position) * e^{i phase}``, rounded once.
 
-    ``weight`` is (vocab, d); ``position`` (optional, real, (seq, d) or broadcastable to
-    ids.shape + (d,)) is added to the real part; ``phase`` (optional) rotates every entry.
-    ``ids`` may have any integer dtype and shape; an id outside [0, vocab) is a ValueError
+    ``weight`` is (vocab, d): a ComplexTensor, or a real floating tensor whose rows are tokens on
+    the real axis (imaginary part 0, so one plane of storage); ``position`` (optional, real, (seq, d)
+    or broadcastable to ids.shape + (d,)) is added to the real part; ``phase`` (optional) rotates every
+    entry.  ``ids`` may have any integer dtype and shape; an id outside [0, vocab) is a ValueError
     (torch indexing would read row ``vocab + id`` for a negative id).
     """
     check_tensor("ids", ids)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
-    check_type("weight", weight, ComplexTensor, "a ComplexTensor")
+    if isinstance(weight, torch.Tensor):
+        check_real_tensor("weight", weight)
+    else:
+        check_type("weight", weight, ComplexTensor, "a ComplexTensor or a real floating tensor")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (vocab, d), got shape {tuple(weight.shape)}")
     named = [("ids", ids.device), ("weight", weight.device)]
@@ -406,29 +411,37 @@ def embedding(
     return embedding_unchecked(ids, weight, position, phase)
 
 
-def embedding_unchecked(ids: torch.Tensor, weight: ComplexTensor, position: torch.Tensor | None = None,
+def embedding_unchecked(ids: torch.Tensor, weight: ComplexTensor | torch.Tensor, position: torch.Tensor | None = None,
                         phase: float | None = None) -> ComplexTensor:
     """:func:`embedding` for callers that checked its arguments: int64 ``ids`` in [0, vocab), a (vocab, d)
-    ``weight``, ``position`` and ``phase`` as :func:`embedding` takes them, all on one device.  The id range
-    check is the one that reads values (a host sync in eager code, a device assert in compiled code), so a
-    module that checks its ids under its own argument name does not pay for it twice."""
+    ``weight`` (a ComplexTensor or a real table), ``position`` and ``phase`` as :func:`embedding` takes them, all
+    on one device.  The id range check is the one that reads values (a host sync in eager code, a device assert in
+    compiled code), so a module that checks its ids under its own argument name does not pay for it twice."""
     v, d = weight.shape
+    real_table = isinstance(weight, torch.Tensor)
     # planes (2, V, d) as 2V rows: one lookup over ids and ids + V, so the backward is one (2V, d) gradient
     # (fp32 sums of the looked-up rows, one rounding) instead of indexing's zeros + out-of-place index_put (two
     # weight-sized tensors alive at once). Eager CUDA keeps torch's backward, which sums in fp32 per id without a
     # table-sized buffer; compiled code (inductor's form of it holds one in fp32) and the CPU (its fp16 backward
     # accumulates in fp16) take _EmbeddingRowsFn
-    lookup, table = torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d)
+    if real_table:
+        lookup, table = ids, weight
+    else:
+        lookup, table = torch.stack((ids, ids + v)), weight.planes.reshape(2 * v, d)
     if table.is_cuda and not torch.compiler.is_compiling():
-        rows = F.embedding(lookup, table)  # (2, *ids.shape, d)
+        rows = F.embedding(lookup, table)  # (2, *ids.shape, d), or (*ids.shape, d) from a real table
     else:
         rows = _EmbeddingRowsFn.apply(lookup, table)
     if position is None and phase is None:
-        return ComplexTensor(rows)
+        return ComplexTensor(torch.stack((rows, torch.zeros_like(rows))) if real_table else rows)
     cd = compute_dtype(weight.dtype)
-    re, im = rows[0].to(cd), rows[1].to(cd)
+    re = rows.to(cd) if real_table else rows[0].to(cd)
     if position is not None:
         re = re + position.to(cd)
+    if real_table:  # the complex case with a zero imaginary plane, without reading one
+        re, im = (re, torch.zeros_like(re)) if phase is None else (re * math.cos(phase), re * math.sin(phase))
+        return ComplexTensor(torch.stack((re, im)).to(weight.dtype))
+    im = rows[1].to(cd)
     if phase is not None:
         c, s = math.cos(phase), math.sin(phase)
         re, im = re * c - im * s, re * s + im * c

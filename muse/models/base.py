@@ -95,7 +95,7 @@ class LanguageModel(nn.Module):
         after its own initialisation (which would otherwise reset the pointer's linears)."""
         dim = getattr(self.config, "pointer_dim", 0)
         if dim:
-            self.pointer = PointerMixture(self.config.d_model, dim, mode=getattr(self.config, "pointer_mode", "cache"),
+            self.pointer = PointerMixture(head_width(self.config), dim, mode=getattr(self.config, "pointer_mode", "cache"),
                                           device=device)
 
     @classmethod
@@ -323,7 +323,12 @@ def activation_statistics(x) -> dict:
 def pointer_parameter_count(config) -> int:
     """Parameters of the copy path a config asks for (0 without one)."""
     dim = getattr(config, "pointer_dim", 0)
-    return PointerMixture.parameter_count(config.d_model, dim) if dim else 0
+    return PointerMixture.parameter_count(head_width(config), dim) if dim else 0
+
+
+def head_width(config) -> int:
+    """Features the head (and the copy path) reads a token: the config's ``head_width``, else d_model."""
+    return getattr(config, "head_width", config.d_model)
 
 
 def check_config_sizes(config, *, heads: bool = False) -> None:

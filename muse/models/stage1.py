@@ -17,6 +17,8 @@ kept for seed scripts.
 ``tie_head`` (variants only) makes the head's weight the real plane of the token table (the head
 then reads Re(h) scaled by ``tied_head_scale(d)``, a power of two near d^-1/2)
 (:class:`muse.nn.TiedRealHead`): vocab x d_model fewer parameters, the head keeps its bias.
+``head="complex"`` makes the head read both planes, Re(W z) + b as a real linear over [Re z, Im z]; with
+``token_table="real"`` (one real token table) the parameter count is unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from muse.nn import (
     RealLinear,
     TiedRealHead,
 )
-from muse.nn.embedding import EMBEDDING_INITS
+from muse.nn.embedding import EMBEDDING_INITS, EMBEDDING_TABLES
 from muse.nn.linear import HEAD_INITS, LINEAR_INITS
 from muse.nn.mixers import DECAY_KINDS, LAMBDA_KINDS, OMEGA_INITS, PHASE_INITS
 from muse.nn.pointer import MODES as POINTER_MODES
@@ -101,6 +103,10 @@ class Stage1Config:
     tie_head: bool = False
     pointer_dim: int = 0  # key width of the learned copy path (muse.nn.PointerMixture); 0 = none
     pointer_mode: str = "cache"  # its mixture: "cache" (a gate of h) | "sentinel" (the head competes with the positions)
+    # what the head reads: "real" (the seed's Linear over Re z) | "complex" (Re(W z) + b, i.e. a real linear over
+    # [Re z, Im z], 2d -> vocab: the final state's imaginary plane reaches the logits; docs/experiments.md section 26)
+    head: str = "real"
+    token_table: str = "complex"  # "complex" (the seed's real + imaginary tables) | "real" (tokens on the real axis)
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, min_value=1)
@@ -120,11 +126,18 @@ class Stage1Config:
         check_choice("dropout_mode", self.dropout_mode, C.DROPOUT_MODES)
         check_int("pointer_dim", self.pointer_dim, min_value=0)
         check_choice("pointer_mode", self.pointer_mode, POINTER_MODES)
+        check_choice("head", self.head, HEADS)
+        check_choice("token_table", self.token_table, EMBEDDING_TABLES)
         _check_variant_fields(self)
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float16 if self.use_complex32 else torch.float32
+
+    @property
+    def head_width(self) -> int:
+        """Features the head reads a token: d, or 2d for the complex head."""
+        return 2 * self.d_model if self.head == "complex" else self.d_model
 
     @property
     def mixes_tokens(self) -> bool:
@@ -195,6 +208,7 @@ PRESETS: dict[str, dict] = {
 }
 
 MIXERS = ("none", "recurrence", "retention", "hybrid")
+HEADS = ("real", "complex")
 FFNS = ("none", "complex")
 
 
@@ -246,6 +260,9 @@ def _check_variant_fields(config: Stage1Config) -> None:
     if config.tie_head and config.is_seed_block:
         raise ValueError("tie_head=True needs a variant block (mixer or ffn other than 'none'); "
                          "the seed block keeps the seed's untied head")
+    if config.tie_head and config.head != "real":
+        raise ValueError(f"tie_head=True ties the real token table to a head that reads Re z: it needs head='real', "
+                         f"got head={config.head!r}")
 
 
 def _hooked(modules: list[nn.Module]) -> bool:
@@ -422,13 +439,14 @@ class Stage1Model(LanguageModel):
         self.embedding = ComplexEmbedding(config.vocab_size, config.d_model, config.max_seq_len,
                                           config.dropout, config.zeta_scale, config.initial_phase,
                                           dtype=dt, device=device, trainable_positions=config.trainable_positions,
-                                          init=config.embedding_init, dropout_mode=config.dropout_mode)
+                                          init=config.embedding_init, dropout_mode=config.dropout_mode,
+                                          table=config.token_table)
         self.blocks = nn.ModuleList(_block(config, dt, device, i) for i in range(config.n_layers))
         self.final_norm = ComplexLayerNorm(config.d_model, config.layer_norm_eps, dtype=dt, device=device)
         if config.tie_head:
             self.lm_head = TiedRealHead(self.embedding, init=config.head_init)
         else:
-            self.lm_head = RealLinear(config.d_model, config.vocab_size, dtype=dt, device=device,
+            self.lm_head = RealLinear(config.head_width, config.vocab_size, dtype=dt, device=device,
                                       init=config.head_init)
         self.build_pointer(device)
 
@@ -474,7 +492,10 @@ class Stage1Model(LanguageModel):
 
     def head_input(self, z: C.ComplexTensor) -> torch.Tensor:
         """Re(z) (B, S, d) in the storage dtype; with a tied head times :func:`tied_head_scale` (exact:
-        a power of two), so the logits start near unit scale whatever the token table's init."""
+        a power of two), so the logits start near unit scale whatever the token table's init; with the
+        complex head [Re z, Im z] (B, S, 2d)."""
+        if self.config.head == "complex":
+            return torch.cat((z.real, z.imag), -1)
         if self.config.tie_head:
             return z.real * tied_head_scale(self.config.d_model)
         return z.real
@@ -621,11 +642,11 @@ Phase3Stage1Model = Stage1Model
 def expected_parameter_count(config: Stage1Config) -> int:
     """Closed form of the parameter count (checks the module tree in tests)."""
     v, d, n, s = config.vocab_size, config.d_model, config.n_layers, config.max_seq_len
-    embedding = 2 * v * d + s * d
+    embedding = (2 if config.token_table == "complex" else 1) * v * d + s * d
     blocks = n * (2 * (2 * d) + (2 * d * d + 2 * d) + d)  # two LNs, complex linear + bias, modReLU bias
     if not config.is_seed_block:
         blocks = sum(_variant_block_parameter_count(config, i) for i in range(n))
-    head = v if config.tie_head else d * v + v  # a tied head's weight is the embedding's real table
+    head = v if config.tie_head else config.head_width * v + v  # a tied head's weight is the embedding's real table
     return embedding + blocks + 2 * d + head + pointer_parameter_count(config)
 
 
@@ -664,7 +685,7 @@ def _variant_block_parameter_count(config: Stage1Config, layer: int) -> int:
 
 
 __all__ = [
-    "FFNS", "MIXERS", "PRESETS", "ComplexFeedForward", "Phase3Stage1Block", "SeedChannelMap", "Stage1MixBlock", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
+    "FFNS", "HEADS", "MIXERS", "PRESETS", "ComplexFeedForward", "Phase3Stage1Block", "SeedChannelMap", "Stage1MixBlock", "Phase3Stage1Config", "Phase3Stage1Model", "Stage1Block",
     "Stage1Config", "Stage1DecodeState", "Stage1Model", "Stage1State", "create_phase3_stage1_model", "expected_parameter_count",
     "mixer_kind",
     "expected_trainable_count",

@@ -26,6 +26,9 @@ from muse.nn.linear import HEAD_INITS, check_head_input
 #: position pattern indexed by token id, row t = zeta_position_table row t, times zeta_scale
 #: for the real table and zeta_scale / 2 for the imaginary one (the seed's code).
 EMBEDDING_INITS = ("normal", "zeta")
+#: Token tables: "complex" = a real and an imaginary table (the seed's); "real" = the real one only, so the
+#: tokens enter on the real axis, initialised as the complex table's real plane is.
+EMBEDDING_TABLES = ("complex", "real")
 _ZETA_ROWS_PER_CHUNK = 4096  # the float64 pattern is built in pieces to bound peak memory
 
 
@@ -33,7 +36,8 @@ class ComplexEmbedding(nn.Module):
     """Token ids -> complex vectors: ``(E[id] + P[pos]) e^{i phase}``, then complex dropout.
 
     ``weight`` (2, vocab, d) holds the real and imaginary token tables, initialised as
-    ``init`` says (:data:`EMBEDDING_INITS`).  ``position`` is a :class:`ZetaEmbedding`
+    ``init`` says (:data:`EMBEDDING_INITS`); with ``table="real"`` it is (1, vocab, d), the real
+    table only, and every token's imaginary part is 0 (vocab x d fewer parameters).  ``position`` is a :class:`ZetaEmbedding`
     (max_seq_len, d) added to the real part: a trainable parameter, or with
     ``trainable_positions=False`` a frozen one (still counted by ``parameters()``).
     ``initial_phase`` (a constant, not a parameter) optionally rotates every entry.  The sum
@@ -44,7 +48,7 @@ class ComplexEmbedding(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, max_seq_len: int, dropout: float = 0.1,
                  zeta_scale: float = 1.0, initial_phase: float | None = None,
                  dtype: torch.dtype = torch.float16, device=None, *, trainable_positions: bool = True,
-                 init: str = "normal", dropout_mode: str = "shared"):
+                 init: str = "normal", dropout_mode: str = "shared", table: str = "complex"):
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, min_value=1)
         self.d_model = check_int("d_model", d_model, min_value=1)
@@ -59,8 +63,10 @@ class ComplexEmbedding(nn.Module):
         check_type("trainable_positions", trainable_positions, bool, "a bool")
         self.init = check_choice("init", init, EMBEDDING_INITS)
         self.dropout_mode = check_choice("dropout_mode", dropout_mode, C.DROPOUT_MODES)
+        self.table = check_choice("table", table, EMBEDDING_TABLES)
         dtype = check_float_dtype("dtype", dtype)
-        self.weight = nn.Parameter(torch.empty(2, vocab_size, d_model, dtype=dtype, device=device))
+        planes = 2 if table == "complex" else 1
+        self.weight = nn.Parameter(torch.empty(planes, vocab_size, d_model, dtype=dtype, device=device))
         self.position = ZetaEmbedding(max_seq_len, d_model, trainable=trainable_positions, scale=zeta_scale,
                                       dtype=dtype, device=device, as_parameter=True)
         self.reset_parameters()
@@ -78,15 +84,17 @@ class ComplexEmbedding(nn.Module):
             rows = min(_ZETA_ROWS_PER_CHUNK, self.vocab_size - start)
             pattern = zeta_position_table(rows, self.d_model, self.zeta_scale, start=start)
             self.weight[0, start:start + rows].copy_(pattern)
-            self.weight[1, start:start + rows].copy_(pattern * 0.5)
+            if self.table == "complex":
+                self.weight[1, start:start + rows].copy_(pattern * 0.5)
 
     @property
     def weight_real(self) -> torch.Tensor:
         return self.weight[0]
 
     @property
-    def weight_imag(self) -> torch.Tensor:
-        return self.weight[1]
+    def weight_imag(self) -> torch.Tensor | None:
+        """The imaginary table; None with ``table="real"``."""
+        return self.weight[1] if self.table == "complex" else None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> C.ComplexTensor:
         """(B, S) ids (and optional (B, S) or (S,) positions) -> ComplexTensor (B, S, d)."""
@@ -94,13 +102,14 @@ class ComplexEmbedding(nn.Module):
         check_same_device([("input_ids", input_ids.device), ("weight", self.weight.device)])
         pos = self.position.lookup(input_ids, positions)  # (S, d) or (B, S, d)
         # the ids are checked above under their own name: the lookup does not check (nor read) them again
-        z = embedding_unchecked(input_ids, C.ComplexTensor(self.weight), pos, self.initial_phase)
+        table = C.ComplexTensor(self.weight) if self.table == "complex" else self.weight[0]
+        z = embedding_unchecked(input_ids, table, pos, self.initial_phase)
         return C.dropout(z, self.p, self.training, mode=self.dropout_mode)
 
     def extra_repr(self) -> str:
         return (f"vocab_size={self.vocab_size}, d_model={self.d_model}, max_seq_len={self.max_seq_len}, "
                 f"dropout={self.p}, initial_phase={self.initial_phase}, init={self.init}, "
-                f"dropout_mode={self.dropout_mode}")
+                f"dropout_mode={self.dropout_mode}, table={self.table}")
 
 
 class TiedRealHead(nn.Module):

@@ -224,6 +224,37 @@ def test_embedding_rotation_without_position():
     torch.testing.assert_close(native(e), 1j * native(w)[ids])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize(("with_position", "phase"), [(False, None), (True, None), (False, 0.7), (True, -2.5)])
+def test_embedding_real_table_is_the_complex_table_with_a_zero_imaginary_plane(dtype, with_position, phase):
+    """A real (vocab, d) table: the values, bit for bit, and the gradient of the complex table's real plane."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(12, 5, generator=g).to(dtype).requires_grad_()
+    full = torch.stack((real.detach(), torch.zeros_like(real.detach()))).requires_grad_()
+    ids = torch.tensor([[0, 11, 3, 3], [7, 7, 0, 2]])
+    pos = torch.randn(4, 5, generator=g).to(dtype) if with_position else None
+    e, ref = C.embedding(ids, real, pos, phase), C.embedding(ids, C.ComplexTensor(full), pos, phase)
+    assert e.dtype == dtype and torch.equal(e.planes, ref.planes)
+    if phase is None:
+        assert torch.all(e.imag == 0)
+    grad = torch.randn(e.planes.shape, generator=g).to(dtype)
+    e.planes.backward(grad)
+    ref.planes.backward(grad)
+    assert torch.equal(real.grad, full.grad[0])
+
+
+def test_embedding_refuses_a_native_complex_or_integer_table():
+    ids = torch.tensor([[0, 1]])
+    with pytest.raises(TypeError, match="weight is a native complex tensor"):
+        C.embedding(ids, torch.zeros(3, 2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="weight must have dtype float16, float32 or float64"):
+        C.embedding(ids, torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="weight must be a ComplexTensor or a real floating tensor"):
+        C.embedding(ids, [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        C.embedding(ids, torch.zeros(2, 3, 2))
+
+
 def test_dropout_independent_mode_masks_parts_separately():
     z = C.add(_z(400, 100, dtype=torch.float64), 3.0 + 3.0j)  # no zero parts
     p = 0.5

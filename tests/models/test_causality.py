@@ -32,7 +32,12 @@ VARIANTS = {"stage1-mix-tied": ("stage1", "mix-tiny", {"tie_head": True}),
             "stage1-seed-pointer": ("stage1", "tiny", {"pointer_dim": 8}),
             "phase2-pointer": ("phase2", "tiny", {"pointer_dim": 8}),
             "gpt-pointer": ("gpt", "tiny", {"pointer_dim": 8}),
-            "stage1-mix-sentinel": ("stage1", "mix-tiny", {"pointer_dim": 8, "pointer_mode": "sentinel"})}
+            "stage1-mix-sentinel": ("stage1", "mix-tiny", {"pointer_dim": 8, "pointer_mode": "sentinel"}),
+            # the complex head over both planes, with the real token table and with the copy path reading both
+            "stage1-mix-complex-head": ("stage1", "mix-tiny", {"head": "complex", "token_table": "real"}),
+            "stage1-seed-complex-head": ("stage1", "tiny", {"head": "complex"}),
+            "stage1-mix-complex-head-sentinel": ("stage1", "mix-tiny", {"head": "complex", "pointer_dim": 8,
+                                                                        "pointer_mode": "sentinel"})}
 
 
 pytestmark = pytest.mark.usefixtures("_one_thread")

@@ -18,14 +18,18 @@ VOCAB = 97
 CASES = [(name, "tiny") for name in model_names()] + [("stage1", "mix-tiny"), ("stage1", "mix-tiny+tied"),
                                                       ("stage1", "mix-tiny+retention"), ("stage1", "mix-tiny+hybrid"),
                                                       ("phase2", "original-tiny"), ("stage1", "mix-tiny+pointer"),
-                                                      ("phase2", "tiny+pointer"), ("gpt", "tiny+pointer")]
+                                                      ("phase2", "tiny+pointer"), ("gpt", "tiny+pointer"),
+                                                      ("stage1", "mix-tiny+complex-head"),
+                                                      ("stage1", "mix-tiny+complex-head-pointer")]
 SUFFIXES = {"+tied": {"tie_head": True}, "+retention": {"mixer": "retention"}, "+hybrid": {"mixer": "hybrid"},
-            "+pointer": {"pointer_dim": 8}}
+            "+pointer": {"pointer_dim": 8}, "+complex-head": {"head": "complex", "token_table": "real"},
+            "+complex-head-pointer": {"head": "complex", "pointer_dim": 8}}
 
 
 def _model(name: str, preset: str):
     """``preset`` with a suffix of SUFFIXES ("+tied": the tied Stage 1 head; "+retention", "+hybrid": the
-    content-addressed mixer in every / every other layer): that preset with those overrides."""
+    content-addressed mixer in every / every other layer; "+complex-head": the head over both planes): that preset
+    with those overrides."""
     preset, plus, suffix = preset.partition("+")
     torch.manual_seed(0)
     return build_model(name, preset, vocab_size=VOCAB, **SUFFIXES.get(plus + suffix, {})).eval()

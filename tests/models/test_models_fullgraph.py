@@ -23,6 +23,8 @@ from muse.models import build_model
     ("phase2", "tiny", {}, "eager"),
     ("stage1", "mix-tiny", {"pointer_dim": 8, "d_ffn": 32}, "aot_eager"),  # the copy path's log-probabilities
     ("stage1", "mix-tiny", {"lambda_kind": "complex", "d_ffn": 32}, "aot_eager"),  # the per-token rotation
+    # the head over both planes, the real token table
+    ("stage1", "mix-tiny", {"head": "complex", "token_table": "real", "d_ffn": 32}, "aot_eager"),
 ])
 def test_model_compiles_fullgraph_and_matches_eager(name, preset, extra, backend):
     torch._dynamo.reset()
