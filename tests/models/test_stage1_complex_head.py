@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _helpers import assert_fused_loss_matches_full
 
 from benchmarks.measure import planar_layout, stability_trials
 from muse.models import Stage1Config, Stage1Model, build_model, make_config
@@ -18,7 +18,6 @@ from muse.models.stage1 import expected_parameter_count, expected_trainable_coun
 from muse.nn import ComplexEmbedding
 from muse.train import load_checkpoint, train
 from muse.train.checkpoint import model_from_checkpoint
-from muse.train.loss import model_loss
 from muse.train.synthetic import synthetic_data, tiny_config
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
@@ -126,19 +125,7 @@ def test_real_table_init_is_the_complex_table_real_plane():
 @pytest.mark.parametrize("overrides", [dict(), dict(token_table="real")])
 def test_fused_loss_equals_the_full_logits_loss(use_complex32, overrides):
     model = _model(dropout=0.0, use_complex32=use_complex32, **overrides)
-    ids, targets = _ids(), _ids(seed=2)
-    fused = model_loss(model, ids, targets, impl="chunked")
-    fused.backward()
-    fused_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-    full = F.cross_entropy(model(ids).float().flatten(0, 1), targets.flatten())
-    full.backward()
-    rel = 2e-3 if use_complex32 else 1e-5  # the full path rounds the logits to fp16, the fused one keeps fp32
-    assert abs(fused.item() - full.item()) < rel * full.item()
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            g, ref = fused_grads[n].double(), p.grad.double()
-            assert (g - ref).norm() <= (5e-3 if use_complex32 else 1e-5) * ref.norm() + 1e-8, n
+    assert_fused_loss_matches_full(model, _ids(), _ids(seed=2))
     d = model.config.d_model
     assert model.lm_head.weight.grad[:, d:].abs().sum() > 0  # the imaginary plane's weights train
 
