@@ -1457,6 +1457,19 @@ s53a)
   grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -20
   pack
   ;;
+s53c)
+  step "issue 12: the complex head with the learned copy path (sentinel form, no smoothing: the mixture has no vocabulary mean), beside mix-copy and Phase 2 with the same path; eager, 3 at a time"
+  TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864 --seed 1337)
+  printf '%s\n' \
+    "chr-mix-copy|--model stage1 --preset mix-copy --model-arg head=complex --model-arg token_table=real" \
+    "mix-copy|--model stage1 --preset mix-copy" \
+    "phase2-copy|--model phase2 --preset seed --model-arg pointer_dim=64 --model-arg pointer_mode=sentinel" \
+    > "$OUT/runs.txt"
+  sweep 3 "${S53C_S:-330}" "$OUT/runs.txt"
+  grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -12
+  pack
+  ;;
 s53b)
   step "issue 12: the criteria run of mix with the complex head and the real token table (the same parameter count), label smoothing 0.1 (compiled, CUDA graphs)"
   timeout "${S53B_BENCH_S:-560}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
