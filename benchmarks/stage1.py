@@ -34,7 +34,7 @@ import torch
 
 from benchmarks import criteria as crit
 from benchmarks import measure
-from muse._checks import check_float, check_int, check_type
+from muse._checks import check_choice, check_float, check_int, check_type
 from muse._io import atomic_write_text, check_output_dir, write_report_json
 from muse.models.compile import (
     GRAPH_MODES,
@@ -43,6 +43,7 @@ from muse.models.compile import (
     resolve_compile,
     set_memory_budget,
 )
+from muse.train.config import OPTIMIZERS
 from muse.train.loss import loss_path
 from muse.train.runlog import environment
 
@@ -74,6 +75,9 @@ class Stage1BenchConfig:
     # offline training text) is run at 3.0: Phase 2 scores as at 0.1 there, the mix Stage 1 5 % better; a short
     # run such as the CPU quick start is not over-fitting, and 3.0 costs Phase 2 8 % (docs/experiments.md §9)
     weight_decay: float = 0.1
+    # every run's optimizer: "muon" puts the hidden linear weights under Muon (muse.train.muon), the rest under AdamW
+    optimizer: str = "adamw"
+    muon_rms: float = 0.2  # with optimizer "muon": the step's RMS per weight at unit lr
     # the training loss's label smoothing, every run (evaluation scores the plain cross-entropy): at the GPU budget
     # 0.1 lowers the mix Stage 1's test PPL by 15 % and Phase 2's by 13 % (docs/experiments.md §23)
     label_smoothing: float = 0.0
@@ -113,6 +117,8 @@ class Stage1BenchConfig:
     def __post_init__(self):
         check_type("preset", self.preset, str, "a preset name")
         check_float("weight_decay", self.weight_decay, min_value=0.0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_float("muon_rms", self.muon_rms, min_value=0.0, min_inclusive=False)
         check_float("label_smoothing", self.label_smoothing, min_value=0.0, max_value=1.0, max_inclusive=False)
         check_type("keep_logits", self.keep_logits, bool, "a bool")
         if self.compile_memory_budget is not None:
@@ -170,7 +176,7 @@ def _train_config(cfg: Stage1BenchConfig, run: str, out: Path):
     train_cfg = TrainConfig(
         model=model, preset=preset, model_overrides=overrides, seq_len=cfg.seq_len,
         batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing,
+        label_smoothing=cfg.label_smoothing, optimizer=cfg.optimizer, muon_rms=cfg.muon_rms,
         tokens=None if cfg.max_steps is not None else cfg.tokens,
         max_steps=cfg.max_steps, eval_every=eval_every, eval_tokens=cfg.eval_curve_tokens,
         final_eval_tokens=cfg.final_eval_tokens, eval_stride=cfg.eval_stride or max(1, seq // 2),
@@ -461,6 +467,8 @@ def _recipe_line(cfg: dict) -> str:
     budget = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg['tokens']:,} tokens"
     return (f"- training, every run: {budget}, batch {cfg['batch_size']}, lr {cfg['lr']:g} -> {cfg['min_lr']:g} "
             f"(warmup {cfg['warmup']}), weight decay {cfg['weight_decay']:g}, seed {cfg['seed']}"
+            + (f", Muon on the hidden linear weights (`--optimizer muon`, step RMS {cfg.get('muon_rms', 0.2):g} per unit lr)"
+               if cfg.get("optimizer") == "muon" else "")
             + (f", label smoothing {cfg['label_smoothing']:g} (the evals score the plain loss)"
                if cfg.get("label_smoothing") else "")
             + (", the loss keeping its logits (`--keep-logits`)" if cfg.get("keep_logits") else "")

@@ -60,6 +60,9 @@ def register(sub) -> None:
                    help="compiled training runs' torch.compile mode (`muse train --compile-mode`; default: "
                    "reduce-overhead, CUDA graphs, in one CUDA process)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights, every run (default 0.1; the GPU budget's runs use 3.0)")
+    g.add_argument("--optimizer", choices=["adamw", "muon"],
+                   help="every run's optimizer (default adamw; muon: Muon on the hidden linear weights, `muse train --optimizer`)")
+    g.add_argument("--muon-rms", type=float, help="with --optimizer muon: the step's RMS per weight at unit lr (default 0.2)")
     g.add_argument("--label-smoothing", type=float, metavar="EPS",
                    help="every run's training-loss label smoothing in [0, 1) (default 0; evals score the plain loss)")
     g.add_argument("--seed", type=int)
@@ -117,7 +120,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-STAGE1_ONLY = ("phase2_arg", "weight_decay", "label_smoothing", "stage1_preset", "references", "keep_logits", "compile_memory_budget",
+STAGE1_ONLY = ("phase2_arg", "weight_decay", "optimizer", "muon_rms", "label_smoothing", "stage1_preset", "references", "keep_logits", "compile_memory_budget",
                "compile_mode")
 SPEED_ONLY = ("models", "variants", "vocab_size", "d_model", "n_layers", "compile_backend", "cpu_repeats", "amp", "no_ops")
 

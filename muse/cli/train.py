@@ -40,6 +40,11 @@ def register(sub) -> None:
     g.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
     g.add_argument("--min-lr", type=float, default=6e-5, help="cosine floor (default 6e-5)")
     g.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
+    g.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                   help="muon: Muon (complex polar factor for planar weights) on the hidden linear weights, AdamW on "
+                   "the rest, the same lr and weight decay (default adamw)")
+    g.add_argument("--muon-rms", type=float, default=0.2,
+                   help="with --optimizer muon: the step's RMS per weight at unit lr (default 0.2, AdamW's typical update)")
     g.add_argument("--weight-decay", type=float, default=0.1, help="on linear weights only (default 0.1)")
     g.add_argument("--decay-embeddings", action="store_true",
                    help="also apply the weight decay to the embedding tables (nanoGPT's rule)")
@@ -124,7 +129,7 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         model=args.model, preset=args.preset, model_overrides=parse_model_args(args),
         seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        min_lr=args.min_lr, warmup=args.warmup, optimizer=args.optimizer, muon_rms=args.muon_rms, weight_decay=args.weight_decay,
         decay_embeddings=args.decay_embeddings, label_smoothing=args.label_smoothing, clip=args.clip,
         tokens=args.tokens, max_steps=args.max_steps, stop_after=args.stop_after,
         eval_every=args.eval_every, eval_tokens=args.eval_tokens or None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from muse._checks import check_float, check_int, check_type
+from muse._checks import check_choice, check_float, check_int, check_type
 from muse.models.compile import GRAPH_MODES, check_memory_budget, check_mode
 from muse.train.distributed import BACKENDS as DIST_BACKENDS
 from muse.train.scaler import check_power_of_two
@@ -13,11 +13,12 @@ from muse.train.scaler import check_power_of_two
 SPLITS = ("train", "valid", "test")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = (None, "bf16", "fp16")
+OPTIMIZERS = ("adamw", "muon")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 # Fields that decide the loss curve: a resumed run must use the same values.
 TRAJECTORY_FIELDS = (
     "model", "preset", "model_overrides", "seq_len", "batch_size", "grad_accum", "lr", "min_lr",
-    "warmup", "weight_decay", "decay_embeddings", "label_smoothing", "betas", "eps", "clip", "tokens", "max_steps",
+    "warmup", "optimizer", "muon_rms", "weight_decay", "decay_embeddings", "label_smoothing", "betas", "eps", "clip", "tokens", "max_steps",
     "seed", "amp",
     "train_split", "init_scale", "growth_interval",
 )
@@ -36,6 +37,8 @@ class TrainConfig:
     lr: float = 6e-4
     min_lr: float = 6e-5  # cosine floor
     warmup: int = 100  # steps of linear warmup
+    optimizer: str = "adamw"  # "muon": Muon for the hidden linear weights, AdamW for the rest (muse.train.muon)
+    muon_rms: float = 0.2  # Muon's step: its RMS per real entry at unit lr (0.2: AdamW's typical update)
     weight_decay: float = 0.1  # linear-layer weights only (see muse.train.optim)
     decay_embeddings: bool = False  # also decay the embedding tables (nanoGPT's rule)
     label_smoothing: float = 0.0  # the training loss's eps (evaluation always scores the plain cross-entropy)
@@ -90,6 +93,8 @@ class TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         check_int("warmup", self.warmup, min_value=0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_float("muon_rms", self.muon_rms, min_value=0.0, min_inclusive=False)
         check_float("weight_decay", self.weight_decay, min_value=0.0)
         check_type("decay_embeddings", self.decay_embeddings, bool, "a bool")
         self.label_smoothing = check_float("label_smoothing", self.label_smoothing, min_value=0.0, max_value=1.0,

@@ -1,4 +1,4 @@
-"""AdamW behind one interface for both precision schemes.
+"""AdamW (and optionally Muon for the hidden matrices) behind one interface for both precision schemes.
 
 * :class:`MixedPrecisionOptimizer` (Stage 1): the model keeps fp16 parameters for compute;
   AdamW updates fp32 *master* copies; the loss is scaled by a :class:`DynamicLossScaler`,
@@ -15,6 +15,10 @@ not decayed (decaying an embedding shrinks rare tokens' rows, and decaying a nor
 pulls it towards 0 rather than towards its identity value 1).  A head tied to the token
 table (Stage 1's ``tie_head``) owns no weight parameter: the table is one parameter, listed
 once, and not decayed, as an embedding (it holds the imaginary plane too, which only embeds).
+
+``muon`` (``--optimizer muon``) names the matrices that :class:`muse.train.muon.Muon` updates instead of
+AdamW (:func:`muon_parameter_names`: every linear weight but the head's); they keep the same learning
+rate schedule and weight decay (``muon_rms``: the step's RMS per unit learning rate), and the loss scaling, skipping and clipping above are unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from muse._checks import check_float, check_type
+from muse.train.muon import Muon
 from muse.train.scaler import DynamicLossScaler
 
 
@@ -49,6 +54,24 @@ def decay_parameter_names(model: nn.Module, embeddings: bool = False) -> set[str
             weight = getattr(module, "weight", None)
             if isinstance(weight, nn.Parameter) and weight.requires_grad:
                 names.add(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def muon_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the matrices Muon updates (``--optimizer muon``): the ``weight`` of every linear layer but the
+    output head (``model.lm_head``), real ``(out, in)`` or planar complex ``(2, out, in)``.  Embedding tables,
+    the head, norms and biases stay with AdamW, as in Jordan's and Moonshot's runs: the head's and the tables'
+    rows are per-token vectors, not one linear map on the hidden state."""
+    from muse.train.muon import is_planar
+
+    head = getattr(model, "lm_head", None)
+    names = set()
+    for mod_name, module in model.named_modules():
+        if module is head or not (hasattr(module, "in_features") and hasattr(module, "out_features")):
+            continue
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.requires_grad and (weight.ndim == 2 or is_planar(weight.shape)):
+            names.add(f"{mod_name}.weight" if mod_name else "weight")
     return names
 
 
@@ -91,7 +114,8 @@ class _AdamWBase:
     """Shared parts: parameter groups, LR setting, named (flattened) optimizer state."""
 
     def __init__(self, named_parameters, *, lr: float, betas: tuple[float, float], eps: float,
-                 weight_decay: float, no_decay: set[str] | frozenset[str]):
+                 weight_decay: float, no_decay: set[str] | frozenset[str], muon: set[str] | frozenset[str] = frozenset(),
+                 muon_rms: float = 0.2):
         named = [(n, p) for n, p in named_parameters if p.requires_grad]
         if not named:
             raise ValueError("named_parameters is empty: nothing to optimize")
@@ -103,18 +127,35 @@ class _AdamWBase:
             raise ValueError(f"betas must have two entries, got {len(betas)}")
         for i, b in enumerate(betas):
             check_float(f"betas[{i}]", b, min_value=0.0, max_value=1.0, max_inclusive=False)
-        decay = [(n, p) for n, p in named if n not in no_decay]
+        unknown = sorted(set(muon) - {n for n, _ in named})
+        if unknown:
+            raise ValueError(f"muon names parameters the model does not train: {unknown[:3]}")
+        if set(muon) & set(no_decay):
+            raise ValueError(f"muon and no_decay overlap: {sorted(set(muon) & set(no_decay))[:3]} (Muon decays its matrices)")
+        matrices = [(n, p) for n, p in named if n in muon]
+        decay = [(n, p) for n, p in named if n not in no_decay and n not in muon]
         rest = [(n, p) for n, p in named if n in no_decay]
-        self.params = [p for _, p in decay + rest]  # the model's own parameters
-        self.names = [n for n, _ in decay + rest]
+        self.params = [p for _, p in matrices + decay + rest]  # the model's own parameters
+        self.names = [n for n, _ in matrices + decay + rest]
         self.opt_params = self._optimizer_params()
-        groups, k = [], len(decay)
+        m, k = len(matrices), len(matrices) + len(decay)
+        self.muon = Muon(self.opt_params[:m], lr=lr, weight_decay=weight_decay, rms=muon_rms) if matrices else None
+        groups = []
         if decay:
-            groups.append({"params": self.opt_params[:k], "weight_decay": weight_decay})
+            groups.append({"params": self.opt_params[m:k], "weight_decay": weight_decay})
         if rest:
             groups.append({"params": self.opt_params[k:], "weight_decay": 0.0})
+        if not groups:
+            raise ValueError("every parameter is in muon: AdamW needs the others (embeddings, norms, the head)")
         fused = self.opt_params[0].device.type == "cuda"
         self.inner = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+
+    def optimizers(self) -> list[tuple[str, torch.optim.Optimizer, int]]:
+        """(key, optimizer, offset of its first parameter in ``names``): AdamW, and Muon when it has matrices."""
+        out = [("param_groups", self.inner, len(self.names) - sum(len(g["params"]) for g in self.inner.param_groups))]
+        if self.muon is not None:
+            out.insert(0, ("muon_groups", self.muon, 0))
+        return out
 
     def _optimizer_params(self) -> list[torch.Tensor]:
         return self.params
@@ -128,8 +169,13 @@ class _AdamWBase:
         return 1.0
 
     def set_lr(self, lr: float) -> None:
-        for group in self.inner.param_groups:
-            group["lr"] = lr
+        for _, opt, _ in self.optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _step_inner(self) -> None:
+        for _, opt, _ in self.optimizers():
+            opt.step()
 
     def zero_grad(self, accumulate: bool = False) -> None:
         """Drop the gradients; ``accumulate``: more than one backward comes before the step."""
@@ -139,20 +185,23 @@ class _AdamWBase:
 
     # ---------------------------------------------------------------- state
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """AdamW moments and step counts as ``optim.<key>.<param name>`` tensors."""
+        """AdamW moments, Muon momenta and step counts as ``optim.<key>.<param name>`` tensors."""
         out = {}
-        for idx, st in self.inner.state_dict()["state"].items():
-            for key, value in st.items():
-                if not isinstance(value, torch.Tensor):
-                    raise TypeError(f"optimizer state {key!r} is not a tensor")
-                out[f"optim.{key}.{self.names[idx]}"] = value.detach().clone()
+        for _, opt, offset in self.optimizers():
+            for idx, st in opt.state_dict()["state"].items():
+                for key, value in st.items():
+                    if not isinstance(value, torch.Tensor):
+                        raise TypeError(f"optimizer state {key!r} is not a tensor")
+                    out[f"optim.{key}.{self.names[offset + idx]}"] = value.detach().clone()
         return out
 
     def state_meta(self) -> dict:
-        """JSON-able: parameter order, AdamW hyper-parameters per group, scaler state."""
-        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-                  for g in self.inner.state_dict()["param_groups"]]
-        return {"kind": type(self).__name__, "names": self.names, "param_groups": groups}
+        """JSON-able: parameter order, hyper-parameters per group (AdamW's, Muon's), scaler state."""
+        meta = {"kind": type(self).__name__, "names": self.names}
+        for key, opt, _ in self.optimizers():
+            meta[key] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+                         for g in opt.state_dict()["param_groups"]]
+        return meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Inverse of :meth:`state_tensors` / :meth:`state_meta`."""
@@ -160,23 +209,28 @@ class _AdamWBase:
             raise ValueError(f"checkpoint optimizer is {meta.get('kind')!r}, this run uses {type(self).__name__!r}")
         if meta.get("names") != self.names:
             raise ValueError("checkpoint optimizer parameters differ from this model's parameters")
-        state: dict[int, dict] = {}
-        for idx, name in enumerate(self.names):
-            entry = {key.split(".", 2)[1]: t for key, t in tensors.items()
-                     if key.startswith("optim.") and key.split(".", 2)[2] == name}
-            if entry:
-                state[idx] = entry
-        groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]
-        self.inner.load_state_dict({"state": state, "param_groups": groups})
+        if ("muon_groups" in meta) != (self.muon is not None):
+            raise ValueError("checkpoint and run disagree on the optimizer (Muon for the matrices or AdamW only)")
+        for key, opt, offset in self.optimizers():
+            state: dict[int, dict] = {}
+            n = sum(len(g["params"]) for g in opt.param_groups)
+            for idx, name in enumerate(self.names[offset:offset + n]):
+                entry = {k.split(".", 2)[1]: t for k, t in tensors.items()
+                         if k.startswith("optim.") and k.split(".", 2)[2] == name}
+                if entry:
+                    state[idx] = entry
+            groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta[key]]
+            opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 class FullPrecisionOptimizer(_AdamWBase):
     """AdamW on fp32 parameters; ``amp_fp16=True`` adds ``torch.amp.GradScaler`` (CUDA)."""
 
     def __init__(self, named_parameters, *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.1, no_decay=frozenset(), amp_fp16: bool = False):
+                 weight_decay: float = 0.1, no_decay=frozenset(), muon=frozenset(), muon_rms: float = 0.2,
+                 amp_fp16: bool = False):
         super().__init__(named_parameters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         no_decay=no_decay)
+                         no_decay=no_decay, muon=muon, muon_rms=muon_rms)
         bad = [n for n, p in zip(self.names, self.params, strict=True) if p.dtype != torch.float32]
         if bad:
             raise TypeError(f"FullPrecisionOptimizer needs fp32 parameters; {bad[:3]} are not")
@@ -208,7 +262,8 @@ class FullPrecisionOptimizer(_AdamWBase):
     def step(self, max_norm: float | None = None) -> StepResult:
         scale = self.loss_scale
         if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.inner)
+            for _, opt, _ in self.optimizers():
+                self.grad_scaler.unscale_(opt)
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = total_norm(grads)
         found_inf = _agree_found_inf(norm)
@@ -216,9 +271,10 @@ class FullPrecisionOptimizer(_AdamWBase):
             if max_norm is not None:
                 clip_(grads, max_norm, norm)
             if self.grad_scaler is not None:
-                self.grad_scaler.step(self.inner)
+                for _, opt, _ in self.optimizers():
+                    self.grad_scaler.step(opt)
             else:
-                self.inner.step()
+                self._step_inner()
         if self.grad_scaler is not None:
             self.grad_scaler.update()
         self._skipped += int(found_inf)
@@ -253,12 +309,12 @@ class MixedPrecisionOptimizer(_AdamWBase):
     """
 
     def __init__(self, named_parameters, *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.1, no_decay=frozenset(),
-                 loss_scaler: DynamicLossScaler | None = None):
+                 weight_decay: float = 0.1, no_decay=frozenset(), muon=frozenset(),
+                 muon_rms: float = 0.2, loss_scaler: DynamicLossScaler | None = None):
         self.scaler = loss_scaler if loss_scaler is not None else DynamicLossScaler()
         check_type("loss_scaler", self.scaler, DynamicLossScaler, "a DynamicLossScaler")
         super().__init__(named_parameters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         no_decay=no_decay)
+                         no_decay=no_decay, muon=muon, muon_rms=muon_rms)
 
     def _optimizer_params(self) -> list[torch.Tensor]:
         bad = [n for n, p in zip(self.names, self.params, strict=True)
@@ -330,7 +386,7 @@ class MixedPrecisionOptimizer(_AdamWBase):
         with torch.no_grad():
             if max_norm is not None:
                 clip_([m.grad for m in self.masters if m.grad is not None], max_norm, norm)
-            self.inner.step()
+            self._step_inner()
             for p, m in zip(self.params, self.masters, strict=True):
                 p.copy_(m)  # the one rounding fp32 -> fp16
         return StepResult(False, float(norm.item()), scale)

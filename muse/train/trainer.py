@@ -41,7 +41,12 @@ from muse.train.data import RunData, load_run_data
 from muse.train.distributed import DistContext, barrier, init_distributed, shutdown, wrap_ddp
 from muse.train.evaluate import evaluate
 from muse.train.loss import compile_model_loss, loss_path, model_loss
-from muse.train.optim import FullPrecisionOptimizer, MixedPrecisionOptimizer, decay_parameter_names
+from muse.train.optim import (
+    FullPrecisionOptimizer,
+    MixedPrecisionOptimizer,
+    decay_parameter_names,
+    muon_parameter_names,
+)
 from muse.train.runlog import (
     JsonlLog,
     environment,
@@ -227,7 +232,9 @@ class Trainer:
         cfg, named = self.cfg, list(self.model.named_parameters())
         decay = decay_parameter_names(self.model, embeddings=cfg.decay_embeddings)
         no_decay = {n for n, _ in named if n not in decay}
-        kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, no_decay=no_decay)
+        muon = muon_parameter_names(self.model) if cfg.optimizer == "muon" else set()
+        kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, no_decay=no_decay - muon,
+                  muon=muon, muon_rms=cfg.muon_rms)
         if self.fp16:
             scaler = DynamicLossScaler(cfg.init_scale, growth_interval=cfg.growth_interval)
             return MixedPrecisionOptimizer(named, loss_scaler=scaler, **kw)
