@@ -111,6 +111,9 @@ def test_the_recipe_line_names_the_memory_budget():
     assert "activation memory budget" not in _recipe_line(cfg)
     assert _recipe_line({**cfg, "compile_memory_budget": 0.1}).endswith(
         ", compiled under activation memory budget 0.1 (`--compile-memory-budget`)")
+    assert "Muon" not in _recipe_line({**cfg, "optimizer": "adamw"})
+    assert ", Muon on the hidden linear weights (`--optimizer muon`, step RMS 2 per unit lr)" in \
+        _recipe_line({**cfg, "optimizer": "muon", "muon_rms": 2.0})
 
 
 def test_gradient_norm_row_names_its_offenders_and_their_values():

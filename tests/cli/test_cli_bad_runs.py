@@ -259,6 +259,19 @@ def test_label_smoothing_out_of_range_or_with_a_copy_path_is_refused_before_anyt
     assert not out.exists()
 
 
+# ----------------------------------------------------------------------------- Muon
+def test_muon_step_size_must_be_positive_and_the_speed_bench_refuses_the_optimizer(npy, tmp_path, capsys):
+    assert main([*npy, "--optimizer", "muon", "--muon-rms", "0"]) == 2
+    assert "muon_rms must be > 0.0, got 0.0" in _err_line(capsys, "train")
+    out = tmp_path / "bench"
+    assert main(["bench", "stage1", "--optimizer", "muon", "--muon-rms", "-1", "--device", "cpu", "--out", str(out)]) == 2
+    assert "muon_rms must be > 0.0" in _err_line(capsys, "bench")
+    assert not out.exists()
+    assert main(["bench", "speed", "--optimizer", "muon", "--device", "cpu", "--out", str(out)]) == 2
+    assert "--optimizer: options of `muse bench stage1`" in _err_line(capsys, "bench")
+    assert main([*npy, "--optimizer", "muon"]) == 0
+
+
 # ----------------------------------------------------------------------------- unknown flags
 @pytest.mark.parametrize("argv, cmd, hint", [
     (["train", "--steps", "30"], "train", "did you mean --max-steps?"),
