@@ -24,9 +24,10 @@ def _losses(out) -> list[float]:
     return [r["loss"] for r in rows if r["type"] == "train"]
 
 
-def test_compiled_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_compiled_training_resumes_bitwise_and_saves_plain_keys(tmp_path, optimizer):
     kw = dict(max_steps=6, eval_every=3, eval_tokens=128, final_eval_tokens=256, compile=True,
-              compile_backend="aot_eager")
+              compile_backend="aot_eager", optimizer=optimizer)
     straight, split = tmp_path / "straight", tmp_path / "split"
     res = train(tiny_config(str(straight), **kw), DATA)
     assert res["compiled"] is True and res["compile_backend"] == "aot_eager" and res["compile_mode"] == "default"

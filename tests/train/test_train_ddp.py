@@ -53,11 +53,12 @@ def _losses(out) -> list[float]:
 
 @pytest.mark.parametrize("model", [[], ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--model-arg", "tie_head=true"],
                                    ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--model-arg", "pointer_dim=8"],
-                                   ["--model", "phase2"], ["--model", "gpt"]],
-                         ids=["seed-block", "mix-tied", "mix-pointer", "phase2", "gpt"])
+                                   ["--model", "phase2"], ["--model", "gpt"],
+                                   ["--preset", "mix-tiny", "--model-arg", "d_ffn=32", "--optimizer", "muon"]],
+                         ids=["seed-block", "mix-tied", "mix-pointer", "phase2", "gpt", "mix-muon"])
 # phase2, gpt: fp32 models (their gradients are averaged as they are); mix-tied: the one table gets
 # both uses' gradients; mix-pointer: the copy path's parameters are used outside the DDP-wrapped
-# forward (in the loss), as the head's are
+# forward (in the loss), as the head's are; mix-muon: Muon steps the all-reduced planar gradients on every rank
 def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, model):
     common = _common(tmp_path) + ["--dropout", "0", *model]  # dropout masks differ between layouts
     assert main([*common, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
