@@ -1442,41 +1442,58 @@ s41a|s41b)
   pack
   ;;
 s54a)
-  step "issue 12: Muon (complex polar factor for planar weights) on the hidden matrices at the budget, eager, label smoothing 0.1, three step sizes, each model with AdamW beside it; ${S54A_P:-7} at a time"
+  step "issue 12: Muon (complex polar factor for planar weights) on the hidden matrices at the budget, eager, label smoothing 0.1, three step sizes per model around its best at the tiny size (docs/experiments.md 28), each model with AdamW beside it; ${S54A_P:-8} at a time"
   TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --label-smoothing 0.1 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864 --seed 1337)
   printf '%s\n' \
-    "mix-muon-r0.6|--model stage1 --preset mix --optimizer muon --muon-rms 0.6" \
+    "mix-muon-r1|--model stage1 --preset mix --optimizer muon --muon-rms 1" \
     "mix-muon-r2|--model stage1 --preset mix --optimizer muon --muon-rms 2" \
-    "phase2-muon-r0.6|--model phase2 --preset seed --optimizer muon --muon-rms 0.6" \
+    "mix-muon-r4|--model stage1 --preset mix --optimizer muon --muon-rms 4" \
     "phase2-muon-r2|--model phase2 --preset seed --optimizer muon --muon-rms 2" \
-    "mix-muon-r0.2|--model stage1 --preset mix --optimizer muon" \
+    "phase2-muon-r4|--model phase2 --preset seed --optimizer muon --muon-rms 4" \
+    "phase2-muon-r8|--model phase2 --preset seed --optimizer muon --muon-rms 8" \
     "mix|--model stage1 --preset mix" \
     "phase2|--model phase2 --preset seed" \
     > "$OUT/runs.txt"
-  sweep "${S54A_P:-7}" "${S54A_S:-480}" "$OUT/runs.txt"
+  sweep "${S54A_P:-8}" "${S54A_S:-540}" "$OUT/runs.txt"
   grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -20
   pack
   ;;
 s54b)
-  step "issue 12: Muon (step RMS ${MUON_RMS:-0.6}) at the budget, seeds 1 and 2 for mix and Phase 2 (eager, label smoothing 0.1)"
+  step "issue 12: Muon at the budget, seeds 1 and 2 for mix (step RMS ${MIX_RMS:-2}) and Phase 2 (${P2_RMS:-4}), eager, label smoothing 0.1"
   TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
          --label-smoothing 0.1 --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864)
   printf '%s\n' \
-    "mix-muon-seed1|--model stage1 --preset mix --optimizer muon --muon-rms ${MUON_RMS:-0.6} --seed 1" \
-    "mix-muon-seed2|--model stage1 --preset mix --optimizer muon --muon-rms ${MUON_RMS:-0.6} --seed 2" \
-    "phase2-muon-seed1|--model phase2 --preset seed --optimizer muon --muon-rms ${MUON_RMS:-0.6} --seed 1" \
-    "phase2-muon-seed2|--model phase2 --preset seed --optimizer muon --muon-rms ${MUON_RMS:-0.6} --seed 2" \
+    "mix-muon-seed1|--model stage1 --preset mix --optimizer muon --muon-rms ${MIX_RMS:-2} --seed 1" \
+    "mix-muon-seed2|--model stage1 --preset mix --optimizer muon --muon-rms ${MIX_RMS:-2} --seed 2" \
+    "phase2-muon-seed1|--model phase2 --preset seed --optimizer muon --muon-rms ${P2_RMS:-4} --seed 1" \
+    "phase2-muon-seed2|--model phase2 --preset seed --optimizer muon --muon-rms ${P2_RMS:-4} --seed 2" \
     ${S54B_EXTRA:+"$S54B_EXTRA"} \
     > "$OUT/runs.txt"
   sweep "${S54B_P:-5}" "${S54B_S:-420}" "$OUT/runs.txt"
   grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -20
   pack
   ;;
+s55a)
+  step "issue 12: label smoothing 0.2 and 0.3 at the budget for mix and Phase 2 (eager; 0.1 beside them); ${S55A_P:-6} at a time"
+  TRAIN=(--device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 --min-lr 1e-4 --warmup 20 --weight-decay 3.0
+         --eval-stride 512 --eval-every 0 --ckpt-every 0 --no-progress --no-compile --tokens 1572864 --seed 1337)
+  printf '%s\n' \
+    "mix-ls0.1|--model stage1 --preset mix --label-smoothing 0.1" \
+    "mix-ls0.2|--model stage1 --preset mix --label-smoothing 0.2" \
+    "mix-ls0.3|--model stage1 --preset mix --label-smoothing 0.3" \
+    "phase2-ls0.1|--model phase2 --preset seed --label-smoothing 0.1" \
+    "phase2-ls0.2|--model phase2 --preset seed --label-smoothing 0.2" \
+    "phase2-ls0.3|--model phase2 --preset seed --label-smoothing 0.3" \
+    > "$OUT/runs.txt"
+  sweep "${S55A_P:-6}" "${S55A_S:-480}" "$OUT/runs.txt"
+  grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -20
+  pack
+  ;;
 s54c)
   step "issue 12: the criteria run with Muon for every model, label smoothing 0.1 (compiled, CUDA graphs)"
   timeout "${S54C_BENCH_S:-560}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
-    --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --label-smoothing 0.1 --optimizer muon --muon-rms "${MUON_RMS:-0.6}" --out "$OUT/bench-muon-ls" \
+    --device cuda "${DATA[@]}" "${BUDGET[@]}" --weight-decay 3.0 --label-smoothing 0.1 --optimizer muon --muon-rms "${MUON_RMS:-2}" --out "$OUT/bench-muon-ls" \
     > "$OUT/bench-muon-ls.txt" 2>&1
   echo "bench rc=$?"
   grep -A12 "^| criterion" "$OUT"/bench-muon-ls/report.md 2>/dev/null | head -14

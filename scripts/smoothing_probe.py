@@ -13,6 +13,7 @@ import argparse
 import json
 
 import torch
+import torch.nn.functional as F
 
 import muse.train.loss as L
 import muse.train.trainer as T
@@ -49,10 +50,12 @@ def smoothed_loss(model, input_ids, targets, reduction="mean", impl="auto", chun
     scored = targets != IGNORE_INDEX
     t = torch.where(scored, targets, 0)
     u = prior(w.shape[0], w.device)
-    gap = (h * w[t]).sum(-1) - h @ (u @ w)
+    # F.embedding rather than w[t]: indexing's backward (index_put_ with accumulate) adds repeated rows in a
+    # thread-dependent order on CPU, so runs through w[t] differ in the last bit and drift apart (docs/experiments.md §29)
+    gap = (h * F.embedding(t, w)).sum(-1) - h @ (u @ w)
     if getattr(head, "bias", None) is not None:
         b = head.bias.float()
-        gap = gap + b[t] - u @ b
+        gap = gap + F.embedding(t, b[:, None])[..., 0] - u @ b
     return ce + args.eps * (gap * scored).sum() / scored.sum()
 
 
