@@ -43,9 +43,16 @@ def test_tiny_phase2_learns_a_repeated_sequence(tmp_path):
     assert res["status"] == "completed" and res["skipped_steps"] == 0
 
 
-def test_resume_reproduces_the_uninterrupted_loss_curve_bitwise(tmp_path):
-    """8 steps straight vs 4 steps, stop, resume, 4 more: equal losses and weights (dropout 0.1)."""
-    kw = dict(max_steps=8, eval_every=3, eval_tokens=128, final_eval_tokens=256, grad_accum=2)
+_SMALL = dict(vocab_size=64, d_model=16, n_layers=1, max_seq_len=32, dropout=0.1)
+
+
+@pytest.mark.parametrize("model", [{}, {"model": "phase2", "model_overrides": _SMALL},
+                                   {"model": "gpt", "model_overrides": _SMALL | {"n_heads": 2}}],
+                         ids=["stage1", "phase2", "gpt"])
+def test_resume_reproduces_the_uninterrupted_loss_curve_bitwise(tmp_path, model):
+    """8 steps straight vs 4 steps, stop, resume, 4 more: equal losses and weights (dropout 0.1), for every model:
+    the criteria compare Stage 1 with Phase 2 and the GPT, so their runs must be as reproducible as Stage 1's."""
+    kw = dict(max_steps=8, eval_every=3, eval_tokens=128, final_eval_tokens=256, grad_accum=2, **model)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(tiny_config(str(straight), **kw), DATA)
     first = train(tiny_config(str(split), stop_after=4, **kw), DATA)
