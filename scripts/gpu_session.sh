@@ -1490,6 +1490,17 @@ s55a)
   grep -H "final eval\|PPL" "$OUT"/*/stdout.txt | head -20
   pack
   ;;
+s54d)
+  step "issue 11: Muon's optimizer-step cost at the seed size: mix trained alone, eager, 40 steps of B8 S1024, AdamW then Muon (step RMS 2)"
+  for opt in adamw muon; do
+    timeout 200 python3 -m muse train --model stage1 --preset mix --device cuda "${DATA[@]}" --batch-size 8 --lr 1e-3 \
+      --min-lr 1e-4 --warmup 5 --weight-decay 3.0 --label-smoothing 0.1 --eval-every 0 --ckpt-every 0 --no-progress \
+      --no-compile --max-steps 40 --log-every 10 --final-eval-tokens 8192 --optimizer "$opt" --muon-rms 2 --seed 1337 \
+      --out "$OUT/time-$opt" > "$OUT/time-$opt.txt" 2>&1
+    echo "$opt rc=$?"; grep "step 40/\|step 30/\|step 20/" "$OUT/time-$opt.txt"
+  done
+  pack
+  ;;
 s54c)
   step "issue 12: the criteria run with Muon for every model, label smoothing 0.1 (compiled, CUDA graphs)"
   timeout "${S54C_BENCH_S:-560}" python3 -m muse bench stage1 --preset seed --stage1-preset mix --references phase2_nomix \
